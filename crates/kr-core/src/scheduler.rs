@@ -1,0 +1,398 @@
+//! The iteration-level token-budget scheduler (SPEC E5), after vLLM v1's model.
+//!
+//! Each request has `tokens` (prompt + generated so far) and `num_computed` (tokens whose KV
+//! is in the cache). A step gives tokens to requests under `max_num_batched_tokens`: running
+//! requests first (decodes and unfinished prefill chunks, in admission order), then waiting
+//! ones (FCFS). Chunked prefill, mixed prefill/decode steps, prefix-cache hits and
+//! preemption are all cases of that one rule.
+//!
+//! Invariants:
+//! - a request is in exactly one of `waiting` / `running`, and is in `seqs` while it lives;
+//! - a request holds exactly `ceil(num_computed_after_step / block_size)` blocks for the
+//!   tokens it was scheduled; a waiting request that was never started or was preempted
+//!   holds none;
+//! - when a request ends for any reason its blocks go back to the pool.
+//!
+//! The scheduler is a pure state machine: no clocks, channels or threads.
+
+use crate::block_pool::{chain_hash, BlockId, BlockPool};
+use crate::CoreError;
+use std::collections::{HashMap, VecDeque};
+
+pub type RequestId = u64;
+
+/// Why a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token, a stop token or a stop string.
+    Stop,
+    /// `max_tokens` reached or the context window is full.
+    Length,
+    /// The client went away or asked to stop.
+    Abort,
+}
+
+/// Sizes and limits of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub max_model_len: usize,
+    pub enable_prefix_caching: bool,
+}
+
+/// What a new request brings to the scheduler.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub id: RequestId,
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    /// Tokens that end the request (EOS unless ignored, plus the request's stop ids).
+    pub stop_token_ids: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Seq {
+    tokens: Vec<u32>,
+    num_prompt: usize,
+    num_computed: usize,
+    blocks: Vec<BlockId>,
+    /// Chained hashes of the full blocks already computed (prefix caching).
+    block_hashes: Vec<u64>,
+    max_tokens: usize,
+    stop_token_ids: Vec<u32>,
+}
+
+impl Seq {
+    fn num_output(&self) -> usize {
+        self.tokens.len() - self.num_prompt
+    }
+}
+
+/// One request's share of a step: compute `tokens` at positions `start..start+len`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduledSeq {
+    pub id: RequestId,
+    pub start: usize,
+    pub tokens: Vec<u32>,
+    pub block_table: Vec<BlockId>,
+    /// True when this chunk reaches the end of the known tokens, so a token is sampled.
+    pub sample: bool,
+}
+
+/// Everything the model runner needs for one step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepPlan {
+    pub seqs: Vec<ScheduledSeq>,
+    /// Requests preempted (blocks freed, to be recomputed) while planning this step.
+    pub preempted: Vec<RequestId>,
+}
+
+impl StepPlan {
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.tokens.len()).sum()
+    }
+    pub fn num_sampled(&self) -> usize {
+        self.seqs.iter().filter(|s| s.sample).count()
+    }
+}
+
+/// The token a request got this step and whether it is now finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqUpdate {
+    pub id: RequestId,
+    pub token: u32,
+    pub finish: Option<FinishReason>,
+}
+
+/// Counters kept by the scheduler.
+#[derive(Debug, Clone, Default)]
+pub struct SchedulerCounters {
+    pub preemptions: u64,
+    pub prefix_queries_tokens: u64,
+    pub prefix_hit_tokens: u64,
+}
+
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    pool: BlockPool,
+    seqs: HashMap<RequestId, Seq>,
+    waiting: VecDeque<RequestId>,
+    running: Vec<RequestId>,
+    counters: SchedulerCounters,
+}
+
+fn blocks_for(tokens: usize, block_size: usize) -> usize {
+    tokens.div_ceil(block_size)
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig) -> Self {
+        let pool = BlockPool::new(cfg.num_blocks, cfg.block_size);
+        Self { cfg, pool, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new(), counters: SchedulerCounters::default() }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+    pub fn counters(&self) -> &SchedulerCounters {
+        &self.counters
+    }
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+    pub fn is_idle(&self) -> bool {
+        self.seqs.is_empty()
+    }
+    pub fn contains(&self, id: RequestId) -> bool {
+        self.seqs.contains_key(&id)
+    }
+
+    /// Queues a request. Fails when it can never run: empty, longer than the context, or
+    /// needing more blocks than the whole pool.
+    pub fn add(&mut self, req: NewRequest) -> Result<(), CoreError> {
+        if self.seqs.contains_key(&req.id) {
+            return Err(CoreError::DuplicateRequest(req.id));
+        }
+        let n = req.prompt.len();
+        if n == 0 || n >= self.cfg.max_model_len {
+            return Err(CoreError::PromptTooLong { prompt_tokens: n, max_model_len: self.cfg.max_model_len });
+        }
+        let longest = (n + req.max_tokens).min(self.cfg.max_model_len);
+        let needed = blocks_for(longest, self.cfg.block_size);
+        if needed > self.pool.num_blocks() {
+            return Err(CoreError::PoolTooSmall { needed, total: self.pool.num_blocks() });
+        }
+        let seq = Seq {
+            tokens: req.prompt,
+            num_prompt: n,
+            num_computed: 0,
+            blocks: Vec::new(),
+            block_hashes: Vec::new(),
+            max_tokens: req.max_tokens,
+            stop_token_ids: req.stop_token_ids,
+        };
+        self.seqs.insert(req.id, seq);
+        self.waiting.push_back(req.id);
+        Ok(())
+    }
+
+    /// Ends a request early (abort, stop string, client gone) and frees its blocks.
+    /// Returns false if the request is unknown (already finished).
+    pub fn finish(&mut self, id: RequestId) -> bool {
+        let Some(seq) = self.seqs.remove(&id) else { return false };
+        self.running.retain(|&r| r != id);
+        self.waiting.retain(|&r| r != id);
+        Self::release_blocks(&mut self.pool, seq.blocks);
+        true
+    }
+
+    /// Releases in reverse so the tail of a prefix is evicted before its head.
+    fn release_blocks(pool: &mut BlockPool, blocks: Vec<BlockId>) {
+        for b in blocks.into_iter().rev() {
+            pool.release(b);
+        }
+    }
+
+    /// Plans the next step. May preempt running requests when blocks run out.
+    pub fn schedule(&mut self) -> StepPlan {
+        let mut plan = StepPlan::default();
+        let mut budget = self.cfg.max_num_batched_tokens;
+        self.schedule_running(&mut plan, &mut budget);
+        if plan.preempted.is_empty() {
+            self.schedule_waiting(&mut plan, &mut budget);
+        }
+        plan
+    }
+
+    fn schedule_running(&mut self, plan: &mut StepPlan, budget: &mut usize) {
+        let mut i = 0;
+        while i < self.running.len() && *budget > 0 {
+            let id = self.running[i];
+            let seq = &self.seqs[&id];
+            let n = (seq.tokens.len() - seq.num_computed).min(*budget);
+            let mut scheduled = false;
+            loop {
+                if self.try_allocate(id, n) {
+                    scheduled = true;
+                    break;
+                }
+                let Some(victim) = self.running.pop() else { break };
+                self.preempt(victim);
+                plan.preempted.push(victim);
+                if victim == id {
+                    break;
+                }
+            }
+            if !scheduled {
+                break;
+            }
+            plan.seqs.push(self.scheduled(id, n));
+            *budget -= n;
+            i += 1;
+        }
+    }
+
+    fn schedule_waiting(&mut self, plan: &mut StepPlan, budget: &mut usize) {
+        while *budget > 0 && self.running.len() < self.cfg.max_num_seqs {
+            let Some(&id) = self.waiting.front() else { break };
+            if self.cfg.enable_prefix_caching && self.seqs[&id].num_computed == 0 {
+                self.match_prefix(id);
+            }
+            let seq = &self.seqs[&id];
+            let n = (seq.tokens.len() - seq.num_computed).min(*budget);
+            if !self.try_allocate(id, n) {
+                self.unmatch_prefix(id);
+                break;
+            }
+            self.waiting.pop_front();
+            self.running.push(id);
+            plan.seqs.push(self.scheduled(id, n));
+            *budget -= n;
+        }
+    }
+
+    fn scheduled(&self, id: RequestId, n: usize) -> ScheduledSeq {
+        let seq = &self.seqs[&id];
+        let start = seq.num_computed;
+        ScheduledSeq {
+            id,
+            start,
+            tokens: seq.tokens[start..start + n].to_vec(),
+            block_table: seq.blocks.clone(),
+            sample: start + n == seq.tokens.len(),
+        }
+    }
+
+    /// Reuses cached blocks for the longest cached prefix of full blocks, always leaving at
+    /// least one token to compute so the step produces logits.
+    fn match_prefix(&mut self, id: RequestId) {
+        let bs = self.cfg.block_size;
+        let Some(seq) = self.seqs.get_mut(&id) else { return };
+        let full = (seq.tokens.len() - 1) / bs;
+        self.counters.prefix_queries_tokens += seq.tokens.len() as u64;
+        let mut parent = None;
+        for b in 0..full {
+            let h = chain_hash(parent, &seq.tokens[b * bs..(b + 1) * bs]);
+            let Some(block) = self.pool.lookup(h) else { break };
+            self.pool.acquire(block);
+            seq.blocks.push(block);
+            seq.block_hashes.push(h);
+            parent = Some(h);
+        }
+        seq.num_computed = seq.blocks.len() * bs;
+        self.counters.prefix_hit_tokens += seq.num_computed as u64;
+    }
+
+    /// Gives back the prefix blocks of a waiting request that could not start after all.
+    fn unmatch_prefix(&mut self, id: RequestId) {
+        let Some(seq) = self.seqs.get_mut(&id) else { return };
+        let blocks = std::mem::take(&mut seq.blocks);
+        seq.block_hashes.clear();
+        seq.num_computed = 0;
+        Self::release_blocks(&mut self.pool, blocks);
+    }
+
+    fn try_allocate(&mut self, id: RequestId, n: usize) -> bool {
+        let bs = self.cfg.block_size;
+        let Some(seq) = self.seqs.get_mut(&id) else { return false };
+        let needed = blocks_for(seq.num_computed + n, bs).saturating_sub(seq.blocks.len());
+        if needed == 0 {
+            return true;
+        }
+        match self.pool.allocate(needed) {
+            Some(blocks) => {
+                seq.blocks.extend(blocks);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Preemption by recompute: free everything, keep the tokens, requeue at the front.
+    fn preempt(&mut self, id: RequestId) {
+        let Some(seq) = self.seqs.get_mut(&id) else { return };
+        let blocks = std::mem::take(&mut seq.blocks);
+        seq.block_hashes.clear();
+        seq.num_computed = 0;
+        Self::release_blocks(&mut self.pool, blocks);
+        self.waiting.push_front(id);
+        self.counters.preemptions += 1;
+    }
+
+    /// Applies a step's results. `sampled` holds one token per sampled sequence of `plan`,
+    /// in plan order. Finished requests are removed and their blocks freed.
+    pub fn update(&mut self, plan: &StepPlan, sampled: &[u32]) -> Vec<SeqUpdate> {
+        let mut tokens = sampled.iter();
+        let mut updates = Vec::with_capacity(sampled.len());
+        for s in &plan.seqs {
+            let token = if s.sample { tokens.next().copied() } else { None };
+            let Some(seq) = self.seqs.get_mut(&s.id) else { continue };
+            seq.num_computed = s.start + s.tokens.len();
+            if self.cfg.enable_prefix_caching {
+                Self::register_full_blocks(&mut self.pool, seq, self.cfg.block_size);
+            }
+            let Some(token) = token else { continue };
+            seq.tokens.push(token);
+            let finish = if seq.stop_token_ids.contains(&token) {
+                Some(FinishReason::Stop)
+            } else if seq.num_output() >= seq.max_tokens || seq.tokens.len() >= self.cfg.max_model_len {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if finish.is_some() {
+                self.finish(s.id);
+            }
+            updates.push(SeqUpdate { id: s.id, token, finish });
+        }
+        updates
+    }
+
+    fn register_full_blocks(pool: &mut BlockPool, seq: &mut Seq, bs: usize) {
+        while (seq.block_hashes.len() + 1) * bs <= seq.num_computed {
+            let b = seq.block_hashes.len();
+            let h = chain_hash(seq.block_hashes.last().copied(), &seq.tokens[b * bs..(b + 1) * bs]);
+            pool.register_full(seq.blocks[b], h);
+            seq.block_hashes.push(h);
+        }
+    }
+
+    /// Panics if the pool's invariants or the block accounting of live requests break.
+    pub fn check_invariants(&self) {
+        self.pool.check_invariants();
+        let mut refs: HashMap<BlockId, u32> = HashMap::new();
+        for (id, seq) in &self.seqs {
+            let in_running = self.running.contains(id);
+            let in_waiting = self.waiting.contains(id);
+            assert!(in_running ^ in_waiting, "request {id} must be in exactly one queue");
+            if in_running {
+                assert!(seq.blocks.len() >= blocks_for(seq.num_computed, self.cfg.block_size));
+            } else {
+                assert!(seq.blocks.is_empty(), "waiting request {id} holds blocks");
+            }
+            for &b in &seq.blocks {
+                *refs.entry(b).or_default() += 1;
+            }
+        }
+        for b in 0..self.pool.num_blocks() as BlockId {
+            assert_eq!(self.pool.ref_count(b), refs.get(&b).copied().unwrap_or(0), "block {b} ref count");
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;
