@@ -157,12 +157,20 @@ def main():
         with torch.no_grad():
             gen = model.generate(ids, attention_mask=torch.ones_like(ids),
                                  max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                 pad_token_id=tok.eos_token_id)
-        new = gen[0, ids.shape[1]:].tolist()
+                                 pad_token_id=tok.eos_token_id,
+                                 return_dict_in_generate=True, output_scores=True)
+        new = gen.sequences[0, ids.shape[1]:].tolist()
+        # top1 - top2 logit gap at each generated step: small gaps mark near-ties where
+        # an implementation with different rounding may legitimately diverge.
+        margins = []
+        for sc in gen.scores:
+            t2 = torch.topk(sc[0].float(), 2).values
+            margins.append(r(t2[0] - t2[1]))
         p["greedy"] = {
             "max_new_tokens": MAX_NEW_TOKENS,
             "stopped_on_eos": bool(new and new[-1] in eos_ids(model, tok)),
             "generated_ids": new,
+            "step_top1_top2_margin": margins,
             "text": tok.decode(new, skip_special_tokens=False),
             "text_skip_special": tok.decode(new, skip_special_tokens=True),
         }

@@ -156,16 +156,37 @@ impl BlockPool {
                 .free_stamp
                 .map(|s| self.free_queue.get(&s) == Some(&(id as BlockId)))
                 .unwrap_or(false);
-            assert_eq!(meta.ref_count == 0, in_queue, "block {id}: ref_count {} but in free queue = {in_queue}", meta.ref_count);
-            assert_eq!(meta.free_stamp.is_some(), in_queue, "block {id}: stale free stamp");
+            assert_eq!(
+                meta.ref_count == 0,
+                in_queue,
+                "block {id}: ref_count {} but in free queue = {in_queue}",
+                meta.ref_count
+            );
+            assert_eq!(
+                meta.free_stamp.is_some(),
+                in_queue,
+                "block {id}: stale free stamp"
+            );
             free_seen += in_queue as usize;
             if let Some(h) = meta.hash {
-                assert_eq!(self.cached.get(&h), Some(&(id as BlockId)), "block {id}: hash not indexed");
+                assert_eq!(
+                    self.cached.get(&h),
+                    Some(&(id as BlockId)),
+                    "block {id}: hash not indexed"
+                );
             }
         }
-        assert_eq!(free_seen, self.free_queue.len(), "free queue holds unknown entries");
+        assert_eq!(
+            free_seen,
+            self.free_queue.len(),
+            "free queue holds unknown entries"
+        );
         for (h, &id) in &self.cached {
-            assert_eq!(self.blocks[id as usize].hash, Some(*h), "index entry for block {id} is stale");
+            assert_eq!(
+                self.blocks[id as usize].hash,
+                Some(*h),
+                "index entry for block {id} is stale"
+            );
         }
     }
 }

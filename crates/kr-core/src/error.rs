@@ -17,7 +17,9 @@ pub enum CoreError {
         max_model_len: usize,
     },
     /// The prompt needs more KV blocks than the whole pool holds.
-    #[error("prompt needs {needed} KV blocks but the pool has only {total}; raise the KV cache size")]
+    #[error(
+        "prompt needs {needed} KV blocks but the pool has only {total}; raise the KV cache size"
+    )]
     PoolTooSmall { needed: usize, total: usize },
     /// A request id was submitted twice.
     #[error("request id {0} is already in use")]

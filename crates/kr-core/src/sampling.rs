@@ -64,7 +64,13 @@ impl Default for SamplingParams {
     }
 }
 
-fn check_range(param: &'static str, v: f32, lo: f32, hi: f32, allowed: &str) -> Result<(), CoreError> {
+fn check_range(
+    param: &'static str,
+    v: f32,
+    lo: f32,
+    hi: f32,
+    allowed: &str,
+) -> Result<(), CoreError> {
     if v.is_finite() && v >= lo && v <= hi {
         Ok(())
     } else {
@@ -97,16 +103,45 @@ impl SamplingParams {
 
     /// Checks every field against its documented range. `vocab_size` bounds token ids.
     pub fn validate(&self, vocab_size: usize) -> Result<(), CoreError> {
-        check_range("temperature", self.temperature, 0.0, 2.0, "0.0..=2.0 (0 = greedy)")?;
+        check_range(
+            "temperature",
+            self.temperature,
+            0.0,
+            2.0,
+            "0.0..=2.0 (0 = greedy)",
+        )?;
         if self.top_p <= 0.0 || !self.top_p.is_finite() || self.top_p > 1.0 {
-            return Err(invalid("top_p", self.top_p, "greater than 0.0 and at most 1.0"));
+            return Err(invalid(
+                "top_p",
+                self.top_p,
+                "greater than 0.0 and at most 1.0",
+            ));
         }
         check_range("min_p", self.min_p, 0.0, 1.0, "0.0..=1.0")?;
-        if self.repetition_penalty <= 0.0 || !self.repetition_penalty.is_finite() || self.repetition_penalty > 2.0 {
-            return Err(invalid("repetition_penalty", self.repetition_penalty, "greater than 0.0 and at most 2.0"));
+        if self.repetition_penalty <= 0.0
+            || !self.repetition_penalty.is_finite()
+            || self.repetition_penalty > 2.0
+        {
+            return Err(invalid(
+                "repetition_penalty",
+                self.repetition_penalty,
+                "greater than 0.0 and at most 2.0",
+            ));
         }
-        check_range("presence_penalty", self.presence_penalty, -2.0, 2.0, "-2.0..=2.0")?;
-        check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0, "-2.0..=2.0")?;
+        check_range(
+            "presence_penalty",
+            self.presence_penalty,
+            -2.0,
+            2.0,
+            "-2.0..=2.0",
+        )?;
+        check_range(
+            "frequency_penalty",
+            self.frequency_penalty,
+            -2.0,
+            2.0,
+            "-2.0..=2.0",
+        )?;
         if self.max_tokens == 0 {
             return Err(invalid("max_tokens", 0, "at least 1"));
         }
@@ -120,9 +155,19 @@ impl SamplingParams {
             if id as usize >= vocab_size {
                 return Err(invalid("logit_bias", id, &id_range));
             }
-            check_range("logit_bias", bias, -100.0, 100.0, "bias values -100.0..=100.0")?;
+            check_range(
+                "logit_bias",
+                bias,
+                -100.0,
+                100.0,
+                "bias values -100.0..=100.0",
+            )?;
         }
-        if let Some(&id) = self.stop_token_ids.iter().find(|&&id| id as usize >= vocab_size) {
+        if let Some(&id) = self
+            .stop_token_ids
+            .iter()
+            .find(|&&id| id as usize >= vocab_size)
+        {
             return Err(invalid("stop_token_ids", id, &id_range));
         }
         if self.stop.iter().any(|s| s.is_empty()) {
@@ -145,20 +190,104 @@ mod tests {
     #[test]
     fn each_bad_value_names_its_parameter() {
         let cases: Vec<(SamplingParams, &str)> = vec![
-            (SamplingParams { temperature: -0.1, ..Default::default() }, "temperature"),
-            (SamplingParams { temperature: f32::NAN, ..Default::default() }, "temperature"),
-            (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
-            (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
-            (SamplingParams { min_p: 2.0, ..Default::default() }, "min_p"),
-            (SamplingParams { repetition_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
-            (SamplingParams { presence_penalty: 3.0, ..Default::default() }, "presence_penalty"),
-            (SamplingParams { frequency_penalty: -3.0, ..Default::default() }, "frequency_penalty"),
-            (SamplingParams { max_tokens: 0, ..Default::default() }, "max_tokens"),
-            (SamplingParams { logprobs: Some(21), ..Default::default() }, "logprobs"),
-            (SamplingParams { logit_bias: vec![(100, 1.0)], ..Default::default() }, "logit_bias"),
-            (SamplingParams { logit_bias: vec![(1, 101.0)], ..Default::default() }, "logit_bias"),
-            (SamplingParams { stop_token_ids: vec![100], ..Default::default() }, "stop_token_ids"),
-            (SamplingParams { stop: vec![String::new()], ..Default::default() }, "stop"),
+            (
+                SamplingParams {
+                    temperature: -0.1,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: 0.0,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    top_p: 1.5,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    min_p: 2.0,
+                    ..Default::default()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..Default::default()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: 3.0,
+                    ..Default::default()
+                },
+                "presence_penalty",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: -3.0,
+                    ..Default::default()
+                },
+                "frequency_penalty",
+            ),
+            (
+                SamplingParams {
+                    max_tokens: 0,
+                    ..Default::default()
+                },
+                "max_tokens",
+            ),
+            (
+                SamplingParams {
+                    logprobs: Some(21),
+                    ..Default::default()
+                },
+                "logprobs",
+            ),
+            (
+                SamplingParams {
+                    logit_bias: vec![(100, 1.0)],
+                    ..Default::default()
+                },
+                "logit_bias",
+            ),
+            (
+                SamplingParams {
+                    logit_bias: vec![(1, 101.0)],
+                    ..Default::default()
+                },
+                "logit_bias",
+            ),
+            (
+                SamplingParams {
+                    stop_token_ids: vec![100],
+                    ..Default::default()
+                },
+                "stop_token_ids",
+            ),
+            (
+                SamplingParams {
+                    stop: vec![String::new()],
+                    ..Default::default()
+                },
+                "stop",
+            ),
         ];
         for (params, name) in cases {
             let err = params.validate(100).unwrap_err();

@@ -135,7 +135,14 @@ fn blocks_for(tokens: usize, block_size: usize) -> usize {
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Self {
         let pool = BlockPool::new(cfg.num_blocks, cfg.block_size);
-        Self { cfg, pool, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new(), counters: SchedulerCounters::default() }
+        Self {
+            cfg,
+            pool,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            counters: SchedulerCounters::default(),
+        }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -168,12 +175,18 @@ impl Scheduler {
         }
         let n = req.prompt.len();
         if n == 0 || n >= self.cfg.max_model_len {
-            return Err(CoreError::PromptTooLong { prompt_tokens: n, max_model_len: self.cfg.max_model_len });
+            return Err(CoreError::PromptTooLong {
+                prompt_tokens: n,
+                max_model_len: self.cfg.max_model_len,
+            });
         }
         let longest = (n + req.max_tokens).min(self.cfg.max_model_len);
         let needed = blocks_for(longest, self.cfg.block_size);
         if needed > self.pool.num_blocks() {
-            return Err(CoreError::PoolTooSmall { needed, total: self.pool.num_blocks() });
+            return Err(CoreError::PoolTooSmall {
+                needed,
+                total: self.pool.num_blocks(),
+            });
         }
         let seq = Seq {
             tokens: req.prompt,
@@ -192,7 +205,9 @@ impl Scheduler {
     /// Ends a request early (abort, stop string, client gone) and frees its blocks.
     /// Returns false if the request is unknown (already finished).
     pub fn finish(&mut self, id: RequestId) -> bool {
-        let Some(seq) = self.seqs.remove(&id) else { return false };
+        let Some(seq) = self.seqs.remove(&id) else {
+            return false;
+        };
         self.running.retain(|&r| r != id);
         self.waiting.retain(|&r| r != id);
         Self::release_blocks(&mut self.pool, seq.blocks);
@@ -229,7 +244,9 @@ impl Scheduler {
                     scheduled = true;
                     break;
                 }
-                let Some(victim) = self.running.pop() else { break };
+                let Some(victim) = self.running.pop() else {
+                    break;
+                };
                 self.preempt(victim);
                 plan.preempted.push(victim);
                 if victim == id {
@@ -247,7 +264,9 @@ impl Scheduler {
 
     fn schedule_waiting(&mut self, plan: &mut StepPlan, budget: &mut usize) {
         while *budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-            let Some(&id) = self.waiting.front() else { break };
+            let Some(&id) = self.waiting.front() else {
+                break;
+            };
             if self.cfg.enable_prefix_caching && self.seqs[&id].num_computed == 0 {
                 self.match_prefix(id);
             }
@@ -280,13 +299,17 @@ impl Scheduler {
     /// least one token to compute so the step produces logits.
     fn match_prefix(&mut self, id: RequestId) {
         let bs = self.cfg.block_size;
-        let Some(seq) = self.seqs.get_mut(&id) else { return };
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
         let full = (seq.tokens.len() - 1) / bs;
         self.counters.prefix_queries_tokens += seq.tokens.len() as u64;
         let mut parent = None;
         for b in 0..full {
             let h = chain_hash(parent, &seq.tokens[b * bs..(b + 1) * bs]);
-            let Some(block) = self.pool.lookup(h) else { break };
+            let Some(block) = self.pool.lookup(h) else {
+                break;
+            };
             self.pool.acquire(block);
             seq.blocks.push(block);
             seq.block_hashes.push(h);
@@ -298,7 +321,9 @@ impl Scheduler {
 
     /// Gives back the prefix blocks of a waiting request that could not start after all.
     fn unmatch_prefix(&mut self, id: RequestId) {
-        let Some(seq) = self.seqs.get_mut(&id) else { return };
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
         let blocks = std::mem::take(&mut seq.blocks);
         seq.block_hashes.clear();
         seq.num_computed = 0;
@@ -307,7 +332,9 @@ impl Scheduler {
 
     fn try_allocate(&mut self, id: RequestId, n: usize) -> bool {
         let bs = self.cfg.block_size;
-        let Some(seq) = self.seqs.get_mut(&id) else { return false };
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return false;
+        };
         let needed = blocks_for(seq.num_computed + n, bs).saturating_sub(seq.blocks.len());
         if needed == 0 {
             return true;
@@ -323,7 +350,9 @@ impl Scheduler {
 
     /// Preemption by recompute: free everything, keep the tokens, requeue at the front.
     fn preempt(&mut self, id: RequestId) {
-        let Some(seq) = self.seqs.get_mut(&id) else { return };
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
         let blocks = std::mem::take(&mut seq.blocks);
         seq.block_hashes.clear();
         seq.num_computed = 0;
@@ -338,8 +367,14 @@ impl Scheduler {
         let mut tokens = sampled.iter();
         let mut updates = Vec::with_capacity(sampled.len());
         for s in &plan.seqs {
-            let token = if s.sample { tokens.next().copied() } else { None };
-            let Some(seq) = self.seqs.get_mut(&s.id) else { continue };
+            let token = if s.sample {
+                tokens.next().copied()
+            } else {
+                None
+            };
+            let Some(seq) = self.seqs.get_mut(&s.id) else {
+                continue;
+            };
             seq.num_computed = s.start + s.tokens.len();
             if self.cfg.enable_prefix_caching {
                 Self::register_full_blocks(&mut self.pool, seq, self.cfg.block_size);
@@ -348,7 +383,9 @@ impl Scheduler {
             seq.tokens.push(token);
             let finish = if seq.stop_token_ids.contains(&token) {
                 Some(FinishReason::Stop)
-            } else if seq.num_output() >= seq.max_tokens || seq.tokens.len() >= self.cfg.max_model_len {
+            } else if seq.num_output() >= seq.max_tokens
+                || seq.tokens.len() >= self.cfg.max_model_len
+            {
                 Some(FinishReason::Length)
             } else {
                 None
@@ -356,7 +393,11 @@ impl Scheduler {
             if finish.is_some() {
                 self.finish(s.id);
             }
-            updates.push(SeqUpdate { id: s.id, token, finish });
+            updates.push(SeqUpdate {
+                id: s.id,
+                token,
+                finish,
+            });
         }
         updates
     }
@@ -364,7 +405,10 @@ impl Scheduler {
     fn register_full_blocks(pool: &mut BlockPool, seq: &mut Seq, bs: usize) {
         while (seq.block_hashes.len() + 1) * bs <= seq.num_computed {
             let b = seq.block_hashes.len();
-            let h = chain_hash(seq.block_hashes.last().copied(), &seq.tokens[b * bs..(b + 1) * bs]);
+            let h = chain_hash(
+                seq.block_hashes.last().copied(),
+                &seq.tokens[b * bs..(b + 1) * bs],
+            );
             pool.register_full(seq.blocks[b], h);
             seq.block_hashes.push(h);
         }
@@ -377,7 +421,10 @@ impl Scheduler {
         for (id, seq) in &self.seqs {
             let in_running = self.running.contains(id);
             let in_waiting = self.waiting.contains(id);
-            assert!(in_running ^ in_waiting, "request {id} must be in exactly one queue");
+            assert!(
+                in_running ^ in_waiting,
+                "request {id} must be in exactly one queue"
+            );
             if in_running {
                 assert!(seq.blocks.len() >= blocks_for(seq.num_computed, self.cfg.block_size));
             } else {
@@ -388,7 +435,11 @@ impl Scheduler {
             }
         }
         for b in 0..self.pool.num_blocks() as BlockId {
-            assert_eq!(self.pool.ref_count(b), refs.get(&b).copied().unwrap_or(0), "block {b} ref count");
+            assert_eq!(
+                self.pool.ref_count(b),
+                refs.get(&b).copied().unwrap_or(0),
+                "block {b} ref count"
+            );
         }
     }
 }

@@ -17,7 +17,12 @@ fn cfg(num_blocks: usize, budget: usize) -> SchedulerConfig {
 }
 
 fn req(id: RequestId, len: usize, max_tokens: usize) -> NewRequest {
-    NewRequest { id, prompt: (0..len as u32).map(|t| t % 50 + 1).collect(), max_tokens, stop_token_ids: vec![0] }
+    NewRequest {
+        id,
+        prompt: (0..len as u32).map(|t| t % 50 + 1).collect(),
+        max_tokens,
+        stop_token_ids: vec![0],
+    }
 }
 
 /// Deterministic fake model: the next token depends only on the sequence so far.
@@ -36,14 +41,23 @@ fn drain(sched: &mut Scheduler) -> HashMap<RequestId, Vec<u32>> {
         let plan = sched.schedule();
         sched.check_invariants();
         assert!(plan.num_tokens() <= sched.config().max_num_batched_tokens);
-        let sampled: Vec<u32> = plan.seqs.iter().filter(|s| s.sample).map(fake_token).collect();
+        let sampled: Vec<u32> = plan
+            .seqs
+            .iter()
+            .filter(|s| s.sample)
+            .map(fake_token)
+            .collect();
         for u in sched.update(&plan, &sampled) {
             out.entry(u.id).or_default().push(u.token);
         }
         sched.check_invariants();
     }
     assert!(sched.is_idle(), "scheduler did not drain");
-    assert_eq!(sched.pool().num_free(), sched.pool().num_blocks(), "blocks leaked");
+    assert_eq!(
+        sched.pool().num_free(),
+        sched.pool().num_blocks(),
+        "blocks leaked"
+    );
     out
 }
 
@@ -94,7 +108,10 @@ fn outputs_do_not_depend_on_batching_or_preemption() {
         s.add(req(i, 5 + 3 * i as usize, 12)).unwrap();
     }
     let together = drain(&mut s);
-    assert!(s.counters().preemptions > 0, "the test must exercise preemption");
+    assert!(
+        s.counters().preemptions > 0,
+        "the test must exercise preemption"
+    );
     for i in 0..6 {
         assert_eq!(together[&i], alone[i as usize], "request {i}");
     }
@@ -119,11 +136,23 @@ fn prefix_cache_reuses_full_blocks() {
 #[test]
 fn rejects_requests_that_can_never_run() {
     let mut s = Scheduler::new(cfg(4, 64));
-    assert!(matches!(s.add(req(1, 0, 1)), Err(CoreError::PromptTooLong { .. })));
-    assert!(matches!(s.add(req(2, 300, 1)), Err(CoreError::PromptTooLong { .. })));
-    assert!(matches!(s.add(req(3, 10, 100)), Err(CoreError::PoolTooSmall { .. })));
+    assert!(matches!(
+        s.add(req(1, 0, 1)),
+        Err(CoreError::PromptTooLong { .. })
+    ));
+    assert!(matches!(
+        s.add(req(2, 300, 1)),
+        Err(CoreError::PromptTooLong { .. })
+    ));
+    assert!(matches!(
+        s.add(req(3, 10, 100)),
+        Err(CoreError::PoolTooSmall { .. })
+    ));
     s.add(req(4, 2, 1)).unwrap();
-    assert!(matches!(s.add(req(4, 2, 1)), Err(CoreError::DuplicateRequest(4))));
+    assert!(matches!(
+        s.add(req(4, 2, 1)),
+        Err(CoreError::DuplicateRequest(4))
+    ));
 }
 
 /// Seeded random workload: adds, aborts mid-flight, preemption pressure. Every block is
@@ -136,7 +165,11 @@ fn seeded_random_workload_returns_every_block() {
     for _ in 0..3_000 {
         match rng.random_range(0..10) {
             0..=2 => {
-                let _ = s.add(req(next_id, rng.random_range(1..40), rng.random_range(1..20)));
+                let _ = s.add(req(
+                    next_id,
+                    rng.random_range(1..40),
+                    rng.random_range(1..20),
+                ));
                 next_id += 1;
             }
             3 => {
@@ -146,7 +179,12 @@ fn seeded_random_workload_returns_every_block() {
             _ => {
                 let plan = s.schedule();
                 s.check_invariants();
-                let sampled: Vec<u32> = plan.seqs.iter().filter(|x| x.sample).map(fake_token).collect();
+                let sampled: Vec<u32> = plan
+                    .seqs
+                    .iter()
+                    .filter(|x| x.sample)
+                    .map(fake_token)
+                    .collect();
                 s.update(&plan, &sampled);
             }
         }

@@ -1,1 +1,22 @@
-//! placeholder
+//! kr-engine: the engine library applications embed (SPEC E8).
+//!
+//! [`start`] loads a model and runs the engine loop on its own thread; the returned
+//! [`EngineHandle`] submits requests and gets a [`RequestStream`] of [`Event`]s back.
+//! Dropping a stream aborts its request and frees its KV blocks.
+
+mod engine;
+mod error;
+mod handle;
+mod model;
+mod runner;
+pub mod sampler;
+mod stats;
+pub mod stop;
+
+pub use engine::{start, EngineConfig};
+pub use error::{EngineError, Result};
+pub use handle::{EngineHandle, Event, GenerateRequest, ModelInfo, Prompt, RequestStream, Usage};
+pub use kr_core::{FinishReason, SamplingParams};
+pub use kr_model::ChatMessage;
+pub use model::{load_model, LoadedModel};
+pub use stats::{EngineStats, StatsSnapshot};

@@ -1,1 +1,25 @@
-//! placeholder
+//! kr-model: everything about a model that is not arithmetic on a device.
+//!
+//! - [`gguf`], [`quant`], [`gguf_model`]: reading GGUF files and their tensor encodings;
+//! - [`config`], [`weights`]: the architecture parameters and weights the decoder needs;
+//! - [`tokenizer`], [`chat`]: text in and out (E7);
+//! - [`backend`], [`decoder`]: the Backend contract and the one decoder written against it.
+
+pub mod backend;
+pub mod chat;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod gguf;
+pub mod gguf_model;
+pub mod quant;
+pub mod tokenizer;
+pub mod weights;
+
+pub use backend::{AttnMeta, Backend, KvLayout, Rope, SeqAttn};
+pub use chat::{ChatMessage, ChatTemplate};
+pub use config::{ModelConfig, RopeStyle};
+pub use decoder::Decoder;
+pub use error::{ModelError, Result};
+pub use tokenizer::{IncrementalDecoder, Tokenizer};
+pub use weights::{ModelWeights, RawTensor};

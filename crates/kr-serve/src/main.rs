@@ -1,1 +1,34 @@
-fn main(){}
+//! The kr-serve binary: `run` generates from a prompt on the terminal; `bench engine`
+//! measures the in-process engine. Errors are printed once, here, with a hint.
+
+mod bench;
+mod cli;
+mod error;
+mod run;
+
+use clap::Parser;
+use cli::{BenchCommand, Cli, Command};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KR_SERVE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Bench {
+            command: BenchCommand::Engine(args),
+        } => bench::bench_engine(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        if let Some(hint) = e.hint() {
+            eprintln!("hint: {hint}");
+        }
+        std::process::exit(e.exit_code());
+    }
+}

@@ -1,0 +1,354 @@
+//! The engine loop: one OS thread owns the model and the KV cache; handles talk to it over a
+//! channel. Each turn: drain the inbox, schedule, run the batch, sample, emit events.
+//!
+//! Invariants:
+//! - only this thread touches the backend and the scheduler;
+//! - the engine never blocks on a client: events go to unbounded per-request channels, and
+//!   a closed channel means the client is gone, so the request is aborted at once;
+//! - an idle engine parks on the inbox and starts a new request in the turn it arrives
+//!   (the fast path, SPEC S1).
+
+use crate::error::{EngineError, Result};
+use crate::handle::{EngineHandle, Event, ModelInfo, Usage};
+use crate::model::{load_model, LoadedModel};
+use crate::runner::build_batch;
+use crate::sampler::{Sampler, TokenLogprobs};
+use crate::stats::EngineStats;
+use crate::stop::StopMatcher;
+use kr_core::scheduler::NewRequest;
+use kr_core::{FinishReason, RequestId, SamplingParams, Scheduler, SchedulerConfig, SeqUpdate};
+use kr_cpu::CpuKvCache;
+use kr_model::{IncrementalDecoder, Tokenizer};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// How to start an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model: PathBuf,
+    /// Memory for the KV cache, in MiB.
+    pub kv_cache_mib: usize,
+    pub block_size: usize,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    /// Context limit; `None` uses the model's own.
+    pub max_model_len: Option<usize>,
+    pub enable_prefix_caching: bool,
+}
+
+impl EngineConfig {
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            kv_cache_mib: 1024,
+            block_size: 16,
+            max_num_seqs: 64,
+            max_num_batched_tokens: 2048,
+            max_model_len: None,
+            enable_prefix_caching: true,
+        }
+    }
+}
+
+pub(crate) enum Command {
+    Add {
+        id: RequestId,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        events: UnboundedSender<Event>,
+    },
+    Abort(RequestId),
+    Shutdown,
+}
+
+/// Output-side state of one live request.
+struct Live {
+    events: UnboundedSender<Event>,
+    sampler: Sampler,
+    ids: Vec<u32>,
+    prompt_len: usize,
+    detok: IncrementalDecoder,
+    stops: StopMatcher,
+}
+
+struct EngineLoop {
+    model: LoadedModel,
+    cache: CpuKvCache,
+    sched: Scheduler,
+    live: HashMap<RequestId, Live>,
+    eos: Vec<u32>,
+    inbox: Receiver<Command>,
+    stats: Arc<EngineStats>,
+}
+
+/// Loads the model, sizes the KV pool and starts the engine thread.
+pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
+    let model = load_model(&cfg.model)?;
+    let mc = model.config().clone();
+    let max_model_len = cfg
+        .max_model_len
+        .unwrap_or(mc.max_context)
+        .min(mc.max_context);
+    let num_blocks = (cfg.kv_cache_mib << 20) / (mc.kv_bytes_per_token() * cfg.block_size);
+    if num_blocks == 0
+        || cfg.block_size == 0
+        || cfg.max_num_seqs == 0
+        || cfg.max_num_batched_tokens == 0
+    {
+        return Err(EngineError::Config(format!(
+            "KV cache of {} MiB holds no block of {} tokens; raise kv_cache_mib",
+            cfg.kv_cache_mib, cfg.block_size
+        )));
+    }
+    let sched = Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens: cfg.max_num_batched_tokens,
+        max_num_seqs: cfg.max_num_seqs,
+        block_size: cfg.block_size,
+        num_blocks,
+        max_model_len,
+        enable_prefix_caching: cfg.enable_prefix_caching,
+    });
+    let stats = Arc::new(EngineStats::default());
+    stats.kv_blocks_total.store(num_blocks as u64, Relaxed);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = cfg
+        .model
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    let info = ModelInfo {
+        name,
+        config: mc,
+        max_model_len,
+        num_kv_blocks: num_blocks,
+        block_size: cfg.block_size,
+        weight_bytes: model.weight_bytes,
+    };
+    let tokenizer = model.tokenizer.clone();
+    let template = model.chat_template.clone();
+    let eos = model.tokenizer.eos_ids.clone();
+    let cache = model.decoder.new_kv_cache(num_blocks, cfg.block_size);
+    let engine = EngineLoop {
+        model,
+        cache,
+        sched,
+        live: HashMap::new(),
+        eos,
+        inbox: rx,
+        stats: stats.clone(),
+    };
+    std::thread::Builder::new()
+        .name("kr-engine".into())
+        .spawn(move || engine.run())
+        .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
+    Ok(EngineHandle {
+        inbox: tx,
+        tokenizer,
+        template,
+        info: Arc::new(info),
+        stats,
+        next_id: Arc::new(AtomicU64::new(1)),
+    })
+}
+
+/// The text a new token adds, after stop-string matching, and the request's final state.
+/// A stop token contributes no text; a stop string ends the text right before it; any other
+/// end releases everything still held back.
+fn output_text(
+    live: &mut Live,
+    tok: &Tokenizer,
+    finish: Option<FinishReason>,
+) -> kr_model::Result<(String, Option<FinishReason>)> {
+    let mut text = String::new();
+    if finish != Some(FinishReason::Stop) {
+        let scan = live.stops.push(&live.detok.step(tok, &live.ids)?);
+        text = scan.emit;
+        if scan.stopped {
+            return Ok((text, Some(FinishReason::Stop)));
+        }
+    }
+    if finish.is_some() {
+        let scan = live.stops.push(&live.detok.flush(tok, &live.ids)?);
+        text.push_str(&scan.emit);
+        if scan.stopped {
+            return Ok((text, Some(FinishReason::Stop)));
+        }
+        text.push_str(&live.stops.finish());
+    }
+    Ok((text, finish))
+}
+
+impl EngineLoop {
+    fn run(mut self) {
+        loop {
+            if self.sched.is_idle() {
+                let Ok(cmd) = self.inbox.recv() else { return };
+                if !self.handle(cmd) {
+                    return;
+                }
+                if !self.sched.is_idle() {
+                    self.stats.fast_path.fetch_add(1, Relaxed);
+                }
+            }
+            loop {
+                match self.inbox.try_recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            return;
+                        }
+                    }
+                    Err(TryRecvError::Disconnected) if self.sched.is_idle() => return,
+                    Err(_) => break,
+                }
+            }
+            self.step();
+            self.publish_gauges();
+        }
+    }
+
+    /// Applies one command; returns false on shutdown.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Add {
+                id,
+                prompt,
+                params,
+                events,
+            } => self.add(id, prompt, params, events),
+            Command::Abort(id) => self.abort(id),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn add(
+        &mut self,
+        id: RequestId,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        events: UnboundedSender<Event>,
+    ) {
+        let mut stop_ids = params.stop_token_ids.clone();
+        if !params.ignore_eos {
+            stop_ids.extend(&self.eos);
+        }
+        let req = NewRequest {
+            id,
+            prompt: prompt.clone(),
+            max_tokens: params.max_tokens as usize,
+            stop_token_ids: stop_ids,
+        };
+        if let Err(e) = self.sched.add(req) {
+            let _ = events.send(Event::Error(e.to_string()));
+            return;
+        }
+        self.stats
+            .prompt_tokens
+            .fetch_add(prompt.len() as u64, Relaxed);
+        let live = Live {
+            events,
+            sampler: Sampler::new(params.clone(), &prompt),
+            detok: IncrementalDecoder::new(prompt.len()),
+            stops: StopMatcher::new(&params.stop),
+            prompt_len: prompt.len(),
+            ids: prompt,
+        };
+        self.live.insert(id, live);
+    }
+
+    fn abort(&mut self, id: RequestId) {
+        if self.sched.finish(id) {
+            self.stats.requests_aborted.fetch_add(1, Relaxed);
+        }
+        self.live.remove(&id);
+    }
+
+    /// One iteration: schedule, run the model, sample, emit.
+    fn step(&mut self) {
+        let plan = self.sched.schedule();
+        self.stats
+            .preemptions
+            .fetch_add(plan.preempted.len() as u64, Relaxed);
+        if plan.is_empty() {
+            return;
+        }
+        let (ids, meta) = build_batch(&plan, self.sched.config().block_size);
+        let mut logits = self.model.decoder.forward(&ids, &meta, &mut self.cache);
+        let vocab = self.model.config().vocab_size;
+        let mut sampled = Vec::with_capacity(plan.num_sampled());
+        let mut logprobs = Vec::with_capacity(plan.num_sampled());
+        for (s, row) in plan
+            .seqs
+            .iter()
+            .filter(|s| s.sample)
+            .zip(logits.chunks_exact_mut(vocab))
+        {
+            let (tok, lp) = self
+                .live
+                .get_mut(&s.id)
+                .map_or((0, None), |l| l.sampler.sample(row));
+            sampled.push(tok);
+            logprobs.push(lp);
+        }
+        let updates = self.sched.update(&plan, &sampled);
+        self.stats.steps.fetch_add(1, Relaxed);
+        self.stats
+            .generation_tokens
+            .fetch_add(updates.len() as u64, Relaxed);
+        for (u, lp) in updates.into_iter().zip(logprobs) {
+            self.emit(u, lp);
+        }
+    }
+
+    /// Detokenises, matches stop strings and sends the token's event (and the final one).
+    fn emit(&mut self, u: SeqUpdate, logprobs: Option<TokenLogprobs>) {
+        let Some(live) = self.live.get_mut(&u.id) else {
+            return;
+        };
+        live.ids.push(u.token);
+        let (text, finish) = match output_text(live, &self.model.tokenizer, u.finish) {
+            Ok(out) => out,
+            Err(e) => {
+                let _ = live.events.send(Event::Error(e.to_string()));
+                self.abort(u.id);
+                return;
+            }
+        };
+        let sent = live
+            .events
+            .send(Event::Token {
+                id: u.token,
+                text,
+                logprobs,
+            })
+            .is_ok();
+        if let Some(reason) = finish {
+            let usage = Usage {
+                prompt_tokens: live.prompt_len,
+                completion_tokens: live.ids.len() - live.prompt_len,
+                cached_prompt_tokens: 0,
+            };
+            let _ = live.events.send(Event::Finished { reason, usage });
+            self.sched.finish(u.id);
+            self.live.remove(&u.id);
+            self.stats.requests_finished.fetch_add(1, Relaxed);
+        } else if !sent {
+            self.abort(u.id);
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let s = &self.stats;
+        s.running.store(self.sched.num_running() as u64, Relaxed);
+        s.waiting.store(self.sched.num_waiting() as u64, Relaxed);
+        s.kv_blocks_used
+            .store(self.sched.pool().num_used() as u64, Relaxed);
+        let c = self.sched.counters();
+        s.prefix_query_tokens
+            .store(c.prefix_queries_tokens, Relaxed);
+        s.prefix_hit_tokens.store(c.prefix_hit_tokens, Relaxed);
+    }
+}

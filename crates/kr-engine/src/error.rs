@@ -1,0 +1,19 @@
+//! The one error type of kr-engine.
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] kr_model::ModelError),
+    #[error(transparent)]
+    Core(#[from] kr_core::CoreError),
+    #[error("model file {path} is not a supported format; supported: .gguf files")]
+    UnsupportedFormat { path: String },
+    #[error("the model has no chat template; send a raw prompt instead")]
+    NoChatTemplate,
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

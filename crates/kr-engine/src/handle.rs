@@ -1,0 +1,220 @@
+//! The public face of the engine: submit a request, get a stream of events; drop the stream
+//! to abort. Tokenisation and templating run on the caller's thread, never the engine's.
+
+use crate::engine::Command;
+use crate::error::{EngineError, Result};
+use crate::sampler::TokenLogprobs;
+use crate::stats::EngineStats;
+use kr_core::{FinishReason, RequestId, SamplingParams};
+use kr_model::{ChatMessage, ChatTemplate, ModelConfig, Tokenizer};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Raw text, tokenised as is (BOS added when the model asks for it).
+    Text(String),
+    /// A conversation rendered through the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Token ids, used as given.
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_prompt_tokens: usize,
+}
+
+/// One event of a request's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A generated token and the text it completes (may be empty while a character or a
+    /// possible stop string is held back).
+    Token {
+        id: u32,
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+    },
+    /// The last event of a successful request.
+    Finished { reason: FinishReason, usage: Usage },
+    /// The request failed; no more events follow.
+    Error(String),
+}
+
+/// Static facts about the loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub name: String,
+    pub config: ModelConfig,
+    pub max_model_len: usize,
+    pub num_kv_blocks: usize,
+    pub block_size: usize,
+    pub weight_bytes: usize,
+}
+
+/// A cheap, cloneable handle on a running engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub(crate) inbox: Sender<Command>,
+    pub(crate) tokenizer: Arc<Tokenizer>,
+    pub(crate) template: Option<Arc<ChatTemplate>>,
+    pub(crate) info: Arc<ModelInfo>,
+    pub(crate) stats: Arc<EngineStats>,
+    pub(crate) next_id: Arc<AtomicU64>,
+}
+
+impl EngineHandle {
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// Renders a conversation with the model's chat template, opening the assistant turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        let t = self.template.as_ref().ok_or(EngineError::NoChatTemplate)?;
+        Ok(t.render(messages, true)?)
+    }
+
+    /// Turns a prompt into token ids.
+    pub fn tokenize_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        match prompt {
+            Prompt::Tokens(ids) => Ok(ids.clone()),
+            Prompt::Text(text) => Ok(self.tokenizer.encode(text, self.tokenizer.add_bos)?),
+            Prompt::Chat(messages) => {
+                let text = self.render_chat(messages)?;
+                let bos_in_text = self
+                    .tokenizer
+                    .bos_id
+                    .and_then(|b| self.tokenizer.id_to_token(b))
+                    .is_some_and(|b| text.starts_with(&b));
+                Ok(self
+                    .tokenizer
+                    .encode(&text, self.tokenizer.add_bos && !bos_in_text)?)
+            }
+        }
+    }
+
+    /// Validates and queues a request. The returned stream yields its events; dropping it
+    /// before the end aborts the request and frees its KV blocks.
+    pub fn submit(&self, req: GenerateRequest) -> Result<RequestStream> {
+        req.params.validate(self.info.config.vocab_size)?;
+        let prompt = self.tokenize_prompt(&req.prompt)?;
+        if let Some(&bad) = prompt
+            .iter()
+            .find(|&&t| t as usize >= self.info.config.vocab_size)
+        {
+            return Err(kr_core::CoreError::InvalidParam {
+                param: "prompt",
+                value: bad.to_string(),
+                allowed: format!("token ids 0..{}", self.info.config.vocab_size),
+            }
+            .into());
+        }
+        if prompt.is_empty() || prompt.len() >= self.info.max_model_len {
+            return Err(kr_core::CoreError::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                max_model_len: self.info.max_model_len,
+            }
+            .into());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let prompt_len = prompt.len();
+        self.inbox
+            .send(Command::Add {
+                id,
+                prompt,
+                params: req.params,
+                events: tx,
+            })
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(RequestStream {
+            id,
+            rx,
+            inbox: self.inbox.clone(),
+            done: false,
+            prompt_len,
+        })
+    }
+
+    /// Asks the engine thread to finish its work and exit.
+    pub fn shutdown(&self) {
+        let _ = self.inbox.send(Command::Shutdown);
+    }
+}
+
+/// The events of one request, usable from async code (`Stream`) or blocking code.
+pub struct RequestStream {
+    id: RequestId,
+    rx: UnboundedReceiver<Event>,
+    inbox: Sender<Command>,
+    done: bool,
+    pub prompt_len: usize,
+}
+
+impl RequestStream {
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    fn observe(&mut self, ev: Option<Event>) -> Option<Event> {
+        match &ev {
+            Some(Event::Finished { .. }) | Some(Event::Error(_)) | None => self.done = true,
+            _ => {}
+        }
+        ev
+    }
+
+    /// Blocks the current thread until the next event (not for use inside async code).
+    pub fn next_blocking(&mut self) -> Option<Event> {
+        let ev = self.rx.blocking_recv();
+        self.observe(ev)
+    }
+
+    /// Waits for the next event.
+    pub async fn next(&mut self) -> Option<Event> {
+        let ev = self.rx.recv().await;
+        self.observe(ev)
+    }
+}
+
+impl futures_core::Stream for RequestStream {
+    type Item = Event;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let this = self.get_mut();
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(ev) => Poll::Ready(this.observe(ev)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.inbox.send(Command::Abort(self.id));
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The contract between the decoder and a compute backend (CPU now, CUDA next).
+//!
+//! The decoder calls only these fused operations; a backend owns its tensors, weights and
+//! KV cache. Models never own their cache. Shapes: activations are 2-D `[tokens, features]`
+//! in a packed batch (all scheduled tokens of all sequences, sequence after sequence).
+
+use crate::config::ModelConfig;
+use crate::weights::RawTensor;
+
+/// Layout of the paged KV cache: per layer, `num_blocks` blocks of `block_size` slots, each
+/// slot holding `num_kv_heads × head_dim` keys and as many values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    pub num_layers: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// One sequence's part of a packed batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqAttn {
+    /// First row of this sequence's queries in the packed batch.
+    pub q_start: usize,
+    pub q_len: usize,
+    /// Tokens in the cache once this step's keys are written (cached prefix + new tokens).
+    pub ctx_len: usize,
+    pub block_table: Vec<u32>,
+}
+
+/// Attention metadata of a packed batch, shared by every layer of one step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttnMeta {
+    /// Absolute position of each token (for RoPE).
+    pub positions: Vec<u32>,
+    /// Cache slot (`block * block_size + offset`) each token's key and value go to.
+    pub slot_mapping: Vec<u32>,
+    pub seqs: Vec<SeqAttn>,
+    /// Rows whose logits are wanted (the last token of each sampled sequence).
+    pub logit_rows: Vec<usize>,
+}
+
+/// Rotary embedding parameters, precomputed once per model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub inv_freq: Vec<f32>,
+    pub style: crate::config::RopeStyle,
+}
+
+impl Rope {
+    pub fn from_config(c: &ModelConfig) -> Self {
+        Self {
+            inv_freq: c.rope_inv_freq(),
+            style: c.rope_style,
+        }
+    }
+}
+
+/// The operations a decoder step needs. Every method works on the whole packed batch.
+pub trait Backend: Send {
+    type Tensor;
+    type Weight: Send + Sync;
+    type Vector: Send + Sync;
+    type KvCache: Send;
+
+    fn name(&self) -> &'static str;
+    fn load_weight(&self, t: &RawTensor) -> Self::Weight;
+    fn load_vector(&self, v: &[f32]) -> Self::Vector;
+    fn new_kv_cache(&self, layout: KvLayout) -> Self::KvCache;
+
+    /// Rows of `table` for each id.
+    fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Self::Tensor;
+    fn rms_norm(&self, x: &Self::Tensor, w: &Self::Vector, eps: f32) -> Self::Tensor;
+    /// `x += delta`, then returns `rms_norm(x)` (the residual add fused with the next norm).
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Tensor,
+        delta: &Self::Tensor,
+        w: &Self::Vector,
+        eps: f32,
+    ) -> Self::Tensor;
+    fn add_inplace(&self, x: &mut Self::Tensor, delta: &Self::Tensor);
+    /// `x · Wᵀ (+ bias)`: `[t, cols] -> [t, rows]`.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        bias: Option<&Self::Vector>,
+    ) -> Self::Tensor;
+    /// RMSNorm over each head of width `head_dim` (Qwen3's q/k norm).
+    fn head_rms_norm(&self, x: &mut Self::Tensor, w: &Self::Vector, head_dim: usize, eps: f32);
+    /// Rotates `q` and `k` in place by their positions, then writes `k` and `v` into the
+    /// cache of `layer` at `meta.slot_mapping`.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_and_write_kv(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        rope: &Rope,
+        meta: &AttnMeta,
+        layer: usize,
+        cache: &mut Self::KvCache,
+    );
+    /// Causal attention of each sequence's queries over its cached keys and values.
+    fn paged_attention(
+        &self,
+        q: &Self::Tensor,
+        meta: &AttnMeta,
+        layer: usize,
+        cache: &Self::KvCache,
+        num_heads: usize,
+    ) -> Self::Tensor;
+    /// `silu(gate) * up`, elementwise.
+    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Self::Tensor;
+    /// Copies a tensor to host memory, row-major.
+    fn to_host(&self, x: &Self::Tensor) -> Vec<f32>;
+}

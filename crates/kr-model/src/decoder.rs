@@ -1,0 +1,137 @@
+//! The one decoder-only transformer (Llama / Qwen2 / Qwen3 / Mistral / SmolLM), written
+//! against [`Backend`]. Weight names follow the GGUF / Hugging Face layout verbatim.
+//!
+//! Invariant: `forward` touches only the KV slots named in `meta.slot_mapping` and reads only
+//! the blocks in each sequence's block table.
+
+use crate::backend::{AttnMeta, Backend, KvLayout, Rope};
+use crate::config::ModelConfig;
+use crate::weights::ModelWeights;
+
+struct Layer<B: Backend> {
+    attn_norm: B::Vector,
+    wq: B::Weight,
+    wk: B::Weight,
+    wv: B::Weight,
+    wo: B::Weight,
+    q_bias: Option<B::Vector>,
+    k_bias: Option<B::Vector>,
+    v_bias: Option<B::Vector>,
+    q_norm: Option<B::Vector>,
+    k_norm: Option<B::Vector>,
+    ffn_norm: B::Vector,
+    w_gate: B::Weight,
+    w_up: B::Weight,
+    w_down: B::Weight,
+}
+
+/// A model whose weights live on backend `B`.
+pub struct Decoder<B: Backend> {
+    pub config: ModelConfig,
+    backend: B,
+    rope: Rope,
+    embedding: B::Weight,
+    layers: Vec<Layer<B>>,
+    final_norm: B::Vector,
+    lm_head: Option<B::Weight>,
+}
+
+impl<B: Backend> Decoder<B> {
+    /// Moves the weights onto the backend.
+    pub fn new(backend: B, w: &ModelWeights) -> Self {
+        let vec = |v: &Option<Vec<f32>>| v.as_ref().map(|v| backend.load_vector(v));
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| Layer {
+                attn_norm: backend.load_vector(&l.attn_norm),
+                wq: backend.load_weight(&l.wq),
+                wk: backend.load_weight(&l.wk),
+                wv: backend.load_weight(&l.wv),
+                wo: backend.load_weight(&l.wo),
+                q_bias: vec(&l.q_bias),
+                k_bias: vec(&l.k_bias),
+                v_bias: vec(&l.v_bias),
+                q_norm: vec(&l.q_norm),
+                k_norm: vec(&l.k_norm),
+                ffn_norm: backend.load_vector(&l.ffn_norm),
+                w_gate: backend.load_weight(&l.w_gate),
+                w_up: backend.load_weight(&l.w_up),
+                w_down: backend.load_weight(&l.w_down),
+            })
+            .collect();
+        Self {
+            config: w.config.clone(),
+            rope: Rope::from_config(&w.config),
+            embedding: backend.load_weight(&w.embedding),
+            final_norm: backend.load_vector(&w.final_norm),
+            lm_head: w.lm_head.as_ref().map(|t| backend.load_weight(t)),
+            layers,
+            backend,
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// A KV cache with `num_blocks` blocks of `block_size` tokens for this model.
+    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> B::KvCache {
+        let c = &self.config;
+        self.backend.new_kv_cache(KvLayout {
+            num_layers: c.num_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+        })
+    }
+
+    /// Runs one packed batch and returns the logits of `meta.logit_rows`, row-major
+    /// `[logit_rows.len(), vocab_size]`.
+    pub fn forward(&self, ids: &[u32], meta: &AttnMeta, cache: &mut B::KvCache) -> Vec<f32> {
+        let (be, c) = (&self.backend, &self.config);
+        let eps = c.rms_norm_eps;
+        let mut x = be.embed(&self.embedding, ids);
+        let mut h = be.rms_norm(&x, &self.layers[0].attn_norm, eps);
+        for (i, l) in self.layers.iter().enumerate() {
+            let attn = self.attention(l, &h, meta, i, cache);
+            h = be.add_rms_norm(&mut x, &attn, &l.ffn_norm, eps);
+            let act = be.silu_mul(
+                &be.linear(&h, &l.w_gate, None),
+                &be.linear(&h, &l.w_up, None),
+            );
+            let down = be.linear(&act, &l.w_down, None);
+            let next_norm = self
+                .layers
+                .get(i + 1)
+                .map_or(&self.final_norm, |n| &n.attn_norm);
+            h = be.add_rms_norm(&mut x, &down, next_norm, eps);
+        }
+        // `h` is now final_norm(x); only the sampled rows go through the vocabulary projection.
+        let last = be.gather_rows(&h, &meta.logit_rows);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
+        be.to_host(&be.linear(&last, head, None))
+    }
+
+    fn attention(
+        &self,
+        l: &Layer<B>,
+        h: &B::Tensor,
+        meta: &AttnMeta,
+        layer: usize,
+        cache: &mut B::KvCache,
+    ) -> B::Tensor {
+        let (be, c) = (&self.backend, &self.config);
+        let mut q = be.linear(h, &l.wq, l.q_bias.as_ref());
+        let mut k = be.linear(h, &l.wk, l.k_bias.as_ref());
+        let v = be.linear(h, &l.wv, l.v_bias.as_ref());
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            be.head_rms_norm(&mut q, qn, c.head_dim, c.rms_norm_eps);
+            be.head_rms_norm(&mut k, kn, c.head_dim, c.rms_norm_eps);
+        }
+        be.rope_and_write_kv(&mut q, &mut k, &v, &self.rope, meta, layer, cache);
+        let ctx = be.paged_attention(&q, meta, layer, cache, c.num_heads);
+        be.linear(&ctx, &l.wo, None)
+    }
+}

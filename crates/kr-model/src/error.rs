@@ -1,0 +1,51 @@
+//! The one error type of kr-model. Every variant names the file, tensor or field at fault.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot open model file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a GGUF file (magic {magic:?}); expected a .gguf model")]
+    NotGguf { path: PathBuf, magic: [u8; 4] },
+    #[error("{path}: unsupported GGUF version {version}; supported: 2, 3")]
+    GgufVersion { path: PathBuf, version: u32 },
+    #[error("{path} is truncated or corrupt: {what}")]
+    Truncated { path: PathBuf, what: String },
+    #[error("{path}: tensor '{tensor}' has type {ggml_type}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)")]
+    UnsupportedType {
+        path: PathBuf,
+        tensor: String,
+        ggml_type: u32,
+    },
+    #[error("{path}: missing tensor '{tensor}'")]
+    MissingTensor { path: PathBuf, tensor: String },
+    #[error("{path}: tensor '{tensor}' has shape {actual:?}, expected {expected:?}")]
+    Shape {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("{path}: metadata key '{key}' is missing or has the wrong type ({expected} expected)")]
+    Metadata {
+        path: PathBuf,
+        key: String,
+        expected: &'static str,
+    },
+    #[error("{path}: unsupported architecture '{arch}'; supported: {supported}")]
+    Architecture {
+        path: PathBuf,
+        arch: String,
+        supported: &'static str,
+    },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,139 @@
+//! Model weights as the file stores them: encoded bytes plus type and shape. Backends turn
+//! these into their own representation (the CPU backend borrows the memory map as is).
+//!
+//! Invariant: a [`RawTensor`] of `rows × cols` holds exactly `ty.bytes_for(rows*cols)` bytes,
+//! and `cols` is a multiple of the type's block size, so every row starts on a block.
+
+use crate::config::ModelConfig;
+use crate::quant::{dequantize, GgmlType};
+use memmap2::Mmap;
+use std::sync::Arc;
+
+/// Bytes of a tensor: borrowed from a memory-mapped file or owned.
+#[derive(Clone)]
+pub enum TensorBytes {
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    Owned(Arc<Vec<u8>>),
+}
+
+impl TensorBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+            Self::Owned(v) => v,
+        }
+    }
+}
+
+/// A 2-D weight matrix (`rows` output features, each a contiguous row of `cols`).
+#[derive(Clone)]
+pub struct RawTensor {
+    pub name: String,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: TensorBytes,
+}
+
+impl std::fmt::Debug for RawTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RawTensor({} {} {}x{})",
+            self.name,
+            self.ty.name(),
+            self.rows,
+            self.cols
+        )
+    }
+}
+
+impl RawTensor {
+    /// An owned f32 tensor.
+    pub fn from_f32(name: &str, rows: usize, cols: usize, data: &[f32]) -> Self {
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "{name}: data does not match its shape"
+        );
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self {
+            name: name.to_string(),
+            ty: GgmlType::F32,
+            rows,
+            cols,
+            bytes: TensorBytes::Owned(Arc::new(bytes)),
+        }
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.ty.bytes_for(self.cols)
+    }
+
+    /// Decodes row `r` into `out` (length `cols`).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        dequantize(self.ty, &self.bytes.as_slice()[r * rb..(r + 1) * rb], out);
+    }
+
+    /// The whole tensor as f32 (for small tensors: norms, biases, tests).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        dequantize(self.ty, self.bytes.as_slice(), &mut out);
+        out
+    }
+}
+
+/// Weights of one decoder layer.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: RawTensor,
+    pub wk: RawTensor,
+    pub wv: RawTensor,
+    pub wo: RawTensor,
+    /// Qwen2's q/k/v projection biases.
+    pub q_bias: Option<Vec<f32>>,
+    pub k_bias: Option<Vec<f32>>,
+    pub v_bias: Option<Vec<f32>>,
+    /// Qwen3's per-head RMSNorm of q and k (length head_dim).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: RawTensor,
+    pub w_up: RawTensor,
+    pub w_down: RawTensor,
+}
+
+/// All weights of a decoder-only model.
+#[derive(Debug, Clone)]
+pub struct ModelWeights {
+    pub config: ModelConfig,
+    pub embedding: RawTensor,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Vec<f32>,
+    /// `None` when the output projection is tied to the embedding.
+    pub lm_head: Option<RawTensor>,
+}
+
+impl ModelWeights {
+    /// Bytes of all weight matrices as stored.
+    pub fn weight_bytes(&self) -> usize {
+        let mats = |l: &LayerWeights| {
+            [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                .iter()
+                .map(|t| t.bytes.as_slice().len())
+                .sum::<usize>()
+        };
+        self.embedding.bytes.as_slice().len()
+            + self.layers.iter().map(mats).sum::<usize>()
+            + self
+                .lm_head
+                .as_ref()
+                .map_or(0, |t| t.bytes.as_slice().len())
+    }
+}

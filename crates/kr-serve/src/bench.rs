@@ -1,0 +1,211 @@
+//! `kr-serve bench engine`: offline throughput of the in-process engine (no HTTP).
+//! Seeded random prompts (distinct per run, so the prefix cache never helps), ignore_eos,
+//! a warm-up request, the median of `repeat` runs. Writes a JSON report with the machine,
+//! the commit and the command line. Never asserts timings.
+
+use crate::cli::BenchEngineArgs;
+use crate::error::{CliError, Result};
+use crate::run::start_engine;
+use kr_engine::{EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Timings of one request.
+struct Timing {
+    first_token: Instant,
+    end: Instant,
+    tokens: usize,
+}
+
+/// A pseudo-random prompt of `len` ordinary token ids (a small LCG keeps it reproducible).
+fn random_prompt(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let lo = 256.min(vocab / 4) as u64;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (lo + (x >> 33) % (vocab as u64 - 2 * lo)) as u32
+        })
+        .collect()
+}
+
+/// Submits all prompts at once and waits for every request, timing each on its own thread.
+fn run_batch(
+    engine: &EngineHandle,
+    prompts: Vec<Vec<u32>>,
+    max_tokens: u32,
+) -> Result<(Instant, Vec<Timing>)> {
+    let params = SamplingParams {
+        max_tokens,
+        ignore_eos: true,
+        ..SamplingParams::greedy(max_tokens)
+    };
+    let start = Instant::now();
+    let streams = prompts
+        .into_iter()
+        .map(|p| {
+            engine.submit(GenerateRequest {
+                prompt: Prompt::Tokens(p),
+                params: params.clone(),
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let timings = std::thread::scope(|s| {
+        let handles: Vec<_> = streams
+            .into_iter()
+            .map(|mut st| {
+                s.spawn(move || {
+                    let mut first = None;
+                    let mut tokens = 0;
+                    while let Some(ev) = st.next_blocking() {
+                        match ev {
+                            Event::Token { .. } => {
+                                first.get_or_insert_with(Instant::now);
+                                tokens += 1;
+                            }
+                            Event::Finished { .. } => {
+                                return Ok(Timing {
+                                    first_token: first.unwrap_or_else(Instant::now),
+                                    end: Instant::now(),
+                                    tokens,
+                                })
+                            }
+                            Event::Error(e) => return Err(CliError::Generation(e)),
+                        }
+                    }
+                    Err(CliError::Generation("stream ended early".into()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(CliError::Generation("bench thread panicked".into())))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Ok((start, timings))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+pub fn bench_engine(args: BenchEngineArgs) -> Result<()> {
+    if args.repeat == 0
+        || args.batch_sizes.is_empty()
+        || args.batch_sizes.contains(&0)
+        || args.gen_tokens < 2
+    {
+        return Err(CliError::Usage(
+            "--repeat and every --batch-sizes entry must be at least 1, --gen-tokens at least 2"
+                .into(),
+        ));
+    }
+    let engine = start_engine(&args.engine)?;
+    let vocab = engine.info().config.vocab_size;
+    let mut seed = args.seed * 1_000_003;
+    let mut next_prompt = |len| {
+        seed += 1;
+        random_prompt(seed, len, vocab)
+    };
+    eprintln!("warm-up …");
+    run_batch(&engine, vec![next_prompt(16)], 8)?;
+    let mut prefill = Vec::new();
+    for _ in 0..args.repeat {
+        let (start, t) = run_batch(&engine, vec![next_prompt(args.prefill_tokens)], 1)?;
+        prefill.push(secs(t[0].first_token - start));
+    }
+    let ttft = median(prefill);
+    eprintln!(
+        "prefill {} tokens: TTFT {:.1} ms, {:.1} tokens/s",
+        args.prefill_tokens,
+        ttft * 1e3,
+        args.prefill_tokens as f64 / ttft
+    );
+    let mut decode = Vec::new();
+    for &b in &args.batch_sizes {
+        let mut rates = Vec::new();
+        let mut ttfts = Vec::new();
+        for _ in 0..args.repeat {
+            let (start, t) = run_batch(
+                &engine,
+                (0..b).map(|_| next_prompt(args.prompt_tokens)).collect(),
+                args.gen_tokens,
+            )?;
+            let decode_start = t.iter().map(|x| x.first_token).max().unwrap_or(start);
+            let end = t.iter().map(|x| x.end).max().unwrap_or(start);
+            let generated: usize = t.iter().map(|x| x.tokens - 1).sum();
+            rates.push(generated as f64 / secs(end - decode_start).max(1e-9));
+            ttfts.push(secs(decode_start - start));
+        }
+        let tps = median(rates);
+        eprintln!(
+            "batch {b:>3}: decode {tps:.1} tokens/s ({:.1} per sequence)",
+            tps / b as f64
+        );
+        decode.push(json!({"batch_size": b, "decode_tokens_per_s": tps, "per_sequence_tokens_per_s": tps / b as f64, "ms_per_step": 1e3 * b as f64 / tps, "ttft_all_prompts_ms": median(ttfts) * 1e3}));
+    }
+    let report = json!({
+        "benchmark": "engine",
+        "model": args.engine.model.display().to_string(),
+        "device": "cpu",
+        "machine": machine(),
+        "commit": commit(),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "prefill_tokens": args.prefill_tokens, "repeat": args.repeat, "seed": args.seed, "ignore_eos": true, "threads": rayon_threads()},
+        "prefill": {"tokens": args.prefill_tokens, "ttft_ms": ttft * 1e3, "tokens_per_s": args.prefill_tokens as f64 / ttft},
+        "decode": decode,
+    });
+    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    match &args.out {
+        Some(path) => std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
+            path: path.display().to_string(),
+            source,
+        })?,
+        None => println!("{text}"),
+    }
+    engine.shutdown();
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// CPU model, core count and OS, for the report.
+pub fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown".to_string(), |s| s.trim().to_string());
+    json!({"cpu": cpu, "cores": std::thread::available_parallelism().map_or(0, |n| n.get()), "os": std::env::consts::OS, "arch": std::env::consts::ARCH})
+}
+
+/// The git commit of the working tree, if there is one.
+pub fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        })
+}

@@ -1,0 +1,105 @@
+//! Command-line definitions (clap).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "kr-serve", version, about = "LLM inference server and engine", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Generate text from one prompt and stream it to stdout.
+    #[command(
+        after_help = "Example:\n  kr-serve run --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt \"What is the capital of France?\" --temperature 0"
+    )]
+    Run(RunArgs),
+    /// Benchmarks that write JSON reports.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Offline engine throughput: prefill and decode tokens/s per batch size, TTFT.
+    Engine(BenchEngineArgs),
+}
+
+/// Engine sizing flags shared by every command that loads a model.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Model file (GGUF).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Memory for the KV cache in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub kv_cache_mib: usize,
+    /// Context limit (default: the model's).
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// The prompt: sent as one user message through the chat template unless --raw.
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop strings (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Tokenise the prompt as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Args)]
+pub struct BenchEngineArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Write the JSON report here (default: print it).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Prompt length in tokens for the decode runs.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens generated per request in the decode runs (ignore_eos).
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: u32,
+    /// Batch sizes to measure decode at.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    pub batch_sizes: Vec<usize>,
+    /// Prompt length of the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    pub prefill_tokens: usize,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
