@@ -38,6 +38,8 @@ pub struct EngineConfig {
     /// Context limit; `None` uses the model's own.
     pub max_model_len: Option<usize>,
     pub enable_prefix_caching: bool,
+    /// Exact number of KV blocks, overriding `kv_cache_mib` (tests use tiny pools).
+    pub num_kv_blocks: Option<usize>,
 }
 
 impl EngineConfig {
@@ -50,6 +52,7 @@ impl EngineConfig {
             max_num_batched_tokens: 2048,
             max_model_len: None,
             enable_prefix_caching: true,
+            num_kv_blocks: None,
         }
     }
 }
@@ -93,7 +96,9 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         .max_model_len
         .unwrap_or(mc.max_context)
         .min(mc.max_context);
-    let num_blocks = (cfg.kv_cache_mib << 20) / (mc.kv_bytes_per_token() * cfg.block_size);
+    let num_blocks = cfg
+        .num_kv_blocks
+        .unwrap_or((cfg.kv_cache_mib << 20) / (mc.kv_bytes_per_token() * cfg.block_size.max(1)));
     if num_blocks == 0
         || cfg.block_size == 0
         || cfg.max_num_seqs == 0

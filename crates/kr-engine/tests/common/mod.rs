@@ -1,0 +1,67 @@
+//! Shared helpers of the engine's end-to-end tests (real SmolLM2 weights from ../shared).
+#![allow(dead_code)]
+
+use kr_engine::{
+    EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, Prompt, SamplingParams,
+};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub fn smollm2_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+pub fn start(f: impl FnOnce(&mut EngineConfig)) -> EngineHandle {
+    let mut cfg = EngineConfig::new(smollm2_path());
+    cfg.kv_cache_mib = 256;
+    f(&mut cfg);
+    kr_engine::start(cfg).expect("engine starts")
+}
+
+/// The collected output of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: Option<FinishReason>,
+}
+
+pub fn collect(stream: &mut kr_engine::RequestStream) -> Output {
+    let mut out = Output {
+        ids: vec![],
+        text: String::new(),
+        finish: None,
+    };
+    while let Some(ev) = stream.next_blocking() {
+        match ev {
+            Event::Token { id, text, .. } => {
+                out.ids.push(id);
+                out.text.push_str(&text);
+            }
+            Event::Finished { reason, .. } => out.finish = Some(reason),
+            Event::Error(e) => panic!("request failed: {e}"),
+        }
+    }
+    out
+}
+
+pub fn generate(engine: &EngineHandle, prompt: Prompt, params: SamplingParams) -> Output {
+    let mut s = engine
+        .submit(GenerateRequest { prompt, params })
+        .expect("submit");
+    collect(&mut s)
+}
+
+/// Waits until the engine reports `used` KV blocks in use (the engine publishes after steps).
+pub fn wait_for_blocks(engine: &EngineHandle, used: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.stats().snapshot().kv_blocks_used != used {
+        assert!(
+            Instant::now() < deadline,
+            "KV blocks in use stuck at {}",
+            engine.stats().snapshot().kv_blocks_used
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
