@@ -26,23 +26,13 @@ fn reduce(acc: [f32; LANES]) -> f32 {
     target_feature = "avx2",
     target_feature = "fma"
 ))]
-pub use avx2::{dot, dot4, fused_dot};
+pub use avx2::{dot, dot4};
 #[cfg(not(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 )))]
 pub use portable::{dot, dot4};
-
-/// Without AVX2 there is no fused path: callers decode rows and use `dot`.
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)))]
-pub fn fused_dot(_ty: kr_model::quant::GgmlType, _row: &[u8], _x: &[f32]) -> Option<f32> {
-    None
-}
 
 /// Explicit AVX2 + FMA versions (LLVM does not vectorise the portable `dot4`'s 2-D
 /// accumulators). Two 8-lane accumulators per row, reduced the same way in both functions.
@@ -52,7 +42,6 @@ pub fn fused_dot(_ty: kr_model::quant::GgmlType, _row: &[u8], _x: &[f32]) -> Opt
     target_feature = "fma"
 ))]
 mod avx2 {
-    use kr_model::quant::GgmlType;
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -92,78 +81,6 @@ mod avx2 {
             }
             tail(&a[n..], &b[n..], hsum(a0, a1))
         }
-    }
-
-    /// `dot(x, decode(row))` without materialising the decoded row, for the 32-element
-    /// block types (`None` for others). Each weight is decoded as `fma(q, d, m)` exactly as
-    /// `kr_model::quant` does, and accumulated into the same lanes in the same order as
-    /// `dot`, so the result is bit-identical to decoding first (batch invariance).
-    #[inline]
-    pub fn fused_dot(ty: GgmlType, row: &[u8], x: &[f32]) -> Option<f32> {
-        let bb = ty.block_bytes();
-        if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
-            || row.len() / bb * 32 != x.len()
-        {
-            return None;
-        }
-        // SAFETY: AVX2/FMA enabled at compile time; block `i` reads `bb` bytes of `row` and
-        // 32 floats of `x` at `32 * i`, inside both by the length check above.
-        unsafe {
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let px = x.as_ptr();
-            for (i, b) in row.chunks_exact(bb).enumerate() {
-                let xb = px.add(32 * i);
-                let d = f16_at(b, 0);
-                let dv = _mm256_set1_ps(d);
-                let w: [__m256; 4] = match ty {
-                    GgmlType::Q8_0 => {
-                        let zero = _mm256_setzero_ps();
-                        let q = |k: usize| {
-                            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                b.as_ptr().add(2 + 8 * k) as *const __m128i,
-                            )))
-                        };
-                        [
-                            _mm256_fmadd_ps(q(0), dv, zero),
-                            _mm256_fmadd_ps(q(1), dv, zero),
-                            _mm256_fmadd_ps(q(2), dv, zero),
-                            _mm256_fmadd_ps(q(3), dv, zero),
-                        ]
-                    }
-                    _ => {
-                        let (m, qs) = if ty == GgmlType::Q4_1 {
-                            (f16_at(b, 2), 4)
-                        } else {
-                            (-8.0 * d, 2)
-                        };
-                        let mv = _mm256_set1_ps(m);
-                        let bytes = _mm_loadu_si128(b.as_ptr().add(qs) as *const __m128i);
-                        let mask = _mm_set1_epi8(0x0f);
-                        let lo = _mm_and_si128(bytes, mask);
-                        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-                        let f = |v: __m128i| {
-                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), dv, mv)
-                        };
-                        [
-                            f(lo),
-                            f(_mm_srli_si128(lo, 8)),
-                            f(hi),
-                            f(_mm_srli_si128(hi, 8)),
-                        ]
-                    }
-                };
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xb), w[0], a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(8)), w[1], a1);
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(16)), w[2], a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(24)), w[3], a1);
-            }
-            Some(hsum(a0, a1))
-        }
-    }
-
-    #[inline(always)]
-    fn f16_at(b: &[u8], i: usize) -> f32 {
-        half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
     }
 
     /// Four dot products of `a` with four rows, sharing the loads of `a`.

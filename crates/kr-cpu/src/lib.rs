@@ -7,8 +7,9 @@
 //! is bit-identical alone and batched. `linear` therefore never switches algorithm by `m`.
 
 mod kernels;
+mod qdot;
 
-use kernels::{dot, dot4, fused_dot};
+use kernels::{dot, dot4};
 use kr_model::{AttnMeta, Backend, KvLayout, RawTensor, Rope, RopeStyle};
 use rayon::prelude::*;
 
@@ -63,20 +64,34 @@ impl CpuBackend {
             w.name, w.cols
         );
         let mut yt = vec![0f32; n * m];
+        if qdot::supports(w.ty) {
+            let sums = qdot::block_sums(x);
+            let (rb, bytes) = (w.row_bytes(), w.bytes.as_slice());
+            yt.par_chunks_mut(ROWS_PER_TASK * m)
+                .enumerate()
+                .for_each(|(task, out)| {
+                    let j0 = task * ROWS_PER_TASK;
+                    let rows = &bytes[j0 * rb..(j0 + out.len() / m) * rb];
+                    qdot::matmul_rows(w.ty, rows, x, &sums, out);
+                });
+            return Self::transpose_back(m, n, yt);
+        }
         yt.par_chunks_mut(ROWS_PER_TASK * m)
             .enumerate()
             .for_each_init(Vec::new, |scratch, (task, out)| {
                 let j0 = task * ROWS_PER_TASK;
                 let nr = out.len() / m;
-                if m < FUSED_MAX_ROWS && fused_rows(x, w, j0, out) {
-                    return;
-                }
                 scratch.resize(ROWS_PER_TASK * k, 0.0);
                 for r in 0..nr {
                     w.dequantize_row(j0 + r, &mut scratch[r * k..(r + 1) * k]);
                 }
                 mul_rows(x, &scratch[..nr * k], k, out);
             });
+        Self::transpose_back(m, n, yt)
+    }
+
+    /// `yᵀ [n, m]` back to `y [m, n]`.
+    fn transpose_back(m: usize, n: usize, yt: Vec<f32>) -> Mat {
         if m == 1 {
             return Mat::new(1, n, yt);
         }
@@ -88,27 +103,6 @@ impl CpuBackend {
         }
         Mat::new(m, n, y)
     }
-}
-
-/// Below this many input rows, decoding a weight row once per input row in registers beats
-/// decoding it once into memory (both give bit-identical results).
-const FUSED_MAX_ROWS: usize = 4;
-
-/// `out[r * m + i] = x_i · w_{j0 + r}` straight from the encoded rows; false if the weight
-/// type has no fused kernel (nothing is written then).
-fn fused_rows(x: &Mat, w: &RawTensor, j0: usize, out: &mut [f32]) -> bool {
-    let (m, rb) = (x.rows, w.row_bytes());
-    let bytes = w.bytes.as_slice();
-    for r in 0..out.len() / m {
-        let row = &bytes[(j0 + r) * rb..(j0 + r + 1) * rb];
-        for i in 0..m {
-            match fused_dot(w.ty, row, x.row(i)) {
-                Some(v) => out[r * m + i] = v,
-                None => return false,
-            }
-        }
-    }
-    true
 }
 
 /// `out[r * m + i] = dot(x_i, w_r)` for the decoded weight rows `w` (each `k` long).

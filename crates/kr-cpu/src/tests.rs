@@ -157,3 +157,55 @@ fn rope_styles_rotate_the_right_pairs() {
     assert!((b[0] - 1f32.cos()).abs() < 1e-6 && (b[2] - 1f32.sin()).abs() < 1e-6);
     assert_eq!((b[1], b[3]), (5.0, 6.0));
 }
+
+/// Random blocks of a 32-element type: f16 scale (and offset), then packed integers.
+fn random_blocks(
+    rng: &mut ChaCha8Rng,
+    ty: kr_model::quant::GgmlType,
+    rows: usize,
+    cols: usize,
+) -> RawTensor {
+    use kr_model::quant::GgmlType;
+    use kr_model::weights::TensorBytes;
+    let mut bytes = Vec::new();
+    for _ in 0..rows * cols / 32 {
+        bytes.extend(half::f16::from_f32(rng.random_range(0.001..0.05)).to_le_bytes());
+        if ty == GgmlType::Q4_1 {
+            bytes.extend(half::f16::from_f32(rng.random_range(-0.2..0.2)).to_le_bytes());
+        }
+        let payload = if ty == GgmlType::Q8_0 { 32 } else { 16 };
+        bytes.extend((0..payload).map(|_| rng.random::<u8>()));
+    }
+    RawTensor {
+        name: "q".into(),
+        ty,
+        rows,
+        cols,
+        bytes: TensorBytes::Owned(std::sync::Arc::new(bytes)),
+    }
+}
+
+#[test]
+fn quantised_linear_matches_decoded_weights_and_is_batch_invariant() {
+    use kr_model::quant::GgmlType;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (m, k, n) = (7, 96, 21);
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let w = random_blocks(&mut rng, ty, n, k);
+        let wf = w.to_f32();
+        let x = Mat::new(m, k, random(&mut rng, m * k));
+        let y = CpuBackend.linear(&x, &w, None);
+        for i in 0..m {
+            for j in 0..n {
+                let naive: f32 = (0..k).map(|c| x.data[i * k + c] * wf[j * k + c]).sum();
+                assert!(
+                    (y.data[i * n + j] - naive).abs() < 1e-4 * (1.0 + naive.abs()),
+                    "{ty:?} ({i},{j}): {} vs {naive}",
+                    y.data[i * n + j]
+                );
+            }
+            let alone = CpuBackend.linear(&Mat::new(1, k, x.row(i).to_vec()), &w, None);
+            assert_eq!(alone.data, y.row(i), "{ty:?} row {i} alone vs batched");
+        }
+    }
+}
