@@ -123,6 +123,8 @@ fn aborted_stopped_and_finished_requests_free_their_blocks() {
     let out = generate(&engine, chat(QUESTIONS[3]), SamplingParams::greedy(5));
     assert_eq!((out.ids.len(), out.finish), (5, Some(FinishReason::Length)));
     wait_for_blocks(&engine, 0);
+    // Each request arrived at an idle engine and started in the turn it arrived (S1).
+    assert_eq!(engine.stats().snapshot().fast_path, 3);
 }
 
 #[test]
