@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// How to start an engine.
@@ -76,6 +77,8 @@ struct Live {
     prompt_len: usize,
     detok: IncrementalDecoder,
     stops: StopMatcher,
+    /// When the request reached the engine; `None` once it has been scheduled.
+    queued_since: Option<Instant>,
 }
 
 struct EngineLoop {
@@ -258,6 +261,7 @@ impl EngineLoop {
             sampler: Sampler::new(params.clone(), &prompt),
             detok: IncrementalDecoder::new(prompt.len()),
             stops: StopMatcher::new(&params.stop),
+            queued_since: Some(Instant::now()),
             prompt_len: prompt.len(),
             ids: prompt,
         };
@@ -280,6 +284,12 @@ impl EngineLoop {
         if plan.is_empty() {
             return;
         }
+        let t0 = Instant::now();
+        for s in &plan.seqs {
+            if let Some(since) = self.live.get_mut(&s.id).and_then(|l| l.queued_since.take()) {
+                self.stats.queue_seconds.observe(t0 - since);
+            }
+        }
         let (ids, meta) = build_batch(&plan, self.sched.config().block_size);
         let mut logits = self.model.decoder.forward(&ids, &meta, &mut self.cache);
         let vocab = self.model.config().vocab_size;
@@ -299,6 +309,7 @@ impl EngineLoop {
             logprobs.push(lp);
         }
         let updates = self.sched.update(&plan, &sampled);
+        self.stats.step_seconds.observe(t0.elapsed());
         self.stats.steps.fetch_add(1, Relaxed);
         self.stats
             .generation_tokens

@@ -7,6 +7,7 @@
 mod engine;
 mod error;
 mod handle;
+mod histogram;
 mod model;
 mod runner;
 pub mod sampler;
@@ -16,6 +17,7 @@ pub mod stop;
 pub use engine::{start, EngineConfig};
 pub use error::{EngineError, Result};
 pub use handle::{EngineHandle, Event, GenerateRequest, ModelInfo, Prompt, RequestStream, Usage};
+pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub use kr_core::{FinishReason, SamplingParams};
 pub use kr_model::ChatMessage;
 pub use model::{load_model, LoadedModel};

@@ -1,5 +1,6 @@
 //! Engine counters shared lock-free between the engine thread and its handles.
 
+use crate::histogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Live counters and gauges; the engine thread writes, anyone reads.
@@ -18,6 +19,10 @@ pub struct EngineStats {
     pub prefix_hit_tokens: AtomicU64,
     pub requests_finished: AtomicU64,
     pub requests_aborted: AtomicU64,
+    /// Wall time of each engine step (model forward and sampling).
+    pub step_seconds: Histogram,
+    /// Time from a request's arrival at the engine to its first scheduled step.
+    pub queue_seconds: Histogram,
 }
 
 /// A plain copy of [`EngineStats`] at one moment.

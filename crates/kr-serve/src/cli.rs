@@ -17,6 +17,11 @@ pub enum Command {
         after_help = "Example:\n  kr-serve run --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt \"What is the capital of France?\" --temperature 0"
     )]
     Run(RunArgs),
+    /// Serve the model over OpenAI- and Ollama-compatible HTTP APIs.
+    #[command(
+        after_help = "Example:\n  kr-serve serve --model SmolLM2-135M-Instruct.Q4_1.gguf --port 8080\n  curl localhost:8080/v1/chat/completions -d '{\"model\":\"SmolLM2-135M-Instruct.Q4_1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'"
+    )]
+    Serve(ServeArgs),
     /// Benchmarks that write JSON reports.
     Bench {
         #[command(subcommand)]
@@ -102,4 +107,34 @@ pub struct BenchEngineArgs {
     pub repeat: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests allowed to wait beyond the running batch; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Requests run at once (the engine's batch limit).
+    #[arg(long, default_value_t = 64)]
+    pub max_running: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest `max_tokens` a request may ask for (and the default).
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens_cap: u32,
+    /// Require `Authorization: Bearer KEY` (default: env KR_SERVE_API_KEY, else no auth).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Reject unknown request fields with 400 instead of ignoring them.
+    #[arg(long)]
+    pub strict: bool,
 }

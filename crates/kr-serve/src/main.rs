@@ -1,10 +1,12 @@
-//! The kr-serve binary: `run` generates from a prompt on the terminal; `bench engine`
-//! measures the in-process engine. Errors are printed once, here, with a hint.
+//! The kr-serve binary: `serve` runs the HTTP server; `run` generates from a prompt on the
+//! terminal; `bench engine` measures the in-process engine. Errors are printed once, here,
+//! with a hint.
 
 mod bench;
 mod cli;
 mod error;
 mod run;
+mod serve;
 
 use clap::Parser;
 use cli::{BenchCommand, Cli, Command};
@@ -20,6 +22,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Bench {
             command: BenchCommand::Engine(args),
         } => bench::bench_engine(args),

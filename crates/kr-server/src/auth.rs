@@ -1,0 +1,48 @@
+//! Optional API key (SPEC A9): when configured, every route but the probes needs
+//! `Authorization: Bearer <key>`; keys are compared in constant time; 401 JSON otherwise.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+/// True when `given` equals `expected`, taking the same time for every `given` of a length.
+pub fn key_matches(given: &str, expected: &str) -> bool {
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
+}
+
+pub async fn require_key(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(expected) = state.cfg.api_key.as_deref() else {
+        return Ok(next.run(req).await);
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(k) if key_matches(k, expected) => Ok(next.run(req).await),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_exactly() {
+        assert!(key_matches("secret", "secret"));
+        assert!(!key_matches("secret2", "secret"));
+        assert!(!key_matches("secreT", "secret"));
+        assert!(!key_matches("", "secret"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The one error type of the server, mapped to HTTP once (`IntoResponse`).
+//!
+//! OpenAI routes answer `{"error":{"message","type","param","code"}}`; Ollama routes wrap
+//! the same error in [`OllamaError`], which answers Ollama's `{"error":"message"}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kr_core::CoreError;
+use kr_engine::EngineError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or a value is out of range.
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<&'static str>,
+    },
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        param: Option<&'static str>,
+        code: &'static str,
+    },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the server is at capacity ({capacity} requests running or queued); retry later")]
+    Overloaded { capacity: usize },
+    #[error("missing or invalid API key; send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("the engine has stopped")]
+    Unavailable,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+impl ApiError {
+    pub fn bad(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: None,
+        }
+    }
+
+    pub fn unknown_model(name: &str, available: &str) -> Self {
+        ApiError::NotFound {
+            message: format!("model `{name}` does not exist; available: {available}"),
+            param: Some("model"),
+            code: "model_not_found",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. } | ApiError::PayloadTooLarge { .. } => {
+                "invalid_request_error"
+            }
+            ApiError::NotFound { .. } => "not_found_error",
+            ApiError::Overloaded { .. } => "rate_limit_error",
+            ApiError::Unauthorized => "authentication_error",
+            ApiError::Unavailable | ApiError::Internal(_) => "server_error",
+        }
+    }
+
+    fn param_and_code(&self) -> (Option<String>, Option<&'static str>) {
+        match self {
+            ApiError::BadRequest { param, code, .. } => (param.clone(), *code),
+            ApiError::NotFound { param, code, .. } => (param.map(String::from), Some(code)),
+            ApiError::PayloadTooLarge { .. } => (None, Some("payload_too_large")),
+            ApiError::Overloaded { .. } => (None, Some("server_overloaded")),
+            ApiError::Unauthorized => (None, Some("invalid_api_key")),
+            _ => (None, None),
+        }
+    }
+
+    /// Adds headers some errors need (Retry-After on 429, WWW-Authenticate on 401).
+    fn decorate(&self, resp: &mut Response) {
+        let h = resp.headers_mut();
+        match self {
+            ApiError::Overloaded { .. } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Core(CoreError::InvalidParam { param, .. }) => ApiError::BadRequest {
+                message: e.to_string(),
+                param: Some(param.to_string()),
+                code: None,
+            },
+            EngineError::Core(CoreError::PromptTooLong { .. })
+            | EngineError::Core(CoreError::PoolTooSmall { .. }) => ApiError::BadRequest {
+                message: e.to_string(),
+                param: Some("messages".into()),
+                code: Some("context_length_exceeded"),
+            },
+            EngineError::NoChatTemplate => ApiError::bad("messages", e.to_string()),
+            EngineError::Stopped => ApiError::Unavailable,
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        EngineError::Core(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (param, code) = self.param_and_code();
+        if self.status().is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = json!({"error": {
+            "message": self.to_string(),
+            "type": self.kind(),
+            "param": param,
+            "code": code,
+        }});
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        self.decorate(&mut resp);
+        resp
+    }
+}
+
+/// An [`ApiError`] in Ollama's shape: `{"error": "message"}`.
+#[derive(Debug)]
+pub struct OllamaError(pub ApiError);
+
+impl From<ApiError> for OllamaError {
+    fn from(e: ApiError) -> Self {
+        OllamaError(e)
+    }
+}
+
+impl From<EngineError> for OllamaError {
+    fn from(e: EngineError) -> Self {
+        OllamaError(e.into())
+    }
+}
+
+impl IntoResponse for OllamaError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let mut resp = (e.status(), axum::Json(json!({"error": e.to_string()}))).into_response();
+        e.decorate(&mut resp);
+        resp
+    }
+}

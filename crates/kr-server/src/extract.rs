@@ -1,0 +1,97 @@
+//! Request bodies: a JSON extractor whose every failure is a 4xx JSON error naming the
+//! problem (oversized body → 413; invalid UTF-8, malformed JSON, wrong types → 400 with the
+//! path of the offending field as `param`), plus the unknown-field policy (SPEC A11).
+
+use crate::error::{ApiError, OllamaError};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// A JSON body parsed into `T`, rejected with an OpenAI-shaped [`ApiError`].
+pub struct ApiJson<T>(pub T);
+
+/// A JSON body parsed into `T`, rejected with an Ollama-shaped [`OllamaError`].
+pub struct OllamaJson<T>(pub T);
+
+/// Parses a body: UTF-8 first, then JSON into `T` with the failing field's path.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ApiError::BadRequest {
+        message: format!(
+            "request body is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ),
+        param: None,
+        code: Some("invalid_utf8"),
+    })?;
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let param = (path != "." && !path.is_empty()).then_some(path);
+        let message = match (&param, inner.classify()) {
+            (_, serde_json::error::Category::Syntax | serde_json::error::Category::Eof) => {
+                format!("request body is not valid JSON: {inner}")
+            }
+            (Some(p), _) => format!("invalid value for `{p}`: {inner}"),
+            (None, _) => format!("invalid request body: {inner}"),
+        };
+        ApiError::BadRequest {
+            message,
+            param,
+            code: None,
+        }
+    })
+}
+
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.cfg.max_body_bytes,
+            }
+        } else {
+            ApiError::BadRequest {
+                message: format!("cannot read the request body: {r}"),
+                param: None,
+                code: None,
+            }
+        }
+    })
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        Ok(ApiJson(parse_body(&bytes)?))
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OllamaJson<T> {
+    type Rejection = OllamaError;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, OllamaError> {
+        let bytes = read_body(req, state).await?;
+        Ok(OllamaJson(parse_body(&bytes)?))
+    }
+}
+
+/// Fields a request carried that this server does not know: rejected in strict mode
+/// (400 naming the first one), otherwise logged and ignored.
+pub fn check_unknown(state: &AppState, extra: &Map<String, Value>) -> Result<(), ApiError> {
+    let Some(first) = extra.keys().next() else {
+        return Ok(());
+    };
+    if state.cfg.strict {
+        return Err(ApiError::BadRequest {
+            message: format!("unknown or unsupported field `{first}` (strict mode)"),
+            param: Some(first.clone()),
+            code: Some("unknown_field"),
+        });
+    }
+    let names: Vec<&String> = extra.keys().collect();
+    tracing::warn!(fields = ?names, "ignoring unknown request fields");
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! kr-server: the HTTP face of the engine (SPEC A1–A11), built on axum.
+//!
+//! The server knows the engine only through [`kr_engine::EngineHandle`]; it never sees a
+//! backend. Every route is a thin adapter: parse the wire type (a 4xx JSON error naming the
+//! problem on any failure), build `SamplingParams` and prompts, admit (429 when full),
+//! submit, then stream (SSE / NDJSON) or collect. See docs/ARCHITECTURE.md.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod gen;
+pub mod metrics;
+pub mod ollama;
+pub mod openai;
+pub mod probes;
+pub mod state;
+pub mod stream;
+pub mod tokenize;
+
+pub use error::ApiError;
+pub use state::{AppState, ServerConfig};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use kr_engine::EngineHandle;
+use std::future::Future;
+use tokio::net::TcpListener;
+
+/// Every route of the server over `state`.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(openai::chat::chat_completions))
+        .route("/v1/completions", post(openai::completions::completions))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{model}", get(openai::get_model))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/version", get(ollama::version))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .route("/metrics", get(probes::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .route("/health", get(probes::health))
+        .route("/ready", get(probes::ready))
+        .merge(api)
+        .fallback(probes::not_found)
+        .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting connections and
+/// waits for in-flight requests (streams included) to finish.
+pub async fn serve(
+    listener: TcpListener,
+    engine: EngineHandle,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = state::Inner::new(engine, cfg);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received: finishing in-flight requests");
+}

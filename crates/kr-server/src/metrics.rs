@@ -1,0 +1,203 @@
+//! Prometheus text exposition (SPEC C3), written by hand: engine counters and gauges come
+//! from an [`kr_engine::EngineStats`] snapshot at scrape time; request latencies (TTFT,
+//! inter-token, end-to-end) are measured here, in the server, as clients see them.
+
+use kr_engine::{EngineStats, Histogram, HistogramSnapshot};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// How a request ended, as counted in `kr_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Stop,
+    Length,
+    Cancelled,
+    Error,
+    Rejected,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Stop,
+        Outcome::Length,
+        Outcome::Cancelled,
+        Outcome::Error,
+        Outcome::Rejected,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Stop => "stop",
+            Outcome::Length => "length",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Error => "error",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// Metrics measured by the server.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub ttft: Histogram,
+    pub inter_token: Histogram,
+    pub e2e: Histogram,
+    outcomes: [AtomicU64; 5],
+}
+
+impl Metrics {
+    pub fn count(&self, o: Outcome) {
+        self.outcomes[o as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Renders every series in the Prometheus text format.
+    pub fn render(&self, engine: &EngineStats, in_flight: usize) -> String {
+        let s = engine.snapshot();
+        let mut out = String::with_capacity(8192);
+        out.push_str("# HELP kr_requests_total Requests by how they ended.\n");
+        out.push_str("# TYPE kr_requests_total counter\n");
+        for o in Outcome::ALL {
+            let v = self.outcomes[o as usize].load(Relaxed);
+            let _ = writeln!(out, "kr_requests_total{{outcome=\"{}\"}} {v}", o.label());
+        }
+        let gauges = [
+            (
+                "kr_requests_running",
+                "Requests in the running batch.",
+                s.running,
+            ),
+            (
+                "kr_requests_waiting",
+                "Requests waiting to be scheduled.",
+                s.waiting,
+            ),
+            (
+                "kr_kv_blocks_used",
+                "KV cache blocks in use.",
+                s.kv_blocks_used,
+            ),
+            (
+                "kr_kv_blocks_total",
+                "KV cache blocks in the pool.",
+                s.kv_blocks_total,
+            ),
+            (
+                "kr_server_requests_in_flight",
+                "Engine requests admitted by the server and not yet ended.",
+                in_flight as u64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            scalar(&mut out, name, help, "gauge", v);
+        }
+        let counters = [
+            (
+                "kr_prompt_tokens_total",
+                "Prompt tokens received.",
+                s.prompt_tokens,
+            ),
+            (
+                "kr_generation_tokens_total",
+                "Tokens generated.",
+                s.generation_tokens,
+            ),
+            (
+                "kr_preemptions_total",
+                "Requests preempted (recomputed later).",
+                s.preemptions,
+            ),
+            (
+                "kr_prefix_cache_queries_total",
+                "Prompt tokens looked up in the prefix cache.",
+                s.prefix_query_tokens,
+            ),
+            (
+                "kr_prefix_cache_hits_total",
+                "Prompt tokens found in the prefix cache.",
+                s.prefix_hit_tokens,
+            ),
+            (
+                "kr_fast_path_total",
+                "Requests started at once by an idle engine.",
+                s.fast_path,
+            ),
+            ("kr_engine_steps_total", "Engine steps run.", s.steps),
+        ];
+        for (name, help, v) in counters {
+            scalar(&mut out, name, help, "counter", v);
+        }
+        let histograms = [
+            (
+                "kr_time_to_first_token_seconds",
+                "Time from request arrival to the first token.",
+                self.ttft.snapshot(),
+            ),
+            (
+                "kr_inter_token_latency_seconds",
+                "Time between consecutive tokens of a request.",
+                self.inter_token.snapshot(),
+            ),
+            (
+                "kr_e2e_request_latency_seconds",
+                "Time from request arrival to its last token.",
+                self.e2e.snapshot(),
+            ),
+            (
+                "kr_queue_time_seconds",
+                "Time a request waited in the engine before its first step.",
+                engine.queue_seconds.snapshot(),
+            ),
+            (
+                "kr_step_duration_seconds",
+                "Wall time of one engine step.",
+                engine.step_seconds.snapshot(),
+            ),
+        ];
+        for (name, help, h) in histograms {
+            histogram(&mut out, name, help, &h);
+        }
+        out
+    }
+}
+
+fn scalar(out: &mut String, name: &str, help: &str, kind: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+    );
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound, c) in h.bounds.iter().zip(&h.counts) {
+        cumulative += c;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(
+        out,
+        "{name}_sum {}\n{name}_count {}",
+        h.sum_seconds, h.count
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn renders_counters_gauges_and_cumulative_buckets() {
+        let m = Metrics::default();
+        m.count(Outcome::Stop);
+        m.ttft.observe(Duration::from_millis(3));
+        m.ttft.observe(Duration::from_millis(30));
+        let text = m.render(&EngineStats::default(), 2);
+        assert!(text.contains("kr_requests_total{outcome=\"stop\"} 1\n"));
+        assert!(text.contains("kr_server_requests_in_flight 2\n"));
+        assert!(text.contains("kr_time_to_first_token_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("kr_time_to_first_token_seconds_bucket{le=\"0.05\"} 2\n"));
+        assert!(text.contains("kr_time_to_first_token_seconds_count 2\n"));
+        assert!(text.contains("# TYPE kr_step_duration_seconds histogram\n"));
+    }
+}

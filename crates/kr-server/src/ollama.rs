@@ -1,0 +1,378 @@
+//! The Ollama dialect (SPEC A2): /api/generate and /api/chat (NDJSON streams by default,
+//! one object with `stream: false`), /api/tags, /api/show, /api/ps, /api/version.
+//! `options` map onto `SamplingParams` with Ollama's defaults (temperature 0.8, top_k 40,
+//! top_p 0.9, repeat_penalty 1.1); errors are `{"error": "..."}`.
+
+use crate::error::{ApiError, OllamaError};
+use crate::extract::{check_unknown, OllamaJson};
+use crate::gen::{self, Completion, TokenOut};
+use crate::state::AppState;
+use crate::stream::{event_response, ndjson, Encoder};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kr_engine::{ChatMessage, FinishReason, Prompt, SamplingParams, Usage};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+type Result<T> = std::result::Result<T, OllamaError>;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Options {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub num_predict: Option<i64>,
+    pub seed: Option<i64>,
+    pub stop: Option<Vec<String>>,
+    pub repeat_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub num_ctx: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GenerateRequest {
+    pub model: String,
+    pub prompt: Option<String>,
+    pub system: Option<String>,
+    pub raw: Option<bool>,
+    pub stream: Option<bool>,
+    pub options: Option<Options>,
+    pub format: Option<Value>,
+    pub keep_alive: Option<Value>,
+    pub think: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<MessageIn>,
+    pub stream: Option<bool>,
+    pub options: Option<Options>,
+    pub format: Option<Value>,
+    pub keep_alive: Option<Value>,
+    pub tools: Option<Value>,
+    pub think: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessageIn {
+    pub role: String,
+    #[serde(default)]
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ShowRequest {
+    pub model: Option<String>,
+    pub name: Option<String>,
+}
+
+/// `options` → sampling parameters (and the `num_predict` request, if any).
+fn to_params(
+    state: &AppState,
+    opts: &Options,
+) -> std::result::Result<(SamplingParams, Option<u32>), ApiError> {
+    check_unknown(state, &opts.extra)?;
+    let num_predict = match opts.num_predict {
+        None | Some(-1) | Some(-2) => None,
+        Some(n) if n > 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        Some(n) => {
+            return Err(ApiError::bad(
+                "options.num_predict",
+                format!("invalid value {n} for `num_predict`: allowed -1, -2 or at least 1"),
+            ))
+        }
+    };
+    let p = SamplingParams {
+        temperature: opts.temperature.unwrap_or(0.8),
+        top_p: opts.top_p.unwrap_or(0.9),
+        top_k: opts.top_k.unwrap_or(40),
+        min_p: opts.min_p.unwrap_or(0.0),
+        repetition_penalty: opts.repeat_penalty.unwrap_or(1.1),
+        presence_penalty: opts.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: opts.frequency_penalty.unwrap_or(0.0),
+        seed: opts.seed.and_then(|s| u64::try_from(s).ok()),
+        stop: opts.stop.clone().unwrap_or_default(),
+        ..SamplingParams::default()
+    };
+    Ok((p, num_predict))
+}
+
+/// Runs one request and answers NDJSON (streaming) or one JSON object.
+async fn run(
+    state: AppState,
+    arrived: Instant,
+    model: String,
+    prompt: Prompt,
+    opts: Option<Options>,
+    stream: bool,
+    chat: bool,
+) -> Result<Response> {
+    let (mut params, num_predict) = to_params(&state, &opts.unwrap_or_default())?;
+    let ids = gen::tokenize(&state, prompt).await?;
+    let param = if chat { "messages" } else { "prompt" };
+    params.max_tokens = gen::max_tokens(&state, num_predict, param, ids.len())?;
+    let streams = gen::launch(&state, arrived, &[ids], &params, 1)?;
+    let enc = NdjsonEncoder {
+        model,
+        chat,
+        arrived,
+        first: None,
+    };
+    if stream {
+        return Ok(event_response(streams, enc, None, "application/x-ndjson"));
+    }
+    let mut outs = gen::collect_all(streams).await?;
+    let c: Completion = outs
+        .pop()
+        .ok_or_else(|| ApiError::Internal("no output".into()))?;
+    let first = c.tokens.first().map(|_| arrived);
+    let mut body = NdjsonEncoder { first, ..enc }.done_object(c.finish, c.usage);
+    body[if chat { "message" } else { "response" }] = if chat {
+        json!({"role": "assistant", "content": c.text})
+    } else {
+        json!(c.text)
+    };
+    Ok(Json(body).into_response())
+}
+
+/// POST /api/generate
+pub async fn generate(
+    State(state): State<AppState>,
+    OllamaJson(req): OllamaJson<GenerateRequest>,
+) -> Result<Response> {
+    let arrived = Instant::now();
+    check_unknown(&state, &req.extra)?;
+    state.check_model(&req.model)?;
+    let text = req.prompt.unwrap_or_default();
+    if text.is_empty() {
+        // Ollama's "load the model" request: nothing to generate.
+        let body = json!({"model": req.model, "created_at": rfc3339_now(), "response": "", "done": true, "done_reason": "load"});
+        return Ok(Json(body).into_response());
+    }
+    let prompt = if req.raw.unwrap_or(false) || !state.engine.has_chat_template() {
+        Prompt::Text(text)
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(sys) = &req.system {
+            msgs.push(ChatMessage::new("system", sys));
+        }
+        msgs.push(ChatMessage::new("user", &text));
+        Prompt::Chat(msgs)
+    };
+    let stream = req.stream.unwrap_or(true);
+    run(
+        state,
+        arrived,
+        req.model,
+        prompt,
+        req.options,
+        stream,
+        false,
+    )
+    .await
+}
+
+/// POST /api/chat
+pub async fn chat(
+    State(state): State<AppState>,
+    OllamaJson(req): OllamaJson<ChatRequest>,
+) -> Result<Response> {
+    let arrived = Instant::now();
+    check_unknown(&state, &req.extra)?;
+    state.check_model(&req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::bad("messages", "`messages` must not be empty").into());
+    }
+    let msgs = req
+        .messages
+        .iter()
+        .map(|m| ChatMessage::new(&m.role, &m.content))
+        .collect();
+    let stream = req.stream.unwrap_or(true);
+    run(
+        state,
+        arrived,
+        req.model,
+        Prompt::Chat(msgs),
+        req.options,
+        stream,
+        true,
+    )
+    .await
+}
+
+/// NDJSON lines of an Ollama generate or chat stream.
+struct NdjsonEncoder {
+    model: String,
+    chat: bool,
+    arrived: Instant,
+    first: Option<Instant>,
+}
+
+impl NdjsonEncoder {
+    fn done_object(&self, reason: FinishReason, usage: Usage) -> Value {
+        let now = Instant::now();
+        let first = self.first.unwrap_or(now);
+        let ns = |d: std::time::Duration| d.as_nanos() as u64;
+        json!({
+            "model": self.model,
+            "created_at": rfc3339_now(),
+            "done": true,
+            "done_reason": gen::finish_str(reason),
+            "total_duration": ns(now - self.arrived),
+            "load_duration": 0,
+            "prompt_eval_count": usage.prompt_tokens,
+            "prompt_eval_duration": ns(first - self.arrived),
+            "eval_count": usage.completion_tokens,
+            "eval_duration": ns(now - first),
+        })
+    }
+}
+
+impl Encoder for NdjsonEncoder {
+    fn token(&mut self, _index: usize, tok: TokenOut) -> Vec<Bytes> {
+        self.first.get_or_insert_with(Instant::now);
+        if tok.text.is_empty() {
+            return Vec::new();
+        }
+        let mut line = json!({"model": self.model, "created_at": rfc3339_now(), "done": false});
+        if self.chat {
+            line["message"] = json!({"role": "assistant", "content": tok.text});
+        } else {
+            line["response"] = json!(tok.text);
+        }
+        vec![ndjson(&line)]
+    }
+
+    fn finish(&mut self, _index: usize, reason: FinishReason, usage: Usage) -> Vec<Bytes> {
+        let mut line = self.done_object(reason, usage);
+        if self.chat {
+            line["message"] = json!({"role": "assistant", "content": ""});
+        } else {
+            line["response"] = json!("");
+        }
+        vec![ndjson(&line)]
+    }
+
+    fn error(&mut self, _index: usize, message: &str) -> Vec<Bytes> {
+        vec![ndjson(&json!({ "error": message }))]
+    }
+
+    fn end(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+}
+
+fn details(state: &AppState) -> Value {
+    let arch = &state.engine.info().config.architecture;
+    let name = state.model_name();
+    let quant = name.rsplit_once('.').map_or("", |(_, q)| q);
+    json!({"parent_model": "", "format": "gguf", "family": arch, "families": [arch], "parameter_size": "", "quantization_level": quant})
+}
+
+fn model_entry(state: &AppState) -> Value {
+    let name = state.model_name();
+    json!({
+        "name": name, "model": name, "modified_at": rfc3339(state.started, 0),
+        "size": state.engine.info().weight_bytes, "digest": "", "details": details(state),
+    })
+}
+
+/// GET /api/tags
+pub async fn tags(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "models": [model_entry(&state)] }))
+}
+
+/// GET /api/ps: the loaded model stays loaded.
+pub async fn ps(State(state): State<AppState>) -> Json<Value> {
+    let mut m = model_entry(&state);
+    m["expires_at"] = json!("2999-01-01T00:00:00Z");
+    m["size_vram"] = json!(0);
+    m["context_length"] = json!(state.engine.info().max_model_len);
+    Json(json!({ "models": [m] }))
+}
+
+/// POST /api/show
+pub async fn show(
+    State(state): State<AppState>,
+    OllamaJson(req): OllamaJson<ShowRequest>,
+) -> Result<Json<Value>> {
+    let model = req.model.or(req.name).unwrap_or_default();
+    state.check_model(&model)?;
+    let info = state.engine.info();
+    let c = &info.config;
+    let a = &c.architecture;
+    let mut model_info = Map::new();
+    model_info.insert("general.architecture".into(), json!(a));
+    model_info.insert(format!("{a}.context_length"), json!(info.max_model_len));
+    model_info.insert(format!("{a}.embedding_length"), json!(c.hidden_size));
+    model_info.insert(format!("{a}.block_count"), json!(c.num_layers));
+    model_info.insert(format!("{a}.attention.head_count"), json!(c.num_heads));
+    model_info.insert(
+        format!("{a}.attention.head_count_kv"),
+        json!(c.num_kv_heads),
+    );
+    model_info.insert(format!("{a}.vocab_size"), json!(c.vocab_size));
+    Ok(Json(json!({
+        "modelfile": "", "parameters": "", "template": "",
+        "details": details(&state), "model_info": model_info,
+        "capabilities": ["completion"], "modified_at": rfc3339(state.started, 0),
+    })))
+}
+
+/// GET /api/version
+pub async fn version() -> Json<Value> {
+    Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+fn rfc3339_now() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs(), d.subsec_nanos())
+}
+
+/// `YYYY-MM-DDThh:mm:ss.nnnnnnnnnZ` for a Unix time (Hinnant's civil-from-days).
+pub fn rfc3339(secs: u64, nanos: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_formats_known_dates() {
+        assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            super::rfc3339(1_709_251_199, 5),
+            "2024-02-29T23:59:59.000000005Z"
+        );
+    }
+}

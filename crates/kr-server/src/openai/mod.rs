@@ -1,0 +1,192 @@
+//! The OpenAI dialect (SPEC A1): /v1/chat/completions, /v1/completions, /v1/models.
+//! Wire types are thin adapters over one internal request (`SamplingParams` + prompts).
+
+pub mod chat;
+pub mod completions;
+
+use crate::error::{ApiError, Result};
+use crate::extract::check_unknown;
+use crate::state::AppState;
+use axum::extract::{Path, State};
+use axum::Json;
+use kr_engine::SamplingParams;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+/// Most choices one request may ask for.
+pub const MAX_N: u32 = 16;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling fields both OpenAI endpoints share (plus vLLM-style extensions).
+#[derive(Debug, Clone, Default)]
+pub struct CommonFields {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub n: Option<u32>,
+    pub stop: Option<StopField>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub ignore_eos: Option<bool>,
+}
+
+/// Declares an OpenAI request struct with its own fields plus the shared sampling fields
+/// and a catch-all for unknown ones, and `common()` to read the shared ones.
+macro_rules! openai_request {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident : $t:ty,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, serde::Deserialize)]
+        pub struct $name {
+            $($(#[$fm])* pub $f: $t,)*
+            pub temperature: Option<f32>,
+            pub top_p: Option<f32>,
+            pub n: Option<u32>,
+            pub stop: Option<crate::openai::StopField>,
+            pub seed: Option<u64>,
+            pub presence_penalty: Option<f32>,
+            pub frequency_penalty: Option<f32>,
+            pub logit_bias: Option<std::collections::HashMap<String, f32>>,
+            pub top_k: Option<u32>,
+            pub min_p: Option<f32>,
+            pub repetition_penalty: Option<f32>,
+            pub ignore_eos: Option<bool>,
+            pub stream: Option<bool>,
+            pub stream_options: Option<crate::openai::StreamOptions>,
+            pub user: Option<String>,
+            #[serde(flatten)]
+            pub extra: serde_json::Map<String, serde_json::Value>,
+        }
+        impl $name {
+            pub fn common(&self) -> crate::openai::CommonFields {
+                crate::openai::CommonFields {
+                    temperature: self.temperature,
+                    top_p: self.top_p,
+                    n: self.n,
+                    stop: self.stop.clone(),
+                    seed: self.seed,
+                    presence_penalty: self.presence_penalty,
+                    frequency_penalty: self.frequency_penalty,
+                    logit_bias: self.logit_bias.clone(),
+                    top_k: self.top_k,
+                    min_p: self.min_p,
+                    repetition_penalty: self.repetition_penalty,
+                    ignore_eos: self.ignore_eos,
+                }
+            }
+        }
+    };
+}
+pub(crate) use openai_request;
+
+impl CommonFields {
+    /// The engine's parameters (`max_tokens` and logprobs are set by the caller).
+    pub fn to_params(&self) -> Result<SamplingParams> {
+        let d = SamplingParams::default();
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s.clone()],
+            Some(StopField::Many(v)) => v.clone(),
+        };
+        let mut logit_bias = Vec::new();
+        for (k, v) in self.logit_bias.iter().flatten() {
+            let id = k.parse::<u32>().map_err(|_| {
+                ApiError::bad(
+                    "logit_bias",
+                    format!("logit_bias key `{k}` is not a token id"),
+                )
+            })?;
+            logit_bias.push((id, *v));
+        }
+        Ok(SamplingParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            logit_bias,
+            seed: self.seed,
+            stop,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            ..d
+        })
+    }
+
+    /// `n`, checked: 1..=MAX_N.
+    pub fn n(&self) -> Result<usize> {
+        match self.n.unwrap_or(1) {
+            n @ 1..=MAX_N => Ok(n as usize),
+            n => Err(ApiError::bad(
+                "n",
+                format!("invalid value {n} for `n`: allowed 1..={MAX_N}"),
+            )),
+        }
+    }
+}
+
+/// Checks the parts of a request every OpenAI endpoint checks the same way.
+pub fn check_request(state: &AppState, model: &str, extra: &Map<String, Value>) -> Result<()> {
+    check_unknown(state, extra)?;
+    state.check_model(model)
+}
+
+fn model_object(state: &AppState) -> Value {
+    json!({
+        "id": state.model_name(),
+        "object": "model",
+        "created": state.started,
+        "owned_by": "kr-serve",
+        "max_model_len": state.engine.info().max_model_len,
+    })
+}
+
+/// GET /v1/models
+pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_object(&state)]}))
+}
+
+/// GET /v1/models/{model}
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>> {
+    state.check_model(&model)?;
+    Ok(Json(model_object(&state)))
+}
+
+/// A fresh id with an OpenAI-style prefix (`chatcmpl-…`, `cmpl-…`).
+pub fn new_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{:x}{n:06x}", crate::state::unix_now())
+}
+
+/// OpenAI's `usage` object.
+pub fn usage_json(u: &kr_engine::Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens},
+    })
+}

@@ -1,0 +1,115 @@
+//! Cancellation and graceful shutdown: a client that goes away frees its KV blocks within a
+//! second; SIGTERM-style shutdown lets a running stream finish and refuses new connections.
+
+mod common;
+use common::*;
+use futures_util::StreamExt;
+use kr_server::ServerConfig;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn long_request(stream: bool) -> serde_json::Value {
+    chat_body(
+        "Count to ten thousand.",
+        json!({"max_tokens": 2000, "ignore_eos": true, "stream": stream}),
+    )
+}
+
+fn idle(page: &str) -> bool {
+    metric(page, "kr_kv_blocks_used") == Some(0.0)
+        && metric(page, "kr_requests_running") == Some(0.0)
+}
+
+#[tokio::test]
+async fn dropped_stream_frees_its_blocks_within_a_second() {
+    let server = spawn(engine(|_| {}), ServerConfig::default());
+    let base = server.base.clone();
+    let r = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&long_request(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut body = r.bytes_stream();
+    let mut seen = 0;
+    while seen < 2000 {
+        seen += body.next().await.expect("chunk").expect("bytes").len();
+    }
+    let page = get(&base, "/metrics").await.1;
+    assert_eq!(metric(&page, "kr_requests_running"), Some(1.0), "{page}");
+    assert!(metric(&page, "kr_kv_blocks_used").unwrap() > 0.0);
+    drop(body);
+    let t0 = Instant::now();
+    let page = wait_metrics(&base, Duration::from_secs(5), idle).await;
+    assert!(idle(&page), "not idle: {page}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(metric(&page, "kr_server_requests_in_flight"), Some(0.0));
+    assert_eq!(
+        metric(&page, "kr_requests_total{outcome=\"cancelled\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn dropped_non_stream_request_frees_its_blocks() {
+    let server = spawn(engine(|_| {}), ServerConfig::default());
+    let base = server.base.clone();
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let r = c
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&long_request(false))
+        .send()
+        .await;
+    assert!(r.is_err(), "the request should time out on the client");
+    let t0 = Instant::now();
+    let page = wait_metrics(&base, Duration::from_secs(5), idle).await;
+    assert!(idle(&page), "not idle: {page}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_the_stream_and_refuses_new_connections() {
+    let mut server = spawn(engine(|_| {}), ServerConfig::default());
+    let base = server.base.clone();
+    let req = chat_body(
+        "Count to fifty.",
+        json!({"max_tokens": 40, "ignore_eos": true, "stream": true}),
+    );
+    let r = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    let mut text = String::from_utf8(body.next().await.unwrap().unwrap().to_vec()).unwrap();
+    server.signal_shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = tokio::net::TcpStream::connect(server.addr).await;
+    assert!(
+        refused.is_err(),
+        "a new connection was accepted after shutdown began"
+    );
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.expect("stream intact")).unwrap());
+    }
+    let events = sse_events(&text);
+    assert_eq!(events.last(), Some(&json!("[DONE]")));
+    let finish = events
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("length"));
+    server.join().expect("server exits cleanly");
+}
