@@ -6,7 +6,7 @@ pub enum EngineError {
     Model(#[from] kr_model::ModelError),
     #[error(transparent)]
     Core(#[from] kr_core::CoreError),
-    #[error("model file {path} is not a supported format; supported: .gguf files")]
+    #[error("model file {path} is not a supported format; supported: .gguf files and llama2.c .bin checkpoints")]
     UnsupportedFormat { path: String },
     #[error("the model has no chat template; send a raw prompt instead")]
     NoChatTemplate,

@@ -1,10 +1,12 @@
-//! Loading a model file into a ready-to-run decoder, tokenizer and chat template.
+//! Loading a model into a ready-to-run decoder, tokenizer and chat template: GGUF files
+//! and llama2.c checkpoints (`.bin`, tokenizer beside it).
 
 use crate::error::{EngineError, Result};
 use kr_cpu::CpuBackend;
 use kr_model::gguf::GgufFile;
 use kr_model::gguf_model::weights_from_gguf;
-use kr_model::{ChatTemplate, Decoder, ModelConfig, Tokenizer};
+use kr_model::llama2c;
+use kr_model::{ChatTemplate, Decoder, ModelConfig, ModelError, ModelWeights, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,16 +25,22 @@ impl LoadedModel {
     }
 }
 
-/// Opens a model file. GGUF is the format supported so far.
+/// Opens a model file: GGUF (`.gguf`) or a llama2.c checkpoint (`.bin`).
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
-    let is_gguf = path
+    let ext = path
         .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    if !is_gguf && path.exists() {
-        return Err(EngineError::UnsupportedFormat {
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("bin") => load_llama2c(path),
+        Some("gguf") => load_gguf(path),
+        _ if !path.exists() => load_gguf(path),
+        _ => Err(EngineError::UnsupportedFormat {
             path: path.display().to_string(),
-        });
+        }),
     }
+}
+
+fn load_gguf(path: &Path) -> Result<LoadedModel> {
     let file = GgufFile::open(path)?;
     let weights = weights_from_gguf(&file)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
@@ -48,11 +56,38 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
         )?)),
         None => None,
     };
-    Ok(LoadedModel {
+    Ok(assemble(path, &weights, tokenizer, chat_template))
+}
+
+/// A llama2.c checkpoint; its tokenizer is `tok{vocab}.bin` or `tokenizer.bin` beside it.
+fn load_llama2c(path: &Path) -> Result<LoadedModel> {
+    let weights = llama2c::load_llama2c(path)?;
+    let vocab = weights.config.vocab_size;
+    let tok_path = llama2c::find_tokenizer(path, vocab).ok_or_else(|| {
+        ModelError::Tokenizer(format!(
+            "{}: no llama2.c tokenizer beside it (looked for tok{vocab}.bin and tokenizer.bin)",
+            path.display()
+        ))
+    })?;
+    let bytes = std::fs::read(&tok_path).map_err(|source| ModelError::Io {
+        path: tok_path.clone(),
+        source,
+    })?;
+    let tokenizer = llama2c::tokenizer_from_llama2c(&tok_path, &bytes, vocab)?;
+    Ok(assemble(path, &weights, tokenizer, None))
+}
+
+fn assemble(
+    path: &Path,
+    weights: &ModelWeights,
+    tokenizer: Tokenizer,
+    chat_template: Option<Arc<ChatTemplate>>,
+) -> LoadedModel {
+    LoadedModel {
         path: path.to_path_buf(),
         weight_bytes: weights.weight_bytes(),
-        decoder: Decoder::new(CpuBackend, &weights),
+        decoder: Decoder::new(CpuBackend, weights),
         tokenizer: Arc::new(tokenizer),
         chat_template,
-    })
+    }
 }

@@ -1,8 +1,9 @@
 //! kr-model: everything about a model that is not arithmetic on a device.
 //!
 //! - [`gguf`], [`quant`], [`gguf_model`]: reading GGUF files and their tensor encodings;
+//! - [`llama2c`]: llama2.c checkpoints and tokenizer files;
 //! - [`config`], [`weights`]: the architecture parameters and weights the decoder needs;
-//! - [`tokenizer`], [`chat`]: text in and out (E7);
+//! - [`tokenizer`], [`spm`], [`chat`]: text in and out (E7);
 //! - [`backend`], [`decoder`]: the Backend contract and the one decoder written against it.
 
 pub mod backend;
@@ -12,7 +13,9 @@ pub mod decoder;
 pub mod error;
 pub mod gguf;
 pub mod gguf_model;
+pub mod llama2c;
 pub mod quant;
+pub mod spm;
 pub mod tokenizer;
 pub mod weights;
 

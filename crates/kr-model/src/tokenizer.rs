@@ -1,5 +1,7 @@
 //! Tokenizers: GGUF gpt2-style BPE vocabularies rebuilt as a `tokenizers::Tokenizer` (with
-//! the pre-tokenizer named by `tokenizer.ggml.pre`), and incremental UTF-8-safe decoding.
+//! the pre-tokenizer named by `tokenizer.ggml.pre`), SentencePiece-style scored vocabularies
+//! (GGUF `llama` model, llama2.c `tokenizer.bin`; see [`crate::spm`]), and incremental
+//! UTF-8-safe decoding.
 //!
 //! Invariant: control tokens (GGUF token type 3) are registered as special added tokens, so
 //! chat-template markers like `<|im_start|>` encode to their single id and are dropped when
@@ -7,6 +9,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, Value};
+use crate::spm::{SpmVocab, TokenKind};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -18,9 +21,17 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The two tokenizer families.
+enum Inner {
+    /// Byte-level BPE through the `tokenizers` crate.
+    Bpe(Box<tokenizers::Tokenizer>),
+    /// SentencePiece-style scored vocabulary.
+    Spm(Box<SpmVocab>),
+}
+
 /// A tokenizer with the special ids the engine needs.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
     pub bos_id: Option<u32>,
     pub eos_ids: Vec<u32>,
     /// Prepend BOS to raw (non-template) prompts.
@@ -66,109 +77,218 @@ fn string_array(f: &GgufFile, key: &str) -> Result<Vec<String>> {
         .collect()
 }
 
+fn token_types(f: &GgufFile, n: usize) -> Vec<i64> {
+    let mut types: Vec<i64> = f
+        .get_array("tokenizer.ggml.token_type")
+        .map(|a| {
+            a.iter()
+                .map(|v| match v {
+                    Value::I64(i) => *i,
+                    Value::U64(u) => *u as i64,
+                    _ => 1,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    types.resize(n, 1);
+    types
+}
+
+/// The BOS id, end-of-generation ids and add-BOS flag of a GGUF vocabulary.
+fn special_ids(f: &GgufFile, add_bos_default: bool) -> (Option<u32>, Vec<u32>, bool) {
+    let id = |k: &str| f.get(k).and_then(Value::as_u64).map(|v| v as u32);
+    let bos_id = id("tokenizer.ggml.bos_token_id");
+    let mut eos_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
+    if let Some(eot) = id("tokenizer.ggml.eot_token_id") {
+        if !eos_ids.contains(&eot) {
+            eos_ids.push(eot);
+        }
+    }
+    let add_bos = match f.get("tokenizer.ggml.add_bos_token") {
+        Some(Value::Bool(b)) => *b,
+        _ => add_bos_default,
+    };
+    (bos_id, eos_ids, add_bos)
+}
+
+fn bpe_from_gguf(f: &GgufFile, tokens: &[String], types: &[i64]) -> Result<tokenizers::Tokenizer> {
+    let merges = string_array(f, "tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    tok_err(format!(
+                        "{}: bad merge '{m}' in tokenizer.ggml.merges",
+                        f.path.display()
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(tok_err)?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let pre = f
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+    inner.with_decoder(Some(ByteLevel::default()));
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types)
+        .filter(|(_, &t)| t == 3 || t == 4)
+        .map(|(s, &t)| AddedToken::from(s.clone(), t == 3))
+        .collect();
+    inner.add_special_tokens(&specials);
+    Ok(inner)
+}
+
+fn spm_from_gguf(
+    f: &GgufFile,
+    tokens: Vec<String>,
+    types: &[i64],
+    bos_id: Option<u32>,
+) -> Result<SpmVocab> {
+    let key = "tokenizer.ggml.scores";
+    let scores = f
+        .get_array(key)?
+        .iter()
+        .map(|v| {
+            v.as_f64()
+                .map(|x| x as f32)
+                .ok_or_else(|| tok_err(format!("{}: {key} holds a non-number", f.path.display())))
+        })
+        .collect::<Result<Vec<f32>>>()?;
+    if scores.len() != tokens.len() {
+        return Err(tok_err(format!(
+            "{}: {key} has {} entries for {} tokens",
+            f.path.display(),
+            scores.len(),
+            tokens.len()
+        )));
+    }
+    let kinds = types.iter().map(|&t| TokenKind::from_gguf(t)).collect();
+    let add_space_prefix = !matches!(
+        f.get("tokenizer.ggml.add_space_prefix"),
+        Some(Value::Bool(false))
+    );
+    Ok(SpmVocab::new(
+        tokens,
+        scores,
+        kinds,
+        bos_id,
+        add_space_prefix,
+    ))
+}
+
 impl Tokenizer {
-    /// Builds the tokenizer stored in a GGUF file's metadata.
+    /// Builds the tokenizer stored in a GGUF file's metadata: `gpt2` (byte-level BPE with
+    /// merges) or `llama` (SentencePiece with scores and byte fallback).
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
-        let model = f.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(tok_err(format!("{}: GGUF tokenizer model '{model}' is not supported yet; supported: gpt2 (byte-level BPE)", f.path.display())));
-        }
+        let model = f.get_str("tokenizer.ggml.model")?.to_string();
         let tokens = string_array(f, "tokenizer.ggml.tokens")?;
-        let types: Vec<i64> = f
-            .get_array("tokenizer.ggml.token_type")
-            .map(|a| {
-                a.iter()
-                    .map(|v| match v {
-                        Value::I64(i) => *i,
-                        Value::U64(u) => *u as i64,
-                        _ => 1,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let merges = string_array(f, "tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| tok_err(format!("bad merge '{m}'")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(tok_err)?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let pre = f
-            .get("tokenizer.ggml.pre")
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
-        inner.with_decoder(Some(ByteLevel::default()));
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, &t)| t == 3 || t == 4)
-            .map(|(s, &t)| AddedToken::from(s.clone(), t == 3))
-            .collect();
-        inner.add_special_tokens(&specials);
-        let id = |k: &str| f.get(k).and_then(Value::as_u64).map(|v| v as u32);
-        let bos_id = id("tokenizer.ggml.bos_token_id");
-        let mut eos_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
-        if let Some(eot) = id("tokenizer.ggml.eot_token_id") {
-            if !eos_ids.contains(&eot) {
-                eos_ids.push(eot);
+        let types = token_types(f, tokens.len());
+        let vocab_size = tokens.len();
+        let (inner, (bos_id, eos_ids, add_bos)) = match model.as_str() {
+            "gpt2" => (Inner::Bpe(Box::new(bpe_from_gguf(f, &tokens, &types)?)), special_ids(f, false)),
+            "llama" => {
+                let ids = special_ids(f, true);
+                (Inner::Spm(Box::new(spm_from_gguf(f, tokens, &types, ids.0)?)), ids)
             }
-        }
-        let add_bos = matches!(
-            f.get("tokenizer.ggml.add_bos_token"),
-            Some(Value::Bool(true))
-        );
+            _ => return Err(tok_err(format!("{}: GGUF tokenizer model '{model}' is not supported; supported: gpt2 (byte-level BPE), llama (SentencePiece)", f.path.display()))),
+        };
         Ok(Self {
             inner,
             bos_id,
             eos_ids,
             add_bos,
-            vocab_size: tokens.len(),
+            vocab_size,
         })
     }
 
-    /// Encodes text. `parse_special` lets marker strings like `<|im_start|>` become their ids.
+    /// Wraps a SentencePiece-style vocabulary.
+    pub fn from_spm(
+        vocab: SpmVocab,
+        bos_id: Option<u32>,
+        eos_ids: Vec<u32>,
+        add_bos: bool,
+    ) -> Self {
+        Self {
+            vocab_size: vocab.len(),
+            inner: Inner::Spm(Box::new(vocab)),
+            bos_id,
+            eos_ids,
+            add_bos,
+        }
+    }
+
+    /// Encodes text, BOS first when `add_bos`. Special-token strings in the text (like
+    /// `<|im_start|>`) become their single ids.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, false).map_err(tok_err)?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_bos {
             if let Some(b) = self.bos_id {
                 ids.push(b);
             }
         }
-        ids.extend_from_slice(enc.get_ids());
+        match &self.inner {
+            Inner::Bpe(t) => {
+                ids.extend_from_slice(t.encode_fast(text, false).map_err(tok_err)?.get_ids())
+            }
+            Inner::Spm(v) => ids.extend(v.encode(text, true)),
+        }
         Ok(ids)
     }
 
     /// Decodes ids to text, dropping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(tok_err)
+        match &self.inner {
+            Inner::Bpe(t) => t.decode(ids, true).map_err(tok_err),
+            Inner::Spm(v) => Ok(v.decode(ids, true)),
+        }
     }
 
     /// The text of one token as stored in the vocabulary (for logprob displays).
     pub fn token_text(&self, id: u32) -> String {
-        self.inner.decode(&[id], false).unwrap_or_default()
+        match &self.inner {
+            Inner::Bpe(t) => t.decode(&[id], false).unwrap_or_default(),
+            Inner::Spm(v) => v.decode(&[id], false),
+        }
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        match &self.inner {
+            Inner::Bpe(t) => t.token_to_id(token),
+            Inner::Spm(v) => v.token_to_id(token),
+        }
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.inner {
+            Inner::Bpe(t) => t.id_to_token(id),
+            Inner::Spm(v) => v.piece(id).map(str::to_string),
+        }
+    }
+
+    /// "bpe" or "spm": which family this tokenizer belongs to (for `models inspect`).
+    pub fn kind(&self) -> &'static str {
+        match &self.inner {
+            Inner::Bpe(_) => "bpe",
+            Inner::Spm(_) => "spm",
+        }
     }
 }
+
+/// Prompt ids decoded before the first output id by [`IncrementalDecoder`].
+const PROMPT_CONTEXT: usize = 5;
 
 /// Turns a growing list of ids into text deltas without ever splitting a UTF-8 character
 /// (the approach of TGI's and vLLM's detokenisers: decode a small window twice).
@@ -179,10 +299,13 @@ pub struct IncrementalDecoder {
 }
 
 impl IncrementalDecoder {
-    /// Starts after `prompt_len` ids, which are never part of the output.
+    /// Starts after `prompt_len` ids, which are never part of the output. The last few
+    /// prompt ids are decoded as context (as vLLM does), so that a tokenizer whose text
+    /// depends on the previous token (SentencePiece strips the space after BOS) gets its
+    /// first output piece right.
     pub fn new(prompt_len: usize) -> Self {
         Self {
-            prefix_offset: prompt_len,
+            prefix_offset: prompt_len.saturating_sub(PROMPT_CONTEXT),
             read_offset: prompt_len,
         }
     }
