@@ -20,5 +20,5 @@ pub use handle::{EngineHandle, Event, GenerateRequest, ModelInfo, Prompt, Reques
 pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub use kr_core::{FinishReason, SamplingParams};
 pub use kr_model::ChatMessage;
-pub use model::{load_model, LoadedModel};
+pub use model::{load_model, LoadedModel, BUILTIN_MODEL};
 pub use stats::{EngineStats, StatsSnapshot};

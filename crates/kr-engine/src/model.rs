@@ -1,5 +1,5 @@
-//! Loading a model into a ready-to-run decoder, tokenizer and chat template: GGUF files
-//! and llama2.c checkpoints (`.bin`, tokenizer beside it).
+//! Loading a model into a ready-to-run decoder, tokenizer and chat template: GGUF files,
+//! llama2.c checkpoints (`.bin`, tokenizer beside it), and the built-in stories260K.
 
 use crate::error::{EngineError, Result};
 use kr_cpu::CpuBackend;
@@ -25,8 +25,17 @@ impl LoadedModel {
     }
 }
 
-/// Opens a model file: GGUF (`.gguf`) or a llama2.c checkpoint (`.bin`).
+/// The model path that selects the model built into the binary: Karpathy's stories260K
+/// (llama2.c format, MIT, 1 MiB; `assets/stories260K/`).
+pub const BUILTIN_MODEL: &str = "builtin:stories260K";
+const BUILTIN_WEIGHTS: &[u8] = include_bytes!("../assets/stories260K/stories260K.bin");
+const BUILTIN_TOKENIZER: &[u8] = include_bytes!("../assets/stories260K/tok512.bin");
+
+/// Opens a model: [`BUILTIN_MODEL`], a GGUF file (`.gguf`) or a llama2.c checkpoint (`.bin`).
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    if path == Path::new(BUILTIN_MODEL) {
+        return load_builtin(path);
+    }
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
@@ -74,6 +83,16 @@ fn load_llama2c(path: &Path) -> Result<LoadedModel> {
         source,
     })?;
     let tokenizer = llama2c::tokenizer_from_llama2c(&tok_path, &bytes, vocab)?;
+    Ok(assemble(path, &weights, tokenizer, None))
+}
+
+fn load_builtin(path: &Path) -> Result<LoadedModel> {
+    let weights = llama2c::weights_from_llama2c(path, BUILTIN_WEIGHTS)?;
+    let tokenizer = llama2c::tokenizer_from_llama2c(
+        &path.join("tok512.bin"),
+        BUILTIN_TOKENIZER,
+        weights.config.vocab_size,
+    )?;
     Ok(assemble(path, &weights, tokenizer, None))
 }
 

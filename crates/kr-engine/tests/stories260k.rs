@@ -54,3 +54,9 @@ fn llama2c_file_continues_a_prompt_like_llama2c() {
         "Zoo was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but she didn't want to play with"
     );
 }
+
+#[test]
+fn builtin_model_prints_the_same_text() {
+    let (text, _, _) = greedy(PathBuf::from(kr_engine::BUILTIN_MODEL), "", 200);
+    assert_eq!(text, REFERENCE);
+}

@@ -158,7 +158,7 @@ pub fn bench_engine(args: BenchEngineArgs) -> Result<()> {
     }
     let report = json!({
         "benchmark": "engine",
-        "model": args.engine.model.display().to_string(),
+        "model": args.engine.model_path().display().to_string(),
         "device": "cpu",
         "machine": machine(),
         "commit": commit(),

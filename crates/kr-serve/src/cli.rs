@@ -14,7 +14,7 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from one prompt and stream it to stdout.
     #[command(
-        after_help = "Example:\n  kr-serve run --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt \"What is the capital of France?\" --temperature 0"
+        after_help = "Examples:\n  kr-serve run --raw --prompt \"Once upon a time\"   (the built-in stories260K model)\n  kr-serve run --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt \"What is the capital of France?\" --temperature 0"
     )]
     Run(RunArgs),
     /// Serve the model over OpenAI- and Ollama-compatible HTTP APIs.
@@ -38,9 +38,10 @@ pub enum BenchCommand {
 /// Engine sizing flags shared by every command that loads a model.
 #[derive(Args, Clone)]
 pub struct EngineArgs {
-    /// Model file (GGUF).
+    /// Model: a GGUF file, a llama2.c .bin checkpoint (tokenizer beside it), or
+    /// `builtin:stories260K` (the default: a 1 MiB story model built into the binary).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Memory for the KV cache in MiB.
     #[arg(long, default_value_t = 1024)]
     pub kv_cache_mib: usize,
@@ -50,6 +51,15 @@ pub struct EngineArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+impl EngineArgs {
+    /// The model to load: `--model`, or the built-in one.
+    pub fn model_path(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(kr_engine::BUILTIN_MODEL))
+    }
 }
 
 #[derive(Args)]

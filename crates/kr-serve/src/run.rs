@@ -17,7 +17,7 @@ pub fn start_engine(args: &EngineArgs) -> Result<EngineHandle> {
         // Only fails if the pool was already built, which cannot happen before this call.
         let _ = rayon_threads(n);
     }
-    let mut cfg = EngineConfig::new(&args.model);
+    let mut cfg = EngineConfig::new(args.model_path());
     cfg.kv_cache_mib = args.kv_cache_mib;
     cfg.max_model_len = args.max_model_len;
     Ok(kr_engine::start(cfg)?)

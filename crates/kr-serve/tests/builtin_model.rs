@@ -1,0 +1,64 @@
+//! `kr-serve run` on llama2.c's stories260K, from ../shared and built in (no `--model`):
+//! stdout must be exactly llama2.c's `run -t 0.0 -n 200` text (stories260K/SOURCE.txt).
+
+use std::process::Command;
+
+const STORIES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/models/stories260K/stories260K.bin"
+);
+
+const REFERENCE: &str = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"\nLily didn't want to help her mom, so she";
+
+fn run(model: Option<&str>) -> String {
+    let mut args = vec![];
+    if let Some(m) = model {
+        args.extend(["--model", m]);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kr-serve"))
+        .arg("run")
+        .args(args)
+        .args(["--raw", "--prompt", "", "--temperature", "0"])
+        .args(["--max-tokens", "200"])
+        .output()
+        .expect("binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+#[test]
+fn llama2c_file_prints_the_llama2c_reference() {
+    assert_eq!(run(Some(STORIES)), format!("{REFERENCE}\n"));
+}
+
+#[test]
+fn builtin_default_prints_the_llama2c_reference() {
+    assert_eq!(run(None), format!("{REFERENCE}\n"));
+}
+
+#[test]
+fn a_llama2c_file_without_its_tokenizer_names_what_was_looked_for() {
+    let dir = std::env::temp_dir().join(format!("kr-llama2c-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("m.bin");
+    std::fs::copy(STORIES, &model).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kr-serve"))
+        .args([
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--raw",
+            "--prompt",
+            "x",
+        ])
+        .output()
+        .expect("binary runs");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("m.bin") && err.contains("tok512.bin"), "{err}");
+}
