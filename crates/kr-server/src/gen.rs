@@ -49,7 +49,18 @@ pub fn max_tokens(
             code: Some("context_length_exceeded"),
         });
     }
-    let room = u32::try_from(ctx - prompt_len).unwrap_or(u32::MAX);
+    // A request must fit the context window and the whole KV pool.
+    let info = state.engine.info();
+    let pool = info.num_kv_blocks * info.block_size;
+    let fits = (ctx - prompt_len).min(pool.saturating_sub(prompt_len));
+    if fits == 0 {
+        return Err(ApiError::BadRequest {
+            message: format!("the prompt has {prompt_len} tokens but the KV cache holds {pool}"),
+            param: Some(prompt_param.into()),
+            code: Some("context_length_exceeded"),
+        });
+    }
+    let room = u32::try_from(fits).unwrap_or(u32::MAX);
     let cap = state.cfg.max_tokens_cap;
     match requested {
         None => Ok(room.min(cap)),
@@ -60,7 +71,8 @@ pub fn max_tokens(
         )),
         Some(m) if m > room => Err(ApiError::BadRequest {
             message: format!(
-                "prompt ({prompt_len} tokens) plus max_tokens ({m}) exceeds the context window of {ctx}"
+                "prompt ({prompt_len} tokens) plus max_tokens ({m}) exceeds the context window \
+                 of {ctx} or the KV cache of {pool} tokens"
             ),
             param: Some("max_tokens".into()),
             code: Some("context_length_exceeded"),

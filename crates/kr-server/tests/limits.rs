@@ -34,6 +34,8 @@ fn bad_cases() -> Vec<(Vec<u8>, u16, Option<&'static str>)> {
             Some("max_tokens"),
         ),
         (chat(json!({"max_tokens": -1})), 400, Some("max_tokens")),
+        // More than the 128 MiB test KV pool holds (about 2,900 tokens).
+        (chat(json!({"max_tokens": 4000})), 400, Some("max_tokens")),
         (chat(json!({"stop": 7})), 400, Some("stop")),
         (
             chat(json!({"logprobs": true, "top_logprobs": 50})),
