@@ -130,15 +130,18 @@ fn bpe_from_gguf(f: &GgufFile, tokens: &[String], types: &[i64]) -> Result<token
         .enumerate()
         .map(|(i, t)| (t.clone(), i as u32))
         .collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(tok_err)?;
-    let mut inner = tokenizers::Tokenizer::new(bpe);
     let pre = f
         .get("tokenizer.ggml.pre")
         .and_then(Value::as_str)
         .unwrap_or("default");
+    // llama.cpp (like Llama 3's tokenizer.json) emits a pre-token that is itself in the
+    // vocabulary as one id, without applying merges, for the llama3 pre-tokenizer.
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(matches!(pre, "llama-bpe" | "llama3"))
+        .build()
+        .map_err(tok_err)?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
     inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
     inner.with_decoder(Some(ByteLevel::default()));
     let specials: Vec<AddedToken> = tokens
