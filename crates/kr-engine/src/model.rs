@@ -71,7 +71,12 @@ fn load_gguf(path: &Path) -> Result<LoadedModel> {
 /// A llama2.c checkpoint; its tokenizer is `tok{vocab}.bin` or `tokenizer.bin` beside it.
 fn load_llama2c(path: &Path) -> Result<LoadedModel> {
     let weights = llama2c::load_llama2c(path)?;
-    let vocab = weights.config.vocab_size;
+    let tokenizer = llama2c_tokenizer(path, weights.config.vocab_size)?;
+    Ok(assemble(path, &weights, tokenizer, None))
+}
+
+/// The tokenizer llama2.c would use for the checkpoint at `path`.
+pub(crate) fn llama2c_tokenizer(path: &Path, vocab: usize) -> Result<Tokenizer> {
     let tok_path = llama2c::find_tokenizer(path, vocab).ok_or_else(|| {
         ModelError::Tokenizer(format!(
             "{}: no llama2.c tokenizer beside it (looked for tok{vocab}.bin and tokenizer.bin)",
@@ -82,17 +87,23 @@ fn load_llama2c(path: &Path) -> Result<LoadedModel> {
         path: tok_path.clone(),
         source,
     })?;
-    let tokenizer = llama2c::tokenizer_from_llama2c(&tok_path, &bytes, vocab)?;
-    Ok(assemble(path, &weights, tokenizer, None))
+    Ok(llama2c::tokenizer_from_llama2c(&tok_path, &bytes, vocab)?)
 }
 
-fn load_builtin(path: &Path) -> Result<LoadedModel> {
+/// Weights and tokenizer of the built-in model.
+pub(crate) fn builtin_parts() -> Result<(ModelWeights, Tokenizer)> {
+    let path = Path::new(BUILTIN_MODEL);
     let weights = llama2c::weights_from_llama2c(path, BUILTIN_WEIGHTS)?;
     let tokenizer = llama2c::tokenizer_from_llama2c(
         &path.join("tok512.bin"),
         BUILTIN_TOKENIZER,
         weights.config.vocab_size,
     )?;
+    Ok((weights, tokenizer))
+}
+
+fn load_builtin(path: &Path) -> Result<LoadedModel> {
+    let (weights, tokenizer) = builtin_parts()?;
     Ok(assemble(path, &weights, tokenizer, None))
 }
 

@@ -27,6 +27,30 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Look at model files.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ModelsCommand {
+    /// Architecture, parameters, tensor types, context length, tokenizer, chat template and
+    /// memory needed: a quick check before loading. Exit code 1 when it would not load.
+    #[command(
+        after_help = "Examples:\n  kr-serve models inspect SmolLM2-135M-Instruct.Q4_1.gguf\n  kr-serve models inspect builtin:stories260K --json"
+    )]
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// A GGUF file, a llama2.c .bin checkpoint, or builtin:stories260K.
+    pub path: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

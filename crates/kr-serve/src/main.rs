@@ -1,15 +1,16 @@
 //! The kr-serve binary: `serve` runs the HTTP server; `run` generates from a prompt on the
-//! terminal; `bench engine` measures the in-process engine. Errors are printed once, here,
-//! with a hint.
+//! terminal; `bench engine` measures the in-process engine; `models inspect` describes a
+//! model file. Errors are printed once, here, with a hint.
 
 mod bench;
 mod cli;
 mod error;
+mod models;
 mod run;
 mod serve;
 
 use clap::Parser;
-use cli::{BenchCommand, Cli, Command};
+use cli::{BenchCommand, Cli, Command, ModelsCommand};
 
 fn main() {
     tracing_subscriber::fmt()
@@ -26,6 +27,9 @@ fn main() {
         Command::Bench {
             command: BenchCommand::Engine(args),
         } => bench::bench_engine(args),
+        Command::Models {
+            command: ModelsCommand::Inspect(args),
+        } => models::inspect(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -1,5 +1,6 @@
 //! `kr-serve run` on llama2.c's stories260K, from ../shared and built in (no `--model`):
 //! stdout must be exactly llama2.c's `run -t 0.0 -n 200` text (stories260K/SOURCE.txt).
+//! Also `kr-serve models inspect` on the built-in model, a GGUF file and a bad path.
 
 use std::process::Command;
 
@@ -61,4 +62,58 @@ fn a_llama2c_file_without_its_tokenizer_names_what_was_looked_for() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("m.bin") && err.contains("tok512.bin"), "{err}");
+}
+
+fn inspect(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kr-serve"))
+        .args(["models", "inspect"])
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+#[test]
+fn models_inspect_describes_the_builtin_model() {
+    let out = inspect(&["builtin:stories260K", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["format"], "llama2.c");
+    // 64·512 embedding + 5 layers (2·64 norms, 2·64·64 + 2·32·64 attention, 3·64·172 FFN) + 64.
+    assert_eq!(s["parameters"], 260_032);
+    assert_eq!(s["config"]["num_kv_heads"], 4);
+    assert_eq!(s["config"]["max_context"], 512);
+    assert_eq!(s["tokenizer"]["kind"], "spm");
+    assert_eq!(s["chat_template"], false);
+    assert_eq!(s["problems"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn models_inspect_reads_a_gguf_header_and_names_bad_paths() {
+    let gguf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
+    );
+    let out = inspect(&[gguf]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "Q4_1 ×210",
+        "Q8_0 ×1",
+        "8192 tokens",
+        "chat template  yes",
+        "134.5 M",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    let out = inspect(&["/no/such/model.gguf"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/model.gguf"));
 }

@@ -1,0 +1,155 @@
+//! A quick look at a model before loading it (`kr-serve models inspect`): architecture,
+//! parameters, tensor types, context length, tokenizer, chat template presence and the
+//! memory it needs. GGUF files are read from their header and tensor directory only;
+//! llama2.c checkpoints (and the built-in model) are parsed in full, which also checks them.
+
+use crate::error::{EngineError, Result};
+use crate::model::BUILTIN_MODEL;
+use kr_model::gguf::GgufFile;
+use kr_model::gguf_model::config_from_gguf;
+use kr_model::{llama2c, ModelConfig, ModelWeights, Tokenizer};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The tokenizer part of a [`ModelSummary`].
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenizerSummary {
+    /// "bpe" or "spm".
+    pub kind: &'static str,
+    pub vocab_size: usize,
+    pub bos_id: Option<u32>,
+    pub eos_ids: Vec<u32>,
+    pub add_bos: bool,
+}
+
+/// What `models inspect` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    pub path: String,
+    /// "gguf" or "llama2.c".
+    pub format: &'static str,
+    pub config: ModelConfig,
+    pub parameters: u64,
+    /// Tensor encoding name → number of tensors.
+    pub tensor_types: BTreeMap<String, usize>,
+    /// Bytes of all weights as stored (what the CPU backend keeps in memory).
+    pub weight_bytes: u64,
+    /// f32 K and V over all layers.
+    pub kv_bytes_per_token: u64,
+    /// Weights plus a KV cache for one sequence of the full context.
+    pub memory_full_context_bytes: u64,
+    /// `None` when the tokenizer cannot be built (see `problems`).
+    pub tokenizer: Option<TokenizerSummary>,
+    pub chat_template: bool,
+    /// Things that would stop the model from loading.
+    pub problems: Vec<String>,
+}
+
+fn tokenizer_summary(t: &Tokenizer) -> TokenizerSummary {
+    TokenizerSummary {
+        kind: t.kind(),
+        vocab_size: t.vocab_size,
+        bos_id: t.bos_id,
+        eos_ids: t.eos_ids.clone(),
+        add_bos: t.add_bos,
+    }
+}
+
+/// Inspects a model path as `load_model` would open it, without starting an engine.
+pub fn inspect_model(path: &Path) -> Result<ModelSummary> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if path == Path::new(BUILTIN_MODEL) {
+        let (weights, tok) = crate::model::builtin_parts()?;
+        return Ok(from_weights(path, &weights, Ok(tok)));
+    }
+    match ext.as_deref() {
+        Some("bin") => {
+            let weights = llama2c::load_llama2c(path)?;
+            let tok = crate::model::llama2c_tokenizer(path, weights.config.vocab_size);
+            Ok(from_weights(path, &weights, tok))
+        }
+        Some("gguf") => inspect_gguf(path),
+        _ if !path.exists() => inspect_gguf(path),
+        _ => Err(EngineError::UnsupportedFormat {
+            path: path.display().to_string(),
+        }),
+    }
+}
+
+fn summary(
+    path: &Path,
+    format: &'static str,
+    config: ModelConfig,
+    parameters: u64,
+    weight_bytes: u64,
+) -> ModelSummary {
+    let kv = config.kv_bytes_per_token() as u64;
+    ModelSummary {
+        path: path.display().to_string(),
+        format,
+        memory_full_context_bytes: weight_bytes + kv * config.max_context as u64,
+        kv_bytes_per_token: kv,
+        config,
+        parameters,
+        tensor_types: BTreeMap::new(),
+        weight_bytes,
+        tokenizer: None,
+        chat_template: false,
+        problems: vec![],
+    }
+}
+
+fn inspect_gguf(path: &Path) -> Result<ModelSummary> {
+    let f = GgufFile::open(path)?;
+    let config = config_from_gguf(&f)?;
+    let parameters = f.tensors.values().map(|t| t.num_elements() as u64).sum();
+    let bytes = f.tensors.values().map(|t| t.size as u64).sum();
+    let mut s = summary(path, "gguf", config, parameters, bytes);
+    for t in f.tensors.values() {
+        *s.tensor_types.entry(t.ty.name().to_string()).or_default() += 1;
+    }
+    match Tokenizer::from_gguf(&f) {
+        Ok(t) => s.tokenizer = Some(tokenizer_summary(&t)),
+        Err(e) => s.problems.push(e.to_string()),
+    }
+    s.chat_template = f.get("tokenizer.chat_template").is_some();
+    if let Err(e) = kr_model::gguf_model::weights_from_gguf(&f) {
+        s.problems.push(e.to_string());
+    }
+    Ok(s)
+}
+
+fn from_weights(
+    path: &Path,
+    w: &ModelWeights,
+    tok: std::result::Result<Tokenizer, EngineError>,
+) -> ModelSummary {
+    let norms = w.layers.len() * 2 * w.config.hidden_size + w.final_norm.len();
+    let mats = w
+        .layers
+        .iter()
+        .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+    let mut n_tensors = 2 + 2 * w.layers.len();
+    let mut params = norms + w.embedding.rows * w.embedding.cols;
+    for m in mats.chain(w.lm_head.as_ref()) {
+        params += m.rows * m.cols;
+        n_tensors += 1;
+    }
+    // llama2.c stores (and we keep) everything as f32.
+    let mut s = summary(
+        path,
+        "llama2.c",
+        w.config.clone(),
+        params as u64,
+        4 * params as u64,
+    );
+    s.tensor_types.insert("F32".into(), n_tensors);
+    match tok {
+        Ok(t) => s.tokenizer = Some(tokenizer_summary(&t)),
+        Err(e) => s.problems.push(e.to_string()),
+    }
+    s
+}

@@ -1,0 +1,123 @@
+//! `kr-serve models inspect PATH`: what a model is and what it needs, without loading it
+//! into an engine (kr_engine::inspect_model).
+
+use crate::cli::InspectArgs;
+use crate::error::Result;
+use kr_engine::ModelSummary;
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn params(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2} B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1} M", n as f64 / 1e6),
+        n => format!("{:.1} K", n as f64 / 1e3),
+    }
+}
+
+/// The human-readable table.
+fn table(s: &ModelSummary) -> Vec<(&'static str, String)> {
+    let c = &s.config;
+    let types: Vec<String> = s
+        .tensor_types
+        .iter()
+        .map(|(t, n)| format!("{t} ×{n}"))
+        .collect();
+    let tokenizer = s.tokenizer.as_ref().map_or("unavailable".into(), |t| {
+        format!(
+            "{}, {} tokens, BOS {}, EOS {:?}, add BOS {}",
+            t.kind,
+            t.vocab_size,
+            t.bos_id.map_or("none".into(), |b| b.to_string()),
+            t.eos_ids,
+            t.add_bos
+        )
+    });
+    vec![
+        ("path", s.path.clone()),
+        ("format", s.format.to_string()),
+        (
+            "architecture",
+            format!(
+                "{} (RoPE {:?}, theta {}{})",
+                c.architecture,
+                c.rope_style,
+                c.rope_theta,
+                if c.rope_scaling.is_some() {
+                    ", llama3 scaling"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        ("parameters", params(s.parameters)),
+        (
+            "shape",
+            format!(
+                "{} layers, d_model {}, {} heads / {} KV heads × {}, ffn {}, vocab {}{}",
+                c.num_layers,
+                c.hidden_size,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim,
+                c.intermediate_size,
+                c.vocab_size,
+                if c.tie_embeddings {
+                    ", tied embeddings"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        ("context", format!("{} tokens", c.max_context)),
+        ("tensor types", types.join(", ")),
+        ("weights", mib(s.weight_bytes)),
+        (
+            "KV cache",
+            format!(
+                "{:.1} KiB/token (f32)",
+                s.kv_bytes_per_token as f64 / 1024.0
+            ),
+        ),
+        (
+            "memory needed",
+            format!(
+                "{} with one full-context sequence",
+                mib(s.memory_full_context_bytes)
+            ),
+        ),
+        ("tokenizer", tokenizer),
+        (
+            "chat template",
+            if s.chat_template {
+                "yes"
+            } else {
+                "no (use raw prompts)"
+            }
+            .into(),
+        ),
+    ]
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let s = kr_engine::inspect_model(&args.path)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).expect("a summary serialises")
+        );
+    } else {
+        for (k, v) in table(&s) {
+            println!("{k:<14} {v}");
+        }
+        for p in &s.problems {
+            println!("{:<14} {p}", "problem");
+        }
+    }
+    if !s.problems.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
