@@ -125,11 +125,14 @@ impl Inner {
         &self.engine.info().name
     }
 
-    /// Accepts the model's name (any case, with an optional `:latest` tag) or an alias.
+    /// Accepts the model's name (any case, with an optional `:latest` tag, and without the
+    /// `builtin:` prefix of a built-in model) or an alias.
     pub fn check_model(&self, requested: &str) -> Result<(), ApiError> {
         let name = self.model_name();
+        let short = name.strip_prefix("builtin:").unwrap_or(name);
         let base = requested.strip_suffix(":latest").unwrap_or(requested);
         let ok = base.eq_ignore_ascii_case(name)
+            || base.eq_ignore_ascii_case(short)
             || self.cfg.aliases.iter().any(|a| a == requested || a == base);
         if ok {
             Ok(())
