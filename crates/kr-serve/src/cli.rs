@@ -165,9 +165,12 @@ pub struct ServeArgs {
     /// Largest `max_tokens` a request may ask for (and the default).
     #[arg(long, default_value_t = 4096)]
     pub max_tokens_cap: u32,
-    /// Require `Authorization: Bearer KEY` (default: env KR_SERVE_API_KEY, else no auth).
+    /// Require `Authorization: Bearer KEY` (repeatable; also env KR_SERVE_API_KEY).
     #[arg(long)]
-    pub api_key: Option<String>,
+    pub api_key: Vec<String>,
+    /// File of accepted API keys, one per line (`#` starts a comment).
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
     /// Reject unknown request fields with 400 instead of ignoring them.
     #[arg(long)]
     pub strict: bool,

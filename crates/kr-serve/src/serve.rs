@@ -11,17 +11,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         return Err(CliError::Usage("--max-running must be at least 1".into()));
     }
     let engine = start_engine(&args.engine)?;
-    let api_key = args
-        .api_key
-        .clone()
-        .or_else(|| std::env::var("KR_SERVE_API_KEY").ok())
-        .filter(|k| !k.is_empty());
+    let api_keys = api_keys(&args)?;
     let cfg = ServerConfig {
         max_body_bytes: args.max_body_bytes,
         max_running: args.max_running,
         max_queue: args.max_queue,
         max_tokens_cap: args.max_tokens_cap,
-        api_key,
+        api_keys,
         strict: args.strict,
         ..ServerConfig::default()
     };
@@ -48,4 +44,26 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     engine.shutdown();
     eprintln!("kr-serve stopped");
     result
+}
+
+/// Keys from `--api-key`, `--api-key-file` and env `KR_SERVE_API_KEY`; none means no auth.
+fn api_keys(args: &ServeArgs) -> Result<Vec<String>> {
+    let mut keys = args.api_key.clone();
+    keys.extend(std::env::var("KR_SERVE_API_KEY").ok());
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::Usage(format!(
+                "cannot read --api-key-file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let lines = text.lines().map(str::trim);
+        keys.extend(
+            lines
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    keys.retain(|k| !k.trim().is_empty());
+    Ok(keys)
 }

@@ -1,5 +1,5 @@
-//! `kr-serve serve` as a user runs it: prints the URL when ready, answers HTTP, and exits 0
-//! on SIGTERM.
+//! `kr-serve serve` as a user runs it: prints the URL when ready, answers HTTP, checks the
+//! keys of `--api-key-file`, and exits 0 on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -9,9 +9,10 @@ const SMOLLM2: &str = concat!(
     "/../../../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
 );
 
-fn http_get(addr: &str, path: &str) -> String {
+fn http_get(addr: &str, path: &str, key: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("write");
+    let auth = format!("Authorization: Bearer {key}\r\n");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out
@@ -19,6 +20,8 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[test]
 fn serve_answers_and_exits_zero_on_sigterm() {
+    let keys = std::env::temp_dir().join(format!("kr-serve-keys-{}", std::process::id()));
+    std::fs::write(&keys, "# API keys\nk1\n\nk2\n").expect("key file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_kr-serve"))
         .args([
             "serve",
@@ -29,6 +32,8 @@ fn serve_answers_and_exits_zero_on_sigterm() {
             "--kv-cache-mib",
             "64",
         ])
+        .arg("--api-key-file")
+        .arg(&keys)
         .stderr(Stdio::piped())
         .spawn()
         .expect("binary runs");
@@ -44,12 +49,11 @@ fn serve_answers_and_exits_zero_on_sigterm() {
         .and_then(|s| s.split_whitespace().next())
         .expect("address")
         .to_string();
-    let health = http_get(&addr, "/health");
-    assert!(
-        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
-        "{health}"
-    );
-    assert!(http_get(&addr, "/v1/models").contains("SmolLM2-135M-Instruct.Q4_1"));
+    let status = |resp: &str| resp.split_whitespace().nth(1).unwrap_or("").to_string();
+    let health = http_get(&addr, "/health", "");
+    assert_eq!(status(&health), "200", "{health}");
+    assert_eq!(status(&http_get(&addr, "/v1/models", "nope")), "401");
+    assert!(http_get(&addr, "/v1/models", "k2").contains("SmolLM2-135M-Instruct.Q4_1"));
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -57,4 +61,5 @@ fn serve_answers_and_exits_zero_on_sigterm() {
     assert!(killed.success());
     let status = child.wait().expect("exit status");
     assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_file(keys);
 }

@@ -1,4 +1,4 @@
-//! Optional API key (SPEC A9): when configured, every route but the probes needs
+//! Optional API keys (SPEC A9): when any is configured, every route but the probes needs
 //! `Authorization: Bearer <key>`; keys are compared in constant time; 401 JSON otherwise.
 
 use crate::error::ApiError;
@@ -14,14 +14,22 @@ pub fn key_matches(given: &str, expected: &str) -> bool {
     given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
+/// True when `given` is one of `keys`; every key is compared, so the time taken does not
+/// reveal which one matched.
+pub fn any_key_matches(given: &str, keys: &[String]) -> bool {
+    keys.iter()
+        .fold(false, |found, k| key_matches(given, k) | found)
+}
+
 pub async fn require_key(
     State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = state.cfg.api_key.as_deref() else {
+    let keys = &state.cfg.api_keys;
+    if keys.is_empty() {
         return Ok(next.run(req).await);
-    };
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -29,7 +37,7 @@ pub async fn require_key(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(k) if key_matches(k, expected) => Ok(next.run(req).await),
+        Some(k) if any_key_matches(k, keys) => Ok(next.run(req).await),
         _ => Err(ApiError::Unauthorized),
     }
 }
@@ -44,5 +52,8 @@ mod tests {
         assert!(!key_matches("secret2", "secret"));
         assert!(!key_matches("secreT", "secret"));
         assert!(!key_matches("", "secret"));
+        let keys = vec!["a1".to_string(), "b2".to_string()];
+        assert!(any_key_matches("b2", &keys));
+        assert!(!any_key_matches("c3", &keys));
     }
 }

@@ -22,8 +22,8 @@ pub struct ServerConfig {
     pub max_queue: usize,
     /// Largest `max_tokens` a request may ask for; also the default when it asks for none.
     pub max_tokens_cap: u32,
-    /// Bearer key required on every route but the probes, when set.
-    pub api_key: Option<String>,
+    /// Bearer keys accepted on every route but the probes; empty means no auth.
+    pub api_keys: Vec<String>,
     /// Reject unknown request fields instead of ignoring them.
     pub strict: bool,
     /// Interval of SSE keep-alive comments while a stream has nothing to send.
@@ -39,7 +39,7 @@ impl Default for ServerConfig {
             max_running: 64,
             max_queue: 256,
             max_tokens_cap: 4096,
-            api_key: None,
+            api_keys: Vec::new(),
             strict: false,
             keep_alive: Duration::from_secs(15),
             aliases: Vec::new(),

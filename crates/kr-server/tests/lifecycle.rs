@@ -1,5 +1,6 @@
 //! Cancellation and graceful shutdown: a client that goes away frees its KV blocks within a
-//! second; SIGTERM-style shutdown lets a running stream finish and refuses new connections.
+//! second; SIGTERM-style shutdown lets a running stream finish and refuses new connections;
+//! SSE keep-alive comments sent while a stream is quiet leave its events intact.
 
 mod common;
 use common::*;
@@ -112,4 +113,32 @@ async fn graceful_shutdown_finishes_the_stream_and_refuses_new_connections() {
         .find_map(|c| c["choices"][0]["finish_reason"].as_str());
     assert_eq!(finish, Some("length"));
     server.join().expect("server exits cleanly");
+}
+
+#[tokio::test]
+async fn keep_alive_comments_do_not_disturb_the_stream() {
+    let cfg = ServerConfig {
+        keep_alive: Duration::from_millis(1),
+        ..ServerConfig::default()
+    };
+    let server = spawn(engine(|_| {}), cfg);
+    let req = chat_body(
+        "What is the capital of France?",
+        json!({"temperature": 0, "max_tokens": 20, "stream": true}),
+    );
+    let r = client()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert!(body.contains(": keep-alive\n\n"), "{body}");
+    let events = sse_events(&body);
+    let text: String = events
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "The capital of France is Paris.");
+    assert_eq!(events.last(), Some(&json!("[DONE]")));
 }

@@ -173,7 +173,7 @@ async fn overload_gets_429_with_retry_after_and_accepted_requests_complete() {
 async fn strict_mode_and_api_key() {
     let cfg = ServerConfig {
         strict: true,
-        api_key: Some("sekrit".into()),
+        api_keys: vec!["other".into(), "sekrit".into()],
         ..ServerConfig::default()
     };
     let server = spawn(engine(|_| {}), cfg);
