@@ -1,5 +1,6 @@
 //! `kr-serve serve` as a user runs it: prints the URL when ready, answers HTTP, checks the
-//! keys of `--api-key-file`, and exits 0 on SIGTERM.
+//! keys of `--api-key-file`; on SIGTERM during a stream it refuses new connections, lets
+//! the stream finish and exits 0.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -16,6 +17,20 @@ fn http_get(addr: &str, path: &str, key: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out
+}
+
+/// Sends a streamed chat request of 100 tokens; the response is read by the caller.
+fn start_stream(addr: &str, key: &str) -> std::net::TcpStream {
+    let body = r#"{"model":"SmolLM2-135M-Instruct.Q4_1","stream":true,"max_tokens":100,"ignore_eos":true,"messages":[{"role":"user","content":"Count to fifty."}]}"#;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    s
 }
 
 #[test]
@@ -54,11 +69,27 @@ fn serve_answers_and_exits_zero_on_sigterm() {
     assert_eq!(status(&health), "200", "{health}");
     assert_eq!(status(&http_get(&addr, "/v1/models", "nope")), "401");
     assert!(http_get(&addr, "/v1/models", "k2").contains("SmolLM2-135M-Instruct.Q4_1"));
+    // SIGTERM during a stream: the stream completes, new connections are refused, exit 0.
+    let mut stream = start_stream(&addr, "k1");
+    let mut first = [0u8; 64];
+    let n = stream.read(&mut first).expect("first bytes");
+    assert!(String::from_utf8_lossy(&first[..n]).contains(" 200 "));
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(killed.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "a new connection was accepted after SIGTERM"
+    );
+    let mut rest = String::new();
+    stream
+        .read_to_string(&mut rest)
+        .expect("the stream finishes");
+    assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
+    assert!(rest.contains("data: [DONE]"), "{rest}");
     let status = child.wait().expect("exit status");
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_file(keys);
