@@ -3,6 +3,9 @@
 //! ids llama.cpp's test-tokenizer-0 expects, one line per input. That test tokenises with
 //! `add_special = false` (no BOS) and `parse_special = false`; the SentencePiece space
 //! prefix is part of the expected ids.
+//!
+//! The Hugging Face tokenizer.json files in ../shared/models must give the same ids as the
+//! matching GGUF vocabulary on those inputs (encoded without a post-processor, so no BOS).
 
 use kr_model::gguf::GgufFile;
 use kr_model::Tokenizer;
@@ -88,4 +91,40 @@ fn llama_spm() {
 #[test]
 fn phi3() {
     check("phi-3");
+}
+
+/// Ids from `models/DIR/tokenizer.json` against the expected ids of vocab `name`.
+fn check_json(dir_name: &str, name: &str) {
+    let path = dir().join(format!("../{dir_name}/tokenizer.json"));
+    let tok = Tokenizer::from_tokenizer_json(&path).expect("tokenizer.json loads");
+    let cases = vectors(name);
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(text, want)| {
+            let got = tok.encode(text, false).expect("encodes");
+            (&got != want).then(|| format!("{text:?}\n   want {want:?}\n    got {got:?}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{dir_name}/tokenizer.json vs {name}: {} of {} inputs differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn llama3_tokenizer_json_equals_its_gguf_vocab() {
+    check_json("tokenizer-llama3", "llama-bpe");
+}
+
+#[test]
+fn qwen3_tokenizer_json_equals_the_qwen2_gguf_vocab() {
+    check_json("tokenizer-qwen3", "qwen2");
+}
+
+#[test]
+fn phi3_tokenizer_json_equals_its_gguf_vocab() {
+    check_json("tokenizer-phi-3", "phi-3");
 }

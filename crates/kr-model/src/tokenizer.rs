@@ -217,6 +217,21 @@ impl Tokenizer {
         })
     }
 
+    /// Loads a Hugging Face `tokenizer.json`. Its special ids (BOS, EOS, add-BOS) live in
+    /// tokenizer_config.json / generation_config.json, so they start empty here for the
+    /// directory loader to fill.
+    pub fn from_tokenizer_json(path: &std::path::Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            vocab_size: inner.get_vocab_size(true),
+            inner: Inner::Bpe(Box::new(inner)),
+            bos_id: None,
+            eos_ids: vec![],
+            add_bos: false,
+        })
+    }
+
     /// Wraps a SentencePiece-style vocabulary.
     pub fn from_spm(
         vocab: SpmVocab,
