@@ -171,6 +171,9 @@ pub struct ServeArgs {
     /// File of accepted API keys, one per line (`#` starts a comment).
     #[arg(long)]
     pub api_key_file: Option<PathBuf>,
+    /// Send streamed tokens in runs of N (fewer, larger chunks; 1 = every token).
+    #[arg(long, default_value_t = 1)]
+    pub stream_interval: usize,
     /// Reject unknown request fields with 400 instead of ignoring them.
     #[arg(long)]
     pub strict: bool,

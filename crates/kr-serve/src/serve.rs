@@ -19,6 +19,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         max_tokens_cap: args.max_tokens_cap,
         api_keys,
         strict: args.strict,
+        stream_interval: args.stream_interval.max(1),
         ..ServerConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

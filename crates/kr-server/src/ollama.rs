@@ -131,7 +131,8 @@ async fn run(
         first: None,
     };
     if stream {
-        return Ok(event_response(streams, enc, None, "application/x-ndjson"));
+        let pacing = state.pacing(false);
+        return Ok(event_response(streams, enc, pacing, "application/x-ndjson"));
     }
     let mut outs = gen::collect_all(streams).await?;
     let c: Completion = outs
@@ -242,16 +243,17 @@ impl NdjsonEncoder {
 }
 
 impl Encoder for NdjsonEncoder {
-    fn token(&mut self, _index: usize, tok: TokenOut) -> Vec<Bytes> {
+    fn tokens(&mut self, _index: usize, toks: &[TokenOut]) -> Vec<Bytes> {
         self.first.get_or_insert_with(Instant::now);
-        if tok.text.is_empty() {
+        let text: String = toks.iter().map(|t| t.text.as_str()).collect();
+        if text.is_empty() {
             return Vec::new();
         }
         let mut line = json!({"model": self.model, "created_at": rfc3339_now(), "done": false});
         if self.chat {
-            line["message"] = json!({"role": "assistant", "content": tok.text});
+            line["message"] = json!({"role": "assistant", "content": text});
         } else {
-            line["response"] = json!(tok.text);
+            line["response"] = json!(text);
         }
         vec![ndjson(&line)]
     }

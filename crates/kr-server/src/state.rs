@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub strict: bool,
     /// Interval of SSE keep-alive comments while a stream has nothing to send.
     pub keep_alive: Duration,
+    /// Streamed tokens are sent in runs of this many (1 = every token).
+    pub stream_interval: usize,
     /// Extra names the model answers to (besides its file stem).
     pub aliases: Vec<String>,
 }
@@ -42,6 +44,7 @@ impl Default for ServerConfig {
             api_keys: Vec::new(),
             strict: false,
             keep_alive: Duration::from_secs(15),
+            stream_interval: 1,
             aliases: Vec::new(),
         }
     }
@@ -118,6 +121,14 @@ impl Inner {
             admission,
             started: unix_now(),
         })
+    }
+
+    /// How streamed bodies are paced; NDJSON (Ollama) has no keep-alive line.
+    pub fn pacing(&self, keep_alive: bool) -> crate::stream::Pacing {
+        crate::stream::Pacing {
+            keep_alive: keep_alive.then_some(self.cfg.keep_alive),
+            interval: self.cfg.stream_interval,
+        }
     }
 
     /// The name the loaded model is served under.

@@ -22,7 +22,8 @@ pub trait Encoder: Send + 'static {
     fn start(&mut self, _index: usize) -> Vec<Bytes> {
         Vec::new()
     }
-    fn token(&mut self, index: usize, tok: TokenOut) -> Vec<Bytes>;
+    /// A run of one or more tokens of request `index` (several when coalescing).
+    fn tokens(&mut self, index: usize, toks: &[TokenOut]) -> Vec<Bytes>;
     fn finish(&mut self, index: usize, reason: FinishReason, usage: Usage) -> Vec<Bytes>;
     fn error(&mut self, index: usize, message: &str) -> Vec<Bytes>;
     /// After every request has ended.
@@ -49,6 +50,47 @@ struct BodyState<E> {
     pending: VecDeque<Bytes>,
     done: bool,
     keep_alive: Option<Duration>,
+    /// Tokens sent together (A6 `stream_interval`); `held[i]` waits for request `i`'s run.
+    interval: usize,
+    held: Vec<Vec<TokenOut>>,
+}
+
+impl<E: Encoder> BodyState<E> {
+    /// Sends request `i`'s held tokens, if any.
+    fn flush(&mut self, i: usize) {
+        if let Some(run) = self.held.get_mut(i).filter(|h| !h.is_empty()) {
+            let run = std::mem::take(run);
+            self.pending.extend(self.enc.tokens(i, &run));
+        }
+    }
+
+    fn on_event(&mut self, next: Option<(usize, Event)>) {
+        match next {
+            Some((i, Event::Token { id, text, logprobs })) => {
+                if let Some(h) = self.held.get_mut(i) {
+                    h.push(TokenOut { id, text, logprobs });
+                    if h.len() >= self.interval {
+                        self.flush(i);
+                    }
+                }
+            }
+            Some((i, Event::Finished { reason, usage })) => {
+                self.flush(i);
+                self.pending.extend(self.enc.finish(i, reason, usage));
+            }
+            Some((i, Event::Error(msg))) => {
+                self.flush(i);
+                self.pending.extend(self.enc.error(i, &msg));
+            }
+            None => {
+                for i in 0..self.held.len() {
+                    self.flush(i);
+                }
+                self.done = true;
+                self.pending.extend(self.enc.end());
+            }
+        }
+    }
 }
 
 async fn next_chunk<E: Encoder>(
@@ -71,30 +113,29 @@ async fn next_chunk<E: Encoder>(
             },
             None => st.merged.next().await,
         };
-        let out = match next {
-            Some((i, Event::Token { id, text, logprobs })) => {
-                st.enc.token(i, TokenOut { id, text, logprobs })
-            }
-            Some((i, Event::Finished { reason, usage })) => st.enc.finish(i, reason, usage),
-            Some((i, Event::Error(msg))) => st.enc.error(i, &msg),
-            None => {
-                st.done = true;
-                st.enc.end()
-            }
-        };
-        st.pending.extend(out);
+        st.on_event(next);
     }
+}
+
+/// How a streaming body is paced.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// Send a keep-alive after this long without anything else to send.
+    pub keep_alive: Option<Duration>,
+    /// Send tokens in runs of this many (the last run of a request may be shorter).
+    pub interval: usize,
 }
 
 /// A streaming response: `content_type` body produced by `enc` from the job's streams.
 pub fn event_response<E: Encoder>(
     streams: Vec<Tracked>,
     mut enc: E,
-    keep_alive: Option<Duration>,
+    pacing: Pacing,
     content_type: &'static str,
 ) -> Response {
     let mut pending = VecDeque::new();
-    for i in 0..streams.len() {
+    let n = streams.len();
+    for i in 0..n {
         pending.extend(enc.start(i));
     }
     let merged = select_all(
@@ -108,7 +149,9 @@ pub fn event_response<E: Encoder>(
         enc,
         pending,
         done: false,
-        keep_alive,
+        keep_alive: pacing.keep_alive,
+        interval: pacing.interval.max(1),
+        held: vec![Vec::new(); n],
     };
     let body = Body::from_stream(futures_util::stream::unfold(st, next_chunk));
     let mut resp = body.into_response();

@@ -1,6 +1,7 @@
 //! Cancellation and graceful shutdown: a client that goes away frees its KV blocks within a
 //! second; SIGTERM-style shutdown lets a running stream finish and refuses new connections;
-//! SSE keep-alive comments sent while a stream is quiet leave its events intact.
+//! SSE keep-alive comments leave a stream's events intact; `stream_interval` sends runs of
+//! tokens.
 
 mod common;
 use common::*;
@@ -141,4 +142,42 @@ async fn keep_alive_comments_do_not_disturb_the_stream() {
         .collect();
     assert_eq!(text, "The capital of France is Paris.");
     assert_eq!(events.last(), Some(&json!("[DONE]")));
+}
+
+#[tokio::test]
+async fn coalesced_stream_sends_runs_of_tokens_with_their_logprobs() {
+    let cfg = ServerConfig {
+        stream_interval: 4,
+        ..ServerConfig::default()
+    };
+    let server = spawn(engine(|_| {}), cfg);
+    let extra = json!({"temperature": 0, "max_tokens": 10, "ignore_eos": true, "logprobs": true});
+    let req = chat_body("What is the capital of France?", extra);
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let events = post_sse(&server.base, "/v1/chat/completions", &sreq).await;
+    let runs: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|c| c["choices"][0]["logprobs"]["content"].is_array())
+        .collect();
+    // 10 tokens in runs of 4: 4 + 4 + 2.
+    let sizes: Vec<usize> = runs
+        .iter()
+        .map(|c| {
+            c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(sizes, vec![4, 4, 2]);
+    let text: String = runs
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let (_, whole) = post(&server.base, "/v1/chat/completions", &req).await;
+    assert_eq!(
+        whole["choices"][0]["message"]["content"].as_str(),
+        Some(text.as_str())
+    );
 }

@@ -167,8 +167,8 @@ pub async fn chat_completions(
             usage: Vec::new(),
             n,
         };
-        let ka = Some(state.cfg.keep_alive);
-        return Ok(event_response(streams, enc, ka, "text/event-stream"));
+        let pacing = state.pacing(true);
+        return Ok(event_response(streams, enc, pacing, "text/event-stream"));
     }
     let outs = gen::collect_all(streams).await?;
     let choices: Vec<Value> = outs
@@ -228,13 +228,20 @@ impl Encoder for ChatEncoder {
         vec![self.chunk(index, delta, Value::Null, Value::Null)]
     }
 
-    fn token(&mut self, index: usize, tok: TokenOut) -> Vec<Bytes> {
-        let lp = logprob_entry(&self.state, &tok).map(|e| json!({"content": [e]}));
-        if tok.text.is_empty() && lp.is_none() {
+    fn tokens(&mut self, index: usize, toks: &[TokenOut]) -> Vec<Bytes> {
+        let entries: Vec<Value> = toks
+            .iter()
+            .filter_map(|t| logprob_entry(&self.state, t))
+            .collect();
+        let text: String = toks.iter().map(|t| t.text.as_str()).collect();
+        if text.is_empty() && entries.is_empty() {
             return Vec::new();
         }
-        let delta = json!({"content": tok.text});
-        vec![self.chunk(index, delta, lp.unwrap_or(Value::Null), Value::Null)]
+        let lp = match entries.is_empty() {
+            true => Value::Null,
+            false => json!({ "content": entries }),
+        };
+        vec![self.chunk(index, json!({ "content": text }), lp, Value::Null)]
     }
 
     fn finish(&mut self, index: usize, reason: FinishReason, usage: Usage) -> Vec<Bytes> {

@@ -144,8 +144,8 @@ pub async fn completions(
             n,
             echoes,
         };
-        let ka = Some(state.cfg.keep_alive);
-        return Ok(event_response(streams, enc, ka, "text/event-stream"));
+        let pacing = state.pacing(true);
+        return Ok(event_response(streams, enc, pacing, "text/event-stream"));
     }
     let outs = gen::collect_all(streams).await?;
     let choices: Vec<Value> = outs
@@ -221,17 +221,17 @@ impl Encoder for CompletionEncoder {
         }
     }
 
-    fn token(&mut self, index: usize, tok: TokenOut) -> Vec<Bytes> {
-        let has_lp = tok.logprobs.is_some();
-        if tok.text.is_empty() && !has_lp {
+    fn tokens(&mut self, index: usize, toks: &[TokenOut]) -> Vec<Bytes> {
+        let has_lp = toks.iter().any(|t| t.logprobs.is_some());
+        let text: String = toks.iter().map(|t| t.text.as_str()).collect();
+        if text.is_empty() && !has_lp {
             return Vec::new();
         }
-        let lp = if has_lp {
-            legacy_logprobs(&self.state, std::slice::from_ref(&tok), 0)
-        } else {
-            Value::Null
+        let lp = match has_lp {
+            true => legacy_logprobs(&self.state, toks, 0),
+            false => Value::Null,
         };
-        vec![self.chunk(index, &tok.text, lp, Value::Null)]
+        vec![self.chunk(index, &text, lp, Value::Null)]
     }
 
     fn finish(&mut self, index: usize, reason: FinishReason, usage: Usage) -> Vec<Bytes> {
