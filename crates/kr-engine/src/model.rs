@@ -1,10 +1,12 @@
 //! Loading a model into a ready-to-run decoder, tokenizer and chat template: GGUF files,
-//! llama2.c checkpoints (`.bin`, tokenizer beside it), and the built-in stories260K.
+//! Hugging Face directories (config.json + safetensors), llama2.c checkpoints (`.bin`,
+//! tokenizer beside it), and the built-in stories260K.
 
 use crate::error::{EngineError, Result};
 use kr_cpu::CpuBackend;
 use kr_model::gguf::GgufFile;
 use kr_model::gguf_model::weights_from_gguf;
+use kr_model::hf;
 use kr_model::llama2c;
 use kr_model::{ChatTemplate, Decoder, ModelConfig, ModelError, ModelWeights, Tokenizer};
 use std::path::{Path, PathBuf};
@@ -31,10 +33,14 @@ pub const BUILTIN_MODEL: &str = "builtin:stories260K";
 const BUILTIN_WEIGHTS: &[u8] = include_bytes!("../assets/stories260K/stories260K.bin");
 const BUILTIN_TOKENIZER: &[u8] = include_bytes!("../assets/stories260K/tok512.bin");
 
-/// Opens a model: [`BUILTIN_MODEL`], a GGUF file (`.gguf`) or a llama2.c checkpoint (`.bin`).
+/// Opens a model: [`BUILTIN_MODEL`], a Hugging Face directory (with `config.json`), a GGUF
+/// file (`.gguf`) or a llama2.c checkpoint (`.bin`).
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
     if path == Path::new(BUILTIN_MODEL) {
         return load_builtin(path);
+    }
+    if path.is_dir() {
+        return load_hf(path);
     }
     let ext = path
         .extension()
@@ -66,6 +72,23 @@ fn load_gguf(path: &Path) -> Result<LoadedModel> {
         None => None,
     };
     Ok(assemble(path, &weights, tokenizer, chat_template))
+}
+
+/// A Hugging Face model directory.
+fn load_hf(dir: &Path) -> Result<LoadedModel> {
+    if !hf::is_hf_dir(dir) {
+        return Err(ModelError::Io {
+            path: dir.join("config.json"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "a model directory needs a Hugging Face config.json",
+            ),
+        }
+        .into());
+    }
+    let m = hf::load_hf_dir(dir)?;
+    let template = m.chat_template.map(Arc::new);
+    Ok(assemble(dir, &m.weights, m.tokenizer, template))
 }
 
 /// A llama2.c checkpoint; its tokenizer is `tok{vocab}.bin` or `tokenizer.bin` beside it.

@@ -2,6 +2,7 @@
 //!
 //! - [`gguf`], [`quant`], [`gguf_model`]: reading GGUF files and their tensor encodings;
 //! - [`llama2c`]: llama2.c checkpoints and tokenizer files;
+//! - [`hf`], [`hf_tokenizer`], [`safetensors`]: Hugging Face model directories;
 //! - [`config`], [`weights`]: the architecture parameters and weights the decoder needs;
 //! - [`tokenizer`], [`spm`], [`chat`]: text in and out (E7);
 //! - [`backend`], [`decoder`]: the Backend contract and the one decoder written against it.
@@ -13,8 +14,11 @@ pub mod decoder;
 pub mod error;
 pub mod gguf;
 pub mod gguf_model;
+pub mod hf;
+pub mod hf_tokenizer;
 pub mod llama2c;
 pub mod quant;
+pub mod safetensors;
 pub mod spm;
 pub mod tokenizer;
 pub mod weights;
