@@ -171,6 +171,10 @@ pub struct ServeArgs {
     /// File of accepted API keys, one per line (`#` starts a comment).
     #[arg(long)]
     pub api_key_file: Option<PathBuf>,
+    /// Longest a request may run, in seconds (0 = no limit); past it: 504, or an error
+    /// event ending the stream.
+    #[arg(long, default_value_t = 0.0)]
+    pub request_timeout: f64,
     /// Send streamed tokens in runs of N (fewer, larger chunks; 1 = every token).
     #[arg(long, default_value_t = 1)]
     pub stream_interval: usize,

@@ -20,6 +20,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         api_keys,
         strict: args.strict,
         stream_interval: args.stream_interval.max(1),
+        request_timeout: request_timeout(args.request_timeout)?,
         ..ServerConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -67,4 +68,17 @@ fn api_keys(args: &ServeArgs) -> Result<Vec<String>> {
     }
     keys.retain(|k| !k.trim().is_empty());
     Ok(keys)
+}
+
+fn request_timeout(secs: f64) -> Result<Option<std::time::Duration>> {
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    std::time::Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| {
+            CliError::Usage(format!(
+                "--request-timeout {secs}: allowed 0 or more seconds"
+            ))
+        })
 }

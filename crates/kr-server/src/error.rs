@@ -32,6 +32,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("the engine has stopped")]
     Unavailable,
+    #[error("the request exceeded the server's time limit of {limit:?}")]
+    Timeout { limit: std::time::Duration },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -63,6 +65,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -75,7 +78,9 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found_error",
             ApiError::Overloaded { .. } => "rate_limit_error",
             ApiError::Unauthorized => "authentication_error",
-            ApiError::Unavailable | ApiError::Internal(_) => "server_error",
+            ApiError::Unavailable | ApiError::Timeout { .. } | ApiError::Internal(_) => {
+                "server_error"
+            }
         }
     }
 
@@ -86,6 +91,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => (None, Some("payload_too_large")),
             ApiError::Overloaded { .. } => (None, Some("server_overloaded")),
             ApiError::Unauthorized => (None, Some("invalid_api_key")),
+            ApiError::Timeout { .. } => (None, Some("timeout")),
             _ => (None, None),
         }
     }

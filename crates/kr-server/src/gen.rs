@@ -250,6 +250,21 @@ pub async fn collect_all(streams: Vec<Tracked>) -> Result<Vec<Completion>> {
         .collect()
 }
 
+/// [`collect_all`] under the server's per-request time limit (504 when it passes; the
+/// requests are dropped, which aborts them).
+pub async fn collect_within(
+    state: &AppState,
+    arrived: Instant,
+    streams: Vec<Tracked>,
+) -> Result<Vec<Completion>> {
+    let Some(limit) = state.cfg.request_timeout else {
+        return collect_all(streams).await;
+    };
+    tokio::time::timeout_at((arrived + limit).into(), collect_all(streams))
+        .await
+        .map_err(|_| ApiError::Timeout { limit })?
+}
+
 /// Token counts of a job: prompts counted once per prompt, completions summed.
 pub fn total_usage(usages: &[Usage], n: usize) -> Usage {
     let mut u = Usage::default();

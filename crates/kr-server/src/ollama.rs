@@ -131,10 +131,10 @@ async fn run(
         first: None,
     };
     if stream {
-        let pacing = state.pacing(false);
+        let pacing = state.pacing(false, arrived);
         return Ok(event_response(streams, enc, pacing, "application/x-ndjson"));
     }
-    let mut outs = gen::collect_all(streams).await?;
+    let mut outs = gen::collect_within(&state, arrived, streams).await?;
     let c: Completion = outs
         .pop()
         .ok_or_else(|| ApiError::Internal("no output".into()))?;

@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use kr_engine::EngineHandle;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Server settings (the engine has its own `EngineConfig`).
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// Streamed tokens are sent in runs of this many (1 = every token).
     pub stream_interval: usize,
+    /// Longest a request may take from arrival to its last token; `None` = no limit.
+    pub request_timeout: Option<Duration>,
     /// Extra names the model answers to (besides its file stem).
     pub aliases: Vec<String>,
 }
@@ -45,6 +47,7 @@ impl Default for ServerConfig {
             strict: false,
             keep_alive: Duration::from_secs(15),
             stream_interval: 1,
+            request_timeout: None,
             aliases: Vec::new(),
         }
     }
@@ -124,10 +127,11 @@ impl Inner {
     }
 
     /// How streamed bodies are paced; NDJSON (Ollama) has no keep-alive line.
-    pub fn pacing(&self, keep_alive: bool) -> crate::stream::Pacing {
+    pub fn pacing(&self, keep_alive: bool, arrived: Instant) -> crate::stream::Pacing {
         crate::stream::Pacing {
             keep_alive: keep_alive.then_some(self.cfg.keep_alive),
             interval: self.cfg.stream_interval,
+            deadline: self.cfg.request_timeout.map(|d| arrived + d),
         }
     }
 

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use kr_engine::{Event, FinishReason, Usage};
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Turns a job's events into the bytes of one dialect.
 pub trait Encoder: Send + 'static {
@@ -53,6 +53,8 @@ struct BodyState<E> {
     /// Tokens sent together (A6 `stream_interval`); `held[i]` waits for request `i`'s run.
     interval: usize,
     held: Vec<Vec<TokenOut>>,
+    /// When the job runs out of time (A7 per-request timeout).
+    deadline: Option<Instant>,
 }
 
 impl<E: Encoder> BodyState<E> {
@@ -62,6 +64,20 @@ impl<E: Encoder> BodyState<E> {
             let run = std::mem::take(run);
             self.pending.extend(self.enc.tokens(i, &run));
         }
+    }
+
+    /// The time limit passed: send what is held, an error, the end; abort every request.
+    fn expire(&mut self) {
+        for i in 0..self.held.len() {
+            self.flush(i);
+        }
+        self.pending.extend(
+            self.enc
+                .error(0, "the request exceeded the server's time limit"),
+        );
+        self.merged = select_all(Vec::new());
+        self.done = true;
+        self.pending.extend(self.enc.end());
     }
 
     fn on_event(&mut self, next: Option<(usize, Event)>) {
@@ -103,9 +119,20 @@ async fn next_chunk<E: Encoder>(
         if st.done {
             return None;
         }
-        let next = match st.keep_alive {
+        let now = Instant::now();
+        if st.deadline.is_some_and(|d| d <= now) {
+            st.expire();
+            continue;
+        }
+        let until_deadline = st.deadline.map(|d| d - now);
+        let wait = match (st.keep_alive, until_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let next = match wait {
             Some(d) => match tokio::time::timeout(d, st.merged.next()).await {
                 Ok(next) => next,
+                Err(_) if st.deadline.is_some_and(|d| d <= Instant::now()) => continue,
                 Err(_) => {
                     st.pending.extend(st.enc.keep_alive());
                     continue;
@@ -124,6 +151,8 @@ pub struct Pacing {
     pub keep_alive: Option<Duration>,
     /// Send tokens in runs of this many (the last run of a request may be shorter).
     pub interval: usize,
+    /// End the stream with an error (aborting its requests) at this time.
+    pub deadline: Option<Instant>,
 }
 
 /// A streaming response: `content_type` body produced by `enc` from the job's streams.
@@ -152,6 +181,7 @@ pub fn event_response<E: Encoder>(
         keep_alive: pacing.keep_alive,
         interval: pacing.interval.max(1),
         held: vec![Vec::new(); n],
+        deadline: pacing.deadline,
     };
     let body = Body::from_stream(futures_util::stream::unfold(st, next_chunk));
     let mut resp = body.into_response();

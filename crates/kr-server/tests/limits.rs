@@ -1,6 +1,6 @@
 //! Limits and bad input: every bad request is a 4xx JSON naming the problem while a stream
 //! runs and finishes intact; overload gives 429 + Retry-After and every accepted request
-//! completes; strict mode and the API key.
+//! completes; the per-request time limit; strict mode and the API key.
 
 mod common;
 use common::*;
@@ -217,4 +217,35 @@ async fn strict_mode_and_api_key() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(get(&base, "/health").await.0, 200);
     assert_eq!(get(&base, "/metrics").await.0, 401);
+}
+
+#[tokio::test]
+async fn requests_past_the_time_limit_end_with_504_or_an_error_event() {
+    let cfg = ServerConfig {
+        request_timeout: Some(std::time::Duration::from_millis(400)),
+        ..ServerConfig::default()
+    };
+    let server = spawn(engine(|_| {}), cfg);
+    let base = server.base.clone();
+    let body = chat_body(
+        "Count to fifty.",
+        json!({"max_tokens": 2000, "ignore_eos": true}),
+    );
+    let (status, v) = post(&base, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 504, "{v}");
+    assert_eq!(v["error"]["code"], "timeout");
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let events = post_sse(&base, "/v1/chat/completions", &sbody).await;
+    assert_eq!(events.last(), Some(&json!("[DONE]")));
+    assert!(
+        events.iter().any(|e| e["error"]["message"].is_string()),
+        "no error event"
+    );
+    let page = wait_metrics(&base, std::time::Duration::from_secs(5), |p| {
+        metric(p, "kr_requests_running") == Some(0.0)
+    })
+    .await;
+    assert_eq!(metric(&page, "kr_kv_blocks_used"), Some(0.0), "{page}");
+    assert_eq!(get(&base, "/health").await.0, 200);
 }

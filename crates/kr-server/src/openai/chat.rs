@@ -167,10 +167,10 @@ pub async fn chat_completions(
             usage: Vec::new(),
             n,
         };
-        let pacing = state.pacing(true);
+        let pacing = state.pacing(true, arrived);
         return Ok(event_response(streams, enc, pacing, "text/event-stream"));
     }
-    let outs = gen::collect_all(streams).await?;
+    let outs = gen::collect_within(&state, arrived, streams).await?;
     let choices: Vec<Value> = outs
         .iter()
         .enumerate()

@@ -144,10 +144,10 @@ pub async fn completions(
             n,
             echoes,
         };
-        let pacing = state.pacing(true);
+        let pacing = state.pacing(true, arrived);
         return Ok(event_response(streams, enc, pacing, "text/event-stream"));
     }
-    let outs = gen::collect_all(streams).await?;
+    let outs = gen::collect_within(&state, arrived, streams).await?;
     let choices: Vec<Value> = outs
         .iter()
         .enumerate()
