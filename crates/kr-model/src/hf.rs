@@ -218,3 +218,36 @@ pub(crate) fn missing(path: &Path) -> ModelError {
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "required file is missing"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+               "intermediate_size": 128, "vocab_size": 512})
+    }
+
+    #[test]
+    fn transformers4_rope_scaling_and_top_level_theta() {
+        let mut c = base();
+        c["rope_theta"] = json!(500000.0);
+        c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 32.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192});
+        let cfg = config_from_json(&c, Path::new("config.json")).unwrap();
+        assert_eq!(cfg.rope_theta, 500000.0);
+        assert_eq!(cfg.rope_scaling.unwrap().factor, 32.0);
+        assert_eq!((cfg.head_dim, cfg.rope_style), (16, RopeStyle::HalfSplit));
+    }
+
+    #[test]
+    fn unsupported_rope_type_names_the_field() {
+        let mut c = base();
+        c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
+        let e = config_from_json(&c, Path::new("config.json")).unwrap_err();
+        assert!(e.to_string().contains("rope_scaling.rope_type"), "{e}");
+    }
+}

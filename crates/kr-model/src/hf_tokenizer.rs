@@ -122,3 +122,30 @@ pub fn chat_template_from_dir(dir: &Path, tok_cfg: &Value) -> Result<Option<Chat
         .map(Some)
         .map_err(|e| ModelError::Template(format!("{}: {e}", dir.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn list_form_template_picks_default() {
+        let cfg = json!({"chat_template": [
+            {"name": "tool_use", "template": "tools"},
+            {"name": "default", "template": "plain"},
+        ]});
+        let src = template_source(Path::new("/nonexistent"), &cfg).unwrap();
+        assert_eq!(src.as_deref(), Some("plain"));
+    }
+
+    #[test]
+    fn eos_ids_accept_int_or_list_and_tokens_accept_objects() {
+        assert_eq!(id_list(&json!(7)), vec![7]);
+        assert_eq!(id_list(&json!([7, 9])), vec![7, 9]);
+        let cfg = json!({"bos_token": {"content": "<s>"}, "eos_token": "</s>"});
+        assert_eq!(
+            special_tokens(&cfg),
+            ("<s>".to_string(), "</s>".to_string())
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! Chat templates of Llama 3, Qwen3 and Phi-3 (../shared/models/tokenizer-*), rendered by
+//! kr_model's minijinja ChatTemplate with BOS/EOS from each tokenizer_config.json, must give
+//! exactly the text of transformers' `apply_chat_template` for a multi-turn conversation
+//! with a system message (add_generation_prompt=True). Reference:
+//! tests/reference/hf-tiny/chat_templates.json, made by scripts/make_hf_tiny_models.py.
+
+use kr_model::hf_tokenizer::chat_template_from_dir;
+use kr_model::ChatMessage;
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(path: PathBuf) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("file")).expect("JSON")
+}
+
+fn check(name: &str) {
+    let r = read(root().join("tests/reference/hf-tiny/chat_templates.json"));
+    let messages: Vec<ChatMessage> = serde_json::from_value(r["messages"].clone()).unwrap();
+    let dir = root().join("../shared/models").join(name);
+    let tok_cfg = read(dir.join("tokenizer_config.json"));
+    let template = chat_template_from_dir(&dir, &tok_cfg)
+        .unwrap()
+        .expect("a chat template");
+    let ours = template.render(&messages, true).unwrap();
+    assert_eq!(ours, r["rendered"][name].as_str().unwrap(), "{name}");
+}
+
+#[test]
+fn llama3_template_matches_transformers() {
+    check("tokenizer-llama3");
+}
+
+#[test]
+fn qwen3_template_matches_transformers() {
+    check("tokenizer-qwen3");
+}
+
+#[test]
+fn phi3_template_matches_transformers() {
+    check("tokenizer-phi-3");
+}
