@@ -6,7 +6,7 @@ pub enum EngineError {
     Model(#[from] kr_model::ModelError),
     #[error(transparent)]
     Core(#[from] kr_core::CoreError),
-    #[error("model file {path} is not a supported format; supported: .gguf files and llama2.c .bin checkpoints")]
+    #[error("model file {path} is not a supported format; supported: .gguf files, llama2.c .bin checkpoints and Hugging Face model directories (config.json + *.safetensors)")]
     UnsupportedFormat { path: String },
     #[error("the model has no chat template; send a raw prompt instead")]
     NoChatTemplate,

@@ -27,7 +27,7 @@ pub struct TokenizerSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelSummary {
     pub path: String,
-    /// "gguf" or "llama2.c".
+    /// "gguf", "llama2.c" or "huggingface".
     pub format: &'static str,
     pub config: ModelConfig,
     pub parameters: u64,
@@ -64,6 +64,13 @@ pub fn inspect_model(path: &Path) -> Result<ModelSummary> {
     if path == Path::new(BUILTIN_MODEL) {
         let (weights, tok) = crate::model::builtin_parts()?;
         return Ok(from_weights(path, &weights, Ok(tok)));
+    }
+    if path.is_dir() {
+        let hf = kr_model::hf::load_hf_dir(path)?;
+        let mut s = from_weights(path, &hf.weights, Ok(hf.tokenizer));
+        s.format = "huggingface";
+        s.chat_template = hf.chat_template.is_some();
+        return Ok(s);
     }
     match ext.as_deref() {
         Some("bin") => {

@@ -117,3 +117,22 @@ fn models_inspect_reads_a_gguf_header_and_names_bad_paths() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/model.gguf"));
 }
+
+#[test]
+fn models_inspect_reads_a_hugging_face_directory() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/reference/hf-tiny/qwen3-bf16"
+    );
+    let out = inspect(&[dir, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["format"], "huggingface");
+    assert_eq!(s["config"]["architecture"], "qwen3");
+    assert_eq!(s["chat_template"], true);
+    assert_eq!(s["problems"].as_array().unwrap().len(), 0);
+}
