@@ -26,6 +26,12 @@ fn reduce(acc: [f32; LANES]) -> f32 {
     target_feature = "avx2",
     target_feature = "fma"
 ))]
+pub(crate) use avx2::hsum;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
 pub use avx2::{dot, dot4};
 #[cfg(not(all(
     target_arch = "x86_64",
@@ -45,7 +51,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     #[inline(always)]
-    unsafe fn hsum(a: __m256, b: __m256) -> f32 {
+    pub(crate) unsafe fn hsum(a: __m256, b: __m256) -> f32 {
         let v = _mm256_add_ps(a, b);
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -61,6 +61,7 @@ pub fn matmul_rows(ty: GgmlType, rows: &[u8], x: &Mat, sums: &[f32], out: &mut [
 ))]
 mod avx2 {
     use super::{GgmlType, Mat};
+    use crate::kernels::hsum;
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -100,14 +101,6 @@ mod avx2 {
             d,
             m,
         )
-    }
-
-    #[inline(always)]
-    unsafe fn hsum(a: __m256, b: __m256) -> f32 {
-        let v = _mm256_add_ps(a, b);
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 
     /// One block against `R` rows: `acc = fma(x·q, d, acc)`, `bias = fma(m, Σx, bias)`.

@@ -10,8 +10,10 @@
 //!
 //! The measured maximum errors are printed (`cargo test --test hf_tiny -- --nocapture`).
 
+mod common;
+
 use kr_engine::load_model;
-use kr_model::{AttnMeta, ChatMessage, SeqAttn};
+use kr_model::ChatMessage;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -30,27 +32,7 @@ fn json(path: PathBuf) -> Value {
 }
 
 fn logits_all(model: &kr_engine::LoadedModel, prompt: &[u32]) -> Vec<Vec<f32>> {
-    let bs = 16;
-    let blocks = prompt.len().div_ceil(bs);
-    let mut cache = model.decoder.new_kv_cache(blocks, bs);
-    let meta = AttnMeta {
-        positions: (0..prompt.len() as u32).collect(),
-        slot_mapping: (0..prompt.len() as u32).collect(),
-        seqs: vec![SeqAttn {
-            q_start: 0,
-            q_len: prompt.len(),
-            ctx_len: prompt.len(),
-            block_table: (0..blocks as u32).collect(),
-        }],
-        logit_rows: (0..prompt.len()).collect(),
-    };
-    let vocab = model.config().vocab_size;
-    model
-        .decoder
-        .forward(prompt, &meta, &mut cache)
-        .chunks(vocab)
-        .map(<[f32]>::to_vec)
-        .collect()
+    common::logits_at(model, prompt, &(0..prompt.len()).collect::<Vec<_>>())
 }
 
 /// Loads `<arch>-<dtype>` and returns the largest absolute logit error.

@@ -11,7 +11,6 @@ mod common;
 
 use common::*;
 use kr_engine::{load_model, ChatMessage, Prompt, SamplingParams};
-use kr_model::{AttnMeta, SeqAttn};
 use serde_json::Value;
 
 const LOGIT_TOLERANCE: f32 = 1e-3;
@@ -95,32 +94,6 @@ fn tokenizer_and_template_match_transformers() {
             ids(&p["input_ids"])
         );
     }
-}
-
-/// Logits at chosen positions of a prompt, computed by one forward pass.
-fn logits_at(model: &kr_engine::LoadedModel, prompt: &[u32], rows: &[usize]) -> Vec<Vec<f32>> {
-    let bs = 16;
-    let blocks = prompt.len().div_ceil(bs);
-    let mut cache = model.decoder.new_kv_cache(blocks, bs);
-    let table: Vec<u32> = (0..blocks as u32).collect();
-    let meta = AttnMeta {
-        positions: (0..prompt.len() as u32).collect(),
-        slot_mapping: (0..prompt.len() as u32).collect(),
-        seqs: vec![SeqAttn {
-            q_start: 0,
-            q_len: prompt.len(),
-            ctx_len: prompt.len(),
-            block_table: table,
-        }],
-        logit_rows: rows.to_vec(),
-    };
-    let vocab = model.config().vocab_size;
-    model
-        .decoder
-        .forward(prompt, &meta, &mut cache)
-        .chunks(vocab)
-        .map(<[f32]>::to_vec)
-        .collect()
 }
 
 fn max_error(ours: &[f32], every: usize, reference: &[f32]) -> f32 {

@@ -4,6 +4,7 @@
 use kr_engine::{
     EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, Prompt, SamplingParams,
 };
+use kr_model::{AttnMeta, SeqAttn};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -64,4 +65,30 @@ pub fn wait_for_blocks(engine: &EngineHandle, used: u64) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Logits at chosen positions of a prompt, computed by one forward pass.
+pub fn logits_at(model: &kr_engine::LoadedModel, prompt: &[u32], rows: &[usize]) -> Vec<Vec<f32>> {
+    let bs = 16;
+    let blocks = prompt.len().div_ceil(bs);
+    let mut cache = model.decoder.new_kv_cache(blocks, bs);
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let meta = AttnMeta {
+        positions: (0..prompt.len() as u32).collect(),
+        slot_mapping: (0..prompt.len() as u32).collect(),
+        seqs: vec![SeqAttn {
+            q_start: 0,
+            q_len: prompt.len(),
+            ctx_len: prompt.len(),
+            block_table: table,
+        }],
+        logit_rows: rows.to_vec(),
+    };
+    let vocab = model.config().vocab_size;
+    model
+        .decoder
+        .forward(prompt, &meta, &mut cache)
+        .chunks(vocab)
+        .map(<[f32]>::to_vec)
+        .collect()
 }
