@@ -62,12 +62,8 @@ pub fn matmul_rows(ty: GgmlType, rows: &[u8], x: &Mat, sums: &[f32], out: &mut [
 mod avx2 {
     use super::{GgmlType, Mat};
     use crate::kernels::hsum;
+    use kr_model::quant::f16_at;
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    fn f16_at(b: &[u8], i: usize) -> f32 {
-        half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-    }
 
     /// The block's integers as four 8-lane float vectors, its scale and its offset.
     #[inline(always)]
