@@ -22,6 +22,12 @@ pub enum Command {
         after_help = "Example:\n  kr-serve serve --model SmolLM2-135M-Instruct.Q4_1.gguf --port 8080\n  curl localhost:8080/v1/chat/completions -d '{\"model\":\"SmolLM2-135M-Instruct.Q4_1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'"
     )]
     Serve(ServeArgs),
+    /// Print the effective serve config and where each value comes from (default, preset,
+    /// file, env, flag); takes the same flags as `serve`.
+    #[command(
+        after_help = "Examples:\n  kr-serve config --config kr-serve.yaml --max-queue 8\n  KR_SERVE_MAX_QUEUE=8 kr-serve config --json"
+    )]
+    Config(ConfigArgs),
     /// Benchmarks that write JSON reports.
     Bench {
         #[command(subcommand)]
@@ -66,9 +72,9 @@ pub struct EngineArgs {
     /// `builtin:stories260K` (the default: a 1 MiB story model built into the binary).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Memory for the KV cache in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub kv_cache_mib: usize,
+    /// Memory for the KV cache in MiB [default: 1024].
+    #[arg(long)]
+    pub kv_cache_mib: Option<usize>,
     /// Context limit (default: the model's).
     #[arg(long)]
     pub max_model_len: Option<usize>,
@@ -144,41 +150,61 @@ pub struct BenchEngineArgs {
 }
 
 #[derive(Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `serve` flags; every config key unset here falls back to env `KR_SERVE_<KEY>`, then the
+/// `--config` file, then the preset, then the default (see `kr-serve config`).
+#[derive(Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
-    /// Requests allowed to wait beyond the running batch; more get 429 with Retry-After.
-    #[arg(long, default_value_t = 256)]
-    pub max_queue: usize,
-    /// Requests run at once (the engine's batch limit).
-    #[arg(long, default_value_t = 64)]
-    pub max_running: usize,
-    /// Largest request body in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
-    pub max_body_bytes: usize,
-    /// Largest `max_tokens` a request may ask for (and the default).
-    #[arg(long, default_value_t = 4096)]
-    pub max_tokens_cap: u32,
+    /// YAML config file (keys as in `kr-serve config`); SIGHUP re-reads it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// latency_sensitive, balanced or throughput_optimized.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on (0 picks a free one) [default: 8080].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Requests allowed to wait beyond the running batch; more get 429 [default: 256].
+    #[arg(long)]
+    pub max_queue: Option<usize>,
+    /// Requests run at once (the engine's batch limit) [default: 64].
+    #[arg(long)]
+    pub max_running: Option<usize>,
+    /// Largest request body in bytes [default: 4194304].
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+    /// Largest `max_tokens` a request may ask for (and the default) [default: 4096].
+    #[arg(long)]
+    pub max_tokens_cap: Option<u32>,
     /// Require `Authorization: Bearer KEY` (repeatable; also env KR_SERVE_API_KEY).
     #[arg(long)]
     pub api_key: Vec<String>,
     /// File of accepted API keys, one per line (`#` starts a comment).
     #[arg(long)]
     pub api_key_file: Option<PathBuf>,
-    /// Longest a request may run, in seconds (0 = no limit); past it: 504, or an error
-    /// event ending the stream.
-    #[arg(long, default_value_t = 0.0)]
-    pub request_timeout: f64,
-    /// Send streamed tokens in runs of N (fewer, larger chunks; 1 = every token).
-    #[arg(long, default_value_t = 1)]
-    pub stream_interval: usize,
-    /// Reject unknown request fields with 400 instead of ignoring them.
+    /// Key for /admin/* (also env KR_SERVE_ADMIN_KEY). Without it /admin is open when no
+    /// API key is set and disabled (403) when API keys are set.
     #[arg(long)]
-    pub strict: bool,
+    pub admin_key: Option<String>,
+    /// Longest a request may run, in seconds (0 = no limit) [default: 0].
+    #[arg(long)]
+    pub request_timeout: Option<f64>,
+    /// Send streamed tokens in runs of N (1 = every token) [default: 1].
+    #[arg(long)]
+    pub stream_interval: Option<usize>,
+    /// Reject unknown request fields with 400 instead of ignoring them.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub strict: Option<bool>,
 }

@@ -1,4 +1,4 @@
-//! The kr-serve binary: `serve` runs the HTTP server; `run` generates from a prompt on the
+//! The kr-serve binary: `serve` runs the HTTP server; `config` prints its settings; `run` generates from a prompt on the
 //! terminal; `bench engine` measures the in-process engine; `models inspect` describes a
 //! model file. Errors are printed once, here, with a hint.
 
@@ -24,6 +24,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Config(args) => serve::print_config(args),
         Command::Bench {
             command: BenchCommand::Engine(args),
         } => bench::bench_engine(args),

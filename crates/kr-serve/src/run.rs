@@ -18,7 +18,7 @@ pub fn start_engine(args: &EngineArgs) -> Result<EngineHandle> {
         let _ = rayon_threads(n);
     }
     let mut cfg = EngineConfig::new(args.model_path());
-    cfg.kv_cache_mib = args.kv_cache_mib;
+    cfg.kv_cache_mib = args.kv_cache_mib.unwrap_or(1024);
     cfg.max_model_len = args.max_model_len;
     Ok(kr_engine::start(cfg)?)
 }

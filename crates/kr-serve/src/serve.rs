@@ -1,33 +1,90 @@
 //! `kr-serve serve`: loads the model, then serves the HTTP APIs (kr-server) until SIGINT or
 //! SIGTERM, after which it stops accepting, lets in-flight requests finish and exits 0.
 
-use crate::cli::ServeArgs;
+use crate::cli::{ConfigArgs, EngineArgs, ServeArgs};
 use crate::error::{CliError, Result};
 use crate::run::start_engine;
+use kr_server::config::{self, Effective, Inputs};
 use kr_server::ServerConfig;
+use std::path::PathBuf;
+
+/// The config inputs of the command line: its flags, the env, the `--config` file.
+fn inputs(args: &ServeArgs) -> Inputs {
+    let e = &args.engine;
+    let flags: [(&str, Option<String>); 13] = [
+        ("preset", args.preset.clone()),
+        ("host", args.host.clone()),
+        ("port", args.port.map(|v| v.to_string())),
+        ("model", e.model.as_ref().map(|p| p.display().to_string())),
+        ("kv_cache_mib", e.kv_cache_mib.map(|v| v.to_string())),
+        ("max_model_len", e.max_model_len.map(|v| v.to_string())),
+        ("max_running", args.max_running.map(|v| v.to_string())),
+        ("max_queue", args.max_queue.map(|v| v.to_string())),
+        ("max_body_bytes", args.max_body_bytes.map(|v| v.to_string())),
+        ("max_tokens_cap", args.max_tokens_cap.map(|v| v.to_string())),
+        (
+            "stream_interval",
+            args.stream_interval.map(|v| v.to_string()),
+        ),
+        (
+            "request_timeout",
+            args.request_timeout.map(|v| v.to_string()),
+        ),
+        ("strict", args.strict.map(|v| v.to_string())),
+    ];
+    Inputs {
+        flags: flags
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?)))
+            .collect(),
+        env: config::env_vars(),
+        file: args.config.clone(),
+    }
+}
+
+fn resolve(args: &ServeArgs) -> Result<(Effective, Inputs)> {
+    let inputs = inputs(args);
+    let eff = config::resolve(&inputs).map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok((eff, inputs))
+}
+
+/// `kr-serve config`: the effective config and the source of each value.
+pub fn print_config(args: ConfigArgs) -> Result<()> {
+    let (eff, _) = resolve(&args.serve)?;
+    if args.json {
+        println!("{:#}", eff.to_json());
+    } else {
+        print!("{}", eff.to_table());
+    }
+    Ok(())
+}
 
 pub fn serve(args: ServeArgs) -> Result<()> {
-    if args.max_running == 0 {
-        return Err(CliError::Usage("--max-running must be at least 1".into()));
-    }
-    let engine = start_engine(&args.engine)?;
-    let api_keys = api_keys(&args)?;
+    let (eff, inputs) = resolve(&args)?;
+    let c = &eff.config;
+    let engine_args = EngineArgs {
+        model: Some(PathBuf::from(&c.model)),
+        kv_cache_mib: Some(c.kv_cache_mib),
+        max_model_len: (c.max_model_len > 0).then_some(c.max_model_len),
+        threads: args.engine.threads,
+    };
+    let engine = start_engine(&engine_args)?;
     let cfg = ServerConfig {
-        max_body_bytes: args.max_body_bytes,
-        max_running: args.max_running,
-        max_queue: args.max_queue,
-        max_tokens_cap: args.max_tokens_cap,
-        api_keys,
-        strict: args.strict,
-        stream_interval: args.stream_interval.max(1),
-        request_timeout: request_timeout(args.request_timeout)?,
-        ..ServerConfig::default()
+        api_keys: api_keys(&args)?,
+        admin_key: args
+            .admin_key
+            .clone()
+            .or_else(|| std::env::var("KR_SERVE_ADMIN_KEY").ok())
+            .filter(|k| !k.trim().is_empty()),
+        effective: Some(eff.clone()),
+        inputs: Some(inputs),
+        ..ServerConfig::from_config(c)
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Generation(format!("cannot start the async runtime: {e}")))?;
-    let addr = format!("{}:{}", args.host, args.port);
+    let addr = format!("{}:{}", c.host, c.port);
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -68,17 +125,4 @@ fn api_keys(args: &ServeArgs) -> Result<Vec<String>> {
     }
     keys.retain(|k| !k.trim().is_empty());
     Ok(keys)
-}
-
-fn request_timeout(secs: f64) -> Result<Option<std::time::Duration>> {
-    if secs == 0.0 {
-        return Ok(None);
-    }
-    std::time::Duration::try_from_secs_f64(secs)
-        .map(Some)
-        .map_err(|_| {
-            CliError::Usage(format!(
-                "--request-timeout {secs}: allowed 0 or more seconds"
-            ))
-        })
 }

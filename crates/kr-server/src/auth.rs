@@ -26,7 +26,8 @@ pub async fn require_key(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let keys = &state.cfg.api_keys;
+    let cfg = state.cfg();
+    let keys = &cfg.api_keys;
     if keys.is_empty() {
         return Ok(next.run(req).await);
     }
@@ -39,6 +40,34 @@ pub async fn require_key(
     match given {
         Some(k) if any_key_matches(k, keys) => Ok(next.run(req).await),
         _ => Err(ApiError::Unauthorized),
+    }
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Guards /admin/* (SPEC A5/A9): with an admin key, only that key (401 otherwise); without
+/// one, open when no API key is set, and disabled (403) when API keys are set.
+pub async fn require_admin(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let cfg = state.cfg();
+    match (&cfg.admin_key, cfg.api_keys.is_empty()) {
+        (Some(admin), _) => match bearer(&req) {
+            Some(k) if key_matches(k, admin) => Ok(next.run(req).await),
+            _ => Err(ApiError::Unauthorized),
+        },
+        (None, true) => Ok(next.run(req).await),
+        (None, false) => Err(ApiError::Forbidden(
+            "admin routes are disabled: API keys are set but no admin key (--admin-key or KR_SERVE_ADMIN_KEY)".into(),
+        )),
     }
 }
 

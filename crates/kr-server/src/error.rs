@@ -30,6 +30,8 @@ pub enum ApiError {
     Overloaded { capacity: usize },
     #[error("missing or invalid API key; send `Authorization: Bearer <key>`")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the engine has stopped")]
     Unavailable,
     #[error("the request exceeded the server's time limit of {limit:?}")]
@@ -64,6 +66,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found_error",
             ApiError::Overloaded { .. } => "rate_limit_error",
             ApiError::Unauthorized => "authentication_error",
+            ApiError::Forbidden(_) => "permission_error",
             ApiError::Unavailable | ApiError::Timeout { .. } | ApiError::Internal(_) => {
                 "server_error"
             }

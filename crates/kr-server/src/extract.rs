@@ -50,7 +50,7 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
-                limit: state.cfg.max_body_bytes,
+                limit: state.cfg().max_body_bytes,
             }
         } else {
             ApiError::BadRequest {
@@ -84,7 +84,7 @@ pub fn check_unknown(state: &AppState, extra: &Map<String, Value>) -> Result<(),
     let Some(first) = extra.keys().next() else {
         return Ok(());
     };
-    if state.cfg.strict {
+    if state.cfg().strict {
         return Err(ApiError::BadRequest {
             message: format!("unknown or unsupported field `{first}` (strict mode)"),
             param: Some(first.clone()),

@@ -61,7 +61,7 @@ pub fn max_tokens(
         });
     }
     let room = u32::try_from(fits).unwrap_or(u32::MAX);
-    let cap = state.cfg.max_tokens_cap;
+    let cap = state.cfg().max_tokens_cap;
     match requested {
         None => Ok(room.min(cap)),
         Some(0) => Err(ApiError::bad("max_tokens", "max_tokens must be at least 1")),
@@ -257,7 +257,7 @@ pub async fn collect_within(
     arrived: Instant,
     streams: Vec<Tracked>,
 ) -> Result<Vec<Completion>> {
-    let Some(limit) = state.cfg.request_timeout else {
+    let Some(limit) = state.cfg().request_timeout else {
         return collect_all(streams).await;
     };
     tokio::time::timeout_at((arrived + limit).into(), collect_all(streams))

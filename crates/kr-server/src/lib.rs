@@ -3,9 +3,12 @@
 //! The server knows the engine only through [`kr_engine::EngineHandle`]; it never sees a
 //! backend. Every route is a thin adapter: parse the wire type (a 4xx JSON error naming the
 //! problem on any failure), build `SamplingParams` and prompts, admit (429 when full),
-//! submit, then stream (SSE / NDJSON) or collect. See docs/ARCHITECTURE.md.
+//! submit, then stream (SSE / NDJSON) or collect. /admin/config reads and changes the
+//! runtime-safe settings ([`config`]). See docs/ARCHITECTURE.md.
 
+pub mod admin;
 pub mod auth;
+pub mod config;
 pub mod error;
 pub mod extract;
 pub mod gen;
@@ -47,12 +50,22 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_key,
         ));
+    let admin = Router::new()
+        .route(
+            "/admin/config",
+            get(admin::get_config).patch(admin::patch_config),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
     Router::new()
         .route("/health", get(probes::health))
         .route("/ready", get(probes::ready))
         .merge(api)
+        .merge(admin)
         .fallback(probes::not_found)
-        .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(DefaultBodyLimit::max(state.cfg().max_body_bytes))
         .with_state(state)
 }
 
@@ -64,7 +77,14 @@ pub async fn serve(
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let inputs = cfg.inputs.clone().filter(|i| i.file.is_some());
     let state = state::Inner::new(engine, cfg);
+    #[cfg(unix)]
+    if let Some(inputs) = inputs {
+        tokio::spawn(admin::reload_on_sighup(state.clone(), inputs));
+    }
+    #[cfg(not(unix))]
+    let _ = inputs;
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -4,11 +4,12 @@
 //! `max_running + max_queue` permits exist; past that a request is refused with 429 before
 //! anything reaches the engine, so the engine's waiting queue stays bounded.
 
+use crate::config::{Config, Effective, Inputs};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use kr_engine::EngineHandle;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Server settings (the engine has its own `EngineConfig`).
@@ -34,6 +35,51 @@ pub struct ServerConfig {
     pub request_timeout: Option<Duration>,
     /// Extra names the model answers to (besides its file stem).
     pub aliases: Vec<String>,
+    /// Key for /admin/*; without it /admin is open only when no API key is set (else 403).
+    pub admin_key: Option<String>,
+    /// The resolved config with its sources (GET /admin/config); `None`: built from these
+    /// fields, every source `default`.
+    pub effective: Option<Effective>,
+    /// What the config was resolved from, re-read on SIGHUP when it names a file.
+    pub inputs: Option<Inputs>,
+}
+
+impl ServerConfig {
+    /// The server settings of `c` (the engine's are taken elsewhere).
+    pub fn from_config(c: &Config) -> Self {
+        let mut s = Self {
+            max_body_bytes: c.max_body_bytes,
+            max_running: c.max_running,
+            ..Self::default()
+        };
+        s.apply(c);
+        s
+    }
+
+    /// Takes the runtime-safe values of `c`.
+    pub fn apply(&mut self, c: &Config) {
+        self.max_queue = c.max_queue;
+        self.max_tokens_cap = c.max_tokens_cap;
+        self.stream_interval = c.stream_interval.max(1);
+        self.strict = c.strict;
+        self.request_timeout = (c.request_timeout > 0.0)
+            .then(|| Duration::try_from_secs_f64(c.request_timeout).ok())
+            .flatten();
+    }
+
+    /// The config these fields stand for, every source `default`.
+    fn effective_guess(&self) -> Effective {
+        let mut e = Effective::default_config();
+        let c = &mut e.config;
+        c.max_body_bytes = self.max_body_bytes;
+        c.max_running = self.max_running;
+        c.max_queue = self.max_queue;
+        c.max_tokens_cap = self.max_tokens_cap;
+        c.stream_interval = self.stream_interval;
+        c.strict = self.strict;
+        c.request_timeout = self.request_timeout.map_or(0.0, |d| d.as_secs_f64());
+        e
+    }
 }
 
 impl Default for ServerConfig {
@@ -49,6 +95,9 @@ impl Default for ServerConfig {
             stream_interval: 1,
             request_timeout: None,
             aliases: Vec::new(),
+            admin_key: None,
+            effective: None,
+            inputs: None,
         }
     }
 }
@@ -57,7 +106,7 @@ impl Default for ServerConfig {
 #[derive(Debug)]
 pub struct Admission {
     in_flight: AtomicUsize,
-    capacity: usize,
+    capacity: AtomicUsize,
 }
 
 /// One admitted engine request; releases its slot on drop.
@@ -74,8 +123,13 @@ impl Admission {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
-            capacity,
+            capacity: AtomicUsize::new(capacity),
         })
+    }
+
+    /// Changes the capacity (max_queue changed live); requests in flight keep their slots.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Release);
     }
 
     pub fn in_flight(&self) -> usize {
@@ -84,21 +138,26 @@ impl Admission {
 
     /// Takes `n` slots at once, or none (429) when they would exceed the capacity.
     pub fn try_acquire(self: &Arc<Self>, n: usize) -> Result<Vec<Permit>, ApiError> {
-        let overloaded = || ApiError::Overloaded {
-            capacity: self.capacity,
-        };
+        let capacity = self.capacity.load(Ordering::Acquire);
+        let overloaded = || ApiError::Overloaded { capacity };
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
-                (cur + n <= self.capacity).then_some(cur + n)
+                (cur + n <= capacity).then_some(cur + n)
             })
             .map_err(|_| overloaded())?;
         Ok((0..n).map(|_| Permit(self.clone())).collect())
     }
 }
 
+/// The settings in force: swapped whole, so a reader sees one consistent version.
+struct Live {
+    cfg: Arc<ServerConfig>,
+    effective: Effective,
+}
+
 pub struct Inner {
     pub engine: EngineHandle,
-    pub cfg: ServerConfig,
+    live: RwLock<Live>,
     pub metrics: Metrics,
     pub admission: Arc<Admission>,
     /// Unix time the server started (the `created` of /v1/models).
@@ -117,21 +176,51 @@ pub fn unix_now() -> u64 {
 impl Inner {
     pub fn new(engine: EngineHandle, cfg: ServerConfig) -> AppState {
         let admission = Admission::new(cfg.max_running + cfg.max_queue);
+        let effective = cfg
+            .effective
+            .clone()
+            .unwrap_or_else(|| cfg.effective_guess());
         Arc::new(Inner {
             engine,
-            cfg,
+            live: RwLock::new(Live {
+                cfg: Arc::new(cfg),
+                effective,
+            }),
             metrics: Metrics::default(),
             admission,
             started: unix_now(),
         })
     }
 
+    /// The server settings in force now (read once per request).
+    pub fn cfg(&self) -> Arc<ServerConfig> {
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        live.cfg.clone()
+    }
+
+    /// The effective config and its sources.
+    pub fn effective(&self) -> Effective {
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        live.effective.clone()
+    }
+
+    /// Puts `next` in force: its runtime-safe values, all at once.
+    pub fn apply(&self, next: Effective) {
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        let mut cfg = (*live.cfg).clone();
+        cfg.apply(&next.config);
+        self.admission.set_capacity(cfg.max_running + cfg.max_queue);
+        live.cfg = Arc::new(cfg);
+        live.effective = next;
+    }
+
     /// How streamed bodies are paced; NDJSON (Ollama) has no keep-alive line.
     pub fn pacing(&self, keep_alive: bool, arrived: Instant) -> crate::stream::Pacing {
+        let cfg = self.cfg();
         crate::stream::Pacing {
-            keep_alive: keep_alive.then_some(self.cfg.keep_alive),
-            interval: self.cfg.stream_interval,
-            deadline: self.cfg.request_timeout.map(|d| arrived + d),
+            keep_alive: keep_alive.then_some(cfg.keep_alive),
+            interval: cfg.stream_interval,
+            deadline: cfg.request_timeout.map(|d| arrived + d),
         }
     }
 
@@ -148,7 +237,11 @@ impl Inner {
         let base = requested.strip_suffix(":latest").unwrap_or(requested);
         let ok = base.eq_ignore_ascii_case(name)
             || base.eq_ignore_ascii_case(short)
-            || self.cfg.aliases.iter().any(|a| a == requested || a == base);
+            || self
+                .cfg()
+                .aliases
+                .iter()
+                .any(|a| a == requested || a == base);
         if ok {
             Ok(())
         } else {

@@ -1,0 +1,162 @@
+//! The key table of the config schema (SPEC C1): every key's name, whether it is
+//! runtime-safe (may change while serving), its allowed range, and how a text value is
+//! parsed into [`Config`] and read back as JSON.
+
+use super::{Config, ConfigError};
+use serde_json::{json, Value};
+
+/// One config key.
+pub struct Key {
+    pub name: &'static str,
+    /// May change while serving (PATCH /admin/config, SIGHUP).
+    pub runtime_safe: bool,
+    /// The allowed values, in words (used in error messages).
+    pub range: &'static str,
+    set: fn(&mut Config, &str) -> Result<(), String>,
+    get: fn(&Config) -> Value,
+}
+
+impl Key {
+    /// Parses `value` into `cfg`; the error names the key, the value and the range.
+    pub fn set(&self, cfg: &mut Config, value: &str) -> Result<(), ConfigError> {
+        (self.set)(cfg, value).map_err(|_| ConfigError::Invalid {
+            key: self.name.to_string(),
+            value: value.to_string(),
+            range: self.range,
+        })
+    }
+
+    pub fn get(&self, cfg: &Config) -> Value {
+        (self.get)(cfg)
+    }
+}
+
+fn int<T: std::str::FromStr + PartialOrd>(v: &str, lo: T, hi: T) -> Result<T, String> {
+    let n: T = v.trim().parse().map_err(|_| String::new())?;
+    if n < lo || n > hi {
+        return Err(String::new());
+    }
+    Ok(n)
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(String::new()),
+    }
+}
+
+fn seconds(v: &str) -> Result<f64, String> {
+    let s: f64 = v.trim().parse().map_err(|_| String::new())?;
+    if !(0.0..=86_400.0).contains(&s) {
+        return Err(String::new());
+    }
+    Ok(s)
+}
+
+fn text(v: &str) -> Result<String, String> {
+    let t = v.trim();
+    if t.is_empty() {
+        return Err(String::new());
+    }
+    Ok(t.to_string())
+}
+
+/// Every key, in display order.
+pub static KEYS: &[Key] = &[
+    Key {
+        name: "host",
+        runtime_safe: false,
+        range: "a non-empty address",
+        set: |c, v| Ok(c.host = text(v)?),
+        get: |c| json!(c.host),
+    },
+    Key {
+        name: "port",
+        runtime_safe: false,
+        range: "0..=65535 (0 picks a free port)",
+        set: |c, v| Ok(c.port = int(v, 0u16, u16::MAX)?),
+        get: |c| json!(c.port),
+    },
+    Key {
+        name: "model",
+        runtime_safe: false,
+        range: "a model path or builtin:stories260K",
+        set: |c, v| Ok(c.model = text(v)?),
+        get: |c| json!(c.model),
+    },
+    Key {
+        name: "kv_cache_mib",
+        runtime_safe: false,
+        range: "1..=1048576",
+        set: |c, v| Ok(c.kv_cache_mib = int(v, 1usize, 1 << 20)?),
+        get: |c| json!(c.kv_cache_mib),
+    },
+    Key {
+        name: "max_model_len",
+        runtime_safe: false,
+        range: "0..=16777216 (0 = the model's)",
+        set: |c, v| Ok(c.max_model_len = int(v, 0usize, 1 << 24)?),
+        get: |c| json!(c.max_model_len),
+    },
+    Key {
+        name: "max_running",
+        runtime_safe: false,
+        range: "1..=4096",
+        set: |c, v| Ok(c.max_running = int(v, 1usize, 4096)?),
+        get: |c| json!(c.max_running),
+    },
+    Key {
+        name: "max_queue",
+        runtime_safe: true,
+        range: "0..=1000000",
+        set: |c, v| Ok(c.max_queue = int(v, 0usize, 1_000_000)?),
+        get: |c| json!(c.max_queue),
+    },
+    Key {
+        name: "max_body_bytes",
+        runtime_safe: false,
+        range: "1024..=1073741824",
+        set: |c, v| Ok(c.max_body_bytes = int(v, 1024usize, 1 << 30)?),
+        get: |c| json!(c.max_body_bytes),
+    },
+    Key {
+        name: "max_tokens_cap",
+        runtime_safe: true,
+        range: "1..=1048576",
+        set: |c, v| Ok(c.max_tokens_cap = int(v, 1u32, 1 << 20)?),
+        get: |c| json!(c.max_tokens_cap),
+    },
+    Key {
+        name: "stream_interval",
+        runtime_safe: true,
+        range: "1..=1024",
+        set: |c, v| Ok(c.stream_interval = int(v, 1usize, 1024)?),
+        get: |c| json!(c.stream_interval),
+    },
+    Key {
+        name: "request_timeout",
+        runtime_safe: true,
+        range: "0..=86400 seconds (0 = no limit)",
+        set: |c, v| Ok(c.request_timeout = seconds(v)?),
+        get: |c| json!(c.request_timeout),
+    },
+    Key {
+        name: "strict",
+        runtime_safe: true,
+        range: "true or false",
+        set: |c, v| Ok(c.strict = boolean(v)?),
+        get: |c| json!(c.strict),
+    },
+];
+
+/// The key called `name`, if any.
+pub fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The names of every key, for "allowed keys" messages.
+pub fn names() -> String {
+    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}

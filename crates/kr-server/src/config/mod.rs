@@ -1,0 +1,339 @@
+//! One config schema for `kr-serve serve` (SPEC C1/C2).
+//!
+//! A value comes from, highest first: a flag, env `KR_SERVE_<KEY>`, the YAML file
+//! (`--config FILE`), a preset (`preset:` in the file, env `KR_SERVE_PRESET` or
+//! `--preset`), the default. [`resolve`] builds the [`Effective`] config and records where
+//! each value came from; errors name the key, the value and the allowed range. Runtime-safe
+//! keys may change while serving ([`Effective::patch`], SIGHUP → [`Effective::reload`]).
+
+pub mod keys;
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use keys::{key, Key, KEYS};
+
+/// Every serve setting, with its default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub model: String,
+    pub kv_cache_mib: usize,
+    /// 0 = the model's context length.
+    pub max_model_len: usize,
+    pub max_running: usize,
+    pub max_queue: usize,
+    pub max_body_bytes: usize,
+    pub max_tokens_cap: u32,
+    pub stream_interval: usize,
+    /// Seconds; 0 = no limit.
+    pub request_timeout: f64,
+    pub strict: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            model: kr_engine::BUILTIN_MODEL.into(),
+            kv_cache_mib: 1024,
+            max_model_len: 0,
+            max_running: 64,
+            max_queue: 256,
+            max_body_bytes: 4 << 20,
+            max_tokens_cap: 4096,
+            stream_interval: 1,
+            request_timeout: 0.0,
+            strict: false,
+        }
+    }
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Default,
+    Preset,
+    File,
+    Env,
+    Flag,
+    /// PATCH /admin/config.
+    Admin,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        let name = s.as_ref().and_then(|v| v.as_str()).unwrap_or("?");
+        f.write_str(name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config key `{key}`: invalid value `{value}`; allowed: {range}")]
+    Invalid {
+        key: String,
+        value: String,
+        range: &'static str,
+    },
+    #[error("unknown config key `{key}` (in {origin}); known keys: {known}")]
+    Unknown {
+        key: String,
+        origin: &'static str,
+        known: String,
+    },
+    #[error("config key `{key}` is not runtime-safe; change it with a restart")]
+    NotRuntimeSafe { key: String },
+    #[error("unknown preset `{0}`; allowed: latency_sensitive, balanced, throughput_optimized")]
+    Preset(String),
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// What a config is resolved from: kept so SIGHUP can resolve it again.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// `(key, value)` of the flags given on the command line (`preset` allowed).
+    pub flags: Vec<(String, String)>,
+    /// `(key, value)` of the `KR_SERVE_<KEY>` variables (see [`env_vars`]).
+    pub env: Vec<(String, String)>,
+    pub file: Option<PathBuf>,
+}
+
+/// The `KR_SERVE_<KEY>` variables (and `KR_SERVE_PRESET`) of the process environment.
+pub fn env_vars() -> Vec<(String, String)> {
+    let names = KEYS.iter().map(|k| k.name).chain(["preset"]);
+    names
+        .filter_map(|n| {
+            let v = std::env::var(format!("KR_SERVE_{}", n.to_ascii_uppercase())).ok()?;
+            Some((n.to_string(), v))
+        })
+        .collect()
+}
+
+/// The config in force and the source of each value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    pub config: Config,
+    pub sources: BTreeMap<&'static str, Source>,
+    pub preset: Option<String>,
+}
+
+/// The preset's values; `None` for an unknown name.
+fn preset_values(name: &str) -> Option<&'static [(&'static str, &'static str)]> {
+    Some(match name {
+        "latency_sensitive" => &[
+            ("max_running", "16"),
+            ("max_queue", "32"),
+            ("stream_interval", "1"),
+            ("request_timeout", "60"),
+        ],
+        "balanced" => &[
+            ("max_running", "64"),
+            ("max_queue", "256"),
+            ("stream_interval", "2"),
+            ("request_timeout", "300"),
+        ],
+        "throughput_optimized" => &[
+            ("max_running", "256"),
+            ("max_queue", "1024"),
+            ("stream_interval", "8"),
+            ("request_timeout", "0"),
+        ],
+        _ => return None,
+    })
+}
+
+/// Reads the YAML file into `(key, value)` pairs; unknown keys are errors naming the key.
+pub fn read_file(path: &std::path::Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let file_err = |message: String| ConfigError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let map: BTreeMap<String, serde_yaml::Value> =
+        serde_yaml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+    map.into_iter()
+        .map(|(k, v)| {
+            if k != "preset" && key(&k).is_none() {
+                return Err(unknown(&k, "the config file"));
+            }
+            Ok((k, yaml_text(&v)))
+        })
+        .collect()
+}
+
+fn yaml_text(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::Bool(b) => b.to_string(),
+        serde_yaml::Value::Null => String::new(),
+        other => serde_yaml::to_string(other).unwrap_or_default(),
+    }
+}
+
+fn unknown(k: &str, origin: &'static str) -> ConfigError {
+    ConfigError::Unknown {
+        key: k.to_string(),
+        origin,
+        known: keys::names(),
+    }
+}
+
+/// Resolves `inputs`: flag > env > file > preset > default.
+pub fn resolve(inputs: &Inputs) -> Result<Effective, ConfigError> {
+    let file = match &inputs.file {
+        Some(p) => read_file(p)?,
+        None => Vec::new(),
+    };
+    let layers: [(&[(String, String)], Source, &'static str); 3] = [
+        (&file, Source::File, "the config file"),
+        (&inputs.env, Source::Env, "the environment"),
+        (&inputs.flags, Source::Flag, "the flags"),
+    ];
+    let mut eff = Effective::default_config();
+    let preset = layers
+        .iter()
+        .flat_map(|(l, _, _)| l.iter())
+        .filter(|(k, _)| k == "preset")
+        .last()
+        .map(|(_, v)| v.trim().to_string());
+    if let Some(name) = &preset {
+        let values = preset_values(name).ok_or_else(|| ConfigError::Preset(name.clone()))?;
+        for (k, v) in values {
+            eff.set(k, v, Source::Preset, "the preset")?;
+        }
+        eff.preset = Some(name.clone());
+    }
+    for (layer, source, origin) in layers {
+        for (k, v) in layer.iter().filter(|(k, _)| k != "preset") {
+            eff.set(k, v, source, origin)?;
+        }
+    }
+    Ok(eff)
+}
+
+impl Effective {
+    /// Every key at its default.
+    pub fn default_config() -> Self {
+        Self {
+            config: Config::default(),
+            sources: KEYS.iter().map(|k| (k.name, Source::Default)).collect(),
+            preset: None,
+        }
+    }
+
+    fn set(
+        &mut self,
+        k: &str,
+        v: &str,
+        src: Source,
+        origin: &'static str,
+    ) -> Result<(), ConfigError> {
+        let key = key(k).ok_or_else(|| unknown(k, origin))?;
+        key.set(&mut self.config, v)?;
+        self.sources.insert(key.name, src);
+        Ok(())
+    }
+
+    /// Applies a JSON object of runtime-safe keys to a copy: all of them or none.
+    pub fn patch(
+        &self,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, ConfigError> {
+        let mut next = self.clone();
+        for (k, v) in body {
+            let key = key(k).ok_or_else(|| unknown(k, "the request"))?;
+            if !key.runtime_safe {
+                return Err(ConfigError::NotRuntimeSafe { key: k.clone() });
+            }
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            next.set(k, &text, Source::Admin, "the request")?;
+        }
+        Ok(next)
+    }
+
+    /// The result of re-reading `inputs` (SIGHUP): runtime-safe keys take the new values;
+    /// the others keep theirs (a restart applies them). Returns the new config and the
+    /// names of the keys whose change was ignored.
+    pub fn reload(&self, inputs: &Inputs) -> Result<(Self, Vec<&'static str>), ConfigError> {
+        let fresh = resolve(inputs)?;
+        let mut next = self.clone();
+        let mut ignored = Vec::new();
+        for k in KEYS {
+            let new = k.get(&fresh.config);
+            if k.runtime_safe {
+                let text = match &new {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                k.set(&mut next.config, &text)?;
+                next.sources.insert(k.name, fresh.sources[k.name]);
+            } else if new != k.get(&self.config) {
+                ignored.push(k.name);
+            }
+        }
+        next.preset = fresh.preset;
+        Ok((next, ignored))
+    }
+
+    /// `{"config": {key: value}, "sources": {key: source}, "runtime_safe": [...]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let config: serde_json::Map<_, _> = KEYS
+            .iter()
+            .map(|k| (k.name.to_string(), k.get(&self.config)))
+            .collect();
+        let safe: Vec<_> = KEYS
+            .iter()
+            .filter(|k| k.runtime_safe)
+            .map(|k| k.name)
+            .collect();
+        serde_json::json!({
+            "config": config,
+            "sources": self.sources,
+            "preset": self.preset,
+            "runtime_safe": safe,
+        })
+    }
+
+    /// A table: key, value, source, runtime-safe.
+    pub fn to_table(&self) -> String {
+        let mut out = format!(
+            "{:<16} {:<36} {:<8} {}\n",
+            "KEY", "VALUE", "SOURCE", "RUNTIME-SAFE"
+        );
+        for k in KEYS {
+            let v = match k.get(&self.config) {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let src = self.sources.get(k.name).copied().unwrap_or(Source::Default);
+            let safe = if k.runtime_safe { "yes" } else { "no" };
+            out.push_str(&format!(
+                "{:<16} {:<36} {:<8} {safe}\n",
+                k.name,
+                v,
+                src.to_string()
+            ));
+        }
+        if let Some(p) = &self.preset {
+            out.push_str(&format!("preset: {p}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
