@@ -38,11 +38,8 @@ fn vectors(name: &str) -> Vec<(String, Vec<u32>)> {
         .collect()
 }
 
-fn check(name: &str) {
-    let path = dir().join(format!("ggml-vocab-{name}.gguf"));
-    let file = GgufFile::open(&path).expect("vocab GGUF opens");
-    let tok = Tokenizer::from_gguf(&file).expect("tokenizer builds");
-    let cases = vectors(name);
+/// Fails listing every input whose ids differ from the expected ones.
+fn assert_encodes(tok: &Tokenizer, cases: &[(String, Vec<u32>)], what: &str) {
     let failures: Vec<String> = cases
         .iter()
         .filter_map(|(text, want)| {
@@ -52,11 +49,19 @@ fn check(name: &str) {
         .collect();
     assert!(
         failures.is_empty(),
-        "{name}: {} of {} inputs differ:\n{}",
+        "{what}: {} of {} inputs differ:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
     );
+}
+
+fn check(name: &str) {
+    let path = dir().join(format!("ggml-vocab-{name}.gguf"));
+    let file = GgufFile::open(&path).expect("vocab GGUF opens");
+    let tok = Tokenizer::from_gguf(&file).expect("tokenizer builds");
+    let cases = vectors(name);
+    assert_encodes(&tok, &cases, name);
     // Decoding gives the text back (SentencePiece: minus the space prefix it added).
     for (text, want) in &cases {
         let back = tok.decode(want).expect("decodes");
@@ -98,19 +103,10 @@ fn check_json(dir_name: &str, name: &str) {
     let path = dir().join(format!("../{dir_name}/tokenizer.json"));
     let tok = Tokenizer::from_tokenizer_json(&path).expect("tokenizer.json loads");
     let cases = vectors(name);
-    let failures: Vec<String> = cases
-        .iter()
-        .filter_map(|(text, want)| {
-            let got = tok.encode(text, false).expect("encodes");
-            (&got != want).then(|| format!("{text:?}\n   want {want:?}\n    got {got:?}"))
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{dir_name}/tokenizer.json vs {name}: {} of {} inputs differ:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
+    assert_encodes(
+        &tok,
+        &cases,
+        &format!("{dir_name}/tokenizer.json vs {name}"),
     );
 }
 
