@@ -8,6 +8,7 @@
 //! - an idle engine parks on the inbox and starts a new request in the turn it arrives
 //!   (the fast path, SPEC S1).
 
+use crate::compute::{Compute, DTypeChoice, DeviceChoice};
 use crate::error::{EngineError, Result};
 use crate::handle::{EngineHandle, Event, ModelInfo, Usage};
 use crate::model::{load_model, LoadedModel};
@@ -17,7 +18,6 @@ use crate::stats::EngineStats;
 use crate::stop::StopMatcher;
 use kr_core::scheduler::NewRequest;
 use kr_core::{FinishReason, RequestId, SamplingParams, Scheduler, SchedulerConfig, SeqUpdate};
-use kr_cpu::CpuKvCache;
 use kr_model::{IncrementalDecoder, Tokenizer};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,6 +41,12 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Exact number of KV blocks, overriding `kv_cache_mib` (tests use tiny pools).
     pub num_kv_blocks: Option<usize>,
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+    /// On CUDA: the share of GPU memory for weights, KV cache and workspace together.
+    pub gpu_memory_fraction: f64,
+    /// On CUDA: replay decode steps from captured graphs.
+    pub cuda_graphs: bool,
 }
 
 impl EngineConfig {
@@ -54,6 +60,10 @@ impl EngineConfig {
             max_model_len: None,
             enable_prefix_caching: true,
             num_kv_blocks: None,
+            device: DeviceChoice::Cpu,
+            dtype: DTypeChoice::Auto,
+            gpu_memory_fraction: 0.9,
+            cuda_graphs: true,
         }
     }
 }
@@ -83,7 +93,7 @@ struct Live {
 
 struct EngineLoop {
     model: LoadedModel,
-    cache: CpuKvCache,
+    compute: Compute,
     sched: Scheduler,
     live: HashMap<RequestId, Live>,
     eos: Vec<u32>,
@@ -99,9 +109,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         .max_model_len
         .unwrap_or(mc.max_context)
         .min(mc.max_context);
-    let num_blocks = cfg
-        .num_kv_blocks
-        .unwrap_or((cfg.kv_cache_mib << 20) / (mc.kv_bytes_per_token() * cfg.block_size.max(1)));
+    let (compute, num_blocks) = Compute::place(&model, &cfg, max_model_len)?;
     if num_blocks == 0
         || cfg.block_size == 0
         || cfg.max_num_seqs == 0
@@ -138,10 +146,9 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
     let tokenizer = model.tokenizer.clone();
     let template = model.chat_template.clone();
     let eos = model.tokenizer.eos_ids.clone();
-    let cache = model.decoder.new_kv_cache(num_blocks, cfg.block_size);
     let engine = EngineLoop {
         model,
-        cache,
+        compute,
         sched,
         live: HashMap::new(),
         eos,
@@ -291,7 +298,10 @@ impl EngineLoop {
             }
         }
         let (ids, meta) = build_batch(&plan, self.sched.config().block_size);
-        let mut logits = self.model.decoder.forward(&ids, &meta, &mut self.cache);
+        let mut logits = match self.compute.forward(&self.model, &ids, &meta) {
+            Ok(l) => l,
+            Err(e) => return self.fail_step(&plan, &e),
+        };
         let vocab = self.model.config().vocab_size;
         let mut sampled = Vec::with_capacity(plan.num_sampled());
         let mut logprobs = Vec::with_capacity(plan.num_sampled());
@@ -316,6 +326,19 @@ impl EngineLoop {
             .fetch_add(updates.len() as u64, Relaxed);
         for (u, lp) in updates.into_iter().zip(logprobs) {
             self.emit(u, lp);
+        }
+    }
+
+    /// A step the device could not run: its requests end with the error, the engine goes on.
+    fn fail_step(&mut self, plan: &kr_core::StepPlan, error: &str) {
+        tracing::error!("step failed: {error}");
+        for s in &plan.seqs {
+            if let Some(live) = self.live.remove(&s.id) {
+                let _ = live
+                    .events
+                    .send(Event::Error(format!("the model step failed: {error}")));
+            }
+            self.sched.finish(s.id);
         }
     }
 

@@ -14,6 +14,9 @@ pub enum EngineError {
     Stopped,
     #[error("invalid engine configuration: {0}")]
     Config(String),
+    /// The requested device cannot be used (no GPU, a missing library, out of memory).
+    #[error("{0}")]
+    Device(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -4,6 +4,7 @@
 //! [`EngineHandle`] submits requests and gets a [`RequestStream`] of [`Event`]s back.
 //! Dropping a stream aborts its request and frees its KV blocks.
 
+mod compute;
 mod engine;
 mod error;
 mod handle;
@@ -15,6 +16,7 @@ pub mod sampler;
 mod stats;
 pub mod stop;
 
+pub use compute::{DTypeChoice, DeviceChoice};
 pub use engine::{start, EngineConfig};
 pub use error::{EngineError, Result};
 pub use handle::{EngineHandle, Event, GenerateRequest, ModelInfo, Prompt, RequestStream, Usage};
@@ -22,5 +24,5 @@ pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub use inspect::{inspect_model, ModelSummary, TokenizerSummary};
 pub use kr_core::{FinishReason, SamplingParams};
 pub use kr_model::ChatMessage;
-pub use model::{load_model, LoadedModel, BUILTIN_MODEL};
+pub use model::{load_model, LoadedModel, BUILTIN_MODEL, RANDOM_PREFIX};
 pub use stats::{EngineStats, StatsSnapshot};

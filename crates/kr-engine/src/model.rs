@@ -16,6 +16,9 @@ use std::sync::Arc;
 pub struct LoadedModel {
     pub path: PathBuf,
     pub decoder: Decoder<CpuBackend>,
+    /// The weights as loaded (memory-mapped or shared, so keeping them costs no copy); a GPU
+    /// backend uploads from here.
+    pub weights: ModelWeights,
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Option<Arc<ChatTemplate>>,
     pub weight_bytes: usize,
@@ -38,6 +41,9 @@ const BUILTIN_TOKENIZER: &[u8] = include_bytes!("../assets/stories260K/tok512.bi
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
     if path == Path::new(BUILTIN_MODEL) {
         return load_builtin(path);
+    }
+    if let Some(arch) = path.to_str().and_then(|p| p.strip_prefix(RANDOM_PREFIX)) {
+        return load_random(path, arch);
     }
     if path.is_dir() {
         return load_hf(path);
@@ -130,6 +136,35 @@ fn load_builtin(path: &Path) -> Result<LoadedModel> {
     Ok(assemble(path, &weights, tokenizer, None))
 }
 
+/// Model path prefix of random weights of a published shape: `random:llama-3.1-8b`.
+pub const RANDOM_PREFIX: &str = "random:";
+
+/// Random bf16 weights of `arch`'s shape with that family's tokenizer from ../shared/models
+/// (or `$KR_TOKENIZER`, a tokenizer.json).
+fn load_random(path: &Path, arch: &str) -> Result<LoadedModel> {
+    let config = kr_model::random::arch_config(arch).ok_or_else(|| {
+        EngineError::Config(format!(
+            "unknown --arch '{arch}'; known: {}",
+            kr_model::random::ARCHES.join(", ")
+        ))
+    })?;
+    let family = if arch.starts_with("llama") {
+        "tokenizer-llama3"
+    } else {
+        "tokenizer-qwen3"
+    };
+    let tok_path = std::env::var_os("KR_TOKENIZER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from("../shared/models")
+                .join(family)
+                .join("tokenizer.json")
+        });
+    let tokenizer = Tokenizer::from_tokenizer_json(&tok_path)?;
+    let weights = kr_model::random::random_weights(&config, kr_model::quant::GgmlType::BF16, 0);
+    Ok(assemble(path, &weights, tokenizer, None))
+}
+
 fn assemble(
     path: &Path,
     weights: &ModelWeights,
@@ -140,6 +175,7 @@ fn assemble(
         path: path.to_path_buf(),
         weight_bytes: weights.weight_bytes(),
         decoder: Decoder::new(CpuBackend, weights),
+        weights: weights.clone(),
         tokenizer: Arc::new(tokenizer),
         chat_template,
     }

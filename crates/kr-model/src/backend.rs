@@ -69,6 +69,10 @@ pub trait Backend: Send {
     fn load_vector(&self, v: &[f32]) -> Self::Vector;
     fn new_kv_cache(&self, layout: KvLayout) -> Self::KvCache;
 
+    /// Called once before each step's operations with the whole batch, so a device backend can
+    /// upload the step's metadata in one go (the CPU backend reads `meta` directly).
+    fn begin_step(&self, _ids: &[u32], _meta: &AttnMeta) {}
+
     /// Rows of `table` for each id.
     fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Self::Tensor;
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Vector, eps: f32) -> Self::Tensor;

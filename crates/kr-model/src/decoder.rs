@@ -90,6 +90,19 @@ impl<B: Backend> Decoder<B> {
     /// Runs one packed batch and returns the logits of `meta.logit_rows`, row-major
     /// `[logit_rows.len(), vocab_size]`.
     pub fn forward(&self, ids: &[u32], meta: &AttnMeta, cache: &mut B::KvCache) -> Vec<f32> {
+        self.backend.begin_step(ids, meta);
+        let logits = self.forward_device(ids, meta, cache);
+        self.backend.to_host(&logits)
+    }
+
+    /// The step's operations after `begin_step`, leaving the logits of `meta.logit_rows` on the
+    /// backend (a device backend captures exactly this part in a graph).
+    pub fn forward_device(
+        &self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        cache: &mut B::KvCache,
+    ) -> B::Tensor {
         let (be, c) = (&self.backend, &self.config);
         let eps = c.rms_norm_eps;
         let mut x = be.embed(&self.embedding, ids);
@@ -111,7 +124,7 @@ impl<B: Backend> Decoder<B> {
         // `h` is now final_norm(x); only the sampled rows go through the vocabulary projection.
         let last = be.gather_rows(&h, &meta.logit_rows);
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        be.to_host(&be.linear(&last, head, None))
+        be.linear(&last, head, None)
     }
 
     fn attention(

@@ -18,6 +18,7 @@ pub mod hf;
 pub mod hf_tokenizer;
 pub mod llama2c;
 pub mod quant;
+pub mod random;
 pub mod safetensors;
 pub mod spm;
 pub mod tokenizer;

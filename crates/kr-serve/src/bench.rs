@@ -112,6 +112,9 @@ pub fn bench_engine(args: BenchEngineArgs) -> Result<()> {
                 .into(),
         ));
     }
+    if crate::bench_gpu::wants_gpu(args.engine.device) {
+        return crate::bench_gpu::bench_engine_gpu(args);
+    }
     let engine = start_engine(&args.engine)?;
     let vocab = engine.info().config.vocab_size;
     let mut seed = args.seed * 1_000_003;

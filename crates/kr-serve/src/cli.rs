@@ -81,11 +81,33 @@ pub struct EngineArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to run: auto (CUDA when a GPU and its driver are present, else CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: kr_engine::DeviceChoice,
+    /// Compute type on the GPU: auto (bf16), f32, bf16 or f16 (the CPU computes in f32).
+    #[arg(long, default_value = "auto")]
+    pub dtype: kr_engine::DTypeChoice,
+    /// Share of GPU memory for weights, KV cache and workspace (0-1].
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_fraction: f64,
+    /// Run every decode step eagerly instead of replaying CUDA graphs.
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
+    /// Random weights of a published shape instead of --model (speed work; the text is noise).
+    #[arg(long, requires = "arch", conflicts_with = "model")]
+    pub random_weights: bool,
+    /// With --random-weights: llama-3.1-8b, llama-3.2-1b, qwen2.5-7b or qwen2.5-0.5b.
+    #[arg(long)]
+    pub arch: Option<String>,
 }
 
 impl EngineArgs {
     /// The model to load: `--model`, or the built-in one.
     pub fn model_path(&self) -> PathBuf {
+        if let (true, Some(arch)) = (self.random_weights, &self.arch) {
+            return PathBuf::from(format!("{}{arch}", kr_engine::RANDOM_PREFIX));
+        }
         self.model
             .clone()
             .unwrap_or_else(|| PathBuf::from(kr_engine::BUILTIN_MODEL))

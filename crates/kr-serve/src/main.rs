@@ -3,6 +3,7 @@
 //! model file. Errors are printed once, here, with a hint.
 
 mod bench;
+mod bench_gpu;
 mod cli;
 mod error;
 mod models;

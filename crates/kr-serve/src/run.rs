@@ -20,6 +20,10 @@ pub fn start_engine(args: &EngineArgs) -> Result<EngineHandle> {
     let mut cfg = EngineConfig::new(args.model_path());
     cfg.kv_cache_mib = args.kv_cache_mib.unwrap_or(1024);
     cfg.max_model_len = args.max_model_len;
+    cfg.device = args.device;
+    cfg.dtype = args.dtype;
+    cfg.gpu_memory_fraction = args.gpu_memory_fraction;
+    cfg.cuda_graphs = !args.no_cuda_graphs;
     Ok(kr_engine::start(cfg)?)
 }
 

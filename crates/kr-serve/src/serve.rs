@@ -62,11 +62,16 @@ pub fn print_config(args: ConfigArgs) -> Result<()> {
 pub fn serve(args: ServeArgs) -> Result<()> {
     let (eff, inputs) = resolve(&args)?;
     let c = &eff.config;
+    let model = if args.engine.random_weights {
+        args.engine.model_path()
+    } else {
+        PathBuf::from(&c.model)
+    };
     let engine_args = EngineArgs {
-        model: Some(PathBuf::from(&c.model)),
+        model: Some(model),
         kv_cache_mib: Some(c.kv_cache_mib),
         max_model_len: (c.max_model_len > 0).then_some(c.max_model_len),
-        threads: args.engine.threads,
+        ..args.engine.clone()
     };
     let engine = start_engine(&engine_args)?;
     let cfg = ServerConfig {

@@ -1,0 +1,406 @@
+// kr-cuda kernels: every operation of the Backend trait for a packed batch.
+// Compiled at run time by NVRTC (no CUDA headers needed: bf16 is handled as raw bits).
+// Each kernel exists for two element types, suffixed _f32 and _bf16; norms, biases and
+// RoPE frequencies are always f32, and every reduction accumulates in f32.
+// Slot value 0xffffffff means "padding row: write nothing to the KV cache".
+
+typedef unsigned short bf16_t;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define FULL_MASK 0xffffffffu
+#define NO_SLOT 0xffffffffu
+#define INFINITY __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16_t x) { return __uint_as_float(((u32)x) << 16); }
+
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float v) {
+  u32 u = __float_as_uint(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40u);  // NaN stays NaN
+  u32 round = ((u >> 16) & 1u) + 0x7fffu;  // round to nearest, ties to even
+  return (bf16_t)((u + round) >> 16);
+}
+
+// 16 bytes of T as floats: 4 for f32, 8 for bf16.
+__device__ __forceinline__ void unpack16(const uint4 v, float* out, float) {
+  out[0] = __uint_as_float(v.x); out[1] = __uint_as_float(v.y);
+  out[2] = __uint_as_float(v.z); out[3] = __uint_as_float(v.w);
+}
+__device__ __forceinline__ void unpack16(const uint4 v, float* out, bf16_t) {
+  out[0] = __uint_as_float(v.x << 16); out[1] = __uint_as_float(v.x & 0xffff0000u);
+  out[2] = __uint_as_float(v.y << 16); out[3] = __uint_as_float(v.y & 0xffff0000u);
+  out[4] = __uint_as_float(v.z << 16); out[5] = __uint_as_float(v.z & 0xffff0000u);
+  out[6] = __uint_as_float(v.w << 16); out[7] = __uint_as_float(v.w & 0xffff0000u);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32); every thread gets the result.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  v = warp_sum(v);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();  // `partial` may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = (threadIdx.x < (blockDim.x >> 5)) ? partial[threadIdx.x] : 0.f;
+  if (warp == 0) v = warp_sum(v);
+  if (threadIdx.x == 0) partial[0] = v;
+  __syncthreads();
+  return partial[0];
+}
+
+// out[t, :] = table[ids[t], :]. Grid: tokens.
+template <typename T>
+__device__ void embed_impl(T* out, const T* table, const u32* ids, int cols) {
+  const u64 src = (u64)ids[blockIdx.x] * cols, dst = (u64)blockIdx.x * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[dst + c] = table[src + c];
+}
+
+// out = rms_norm(x) * w per row. Grid: rows.
+template <typename T>
+__device__ void rms_norm_impl(T* out, const T* x, const float* w, int cols, float eps) {
+  const u64 base = (u64)blockIdx.x * cols;
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) { float v = to_f(x[base + c]); ss += v * v; }
+  const float inv = rsqrtf(block_sum(ss) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x)
+    out[base + c] = from_f<T>(to_f(x[base + c]) * inv * w[c]);
+}
+
+// x += delta (stored in T), then out = rms_norm(x) * w. Grid: rows.
+template <typename T>
+__device__ void add_rms_norm_impl(T* out, T* x, const T* delta, const float* w, int cols, float eps) {
+  const u64 base = (u64)blockIdx.x * cols;
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const T s = from_f<T>(to_f(x[base + c]) + to_f(delta[base + c]));
+    x[base + c] = s;
+    const float v = to_f(s);
+    ss += v * v;
+  }
+  const float inv = rsqrtf(block_sum(ss) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x)
+    out[base + c] = from_f<T>(to_f(x[base + c]) * inv * w[c]);
+}
+
+template <typename T>
+__device__ void add_inplace_impl(T* x, const T* delta, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+    x[i] = from_f<T>(to_f(x[i]) + to_f(delta[i]));
+}
+
+template <typename T>
+__device__ void silu_mul_impl(T* out, const T* gate, const T* up, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+    const float g = to_f(gate[i]);
+    out[i] = from_f<T>(g / (1.f + expf(-g)) * to_f(up[i]));
+  }
+}
+
+// y[t, c] += bias[c]. Grid-stride over t * cols.
+template <typename T>
+__device__ void add_bias_impl(T* y, const float* bias, int cols, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+    y[i] = from_f<T>(to_f(y[i]) + bias[i % cols]);
+}
+
+// RMSNorm of each head (Qwen3 q/k norm), in place. One warp per (token, head); 8 per block.
+template <typename T>
+__device__ void head_rms_norm_impl(T* x, const float* w, int num_heads_total, int head_dim, float eps) {
+  const int head = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (head >= num_heads_total) return;
+  T* h = x + (u64)head * head_dim;
+  float ss = 0.f;
+  for (int d = lane; d < head_dim; d += 32) { float v = to_f(h[d]); ss += v * v; }
+  const float inv = rsqrtf(warp_sum(ss) / head_dim + eps);
+  for (int d = lane; d < head_dim; d += 32) h[d] = from_f<T>(to_f(h[d]) * inv * w[d]);
+}
+
+__device__ __forceinline__ void rope_pair(int i, int half, int interleaved, int* a, int* b) {
+  if (interleaved) { *a = 2 * i; *b = 2 * i + 1; } else { *a = i; *b = i + half; }
+}
+
+// Rotates q and k of token blockIdx.x, then writes k and v to the cache slot of the token.
+// Cache layout per layer: [slot][kv_heads * head_dim].
+template <typename T>
+__device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions, const u32* slots,
+                                   const float* inv_freq, T* k_cache, T* v_cache, int num_heads,
+                                   int num_kv_heads, int head_dim, int interleaved) {
+  const int t = blockIdx.x, half = head_dim / 2;
+  const float pos = (float)positions[t];
+  const u32 slot = slots[t];
+  const int q_width = num_heads * head_dim, kv_width = num_kv_heads * head_dim;
+  T* qt = q + (u64)t * q_width;
+  T* kt = k + (u64)t * kv_width;
+  for (int p = threadIdx.x; p < (num_heads + num_kv_heads) * half; p += blockDim.x) {
+    const bool is_q = p < num_heads * half;
+    const int pp = is_q ? p : p - num_heads * half;
+    const int head = pp / half, i = pp % half;
+    float s, c;
+    sincosf(pos * inv_freq[i], &s, &c);
+    int a, b;
+    rope_pair(i, half, interleaved, &a, &b);
+    T* h = (is_q ? qt : kt) + head * head_dim;
+    const float x0 = to_f(h[a]), x1 = to_f(h[b]);
+    const T r0 = from_f<T>(x0 * c - x1 * s), r1 = from_f<T>(x1 * c + x0 * s);
+    h[a] = r0;
+    h[b] = r1;
+    if (!is_q && slot != NO_SLOT) {
+      T* kc = k_cache + (u64)slot * kv_width + head * head_dim;
+      kc[a] = r0;
+      kc[b] = r1;
+    }
+  }
+  if (slot != NO_SLOT) {
+    const T* vt = v + (u64)t * kv_width;
+    T* vc = v_cache + (u64)slot * kv_width;
+    for (int e = threadIdx.x; e < kv_width; e += blockDim.x) vc[e] = vt[e];
+  }
+}
+
+// y[t, r] = sum_c x[t, c] * w[r, c] (+ bias[r]) for t < 8 tokens: one warp streams one weight
+// row with 16-byte loads, so the weights are read once for all tokens (batch-1 decode is
+// bound by this read). Needs cols * sizeof(T) % 16 == 0 and 16-byte aligned rows.
+#define GEMV_MAX_T 8
+template <typename T>
+__device__ void gemv_impl(T* y, const T* x, const T* w, const float* bias, int t, int rows, int cols) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = blockIdx.x * 8 + warp;
+  if (r >= rows) return;
+  const int VEC = 16 / sizeof(T);
+  const int nv = cols / VEC;
+  const uint4* wr = (const uint4*)(w + (u64)r * cols);
+  float acc[GEMV_MAX_T];
+#pragma unroll
+  for (int b = 0; b < GEMV_MAX_T; b++) acc[b] = 0.f;
+#pragma unroll 4
+  for (int v = lane; v < nv; v += 32) {
+    float wf[8], xf[8];
+    unpack16(__ldg(wr + v), wf, T());
+#pragma unroll
+    for (int b = 0; b < GEMV_MAX_T; b++) {
+      if (b < t) {
+        unpack16(__ldg((const uint4*)(x + (u64)b * cols) + v), xf, T());
+#pragma unroll
+        for (int e = 0; e < VEC; e++) acc[b] += wf[e] * xf[e];
+      }
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < GEMV_MAX_T; b++) {
+    if (b < t) {
+      const float s = warp_sum(acc[b]);
+      if (lane == 0) y[(u64)b * rows + r] = from_f<T>(s + (bias ? bias[r] : 0.f));
+    }
+  }
+}
+
+// out[i, :] = x[rows[i], :]. Grid: output rows.
+template <typename T>
+__device__ void gather_rows_impl(T* out, const T* x, const u32* rows, int cols) {
+  const u64 src = (u64)rows[blockIdx.x] * cols, dst = (u64)blockIdx.x * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[dst + c] = x[src + c];
+}
+
+// Paged causal attention for a packed batch. One block (8 warps) per (work item, kv head); a
+// work item is a tile of up to `tile_q` query tokens of one sequence, and the block computes
+// the rows of all `group` query heads that share the kv head (rows = tokens x group <= 64).
+// Keys and values stream through shared memory in chunks of 32; softmax is online (f32).
+// work[2i] = sequence, work[2i+1] = first query of the tile; a sequence with q_len 0 (or a
+// tile past its end) is padding and returns at once.
+#define ATT_KC 32
+#define ATT_WARPS 8
+#define ATT_RPW 8
+#define ATT_DPL 4
+template <typename T>
+__device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work,
+                               const u32* q_start, const u32* q_len, const u32* ctx_len,
+                               const u32* block_tables, int bt_stride, int block_size, int num_heads,
+                               int num_kv_heads, int head_dim, int tile_q, float scale) {
+  extern __shared__ float smem[];
+  const int group = num_heads / num_kv_heads;
+  const int seq = work[2 * blockIdx.x], q0 = work[2 * blockIdx.x + 1], kvh = blockIdx.y;
+  const int qlen = q_len[seq], ctx = ctx_len[seq], qs = q_start[seq];
+  const int nq = min(tile_q, qlen - q0);
+  if (nq <= 0) return;
+  const int rows = nq * group;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kv_width = num_kv_heads * head_dim, q_width = num_heads * head_dim;
+  float* sq = smem;                                   // [rows][head_dim]
+  float* sk = sq + ATT_WARPS * ATT_RPW * head_dim;    // [ATT_KC][head_dim + 1]
+  float* sv = sk + ATT_KC * (head_dim + 1);           // [ATT_KC][head_dim]
+  for (int e = threadIdx.x; e < rows * head_dim; e += blockDim.x) {
+    const int r = e / head_dim, d = e % head_dim;
+    const int tok = qs + q0 + r / group, h = kvh * group + r % group;
+    sq[e] = to_f(q[(u64)tok * q_width + h * head_dim + d]);
+  }
+  const int first_pos = ctx - qlen + q0;  // position of the tile's first query
+  const int kend = first_pos + nq;        // keys [0, kend) are visible to some row
+  float m[ATT_RPW], l[ATT_RPW], acc[ATT_RPW][ATT_DPL];
+#pragma unroll
+  for (int rr = 0; rr < ATT_RPW; rr++) {
+    m[rr] = -INFINITY; l[rr] = 0.f;
+#pragma unroll
+    for (int dd = 0; dd < ATT_DPL; dd++) acc[rr][dd] = 0.f;
+  }
+  const u32* bt = block_tables + (u64)seq * bt_stride;
+  for (int k0 = 0; k0 < kend; k0 += ATT_KC) {
+    __syncthreads();
+    for (int e = threadIdx.x; e < ATT_KC * head_dim; e += blockDim.x) {
+      const int j = e / head_dim, d = e % head_dim, kp = k0 + j;
+      float kv = 0.f, vv = 0.f;
+      if (kp < kend) {
+        const u64 slot = (u64)bt[kp / block_size] * block_size + kp % block_size;
+        const u64 off = slot * kv_width + kvh * head_dim + d;
+        kv = to_f(k_cache[off]);
+        vv = to_f(v_cache[off]);
+      }
+      sk[j * (head_dim + 1) + d] = kv;
+      sv[j * head_dim + d] = vv;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int rr = 0; rr < ATT_RPW; rr++) {
+      const int r = warp + rr * ATT_WARPS;
+      if (r < rows) {
+        const int qpos = first_pos + r / group, kp = k0 + lane;
+        float s = -INFINITY;
+        if (kp <= qpos) {
+          float dot = 0.f;
+          for (int d = 0; d < head_dim; d++) dot += sq[r * head_dim + d] * sk[lane * (head_dim + 1) + d];
+          s = dot * scale;
+        }
+        const float m_new = fmaxf(m[rr], warp_max(s));
+        if (m_new != -INFINITY) {
+          const float p = (s == -INFINITY) ? 0.f : expf(s - m_new);
+          const float corr = (m[rr] == -INFINITY) ? 0.f : expf(m[rr] - m_new);
+          l[rr] = l[rr] * corr + warp_sum(p);
+#pragma unroll
+          for (int dd = 0; dd < ATT_DPL; dd++) acc[rr][dd] *= corr;
+          for (int j = 0; j < ATT_KC; j++) {
+            const float pj = __shfl_sync(FULL_MASK, p, j);
+#pragma unroll
+            for (int dd = 0; dd < ATT_DPL; dd++) {
+              const int d = lane + 32 * dd;
+              if (d < head_dim) acc[rr][dd] += pj * sv[j * head_dim + d];
+            }
+          }
+          m[rr] = m_new;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int rr = 0; rr < ATT_RPW; rr++) {
+    const int r = warp + rr * ATT_WARPS;
+    if (r < rows) {
+      const int tok = qs + q0 + r / group, h = kvh * group + r % group;
+      const float inv = l[rr] > 0.f ? 1.f / l[rr] : 0.f;
+#pragma unroll
+      for (int dd = 0; dd < ATT_DPL; dd++) {
+        const int d = lane + 32 * dd;
+        if (d < head_dim) out[(u64)tok * q_width + h * head_dim + d] = from_f<T>(acc[rr][dd] * inv);
+      }
+    }
+  }
+}
+
+// Greedy sampling on the device: ids[row] = argmax (lowest index on ties). Grid: rows.
+template <typename T>
+__device__ void argmax_impl(u32* ids, const T* logits, int cols) {
+  __shared__ float best_v[32];
+  __shared__ u32 best_i[32];
+  const T* row = logits + (u64)blockIdx.x * cols;
+  float v = -INFINITY;
+  u32 idx = 0xffffffffu;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float x = to_f(row[c]);
+    if (x > v || (x == v && (u32)c < idx)) { v = x; idx = c; }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(FULL_MASK, v, o);
+    const u32 oi = __shfl_xor_sync(FULL_MASK, idx, o);
+    if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) { best_v[warp] = v; best_i[warp] = idx; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+      if (best_v[w] > v || (best_v[w] == v && best_i[w] < idx)) { v = best_v[w]; idx = best_i[w]; }
+    ids[blockIdx.x] = idx;
+  }
+}
+
+// Converts T to f32 (for copying logits to the host).
+template <typename T>
+__device__ void to_f32_impl(float* out, const T* x, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+    out[i] = to_f(x[i]);
+}
+
+#define KERNELS(T, S)                                                                              \
+  extern "C" __global__ void embed_##S(T* out, const T* table, const u32* ids, int cols) {         \
+    embed_impl<T>(out, table, ids, cols);                                                          \
+  }                                                                                                \
+  extern "C" __global__ void rms_norm_##S(T* out, const T* x, const float* w, int cols, float eps) { \
+    rms_norm_impl<T>(out, x, w, cols, eps);                                                        \
+  }                                                                                                \
+  extern "C" __global__ void add_rms_norm_##S(T* out, T* x, const T* delta, const float* w, int cols, \
+                                              float eps) {                                         \
+    add_rms_norm_impl<T>(out, x, delta, w, cols, eps);                                             \
+  }                                                                                                \
+  extern "C" __global__ void add_inplace_##S(T* x, const T* delta, u64 n) {                        \
+    add_inplace_impl<T>(x, delta, n);                                                              \
+  }                                                                                                \
+  extern "C" __global__ void silu_mul_##S(T* out, const T* gate, const T* up, u64 n) {             \
+    silu_mul_impl<T>(out, gate, up, n);                                                            \
+  }                                                                                                \
+  extern "C" __global__ void add_bias_##S(T* y, const float* bias, int cols, u64 n) {              \
+    add_bias_impl<T>(y, bias, cols, n);                                                            \
+  }                                                                                                \
+  extern "C" __global__ void head_rms_norm_##S(T* x, const float* w, int heads, int head_dim,      \
+                                               float eps) {                                        \
+    head_rms_norm_impl<T>(x, w, heads, head_dim, eps);                                             \
+  }                                                                                                \
+  extern "C" __global__ void rope_write_kv_##S(T* q, T* k, const T* v, const u32* positions,       \
+                                               const u32* slots, const float* inv_freq, T* k_cache, \
+                                               T* v_cache, int num_heads, int num_kv_heads,        \
+                                               int head_dim, int interleaved) {                    \
+    rope_write_kv_impl<T>(q, k, v, positions, slots, inv_freq, k_cache, v_cache, num_heads,        \
+                          num_kv_heads, head_dim, interleaved);                                    \
+  }                                                                                                \
+  extern "C" __global__ void gemv_##S(T* y, const T* x, const T* w, const float* bias, int t,      \
+                                      int rows, int cols) {                                        \
+    gemv_impl<T>(y, x, w, bias, t, rows, cols);                                                    \
+  }                                                                                                \
+  extern "C" __global__ void gather_rows_##S(T* out, const T* x, const u32* rows, int cols) {      \
+    gather_rows_impl<T>(out, x, rows, cols);                                                       \
+  }                                                                                                \
+  extern "C" __global__ void attention_##S(                                                        \
+      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work, const u32* q_start, \
+      const u32* q_len, const u32* ctx_len, const u32* block_tables, int bt_stride,                \
+      int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q, float scale) {    \
+    attention_impl<T>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len, block_tables,       \
+                      bt_stride, block_size, num_heads, num_kv_heads, head_dim, tile_q, scale);    \
+  }                                                                                                \
+  extern "C" __global__ void argmax_##S(u32* ids, const T* logits, int cols) {                     \
+    argmax_impl<T>(ids, logits, cols);                                                             \
+  }                                                                                                \
+  extern "C" __global__ void to_f32_##S(float* out, const T* x, u64 n) { to_f32_impl<T>(out, x, n); }
+
+KERNELS(float, f32)
+KERNELS(bf16_t, bf16)

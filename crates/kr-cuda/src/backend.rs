@@ -1,0 +1,646 @@
+//! [`CudaBackend`]: the Backend operations as CUDA kernels on one stream.
+//!
+//! Invariants: activations are row-major `[tokens, features]` in the compute dtype (f32 or
+//! bf16) and live in the step workspace ([`crate::pool`]); weights are stored in the compute
+//! dtype, norms / biases / RoPE frequencies in f32. Step metadata is uploaded once by
+//! `begin_step` and read by kernels from fixed addresses. The first failure is kept (sticky)
+//! and turns every later launch into a no-op, so a step never panics; the model checks
+//! [`CudaBackend::take_error`] after each step.
+
+use crate::device::{DeviceBuffer, Gpu, PinnedWords};
+use crate::error::{driver, CudaError, Result};
+use crate::gemm::{GemmType, Lt};
+use crate::meta::{pack, tile_q, used_ranges, MetaLayout, StepCounts, ATTENTION_ROWS};
+use crate::pool::{FirstFit, SharedPool};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use kr_model::quant::GgmlType;
+use kr_model::{AttnMeta, Backend, KvLayout, RawTensor, Rope, RopeStyle};
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex};
+
+/// Element type of activations, weights and the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    Bf16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 => 2,
+        }
+    }
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+    fn gemm(self) -> GemmType {
+        match self {
+            Self::F32 => GemmType::F32,
+            Self::Bf16 => GemmType::Bf16,
+        }
+    }
+}
+
+/// Rows at or below which `linear` uses the weight-streaming GEMV kernel instead of cuBLASLt.
+pub const GEMV_MAX_ROWS: usize = 8;
+const ATT_KC: usize = 32;
+
+/// An activation in the step workspace; its block returns to the pool on drop.
+pub struct CudaTensor {
+    pub ptr: u64,
+    pub rows: usize,
+    pub cols: usize,
+    offset: usize,
+    bytes: usize,
+    pool: Option<SharedPool>,
+}
+
+impl Drop for CudaTensor {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            if let Ok(mut p) = pool.lock() {
+                p.free(self.offset, self.bytes);
+            }
+        }
+    }
+}
+
+pub struct CudaWeight {
+    buf: DeviceBuffer,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+pub struct CudaVector {
+    buf: DeviceBuffer,
+}
+
+/// K and V of every layer: `[layer][k|v][slot][kv_heads * head_dim]`.
+pub struct CudaKvCache {
+    buf: DeviceBuffer,
+    pub layout: KvLayout,
+    half_layer_bytes: usize,
+}
+
+impl CudaKvCache {
+    fn k(&self, layer: usize) -> u64 {
+        self.buf.ptr + (2 * layer * self.half_layer_bytes) as u64
+    }
+    fn v(&self, layer: usize) -> u64 {
+        self.k(layer) + self.half_layer_bytes as u64
+    }
+}
+
+/// Sizes the backend is built for.
+#[derive(Debug, Clone, Copy)]
+pub struct CudaLimits {
+    pub max_tokens: usize,
+    pub max_seqs: usize,
+    pub max_blocks_per_seq: usize,
+    pub workspace_bytes: usize,
+    /// Query heads per kv head (sets the attention tile; see `meta::tile_q`).
+    pub heads_per_kv: usize,
+}
+
+pub struct CudaBackend {
+    pub gpu: Arc<Gpu>,
+    lt: Lt,
+    pub dtype: DType,
+    pool: SharedPool,
+    workspace: DeviceBuffer,
+    meta_layout: MetaLayout,
+    meta_dev: DeviceBuffer,
+    staging: RefCell<PinnedWords>,
+    heads_per_kv: usize,
+    step: Cell<StepCounts>,
+    step_rows: RefCell<Vec<usize>>,
+    inv_freq: RefCell<Option<DeviceBuffer>>,
+    error: RefCell<Option<CudaError>>,
+}
+
+/// Launches kernel `$name` for the backend's dtype; arguments must be local variables.
+macro_rules! launch {
+    ($self:expr, $name:expr, $cfg:expr, $($arg:ident),* $(,)?) => {{
+        if $self.error.borrow().is_none() {
+            let f = $self.gpu.function($name, $self.dtype.suffix());
+            let mut b = $self.gpu.stream.launch_builder(f);
+            $( b.arg(&$arg); )*
+            // SAFETY: every pointer argument covers the shape the kernel reads or writes.
+            let r = unsafe { b.launch($cfg) };
+            $self.record(r.map(|_| ()).map_err(driver($name)));
+        }
+    }};
+}
+
+fn grid1(blocks: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks.max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Enough blocks of 256 threads for `n` elements in a grid-stride loop.
+fn elementwise(n: usize) -> LaunchConfig {
+    grid1(n.div_ceil(256).min(65_535), 256)
+}
+
+impl CudaBackend {
+    pub fn new(gpu: Arc<Gpu>, dtype: DType, limits: CudaLimits) -> Result<Self> {
+        let lt = Lt::new(&gpu)?;
+        let workspace = gpu.alloc(limits.workspace_bytes)?;
+        let meta_layout = MetaLayout::new(
+            limits.max_tokens,
+            limits.max_seqs,
+            limits.max_blocks_per_seq,
+        );
+        let words = meta_layout.offsets().total;
+        let meta_dev = gpu.alloc(words * 4)?;
+        let staging = PinnedWords::new(&gpu, words)?;
+        for suffix in ["f32", "bf16"] {
+            gpu.function("attention", suffix)
+                .set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    attention_smem(256) as i32,
+                )
+                .map_err(driver("allowing attention's shared memory"))?;
+        }
+        Ok(Self {
+            pool: Arc::new(Mutex::new(FirstFit::new(workspace.bytes))),
+            gpu,
+            lt,
+            dtype,
+            workspace,
+            meta_layout,
+            meta_dev,
+            staging: RefCell::new(staging),
+            heads_per_kv: limits.heads_per_kv.max(1),
+            step: Cell::new(StepCounts::default()),
+            step_rows: RefCell::new(Vec::new()),
+            inv_freq: RefCell::new(None),
+            error: RefCell::new(None),
+        })
+    }
+
+    /// The first error since the last call, if any (clears it).
+    pub fn take_error(&self) -> Option<CudaError> {
+        self.error.borrow_mut().take()
+    }
+
+    fn record(&self, r: Result<()>) {
+        if let Err(e) = r {
+            let mut slot = self.error.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+        }
+    }
+
+    /// Peak bytes of the step workspace used so far.
+    pub fn workspace_peak(&self) -> usize {
+        self.pool.lock().map_or(0, |p| p.peak())
+    }
+
+    /// A `rows × cols` tensor of `elem`-byte values from the workspace.
+    fn alloc_elems(&self, rows: usize, cols: usize, elem: usize) -> CudaTensor {
+        let bytes = rows * cols * elem;
+        let offset = self.pool.lock().ok().and_then(|mut p| p.alloc(bytes));
+        match offset {
+            Some(offset) => CudaTensor {
+                ptr: self.workspace.ptr + offset as u64,
+                rows,
+                cols,
+                offset,
+                bytes,
+                pool: Some(self.pool.clone()),
+            },
+            None => {
+                self.record(Err(CudaError::OutOfMemory(format!(
+                    "the step workspace ({} MiB) cannot hold a {rows}x{cols} tensor; \
+                     lower max_num_batched_tokens",
+                    self.workspace.bytes >> 20
+                ))));
+                CudaTensor {
+                    ptr: 0,
+                    rows,
+                    cols,
+                    offset: 0,
+                    bytes: 0,
+                    pool: None,
+                }
+            }
+        }
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> CudaTensor {
+        self.alloc_elems(rows, cols, self.dtype.size())
+    }
+
+    fn meta_ptr(&self, word: usize) -> u64 {
+        self.meta_dev.ptr + 4 * word as u64
+    }
+
+    /// Device copy of a weight in the compute dtype.
+    fn weight_bytes(&self, t: &RawTensor) -> Vec<u8> {
+        match (t.ty, self.dtype) {
+            (GgmlType::BF16, DType::Bf16) | (GgmlType::F32, DType::F32) => {
+                t.bytes.as_slice().to_vec()
+            }
+            (_, DType::F32) => t.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            (_, DType::Bf16) => t
+                .to_f32()
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    /// A tensor holding `data` (`rows × cols`, f32 on the host), converted to the dtype.
+    pub fn upload_tensor(&self, rows: usize, cols: usize, data: &[f32]) -> CudaTensor {
+        let t = self.alloc(rows, cols);
+        if self.error.borrow().is_some() {
+            return t;
+        }
+        let r = match self.dtype {
+            DType::F32 => self.gpu.copy_to_device(t.ptr, data),
+            DType::Bf16 => {
+                let h: Vec<half::bf16> = data.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                self.gpu.copy_to_device(t.ptr, &h)
+            }
+        };
+        self.record(r.and_then(|_| self.gpu.synchronize()));
+        t
+    }
+
+    /// Greedy token of each row of `logits` (computed on the GPU; only ids cross PCIe).
+    pub fn argmax(&self, logits: &CudaTensor) -> Vec<u32> {
+        let ids = self.alloc_elems(logits.rows, 1, 4);
+        let (out, x, cols) = (ids.ptr, logits.ptr, logits.cols as i32);
+        launch!(self, "argmax", grid1(logits.rows, 256), out, x, cols);
+        let mut host = vec![0u32; logits.rows];
+        if self.error.borrow().is_none() {
+            self.record(self.gpu.copy_to_host(&mut host, ids.ptr));
+        }
+        host
+    }
+
+    /// The RoPE frequencies on the device, uploaded on first use.
+    fn inv_freq_ptr(&self, rope: &Rope) -> u64 {
+        if self.inv_freq.borrow().is_none() {
+            match self.gpu.upload(&rope.inv_freq) {
+                Ok(b) => *self.inv_freq.borrow_mut() = Some(b),
+                Err(e) => self.record(Err(e)),
+            }
+        }
+        self.inv_freq.borrow().as_ref().map_or(0, |b| b.ptr)
+    }
+}
+
+/// Dynamic shared memory of the attention kernel for `head_dim`.
+fn attention_smem(head_dim: usize) -> usize {
+    4 * (ATTENTION_ROWS * head_dim + ATT_KC * (head_dim + 1) + ATT_KC * head_dim)
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Weight = CudaWeight;
+    type Vector = CudaVector;
+    type KvCache = CudaKvCache;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn load_weight(&self, t: &RawTensor) -> CudaWeight {
+        let bytes = self.weight_bytes(t);
+        let buf = self.gpu.upload(&bytes).unwrap_or_else(|e| {
+            self.record(Err(e));
+            DeviceBuffer { ptr: 0, bytes: 0 }
+        });
+        CudaWeight {
+            buf,
+            rows: t.rows,
+            cols: t.cols,
+        }
+    }
+
+    fn load_vector(&self, v: &[f32]) -> CudaVector {
+        let buf = self.gpu.upload(v).unwrap_or_else(|e| {
+            self.record(Err(e));
+            DeviceBuffer { ptr: 0, bytes: 0 }
+        });
+        CudaVector { buf }
+    }
+
+    fn new_kv_cache(&self, layout: KvLayout) -> CudaKvCache {
+        let half_layer_bytes = layout.num_blocks
+            * layout.block_size
+            * layout.num_kv_heads
+            * layout.head_dim
+            * self.dtype.size();
+        let total = 2 * layout.num_layers * half_layer_bytes;
+        let buf = match self.gpu.alloc(total) {
+            Ok(b) => {
+                // Zeroed so that nothing read before it is written can be NaN.
+                // SAFETY: the buffer holds `total` bytes.
+                let r = unsafe { cudarc::driver::result::memset_d8_sync(b.ptr, 0, total) };
+                self.record(r.map_err(driver("clearing the KV cache")));
+                b
+            }
+            Err(e) => {
+                self.record(Err(e));
+                DeviceBuffer { ptr: 0, bytes: 0 }
+            }
+        };
+        CudaKvCache {
+            buf,
+            layout,
+            half_layer_bytes,
+        }
+    }
+
+    fn begin_step(&self, ids: &[u32], meta: &AttnMeta) {
+        self.record(self.gpu.bind());
+        let group = self.heads_per_kv;
+        let mut staging = self.staging.borrow_mut();
+        let counts = match pack(
+            staging.as_mut_slice(),
+            &self.meta_layout,
+            ids,
+            meta,
+            tile_q(group),
+        ) {
+            Ok(c) => c,
+            Err(e) => return self.record(Err(e)),
+        };
+        let words = staging.as_mut_slice();
+        for (off, len) in used_ranges(&self.meta_layout, &counts) {
+            if len > 0 {
+                self.record(
+                    self.gpu
+                        .copy_to_device(self.meta_ptr(off), &words[off..off + len]),
+                );
+            }
+        }
+        self.step.set(counts);
+        *self.step_rows.borrow_mut() = meta.logit_rows.clone();
+    }
+
+    fn embed(&self, table: &CudaWeight, ids: &[u32]) -> CudaTensor {
+        let out = self.alloc(ids.len(), table.cols);
+        let (o, t, idp, cols) = (
+            out.ptr,
+            table.buf.ptr,
+            self.meta_ptr(self.meta_layout.offsets().ids),
+            table.cols as i32,
+        );
+        launch!(self, "embed", grid1(ids.len(), 256), o, t, idp, cols);
+        out
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, w: &CudaVector, eps: f32) -> CudaTensor {
+        let out = self.alloc(x.rows, x.cols);
+        let (o, xp, wp, cols) = (out.ptr, x.ptr, w.buf.ptr, x.cols as i32);
+        launch!(self, "rms_norm", grid1(x.rows, 256), o, xp, wp, cols, eps);
+        out
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaTensor,
+        delta: &CudaTensor,
+        w: &CudaVector,
+        eps: f32,
+    ) -> CudaTensor {
+        let out = self.alloc(x.rows, x.cols);
+        let (o, xp, dp, wp, cols) = (out.ptr, x.ptr, delta.ptr, w.buf.ptr, x.cols as i32);
+        launch!(
+            self,
+            "add_rms_norm",
+            grid1(x.rows, 256),
+            o,
+            xp,
+            dp,
+            wp,
+            cols,
+            eps
+        );
+        out
+    }
+
+    fn add_inplace(&self, x: &mut CudaTensor, delta: &CudaTensor) {
+        let n = (x.rows * x.cols) as u64;
+        let (xp, dp) = (x.ptr, delta.ptr);
+        launch!(self, "add_inplace", elementwise(n as usize), xp, dp, n);
+    }
+
+    fn linear(&self, x: &CudaTensor, w: &CudaWeight, bias: Option<&CudaVector>) -> CudaTensor {
+        let (t, rows, cols) = (x.rows, w.rows, w.cols);
+        let y = self.alloc(t, rows);
+        let (yp, xp, wp) = (y.ptr, x.ptr, w.buf.ptr);
+        let bp = bias.map_or(0u64, |b| b.buf.ptr);
+        if t <= GEMV_MAX_ROWS && (cols * self.dtype.size()) % 16 == 0 {
+            let (ti, ri, ci) = (t as i32, rows as i32, cols as i32);
+            launch!(
+                self,
+                "gemv",
+                grid1(rows.div_ceil(8), 256),
+                yp,
+                xp,
+                wp,
+                bp,
+                ti,
+                ri,
+                ci
+            );
+            return y;
+        }
+        if self.error.borrow().is_none() {
+            let r = self
+                .lt
+                .matmul(&self.gpu, self.dtype.gemm(), yp, xp, wp, t, rows, cols);
+            self.record(r);
+        }
+        if bias.is_some() {
+            let (c, n) = (rows as i32, (t * rows) as u64);
+            launch!(self, "add_bias", elementwise(t * rows), yp, bp, c, n);
+        }
+        y
+    }
+
+    fn head_rms_norm(&self, x: &mut CudaTensor, w: &CudaVector, head_dim: usize, eps: f32) {
+        let heads = x.rows * x.cols / head_dim;
+        let (xp, wp, h, hd) = (x.ptr, w.buf.ptr, heads as i32, head_dim as i32);
+        launch!(
+            self,
+            "head_rms_norm",
+            grid1(heads.div_ceil(8), 256),
+            xp,
+            wp,
+            h,
+            hd,
+            eps
+        );
+    }
+
+    fn rope_and_write_kv(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        v: &CudaTensor,
+        rope: &Rope,
+        _meta: &AttnMeta,
+        layer: usize,
+        cache: &mut CudaKvCache,
+    ) {
+        let l = cache.layout;
+        let o = self.meta_layout.offsets();
+        let (qp, kp, vp) = (q.ptr, k.ptr, v.ptr);
+        let (pos, slots, freq) = (
+            self.meta_ptr(o.positions),
+            self.meta_ptr(o.slots),
+            self.inv_freq_ptr(rope),
+        );
+        let (kc, vc) = (cache.k(layer), cache.v(layer));
+        let nh = (q.cols / l.head_dim) as i32;
+        let (nkv, hd) = (l.num_kv_heads as i32, l.head_dim as i32);
+        let inter = i32::from(rope.style == RopeStyle::Interleaved);
+        launch!(
+            self,
+            "rope_write_kv",
+            grid1(q.rows, 128),
+            qp,
+            kp,
+            vp,
+            pos,
+            slots,
+            freq,
+            kc,
+            vc,
+            nh,
+            nkv,
+            hd,
+            inter
+        );
+    }
+
+    fn paged_attention(
+        &self,
+        q: &CudaTensor,
+        _meta: &AttnMeta,
+        layer: usize,
+        cache: &CudaKvCache,
+        num_heads: usize,
+    ) -> CudaTensor {
+        let l = cache.layout;
+        let out = self.alloc(q.rows, q.cols);
+        let o = self.meta_layout.offsets();
+        let counts = self.step.get();
+        let cfg = LaunchConfig {
+            grid_dim: (counts.work.max(1) as u32, l.num_kv_heads as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: attention_smem(l.head_dim) as u32,
+        };
+        let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
+        let (work, qs, ql, cl, bt) = (
+            self.meta_ptr(o.work),
+            self.meta_ptr(o.q_start),
+            self.meta_ptr(o.q_len),
+            self.meta_ptr(o.ctx_len),
+            self.meta_ptr(o.block_tables),
+        );
+        let stride = self.meta_layout.bt_stride as i32;
+        let (bs, nh, nkv, hd) = (
+            l.block_size as i32,
+            num_heads as i32,
+            l.num_kv_heads as i32,
+            l.head_dim as i32,
+        );
+        let tile = tile_q(num_heads / l.num_kv_heads) as i32;
+        let scale = 1.0 / (l.head_dim as f32).sqrt();
+        launch!(
+            self,
+            "attention",
+            cfg,
+            op,
+            qp,
+            kc,
+            vc,
+            work,
+            qs,
+            ql,
+            cl,
+            bt,
+            stride,
+            bs,
+            nh,
+            nkv,
+            hd,
+            tile,
+            scale
+        );
+        out
+    }
+
+    fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
+        let out = self.alloc(gate.rows, gate.cols);
+        let n = (gate.rows * gate.cols) as u64;
+        let (o, g, u) = (out.ptr, gate.ptr, up.ptr);
+        launch!(self, "silu_mul", elementwise(n as usize), o, g, u, n);
+        out
+    }
+
+    fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> CudaTensor {
+        let out = self.alloc(rows.len(), x.cols);
+        let uploaded = *self.step_rows.borrow() == rows;
+        // Rows other than the step's logit rows (not used by the decoder) go up on their own.
+        let _scratch;
+        let rp = if uploaded {
+            self.meta_ptr(self.meta_layout.offsets().logit_rows)
+        } else {
+            let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            match self.gpu.upload(&ids) {
+                Ok(b) => {
+                    let p = b.ptr;
+                    _scratch = b;
+                    p
+                }
+                Err(e) => {
+                    self.record(Err(e));
+                    0
+                }
+            }
+        };
+        let (o, xp, cols) = (out.ptr, x.ptr, x.cols as i32);
+        launch!(self, "gather_rows", grid1(rows.len(), 256), o, xp, rp, cols);
+        if !uploaded {
+            self.record(self.gpu.synchronize());
+        }
+        out
+    }
+
+    fn to_host(&self, x: &CudaTensor) -> Vec<f32> {
+        let n = x.rows * x.cols;
+        let mut host = vec![0f32; n];
+        if self.error.borrow().is_some() {
+            return host;
+        }
+        match self.dtype {
+            DType::F32 => self.record(self.gpu.copy_to_host(&mut host, x.ptr)),
+            DType::Bf16 => {
+                let f = self.alloc_elems(x.rows, x.cols, 4);
+                let (o, xp, nn) = (f.ptr, x.ptr, n as u64);
+                launch!(self, "to_f32", elementwise(n), o, xp, nn);
+                if self.error.borrow().is_none() {
+                    self.record(self.gpu.copy_to_host(&mut host, f.ptr));
+                }
+            }
+        }
+        host
+    }
+}

@@ -1,0 +1,277 @@
+//! The GPU engine benchmark behind `kr-serve bench engine --device cuda`: drives a
+//! [`CudaModel`] directly with synthetic sequences (no scheduler, no HTTP) and reports prefill
+//! and decode speed, TTFT, the memory-bandwidth bound and the host gap per decode step.
+//! Timings are medians of repeats after a warm-up; it never asserts a speed.
+
+use crate::backend::{CudaBackend, DType};
+use crate::error::{driver, Result};
+use crate::gemm::GemmType;
+use crate::model::CudaModel;
+use cudarc::driver::sys::CUevent_flags;
+use kr_model::{AttnMeta, SeqAttn};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct GpuBenchSpec {
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub prefill_tokens: usize,
+    pub batch_sizes: Vec<usize>,
+    pub batch_decode_steps: usize,
+    pub repeat: usize,
+}
+
+/// Synthetic sequences with disjoint block tables: sequence `i` owns blocks
+/// `[i * per_seq, (i + 1) * per_seq)`.
+struct Seqs {
+    lens: Vec<usize>,
+    per_seq: usize,
+    block_size: usize,
+}
+
+impl Seqs {
+    fn new(n: usize, max_len: usize, block_size: usize) -> Self {
+        Self {
+            lens: vec![0; n],
+            per_seq: max_len.div_ceil(block_size),
+            block_size,
+        }
+    }
+
+    /// One step: `new[i]` tokens for sequence `i` (0 = not in this step); samples every one.
+    fn step(&mut self, new: &[usize]) -> (Vec<u32>, AttnMeta) {
+        let mut ids = Vec::new();
+        let mut meta = AttnMeta::default();
+        for (i, &k) in new.iter().enumerate().filter(|(_, &k)| k > 0) {
+            let table: Vec<u32> = (0..self.per_seq)
+                .map(|b| (i * self.per_seq + b) as u32)
+                .collect();
+            let q_start = ids.len();
+            for p in self.lens[i]..self.lens[i] + k {
+                ids.push(((p * 7919 + i * 104_729) % 20_000 + 300) as u32);
+                meta.positions.push(p as u32);
+                meta.slot_mapping.push(
+                    table[p / self.block_size] * self.block_size as u32
+                        + (p % self.block_size) as u32,
+                );
+            }
+            self.lens[i] += k;
+            meta.seqs.push(SeqAttn {
+                q_start,
+                q_len: k,
+                ctx_len: self.lens[i],
+                block_table: table,
+            });
+            meta.logit_rows.push(ids.len() - 1);
+        }
+        (ids, meta)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Seconds of `f`, measured on the host after the GPU finished.
+fn timed(model: &CudaModel, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let t0 = Instant::now();
+    f()?;
+    model.backend().gpu.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Prefill of `len` tokens in one sequence; returns seconds to the first (greedy) token.
+fn ttft(model: &mut CudaModel, len: usize) -> Result<f64> {
+    let bs = model.options.block_size;
+    let mut seqs = Seqs::new(1, len + 1, bs);
+    let (ids, meta) = seqs.step(&[len]);
+    let t0 = Instant::now();
+    model.forward_greedy(&ids, &meta)?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Batch of `b` sequences: prefill `prompt` tokens each (in chunks under the token budget),
+/// then `steps` decode steps; returns (decode seconds, per-step wall and GPU seconds).
+fn decode_run(
+    model: &mut CudaModel,
+    b: usize,
+    prompt: usize,
+    steps: usize,
+) -> Result<(f64, Vec<f64>, Vec<f64>)> {
+    let bs = model.options.block_size;
+    let mut seqs = Seqs::new(b, prompt + steps + 1, bs);
+    let per_step = (model.options.max_num_batched_tokens / prompt.max(1)).max(1);
+    for chunk in (0..b).collect::<Vec<_>>().chunks(per_step) {
+        let mut new = vec![0; b];
+        chunk.iter().for_each(|&i| new[i] = prompt);
+        let (ids, meta) = seqs.step(&new);
+        model.forward_greedy(&ids, &meta)?;
+    }
+    let gpu = model.backend().gpu.clone();
+    let ev = |g: &crate::device::Gpu| {
+        g.ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(driver("creating an event"))
+    };
+    let (start, end) = (ev(&gpu)?, ev(&gpu)?);
+    let (mut wall, mut busy) = (Vec::new(), Vec::new());
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let s0 = Instant::now();
+        let (ids, meta) = seqs.step(&vec![1; b]);
+        start
+            .record(&gpu.stream)
+            .map_err(driver("recording an event"))?;
+        model.forward_greedy(&ids, &meta)?;
+        end.record(&gpu.stream)
+            .map_err(driver("recording an event"))?;
+        end.synchronize().map_err(driver("waiting for an event"))?;
+        wall.push(s0.elapsed().as_secs_f64());
+        busy.push(start.elapsed_ms(&end).map_err(driver("reading an event"))? as f64 / 1e3);
+    }
+    Ok((t0.elapsed().as_secs_f64(), wall, busy))
+}
+
+/// Device-to-device copy bandwidth (read + write bytes per second) over 2 GiB.
+fn copy_bandwidth(be: &CudaBackend) -> Result<f64> {
+    let bytes = 1usize << 30;
+    let a = be.gpu.alloc(bytes)?;
+    let b = be.gpu.alloc(bytes)?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        // SAFETY: both buffers hold `bytes`.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                b.ptr,
+                a.ptr,
+                bytes,
+                be.gpu.stream.cu_stream(),
+            )
+        }
+        .map_err(driver("copying"))?;
+        be.gpu.synchronize()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * bytes as f64 / median(times))
+}
+
+/// bf16 (or f32) GEMM throughput of a `tokens × 4096 → 14336`-like product, in FLOP/s.
+fn gemm_peak(model: &CudaModel, tokens: usize) -> Result<f64> {
+    let be = model.backend();
+    let c = model.config();
+    let (rows, cols) = (c.intermediate_size, c.hidden_size);
+    let e = be.dtype.size();
+    let (w, x, y) = (
+        be.gpu.alloc(rows * cols * e)?,
+        be.gpu.alloc(tokens * cols * e)?,
+        be.gpu.alloc(tokens * rows * e)?,
+    );
+    let ty = if be.dtype == DType::Bf16 {
+        GemmType::Bf16
+    } else {
+        GemmType::F32
+    };
+    let lt = crate::gemm::Lt::new(&be.gpu)?;
+    let mut times = Vec::new();
+    for i in 0..6 {
+        let t = timed(model, || {
+            lt.matmul(&be.gpu, ty, y.ptr, x.ptr, w.ptr, tokens, rows, cols)
+        })?;
+        if i > 0 {
+            times.push(t);
+        }
+    }
+    Ok(2.0 * (tokens * rows * cols) as f64 / median(times))
+}
+
+/// Runs the whole benchmark and returns the report's `results` object.
+pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> Result<Value> {
+    let c = model.config().clone();
+    let bw = copy_bandwidth(model.backend())?;
+    let kv_token_bytes =
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * model.backend().dtype.size();
+    let params = weight_bytes as f64 / model.backend().dtype.size() as f64;
+    // Warm-up: compile plans, capture graphs for the buckets used below.
+    ttft(model, spec.prefill_tokens)?;
+    decode_run(model, 1, spec.prompt_tokens, 4)?;
+
+    let mut ttfts = Vec::new();
+    for _ in 0..spec.repeat.max(3) {
+        ttfts.push(ttft(model, spec.prefill_tokens)?);
+    }
+    let ttft_s = median(ttfts);
+    let prefill_big = 2048.min(model.options.max_num_batched_tokens);
+    ttft(model, prefill_big)?;
+    let prefill_s = median(
+        (0..3)
+            .map(|_| ttft(model, prefill_big))
+            .collect::<Result<Vec<_>>>()?,
+    );
+    let gemm_flops = gemm_peak(model, prefill_big)?;
+    let prefill_flops = 2.0 * params * prefill_big as f64 / prefill_s;
+
+    let mut single = serde_json::Map::new();
+    for graphs in [true, false] {
+        model.options.cuda_graphs = graphs;
+        let (secs, wall, busy) = decode_run(model, 1, spec.prompt_tokens, spec.gen_tokens)?;
+        let gaps: Vec<f64> = wall
+            .iter()
+            .zip(&busy)
+            .map(|(w, b)| (w - b).max(0.0))
+            .collect();
+        let avg_ctx = spec.prompt_tokens as f64 + spec.gen_tokens as f64 / 2.0;
+        let bound = bw / (weight_bytes as f64 + avg_ctx * kv_token_bytes as f64);
+        let tps = spec.gen_tokens as f64 / secs;
+        single.insert(
+            if graphs { "graphs_on" } else { "graphs_off" }.into(),
+            json!({
+                "tokens_per_second": tps,
+                "ms_per_token": 1e3 / tps,
+                "bandwidth_bound_tokens_per_second": bound,
+                "fraction_of_bound": tps / bound,
+                "median_step_wall_us": median(wall) * 1e6,
+                "median_step_gpu_us": median(busy) * 1e6,
+                "median_host_gap_us": median(gaps) * 1e6,
+            }),
+        );
+    }
+    model.options.cuda_graphs = true;
+
+    let mut batched = Vec::new();
+    for &b in &spec.batch_sizes {
+        let (secs, _, busy) = decode_run(model, b, spec.prompt_tokens, spec.batch_decode_steps)?;
+        let avg_ctx = spec.prompt_tokens as f64 + spec.batch_decode_steps as f64 / 2.0;
+        let step_bytes = weight_bytes as f64 + b as f64 * avg_ctx * kv_token_bytes as f64;
+        let tps = (b * spec.batch_decode_steps) as f64 / secs;
+        batched.push(json!({
+            "batch": b,
+            "tokens_per_second": tps,
+            "median_step_gpu_us": median(busy) * 1e6,
+            "bandwidth_bound_tokens_per_second": b as f64 * bw / step_bytes,
+            "fraction_of_bound": tps / (b as f64 * bw / step_bytes),
+        }));
+    }
+    Ok(json!({
+        "device": model.backend().gpu.info.name,
+        "dtype": format!("{:?}", model.backend().dtype),
+        "weight_bytes": weight_bytes,
+        "measured_copy_bandwidth_gb_per_s": bw / 1e9,
+        "ttft_seconds": { "prompt_tokens": spec.prefill_tokens, "median": ttft_s },
+        "prefill": {
+            "tokens": prefill_big,
+            "tokens_per_second": prefill_big as f64 / prefill_s,
+            "tflops": prefill_flops / 1e12,
+            "gemm_peak_tflops": gemm_flops / 1e12,
+            "fraction_of_gemm_peak": prefill_flops / gemm_flops,
+        },
+        "decode_batch1": single,
+        "decode_batched": batched,
+        "kv_blocks": model.num_blocks,
+        "device_allocations_during_steps": model.allocations_since_load(),
+        "workspace_peak_bytes": model.backend().workspace_peak(),
+    }))
+}

@@ -1,0 +1,24 @@
+//! kr-cuda: the CUDA backend (SPEC E9, P1–P5). Built without any CUDA toolkit: cudarc opens
+//! the driver, NVRTC and cuBLASLt at run time, so the one binary runs with or without a GPU.
+//!
+//! - [`device`]: context, stream, NVRTC-compiled kernels (cached on disk), buffers;
+//! - [`pool`]: the step workspace (no device allocation inside a step);
+//! - [`meta`]: step metadata at fixed device addresses; padding decode batches to a bucket;
+//! - [`gemm`]: cuBLASLt products with per-shape plans;
+//! - [`backend`]: the Backend operations;
+//! - [`model`]: a decoder + KV cache on the GPU, with CUDA graphs for decode steps;
+//! - [`bench`]: the GPU engine benchmark.
+
+pub mod backend;
+pub mod bench;
+pub mod device;
+pub mod error;
+pub mod gemm;
+pub mod meta;
+pub mod model;
+pub mod pool;
+
+pub use backend::{CudaBackend, CudaLimits, DType};
+pub use device::{probe, DeviceInfo, Gpu};
+pub use error::{CudaError, Result};
+pub use model::{CudaModel, CudaModelOptions};

@@ -1,0 +1,216 @@
+//! A model on the GPU: the decoder, its paged KV cache sized from free memory, and CUDA graphs
+//! for decode steps (one per batch-size bucket, captured on first use, replayed after).
+//!
+//! Invariants: a graph is only replayed for a pure-decode step padded to its bucket, after
+//! `begin_step` uploaded that step's metadata; the graph's logits tensor stays owned by the
+//! graph entry, so no later allocation can overlap it while it is being read. Any CUDA error
+//! in a step is returned as `Err` (the backend records it instead of panicking).
+
+use crate::backend::{CudaBackend, CudaKvCache, CudaLimits, CudaTensor, DType};
+use crate::device::Gpu;
+use crate::error::{driver, CudaError, Result};
+use crate::meta::{is_pure_decode, pad_decode};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
+use kr_model::{AttnMeta, Backend, Decoder, ModelConfig, ModelWeights};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Batch-size buckets of decode graphs.
+pub const GRAPH_BUCKETS: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 192, 256];
+
+/// How to place a model on a GPU.
+#[derive(Debug, Clone)]
+pub struct CudaModelOptions {
+    pub ordinal: usize,
+    pub dtype: DType,
+    /// Share of the GPU's memory the process may use in total (weights, cache, workspace).
+    pub gpu_memory_fraction: f64,
+    pub block_size: usize,
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+    pub max_model_len: usize,
+    /// Exact number of KV blocks instead of sizing from memory.
+    pub num_kv_blocks: Option<usize>,
+    pub cuda_graphs: bool,
+}
+
+struct DecodeGraph {
+    graph: CudaGraph,
+    logits: CudaTensor,
+}
+
+// SAFETY: CUDA graph handles may be used from any thread that binds the context (begin_step
+// does, before every launch); the model, and so its graphs, is used by one thread at a time.
+unsafe impl Send for DecodeGraph {}
+
+pub struct CudaModel {
+    decoder: Decoder<CudaBackend>,
+    cache: CudaKvCache,
+    graphs: HashMap<usize, DecodeGraph>,
+    pub options: CudaModelOptions,
+    pub num_blocks: usize,
+    /// Device allocations made by the end of loading; any more means a step allocated.
+    pub allocations_at_load: u64,
+}
+
+/// Workspace bytes for steps of up to `tokens` tokens and `seqs` sampled rows: the live
+/// activations of one layer (twice, for fragmentation), plus logits in the dtype and in f32.
+fn workspace_bytes(c: &ModelConfig, tokens: usize, seqs: usize, elem: usize) -> usize {
+    let q = c.num_heads * c.head_dim;
+    let kv = c.num_kv_heads * c.head_dim;
+    let per_token = 4 * c.hidden_size + 3 * q + 2 * kv + 3 * c.intermediate_size;
+    let logits = seqs * c.vocab_size * (elem + 4);
+    2 * tokens * per_token * elem + 2 * logits + (64 << 20)
+}
+
+impl CudaModel {
+    pub fn load(weights: &ModelWeights, opts: CudaModelOptions) -> Result<Self> {
+        let c = &weights.config;
+        if c.head_dim > 128 || c.head_dim % 2 != 0 || c.num_heads % c.num_kv_heads != 0 {
+            return Err(CudaError::Unsupported(format!(
+                "head_dim {} with {} heads / {} kv heads (needs an even head_dim up to 128)",
+                c.head_dim, c.num_heads, c.num_kv_heads
+            )));
+        }
+        let gpu = Arc::new(Gpu::open(opts.ordinal)?);
+        let max_seqs = opts.max_num_seqs.max(*GRAPH_BUCKETS.last().unwrap_or(&1));
+        let max_tokens = opts.max_num_batched_tokens.max(max_seqs);
+        let limits = CudaLimits {
+            max_tokens,
+            max_seqs,
+            max_blocks_per_seq: opts.max_model_len.div_ceil(opts.block_size),
+            workspace_bytes: workspace_bytes(c, max_tokens, max_seqs, opts.dtype.size()),
+            heads_per_kv: c.num_heads / c.num_kv_heads,
+        };
+        let backend = CudaBackend::new(gpu.clone(), opts.dtype, limits)?;
+        let decoder = Decoder::new(backend, weights);
+        if let Some(e) = decoder.backend().take_error() {
+            return Err(e);
+        }
+        let block_bytes =
+            2 * c.num_layers * opts.block_size * c.num_kv_heads * c.head_dim * opts.dtype.size();
+        let num_blocks = match opts.num_kv_blocks {
+            Some(n) => n,
+            None => {
+                let (free, total) = gpu.memory()?;
+                let allowed = (total as f64 * opts.gpu_memory_fraction) as usize;
+                let budget = allowed.saturating_sub(total - free);
+                budget / block_bytes
+            }
+        };
+        if num_blocks == 0 {
+            return Err(CudaError::OutOfMemory(format!(
+                "no room for a KV block of {} MiB after the weights; raise --gpu-memory-fraction",
+                block_bytes >> 20
+            )));
+        }
+        let cache = decoder.new_kv_cache(num_blocks, opts.block_size);
+        if let Some(e) = decoder.backend().take_error() {
+            return Err(e);
+        }
+        gpu.synchronize()?;
+        Ok(Self {
+            allocations_at_load: gpu.allocations.load(std::sync::atomic::Ordering::Relaxed),
+            decoder,
+            cache,
+            graphs: HashMap::new(),
+            options: opts,
+            num_blocks,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.decoder.config
+    }
+
+    pub fn backend(&self) -> &CudaBackend {
+        self.decoder.backend()
+    }
+
+    /// Device allocations made since loading (inside steps, or by graph capture helpers).
+    pub fn allocations_since_load(&self) -> u64 {
+        self.backend()
+            .gpu
+            .allocations
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - self.allocations_at_load
+    }
+
+    /// Logits of `meta.logit_rows`, row-major `[rows, vocab]` in f32.
+    pub fn forward(&mut self, ids: &[u32], meta: &AttnMeta) -> Result<Vec<f32>> {
+        let vocab = self.config().vocab_size;
+        let n = meta.logit_rows.len();
+        self.with_logits(ids, meta, |be, l| {
+            let mut host = be.to_host(l);
+            host.truncate(n * vocab);
+            host
+        })
+    }
+
+    /// The greedy token of each of `meta.logit_rows`, chosen on the GPU.
+    pub fn forward_greedy(&mut self, ids: &[u32], meta: &AttnMeta) -> Result<Vec<u32>> {
+        let n = meta.logit_rows.len();
+        self.with_logits(ids, meta, |be, l| {
+            let mut ids = be.argmax(l);
+            ids.truncate(n);
+            ids
+        })
+    }
+
+    /// Runs the step (through a graph when it is a decode step that fits a bucket) and hands
+    /// the logits tensor to `read`.
+    fn with_logits<R>(
+        &mut self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        read: impl FnOnce(&CudaBackend, &CudaTensor) -> R,
+    ) -> Result<R> {
+        let bucket = GRAPH_BUCKETS.iter().copied().find(|&b| b >= ids.len());
+        let out = match bucket {
+            Some(b) if self.options.cuda_graphs && is_pure_decode(meta) => {
+                let (pids, pmeta) = pad_decode(ids, meta, b);
+                self.decoder.backend().begin_step(&pids, &pmeta);
+                self.error()?;
+                if !self.graphs.contains_key(&b) {
+                    let g = self.capture(&pids, &pmeta)?;
+                    self.graphs.insert(b, g);
+                }
+                let g = &self.graphs[&b];
+                g.graph
+                    .launch()
+                    .map_err(driver("launching a decode graph"))?;
+                read(self.decoder.backend(), &g.logits)
+            }
+            _ => {
+                self.decoder.backend().begin_step(ids, meta);
+                let logits = self.decoder.forward_device(ids, meta, &mut self.cache);
+                read(self.decoder.backend(), &logits)
+            }
+        };
+        self.error()?;
+        Ok(out)
+    }
+
+    fn error(&self) -> Result<()> {
+        match self.decoder.backend().take_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Records one decode step of the padded batch into a graph (nothing runs yet).
+    fn capture(&mut self, ids: &[u32], meta: &AttnMeta) -> Result<DecodeGraph> {
+        let stream = self.decoder.backend().gpu.stream.clone();
+        stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(driver("starting graph capture"))?;
+        let logits = self.decoder.forward_device(ids, meta, &mut self.cache);
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        self.error()?;
+        let graph = graph
+            .map_err(driver("finishing graph capture"))?
+            .ok_or_else(|| CudaError::Unsupported("an empty decode graph".into()))?;
+        Ok(DecodeGraph { graph, logits })
+    }
+}
