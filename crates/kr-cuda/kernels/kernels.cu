@@ -134,13 +134,17 @@ __device__ __forceinline__ void rope_pair(int i, int half, int interleaved, int*
 }
 
 // Rotates q and k of token blockIdx.x, then writes k and v to the cache slot of the token.
-// Cache layout per layer: [slot][kv_heads * head_dim].
+// Cache layout per layer: [slot][kv_heads * head_dim]. The angles of the token are computed
+// once into shared memory (precise sincosf is slow for large angles) and shared by all heads.
 template <typename T>
 __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions, const u32* slots,
                                    const float* inv_freq, T* k_cache, T* v_cache, int num_heads,
                                    int num_kv_heads, int head_dim, int interleaved) {
+  __shared__ float cos_t[128], sin_t[128];
   const int t = blockIdx.x, half = head_dim / 2;
   const float pos = (float)positions[t];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) sincosf(pos * inv_freq[i], &sin_t[i], &cos_t[i]);
+  __syncthreads();
   const u32 slot = slots[t];
   const int q_width = num_heads * head_dim, kv_width = num_kv_heads * head_dim;
   T* qt = q + (u64)t * q_width;
@@ -149,8 +153,7 @@ __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions,
     const bool is_q = p < num_heads * half;
     const int pp = is_q ? p : p - num_heads * half;
     const int head = pp / half, i = pp % half;
-    float s, c;
-    sincosf(pos * inv_freq[i], &s, &c);
+    const float s = sin_t[i], c = cos_t[i];
     int a, b;
     rope_pair(i, half, interleaved, &a, &b);
     T* h = (is_q ? qt : kt) + head * head_dim;
@@ -318,6 +321,120 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
   }
 }
 
+// Decode attention: every sequence has one query token. One block (8 warps) per (sequence, kv
+// head) computes the `group` query heads sharing that kv head; the warps split the keys (warp
+// w takes keys w*32 + lane, then +256, ...), each keeping an online softmax per head, and the
+// eight partial results are merged through shared memory at the end. A sequence with
+// ctx_len 0 is padding and writes zeros.
+#define DEC_WARPS 8
+#define DEC_MAX_GROUP 8
+template <typename T>
+__device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, const T* v_cache,
+                                      const u32* q_start, const u32* ctx_len,
+                                      const u32* block_tables, int bt_stride, int block_size,
+                                      int num_heads, int num_kv_heads, int head_dim, float scale) {
+  __shared__ float sq[DEC_MAX_GROUP][128];
+  __shared__ float part_m[DEC_WARPS][DEC_MAX_GROUP], part_l[DEC_WARPS][DEC_MAX_GROUP];
+  __shared__ float part_acc[DEC_WARPS][DEC_MAX_GROUP][128];
+  const int group = num_heads / num_kv_heads;
+  const int seq = blockIdx.x, kvh = blockIdx.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int ctx = ctx_len[seq], tok = q_start[seq];
+  const int kv_width = num_kv_heads * head_dim, q_width = num_heads * head_dim;
+  for (int e = threadIdx.x; e < group * head_dim; e += blockDim.x) {
+    const int g = e / head_dim, d = e % head_dim;
+    sq[g][d] = to_f(q[(u64)tok * q_width + (kvh * group + g) * head_dim + d]) * scale;
+  }
+  __syncthreads();
+  float m[DEC_MAX_GROUP], l[DEC_MAX_GROUP], acc[DEC_MAX_GROUP][ATT_DPL];
+#pragma unroll
+  for (int g = 0; g < DEC_MAX_GROUP; g++) {
+    m[g] = -INFINITY; l[g] = 0.f;
+#pragma unroll
+    for (int dd = 0; dd < ATT_DPL; dd++) acc[g][dd] = 0.f;
+  }
+  const u32* bt = block_tables + (u64)seq * bt_stride;
+  for (int k0 = warp * 32; k0 < ctx; k0 += DEC_WARPS * 32) {
+    const int kp = k0 + lane;
+    u64 off = 0;
+    float s[DEC_MAX_GROUP];
+#pragma unroll
+    for (int g = 0; g < DEC_MAX_GROUP; g++) s[g] = -INFINITY;
+    if (kp < ctx) {
+      off = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
+#pragma unroll
+      for (int g = 0; g < DEC_MAX_GROUP; g++) if (g < group) s[g] = 0.f;
+      const int VEC = 16 / sizeof(T);
+      for (int d0 = 0; d0 < head_dim; d0 += VEC) {
+        float kf[8];
+        unpack16(*(const uint4*)(k_cache + off + d0), kf, T());
+#pragma unroll
+        for (int g = 0; g < DEC_MAX_GROUP; g++) {
+          if (g < group) {
+#pragma unroll
+            for (int e = 0; e < VEC; e++) s[g] += sq[g][d0 + e] * kf[e];
+          }
+        }
+      }
+    }
+    const int nk = min(32, ctx - k0);
+#pragma unroll
+    for (int g = 0; g < DEC_MAX_GROUP; g++) {
+      if (g < group) {
+        const float m_new = fmaxf(m[g], warp_max(s[g]));
+        const float p = (kp < ctx) ? expf(s[g] - m_new) : 0.f;
+        const float corr = (m[g] == -INFINITY) ? 0.f : expf(m[g] - m_new);
+        l[g] = l[g] * corr + warp_sum(p);
+#pragma unroll
+        for (int dd = 0; dd < ATT_DPL; dd++) acc[g][dd] *= corr;
+        m[g] = m_new;
+        s[g] = p;
+      }
+    }
+    for (int j = 0; j < nk; j++) {
+      const u64 voff = __shfl_sync(FULL_MASK, off, j);
+      float pj[DEC_MAX_GROUP];
+#pragma unroll
+      for (int g = 0; g < DEC_MAX_GROUP; g++) pj[g] = (g < group) ? __shfl_sync(FULL_MASK, s[g], j) : 0.f;
+#pragma unroll
+      for (int dd = 0; dd < ATT_DPL; dd++) {
+        const int d = lane + 32 * dd;
+        const float vd = d < head_dim ? to_f(v_cache[voff + d]) : 0.f;
+#pragma unroll
+        for (int g = 0; g < DEC_MAX_GROUP; g++) acc[g][dd] += pj[g] * vd;
+      }
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < DEC_MAX_GROUP; g++) {
+    if (g < group) {
+      if (lane == 0) { part_m[warp][g] = m[g]; part_l[warp][g] = l[g]; }
+#pragma unroll
+      for (int dd = 0; dd < ATT_DPL; dd++) {
+        const int d = lane + 32 * dd;
+        if (d < head_dim) part_acc[warp][g][d] = acc[g][dd];
+      }
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < group * head_dim; e += blockDim.x) {
+    const int g = e / head_dim, d = e % head_dim;
+    float mx = -INFINITY;
+    for (int w = 0; w < DEC_WARPS; w++) mx = fmaxf(mx, part_m[w][g]);
+    float num = 0.f, den = 0.f;
+    if (mx != -INFINITY) {
+      for (int w = 0; w < DEC_WARPS; w++) {
+        if (part_m[w][g] != -INFINITY) {
+          const float f = expf(part_m[w][g] - mx);
+          num += f * part_acc[w][g][d];
+          den += f * part_l[w][g];
+        }
+      }
+    }
+    out[(u64)tok * q_width + (kvh * group + g) * head_dim + d] = from_f<T>(den > 0.f ? num / den : 0.f);
+  }
+}
+
 // Greedy sampling on the device: ids[row] = argmax (lowest index on ties). Grid: rows.
 template <typename T>
 __device__ void argmax_impl(u32* ids, const T* logits, int cols) {
@@ -396,6 +513,13 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
       int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q, float scale) {    \
     attention_impl<T>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len, block_tables,       \
                       bt_stride, block_size, num_heads, num_kv_heads, head_dim, tile_q, scale);    \
+  }                                                                                                \
+  extern "C" __global__ void attention_decode_##S(                                                 \
+      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
+      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
+      int num_kv_heads, int head_dim, float scale) {                                               \
+    attention_decode_impl<T>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
+                             block_size, num_heads, num_kv_heads, head_dim, scale);                \
   }                                                                                                \
   extern "C" __global__ void argmax_##S(u32* ids, const T* logits, int cols) {                     \
     argmax_impl<T>(ids, logits, cols);                                                             \

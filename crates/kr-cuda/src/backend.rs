@@ -301,6 +301,66 @@ impl CudaBackend {
     }
 }
 
+/// Query heads per kv head the decode attention kernel handles (DEC_MAX_GROUP in the kernel).
+const DECODE_MAX_GROUP: usize = 8;
+
+impl CudaBackend {
+    /// Attention of one query per sequence: one block per (sequence, kv head), warps split keys.
+    fn decode_attention(
+        &self,
+        out: &CudaTensor,
+        q: &CudaTensor,
+        layer: usize,
+        cache: &CudaKvCache,
+        num_heads: usize,
+    ) {
+        let l = cache.layout;
+        let o = self.meta_layout.offsets();
+        let cfg = LaunchConfig {
+            grid_dim: (self.step.get().seqs.max(1) as u32, l.num_kv_heads as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
+        let (qs, cl, bt) = (
+            self.meta_ptr(o.q_start),
+            self.meta_ptr(o.ctx_len),
+            self.meta_ptr(o.block_tables),
+        );
+        let stride = self.meta_layout.bt_stride as i32;
+        let (bs, nh, nkv, hd) = (
+            l.block_size as i32,
+            num_heads as i32,
+            l.num_kv_heads as i32,
+            l.head_dim as i32,
+        );
+        let scale = 1.0 / (l.head_dim as f32).sqrt();
+        launch!(
+            self,
+            "attention_decode",
+            cfg,
+            op,
+            qp,
+            kc,
+            vc,
+            qs,
+            cl,
+            bt,
+            stride,
+            bs,
+            nh,
+            nkv,
+            hd,
+            scale
+        );
+    }
+
+    /// Uploads the RoPE frequencies at load time, so that no step allocates.
+    pub fn prepare_rope(&self, rope: &Rope) {
+        self.inv_freq_ptr(rope);
+    }
+}
+
 /// Dynamic shared memory of the attention kernel for `head_dim`.
 fn attention_smem(head_dim: usize) -> usize {
     4 * (ATTENTION_ROWS * head_dim + ATT_KC * (head_dim + 1) + ATT_KC * head_dim)
@@ -541,6 +601,10 @@ impl Backend for CudaBackend {
         let out = self.alloc(q.rows, q.cols);
         let o = self.meta_layout.offsets();
         let counts = self.step.get();
+        if counts.decode && num_heads / l.num_kv_heads <= DECODE_MAX_GROUP {
+            self.decode_attention(&out, q, layer, cache, num_heads);
+            return out;
+        }
         let cfg = LaunchConfig {
             grid_dim: (counts.work.max(1) as u32, l.num_kv_heads as u32, 1),
             block_dim: (256, 1, 1),

@@ -191,6 +191,7 @@ fn gemm_peak(model: &CudaModel, tokens: usize) -> Result<f64> {
 /// Runs the whole benchmark and returns the report's `results` object.
 pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> Result<Value> {
     let c = model.config().clone();
+    let steps_allocated_before = model.allocations_since_load();
     let bw = copy_bandwidth(model.backend())?;
     let kv_token_bytes =
         2 * c.num_layers * c.num_kv_heads * c.head_dim * model.backend().dtype.size();
@@ -212,6 +213,8 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
             .collect::<Result<Vec<_>>>()?,
     );
     let gemm_flops = gemm_peak(model, prefill_big)?;
+    // The bandwidth and GEMM probes allocate their own buffers; steps from here on must not.
+    model.reset_allocation_count();
     let prefill_flops = 2.0 * params * prefill_big as f64 / prefill_s;
 
     let mut single = serde_json::Map::new();
@@ -271,7 +274,7 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
         "decode_batch1": single,
         "decode_batched": batched,
         "kv_blocks": model.num_blocks,
-        "device_allocations_during_steps": model.allocations_since_load(),
+        "device_allocations_during_steps": steps_allocated_before + model.allocations_since_load(),
         "workspace_peak_bytes": model.backend().workspace_peak(),
     }))
 }

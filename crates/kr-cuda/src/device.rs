@@ -16,7 +16,7 @@ use std::sync::Arc;
 const KERNEL_SOURCE: &str = include_str!("../kernels/kernels.cu");
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`).
-pub const KERNEL_NAMES: [&str; 13] = [
+pub const KERNEL_NAMES: [&str; 14] = [
     "embed",
     "rms_norm",
     "add_rms_norm",
@@ -28,6 +28,7 @@ pub const KERNEL_NAMES: [&str; 13] = [
     "gemv",
     "gather_rows",
     "attention",
+    "attention_decode",
     "argmax",
     "to_f32",
 ];

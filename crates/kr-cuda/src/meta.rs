@@ -81,6 +81,8 @@ pub struct StepCounts {
     pub seqs: usize,
     pub work: usize,
     pub logit_rows: usize,
+    /// Every sequence has exactly one query token (the decode attention kernel applies).
+    pub decode: bool,
 }
 
 /// Query tokens per attention tile when `group` query heads share a kv head.
@@ -145,6 +147,7 @@ pub fn pack(
         seqs: s,
         work,
         logit_rows: meta.logit_rows.len(),
+        decode: meta.seqs.iter().all(|s| s.q_len == 1),
     })
 }
 
@@ -233,7 +236,8 @@ mod tests {
                 tokens: 4,
                 seqs: 2,
                 work: 3,
-                logit_rows: 2
+                logit_rows: 2,
+                decode: false
             }
         );
         assert_eq!(&buf[o.ids..o.ids + 4], &[10, 11, 12, 13]);

@@ -85,6 +85,9 @@ impl CudaModel {
         };
         let backend = CudaBackend::new(gpu.clone(), opts.dtype, limits)?;
         let decoder = Decoder::new(backend, weights);
+        decoder
+            .backend()
+            .prepare_rope(&kr_model::Rope::from_config(c));
         if let Some(e) = decoder.backend().take_error() {
             return Err(e);
         }
@@ -135,6 +138,15 @@ impl CudaModel {
             .allocations
             .load(std::sync::atomic::Ordering::Relaxed)
             - self.allocations_at_load
+    }
+
+    /// Counts later allocations from now (the benchmark's own buffers are not the model's).
+    pub fn reset_allocation_count(&mut self) {
+        self.allocations_at_load = self
+            .backend()
+            .gpu
+            .allocations
+            .load(std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Logits of `meta.logit_rows`, row-major `[rows, vocab]` in f32.
