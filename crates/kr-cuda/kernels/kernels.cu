@@ -174,40 +174,71 @@ __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions,
   }
 }
 
-// y[t, r] = sum_c x[t, c] * w[r, c] (+ bias[r]) for t < 8 tokens: one warp streams one weight
-// row with 16-byte loads, so the weights are read once for all tokens (batch-1 decode is
-// bound by this read). Needs cols * sizeof(T) % 16 == 0 and 16-byte aligned rows.
+// y[t, r] = sum_c x[t, c] * w[r, c] (+ bias[r]) for up to 8 tokens: one warp streams one
+// weight row with 16-byte loads, four in flight per lane, so the weights are read once for
+// all tokens (batch-1 decode is bound by this read). Weights bypass L1 (__ldcs) so the
+// activations, re-read for every row, stay there. Needs cols * sizeof(T) % 16 == 0.
 #define GEMV_MAX_T 8
-template <typename T>
-__device__ void gemv_impl(T* y, const T* x, const T* w, const float* bias, int t, int rows, int cols) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int r = blockIdx.x * 8 + warp;
-  if (r >= rows) return;
+template <typename T, int NT>
+__device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const float* bias, int rows,
+                                          int cols, int r, int lane) {
   const int VEC = 16 / sizeof(T);
   const int nv = cols / VEC;
   const uint4* wr = (const uint4*)(w + (u64)r * cols);
-  float acc[GEMV_MAX_T];
+  const uint4* xr = (const uint4*)x;
+  float acc[NT];
 #pragma unroll
-  for (int b = 0; b < GEMV_MAX_T; b++) acc[b] = 0.f;
-#pragma unroll 4
-  for (int v = lane; v < nv; v += 32) {
-    float wf[8], xf[8];
-    unpack16(__ldg(wr + v), wf, T());
+  for (int b = 0; b < NT; b++) acc[b] = 0.f;
+  int v = lane;
+  for (; v + 96 < nv; v += 128) {
+    uint4 wv[4];
 #pragma unroll
-    for (int b = 0; b < GEMV_MAX_T; b++) {
-      if (b < t) {
-        unpack16(__ldg((const uint4*)(x + (u64)b * cols) + v), xf, T());
+    for (int u = 0; u < 4; u++) wv[u] = __ldcs(wr + v + 32 * u);
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      float wf[8];
+      unpack16(wv[u], wf, T());
+#pragma unroll
+      for (int b = 0; b < NT; b++) {
+        float xf[8];
+        unpack16(__ldg(xr + (u64)b * nv + v + 32 * u), xf, T());
 #pragma unroll
         for (int e = 0; e < VEC; e++) acc[b] += wf[e] * xf[e];
       }
     }
   }
+  for (; v < nv; v += 32) {
+    float wf[8];
+    unpack16(__ldcs(wr + v), wf, T());
 #pragma unroll
-  for (int b = 0; b < GEMV_MAX_T; b++) {
-    if (b < t) {
-      const float s = warp_sum(acc[b]);
-      if (lane == 0) y[(u64)b * rows + r] = from_f<T>(s + (bias ? bias[r] : 0.f));
+    for (int b = 0; b < NT; b++) {
+      float xf[8];
+      unpack16(__ldg(xr + (u64)b * nv + v), xf, T());
+#pragma unroll
+      for (int e = 0; e < VEC; e++) acc[b] += wf[e] * xf[e];
     }
+  }
+#pragma unroll
+  for (int b = 0; b < NT; b++) {
+    const float s = warp_sum(acc[b]);
+    if (lane == 0) y[(u64)b * rows + r] = from_f<T>(s + (bias ? bias[r] : 0.f));
+  }
+}
+
+template <typename T>
+__device__ void gemv_impl(T* y, const T* x, const T* w, const float* bias, int t, int rows, int cols) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = blockIdx.x * 8 + warp;
+  if (r >= rows) return;
+  switch (t) {  // uniform across the grid: one specialised body per token count
+    case 1: gemv_rows<T, 1>(y, x, w, bias, rows, cols, r, lane); break;
+    case 2: gemv_rows<T, 2>(y, x, w, bias, rows, cols, r, lane); break;
+    case 3: gemv_rows<T, 3>(y, x, w, bias, rows, cols, r, lane); break;
+    case 4: gemv_rows<T, 4>(y, x, w, bias, rows, cols, r, lane); break;
+    case 5: gemv_rows<T, 5>(y, x, w, bias, rows, cols, r, lane); break;
+    case 6: gemv_rows<T, 6>(y, x, w, bias, rows, cols, r, lane); break;
+    case 7: gemv_rows<T, 7>(y, x, w, bias, rows, cols, r, lane); break;
+    default: gemv_rows<T, 8>(y, x, w, bias, rows, cols, r, lane); break;
   }
 }
 
