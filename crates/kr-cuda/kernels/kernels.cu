@@ -413,7 +413,7 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
     for (int g = 0; g < DEC_MAX_GROUP; g++) {
       if (g < group) {
         const float m_new = fmaxf(m[g], warp_max(s[g]));
-        const float p = (kp < ctx) ? expf(s[g] - m_new) : 0.f;
+        const float p = (kp < ctx) ? expf(s[g] - m_new) : 0.f;  // lanes past ctx: 0
         const float corr = (m[g] == -INFINITY) ? 0.f : expf(m[g] - m_new);
         l[g] = l[g] * corr + warp_sum(p);
 #pragma unroll
@@ -422,17 +422,29 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
         s[g] = p;
       }
     }
-    for (int j = 0; j < nk; j++) {
-      const u64 voff = __shfl_sync(FULL_MASK, off, j);
-      float pj[DEC_MAX_GROUP];
+    // Values of 8 keys are loaded before any is used, so their latencies overlap. Lanes past
+    // the last key have p = 0 and offset 0 (a valid slot), so they need no guard.
+    for (int j0 = 0; j0 < nk; j0 += 8) {
+      float vv[8][ATT_DPL];
 #pragma unroll
-      for (int g = 0; g < DEC_MAX_GROUP; g++) pj[g] = (g < group) ? __shfl_sync(FULL_MASK, s[g], j) : 0.f;
+      for (int jj = 0; jj < 8; jj++) {
+        const u64 voff = __shfl_sync(FULL_MASK, off, (j0 + jj) & 31);
 #pragma unroll
-      for (int dd = 0; dd < ATT_DPL; dd++) {
-        const int d = lane + 32 * dd;
-        const float vd = d < head_dim ? to_f(v_cache[voff + d]) : 0.f;
+        for (int dd = 0; dd < ATT_DPL; dd++) {
+          const int d = lane + 32 * dd;
+          vv[jj][dd] = d < head_dim ? to_f(v_cache[voff + d]) : 0.f;
+        }
+      }
 #pragma unroll
-        for (int g = 0; g < DEC_MAX_GROUP; g++) acc[g][dd] += pj[g] * vd;
+      for (int jj = 0; jj < 8; jj++) {
+#pragma unroll
+        for (int g = 0; g < DEC_MAX_GROUP; g++) {
+          if (g < group) {
+            const float pj = __shfl_sync(FULL_MASK, s[g], (j0 + jj) & 31);
+#pragma unroll
+            for (int dd = 0; dd < ATT_DPL; dd++) acc[g][dd] += pj * vv[jj][dd];
+          }
+        }
       }
     }
   }
