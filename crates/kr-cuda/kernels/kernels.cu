@@ -225,21 +225,13 @@ __device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const fl
   }
 }
 
-template <typename T>
-__device__ void gemv_impl(T* y, const T* x, const T* w, const float* bias, int t, int rows, int cols) {
+// One kernel per token count (gemv1 ... gemv8), so that the small cases keep few registers
+// and high occupancy (a switch inside one kernel would size every case like the largest).
+template <typename T, int NT>
+__device__ void gemv_impl(T* y, const T* x, const T* w, const float* bias, int rows, int cols) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + warp;
-  if (r >= rows) return;
-  switch (t) {  // uniform across the grid: one specialised body per token count
-    case 1: gemv_rows<T, 1>(y, x, w, bias, rows, cols, r, lane); break;
-    case 2: gemv_rows<T, 2>(y, x, w, bias, rows, cols, r, lane); break;
-    case 3: gemv_rows<T, 3>(y, x, w, bias, rows, cols, r, lane); break;
-    case 4: gemv_rows<T, 4>(y, x, w, bias, rows, cols, r, lane); break;
-    case 5: gemv_rows<T, 5>(y, x, w, bias, rows, cols, r, lane); break;
-    case 6: gemv_rows<T, 6>(y, x, w, bias, rows, cols, r, lane); break;
-    case 7: gemv_rows<T, 7>(y, x, w, bias, rows, cols, r, lane); break;
-    default: gemv_rows<T, 8>(y, x, w, bias, rows, cols, r, lane); break;
-  }
+  if (r < rows) gemv_rows<T, NT>(y, x, w, bias, rows, cols, r, lane);
 }
 
 // out[i, :] = x[rows[i], :]. Grid: output rows.
@@ -512,6 +504,12 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
     out[i] = to_f(x[i]);
 }
 
+#define GEMV(T, S, N)                                                                              \
+  extern "C" __global__ void __launch_bounds__(256)                                                \
+      gemv##N##_##S(T* y, const T* x, const T* w, const float* bias, int rows, int cols) {         \
+    gemv_impl<T, N>(y, x, w, bias, rows, cols);                                                    \
+  }
+
 #define KERNELS(T, S)                                                                              \
   extern "C" __global__ void embed_##S(T* out, const T* table, const u32* ids, int cols) {         \
     embed_impl<T>(out, table, ids, cols);                                                          \
@@ -543,10 +541,8 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
     rope_write_kv_impl<T>(q, k, v, positions, slots, inv_freq, k_cache, v_cache, num_heads,        \
                           num_kv_heads, head_dim, interleaved);                                    \
   }                                                                                                \
-  extern "C" __global__ void gemv_##S(T* y, const T* x, const T* w, const float* bias, int t,      \
-                                      int rows, int cols) {                                        \
-    gemv_impl<T>(y, x, w, bias, t, rows, cols);                                                    \
-  }                                                                                                \
+  GEMV(T, S, 1) GEMV(T, S, 2) GEMV(T, S, 3) GEMV(T, S, 4)                                         \
+  GEMV(T, S, 5) GEMV(T, S, 6) GEMV(T, S, 7) GEMV(T, S, 8)                                          \
   extern "C" __global__ void gather_rows_##S(T* out, const T* x, const u32* rows, int cols) {      \
     gather_rows_impl<T>(out, x, rows, cols);                                                       \
   }                                                                                                \

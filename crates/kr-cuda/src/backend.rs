@@ -48,6 +48,10 @@ impl DType {
 
 /// Rows at or below which `linear` uses the weight-streaming GEMV kernel instead of cuBLASLt.
 pub const GEMV_MAX_ROWS: usize = 8;
+/// The GEMV kernel for each token count 1..=8.
+const GEMV_KERNELS: [&str; GEMV_MAX_ROWS] = [
+    "gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8",
+];
 const ATT_KC: usize = 32;
 
 /// An activation in the step workspace; its block returns to the pool on drop.
@@ -504,17 +508,17 @@ impl Backend for CudaBackend {
         let y = self.alloc(t, rows);
         let (yp, xp, wp) = (y.ptr, x.ptr, w.buf.ptr);
         let bp = bias.map_or(0u64, |b| b.buf.ptr);
-        if t <= GEMV_MAX_ROWS && (cols * self.dtype.size()) % 16 == 0 {
-            let (ti, ri, ci) = (t as i32, rows as i32, cols as i32);
+        if (1..=GEMV_MAX_ROWS).contains(&t) && (cols * self.dtype.size()) % 16 == 0 {
+            let (ri, ci) = (rows as i32, cols as i32);
+            let name = GEMV_KERNELS[t - 1];
             launch!(
                 self,
-                "gemv",
+                name,
                 grid1(rows.div_ceil(8), 256),
                 yp,
                 xp,
                 wp,
                 bp,
-                ti,
                 ri,
                 ci
             );

@@ -188,6 +188,33 @@ fn gemm_peak(model: &CudaModel, tokens: usize) -> Result<f64> {
     Ok(2.0 * (tokens * rows * cols) as f64 / median(times))
 }
 
+/// Weight bytes per second the batch-1 GEMV kernel streams for the largest matrix shape of the
+/// model (the FFN's `intermediate × hidden`), over 20 back-to-back products.
+fn gemv_bandwidth(model: &CudaModel) -> Result<f64> {
+    use kr_model::Backend;
+    let be = model.backend();
+    let c = model.config();
+    let (rows, cols) = (c.intermediate_size, c.hidden_size);
+    let w = be.load_weight(&kr_model::RawTensor::from_f32(
+        "probe",
+        rows,
+        cols,
+        &vec![0.01; rows * cols],
+    ));
+    let x = be.upload_tensor(1, cols, &vec![0.5; cols]);
+    be.linear(&x, &w, None);
+    let secs = timed(model, || {
+        for _ in 0..20 {
+            be.linear(&x, &w, None);
+        }
+        Ok(())
+    })?;
+    if let Some(e) = be.take_error() {
+        return Err(e);
+    }
+    Ok(20.0 * (rows * cols * be.dtype.size()) as f64 / secs)
+}
+
 /// Runs the whole benchmark and returns the report's `results` object.
 pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> Result<Value> {
     let c = model.config().clone();
@@ -213,6 +240,7 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
             .collect::<Result<Vec<_>>>()?,
     );
     let gemm_flops = gemm_peak(model, prefill_big)?;
+    let gemv_bw = gemv_bandwidth(model)?;
     // The bandwidth and GEMM probes allocate their own buffers; steps from here on must not.
     model.reset_allocation_count();
     let prefill_flops = 2.0 * params * prefill_big as f64 / prefill_s;
@@ -263,6 +291,7 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
         "dtype": format!("{:?}", model.backend().dtype),
         "weight_bytes": weight_bytes,
         "measured_copy_bandwidth_gb_per_s": bw / 1e9,
+        "gemv_batch1_weight_gb_per_s": gemv_bw / 1e9,
         "ttft_seconds": { "prompt_tokens": spec.prefill_tokens, "median": ttft_s },
         "prefill": {
             "tokens": prefill_big,

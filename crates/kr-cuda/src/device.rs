@@ -16,7 +16,7 @@ use std::sync::Arc;
 const KERNEL_SOURCE: &str = include_str!("../kernels/kernels.cu");
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`).
-pub const KERNEL_NAMES: [&str; 14] = [
+pub const KERNEL_NAMES: [&str; 21] = [
     "embed",
     "rms_norm",
     "add_rms_norm",
@@ -25,7 +25,14 @@ pub const KERNEL_NAMES: [&str; 14] = [
     "add_bias",
     "head_rms_norm",
     "rope_write_kv",
-    "gemv",
+    "gemv1",
+    "gemv2",
+    "gemv3",
+    "gemv4",
+    "gemv5",
+    "gemv6",
+    "gemv7",
+    "gemv8",
     "gather_rows",
     "attention",
     "attention_decode",
