@@ -18,16 +18,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-/// Tokenises a prompt (rendering the chat template) on the blocking pool.
+/// Tokenises a prompt (rendering the chat template), coalesced with concurrent ones into
+/// one batch encode on the blocking pool (see `tokenize.rs`).
 pub async fn tokenize(state: &AppState, prompt: Prompt) -> Result<Vec<u32>> {
-    let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || engine.tokenize_prompt(&prompt))
-        .await
-        .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?
-        .map_err(|e| match e {
-            kr_engine::EngineError::Model(m) => ApiError::bad("messages", m.to_string()),
-            other => other.into(),
-        })
+    state.tokenizer.tokenize(prompt).await.map_err(|e| match e {
+        kr_engine::EngineError::Model(m) => ApiError::bad("messages", m.to_string()),
+        other => other.into(),
+    })
 }
 
 /// Checks the prompt against the context window and settles `max_tokens`: a request that

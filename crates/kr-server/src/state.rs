@@ -7,6 +7,7 @@
 use crate::config::{Config, Effective, Inputs};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::tokenize::TokenizeBatcher;
 use kr_engine::EngineHandle;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -160,6 +161,8 @@ pub struct Inner {
     live: RwLock<Live>,
     pub metrics: Metrics,
     pub admission: Arc<Admission>,
+    /// Every prompt tokenisation goes through it (coalesced into batch encodes).
+    pub tokenizer: TokenizeBatcher,
     /// Unix time the server started (the `created` of /v1/models).
     pub started: u64,
 }
@@ -180,14 +183,17 @@ impl Inner {
             .effective
             .clone()
             .unwrap_or_else(|| cfg.effective_guess());
+        let metrics = Metrics::default();
+        let tokenizer = TokenizeBatcher::new(engine.clone(), metrics.tokenize.clone());
         Arc::new(Inner {
             engine,
             live: RwLock::new(Live {
                 cfg: Arc::new(cfg),
                 effective,
             }),
-            metrics: Metrics::default(),
+            metrics,
             admission,
+            tokenizer,
             started: unix_now(),
         })
     }
