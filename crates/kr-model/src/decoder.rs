@@ -108,7 +108,12 @@ impl<B: Backend> Decoder<B> {
                 .map_or(&self.final_norm, |n| &n.attn_norm);
             h = be.add_rms_norm(&mut x, &down, next_norm, eps);
         }
-        // `h` is now final_norm(x); only the sampled rows go through the vocabulary projection.
+        // `h` is now final_norm(x); only the sampled rows go through the vocabulary projection
+        // (none in a prefill chunk that samples nothing: a 0-row matmul is not asked of the
+        // backend).
+        if meta.logit_rows.is_empty() {
+            return Vec::new();
+        }
         let last = be.gather_rows(&h, &meta.logit_rows);
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
         be.to_host(&be.linear(&last, head, None))

@@ -82,9 +82,22 @@ impl<E: Encoder> BodyState<E> {
 
     fn on_event(&mut self, next: Option<(usize, Event)>) {
         match next {
-            Some((i, Event::Token { id, text, logprobs })) => {
+            Some((
+                i,
+                Event::Token {
+                    id,
+                    text,
+                    logprobs,
+                    prompt_logprobs,
+                },
+            )) => {
                 if let Some(h) = self.held.get_mut(i) {
-                    h.push(TokenOut { id, text, logprobs });
+                    h.push(TokenOut {
+                        id,
+                        text,
+                        logprobs,
+                        prompt_logprobs,
+                    });
                     if h.len() >= self.interval {
                         self.flush(i);
                     }
