@@ -21,7 +21,7 @@ fn ids(v: &Value) -> Vec<u32> {
 fn prompt(i: usize) -> (Value, Prompt) {
     let text =
         format!("Request {i}: ") + &"The quick brown fox jumps over the lazy dog. ".repeat(40 + i);
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         let body = json!({"messages": [{"role": "user", "content": text}]});
         (body, Prompt::Chat(vec![ChatMessage::new("user", &text)]))
     } else {
