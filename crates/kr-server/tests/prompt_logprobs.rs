@@ -272,6 +272,7 @@ async fn prompt_rows_agree_with_transformers_reference_logits() {
     );
     let r: Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("reference")).unwrap();
+    let mut worst = 0f64;
     for p in r["prompts"].as_array().unwrap() {
         let mut ids: Vec<u64> = p["input_ids"]
             .as_array()
@@ -304,6 +305,7 @@ async fn prompt_rows_agree_with_transformers_reference_logits() {
         for (k, t) in top20.iter().enumerate().take(ours.len()) {
             let want = f(&t["logit"]) - f(&top20[0]["logit"]);
             let got = ours[k] - ours[0];
+            worst = worst.max((want - got).abs());
             assert!(
                 (want - got).abs() < REFERENCE,
                 "{}: rank {k}: {got} vs {want}",
@@ -325,4 +327,5 @@ async fn prompt_rows_agree_with_transformers_reference_logits() {
             );
         }
     }
+    println!("largest |logprob gap - reference logit gap| over the top-20 rows: {worst:.2e}");
 }

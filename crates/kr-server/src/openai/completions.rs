@@ -152,19 +152,20 @@ pub async fn completions(
         prompt_logprobs: req.logprobs.filter(|_| echo),
     };
     let streams = gen::launch_with(&state, arrived, &ids, &params, n, &opts)?;
-    let per_choice = |i: usize| i / n;
+    // Choice `i` belongs to prompt `i / n`.
+    let prompt_of = |i: usize| i / n;
     let echo = Echo {
         texts: (0..streams.len())
             .map(|i| {
                 if echo {
-                    texts[per_choice(i)].clone()
+                    texts[prompt_of(i)].clone()
                 } else {
                     String::new()
                 }
             })
             .collect(),
         ids: (0..streams.len())
-            .map(|i| ids[per_choice(i)].clone())
+            .map(|i| ids[prompt_of(i)].clone())
             .collect(),
         scored: opts.prompt_logprobs.is_some(),
         only,
