@@ -154,7 +154,7 @@ impl CudaModel {
         let vocab = self.config().vocab_size;
         let n = meta.logit_rows.len();
         self.with_logits(ids, meta, |be, l| {
-            let mut host = be.to_host(l);
+            let mut host = l.map(|l| be.to_host(l)).unwrap_or_default();
             host.truncate(n * vocab);
             host
         })
@@ -164,19 +164,19 @@ impl CudaModel {
     pub fn forward_greedy(&mut self, ids: &[u32], meta: &AttnMeta) -> Result<Vec<u32>> {
         let n = meta.logit_rows.len();
         self.with_logits(ids, meta, |be, l| {
-            let mut ids = be.argmax(l);
+            let mut ids = l.map(|l| be.argmax(l)).unwrap_or_default();
             ids.truncate(n);
             ids
         })
     }
 
     /// Runs the step (through a graph when it is a decode step that fits a bucket) and hands
-    /// the logits tensor to `read`.
+    /// the logits tensor (none when the step samples nothing) to `read`.
     fn with_logits<R>(
         &mut self,
         ids: &[u32],
         meta: &AttnMeta,
-        read: impl FnOnce(&CudaBackend, &CudaTensor) -> R,
+        read: impl FnOnce(&CudaBackend, Option<&CudaTensor>) -> R,
     ) -> Result<R> {
         let bucket = GRAPH_BUCKETS.iter().copied().find(|&b| b >= ids.len());
         let out = match bucket {
@@ -192,12 +192,12 @@ impl CudaModel {
                 g.graph
                     .launch()
                     .map_err(driver("launching a decode graph"))?;
-                read(self.decoder.backend(), &g.logits)
+                read(self.decoder.backend(), Some(&g.logits))
             }
             _ => {
                 self.decoder.backend().begin_step(ids, meta);
                 let logits = self.decoder.forward_device(ids, meta, &mut self.cache);
-                read(self.decoder.backend(), &logits)
+                read(self.decoder.backend(), logits.as_ref())
             }
         };
         self.error()?;
@@ -223,6 +223,8 @@ impl CudaModel {
         let graph = graph
             .map_err(driver("finishing graph capture"))?
             .ok_or_else(|| CudaError::Unsupported("an empty decode graph".into()))?;
+        let logits =
+            logits.ok_or_else(|| CudaError::Unsupported("a decode step without logits".into()))?;
         Ok(DecodeGraph { graph, logits })
     }
 }

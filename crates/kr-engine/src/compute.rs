@@ -63,7 +63,9 @@ pub(crate) enum Compute {
 }
 
 impl Compute {
-    /// Places the model on the configured device; returns it with the number of KV blocks.
+    /// Places the model on the configured device; returns it with the number of KV blocks the
+    /// scheduler may hand out. The cache holds one block more (index = that number): the
+    /// scratch block prompt-logprob replays write to.
     pub(crate) fn place(
         model: &LoadedModel,
         cfg: &EngineConfig,
@@ -78,7 +80,7 @@ impl Compute {
             DeviceChoice::Cuda(ordinal) => {
                 let m = CudaModel::load(&model.weights, cuda_options(cfg, ordinal, max_model_len)?)
                     .map_err(|e| EngineError::Device(e.to_string()))?;
-                let blocks = m.num_blocks;
+                let blocks = m.num_blocks.saturating_sub(1);
                 tracing::info!(
                     "model on {} ({:?}), {blocks} KV blocks",
                     m.backend().gpu.info.name,
@@ -147,7 +149,7 @@ fn cuda_options(
         max_num_batched_tokens: cfg.max_num_batched_tokens,
         max_num_seqs: cfg.max_num_seqs,
         max_model_len,
-        num_kv_blocks: cfg.num_kv_blocks,
+        num_kv_blocks: cfg.num_kv_blocks.map(|n| n + 1),
         cuda_graphs: cfg.cuda_graphs,
     })
 }

@@ -6,20 +6,28 @@
 //! - the engine never blocks on a client: events go to unbounded per-request channels, and
 //!   a closed channel means the client is gone, so the request is aborted at once;
 //! - an idle engine parks on the inbox and starts a new request in the turn it arrives
-//!   (the fast path, SPEC S1).
+//!   (the fast path, SPEC S1);
+//! - a request that asks for prompt logprobs gets a logit row for every prompt position
+//!   (each prefill chunk's rows; positions served from the prefix cache are recomputed
+//!   from the cached keys into a scratch block no sequence owns), all sent with its first
+//!   token.
 
 use crate::compute::{Compute, DTypeChoice, DeviceChoice};
 use crate::error::{EngineError, Result};
 use crate::handle::{EngineHandle, Event, ModelInfo, Usage};
 use crate::model::{load_model, LoadedModel};
-use crate::runner::build_batch;
-use crate::sampler::{Sampler, TokenLogprobs};
+use crate::runner::{build_batch, replay_batch, RowUse};
+use crate::sampler::{token_logprobs, Sampler, TokenLogprobs};
 use crate::stats::EngineStats;
 use crate::stop::StopMatcher;
 use kr_core::scheduler::NewRequest;
-use kr_core::{FinishReason, RequestId, SamplingParams, Scheduler, SchedulerConfig, SeqUpdate};
+use kr_core::{
+    FinishReason, RequestId, SamplingParams, ScheduledSeq, Scheduler, SchedulerConfig, SeqUpdate,
+    StepPlan,
+};
 use kr_model::{IncrementalDecoder, Tokenizer};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -73,6 +81,7 @@ pub(crate) enum Command {
         id: RequestId,
         prompt: Vec<u32>,
         params: SamplingParams,
+        prompt_logprobs: Option<u32>,
         events: UnboundedSender<Event>,
     },
     Abort(RequestId),
@@ -89,11 +98,45 @@ struct Live {
     stops: StopMatcher,
     /// When the request reached the engine; `None` once it has been scheduled.
     queued_since: Option<Instant>,
+    /// Prompt logprobs being gathered; taken when the first token is sent.
+    prompt_lp: Option<PromptLogprobs>,
+}
+
+/// The prompt logprobs of one request, filled row by row as prefill chunks run.
+struct PromptLogprobs {
+    /// Alternatives per position.
+    top_n: usize,
+    /// First prompt position whose row is still missing (rows arrive in order).
+    next: usize,
+    /// `rows[p + 1]`: logprob of prompt token `p + 1` given tokens `0..=p`; `rows[0]` None.
+    rows: Vec<Option<TokenLogprobs>>,
+}
+
+impl Live {
+    /// Positions of `s`'s chunk whose logits the prompt logprobs still need.
+    fn prompt_rows(&self, s: &ScheduledSeq) -> Range<usize> {
+        match &self.prompt_lp {
+            Some(p) => s.start.max(p.next)..(s.start + s.tokens.len()).min(self.prompt_len - 1),
+            None => 0..0,
+        }
+    }
+
+    /// Records the logits row of prompt position `pos` (which predicts token `pos + 1`).
+    fn record_prompt_row(&mut self, pos: usize, row: &[f32]) {
+        if let Some(p) = &mut self.prompt_lp {
+            if let Some(&next) = self.ids.get(pos + 1).filter(|_| pos + 1 < self.prompt_len) {
+                p.rows[pos + 1] = Some(token_logprobs(row, next, p.top_n));
+                p.next = p.next.max(pos + 1);
+            }
+        }
+    }
 }
 
 struct EngineLoop {
     model: LoadedModel,
     compute: Compute,
+    /// A KV block beyond the scheduler's pool: the write target of prompt-logprob replays.
+    scratch_block: u32,
     sched: Scheduler,
     live: HashMap<RequestId, Live>,
     eos: Vec<u32>,
@@ -146,9 +189,11 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
     let tokenizer = model.tokenizer.clone();
     let template = model.chat_template.clone();
     let eos = model.tokenizer.eos_ids.clone();
+    // The cache holds one block more than the scheduler hands out: the replays' scratch block.
     let engine = EngineLoop {
         model,
         compute,
+        scratch_block: num_blocks as u32,
         sched,
         live: HashMap::new(),
         eos,
@@ -231,8 +276,9 @@ impl EngineLoop {
                 id,
                 prompt,
                 params,
+                prompt_logprobs,
                 events,
-            } => self.add(id, prompt, params, events),
+            } => self.add(id, prompt, params, prompt_logprobs, events),
             Command::Abort(id) => self.abort(id),
             Command::Shutdown => return false,
         }
@@ -244,6 +290,7 @@ impl EngineLoop {
         id: RequestId,
         prompt: Vec<u32>,
         params: SamplingParams,
+        prompt_logprobs: Option<u32>,
         events: UnboundedSender<Event>,
     ) {
         let mut stop_ids = params.stop_token_ids.clone();
@@ -269,6 +316,11 @@ impl EngineLoop {
             detok: IncrementalDecoder::new(prompt.len()),
             stops: StopMatcher::new(&params.stop),
             queued_since: Some(Instant::now()),
+            prompt_lp: prompt_logprobs.map(|n| PromptLogprobs {
+                top_n: n as usize,
+                next: 0,
+                rows: vec![None; prompt.len()],
+            }),
             prompt_len: prompt.len(),
             ids: prompt,
         };
@@ -297,27 +349,16 @@ impl EngineLoop {
                 self.stats.queue_seconds.observe(t0 - since);
             }
         }
-        let (ids, meta) = build_batch(&plan, self.sched.config().block_size);
+        self.replay_prompt_gaps(&plan);
+        let live = &self.live;
+        let (ids, meta, rows) = build_batch(&plan, self.sched.config().block_size, |s| {
+            live.get(&s.id).map_or(0..0, |l| l.prompt_rows(s))
+        });
         let mut logits = match self.compute.forward(&self.model, &ids, &meta) {
             Ok(l) => l,
             Err(e) => return self.fail_step(&plan, &e),
         };
-        let vocab = self.model.config().vocab_size;
-        let mut sampled = Vec::with_capacity(plan.num_sampled());
-        let mut logprobs = Vec::with_capacity(plan.num_sampled());
-        for (s, row) in plan
-            .seqs
-            .iter()
-            .filter(|s| s.sample)
-            .zip(logits.chunks_exact_mut(vocab))
-        {
-            let (tok, lp) = self
-                .live
-                .get_mut(&s.id)
-                .map_or((0, None), |l| l.sampler.sample(row));
-            sampled.push(tok);
-            logprobs.push(lp);
-        }
+        let (sampled, logprobs) = self.use_rows(&plan, &rows, &mut logits);
         let updates = self.sched.update(&plan, &sampled);
         self.stats.step_seconds.observe(t0.elapsed());
         self.stats.steps.fetch_add(1, Relaxed);
@@ -342,6 +383,65 @@ impl EngineLoop {
         }
     }
 
+    /// Samples the sampled rows (in plan order) and records the prompt-logprob rows.
+    fn use_rows(
+        &mut self,
+        plan: &StepPlan,
+        rows: &[RowUse],
+        logits: &mut [f32],
+    ) -> (Vec<u32>, Vec<Option<TokenLogprobs>>) {
+        let vocab = self.model.config().vocab_size;
+        let mut sampled = Vec::with_capacity(plan.num_sampled());
+        let mut logprobs = Vec::with_capacity(plan.num_sampled());
+        for (u, row) in rows.iter().zip(logits.chunks_exact_mut(vocab)) {
+            match *u {
+                RowUse::Sample(i) => {
+                    let (tok, lp) = self
+                        .live
+                        .get_mut(&plan.seqs[i].id)
+                        .map_or((0, None), |l| l.sampler.sample(row));
+                    sampled.push(tok);
+                    logprobs.push(lp);
+                }
+                RowUse::Prompt { seq, pos } => {
+                    if let Some(l) = self.live.get_mut(&plan.seqs[seq].id) {
+                        l.record_prompt_row(pos, row);
+                    }
+                }
+            }
+        }
+        (sampled, logprobs)
+    }
+
+    /// Prompt logprobs need a row for every prompt position, but a prefix-cache hit skips
+    /// the cached positions: recompute their rows from the cached keys (at most
+    /// `max_num_batched_tokens` rows per forward), before this step's own batch.
+    fn replay_prompt_gaps(&mut self, plan: &StepPlan) {
+        let bs = self.sched.config().block_size;
+        let piece = self.sched.config().max_num_batched_tokens.max(1);
+        for s in &plan.seqs {
+            let Some(live) = self.live.get_mut(&s.id) else {
+                continue;
+            };
+            let Some(p) = &live.prompt_lp else { continue };
+            let end = s.start.min(live.prompt_len - 1);
+            let mut from = p.next;
+            while from < end {
+                let to = (from + piece).min(end);
+                let (ids, meta) =
+                    replay_batch(&live.ids, from..to, &s.block_table, bs, self.scratch_block);
+                let Ok(logits) = self.compute.forward(&self.model, &ids, &meta) else {
+                    return; // the step that follows fails the same way and reports it
+                };
+                let vocab = self.model.config().vocab_size;
+                for (j, row) in logits.chunks_exact(vocab).enumerate() {
+                    live.record_prompt_row(from + j, row);
+                }
+                from = to;
+            }
+        }
+    }
+
     /// Detokenises, matches stop strings and sends the token's event (and the final one).
     fn emit(&mut self, u: SeqUpdate, logprobs: Option<TokenLogprobs>) {
         let Some(live) = self.live.get_mut(&u.id) else {
@@ -362,6 +462,7 @@ impl EngineLoop {
                 id: u.token,
                 text,
                 logprobs,
+                prompt_logprobs: live.prompt_lp.take().map(|p| p.rows),
             })
             .is_ok();
         if let Some(reason) = finish {

@@ -5,6 +5,7 @@ use crate::engine::Command;
 use crate::error::{EngineError, Result};
 use crate::sampler::TokenLogprobs;
 use crate::stats::EngineStats;
+use kr_core::sampling::MAX_TOP_LOGPROBS;
 use kr_core::{FinishReason, RequestId, SamplingParams};
 use kr_model::{ChatMessage, ChatTemplate, ModelConfig, Tokenizer};
 use std::pin::Pin;
@@ -31,6 +32,15 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
 }
 
+/// What a request may ask for beyond its sampling parameters ([`EngineHandle::submit_with`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestOptions {
+    /// Return the logprob of every prompt token given the ones before it, with this many
+    /// alternatives (0..=20); see [`Event::Token::prompt_logprobs`]. Costs a logit row per
+    /// prompt token, and a prompt prefix found in the prefix cache is recomputed for it.
+    pub prompt_logprobs: Option<u32>,
+}
+
 /// Token counts of a finished request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
@@ -48,6 +58,10 @@ pub enum Event {
         id: u32,
         text: String,
         logprobs: Option<TokenLogprobs>,
+        /// Only on the first token of a request that asked for prompt logprobs: one entry
+        /// per prompt token, `None` for the first (nothing precedes it), then the logprob of
+        /// each prompt token given the ones before it (raw model distribution).
+        prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
     },
     /// The last event of a successful request.
     Finished { reason: FinishReason, usage: Usage },
@@ -119,7 +133,20 @@ impl EngineHandle {
     /// Validates and queues a request. The returned stream yields its events; dropping it
     /// before the end aborts the request and frees its KV blocks.
     pub fn submit(&self, req: GenerateRequest) -> Result<RequestStream> {
+        self.submit_with(req, RequestOptions::default())
+    }
+
+    /// [`EngineHandle::submit`] with options (prompt logprobs).
+    pub fn submit_with(&self, req: GenerateRequest, opts: RequestOptions) -> Result<RequestStream> {
         req.params.validate(self.info.config.vocab_size)?;
+        if let Some(n) = opts.prompt_logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            return Err(kr_core::CoreError::InvalidParam {
+                param: "prompt_logprobs",
+                value: n.to_string(),
+                allowed: format!("0..={MAX_TOP_LOGPROBS}"),
+            }
+            .into());
+        }
         let prompt = self.tokenize_prompt(&req.prompt)?;
         if let Some(&bad) = prompt
             .iter()
@@ -147,6 +174,7 @@ impl EngineHandle {
                 id,
                 prompt,
                 params: req.params,
+                prompt_logprobs: opts.prompt_logprobs,
                 events: tx,
             })
             .map_err(|_| EngineError::Stopped)?;

@@ -19,7 +19,9 @@ pub mod stop;
 pub use compute::{DTypeChoice, DeviceChoice};
 pub use engine::{start, EngineConfig};
 pub use error::{EngineError, Result};
-pub use handle::{EngineHandle, Event, GenerateRequest, ModelInfo, Prompt, RequestStream, Usage};
+pub use handle::{
+    EngineHandle, Event, GenerateRequest, ModelInfo, Prompt, RequestOptions, RequestStream, Usage,
+};
 pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub use inspect::{inspect_model, ModelSummary, TokenizerSummary};
 pub use kr_core::{FinishReason, SamplingParams};

@@ -140,7 +140,8 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-fn token_logprobs(logits: &[f32], token: u32, n: usize) -> TokenLogprobs {
+/// `token`'s logprob under `logits` (log-softmax) and the `n` most likely tokens'.
+pub(crate) fn token_logprobs(logits: &[f32], token: u32, n: usize) -> TokenLogprobs {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();

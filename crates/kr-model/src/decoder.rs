@@ -91,18 +91,21 @@ impl<B: Backend> Decoder<B> {
     /// `[logit_rows.len(), vocab_size]`.
     pub fn forward(&self, ids: &[u32], meta: &AttnMeta, cache: &mut B::KvCache) -> Vec<f32> {
         self.backend.begin_step(ids, meta);
-        let logits = self.forward_device(ids, meta, cache);
-        self.backend.to_host(&logits)
+        match self.forward_device(ids, meta, cache) {
+            Some(logits) => self.backend.to_host(&logits),
+            None => Vec::new(),
+        }
     }
 
     /// The step's operations after `begin_step`, leaving the logits of `meta.logit_rows` on the
-    /// backend (a device backend captures exactly this part in a graph).
+    /// backend (a device backend captures exactly this part in a graph); `None` when the step
+    /// wants no logits (a prefill chunk that samples nothing: no 0-row matmul is asked for).
     pub fn forward_device(
         &self,
         ids: &[u32],
         meta: &AttnMeta,
         cache: &mut B::KvCache,
-    ) -> B::Tensor {
+    ) -> Option<B::Tensor> {
         let (be, c) = (&self.backend, &self.config);
         let eps = c.rms_norm_eps;
         let mut x = be.embed(&self.embedding, ids);
@@ -122,9 +125,12 @@ impl<B: Backend> Decoder<B> {
             h = be.add_rms_norm(&mut x, &down, next_norm, eps);
         }
         // `h` is now final_norm(x); only the sampled rows go through the vocabulary projection.
+        if meta.logit_rows.is_empty() {
+            return None;
+        }
         let last = be.gather_rows(&h, &meta.logit_rows);
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        be.linear(&last, head, None)
+        Some(be.linear(&last, head, None))
     }
 
     fn attention(

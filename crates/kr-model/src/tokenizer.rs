@@ -266,6 +266,27 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Encodes several texts at once: one call of the `tokenizers` crate's batch encoder
+    /// (which spreads the texts over its threads) for BPE, a loop for SentencePiece. Gives
+    /// exactly what [`Tokenizer::encode`] gives for each text.
+    pub fn encode_batch(&self, texts: &[&str], add_bos: bool) -> Result<Vec<Vec<u32>>> {
+        let bos: Vec<u32> = self.bos_id.filter(|_| add_bos).into_iter().collect();
+        let with_bos = |ids: &[u32]| [bos.as_slice(), ids].concat();
+        match &self.inner {
+            // Batch padding would make the ids differ from single encodes.
+            Inner::Bpe(t) if t.get_padding().is_some() => {
+                texts.iter().map(|s| self.encode(s, add_bos)).collect()
+            }
+            Inner::Bpe(t) => Ok(t
+                .encode_batch_fast(texts.to_vec(), false)
+                .map_err(tok_err)?
+                .iter()
+                .map(|e| with_bos(e.get_ids()))
+                .collect()),
+            Inner::Spm(v) => Ok(texts.iter().map(|t| with_bos(&v.encode(t, true))).collect()),
+        }
+    }
+
     /// Decodes ids to text, dropping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match &self.inner {

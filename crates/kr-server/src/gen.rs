@@ -12,22 +12,20 @@ use crate::state::{AppState, Permit};
 use futures_util::Stream;
 use kr_engine::sampler::TokenLogprobs;
 use kr_engine::{
-    Event, FinishReason, GenerateRequest, Prompt, RequestStream, SamplingParams, Usage,
+    Event, FinishReason, GenerateRequest, Prompt, RequestOptions, RequestStream, SamplingParams,
+    Usage,
 };
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-/// Tokenises a prompt (rendering the chat template) on the blocking pool.
+/// Tokenises a prompt (rendering the chat template), coalesced with concurrent ones into
+/// one batch encode on the blocking pool (see `tokenize.rs`).
 pub async fn tokenize(state: &AppState, prompt: Prompt) -> Result<Vec<u32>> {
-    let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || engine.tokenize_prompt(&prompt))
-        .await
-        .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?
-        .map_err(|e| match e {
-            kr_engine::EngineError::Model(m) => ApiError::bad("messages", m.to_string()),
-            other => other.into(),
-        })
+    state.tokenizer.tokenize(prompt).await.map_err(|e| match e {
+        kr_engine::EngineError::Model(m) => ApiError::bad("messages", m.to_string()),
+        other => other.into(),
+    })
 }
 
 /// Checks the prompt against the context window and settles `max_tokens`: a request that
@@ -89,6 +87,25 @@ pub fn launch(
     params: &SamplingParams,
     n: usize,
 ) -> Result<Vec<Tracked>> {
+    launch_with(
+        state,
+        arrived,
+        prompts,
+        params,
+        n,
+        &RequestOptions::default(),
+    )
+}
+
+/// [`launch`] with engine request options (prompt logprobs).
+pub fn launch_with(
+    state: &AppState,
+    arrived: Instant,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    n: usize,
+    opts: &RequestOptions,
+) -> Result<Vec<Tracked>> {
     params.validate(state.engine.info().config.vocab_size)?;
     let permits = state
         .admission
@@ -101,10 +118,11 @@ pub fn launch(
     for ((prompt, k), permit) in jobs.zip(permits) {
         let mut params = params.clone();
         params.seed = params.seed.map(|s| s.wrapping_add(k));
-        let stream = state.engine.submit(GenerateRequest {
+        let req = GenerateRequest {
             prompt: Prompt::Tokens(prompt.clone()),
             params,
-        })?;
+        };
+        let stream = state.engine.submit_with(req, opts.clone())?;
         out.push(Tracked {
             stream,
             metrics: state.clone(),
@@ -196,6 +214,8 @@ pub struct TokenOut {
     pub id: u32,
     pub text: String,
     pub logprobs: Option<TokenLogprobs>,
+    /// The prompt's logprobs, on the first token of a request that asked for them.
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
 }
 
 /// The whole output of one finished request.
@@ -203,6 +223,8 @@ pub struct TokenOut {
 pub struct Completion {
     pub text: String,
     pub tokens: Vec<TokenOut>,
+    /// One entry per prompt token (the first `None`) when prompt logprobs were asked for.
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
     pub finish: FinishReason,
     pub usage: Usage,
 }
@@ -212,24 +234,29 @@ pub async fn collect(mut t: Tracked) -> Result<Completion> {
     use futures_util::StreamExt;
     let mut text = String::new();
     let mut tokens = Vec::new();
+    let mut prompt_lps = None;
     while let Some(ev) = t.next().await {
         match ev {
             Event::Token {
                 id,
                 text: piece,
                 logprobs,
+                prompt_logprobs,
             } => {
                 text.push_str(&piece);
+                prompt_lps = prompt_lps.or(prompt_logprobs);
                 tokens.push(TokenOut {
                     id,
                     text: piece,
                     logprobs,
+                    prompt_logprobs: None,
                 });
             }
             Event::Finished { reason, usage } => {
                 return Ok(Completion {
                     text,
                     tokens,
+                    prompt_logprobs: prompt_lps,
                     finish: reason,
                     usage,
                 })

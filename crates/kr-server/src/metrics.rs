@@ -2,9 +2,11 @@
 //! from an [`kr_engine::EngineStats`] snapshot at scrape time; request latencies (TTFT,
 //! inter-token, end-to-end) are measured here, in the server, as clients see them.
 
+use crate::tokenize::TokenizeCounters;
 use kr_engine::{EngineStats, Histogram, HistogramSnapshot};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// How a request ended, as counted in `kr_requests_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub struct Metrics {
     pub inter_token: Histogram,
     pub e2e: Histogram,
     outcomes: [AtomicU64; 5],
+    /// Shared with the tokenize batcher's worker.
+    pub tokenize: Arc<TokenizeCounters>,
 }
 
 impl Metrics {
@@ -121,6 +125,16 @@ impl Metrics {
                 s.fast_path,
             ),
             ("kr_engine_steps_total", "Engine steps run.", s.steps),
+            (
+                "kr_tokenize_batches_total",
+                "Batch encodes run by the tokenize batcher.",
+                self.tokenize.batches.load(Relaxed),
+            ),
+            (
+                "kr_tokenize_requests_total",
+                "Prompts tokenised by the tokenize batcher (over all its batches).",
+                self.tokenize.requests.load(Relaxed),
+            ),
         ];
         for (name, help, v) in counters {
             scalar(&mut out, name, help, "counter", v);

@@ -7,6 +7,7 @@
 use crate::config::{Config, Effective, Inputs};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::tokenize::TokenizeBatcher;
 use kr_engine::EngineHandle;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -31,6 +32,8 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// Streamed tokens are sent in runs of this many (1 = every token).
     pub stream_interval: usize,
+    /// A run is sent once its first token has waited this long, however short it is.
+    pub stream_interval_time: Option<Duration>,
     /// Longest a request may take from arrival to its last token; `None` = no limit.
     pub request_timeout: Option<Duration>,
     /// Extra names the model answers to (besides its file stem).
@@ -61,6 +64,8 @@ impl ServerConfig {
         self.max_queue = c.max_queue;
         self.max_tokens_cap = c.max_tokens_cap;
         self.stream_interval = c.stream_interval.max(1);
+        self.stream_interval_time =
+            (c.stream_interval_ms > 0).then(|| Duration::from_millis(c.stream_interval_ms));
         self.strict = c.strict;
         self.request_timeout = (c.request_timeout > 0.0)
             .then(|| Duration::try_from_secs_f64(c.request_timeout).ok())
@@ -76,6 +81,9 @@ impl ServerConfig {
         c.max_queue = self.max_queue;
         c.max_tokens_cap = self.max_tokens_cap;
         c.stream_interval = self.stream_interval;
+        c.stream_interval_ms = self
+            .stream_interval_time
+            .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX));
         c.strict = self.strict;
         c.request_timeout = self.request_timeout.map_or(0.0, |d| d.as_secs_f64());
         e
@@ -93,6 +101,7 @@ impl Default for ServerConfig {
             strict: false,
             keep_alive: Duration::from_secs(15),
             stream_interval: 1,
+            stream_interval_time: None,
             request_timeout: None,
             aliases: Vec::new(),
             admin_key: None,
@@ -160,6 +169,8 @@ pub struct Inner {
     live: RwLock<Live>,
     pub metrics: Metrics,
     pub admission: Arc<Admission>,
+    /// Every prompt tokenisation goes through it (coalesced into batch encodes).
+    pub tokenizer: TokenizeBatcher,
     /// Unix time the server started (the `created` of /v1/models).
     pub started: u64,
 }
@@ -180,14 +191,17 @@ impl Inner {
             .effective
             .clone()
             .unwrap_or_else(|| cfg.effective_guess());
+        let metrics = Metrics::default();
+        let tokenizer = TokenizeBatcher::new(engine.clone(), metrics.tokenize.clone());
         Arc::new(Inner {
             engine,
             live: RwLock::new(Live {
                 cfg: Arc::new(cfg),
                 effective,
             }),
-            metrics: Metrics::default(),
+            metrics,
             admission,
+            tokenizer,
             started: unix_now(),
         })
     }
@@ -220,6 +234,7 @@ impl Inner {
         crate::stream::Pacing {
             keep_alive: keep_alive.then_some(cfg.keep_alive),
             interval: cfg.stream_interval,
+            max_hold: cfg.stream_interval_time,
             deadline: cfg.request_timeout.map(|d| arrived + d),
         }
     }

@@ -3,7 +3,13 @@
 //!
 //! The body owns the engine streams, so a client that disconnects (hyper drops the body on
 //! a failed write) aborts every request of the job. The engine never waits on the client:
-//! its events queue in the per-request channel while a slow client reads.
+//! its events queue in the per-request channel while a slow client reads. A client that
+//! stops reading fills the socket buffers, then hyper stops polling this body; the engine
+//! goes on sending into the unbounded channel, which therefore holds at most `max_tokens`
+//! token events (plus the last one) per request: memory bounded by the request's limit.
+//!
+//! Coalescing: request `i`'s tokens are held in a run until it has `interval` tokens or its
+//! first token has waited `max_hold`; a request's end or error sends what is held.
 
 use crate::gen::{TokenOut, Tracked};
 use axum::body::{Body, Bytes};
@@ -53,6 +59,10 @@ struct BodyState<E> {
     /// Tokens sent together (A6 `stream_interval`); `held[i]` waits for request `i`'s run.
     interval: usize,
     held: Vec<Vec<TokenOut>>,
+    /// A run is sent once its first token has waited this long (A6 `stream_interval_ms`);
+    /// `held_since[i]`: when the first token of `held[i]` arrived.
+    max_hold: Option<Duration>,
+    held_since: Vec<Option<Instant>>,
     /// When the job runs out of time (A7 per-request timeout).
     deadline: Option<Instant>,
 }
@@ -60,6 +70,9 @@ struct BodyState<E> {
 impl<E: Encoder> BodyState<E> {
     /// Sends request `i`'s held tokens, if any.
     fn flush(&mut self, i: usize) {
+        if let Some(since) = self.held_since.get_mut(i) {
+            *since = None;
+        }
         if let Some(run) = self.held.get_mut(i).filter(|h| !h.is_empty()) {
             let run = std::mem::take(run);
             self.pending.extend(self.enc.tokens(i, &run));
@@ -80,13 +93,44 @@ impl<E: Encoder> BodyState<E> {
         self.pending.extend(self.enc.end());
     }
 
+    /// When the oldest held run must go out, if a time limit is set and a run is held.
+    fn next_flush(&self) -> Option<Instant> {
+        let hold = self.max_hold?;
+        self.held_since.iter().flatten().min().map(|&t| t + hold)
+    }
+
+    /// Sends every run whose first token has waited `max_hold`.
+    fn flush_due(&mut self, now: Instant) {
+        let Some(hold) = self.max_hold else { return };
+        for i in 0..self.held.len() {
+            if self.held_since[i].is_some_and(|t| t + hold <= now) {
+                self.flush(i);
+            }
+        }
+    }
+
     fn on_event(&mut self, next: Option<(usize, Event)>) {
         match next {
-            Some((i, Event::Token { id, text, logprobs })) => {
+            Some((
+                i,
+                Event::Token {
+                    id,
+                    text,
+                    logprobs,
+                    prompt_logprobs,
+                },
+            )) => {
                 if let Some(h) = self.held.get_mut(i) {
-                    h.push(TokenOut { id, text, logprobs });
+                    h.push(TokenOut {
+                        id,
+                        text,
+                        logprobs,
+                        prompt_logprobs,
+                    });
                     if h.len() >= self.interval {
                         self.flush(i);
+                    } else if let Some(since) = self.held_since.get_mut(i) {
+                        since.get_or_insert_with(Instant::now);
                     }
                 }
             }
@@ -124,17 +168,24 @@ async fn next_chunk<E: Encoder>(
             st.expire();
             continue;
         }
-        let until_deadline = st.deadline.map(|d| d - now);
-        let wait = match (st.keep_alive, until_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let next = match wait {
-            Some(d) => match tokio::time::timeout(d, st.merged.next()).await {
+        st.flush_due(now);
+        if !st.pending.is_empty() {
+            continue;
+        }
+        // Wake for the next event, or the first of: keep-alive, time limit, a held run.
+        let wake = [st.keep_alive.map(|k| now + k), st.deadline, st.next_flush()]
+            .into_iter()
+            .flatten()
+            .min();
+        let next = match wake {
+            Some(t) => match tokio::time::timeout_at(t.into(), st.merged.next()).await {
                 Ok(next) => next,
-                Err(_) if st.deadline.is_some_and(|d| d <= Instant::now()) => continue,
                 Err(_) => {
-                    st.pending.extend(st.enc.keep_alive());
+                    let now = Instant::now();
+                    let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+                    if !due(st.deadline) && !due(st.next_flush()) {
+                        st.pending.extend(st.enc.keep_alive());
+                    }
                     continue;
                 }
             },
@@ -151,6 +202,8 @@ pub struct Pacing {
     pub keep_alive: Option<Duration>,
     /// Send tokens in runs of this many (the last run of a request may be shorter).
     pub interval: usize,
+    /// ... or once a run's first token has waited this long.
+    pub max_hold: Option<Duration>,
     /// End the stream with an error (aborting its requests) at this time.
     pub deadline: Option<Instant>,
 }
@@ -181,6 +234,8 @@ pub fn event_response<E: Encoder>(
         keep_alive: pacing.keep_alive,
         interval: pacing.interval.max(1),
         held: vec![Vec::new(); n],
+        max_hold: pacing.max_hold,
+        held_since: vec![None; n],
         deadline: pacing.deadline,
     };
     let body = Body::from_stream(futures_util::stream::unfold(st, next_chunk));

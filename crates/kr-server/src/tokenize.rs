@@ -1,5 +1,14 @@
 //! POST /tokenize and /detokenize (SPEC A3), vLLM's shapes: `{prompt | messages}` →
-//! `{tokens, count, max_model_len}`; `{tokens}` → `{prompt}`. Work runs on the blocking pool.
+//! `{tokens, count, max_model_len}`; `{tokens}` → `{prompt}`.
+//!
+//! Every prompt the server tokenises (these routes and the generating ones) goes through
+//! one [`TokenizeBatcher`], the original's request multiplexer: requests queue in a
+//! channel; one worker task takes whatever is waiting (up to [`MAX_BATCH`]) and encodes it
+//! with one batch call on the blocking pool, then answers each. There is no waiting
+//! window: a lone request is encoded at once, and requests that arrive while a batch is
+//! being encoded form the next batch. Invariant: a batched answer equals what
+//! `EngineHandle::tokenize_prompt` gives for the same prompt (tested).
+//! /detokenize runs directly on the blocking pool.
 
 use crate::error::{ApiError, Result};
 use crate::extract::{check_unknown, ApiJson};
@@ -8,9 +17,145 @@ use crate::openai::chat::MessageIn;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::Json;
-use kr_engine::{ChatMessage, Prompt};
+use kr_engine::{ChatMessage, EngineError, EngineHandle, Prompt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most prompts encoded in one batch.
+pub const MAX_BATCH: usize = 64;
+
+/// Batches and prompts the batcher has encoded (for /metrics).
+#[derive(Debug, Default)]
+pub struct TokenizeCounters {
+    pub batches: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+type Reply = oneshot::Sender<kr_engine::Result<Vec<u32>>>;
+
+/// Coalesces concurrent tokenisations into batch encodes (see the module header).
+pub struct TokenizeBatcher {
+    engine: EngineHandle,
+    /// Started on first use, from inside the runtime.
+    tx: OnceLock<mpsc::UnboundedSender<(Prompt, Reply)>>,
+    counters: Arc<TokenizeCounters>,
+}
+
+impl TokenizeBatcher {
+    pub fn new(engine: EngineHandle, counters: Arc<TokenizeCounters>) -> Self {
+        Self {
+            engine,
+            tx: OnceLock::new(),
+            counters,
+        }
+    }
+
+    /// Tokenises `prompt` (rendering the chat template), batched with whatever else waits.
+    pub async fn tokenize(&self, prompt: Prompt) -> kr_engine::Result<Vec<u32>> {
+        let tx = self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(worker(self.engine.clone(), rx, self.counters.clone()));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        tx.send((prompt, reply)).map_err(|_| EngineError::Stopped)?;
+        answer.await.map_err(|_| EngineError::Stopped)?
+    }
+}
+
+/// Takes every waiting request (up to [`MAX_BATCH`]), encodes them together, answers each;
+/// ends when the batcher is dropped.
+async fn worker(
+    engine: EngineHandle,
+    mut rx: mpsc::UnboundedReceiver<(Prompt, Reply)>,
+    counters: Arc<TokenizeCounters>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        counters.batches.fetch_add(1, Relaxed);
+        counters.requests.fetch_add(batch.len() as u64, Relaxed);
+        let (prompts, replies): (Vec<Prompt>, Vec<Reply>) = batch.into_iter().unzip();
+        let e = engine.clone();
+        let results = tokio::task::spawn_blocking(move || encode_all(&e, prompts)).await;
+        match results {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let msg = format!("tokenizer task failed: {e}");
+                    let _ = reply.send(Err(EngineError::Config(msg)));
+                }
+            }
+        }
+    }
+}
+
+/// A conversation's text and whether BOS goes first, as `EngineHandle::tokenize_prompt`
+/// does it (BOS only when the template did not write it).
+fn chat_text(engine: &EngineHandle, messages: &[ChatMessage]) -> kr_engine::Result<(String, bool)> {
+    let tk = engine.tokenizer();
+    let text = engine.render_chat(messages)?;
+    let bos_in_text = tk
+        .bos_id
+        .and_then(|b| tk.id_to_token(b))
+        .is_some_and(|b| text.starts_with(&b));
+    Ok((text, tk.add_bos && !bos_in_text))
+}
+
+/// Encodes a batch: one batch call per BOS setting; if a batch call fails, each prompt of
+/// it is encoded alone so that only the bad one gets the error.
+fn encode_all(engine: &EngineHandle, prompts: Vec<Prompt>) -> Vec<kr_engine::Result<Vec<u32>>> {
+    let tk = engine.tokenizer();
+    let mut out = Vec::with_capacity(prompts.len());
+    // groups[bos]: (index in `out`, text) of the prompts encoded with that BOS setting.
+    let mut groups: [Vec<(usize, String)>; 2] = [Vec::new(), Vec::new()];
+    for (i, p) in prompts.into_iter().enumerate() {
+        let text = match p {
+            Prompt::Tokens(ids) => {
+                out.push(Ok(ids));
+                continue;
+            }
+            Prompt::Text(t) => Ok((t, tk.add_bos)),
+            Prompt::Chat(m) => chat_text(engine, &m),
+        };
+        match text {
+            Ok((t, bos)) => {
+                groups[usize::from(bos)].push((i, t));
+                out.push(Ok(Vec::new()));
+            }
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    for (bos, group) in groups.iter().enumerate() {
+        let bos = bos == 1;
+        let strs: Vec<&str> = group.iter().map(|(_, t)| t.as_str()).collect();
+        if strs.is_empty() {
+            continue;
+        }
+        match tk.encode_batch(&strs, bos) {
+            Ok(ids) => group
+                .iter()
+                .zip(ids)
+                .for_each(|((i, _), v)| out[*i] = Ok(v)),
+            Err(_) => group.iter().for_each(|(i, t)| {
+                out[*i] = tk.encode(t, bos).map_err(EngineError::from);
+            }),
+        }
+    }
+    out
+}
 
 #[derive(Debug, Deserialize)]
 pub struct TokenizeRequest {

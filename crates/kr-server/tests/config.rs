@@ -97,3 +97,31 @@ async fn admin_key_guards_admin_routes() {
     );
     server.join().unwrap();
 }
+
+/// SIGHUP re-resolves the inputs captured at start: the `KR_SERVE_*` values read then
+/// (a process's environment cannot change from outside after it starts) and the flags
+/// still win over a changed file, so flag > env > file holds after a reload.
+#[test]
+fn reload_keeps_flag_over_env_over_file() {
+    use kr_server::config::{resolve, Inputs, Source};
+    let path = std::env::temp_dir().join(format!("kr-cfg-reload-{}.yaml", std::process::id()));
+    let write = |text: &str| std::fs::write(&path, text).expect("write config file");
+    write("max_queue: 5\nmax_tokens_cap: 50\nstream_interval: 3\n");
+    let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let inputs = Inputs {
+        flags: vec![kv("max_tokens_cap", "70")],
+        env: vec![kv("max_queue", "7"), kv("max_tokens_cap", "60")],
+        file: Some(path.clone()),
+    };
+    let start = resolve(&inputs).expect("valid");
+    write("max_queue: 9\nmax_tokens_cap: 90\nstream_interval: 4\n");
+    let (next, ignored) = start.reload(&inputs).expect("valid");
+    let _ = std::fs::remove_file(&path);
+    assert!(ignored.is_empty(), "{ignored:?}");
+    assert_eq!(next.config.max_tokens_cap, 70);
+    assert_eq!(next.sources["max_tokens_cap"], Source::Flag);
+    assert_eq!(next.config.max_queue, 7);
+    assert_eq!(next.sources["max_queue"], Source::Env);
+    assert_eq!(next.config.stream_interval, 4);
+    assert_eq!(next.sources["stream_interval"], Source::File);
+}

@@ -149,6 +149,13 @@ pub static KEYS: &[Key] = &[
         set: |c, v| Ok(c.strict = boolean(v)?),
         get: |c| json!(c.strict),
     },
+    Key {
+        name: "stream_interval_ms",
+        runtime_safe: true,
+        range: "0..=60000 ms (0 = runs wait for stream_interval tokens)",
+        set: |c, v| Ok(c.stream_interval_ms = int(v, 0u64, 60_000)?),
+        get: |c| json!(c.stream_interval_ms),
+    },
 ];
 
 /// The key called `name`, if any.

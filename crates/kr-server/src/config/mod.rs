@@ -31,6 +31,8 @@ pub struct Config {
     /// Seconds; 0 = no limit.
     pub request_timeout: f64,
     pub strict: bool,
+    /// Longest a streamed token is held back for coalescing, ms; 0 = no time limit.
+    pub stream_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             stream_interval: 1,
             request_timeout: 0.0,
             strict: false,
+            stream_interval_ms: 0,
         }
     }
 }

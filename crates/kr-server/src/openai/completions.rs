@@ -1,6 +1,13 @@
 //! POST /v1/completions: raw text (or token id) prompts, no chat template. `n` choices per
 //! prompt, choice `p * n + k` for prompt `p`; `echo` prepends the prompt; `logprobs: N`
 //! returns the legacy `{tokens, token_logprobs, top_logprobs, text_offset}` object.
+//!
+//! `echo` with `logprobs` also scores the prompt (OpenAI's legacy semantics): the prompt's
+//! tokens come first in the logprobs object, the first with `null` logprob and
+//! alternatives, each other with its logprob given the tokens before it (the engine's
+//! prompt logprobs). `echo` with `max_tokens: 0` answers the prompt alone (the engine runs
+//! the prefill and one token, which is dropped), finish reason `length`, 0 completion
+//! tokens. `text_offset` counts characters of the choice's text.
 
 use super::{check_request, new_id, openai_request, usage_json};
 use crate::error::{ApiError, Result};
@@ -12,7 +19,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kr_engine::{FinishReason, Prompt, Usage};
+use kr_core::sampling::MAX_TOP_LOGPROBS;
+use kr_engine::sampler::TokenLogprobs;
+use kr_engine::{EngineHandle, FinishReason, Prompt, RequestOptions, Usage};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
@@ -64,10 +73,10 @@ fn check_unsupported(req: &CompletionRequest, n: usize) -> Result<()> {
             "`best_of` other than `n` is not supported",
         ));
     }
-    if req.echo == Some(true) && req.logprobs.is_some() {
+    if let Some(n) = req.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
         return Err(ApiError::bad(
-            "echo",
-            "`echo` with `logprobs` (prompt logprobs) is not supported",
+            "logprobs",
+            format!("invalid value {n} for `logprobs`: allowed 0..={MAX_TOP_LOGPROBS}"),
         ));
     }
     Ok(())
@@ -104,6 +113,19 @@ fn as_prompt_error(e: ApiError) -> ApiError {
     }
 }
 
+/// What echo does for every choice of a job.
+#[derive(Debug, Clone)]
+struct Echo {
+    /// The prompt text each choice starts with (empty without `echo`).
+    texts: Vec<String>,
+    /// The prompt ids of each choice (for prompt logprobs).
+    ids: Vec<Vec<u32>>,
+    /// `echo` with `logprobs`: the prompt is scored.
+    scored: bool,
+    /// `echo` with `max_tokens: 0`: the generated token is dropped.
+    only: bool,
+}
+
 /// POST /v1/completions
 pub async fn completions(
     State(state): State<AppState>,
@@ -119,76 +141,153 @@ pub async fn completions(
     let (ids, texts) = prepare(&state, prompts(req.prompt)?).await?;
     let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
     let shortest = ids.iter().map(Vec::len).min().unwrap_or(0);
-    let asked = Some(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
-    gen::max_tokens(&state, None, "prompt", shortest)?;
-    params.max_tokens = gen::max_tokens(&state, asked, "prompt", longest)?;
-    let streams = gen::launch(&state, arrived, &ids, &params, n)?;
     let echo = req.echo.unwrap_or(false);
-    let echoes: Vec<String> = (0..streams.len())
-        .map(|i| {
-            if echo {
-                texts[i / n].clone()
-            } else {
-                String::new()
-            }
-        })
-        .collect();
+    let asked = req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    // `echo` with `max_tokens: 0`: run the prefill (for prompt logprobs) and one token.
+    let only = echo && asked == 0;
+    gen::max_tokens(&state, None, "prompt", shortest)?;
+    params.max_tokens =
+        gen::max_tokens(&state, Some(asked.max(u32::from(only))), "prompt", longest)?;
+    let opts = RequestOptions {
+        prompt_logprobs: req.logprobs.filter(|_| echo),
+    };
+    let streams = gen::launch_with(&state, arrived, &ids, &params, n, &opts)?;
+    // Choice `i` belongs to prompt `i / n`.
+    let prompt_of = |i: usize| i / n;
+    let echo = Echo {
+        texts: (0..streams.len())
+            .map(|i| {
+                if echo {
+                    texts[prompt_of(i)].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .collect(),
+        ids: (0..streams.len())
+            .map(|i| ids[prompt_of(i)].clone())
+            .collect(),
+        scored: opts.prompt_logprobs.is_some(),
+        only,
+    };
     let meta = json!({"id": new_id("cmpl"), "object": "text_completion", "created": unix_now(), "model": req.model});
     if req.stream.unwrap_or(false) {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let enc = CompletionEncoder {
-            state: state.clone(),
-            meta,
-            include_usage,
-            usage: Vec::new(),
-            n,
-            echoes,
-        };
+        let enc = CompletionEncoder::new(state.clone(), meta, include_usage, n, echo);
         let pacing = state.pacing(true, arrived);
         return Ok(event_response(streams, enc, pacing, "text/event-stream"));
     }
     let outs = gen::collect_within(&state, arrived, streams).await?;
+    let with_lp = params.logprobs.is_some();
+    Ok(Json(completion_body(&state, meta, &outs, &echo, with_lp, n)).into_response())
+}
+
+/// The non-streamed answer of a finished job.
+fn completion_body(
+    state: &AppState,
+    meta: Value,
+    outs: &[gen::Completion],
+    echo: &Echo,
+    with_lp: bool,
+    n: usize,
+) -> Value {
+    let tk = &state.engine;
     let choices: Vec<Value> = outs
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let lp = params
-                .logprobs
-                .map(|_| legacy_logprobs(&state, &c.tokens, echoes[i].len()));
+            let gen_text = if echo.only { "" } else { c.text.as_str() };
+            let lp = with_lp.then(|| {
+                let mut lp = LegacyLogprobs::default();
+                match (&c.prompt_logprobs, echo.scored) {
+                    (Some(p), true) => lp.push_prompt(tk, &echo.ids[i], p),
+                    _ => lp.offset = echo.texts[i].chars().count(),
+                }
+                if !echo.only {
+                    lp.push_tokens(tk, &c.tokens);
+                }
+                lp.to_json()
+            });
+            let finish = if echo.only {
+                FinishReason::Length
+            } else {
+                c.finish
+            };
             json!({
                 "index": i,
-                "text": format!("{}{}", echoes[i], c.text),
+                "text": format!("{}{gen_text}", echo.texts[i]),
                 "logprobs": lp,
-                "finish_reason": gen::finish_str(c.finish),
+                "finish_reason": gen::finish_str(finish),
             })
         })
         .collect();
-    let usages: Vec<Usage> = outs.iter().map(|c| c.usage).collect();
+    let usages: Vec<Usage> = outs
+        .iter()
+        .map(|c| Usage {
+            completion_tokens: if echo.only {
+                0
+            } else {
+                c.usage.completion_tokens
+            },
+            ..c.usage
+        })
+        .collect();
     let mut body = meta;
     body["choices"] = choices.into();
     body["usage"] = usage_json(&gen::total_usage(&usages, n));
-    Ok(Json(body).into_response())
+    body
 }
 
-/// The legacy logprobs object for a run of tokens whose text starts at `offset`.
-fn legacy_logprobs(state: &AppState, toks: &[TokenOut], mut offset: usize) -> Value {
-    let tk = state.engine.tokenizer();
-    let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
-    for t in toks {
-        let Some(lp) = &t.logprobs else { continue };
-        let text = tk.token_text(t.id);
-        offsets.push(offset);
-        offset += text.len();
-        tokens.push(text);
-        lps.push(lp.logprob);
-        let top: Map<String, Value> = lp
-            .top
-            .iter()
-            .map(|&(id, l)| (tk.token_text(id), json!(l)))
-            .collect();
-        tops.push(Value::Object(top));
+/// The legacy logprobs object, built token by token; `offset` is where the next token's
+/// text starts in the choice's text, in characters.
+#[derive(Debug, Default)]
+struct LegacyLogprobs {
+    tokens: Vec<String>,
+    logprobs: Vec<Value>,
+    tops: Vec<Value>,
+    offsets: Vec<usize>,
+    offset: usize,
+}
+
+impl LegacyLogprobs {
+    fn push(&mut self, engine: &EngineHandle, id: u32, lp: Option<&TokenLogprobs>) {
+        let tk = engine.tokenizer();
+        let text = tk.token_text(id);
+        self.offsets.push(self.offset);
+        self.offset += text.chars().count();
+        self.tokens.push(text);
+        self.logprobs
+            .push(lp.map_or(Value::Null, |l| json!(l.logprob)));
+        self.tops.push(lp.map_or(Value::Null, |l| {
+            let top: Map<String, Value> = l
+                .top
+                .iter()
+                .map(|&(id, v)| (tk.token_text(id), json!(v)))
+                .collect();
+            Value::Object(top)
+        }));
     }
-    json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+
+    /// The prompt's tokens: the first has no logprob, each other its prompt logprob.
+    fn push_prompt(&mut self, engine: &EngineHandle, ids: &[u32], lps: &[Option<TokenLogprobs>]) {
+        for (&id, lp) in ids.iter().zip(lps) {
+            self.push(engine, id, lp.as_ref());
+        }
+    }
+
+    /// Generated tokens (those without logprobs are left out).
+    fn push_tokens(&mut self, engine: &EngineHandle, toks: &[TokenOut]) {
+        for t in toks {
+            if let Some(lp) = &t.logprobs {
+                self.push(engine, t.id, Some(lp));
+            }
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"tokens": self.tokens, "token_logprobs": self.logprobs,
+               "top_logprobs": self.tops, "text_offset": self.offsets})
+    }
 }
 
 /// SSE chunks of a legacy completion.
@@ -198,10 +297,29 @@ struct CompletionEncoder {
     include_usage: bool,
     usage: Vec<Usage>,
     n: usize,
-    echoes: Vec<String>,
+    echo: Echo,
+    /// Choices whose scored echo waits for the prompt logprobs (on their first token).
+    echo_pending: Vec<bool>,
+    /// Where each choice's next token starts in its text, in characters (`text_offset`).
+    offsets: Vec<usize>,
 }
 
 impl CompletionEncoder {
+    fn new(state: AppState, meta: Value, include_usage: bool, n: usize, echo: Echo) -> Self {
+        let offsets = echo.texts.iter().map(|t| t.chars().count()).collect();
+        let echo_pending = vec![echo.scored; echo.texts.len()];
+        Self {
+            state,
+            meta,
+            include_usage,
+            usage: Vec::new(),
+            n,
+            echo,
+            echo_pending,
+            offsets,
+        }
+    }
+
     fn chunk(&self, index: usize, text: &str, logprobs: Value, finish: Value) -> Bytes {
         let mut c = self.meta.clone();
         c["choices"] =
@@ -211,35 +329,76 @@ impl CompletionEncoder {
         }
         sse(&c)
     }
+
+    /// The echo chunk of a scored prompt, once its logprobs are known (or never will be).
+    fn scored_echo(&mut self, index: usize, lps: Option<&[Option<TokenLogprobs>]>) -> Vec<Bytes> {
+        if !self.echo_pending.get(index).copied().unwrap_or(false) {
+            return Vec::new();
+        }
+        self.echo_pending[index] = false;
+        let text = &self.echo.texts[index];
+        let lp = lps.map_or(Value::Null, |lps| {
+            let mut lp = LegacyLogprobs::default();
+            lp.push_prompt(&self.state.engine, &self.echo.ids[index], lps);
+            lp.to_json()
+        });
+        vec![self.chunk(index, text, lp, Value::Null)]
+    }
 }
 
 impl Encoder for CompletionEncoder {
     fn start(&mut self, index: usize) -> Vec<Bytes> {
-        match self.echoes.get(index) {
-            Some(e) if !e.is_empty() => vec![self.chunk(index, e, Value::Null, Value::Null)],
+        match self.echo.texts.get(index) {
+            Some(e) if !e.is_empty() && !self.echo.scored => {
+                vec![self.chunk(index, e, Value::Null, Value::Null)]
+            }
             _ => Vec::new(),
         }
     }
 
     fn tokens(&mut self, index: usize, toks: &[TokenOut]) -> Vec<Bytes> {
+        let prompt_lps = toks.iter().find_map(|t| t.prompt_logprobs.as_deref());
+        let mut out = match prompt_lps {
+            Some(lps) => self.scored_echo(index, Some(lps)),
+            None => Vec::new(),
+        };
         let has_lp = toks.iter().any(|t| t.logprobs.is_some());
         let text: String = toks.iter().map(|t| t.text.as_str()).collect();
-        if text.is_empty() && !has_lp {
-            return Vec::new();
+        if self.echo.only || (text.is_empty() && !has_lp) {
+            return out;
         }
         let lp = match has_lp {
-            true => legacy_logprobs(&self.state, toks, 0),
+            true => {
+                let mut lp = LegacyLogprobs {
+                    offset: self.offsets.get(index).copied().unwrap_or(0),
+                    ..Default::default()
+                };
+                lp.push_tokens(&self.state.engine, toks);
+                if let Some(o) = self.offsets.get_mut(index) {
+                    *o = lp.offset;
+                }
+                lp.to_json()
+            }
             false => Value::Null,
         };
-        vec![self.chunk(index, &text, lp, Value::Null)]
+        out.push(self.chunk(index, &text, lp, Value::Null));
+        out
     }
 
-    fn finish(&mut self, index: usize, reason: FinishReason, usage: Usage) -> Vec<Bytes> {
+    fn finish(&mut self, index: usize, reason: FinishReason, mut usage: Usage) -> Vec<Bytes> {
+        let mut out = self.scored_echo(index, None);
         if self.usage.len() <= index {
             self.usage.resize(index + 1, Usage::default());
         }
+        let reason = if self.echo.only {
+            usage.completion_tokens = 0;
+            FinishReason::Length
+        } else {
+            reason
+        };
         self.usage[index] = usage;
-        vec![self.chunk(index, "", Value::Null, gen::finish_str(reason).into())]
+        out.push(self.chunk(index, "", Value::Null, gen::finish_str(reason).into()));
+        out
     }
 
     fn error(&mut self, _index: usize, message: &str) -> Vec<Bytes> {

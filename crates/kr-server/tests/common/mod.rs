@@ -33,6 +33,15 @@ pub struct Server {
 
 pub fn spawn(engine: EngineHandle, cfg: ServerConfig) -> Server {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    spawn_on(listener, engine, cfg)
+}
+
+/// [`spawn`] on a listener the test made (e.g. with small socket buffers).
+pub fn spawn_on(
+    listener: std::net::TcpListener,
+    engine: EngineHandle,
+    cfg: ServerConfig,
+) -> Server {
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
