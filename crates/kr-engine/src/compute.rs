@@ -100,7 +100,7 @@ impl Compute {
                     (cfg.kv_cache_mib << 20) / (mc.kv_bytes_per_token() * cfg.block_size.max(1)),
                 );
                 Ok((
-                    Self::Cpu(model.decoder.new_kv_cache(blocks, cfg.block_size)),
+                    Self::Cpu(model.decoder.new_kv_cache(blocks + 1, cfg.block_size)),
                     blocks,
                 ))
             }
