@@ -5,7 +5,7 @@ use crate::engine::Command;
 use crate::error::{EngineError, Result};
 use crate::sampler::TokenLogprobs;
 use crate::stats::EngineStats;
-use kr_core::{FinishReason, RequestId, SamplingParams};
+use kr_core::{FinishReason, PolicyConfig, Priority, RequestId, SamplingParams};
 use kr_model::{ChatMessage, ChatTemplate, ModelConfig, Tokenizer};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +119,12 @@ impl EngineHandle {
     /// Validates and queues a request. The returned stream yields its events; dropping it
     /// before the end aborts the request and frees its KV blocks.
     pub fn submit(&self, req: GenerateRequest) -> Result<RequestStream> {
+        self.submit_with(req, Priority::Normal)
+    }
+
+    /// [`EngineHandle::submit`] with a priority (SPEC S5): urgent requests skip any
+    /// admission window; waiting requests start by priority, aged while they wait.
+    pub fn submit_with(&self, req: GenerateRequest, priority: Priority) -> Result<RequestStream> {
         req.params.validate(self.info.config.vocab_size)?;
         let prompt = self.tokenize_prompt(&req.prompt)?;
         if let Some(&bad) = prompt
@@ -147,6 +153,7 @@ impl EngineHandle {
                 id,
                 prompt,
                 params: req.params,
+                priority,
                 events: tx,
             })
             .map_err(|_| EngineError::Stopped)?;
@@ -157,6 +164,13 @@ impl EngineHandle {
             done: false,
             prompt_len,
         })
+    }
+
+    /// Changes the scheduler policies live (window, latency controller, aging, fast path).
+    pub fn set_policy(&self, cfg: PolicyConfig) -> Result<()> {
+        self.inbox
+            .send(Command::SetPolicy(cfg))
+            .map_err(|_| EngineError::Stopped)
     }
 
     /// Asks the engine thread to finish its work and exit.

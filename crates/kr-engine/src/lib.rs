@@ -4,6 +4,7 @@
 //! [`EngineHandle`] submits requests and gets a [`RequestStream`] of [`Event`]s back.
 //! Dropping a stream aborts its request and frees its KV blocks.
 
+mod admission;
 mod engine;
 mod error;
 mod handle;
@@ -20,7 +21,8 @@ pub use error::{EngineError, Result};
 pub use handle::{EngineHandle, Event, GenerateRequest, ModelInfo, Prompt, RequestStream, Usage};
 pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub use inspect::{inspect_model, ModelSummary, TokenizerSummary};
-pub use kr_core::{FinishReason, SamplingParams};
+pub use kr_core::policy::{AdaptiveConfig, LatencyConfig, WindowLevel};
+pub use kr_core::{FinishReason, PolicyConfig, Priority, SamplingParams};
 pub use kr_model::ChatMessage;
 pub use model::{load_model, LoadedModel, BUILTIN_MODEL};
-pub use stats::{EngineStats, StatsSnapshot};
+pub use stats::{EngineStats, SchedStats, StatsSnapshot, StepPercentiles};
