@@ -82,6 +82,7 @@ pub fn max_tokens(
 }
 
 /// Admits and submits `n` requests per prompt; request `k` of a prompt gets seed `seed + k`.
+/// Each goes at the priority of the `X-Priority` header ([`crate::priority`]).
 pub fn launch(
     state: &AppState,
     arrived: Instant,
@@ -101,10 +102,11 @@ pub fn launch(
     for ((prompt, k), permit) in jobs.zip(permits) {
         let mut params = params.clone();
         params.seed = params.seed.map(|s| s.wrapping_add(k));
-        let stream = state.engine.submit(GenerateRequest {
+        let req = GenerateRequest {
             prompt: Prompt::Tokens(prompt.clone()),
             params,
-        })?;
+        };
+        let stream = state.engine.submit_with(req, crate::priority::current())?;
         out.push(Tracked {
             stream,
             metrics: state.clone(),
