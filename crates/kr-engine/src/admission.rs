@@ -75,6 +75,10 @@ impl Admission {
 
     /// The admission window's decision for the queues as they are now (S2, S5).
     pub fn gate(&self, sched: &Scheduler) -> Gate {
+        // No window (the default): skip the scans of the waiting queue below.
+        if self.policies.window().is_zero() {
+            return Gate::Admit;
+        }
         self.policies.gate(&QueueView {
             now: self.now(),
             oldest_waiting: sched.oldest_waiting_arrival(),

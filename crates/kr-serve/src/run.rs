@@ -10,6 +10,15 @@ use std::time::Instant;
 
 /// Starts an engine from the shared flags.
 pub fn start_engine(args: &EngineArgs) -> Result<EngineHandle> {
+    start_engine_with(args, |_| {})
+}
+
+/// [`start_engine`] with a last say on the engine config (`serve` sets the running cap and
+/// the scheduler policies from its config).
+pub fn start_engine_with(
+    args: &EngineArgs,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> Result<EngineHandle> {
     if let Some(n) = args.threads {
         if n == 0 {
             return Err(CliError::Usage("--threads must be at least 1".into()));
@@ -20,6 +29,7 @@ pub fn start_engine(args: &EngineArgs) -> Result<EngineHandle> {
     let mut cfg = EngineConfig::new(args.model_path());
     cfg.kv_cache_mib = args.kv_cache_mib.unwrap_or(1024);
     cfg.max_model_len = args.max_model_len;
+    tweak(&mut cfg);
     Ok(kr_engine::start(cfg)?)
 }
 
