@@ -58,7 +58,19 @@ async fn idle_server_starts_at_once_and_reports_scheduler_stats() {
         p["p99_ms"].as_f64(),
     );
     assert!(p50 > Some(0.0) && p50 <= p90 && p90 <= p99, "{p}");
-    assert_eq!(s["queue"], json!({"waiting": 0, "running": 0}));
+    // The queue gauges are published after each step, right after its tokens go out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stats(base).await["queue"]["running"] != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "running never back to 0"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        stats(base).await["queue"],
+        json!({"waiting": 0, "running": 0})
+    );
     assert_eq!(s["preemptions"], 0);
     assert_eq!(s["latency_controller"]["enabled"], false);
     assert_eq!(s["latency_controller"]["max_batch"], 64);
