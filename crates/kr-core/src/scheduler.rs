@@ -3,7 +3,9 @@
 //! Each request has `tokens` (prompt + generated so far) and `num_computed` (tokens whose KV
 //! is in the cache). A step gives tokens to requests under `max_num_batched_tokens`: running
 //! requests first (decodes and unfinished prefill chunks, in admission order), then waiting
-//! ones (FCFS). Chunked prefill, mixed prefill/decode steps, prefix-cache hits and
+//! ones: the highest effective priority first (base priority raised by aging, see
+//! [`crate::policy::Priority`]), FCFS within a rank, preempted requests ahead of new ones of
+//! the same rank. With every request at the default priority this is plain FCFS. Chunked prefill, mixed prefill/decode steps, prefix-cache hits and
 //! preemption are all cases of that one rule.
 //!
 //! Invariants:
@@ -16,8 +18,10 @@
 //! The scheduler is a pure state machine: no clocks, channels or threads.
 
 use crate::block_pool::{chain_hash, BlockId, BlockPool};
+use crate::policy::Priority;
 use crate::CoreError;
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 pub type RequestId = u64;
 
@@ -52,6 +56,9 @@ pub struct NewRequest {
     pub max_tokens: usize,
     /// Tokens that end the request (EOS unless ignored, plus the request's stop ids).
     pub stop_token_ids: Vec<u32>,
+    pub priority: Priority,
+    /// When the request arrived, on the caller's clock (used for aging and the window).
+    pub arrival: Duration,
 }
 
 #[derive(Debug)]
@@ -64,6 +71,8 @@ struct Seq {
     block_hashes: Vec<u64>,
     max_tokens: usize,
     stop_token_ids: Vec<u32>,
+    priority: Priority,
+    arrival: Duration,
 }
 
 impl Seq {
@@ -126,6 +135,9 @@ pub struct Scheduler {
     waiting: VecDeque<RequestId>,
     running: Vec<RequestId>,
     counters: SchedulerCounters,
+    /// Running sequences allowed now (the latency controller's), <= `cfg.max_num_seqs`.
+    max_running: usize,
+    aging_step: Option<Duration>,
 }
 
 fn blocks_for(tokens: usize, block_size: usize) -> usize {
@@ -136,13 +148,41 @@ impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Self {
         let pool = BlockPool::new(cfg.num_blocks, cfg.block_size);
         Self {
+            max_running: cfg.max_num_seqs,
             cfg,
             pool,
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             counters: SchedulerCounters::default(),
+            aging_step: None,
         }
+    }
+
+    /// Caps the running batch below `max_num_seqs` (the latency controller, S4); clamped to
+    /// `1..=max_num_seqs`. Requests already running keep running; fewer are admitted.
+    pub fn set_max_running(&mut self, n: usize) {
+        self.max_running = n.clamp(1, self.cfg.max_num_seqs);
+    }
+    pub fn max_running(&self) -> usize {
+        self.max_running
+    }
+
+    /// Sets the aging of waiting requests (S5): one priority level per `step` of waiting.
+    pub fn set_aging(&mut self, step: Option<Duration>) {
+        self.aging_step = step;
+    }
+
+    /// Arrival of the longest-waiting request (preempted ones included).
+    pub fn oldest_waiting_arrival(&self) -> Option<Duration> {
+        self.waiting.iter().map(|id| self.seqs[id].arrival).min()
+    }
+
+    /// Whether an urgent request waits (it skips any admission window).
+    pub fn urgent_waiting(&self) -> bool {
+        self.waiting
+            .iter()
+            .any(|id| self.seqs[id].priority == Priority::Urgent)
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -196,6 +236,8 @@ impl Scheduler {
             block_hashes: Vec::new(),
             max_tokens: req.max_tokens,
             stop_token_ids: req.stop_token_ids,
+            priority: req.priority,
+            arrival: req.arrival,
         };
         self.seqs.insert(req.id, seq);
         self.waiting.push_back(req.id);
@@ -222,14 +264,38 @@ impl Scheduler {
     }
 
     /// Plans the next step. May preempt running requests when blocks run out.
+    /// Without a clock there is no aging (see [`Scheduler::schedule_at`]).
     pub fn schedule(&mut self) -> StepPlan {
+        self.schedule_at(Duration::ZERO, true)
+    }
+
+    /// Plans the next step at time `now` (for aging). With `admit` false no waiting request
+    /// starts (the admission window holds them); running ones go on.
+    pub fn schedule_at(&mut self, now: Duration, admit: bool) -> StepPlan {
         let mut plan = StepPlan::default();
         let mut budget = self.cfg.max_num_batched_tokens;
         self.schedule_running(&mut plan, &mut budget);
-        if plan.preempted.is_empty() {
-            self.schedule_waiting(&mut plan, &mut budget);
+        if plan.preempted.is_empty() && admit {
+            self.schedule_waiting(&mut plan, &mut budget, now);
         }
         plan
+    }
+
+    /// The position in `waiting` of the request to start next: highest effective rank,
+    /// the earliest position (FCFS, preempted ones in front) among equals.
+    fn next_waiting(&self, now: Duration) -> Option<usize> {
+        let rank = |id: &RequestId| {
+            let s = &self.seqs[id];
+            s.priority.effective_rank(s.arrival, now, self.aging_step)
+        };
+        let mut best: Option<(usize, u64)> = None;
+        for (i, id) in self.waiting.iter().enumerate() {
+            let r = rank(id);
+            if best.is_none_or(|(_, b)| r > b) {
+                best = Some((i, r));
+            }
+        }
+        best.map(|(i, _)| i)
     }
 
     fn schedule_running(&mut self, plan: &mut StepPlan, budget: &mut usize) {
@@ -262,21 +328,23 @@ impl Scheduler {
         }
     }
 
-    fn schedule_waiting(&mut self, plan: &mut StepPlan, budget: &mut usize) {
-        while *budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-            let Some(&id) = self.waiting.front() else {
+    fn schedule_waiting(&mut self, plan: &mut StepPlan, budget: &mut usize, now: Duration) {
+        while *budget > 0 && self.running.len() < self.max_running {
+            let Some(pos) = self.next_waiting(now) else {
                 break;
             };
+            let id = self.waiting[pos];
             if self.cfg.enable_prefix_caching && self.seqs[&id].num_computed == 0 {
                 self.match_prefix(id);
             }
             let seq = &self.seqs[&id];
             let n = (seq.tokens.len() - seq.num_computed).min(*budget);
             if !self.try_allocate(id, n) {
+                // Head-of-line: lower-ranked requests do not overtake, so none starves.
                 self.unmatch_prefix(id);
                 break;
             }
-            self.waiting.pop_front();
+            self.waiting.remove(pos);
             self.running.push(id);
             plan.seqs.push(self.scheduled(id, n));
             *budget -= n;

@@ -22,6 +22,8 @@ fn req(id: RequestId, len: usize, max_tokens: usize) -> NewRequest {
         prompt: (0..len as u32).map(|t| t % 50 + 1).collect(),
         max_tokens,
         stop_token_ids: vec![0],
+        priority: Priority::Normal,
+        arrival: Duration::ZERO,
     }
 }
 

@@ -6,12 +6,14 @@
 //! - the engine never blocks on a client: events go to unbounded per-request channels, and
 //!   a closed channel means the client is gone, so the request is aborted at once;
 //! - an idle engine parks on the inbox and starts a new request in the turn it arrives
-//!   (the fast path, SPEC S1);
+//!   (the fast path, SPEC S1); otherwise the admission policies (`admission.rs`) may hold
+//!   new requests for a short window while the engine is busy (S2–S5);
 //! - a request that asks for prompt logprobs gets a logit row for every prompt position
 //!   (each prefill chunk's rows; positions served from the prefix cache are recomputed
 //!   from the cached keys into a scratch block no sequence owns), all sent with its first
 //!   token.
 
+use crate::admission::Admission;
 use crate::compute::{Compute, DTypeChoice, DeviceChoice};
 use crate::error::{EngineError, Result};
 use crate::handle::{EngineHandle, Event, ModelInfo, Usage};
@@ -20,6 +22,7 @@ use crate::runner::{build_batch, replay_batch, RowUse};
 use crate::sampler::{token_logprobs, Sampler, TokenLogprobs};
 use crate::stats::EngineStats;
 use crate::stop::StopMatcher;
+use kr_core::policy::{Gate, PolicyConfig, Priority};
 use kr_core::scheduler::NewRequest;
 use kr_core::{
     FinishReason, RequestId, SamplingParams, ScheduledSeq, Scheduler, SchedulerConfig, SeqUpdate,
@@ -30,7 +33,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
@@ -55,6 +58,8 @@ pub struct EngineConfig {
     pub gpu_memory_fraction: f64,
     /// On CUDA: replay decode steps from captured graphs.
     pub cuda_graphs: bool,
+    /// Scheduler policies (fast path, admission window, latency controller, aging).
+    pub policy: PolicyConfig,
 }
 
 impl EngineConfig {
@@ -72,6 +77,7 @@ impl EngineConfig {
             dtype: DTypeChoice::Auto,
             gpu_memory_fraction: 0.9,
             cuda_graphs: true,
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -82,9 +88,11 @@ pub(crate) enum Command {
         prompt: Vec<u32>,
         params: SamplingParams,
         prompt_logprobs: Option<u32>,
+        priority: Priority,
         events: UnboundedSender<Event>,
     },
     Abort(RequestId),
+    SetPolicy(PolicyConfig),
     Shutdown,
 }
 
@@ -142,6 +150,7 @@ struct EngineLoop {
     eos: Vec<u32>,
     inbox: Receiver<Command>,
     stats: Arc<EngineStats>,
+    admission: Admission,
 }
 
 /// Loads the model, sizes the KV pool and starts the engine thread.
@@ -163,7 +172,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
             cfg.kv_cache_mib, cfg.block_size
         )));
     }
-    let sched = Scheduler::new(SchedulerConfig {
+    let mut sched = Scheduler::new(SchedulerConfig {
         max_num_batched_tokens: cfg.max_num_batched_tokens,
         max_num_seqs: cfg.max_num_seqs,
         block_size: cfg.block_size,
@@ -173,6 +182,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
     });
     let stats = Arc::new(EngineStats::default());
     stats.kv_blocks_total.store(num_blocks as u64, Relaxed);
+    let admission = Admission::new(cfg.policy.clone(), &mut sched, &stats.sched);
     let (tx, rx) = std::sync::mpsc::channel();
     let name = cfg
         .model
@@ -199,6 +209,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         eos,
         inbox: rx,
         stats: stats.clone(),
+        admission,
     };
     std::thread::Builder::new()
         .name("kr-engine".into())
@@ -244,12 +255,14 @@ fn output_text(
 impl EngineLoop {
     fn run(mut self) {
         loop {
+            let mut fast = false;
             if self.sched.is_idle() {
                 let Ok(cmd) = self.inbox.recv() else { return };
                 if !self.handle(cmd) {
                     return;
                 }
-                if !self.sched.is_idle() {
+                fast = !self.sched.is_idle() && self.admission.fast_path();
+                if fast {
                     self.stats.fast_path.fetch_add(1, Relaxed);
                 }
             }
@@ -264,8 +277,49 @@ impl EngineLoop {
                     Err(_) => break,
                 }
             }
-            self.step();
+            self.admission.observe_turn(&self.sched, &self.stats.sched);
+            // The fast path skips the window: the request starts in this very turn.
+            let admit = match fast {
+                true => true,
+                false => match self.admit() {
+                    Some(admit) => admit,
+                    None => return,
+                },
+            };
+            self.step(admit);
             self.publish_gauges();
+        }
+    }
+
+    /// The admission window (S2/S3): whether waiting requests may start in this turn's step.
+    /// While it holds and nothing runs, waits on the inbox (gathering arrivals, handling
+    /// aborts) until the window ends. `None` on shutdown.
+    fn admit(&mut self) -> Option<bool> {
+        let mut held = false;
+        loop {
+            let until = match self.admission.gate(&self.sched) {
+                Gate::Admit => return Some(true),
+                Gate::HoldUntil(until) => until,
+            };
+            if !held {
+                held = true;
+                self.stats.sched.window_holds.fetch_add(1, Relaxed);
+            }
+            if self.sched.num_running() > 0 {
+                return Some(false);
+            }
+            match self
+                .inbox
+                .recv_timeout(until.saturating_sub(self.admission.now()))
+            {
+                Ok(cmd) => {
+                    if !self.handle(cmd) {
+                        return None;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Some(true),
+            }
         }
     }
 
@@ -277,9 +331,11 @@ impl EngineLoop {
                 prompt,
                 params,
                 prompt_logprobs,
+                priority,
                 events,
-            } => self.add(id, prompt, params, prompt_logprobs, events),
+            } => self.add(id, prompt, params, prompt_logprobs, priority, events),
             Command::Abort(id) => self.abort(id),
+            Command::SetPolicy(cfg) => self.admission.set(cfg, &mut self.sched, &self.stats.sched),
             Command::Shutdown => return false,
         }
         true
@@ -291,6 +347,7 @@ impl EngineLoop {
         prompt: Vec<u32>,
         params: SamplingParams,
         prompt_logprobs: Option<u32>,
+        priority: Priority,
         events: UnboundedSender<Event>,
     ) {
         let mut stop_ids = params.stop_token_ids.clone();
@@ -302,11 +359,14 @@ impl EngineLoop {
             prompt: prompt.clone(),
             max_tokens: params.max_tokens as usize,
             stop_token_ids: stop_ids,
+            priority,
+            arrival: self.admission.now(),
         };
         if let Err(e) = self.sched.add(req) {
             let _ = events.send(Event::Error(e.to_string()));
             return;
         }
+        self.stats.sched.requests_by_priority[priority as usize].fetch_add(1, Relaxed);
         self.stats
             .prompt_tokens
             .fetch_add(prompt.len() as u64, Relaxed);
@@ -334,9 +394,10 @@ impl EngineLoop {
         self.live.remove(&id);
     }
 
-    /// One iteration: schedule, run the model, sample, emit.
-    fn step(&mut self) {
-        let plan = self.sched.schedule();
+    /// One iteration: schedule (admitting waiting requests only if `admit`), run the model,
+    /// sample, emit.
+    fn step(&mut self, admit: bool) {
+        let plan = self.sched.schedule_at(self.admission.now(), admit);
         self.stats
             .preemptions
             .fetch_add(plan.preempted.len() as u64, Relaxed);
@@ -360,7 +421,12 @@ impl EngineLoop {
         };
         let (sampled, logprobs) = self.use_rows(&plan, &rows, &mut logits);
         let updates = self.sched.update(&plan, &sampled);
-        self.stats.step_seconds.observe(t0.elapsed());
+        let took = t0.elapsed();
+        self.stats.step_seconds.observe(took);
+        self.stats.sched.step_times.record(took);
+        self.stats.sched.batch_size.observe(plan.seqs.len());
+        self.admission
+            .after_step(took, &mut self.sched, &self.stats.sched);
         self.stats.steps.fetch_add(1, Relaxed);
         self.stats
             .generation_tokens

@@ -6,7 +6,7 @@ use crate::error::{EngineError, Result};
 use crate::sampler::TokenLogprobs;
 use crate::stats::EngineStats;
 use kr_core::sampling::MAX_TOP_LOGPROBS;
-use kr_core::{FinishReason, RequestId, SamplingParams};
+use kr_core::{FinishReason, PolicyConfig, Priority, RequestId, SamplingParams};
 use kr_model::{ChatMessage, ChatTemplate, ModelConfig, Tokenizer};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +39,9 @@ pub struct RequestOptions {
     /// alternatives (0..=20); see [`Event::Token::prompt_logprobs`]. Costs a logit row per
     /// prompt token, and a prompt prefix found in the prefix cache is recomputed for it.
     pub prompt_logprobs: Option<u32>,
+    /// Scheduling priority (SPEC S5): urgent requests skip any admission window; waiting
+    /// requests start by priority, aged while they wait.
+    pub priority: Priority,
 }
 
 /// Token counts of a finished request.
@@ -136,7 +139,7 @@ impl EngineHandle {
         self.submit_with(req, RequestOptions::default())
     }
 
-    /// [`EngineHandle::submit`] with options (prompt logprobs).
+    /// [`EngineHandle::submit`] with options (prompt logprobs, priority).
     pub fn submit_with(&self, req: GenerateRequest, opts: RequestOptions) -> Result<RequestStream> {
         req.params.validate(self.info.config.vocab_size)?;
         if let Some(n) = opts.prompt_logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
@@ -175,6 +178,7 @@ impl EngineHandle {
                 prompt,
                 params: req.params,
                 prompt_logprobs: opts.prompt_logprobs,
+                priority: opts.priority,
                 events: tx,
             })
             .map_err(|_| EngineError::Stopped)?;
@@ -185,6 +189,13 @@ impl EngineHandle {
             done: false,
             prompt_len,
         })
+    }
+
+    /// Changes the scheduler policies live (window, latency controller, aging, fast path).
+    pub fn set_policy(&self, cfg: PolicyConfig) -> Result<()> {
+        self.inbox
+            .send(Command::SetPolicy(cfg))
+            .map_err(|_| EngineError::Stopped)
     }
 
     /// Asks the engine thread to finish its work and exit.

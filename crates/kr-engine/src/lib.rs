@@ -4,6 +4,7 @@
 //! [`EngineHandle`] submits requests and gets a [`RequestStream`] of [`Event`]s back.
 //! Dropping a stream aborts its request and frees its KV blocks.
 
+mod admission;
 mod compute;
 mod engine;
 mod error;
@@ -24,7 +25,8 @@ pub use handle::{
 };
 pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub use inspect::{inspect_model, ModelSummary, TokenizerSummary};
-pub use kr_core::{FinishReason, SamplingParams};
+pub use kr_core::policy::{AdaptiveConfig, LatencyConfig, WindowLevel};
+pub use kr_core::{FinishReason, PolicyConfig, Priority, SamplingParams};
 pub use kr_model::ChatMessage;
 pub use model::{load_model, LoadedModel, BUILTIN_MODEL, RANDOM_PREFIX};
-pub use stats::{EngineStats, StatsSnapshot};
+pub use stats::{EngineStats, SchedStats, StatsSnapshot, StepPercentiles};

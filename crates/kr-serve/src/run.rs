@@ -10,6 +10,15 @@ use std::time::Instant;
 
 /// Starts an engine from the shared flags.
 pub fn start_engine(args: &EngineArgs) -> Result<EngineHandle> {
+    start_engine_with(args, |_| {})
+}
+
+/// [`start_engine`] with a last say on the engine config (`serve` sets the running cap and
+/// the scheduler policies from its config).
+pub fn start_engine_with(
+    args: &EngineArgs,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> Result<EngineHandle> {
     if let Some(n) = args.threads {
         if n == 0 {
             return Err(CliError::Usage("--threads must be at least 1".into()));
@@ -24,6 +33,7 @@ pub fn start_engine(args: &EngineArgs) -> Result<EngineHandle> {
     cfg.dtype = args.dtype;
     cfg.gpu_memory_fraction = args.gpu_memory_fraction;
     cfg.cuda_graphs = !args.no_cuda_graphs;
+    tweak(&mut cfg);
     Ok(kr_engine::start(cfg)?)
 }
 

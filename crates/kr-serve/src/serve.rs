@@ -3,7 +3,7 @@
 
 use crate::cli::{ConfigArgs, EngineArgs, ServeArgs};
 use crate::error::{CliError, Result};
-use crate::run::start_engine;
+use crate::run::start_engine_with;
 use kr_server::config::{self, Effective, Inputs};
 use kr_server::ServerConfig;
 use std::path::PathBuf;
@@ -73,7 +73,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         max_model_len: (c.max_model_len > 0).then_some(c.max_model_len),
         ..args.engine.clone()
     };
-    let engine = start_engine(&engine_args)?;
+    // The engine runs as many sequences as the server admits to run (max_running; also
+    // the ceiling of the latency controller) under the configured scheduler policies.
+    let engine = start_engine_with(&engine_args, |e| {
+        e.max_num_seqs = c.max_running;
+        e.policy = c.policy();
+    })?;
     let cfg = ServerConfig {
         api_keys: api_keys(&args)?,
         admin_key: args

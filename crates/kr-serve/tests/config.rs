@@ -156,3 +156,38 @@ fn sighup_reloads_a_valid_file_and_rejects_an_invalid_one() {
         .status();
     assert!(child.wait().expect("exits").success());
 }
+
+#[test]
+fn original_mlx_env_names_set_the_scheduler_keys() {
+    let env = [
+        ("MLX_GPU_SCHEDULER_WINDOW_MS", "1.5"),
+        ("MLX_ADAPTIVE_WINDOW", "on"),
+        ("MLX_AUTO_TUNE", "on"),
+        ("MLX_AUTO_TUNE_MAX_BATCH", "16"),
+        ("MLX_FAST_PATH", "off"),
+    ];
+    let out = kr(&["config", "--json"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    for (k, value) in [
+        ("scheduler_window_ms", Value::from(1.5)),
+        ("adaptive_window", Value::from(true)),
+        ("auto_tune", Value::from(true)),
+        ("auto_tune_max_batch", Value::from(16)),
+        ("fast_path", Value::from(false)),
+    ] {
+        assert_eq!(v["config"][k], value, "{k}");
+        assert_eq!(v["sources"][k], "env", "{k}");
+    }
+    let out = kr(&["config"], &[("MLX_ADAPTIVE_WINDOW_HIGH_MS", "9")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("adaptive_window_high_ms") && err.contains("0..=5"),
+        "{err}"
+    );
+}

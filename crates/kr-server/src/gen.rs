@@ -80,6 +80,7 @@ pub fn max_tokens(
 }
 
 /// Admits and submits `n` requests per prompt; request `k` of a prompt gets seed `seed + k`.
+/// Each goes at the priority of the `X-Priority` header ([`crate::priority`]).
 pub fn launch(
     state: &AppState,
     arrived: Instant,
@@ -122,7 +123,11 @@ pub fn launch_with(
             prompt: Prompt::Tokens(prompt.clone()),
             params,
         };
-        let stream = state.engine.submit_with(req, opts.clone())?;
+        let opts = RequestOptions {
+            priority: crate::priority::current(),
+            ..opts.clone()
+        };
+        let stream = state.engine.submit_with(req, opts)?;
         out.push(Tracked {
             stream,
             metrics: state.clone(),

@@ -4,7 +4,9 @@
 //! backend. Every route is a thin adapter: parse the wire type (a 4xx JSON error naming the
 //! problem on any failure), build `SamplingParams` and prompts, admit (429 when full),
 //! submit, then stream (SSE / NDJSON) or collect. /admin/config reads and changes the
-//! runtime-safe settings ([`config`]). See docs/ARCHITECTURE.md.
+//! runtime-safe settings ([`config`]); /v1/scheduler/stats reports the scheduler policies
+//! ([`sched_stats`]); `X-Priority` sets a request's priority ([`priority`]).
+//! See docs/ARCHITECTURE.md.
 
 pub mod admin;
 pub mod auth;
@@ -15,7 +17,9 @@ pub mod gen;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
+pub mod priority;
 pub mod probes;
+pub mod sched_stats;
 pub mod state;
 pub mod stream;
 pub mod tokenize;
@@ -46,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route("/metrics", get(probes::metrics))
+        .route("/v1/scheduler/stats", get(sched_stats::stats))
+        .route_layer(axum::middleware::from_fn(priority::from_header))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,

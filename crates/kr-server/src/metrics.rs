@@ -169,6 +169,7 @@ impl Metrics {
         for (name, help, h) in histograms {
             histogram(&mut out, name, help, &h);
         }
+        crate::sched_stats::render(&mut out, engine);
         out
     }
 }

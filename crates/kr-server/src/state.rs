@@ -178,6 +178,13 @@ pub struct Inner {
 /// Cheap to clone; handed to every handler.
 pub type AppState = Arc<Inner>;
 
+/// Sends the scheduler policies of `c` to the engine (they are runtime-safe).
+fn push_policy(engine: &EngineHandle, c: &Config) {
+    if engine.set_policy(c.policy()).is_err() {
+        tracing::warn!("the engine has stopped; scheduler policies not applied");
+    }
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -187,6 +194,11 @@ pub fn unix_now() -> u64 {
 impl Inner {
     pub fn new(engine: EngineHandle, cfg: ServerConfig) -> AppState {
         let admission = Admission::new(cfg.max_running + cfg.max_queue);
+        // A resolved config brings its scheduler policies; without one the engine keeps
+        // those it was started with.
+        if let Some(e) = &cfg.effective {
+            push_policy(&engine, &e.config);
+        }
         let effective = cfg
             .effective
             .clone()
@@ -224,6 +236,9 @@ impl Inner {
         let mut cfg = (*live.cfg).clone();
         cfg.apply(&next.config);
         self.admission.set_capacity(cfg.max_running + cfg.max_queue);
+        if next.config.policy() != live.effective.config.policy() {
+            push_policy(&self.engine, &next.config);
+        }
         live.cfg = Arc::new(cfg);
         live.effective = next;
     }

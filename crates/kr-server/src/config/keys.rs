@@ -55,6 +55,14 @@ fn seconds(v: &str) -> Result<f64, String> {
     Ok(s)
 }
 
+fn float(v: &str, lo: f64, hi: f64) -> Result<f64, String> {
+    let x: f64 = v.trim().parse().map_err(|_| String::new())?;
+    if !(lo..=hi).contains(&x) {
+        return Err(String::new());
+    }
+    Ok(x)
+}
+
 fn text(v: &str) -> Result<String, String> {
     let t = v.trim();
     if t.is_empty() {
@@ -156,6 +164,157 @@ pub static KEYS: &[Key] = &[
         set: |c, v| Ok(c.stream_interval_ms = int(v, 0u64, 60_000)?),
         get: |c| json!(c.stream_interval_ms),
     },
+    // Scheduler policies (SPEC S1–S6); all applied live to the engine.
+    Key {
+        name: "fast_path",
+        runtime_safe: true,
+        range: "true or false",
+        set: |c, v| Ok(c.fast_path = boolean(v)?),
+        get: |c| json!(c.fast_path),
+    },
+    Key {
+        name: "scheduler_window_ms",
+        runtime_safe: true,
+        range: "0..=5 milliseconds (0 = off)",
+        set: |c, v| Ok(c.scheduler_window_ms = float(v, 0.0, 5.0)?),
+        get: |c| json!(c.scheduler_window_ms),
+    },
+    Key {
+        name: "adaptive_window",
+        runtime_safe: true,
+        range: "true or false",
+        set: |c, v| Ok(c.adaptive_window = boolean(v)?),
+        get: |c| json!(c.adaptive_window),
+    },
+    Key {
+        name: "adaptive_window_low_ms",
+        runtime_safe: true,
+        range: "0..=5 milliseconds",
+        set: |c, v| Ok(c.adaptive_window_low_ms = float(v, 0.0, 5.0)?),
+        get: |c| json!(c.adaptive_window_low_ms),
+    },
+    Key {
+        name: "adaptive_window_medium_ms",
+        runtime_safe: true,
+        range: "0..=5 milliseconds",
+        set: |c, v| Ok(c.adaptive_window_medium_ms = float(v, 0.0, 5.0)?),
+        get: |c| json!(c.adaptive_window_medium_ms),
+    },
+    Key {
+        name: "adaptive_window_high_ms",
+        runtime_safe: true,
+        range: "0..=5 milliseconds",
+        set: |c, v| Ok(c.adaptive_window_high_ms = float(v, 0.0, 5.0)?),
+        get: |c| json!(c.adaptive_window_high_ms),
+    },
+    Key {
+        name: "adaptive_window_low_depth",
+        runtime_safe: true,
+        range: "0..=100000 queued requests (EMA), at most adaptive_window_medium_depth",
+        set: |c, v| Ok(c.adaptive_window_low_depth = float(v, 0.0, 100_000.0)?),
+        get: |c| json!(c.adaptive_window_low_depth),
+    },
+    Key {
+        name: "adaptive_window_medium_depth",
+        runtime_safe: true,
+        range: "0..=100000 queued requests (EMA), at least adaptive_window_low_depth",
+        set: |c, v| Ok(c.adaptive_window_medium_depth = float(v, 0.0, 100_000.0)?),
+        get: |c| json!(c.adaptive_window_medium_depth),
+    },
+    Key {
+        name: "adaptive_window_alpha",
+        runtime_safe: true,
+        range: "0.01..=1",
+        set: |c, v| Ok(c.adaptive_window_alpha = float(v, 0.01, 1.0)?),
+        get: |c| json!(c.adaptive_window_alpha),
+    },
+    Key {
+        name: "adaptive_window_hysteresis",
+        runtime_safe: true,
+        range: "1..=100 consecutive samples",
+        set: |c, v| Ok(c.adaptive_window_hysteresis = int(v, 1u32, 100)?),
+        get: |c| json!(c.adaptive_window_hysteresis),
+    },
+    Key {
+        name: "auto_tune",
+        runtime_safe: true,
+        range: "true or false",
+        set: |c, v| Ok(c.auto_tune = boolean(v)?),
+        get: |c| json!(c.auto_tune),
+    },
+    Key {
+        name: "auto_tune_min_batch",
+        runtime_safe: true,
+        range: "1..=4096, at most auto_tune_max_batch",
+        set: |c, v| Ok(c.auto_tune_min_batch = int(v, 1usize, 4096)?),
+        get: |c| json!(c.auto_tune_min_batch),
+    },
+    Key {
+        name: "auto_tune_max_batch",
+        runtime_safe: true,
+        range: "1..=4096, at least auto_tune_min_batch (capped by max_running)",
+        set: |c, v| Ok(c.auto_tune_max_batch = int(v, 1usize, 4096)?),
+        get: |c| json!(c.auto_tune_max_batch),
+    },
+    Key {
+        name: "auto_tune_interval",
+        runtime_safe: true,
+        range: "1..=1000 steps",
+        set: |c, v| Ok(c.auto_tune_interval = int(v, 1u32, 1000)?),
+        get: |c| json!(c.auto_tune_interval),
+    },
+    Key {
+        name: "auto_tune_ema_alpha",
+        runtime_safe: true,
+        range: "0.01..=1",
+        set: |c, v| Ok(c.auto_tune_ema_alpha = float(v, 0.01, 1.0)?),
+        get: |c| json!(c.auto_tune_ema_alpha),
+    },
+    Key {
+        name: "p99_threshold_ms",
+        runtime_safe: true,
+        range: "1..=60000 milliseconds",
+        set: |c, v| Ok(c.p99_threshold_ms = float(v, 1.0, 60_000.0)?),
+        get: |c| json!(c.p99_threshold_ms),
+    },
+    Key {
+        name: "priority_aging_ms",
+        runtime_safe: true,
+        range: "0..=3600000 milliseconds per priority level (0 = no aging)",
+        set: |c, v| Ok(c.priority_aging_ms = int(v, 0u64, 3_600_000)?),
+        get: |c| json!(c.priority_aging_ms),
+    },
+];
+
+/// The original system's environment names accepted as aliases (SPEC C1); a
+/// `KR_SERVE_<KEY>` variable wins over its alias.
+pub static ENV_ALIASES: &[(&str, &str)] = &[
+    ("MLX_GPU_SCHEDULER_WINDOW_MS", "scheduler_window_ms"),
+    ("MLX_GPU_SCHEDULER_BATCH_SIZE", "max_running"),
+    ("MLX_GPU_SCHEDULER_P99_THRESHOLD_MS", "p99_threshold_ms"),
+    ("MLX_ADAPTIVE_WINDOW", "adaptive_window"),
+    ("MLX_ADAPTIVE_WINDOW_LOW_MS", "adaptive_window_low_ms"),
+    ("MLX_ADAPTIVE_WINDOW_MEDIUM_MS", "adaptive_window_medium_ms"),
+    ("MLX_ADAPTIVE_WINDOW_HIGH_MS", "adaptive_window_high_ms"),
+    (
+        "MLX_ADAPTIVE_WINDOW_LOW_THRESHOLD",
+        "adaptive_window_low_depth",
+    ),
+    (
+        "MLX_ADAPTIVE_WINDOW_MEDIUM_THRESHOLD",
+        "adaptive_window_medium_depth",
+    ),
+    ("MLX_ADAPTIVE_WINDOW_EMA_ALPHA", "adaptive_window_alpha"),
+    (
+        "MLX_ADAPTIVE_WINDOW_HYSTERESIS",
+        "adaptive_window_hysteresis",
+    ),
+    ("MLX_FAST_PATH", "fast_path"),
+    ("MLX_AUTO_TUNE", "auto_tune"),
+    ("MLX_AUTO_TUNE_MIN_BATCH", "auto_tune_min_batch"),
+    ("MLX_AUTO_TUNE_MAX_BATCH", "auto_tune_max_batch"),
+    ("MLX_AUTO_TUNE_INTERVAL", "auto_tune_interval"),
+    ("MLX_AUTO_TUNE_EMA_ALPHA", "auto_tune_ema_alpha"),
 ];
 
 /// The key called `name`, if any.

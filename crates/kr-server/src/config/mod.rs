@@ -8,11 +8,12 @@
 
 pub mod keys;
 
+use kr_engine::{AdaptiveConfig, LatencyConfig, PolicyConfig};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use keys::{key, Key, KEYS};
+pub use keys::{key, Key, ENV_ALIASES, KEYS};
 
 /// Every serve setting, with its default.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +34,26 @@ pub struct Config {
     pub strict: bool,
     /// Longest a streamed token is held back for coalescing, ms; 0 = no time limit.
     pub stream_interval_ms: u64,
+    // Scheduler policies (see `Config::policy`).
+    pub fast_path: bool,
+    /// Fixed admission window, ms (0 = off); unused while `adaptive_window` is on.
+    pub scheduler_window_ms: f64,
+    pub adaptive_window: bool,
+    pub adaptive_window_low_ms: f64,
+    pub adaptive_window_medium_ms: f64,
+    pub adaptive_window_high_ms: f64,
+    pub adaptive_window_low_depth: f64,
+    pub adaptive_window_medium_depth: f64,
+    pub adaptive_window_alpha: f64,
+    pub adaptive_window_hysteresis: u32,
+    pub auto_tune: bool,
+    pub auto_tune_min_batch: usize,
+    pub auto_tune_max_batch: usize,
+    pub auto_tune_interval: u32,
+    pub auto_tune_ema_alpha: f64,
+    pub p99_threshold_ms: f64,
+    /// Waiting time per priority level gained (0 = no aging).
+    pub priority_aging_ms: u64,
 }
 
 impl Default for Config {
@@ -51,7 +72,84 @@ impl Default for Config {
             request_timeout: 0.0,
             strict: false,
             stream_interval_ms: 0,
+            fast_path: true,
+            scheduler_window_ms: 0.0,
+            adaptive_window: false,
+            adaptive_window_low_ms: 0.75,
+            adaptive_window_medium_ms: 1.0,
+            adaptive_window_high_ms: 2.0,
+            adaptive_window_low_depth: 1.0,
+            adaptive_window_medium_depth: 5.0,
+            adaptive_window_alpha: 0.5,
+            adaptive_window_hysteresis: 3,
+            auto_tune: false,
+            auto_tune_min_batch: 2,
+            auto_tune_max_batch: 8,
+            auto_tune_interval: 10,
+            auto_tune_ema_alpha: 0.3,
+            p99_threshold_ms: 100.0,
+            priority_aging_ms: 1000,
         }
+    }
+}
+
+fn ms(v: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(v / 1000.0)
+}
+
+impl Config {
+    /// The engine's scheduler policies these settings ask for.
+    pub fn policy(&self) -> PolicyConfig {
+        let adaptive = self.adaptive_window.then(|| AdaptiveConfig {
+            low_depth: self.adaptive_window_low_depth,
+            medium_depth: self.adaptive_window_medium_depth,
+            low: ms(self.adaptive_window_low_ms),
+            medium: ms(self.adaptive_window_medium_ms),
+            high: ms(self.adaptive_window_high_ms),
+            alpha: self.adaptive_window_alpha,
+            hysteresis: self.adaptive_window_hysteresis,
+        });
+        let latency = self.auto_tune.then(|| LatencyConfig {
+            target: ms(self.p99_threshold_ms),
+            min_batch: self.auto_tune_min_batch,
+            max_batch: self.auto_tune_max_batch,
+            interval: self.auto_tune_interval,
+            alpha: self.auto_tune_ema_alpha,
+        });
+        PolicyConfig {
+            fast_path: self.fast_path,
+            window: ms(self.scheduler_window_ms),
+            adaptive,
+            latency,
+            aging_step: (self.priority_aging_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.priority_aging_ms)),
+        }
+    }
+
+    /// Rules that tie two keys together; the error names the second key.
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: String, range| {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                value,
+                range,
+            })
+        };
+        if self.auto_tune_max_batch < self.auto_tune_min_batch {
+            return bad(
+                "auto_tune_max_batch",
+                self.auto_tune_max_batch.to_string(),
+                "at least auto_tune_min_batch",
+            );
+        }
+        if self.adaptive_window_medium_depth < self.adaptive_window_low_depth {
+            return bad(
+                "adaptive_window_medium_depth",
+                self.adaptive_window_medium_depth.to_string(),
+                "at least adaptive_window_low_depth",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -108,15 +206,30 @@ pub struct Inputs {
     pub file: Option<PathBuf>,
 }
 
-/// The `KR_SERVE_<KEY>` variables (and `KR_SERVE_PRESET`) of the process environment.
+/// The `KR_SERVE_<KEY>` variables (and `KR_SERVE_PRESET`) of the process environment,
+/// plus the original's `MLX_*` aliases ([`ENV_ALIASES`]) of keys not set by their own name.
 pub fn env_vars() -> Vec<(String, String)> {
+    env_vars_from(|name| std::env::var(name).ok())
+}
+
+/// [`env_vars`] over any lookup (tests pass a map).
+pub fn env_vars_from(get: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
     let names = KEYS.iter().map(|k| k.name).chain(["preset"]);
-    names
+    let mut vars: Vec<(String, String)> = names
         .filter_map(|n| {
-            let v = std::env::var(format!("KR_SERVE_{}", n.to_ascii_uppercase())).ok()?;
+            let v = get(&format!("KR_SERVE_{}", n.to_ascii_uppercase()))?;
             Some((n.to_string(), v))
         })
-        .collect()
+        .collect();
+    for (alias, key) in ENV_ALIASES {
+        if vars.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        if let Some(v) = get(alias) {
+            vars.push((key.to_string(), v));
+        }
+    }
+    vars
 }
 
 /// The config in force and the source of each value.
@@ -130,23 +243,41 @@ pub struct Effective {
 /// The preset's values; `None` for an unknown name.
 fn preset_values(name: &str) -> Option<&'static [(&'static str, &'static str)]> {
     Some(match name {
+        // No window; the latency controller keeps steps under the p99 target.
         "latency_sensitive" => &[
             ("max_running", "16"),
             ("max_queue", "32"),
             ("stream_interval", "1"),
             ("request_timeout", "60"),
+            ("fast_path", "true"),
+            ("scheduler_window_ms", "0"),
+            ("adaptive_window", "false"),
+            ("auto_tune", "true"),
+            ("auto_tune_min_batch", "2"),
+            ("auto_tune_max_batch", "16"),
+            ("p99_threshold_ms", "100"),
         ],
+        // Continuous batching as is: no window, no controller.
         "balanced" => &[
             ("max_running", "64"),
             ("max_queue", "256"),
             ("stream_interval", "2"),
             ("request_timeout", "300"),
+            ("fast_path", "true"),
+            ("scheduler_window_ms", "0"),
+            ("adaptive_window", "false"),
+            ("auto_tune", "false"),
         ],
+        // Arrivals while busy are gathered by the adaptive window (0.75/1/2 ms).
         "throughput_optimized" => &[
             ("max_running", "256"),
             ("max_queue", "1024"),
             ("stream_interval", "8"),
             ("request_timeout", "0"),
+            ("fast_path", "true"),
+            ("scheduler_window_ms", "2"),
+            ("adaptive_window", "true"),
+            ("auto_tune", "false"),
         ],
         _ => return None,
     })
@@ -222,6 +353,7 @@ pub fn resolve(inputs: &Inputs) -> Result<Effective, ConfigError> {
             eff.set(k, v, source, origin)?;
         }
     }
+    eff.config.check()?;
     Ok(eff)
 }
 
@@ -265,6 +397,7 @@ impl Effective {
             };
             next.set(k, &text, Source::Admin, "the request")?;
         }
+        next.config.check()?;
         Ok(next)
     }
 
@@ -314,7 +447,7 @@ impl Effective {
     /// A table: key, value, source, runtime-safe.
     pub fn to_table(&self) -> String {
         let mut out = format!(
-            "{:<16} {:<36} {:<8} {}\n",
+            "{:<29} {:<36} {:<8} {}\n",
             "KEY", "VALUE", "SOURCE", "RUNTIME-SAFE"
         );
         for k in KEYS {
@@ -325,7 +458,7 @@ impl Effective {
             let src = self.sources.get(k.name).copied().unwrap_or(Source::Default);
             let safe = if k.runtime_safe { "yes" } else { "no" };
             out.push_str(&format!(
-                "{:<16} {:<36} {:<8} {safe}\n",
+                "{:<29} {:<36} {:<8} {safe}\n",
                 k.name,
                 v,
                 src.to_string()

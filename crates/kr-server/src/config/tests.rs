@@ -1,6 +1,7 @@
 //! Unit tests of the schema: precedence, error messages, PATCH and reload.
 
 use super::*;
+use std::time::Duration;
 
 fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -105,4 +106,93 @@ fn reload_takes_safe_keys_and_keeps_the_others() {
     assert_eq!(next.config.port, 8080);
     assert_eq!(ignored, vec!["port"]);
     assert!(next.to_table().contains("max_queue"));
+}
+
+#[test]
+fn original_env_names_are_aliases_and_kr_serve_names_win() {
+    let env: std::collections::HashMap<&str, &str> = [
+        ("MLX_GPU_SCHEDULER_WINDOW_MS", "1.5"),
+        ("MLX_GPU_SCHEDULER_BATCH_SIZE", "4"),
+        ("MLX_ADAPTIVE_WINDOW", "on"),
+        ("MLX_AUTO_TUNE", "on"),
+        ("MLX_AUTO_TUNE_MAX_BATCH", "16"),
+        ("MLX_FAST_PATH", "off"),
+        ("MLX_GPU_SCHEDULER_P99_THRESHOLD_MS", "50"),
+        ("KR_SERVE_P99_THRESHOLD_MS", "80"),
+    ]
+    .into_iter()
+    .collect();
+    let vars = env_vars_from(|n| env.get(n).map(|v| v.to_string()));
+    let e = resolve(&Inputs {
+        env: vars,
+        ..Inputs::default()
+    })
+    .expect("valid");
+    let c = &e.config;
+    assert_eq!(c.scheduler_window_ms, 1.5);
+    assert_eq!(c.max_running, 4);
+    assert!(c.adaptive_window && c.auto_tune && !c.fast_path);
+    assert_eq!(c.auto_tune_max_batch, 16);
+    assert_eq!(c.p99_threshold_ms, 80.0, "KR_SERVE_ wins over the alias");
+    assert_eq!(e.sources["scheduler_window_ms"], Source::Env);
+    let p = c.policy();
+    assert!(!p.fast_path);
+    assert!(p.adaptive.is_some());
+    let lat = p.latency.expect("auto_tune on");
+    assert_eq!((lat.max_batch, lat.target), (16, Duration::from_millis(80)));
+    // Every alias names a real key.
+    assert!(ENV_ALIASES.iter().all(|(_, k)| key(k).is_some()));
+}
+
+#[test]
+fn defaults_and_balanced_keep_continuous_batching_as_is() {
+    let d = Config::default().policy();
+    assert_eq!(d, kr_engine::PolicyConfig::default());
+    for preset in ["balanced", "latency_sensitive", "throughput_optimized"] {
+        let e = resolve(&Inputs {
+            flags: kv(&[("preset", preset)]),
+            ..Inputs::default()
+        })
+        .expect("preset");
+        let p = e.config.policy();
+        assert!(p.fast_path, "{preset}: the fast path stays on");
+        match preset {
+            "balanced" => {
+                assert!(p.window.is_zero() && p.adaptive.is_none() && p.latency.is_none())
+            }
+            "latency_sensitive" => assert!(p.window.is_zero() && p.latency.is_some()),
+            _ => assert!(p.adaptive.is_some() && p.latency.is_none()),
+        }
+        assert_eq!(e.sources["fast_path"], Source::Preset);
+    }
+}
+
+#[test]
+fn scheduler_keys_are_checked_alone_and_together() {
+    let msg = resolve(&Inputs {
+        flags: kv(&[("scheduler_window_ms", "9")]),
+        ..Inputs::default()
+    })
+    .expect_err("too long")
+    .to_string();
+    assert!(
+        msg.contains("scheduler_window_ms") && msg.contains("0..=5"),
+        "{msg}"
+    );
+    let msg = resolve(&Inputs {
+        flags: kv(&[("auto_tune_min_batch", "8"), ("auto_tune_max_batch", "4")]),
+        ..Inputs::default()
+    })
+    .expect_err("min > max")
+    .to_string();
+    assert!(
+        msg.contains("auto_tune_max_batch") && msg.contains("auto_tune_min_batch"),
+        "{msg}"
+    );
+    let e = Effective::default_config();
+    let live: serde_json::Map<_, _> =
+        serde_json::from_str(r#"{"adaptive_window": true, "priority_aging_ms": 0}"#).expect("json");
+    let next = e.patch(&live).expect("runtime-safe");
+    assert!(next.config.policy().adaptive.is_some());
+    assert_eq!(next.config.policy().aging_step, None);
 }

@@ -150,6 +150,7 @@ pub async fn completions(
         gen::max_tokens(&state, Some(asked.max(u32::from(only))), "prompt", longest)?;
     let opts = RequestOptions {
         prompt_logprobs: req.logprobs.filter(|_| echo),
+        ..Default::default()
     };
     let streams = gen::launch_with(&state, arrived, &ids, &params, n, &opts)?;
     // Choice `i` belongs to prompt `i / n`.
