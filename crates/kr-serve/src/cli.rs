@@ -186,6 +186,11 @@ pub struct BenchOverheadArgs {
     /// Paired repeats per level (each runs both sides, alternating which goes first).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// Questions per interleaved chunk: each chunk runs through both sides back to back,
+    /// alternating which goes first, so load from neighbours hits both alike. Raised to
+    /// the concurrency (so batches stay full); 0 = whole passes.
+    #[arg(long, default_value_t = 1)]
+    pub interleave: usize,
     /// Worker threads of the async runtime shared by the server, the client and the
     /// engine-side tasks.
     #[arg(long, default_value_t = 2)]

@@ -7,9 +7,11 @@
 //! same user messages (the engine renders the chat template in both cases), greedy, the
 //! same seeds, `ignore_eos` and the same `max_tokens`, from the same async runtime with
 //! the same number of workers. A warm-up first prefills every prompt once, so the prefix
-//! cache is equally warm for every measured pass. Each repeat runs both sides back to back,
-//! alternating which goes first, and the overhead is measured per repeat (paired), so slow
-//! drift from a shared machine cancels out. Never asserts timings.
+//! cache is equally warm for every measured pass. Each repeat splits the questions into
+//! chunks (`--interleave`, at least the concurrency) and runs every chunk through both
+//! sides back to back, alternating which goes first; a side's total is the sum of its
+//! chunks, and the overhead is measured per repeat (paired), so load from neighbours on a
+//! shared machine hits both sides alike. Never asserts timings.
 
 use super::client::{self, Endpoint, Outcome, Target};
 use super::dataset::{self, Sample};
@@ -20,6 +22,7 @@ use crate::error::{CliError, Result};
 use crate::run::start_engine;
 use kr_engine::{ChatMessage, EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
 use serde_json::{json, Value};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,9 +46,38 @@ impl Side {
 /// One pass of every question through one side.
 struct Pass {
     total_s: f64,
+    /// Wall time of each chunk (one entry for a whole pass).
+    chunk_s: Vec<f64>,
     outcomes: Vec<Outcome>,
     fast_path: u64,
     queue_counts: Vec<u64>,
+}
+
+impl Pass {
+    fn empty() -> Pass {
+        Pass {
+            total_s: 0.0,
+            chunk_s: Vec::new(),
+            outcomes: Vec::new(),
+            fast_path: 0,
+            queue_counts: Vec::new(),
+        }
+    }
+
+    /// Adds a later chunk of the same side's pass.
+    fn merge(&mut self, other: Pass) {
+        self.total_s += other.total_s;
+        self.chunk_s.extend(other.chunk_s);
+        self.outcomes.extend(other.outcomes);
+        self.fast_path += other.fast_path;
+        if self.queue_counts.is_empty() {
+            self.queue_counts = other.queue_counts;
+        } else {
+            for (a, b) in self.queue_counts.iter_mut().zip(other.queue_counts) {
+                *a += b;
+            }
+        }
+    }
 }
 
 /// Everything a pass needs.
@@ -109,7 +141,7 @@ pub fn bench_overhead(args: BenchOverheadArgs) -> Result<()> {
             "questions": args.questions.as_ref().map_or("builtin questions-50".into(), |p| p.display().to_string()),
             "num_prompts": samples.len(), "max_tokens": args.max_tokens, "ignore_eos": true,
             "temperature": 0.0, "seed": args.seed, "repeat": args.repeat,
-            "concurrency": args.concurrency, "runtime_threads": args.runtime_threads,
+            "concurrency": args.concurrency, "interleave": args.interleave, "runtime_threads": args.runtime_threads,
             "threads": super::engine::rayon_threads(), "endpoint": "/v1/chat/completions (stream; /v1/completions for a model without a chat template)",
         },
         "levels": levels,
@@ -185,41 +217,37 @@ async fn levels(ctx: &Arc<Ctx>, args: &BenchOverheadArgs) -> Result<Vec<Value>> 
             .collect(),
         ..clone_ctx(ctx)
     };
-    run_pass(&Arc::new(prefill_only), Side::Engine, 8).await?;
+    let all = 0..ctx.samples.len();
+    run_pass(&Arc::new(prefill_only), Side::Engine, 8, all).await?;
     let few = Ctx {
         samples: ctx.samples.iter().take(4).cloned().collect(),
         ..clone_ctx(ctx)
     };
     let few = Arc::new(few);
     for side in [Side::Engine, Side::Http] {
-        run_pass(&few, side, 4).await?;
+        run_pass(&few, side, 4, 0..few.samples.len()).await?;
     }
     let mut out = Vec::new();
     for (li, &c) in args.concurrency.iter().enumerate() {
+        let chunk = if args.interleave == 0 {
+            ctx.samples.len()
+        } else {
+            args.interleave.max(c)
+        };
         let mut pairs = Vec::new();
         for r in 0..args.repeat {
-            let order = if (r + li) % 2 == 0 {
-                [Side::Engine, Side::Http]
-            } else {
-                [Side::Http, Side::Engine]
-            };
-            let mut pair: [Option<Pass>; 2] = [None, None];
-            for side in order {
-                let pass = run_pass(ctx, side, c).await?;
-                eprintln!(
-                    "concurrency {c}, repeat {}/{}: {:>6} {:.3} s",
-                    r + 1,
-                    args.repeat,
-                    side.name(),
-                    pass.total_s
-                );
-                pair[(side == Side::Http) as usize] = Some(pass);
-            }
-            if let [Some(e), Some(h)] = pair {
-                pairs.push((order[0], e, h));
-            }
+            let pair = run_repeat(ctx, c, chunk, r + li).await?;
+            eprintln!(
+                "concurrency {c}, repeat {}/{}: engine {:.3} s, http {:.3} s ({:+.2}%)",
+                r + 1,
+                args.repeat,
+                pair.1.total_s,
+                pair.2.total_s,
+                (pair.2.total_s / pair.1.total_s - 1.0) * 100.0
+            );
+            pairs.push(pair);
         }
-        let level = level_json(c, &pairs);
+        let level = level_json(c, chunk, &pairs);
         eprintln!(
             "concurrency {c}: overhead {:.2}% (median of {} paired repeats)",
             level["overhead_percent"].as_f64().unwrap_or(f64::NAN),
@@ -228,6 +256,37 @@ async fn levels(ctx: &Arc<Ctx>, args: &BenchOverheadArgs) -> Result<Vec<Value>> 
         out.push(level);
     }
     Ok(out)
+}
+
+/// One repeat: the questions in chunks of `chunk`, each chunk through both sides back to
+/// back, the side that goes first alternating from chunk to chunk (starting with the
+/// engine when `parity` is even). Returns the side that went first and both sides' sums.
+async fn run_repeat(
+    ctx: &Arc<Ctx>,
+    c: usize,
+    chunk: usize,
+    parity: usize,
+) -> Result<(Side, Pass, Pass)> {
+    let n = ctx.samples.len();
+    let mut sides = [Pass::empty(), Pass::empty()];
+    let first = if parity % 2 == 0 {
+        Side::Engine
+    } else {
+        Side::Http
+    };
+    for (j, start) in (0..n).step_by(chunk.max(1)).enumerate() {
+        let order = if (parity + j) % 2 == 0 {
+            [Side::Engine, Side::Http]
+        } else {
+            [Side::Http, Side::Engine]
+        };
+        for side in order {
+            let pass = run_pass(ctx, side, c, start..(start + chunk).min(n)).await?;
+            sides[(side == Side::Http) as usize].merge(pass);
+        }
+    }
+    let [e, h] = sides;
+    Ok((first, e, h))
 }
 
 fn clone_ctx(ctx: &Ctx) -> Ctx {
@@ -241,19 +300,24 @@ fn clone_ctx(ctx: &Ctx) -> Ctx {
 }
 
 /// Every sample through `side` with `concurrency` workers; fails on any failed request.
-async fn run_pass(ctx: &Arc<Ctx>, side: Side, concurrency: usize) -> Result<Pass> {
+async fn run_pass(
+    ctx: &Arc<Ctx>,
+    side: Side,
+    concurrency: usize,
+    range: Range<usize>,
+) -> Result<Pass> {
     let before = ctx.engine.stats().snapshot().fast_path;
     let queue_before = ctx.engine.stats().queue_seconds.snapshot().counts;
-    let next = Arc::new(AtomicUsize::new(0));
-    let results = Arc::new(Mutex::new(Vec::with_capacity(ctx.samples.len())));
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let results = Arc::new(Mutex::new(Vec::with_capacity(range.len())));
     let t0 = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency.min(ctx.samples.len()) {
-        let (ctx, next, results) = (ctx.clone(), next.clone(), results.clone());
+    for _ in 0..concurrency.min(range.len()) {
+        let (ctx, next, results, end) = (ctx.clone(), next.clone(), results.clone(), range.end);
         workers.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(sample) = ctx.samples.get(i) else {
+                let Some(sample) = ctx.samples.get(i).filter(|_| i < end) else {
                     break;
                 };
                 let seed = ctx.seed + i as u64;
@@ -297,6 +361,7 @@ async fn run_pass(ctx: &Arc<Ctx>, side: Side, concurrency: usize) -> Result<Pass
     let queue_after = ctx.engine.stats().queue_seconds.snapshot().counts;
     Ok(Pass {
         total_s,
+        chunk_s: vec![total_s],
         outcomes: outcomes.into_iter().map(|(_, o)| o).collect(),
         fast_path: ctx.engine.stats().snapshot().fast_path - before,
         queue_counts: queue_after
@@ -364,6 +429,14 @@ async fn engine_request(engine: &EngineHandle, sample: &Sample, seed: u64, t0: I
     out
 }
 
+fn flat(v: &[&Pass], f: impl Fn(&Pass) -> Vec<f64>) -> Vec<f64> {
+    v.iter().flat_map(|p| f(p)).collect()
+}
+
+fn e2es(p: &Pass) -> Vec<f64> {
+    p.outcomes.iter().map(|o| o.e2e).collect()
+}
+
 fn side_json(passes: &[&Pass]) -> Value {
     let totals: Vec<f64> = passes.iter().map(|p| p.total_s).collect();
     let all = || passes.iter().flat_map(|p| p.outcomes.iter());
@@ -384,19 +457,39 @@ fn side_json(passes: &[&Pass]) -> Value {
     json!({
         "total_s": Summary::of(&totals),
         "total_s_per_repeat": totals,
+        "chunk_s": flat(passes, |p| p.chunk_s.clone()),
         "latency_ms": Summary::of(&lat),
         "ttft_ms": Summary::of(&ttft),
         "itl_ms": Summary::of(&itl),
         "tokens_per_s": median(&tps),
         "tokens_per_s_per_repeat": tps,
-        "output_tokens_per_pass": passes.first().map(|p| p.outcomes.iter().map(|o| o.output_tokens).sum::<usize>()),
-        "fast_path_per_pass": passes.iter().map(|p| p.fast_path).collect::<Vec<_>>(),
+        "output_tokens_per_repeat": passes.first().map(|p| p.outcomes.iter().map(|o| o.output_tokens).sum::<usize>()),
+        "fast_path_per_repeat": passes.iter().map(|p| p.fast_path).collect::<Vec<_>>(),
         "queue_wait_p99_ms_upper_bound": q99.map(|s| if s.is_finite() { json!(s * 1e3) } else { json!("> 60000") }),
     })
 }
 
+/// Overhead of `h` over `e` from paired samples (same question or chunk, back to back):
+/// `(Σh/Σe − 1)·100` with a 95% confidence interval from the spread of the differences.
+fn paired(e: &[f64], h: &[f64]) -> Value {
+    let n = e.len().min(h.len());
+    if n < 2 {
+        return Value::Null;
+    }
+    let d: Vec<f64> = e.iter().zip(h).map(|(a, b)| b - a).collect();
+    let mean_e = e[..n].iter().sum::<f64>() / n as f64;
+    let mean_d = d.iter().sum::<f64>() / n as f64;
+    let sd = (d.iter().map(|x| (x - mean_d).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    let half = 1.96 * sd / (n as f64).sqrt();
+    json!({
+        "percent": mean_d / mean_e * 100.0,
+        "ci95_percent": [(mean_d - half) / mean_e * 100.0, (mean_d + half) / mean_e * 100.0],
+        "pairs": n,
+    })
+}
+
 /// The level's JSON: both sides, paired overheads, and whether both generated the same.
-fn level_json(concurrency: usize, pairs: &[(Side, Pass, Pass)]) -> Value {
+fn level_json(concurrency: usize, chunk: usize, pairs: &[(Side, Pass, Pass)]) -> Value {
     let eng: Vec<&Pass> = pairs.iter().map(|p| &p.1).collect();
     let http: Vec<&Pass> = pairs.iter().map(|p| &p.2).collect();
     let per_repeat: Vec<f64> = pairs
@@ -423,13 +516,16 @@ fn level_json(concurrency: usize, pairs: &[(Side, Pass, Pass)]) -> Value {
     });
     json!({
         "concurrency": concurrency,
+        "interleave_chunk": chunk,
         "overhead_percent": median(&per_repeat),
         "overhead_percent_per_repeat": per_repeat,
         "overhead_percent_spread": {"min": per_repeat.iter().copied().fold(f64::INFINITY, f64::min), "max": per_repeat.iter().copied().fold(f64::NEG_INFINITY, f64::max), "mean": per_repeat.iter().sum::<f64>() / per_repeat.len().max(1) as f64},
+        "paired_chunk_time_overhead": paired(&flat(&eng, |p| p.chunk_s.clone()), &flat(&http, |p| p.chunk_s.clone())),
+        "paired_request_latency_overhead": paired(&flat(&eng, |p| e2es(p)), &flat(&http, |p| e2es(p))),
         "overhead_percent_of_summed_time": (sum(&http) / sum(&eng) - 1.0) * 100.0,
         "latency_overhead_percent": (mean_lat(&http) / mean_lat(&eng) - 1.0) * 100.0,
         "http_over_engine_time_ratio": sum(&http) / sum(&eng),
-        "first_side_per_repeat": pairs.iter().map(|p| p.0.name()).collect::<Vec<_>>(),
+        "first_side_of_first_chunk_per_repeat": pairs.iter().map(|p| p.0.name()).collect::<Vec<_>>(),
         "identical_outputs": same_text,
         "identical_token_counts": same_tokens,
         "engine": side_json(&eng),
