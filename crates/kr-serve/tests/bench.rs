@@ -183,7 +183,7 @@ fn bench_serve_end_to_end_then_compare_gates_a_planted_regression() {
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with("c=3 output_throughput") && l.ends_with("REGRESSION")),
+            .any(|l| l.starts_with("c=3,rate=50 output_throughput") && l.ends_with("REGRESSION")),
         "{table}"
     );
     assert!(table.contains("1 of "), "{table}");
