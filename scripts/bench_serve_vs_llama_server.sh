@@ -5,7 +5,10 @@
 # llama-server is built outside this repo; pass its path (its shared libraries must sit
 # beside it). Both get 2 CPU threads and 8 parallel sequences.
 # Usage: scripts/bench_serve_vs_llama_server.sh /path/to/llama-server [MODEL.gguf] [OUT_DIR]
-# Env: CONC (default 1,4,8), MAX_TOKENS (64), NUM_PROMPTS (0 = all 50), THREADS (2).
+# Env: CONC (default 1,4,8), MAX_TOKENS (64), NUM_PROMPTS (0 = all 50), THREADS (2),
+# LLAMA_ARGS (extra llama-server flags, e.g. "--poll 0" on a machine shared with other work:
+# llama.cpp's threads spin-wait between operations by default, which collapses when they
+# are descheduled).
 set -euo pipefail
 LLAMA_SERVER=${1:?path to llama-server}
 MODEL=${2:-../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -42,7 +45,7 @@ bench http://127.0.0.1:18080 kr-serve
 kill $PID; wait $PID || true
 
 LD_LIBRARY_PATH="$(dirname "$LLAMA_SERVER")" "$LLAMA_SERVER" -m "$MODEL" --port 18081 \
-  -t "$THREADS" -tb "$THREADS" -np 8 -c 16384 --jinja --no-webui > "$OUT/llama-server.log" 2>&1 &
+  -t "$THREADS" -tb "$THREADS" -np 8 -c 16384 --jinja --no-webui ${LLAMA_ARGS:-} > "$OUT/llama-server.log" 2>&1 &
 PID=$!
 wait_ready http://127.0.0.1:18081 $PID
 bench http://127.0.0.1:18081 llama-server

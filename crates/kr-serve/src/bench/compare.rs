@@ -62,88 +62,10 @@ pub fn metrics(r: &Value) -> std::result::Result<(String, Vec<Metric>), String> 
         .as_str()
         .ok_or("not a kr-serve bench report (no `benchmark` field)")?;
     let mut m = Vec::new();
-    use Better::*;
     match kind {
-        "serve" => {
-            for l in r["levels"].as_array().into_iter().flatten() {
-                let rate = l["request_rate"]
-                    .as_f64()
-                    .map_or(String::new(), |x| format!(",rate={x}"));
-                let k = format!("c={}{rate}", l["concurrency"]);
-                push(&mut m, format!("{k} completed"), &l["completed"], Higher);
-                push(
-                    &mut m,
-                    format!("{k} output_throughput"),
-                    &l["output_throughput"],
-                    Higher,
-                );
-                push(
-                    &mut m,
-                    format!("{k} request_throughput"),
-                    &l["request_throughput"],
-                    Higher,
-                );
-                push(&mut m, format!("{k} goodput"), &l["goodput"], Higher);
-                for metric in ["ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"] {
-                    for p in ["p50", "p99"] {
-                        push(&mut m, format!("{k} {metric}.{p}"), &l[metric][p], Lower);
-                    }
-                }
-            }
-        }
-        "overhead" => {
-            for l in r["levels"].as_array().into_iter().flatten() {
-                let k = format!("c={}", l["concurrency"]);
-                push(
-                    &mut m,
-                    format!("{k} http_over_engine_time_ratio"),
-                    &l["http_over_engine_time_ratio"],
-                    Lower,
-                );
-                for side in ["engine", "http"] {
-                    push(
-                        &mut m,
-                        format!("{k} {side}.tokens_per_s"),
-                        &l[side]["tokens_per_s"],
-                        Higher,
-                    );
-                    push(
-                        &mut m,
-                        format!("{k} {side}.latency_ms.p50"),
-                        &l[side]["latency_ms"]["p50"],
-                        Lower,
-                    );
-                    push(
-                        &mut m,
-                        format!("{k} {side}.ttft_ms.p50"),
-                        &l[side]["ttft_ms"]["p50"],
-                        Lower,
-                    );
-                }
-            }
-        }
-        "engine" => {
-            push(
-                &mut m,
-                "prefill.tokens_per_s".into(),
-                &r["prefill"]["tokens_per_s"],
-                Higher,
-            );
-            push(
-                &mut m,
-                "prefill.ttft_ms".into(),
-                &r["prefill"]["ttft_ms"],
-                Lower,
-            );
-            for d in r["decode"].as_array().into_iter().flatten() {
-                push(
-                    &mut m,
-                    format!("batch={} decode_tokens_per_s", d["batch_size"]),
-                    &d["decode_tokens_per_s"],
-                    Higher,
-                );
-            }
-        }
+        "serve" => serve_metrics(r, &mut m),
+        "overhead" => overhead_metrics(r, &mut m),
+        "engine" => engine_metrics(r, &mut m),
         other => {
             return Err(format!(
                 "unknown benchmark kind `{other}` (expected serve, overhead or engine)"
@@ -151,6 +73,76 @@ pub fn metrics(r: &Value) -> std::result::Result<(String, Vec<Metric>), String> 
         }
     }
     Ok((kind.to_string(), m))
+}
+
+fn levels(r: &Value) -> impl Iterator<Item = &Value> {
+    r["levels"].as_array().into_iter().flatten()
+}
+
+/// Per level (`c=4`, or `c=4,rate=2` under a request rate).
+fn serve_metrics(r: &Value, m: &mut Vec<Metric>) {
+    use Better::*;
+    for l in levels(r) {
+        let rate = l["request_rate"]
+            .as_f64()
+            .map_or(String::new(), |x| format!(",rate={x}"));
+        let k = format!("c={}{rate}", l["concurrency"]);
+        for key in [
+            "completed",
+            "output_throughput",
+            "request_throughput",
+            "goodput",
+        ] {
+            push(m, format!("{k} {key}"), &l[key], Higher);
+        }
+        for metric in ["ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"] {
+            for p in ["p50", "p99"] {
+                push(m, format!("{k} {metric}.{p}"), &l[metric][p], Lower);
+            }
+        }
+    }
+}
+
+/// Per level: the HTTP/engine time ratio (1 + overhead) and each side's speed.
+fn overhead_metrics(r: &Value, m: &mut Vec<Metric>) {
+    use Better::*;
+    for l in levels(r) {
+        let k = format!("c={}", l["concurrency"]);
+        let ratio = &l["http_over_engine_time_ratio"];
+        push(m, format!("{k} http_over_engine_time_ratio"), ratio, Lower);
+        for side in ["engine", "http"] {
+            let s = &l[side];
+            push(
+                m,
+                format!("{k} {side}.tokens_per_s"),
+                &s["tokens_per_s"],
+                Higher,
+            );
+            push(
+                m,
+                format!("{k} {side}.latency_ms.p50"),
+                &s["latency_ms"]["p50"],
+                Lower,
+            );
+            push(
+                m,
+                format!("{k} {side}.ttft_ms.p50"),
+                &s["ttft_ms"]["p50"],
+                Lower,
+            );
+        }
+    }
+}
+
+fn engine_metrics(r: &Value, m: &mut Vec<Metric>) {
+    use Better::*;
+    let p = &r["prefill"];
+    push(m, "prefill.tokens_per_s".into(), &p["tokens_per_s"], Higher);
+    push(m, "prefill.ttft_ms".into(), &p["ttft_ms"], Lower);
+    for d in r["decode"].as_array().into_iter().flatten() {
+        let name = format!("batch={} decode_tokens_per_s", d["batch_size"]);
+        push(m, name, &d["decode_tokens_per_s"], Higher);
+    }
 }
 
 /// One compared metric.

@@ -320,21 +320,7 @@ async fn run_pass(
                 let Some(sample) = ctx.samples.get(i).filter(|_| i < end) else {
                     break;
                 };
-                let seed = ctx.seed + i as u64;
-                let out = match side {
-                    Side::Engine => engine_request(&ctx.engine, sample, seed, t0).await,
-                    Side::Http => {
-                        client::send(
-                            &ctx.client,
-                            &ctx.target,
-                            sample,
-                            seed,
-                            t0,
-                            Duration::from_secs(3600),
-                        )
-                        .await
-                    }
-                };
+                let out = one_request(&ctx, side, sample, i, t0).await;
                 if let Ok(mut r) = results.lock() {
                     r.push((i, out));
                 }
@@ -370,6 +356,18 @@ async fn run_pass(
             .map(|(a, b)| a - b)
             .collect(),
     })
+}
+
+/// Question `i` through `side`, with seed `seed + i` on both sides.
+async fn one_request(ctx: &Ctx, side: Side, sample: &Sample, i: usize, t0: Instant) -> Outcome {
+    let seed = ctx.seed + i as u64;
+    match side {
+        Side::Engine => engine_request(&ctx.engine, sample, seed, t0).await,
+        Side::Http => {
+            let limit = Duration::from_secs(3600);
+            client::send(&ctx.client, &ctx.target, sample, seed, t0, limit).await
+        }
+    }
 }
 
 /// One request through the engine's own API, timed like [`client::send`] times HTTP.

@@ -102,7 +102,30 @@ pub fn bench_serve(args: BenchServeArgs) -> Result<()> {
         }
         Ok::<_, CliError>(levels)
     })?;
-    let report = json!({
+    let report = report_json(&args, samples.len(), levels, started, load_before);
+    for l in report["levels"].as_array().into_iter().flatten() {
+        eprintln!("{}", report::level_line(l));
+    }
+    report::write_serve_outputs(&report, args.out.as_deref())?;
+    if let (Some(out), false) = (&args.out, args.no_plots) {
+        let label = report["label"].as_str().unwrap_or("").to_string();
+        let written = plot::plot_reports(&[(label, report.clone())], &plot::prefix_of(out))?;
+        for p in written {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// The whole report: what ran where, with which settings, and every level.
+fn report_json(
+    args: &BenchServeArgs,
+    num_prompts: usize,
+    levels: Vec<Value>,
+    started: u64,
+    load_before: Value,
+) -> Value {
+    json!({
         "benchmark": "serve",
         "label": args.label.clone().unwrap_or_else(|| args.model.clone()),
         "url": args.url,
@@ -117,7 +140,7 @@ pub fn bench_serve(args: BenchServeArgs) -> Result<()> {
         "settings": {
             "dataset": format!("{:?}", args.dataset).to_lowercase(),
             "dataset_path": args.dataset_path.as_ref().map(|p| p.display().to_string()),
-            "num_prompts": samples.len(),
+            "num_prompts": num_prompts,
             "max_tokens": args.max_tokens,
             "ignore_eos": args.ignore_eos,
             "temperature": args.temperature,
@@ -129,19 +152,7 @@ pub fn bench_serve(args: BenchServeArgs) -> Result<()> {
             "slo_e2e_ms": args.slo_e2e_ms,
         },
         "levels": levels,
-    });
-    for l in report["levels"].as_array().into_iter().flatten() {
-        eprintln!("{}", report::level_line(l));
-    }
-    report::write_serve_outputs(&report, args.out.as_deref())?;
-    if let (Some(out), false) = (&args.out, args.no_plots) {
-        let label = report["label"].as_str().unwrap_or("").to_string();
-        let written = plot::plot_reports(&[(label, report.clone())], &plot::prefix_of(out))?;
-        for p in written {
-            eprintln!("wrote {}", p.display());
-        }
-    }
-    Ok(())
+    })
 }
 
 /// Runs the warm-up and the workload at one concurrency; the level's JSON.
