@@ -324,3 +324,65 @@ fn bench_serve_counts_failures_and_rejects_bad_flags() {
     let bad = kr_serve(&["bench", "compare", "a.json", "b.json", "--tolerance", "5"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn bench_overhead_runs_both_sides_on_the_same_work() {
+    let dir = tmp("overhead");
+    let out = dir.join("o.json");
+    let q = dir.join("q.txt");
+    std::fs::write(&q, "Once upon a time\nThe little dog\nA big red ball\n").unwrap();
+    let o = kr_serve(&[
+        "bench",
+        "overhead",
+        "--questions",
+        q.to_str().unwrap(),
+        "--max-tokens",
+        "6",
+        "--concurrency",
+        "1,2",
+        "--repeat",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = read_json(&out);
+    assert_eq!(r["benchmark"], "overhead");
+    assert!(r["overhead_percent"].is_f64());
+    let levels = r["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    for l in levels {
+        // Greedy, same seeds, ignore_eos: both paths generate the same text and counts.
+        assert_eq!(l["identical_outputs"], true, "{l}");
+        assert_eq!(l["identical_token_counts"], true);
+        assert_eq!(
+            l["overhead_percent_per_repeat"].as_array().unwrap().len(),
+            2
+        );
+        for side in ["engine", "http"] {
+            assert_eq!(l[side]["output_tokens_per_repeat"], 18, "{side}");
+            assert_eq!(l[side]["latency_ms"]["count"], 6);
+        }
+        // Alternation: the side that starts differs between the two repeats.
+        let first = l["first_side_of_first_chunk_per_repeat"]
+            .as_array()
+            .unwrap();
+        assert_ne!(first[0], first[1]);
+    }
+    // Fast path at concurrency 1: every request started on an idle engine.
+    assert_eq!(
+        levels[0]["engine"]["fast_path_per_repeat"],
+        serde_json::json!([3, 3])
+    );
+    let same = kr_serve(&[
+        "bench",
+        "compare",
+        out.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+}
