@@ -519,7 +519,7 @@ fn level_json(concurrency: usize, chunk: usize, pairs: &[(Side, Pass, Pass)]) ->
         "overhead_percent_per_repeat": per_repeat,
         "overhead_percent_spread": {"min": per_repeat.iter().copied().fold(f64::INFINITY, f64::min), "max": per_repeat.iter().copied().fold(f64::NEG_INFINITY, f64::max), "mean": per_repeat.iter().sum::<f64>() / per_repeat.len().max(1) as f64},
         "paired_chunk_time_overhead": paired(&flat(&eng, |p| p.chunk_s.clone()), &flat(&http, |p| p.chunk_s.clone())),
-        "paired_request_latency_overhead": paired(&flat(&eng, |p| e2es(p)), &flat(&http, |p| e2es(p))),
+        "paired_request_latency_overhead": paired(&flat(&eng, e2es), &flat(&http, e2es)),
         "overhead_percent_of_summed_time": (sum(&http) / sum(&eng) - 1.0) * 100.0,
         "latency_overhead_percent": (mean_lat(&http) / mean_lat(&eng) - 1.0) * 100.0,
         "http_over_engine_time_ratio": sum(&http) / sum(&eng),

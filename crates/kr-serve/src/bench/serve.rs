@@ -67,7 +67,7 @@ fn validate(args: &BenchServeArgs) -> Result<()> {
     if !args.url.starts_with("http://") && !args.url.starts_with("https://") {
         return bad("--url must start with http:// (e.g. http://127.0.0.1:8080)");
     }
-    if !(args.request_timeout > 0.0) {
+    if args.request_timeout.is_nan() || args.request_timeout <= 0.0 {
         return bad("--request-timeout must be > 0 seconds");
     }
     Ok(())

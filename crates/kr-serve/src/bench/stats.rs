@@ -139,7 +139,7 @@ mod tests {
         assert!((s.p90 - 90.1).abs() < 1e-9);
         assert!((s.p99 - 99.01).abs() < 1e-9);
         // Population standard deviation of 1..=100.
-        assert!((s.std - 28.866070047722118).abs() < 1e-9);
+        assert!((s.std - 28.866_070_047_722_12).abs() < 1e-9);
     }
 
     #[test]
