@@ -63,6 +63,164 @@ pub struct InspectArgs {
 pub enum BenchCommand {
     /// Offline engine throughput: prefill and decode tokens/s per batch size, TTFT.
     Engine(BenchEngineArgs),
+    /// HTTP server vs in-process engine on the same prompts: the server's overhead in %.
+    #[command(
+        after_help = "Example:\n  kr-serve bench overhead --model SmolLM2-135M-Instruct.Q4_1.gguf --concurrency 1,8 --repeat 3 --out overhead.json"
+    )]
+    Overhead(BenchOverheadArgs),
+    /// Load-test any OpenAI-compatible server: TTFT / TPOT / ITL / E2E, throughput, goodput.
+    #[command(
+        after_help = "Examples:\n  kr-serve bench serve --url http://127.0.0.1:8080 --model SmolLM2-135M-Instruct.Q4_1 --concurrency 1,4,8 --out serve.json\n  kr-serve bench serve --url http://127.0.0.1:8080 --model m --dataset random --random-input-len 256 --random-output-len 64 --request-rate 2 --num-prompts 100\n  kr-serve bench serve --url http://127.0.0.1:8080 --model m --dataset sharegpt --dataset-path sharegpt.json --slo-ttft-ms 500 --slo-tpot-ms 50"
+    )]
+    Serve(BenchServeArgs),
+    /// Compare two reports; exit code 1 when NEW regressed beyond the tolerance.
+    #[command(after_help = "Example:\n  kr-serve bench compare old.json new.json --tolerance 5%")]
+    Compare(BenchCompareArgs),
+    /// Plot several `bench serve` reports on shared axes (e.g. two servers, same workload).
+    #[command(
+        after_help = "Example:\n  kr-serve bench plot kr-serve.json llama-server.json --out-prefix docs/img/serve"
+    )]
+    Plot(BenchPlotArgs),
+}
+
+/// The workloads `bench serve` can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatasetKind {
+    /// Prompts of random common words (`--random-input-len` words, about as many tokens).
+    Random,
+    /// One prompt a line (`--dataset-path`; default: the built-in 50 questions).
+    Questions,
+    /// A ShareGPT-format JSON file (`--dataset-path`).
+    Sharegpt,
+}
+
+#[derive(Args)]
+pub struct BenchServeArgs {
+    /// Base URL of the server, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub url: String,
+    /// The `model` field sent with every request.
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, value_enum, default_value = "chat")]
+    pub endpoint: crate::bench::client::Endpoint,
+    #[arg(long, value_enum, default_value = "questions")]
+    pub dataset: DatasetKind,
+    #[arg(long)]
+    pub dataset_path: Option<PathBuf>,
+    /// Requests per concurrency level (0 = the whole dataset; random: 100).
+    #[arg(long, default_value_t = 0)]
+    pub num_prompts: usize,
+    /// Tokens to generate per request (questions default 64; sharegpt: the reply's length;
+    /// random: --random-output-len).
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    #[arg(long, default_value_t = 128)]
+    pub random_input_len: usize,
+    #[arg(long, default_value_t = 128)]
+    pub random_output_len: usize,
+    /// Random lengths are drawn from len·(1−r) ..= len·(1+r).
+    #[arg(long, default_value_t = 0.0)]
+    pub random_range_ratio: f64,
+    /// Concurrency levels to sweep (at most this many requests in flight).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub concurrency: Vec<usize>,
+    /// Poisson arrival rate in requests/s (seeded); default: all at once.
+    #[arg(long)]
+    pub request_rate: Option<f64>,
+    /// Send `ignore_eos: true` so every request generates exactly max_tokens.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ignore_eos: bool,
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Warm-up requests before each level (not measured).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Seeds the dataset, the arrivals and the requests (request i gets seed+i).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Goodput SLO: time to first token, ms.
+    #[arg(long)]
+    pub slo_ttft_ms: Option<f64>,
+    /// Goodput SLO: time per output token, ms.
+    #[arg(long)]
+    pub slo_tpot_ms: Option<f64>,
+    /// Goodput SLO: end-to-end latency, ms.
+    #[arg(long)]
+    pub slo_e2e_ms: Option<f64>,
+    /// Sent as `Authorization: Bearer KEY`.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Seconds before a request counts as failed.
+    #[arg(long, default_value_t = 600.0)]
+    pub request_timeout: f64,
+    /// Name of this run in tables and plots (default: the model).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// JSON report path; a Markdown report (.md) and PNG plots (-*.png) go beside it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub no_plots: bool,
+    /// No progress bar on stderr.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Args)]
+pub struct BenchOverheadArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Questions, one a line (default: the built-in 50 questions).
+    #[arg(long)]
+    pub questions: Option<PathBuf>,
+    /// Questions per pass (0 = every line once).
+    #[arg(long, default_value_t = 0)]
+    pub num_prompts: usize,
+    /// Tokens generated per question (ignore_eos, greedy).
+    #[arg(long, default_value_t = 50)]
+    pub max_tokens: u32,
+    /// Concurrency levels (requests in flight on each side).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub concurrency: Vec<usize>,
+    /// Paired repeats per level (each runs both sides, alternating which goes first).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Questions per interleaved chunk: each chunk runs through both sides back to back,
+    /// alternating which goes first, so load from neighbours hits both alike. Raised to
+    /// the concurrency (so batches stay full); 0 = whole passes.
+    #[arg(long, default_value_t = 1)]
+    pub interleave: usize,
+    /// Worker threads of the async runtime shared by the server, the client and the
+    /// engine-side tasks.
+    #[arg(long, default_value_t = 2)]
+    pub runtime_threads: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the JSON report here (default: print it).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct BenchCompareArgs {
+    /// The baseline report.
+    pub old: PathBuf,
+    /// The report to check.
+    pub new: PathBuf,
+    /// Allowed change in the bad direction, as a ratio: 5% or 0.05.
+    #[arg(long, default_value = "5%")]
+    pub tolerance: String,
+}
+
+#[derive(Args)]
+pub struct BenchPlotArgs {
+    /// `bench serve` reports (each report's `label` names its lines).
+    #[arg(required = true)]
+    pub reports: Vec<PathBuf>,
+    /// Plots are written as PREFIX-latency-cdf.png, PREFIX-throughput.png, PREFIX-p99.png.
+    #[arg(long)]
+    pub out_prefix: PathBuf,
 }
 
 /// Engine sizing flags shared by every command that loads a model.

@@ -13,6 +13,12 @@ pub enum CliError {
     },
     #[error("generation failed: {0}")]
     Generation(String),
+    /// A benchmark could not run or write its outputs.
+    #[error("{0}")]
+    Bench(String),
+    /// `bench compare` found a regression (exit code 1, after the table).
+    #[error("{0}")]
+    Regression(String),
 }
 
 impl CliError {

@@ -1,5 +1,5 @@
 //! The kr-serve binary: `serve` runs the HTTP server; `config` prints its settings; `run` generates from a prompt on the
-//! terminal; `bench engine` measures the in-process engine; `models inspect` describes a
+//! terminal; `bench engine|overhead|serve|compare|plot` measure and compare; `models inspect` describes a
 //! model file. Errors are printed once, here, with a hint.
 
 mod bench;
@@ -29,6 +29,18 @@ fn main() {
         Command::Bench {
             command: BenchCommand::Engine(args),
         } => bench::bench_engine(args),
+        Command::Bench {
+            command: BenchCommand::Overhead(args),
+        } => bench::overhead::bench_overhead(args),
+        Command::Bench {
+            command: BenchCommand::Serve(args),
+        } => bench::serve::bench_serve(args),
+        Command::Bench {
+            command: BenchCommand::Compare(args),
+        } => bench::compare::bench_compare(args),
+        Command::Bench {
+            command: BenchCommand::Plot(args),
+        } => bench::plot::bench_plot(args),
         Command::Models {
             command: ModelsCommand::Inspect(args),
         } => models::inspect(args),

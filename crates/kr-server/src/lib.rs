@@ -91,6 +91,12 @@ pub async fn serve(
     }
     #[cfg(not(unix))]
     let _ = inputs;
+    // Streamed tokens are small writes: with Nagle's algorithm on, each waits for the
+    // client's (delayed, up to 40 ms) ACK of the previous one, which inflated TTFT and
+    // bunched tokens. Measured by `kr-serve bench overhead` (docs/benchmarks.md).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

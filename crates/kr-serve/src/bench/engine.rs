@@ -3,6 +3,7 @@
 //! a warm-up request, the median of `repeat` runs. Writes a JSON report with the machine,
 //! the commit and the command line. Never asserts timings.
 
+use super::{commit, machine};
 use crate::cli::BenchEngineArgs;
 use crate::error::{CliError, Result};
 use crate::run::start_engine;
@@ -183,32 +184,9 @@ pub fn bench_engine(args: BenchEngineArgs) -> Result<()> {
     Ok(())
 }
 
-fn rayon_threads() -> usize {
+pub(crate) fn rayon_threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// CPU model, core count and OS, for the report.
-pub fn machine() -> serde_json::Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown".to_string(), |s| s.trim().to_string());
-    json!({"cpu": cpu, "cores": std::thread::available_parallelism().map_or(0, |n| n.get()), "os": std::env::consts::OS, "arch": std::env::consts::ARCH})
-}
-
-/// The git commit of the working tree, if there is one.
-pub fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or("unknown".into(), |o| {
-            String::from_utf8_lossy(&o.stdout).trim().to_string()
-        })
 }
