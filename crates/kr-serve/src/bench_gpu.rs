@@ -90,19 +90,12 @@ pub fn bench_engine_gpu(args: BenchEngineArgs) -> Result<()> {
         "device": "cuda",
         "machine": machine(),
         "commit": commit(),
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "command": crate::bench::command_line(),
+        "unix_time": crate::bench::unix_time(),
         "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "prefill_tokens": args.prefill_tokens, "batch_decode_steps": spec.batch_decode_steps, "repeat": args.repeat, "seed": args.seed, "cuda_graphs": !e.no_cuda_graphs},
         "results": results,
     });
-    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-    match &args.out {
-        Some(path) => std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
-            path: path.display().to_string(),
-            source,
-        })?,
-        None => println!("{text}"),
-    }
+    crate::bench::emit_json(&report, args.out.as_deref())?;
     Ok(())
 }
 

@@ -166,20 +166,13 @@ pub fn bench_engine(args: BenchEngineArgs) -> Result<()> {
         "device": "cpu",
         "machine": machine(),
         "commit": commit(),
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "command": crate::bench::command_line(),
+        "unix_time": crate::bench::unix_time(),
         "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "prefill_tokens": args.prefill_tokens, "repeat": args.repeat, "seed": args.seed, "ignore_eos": true, "threads": rayon_threads()},
         "prefill": {"tokens": args.prefill_tokens, "ttft_ms": ttft * 1e3, "tokens_per_s": args.prefill_tokens as f64 / ttft},
         "decode": decode,
     });
-    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-    match &args.out {
-        Some(path) => std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
-            path: path.display().to_string(),
-            source,
-        })?,
-        None => println!("{text}"),
-    }
+    crate::bench::emit_json(&report, args.out.as_deref())?;
     engine.shutdown();
     Ok(())
 }
