@@ -184,10 +184,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
     stats.kv_blocks_total.store(num_blocks as u64, Relaxed);
     let admission = Admission::new(cfg.policy.clone(), &mut sched, &stats.sched);
     let (tx, rx) = std::sync::mpsc::channel();
-    let name = cfg
-        .model
-        .file_stem()
-        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    let name = model_name(&cfg.model);
     let info = ModelInfo {
         name,
         config: mc,
@@ -223,6 +220,17 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         stats,
         next_id: Arc::new(AtomicU64::new(1)),
     })
+}
+
+/// The name the APIs serve a model under: its file stem, or the whole path for
+/// `random:<arch>` (whose dots are not an extension).
+fn model_name(path: &std::path::Path) -> String {
+    let whole = path.to_string_lossy();
+    if whole.starts_with(crate::model::RANDOM_PREFIX) {
+        return whole.into_owned();
+    }
+    path.file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned())
 }
 
 /// The text a new token adds, after stop-string matching, and the request's final state.
