@@ -308,7 +308,35 @@ impl CudaBackend {
 /// Query heads per kv head the decode attention kernel handles (DEC_MAX_GROUP in the kernel).
 const DECODE_MAX_GROUP: usize = 8;
 
+/// Arguments both attention kernels take: step metadata addresses, cache geometry, scale.
+struct AttnArgs {
+    q_start: u64,
+    ctx_len: u64,
+    block_tables: u64,
+    stride: i32,
+    block_size: i32,
+    num_heads: i32,
+    num_kv_heads: i32,
+    head_dim: i32,
+    scale: f32,
+}
+
 impl CudaBackend {
+    fn attn_args(&self, l: &KvLayout, num_heads: usize) -> AttnArgs {
+        let o = self.meta_layout.offsets();
+        AttnArgs {
+            q_start: self.meta_ptr(o.q_start),
+            ctx_len: self.meta_ptr(o.ctx_len),
+            block_tables: self.meta_ptr(o.block_tables),
+            stride: self.meta_layout.bt_stride as i32,
+            block_size: l.block_size as i32,
+            num_heads: num_heads as i32,
+            num_kv_heads: l.num_kv_heads as i32,
+            head_dim: l.head_dim as i32,
+            scale: 1.0 / (l.head_dim as f32).sqrt(),
+        }
+    }
+
     /// Attention of one query per sequence: one block per (sequence, kv head), warps split keys.
     fn decode_attention(
         &self,
@@ -319,26 +347,23 @@ impl CudaBackend {
         num_heads: usize,
     ) {
         let l = cache.layout;
-        let o = self.meta_layout.offsets();
         let cfg = LaunchConfig {
             grid_dim: (self.step.get().seqs.max(1) as u32, l.num_kv_heads as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
-        let (qs, cl, bt) = (
-            self.meta_ptr(o.q_start),
-            self.meta_ptr(o.ctx_len),
-            self.meta_ptr(o.block_tables),
-        );
-        let stride = self.meta_layout.bt_stride as i32;
-        let (bs, nh, nkv, hd) = (
-            l.block_size as i32,
-            num_heads as i32,
-            l.num_kv_heads as i32,
-            l.head_dim as i32,
-        );
-        let scale = 1.0 / (l.head_dim as f32).sqrt();
+        let AttnArgs {
+            q_start: qs,
+            ctx_len: cl,
+            block_tables: bt,
+            stride,
+            block_size: bs,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            scale,
+        } = self.attn_args(&l, num_heads);
         launch!(
             self,
             "attention_decode",
@@ -615,22 +640,19 @@ impl Backend for CudaBackend {
             shared_mem_bytes: attention_smem(l.head_dim) as u32,
         };
         let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
-        let (work, qs, ql, cl, bt) = (
-            self.meta_ptr(o.work),
-            self.meta_ptr(o.q_start),
-            self.meta_ptr(o.q_len),
-            self.meta_ptr(o.ctx_len),
-            self.meta_ptr(o.block_tables),
-        );
-        let stride = self.meta_layout.bt_stride as i32;
-        let (bs, nh, nkv, hd) = (
-            l.block_size as i32,
-            num_heads as i32,
-            l.num_kv_heads as i32,
-            l.head_dim as i32,
-        );
+        let (work, ql) = (self.meta_ptr(o.work), self.meta_ptr(o.q_len));
+        let AttnArgs {
+            q_start: qs,
+            ctx_len: cl,
+            block_tables: bt,
+            stride,
+            block_size: bs,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            scale,
+        } = self.attn_args(&l, num_heads);
         let tile = tile_q(num_heads / l.num_kv_heads) as i32;
-        let scale = 1.0 / (l.head_dim as f32).sqrt();
         launch!(
             self,
             "attention",

@@ -62,6 +62,11 @@ pub struct Gpu {
 
 /// Opens GPU `ordinal`, or says why there is none (no driver library, no device).
 pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
+    info_of(&open_context(ordinal)?)
+}
+
+/// The driver context of GPU `ordinal`, or why there is none.
+fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
     let count = quietly(CudaContext::device_count)
         .map_err(|_| {
             CudaError::Unavailable(
@@ -74,8 +79,7 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
             "GPU {ordinal} requested but the driver sees {count} GPU(s)"
         )));
     }
-    let ctx = CudaContext::new(ordinal).map_err(driver("opening the GPU"))?;
-    info_of(&ctx)
+    CudaContext::new(ordinal).map_err(driver("opening the GPU"))
 }
 
 /// Runs `f`, turning a panic (cudarc's answer to a missing library) into `Err` without
@@ -102,8 +106,7 @@ fn info_of(ctx: &Arc<CudaContext>) -> Result<DeviceInfo> {
 impl Gpu {
     /// Opens the GPU, makes its stream and loads the kernels.
     pub fn open(ordinal: usize) -> Result<Self> {
-        probe(ordinal)?;
-        let ctx = CudaContext::new(ordinal).map_err(driver("opening the GPU"))?;
+        let ctx = open_context(ordinal)?;
         // SAFETY: no other stream or slice of this context exists yet.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
