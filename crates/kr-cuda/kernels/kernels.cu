@@ -180,15 +180,11 @@ __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions,
 // activations, re-read for every row, stay there. Needs cols * sizeof(T) % 16 == 0.
 #define GEMV_MAX_T 8
 template <typename T, int NT>
-__device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const float* bias, int rows,
-                                          int cols, int r, int lane) {
+__device__ __forceinline__ void gemv_partial(float* acc, const T* x, const T* w_row, int cols, int lane) {
   const int VEC = 16 / sizeof(T);
   const int nv = cols / VEC;
-  const uint4* wr = (const uint4*)(w + (u64)r * cols);
+  const uint4* wr = (const uint4*)w_row;
   const uint4* xr = (const uint4*)x;
-  float acc[NT];
-#pragma unroll
-  for (int b = 0; b < NT; b++) acc[b] = 0.f;
   int v = lane;
   for (; v + 96 < nv; v += 128) {
     uint4 wv[4];
@@ -218,10 +214,54 @@ __device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const fl
       for (int e = 0; e < VEC; e++) acc[b] += wf[e] * xf[e];
     }
   }
+}
+
+template <typename T, int NT>
+__device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const float* bias, int rows,
+                                          int cols, int r, int lane) {
+  float acc[NT];
+#pragma unroll
+  for (int b = 0; b < NT; b++) acc[b] = 0.f;
+  gemv_partial<T, NT>(acc, x, w + (u64)r * cols, cols, lane);
 #pragma unroll
   for (int b = 0; b < NT; b++) {
     const float s = warp_sum(acc[b]);
     if (lane == 0) y[(u64)b * rows + r] = from_f<T>(s + (bias ? bias[r] : 0.f));
+  }
+}
+
+// The q, k and v projections of the same tokens in one launch (decode reads all three weight
+// matrices back to back instead of in three kernels): warps [0, nq) take wq, the next nk take
+// wk, the next nv take wv.
+template <typename T, int NT>
+__device__ void gemv_qkv_impl(T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk,
+                              const T* wv, const float* bq, const float* bk, const float* bv,
+                              int nq, int nk, int nv, int cols) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  int r = blockIdx.x * 8 + warp;
+  if (r < nq) { gemv_rows<T, NT>(yq, x, wq, bq, nq, cols, r, lane); return; }
+  r -= nq;
+  if (r < nk) { gemv_rows<T, NT>(yk, x, wk, bk, nk, cols, r, lane); return; }
+  r -= nk;
+  if (r < nv) gemv_rows<T, NT>(yv, x, wv, bv, nv, cols, r, lane);
+}
+
+// y = silu(x·Wg) ⊙ (x·Wu): one warp streams row r of both matrices; the gate and up values
+// never leave registers (no separate SiLU·mul kernel, no rounding of the two halves).
+template <typename T, int NT>
+__device__ void gemv_gate_up_impl(T* y, const T* x, const T* wg, const T* wu, int rows, int cols) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = blockIdx.x * 8 + warp;
+  if (r >= rows) return;
+  float ag[NT], au[NT];
+#pragma unroll
+  for (int b = 0; b < NT; b++) { ag[b] = 0.f; au[b] = 0.f; }
+  gemv_partial<T, NT>(ag, x, wg + (u64)r * cols, cols, lane);
+  gemv_partial<T, NT>(au, x, wu + (u64)r * cols, cols, lane);
+#pragma unroll
+  for (int b = 0; b < NT; b++) {
+    const float g = warp_sum(ag[b]), u = warp_sum(au[b]);
+    if (lane == 0) y[(u64)b * rows + r] = from_f<T>(g / (1.f + expf(-g)) * u);
   }
 }
 
@@ -387,15 +427,26 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
       off = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
 #pragma unroll
       for (int g = 0; g < DEC_MAX_GROUP; g++) if (g < group) s[g] = 0.f;
-      const int VEC = 16 / sizeof(T);
-      for (int d0 = 0; d0 < head_dim; d0 += VEC) {
-        float kf[8];
-        unpack16(*(const uint4*)(k_cache + off + d0), kf, T());
+      // The key row is read eight 16-byte loads at a time, all issued before any is used, so
+      // a 128-dim bf16 key costs two memory latencies instead of sixteen.
+      const int VEC = 16 / sizeof(T), nvec = head_dim / VEC;
+      for (int c0 = 0; c0 < nvec; c0 += 8) {
+        uint4 kr[8];
 #pragma unroll
-        for (int g = 0; g < DEC_MAX_GROUP; g++) {
-          if (g < group) {
+        for (int i = 0; i < 8; i++)
+          if (c0 + i < nvec) kr[i] = *(const uint4*)(k_cache + off + (c0 + i) * VEC);
 #pragma unroll
-            for (int e = 0; e < VEC; e++) s[g] += sq[g][d0 + e] * kf[e];
+        for (int i = 0; i < 8; i++) {
+          if (c0 + i < nvec) {
+            float kf[8];
+            unpack16(kr[i], kf, T());
+#pragma unroll
+            for (int g = 0; g < DEC_MAX_GROUP; g++) {
+              if (g < group) {
+#pragma unroll
+                for (int e = 0; e < VEC; e++) s[g] += sq[g][(c0 + i) * VEC + e] * kf[e];
+              }
+            }
           }
         }
       }
@@ -414,12 +465,12 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
         s[g] = p;
       }
     }
-    // Values of 8 keys are loaded before any is used, so their latencies overlap. Lanes past
+    // Values of 16 keys are loaded before any is used, so their latencies overlap. Lanes past
     // the last key have p = 0 and offset 0 (a valid slot), so they need no guard.
-    for (int j0 = 0; j0 < nk; j0 += 8) {
-      float vv[8][ATT_DPL];
+    for (int j0 = 0; j0 < nk; j0 += 16) {
+      float vv[16][ATT_DPL];
 #pragma unroll
-      for (int jj = 0; jj < 8; jj++) {
+      for (int jj = 0; jj < 16; jj++) {
         const u64 voff = __shfl_sync(FULL_MASK, off, (j0 + jj) & 31);
 #pragma unroll
         for (int dd = 0; dd < ATT_DPL; dd++) {
@@ -428,7 +479,7 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
         }
       }
 #pragma unroll
-      for (int jj = 0; jj < 8; jj++) {
+      for (int jj = 0; jj < 16; jj++) {
 #pragma unroll
         for (int g = 0; g < DEC_MAX_GROUP; g++) {
           if (g < group) {
@@ -497,6 +548,187 @@ __device__ void argmax_impl(u32* ids, const T* logits, int cols) {
   }
 }
 
+// ---- Tensor-core attention for prefill chunks (bf16, sm_80 and newer) ----
+// Same work items and rows as attention_impl (rows = tokens of a tile x the query heads of one
+// kv head, <= 64), but S = QK^T and O += PV run on mma.sync.m16n8k16 (bf16 in, f32 out). Four
+// warps, 16 rows each; keys and values stream through shared memory 64 at a time; softmax is
+// online in f32 with one running max per row. Fragment layouts (PTX ISA), g = lane/4, t = lane%4:
+//   A 16x16 (row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B 16x8 (k x n):      b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
+//   C 16x8:              c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
+// The C layout of S matches the A layout of P, so probabilities never leave registers.
+// Shared rows are padded by 8 elements so that the fragment loads hit 32 distinct banks.
+#define MMA_KT 64
+#define MMA_PAD 8
+
+__device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// Two floats as a bf16 pair, the first in the low half (the lower column index).
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+  return (u32)from_f<bf16_t>(lo) | ((u32)from_f<bf16_t>(hi) << 16);
+}
+
+// Copies keys [k0, k0 + MMA_KT) of kv head `kvh` into shared memory; keys at or past `kend`
+// become zeros (their probability is 0, and 0 x garbage could be NaN).
+template <int D>
+__device__ __forceinline__ void mma_load_kv(bf16_t (*sk)[D + MMA_PAD], bf16_t (*sv)[D + MMA_PAD],
+                                            const bf16_t* k_cache, const bf16_t* v_cache,
+                                            const u32* bt, int block_size, int kv_width, int kvh,
+                                            int k0, int kend) {
+  const int CH = D / 8;  // 16-byte chunks per key
+  for (int e = threadIdx.x; e < MMA_KT * CH; e += blockDim.x) {
+    const int j = e / CH, c = e % CH, kp = k0 + j;
+    uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+    if (kp < kend) {
+      const u64 slot = (u64)bt[kp / block_size] * block_size + kp % block_size;
+      const u64 off = slot * kv_width + kvh * D + c * 8;
+      kv = *(const uint4*)(k_cache + off);
+      vv = *(const uint4*)(v_cache + off);
+    }
+    *(uint4*)&sk[j][c * 8] = kv;
+    *(uint4*)&sv[j][c * 8] = vv;
+  }
+}
+
+template <int D>
+__device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k_cache,
+                                   const bf16_t* v_cache, const u32* work, const u32* q_start,
+                                   const u32* q_len, const u32* ctx_len, const u32* block_tables,
+                                   int bt_stride, int block_size, int num_heads, int num_kv_heads,
+                                   int tile_q, float scale) {
+  __shared__ __align__(16) bf16_t sk[MMA_KT][D + MMA_PAD];
+  __shared__ __align__(16) bf16_t sv[MMA_KT][D + MMA_PAD];
+  const int group = num_heads / num_kv_heads;
+  const int seq = work[2 * blockIdx.x], q0 = work[2 * blockIdx.x + 1], kvh = blockIdx.y;
+  const int qlen = q_len[seq], ctx = ctx_len[seq], qs = q_start[seq];
+  const int nq = min(tile_q, qlen - q0);
+  if (nq <= 0) return;
+  const int rows = nq * group;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int kv_width = num_kv_heads * D, q_width = num_heads * D;
+  const int first_pos = ctx - qlen + q0;  // position of the tile's first query
+  const int kend = first_pos + nq;        // keys [0, kend) are visible to some row
+  // This thread's two rows: g and g + 8 of the warp's 16. Rows past `rows` see no key.
+  u64 qoff[2];
+  int qpos[2];
+  bool valid[2];
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    const int r = warp * 16 + g + 8 * i;
+    valid[i] = r < rows;
+    const int tok = qs + q0 + r / group, h = kvh * group + r % group;
+    qoff[i] = valid[i] ? (u64)tok * q_width + (u64)h * D : 0;
+    qpos[i] = valid[i] ? first_pos + r / group : -1;
+  }
+  u32 qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int i = e & 1, col = 16 * kk + 2 * t + 8 * (e >> 1);
+      qf[kk][e] = valid[i] ? *(const u32*)(q + qoff[i] + col) : 0u;
+    }
+  float o[D / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < D / 8; nd++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) o[nd][e] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const float sl2 = scale * 1.4426950408889634f;  // softmax in base 2
+  const u32* bt = block_tables + (u64)seq * bt_stride;
+  for (int k0 = 0; k0 < kend; k0 += MMA_KT) {
+    __syncthreads();  // the previous tile is no longer read
+    mma_load_kv<D>(sk, sv, k_cache, v_cache, bt, block_size, kv_width, kvh, k0, kend);
+    __syncthreads();
+    float s[MMA_KT / 8][4];
+#pragma unroll
+    for (int nn = 0; nn < MMA_KT / 8; nn++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) s[nn][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+      for (int nn = 0; nn < MMA_KT / 8; nn++) {
+        const bf16_t* kr = &sk[nn * 8 + g][16 * kk + 2 * t];
+        mma_bf16_16816(s[nn], qf[kk], *(const u32*)kr, *(const u32*)(kr + 8));
+      }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nn = 0; nn < MMA_KT / 8; nn++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int i = e >> 1, kp = k0 + nn * 8 + 2 * t + (e & 1);
+        if (kp > qpos[i]) s[nn][e] = -INFINITY;  // causal (and past the context: kend > qpos)
+        mx[i] = fmaxf(mx[i], s[nn][e]);
+      }
+    float mu[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 2));
+      const float m_new = fmaxf(m[i], mx[i]);
+      mu[i] = m_new == -INFINITY ? 0.f : m_new * sl2;  // a row that saw no key yet stays at 0
+      const float corr = exp2f(m[i] * sl2 - mu[i]);
+      m[i] = m_new;
+      l[i] *= corr;
+#pragma unroll
+      for (int nd = 0; nd < D / 8; nd++) { o[nd][2 * i] *= corr; o[nd][2 * i + 1] *= corr; }
+    }
+#pragma unroll
+    for (int nn = 0; nn < MMA_KT / 8; nn++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int i = e >> 1;
+        const float p = exp2f(s[nn][e] * sl2 - mu[i]);
+        s[nn][e] = p;
+        l[i] += p;  // this thread's share; the quad is summed at the end
+      }
+#pragma unroll
+    for (int kk = 0; kk < MMA_KT / 16; kk++) {
+      const u32 pa[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                         pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                         pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const int key = 16 * kk + 2 * t;
+#pragma unroll
+      for (int nd = 0; nd < D / 8; nd++) {
+        const int dim = nd * 8 + g;
+        const u32 b0 = (u32)sv[key][dim] | ((u32)sv[key + 1][dim] << 16);
+        const u32 b1 = (u32)sv[key + 8][dim] | ((u32)sv[key + 9][dim] << 16);
+        mma_bf16_16816(o[nd], pa, b0, b1);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    l[i] += __shfl_xor_sync(FULL_MASK, l[i], 1);
+    l[i] += __shfl_xor_sync(FULL_MASK, l[i], 2);
+    if (!valid[i]) continue;
+    const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd++)
+      *(u32*)(out + qoff[i] + nd * 8 + 2 * t) = pack_bf16x2(o[nd][2 * i] * inv, o[nd][2 * i + 1] * inv);
+  }
+}
+
+#define ATTENTION_MMA(D)                                                                           \
+  extern "C" __global__ void __launch_bounds__(128) attention_mma##D##_bf16(                       \
+      bf16_t* out, const bf16_t* q, const bf16_t* k_cache, const bf16_t* v_cache, const u32* work, \
+      const u32* q_start, const u32* q_len, const u32* ctx_len, const u32* block_tables,           \
+      int bt_stride, int block_size, int num_heads, int num_kv_heads, int tile_q, float scale) {   \
+    attention_mma_impl<D>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len, block_tables,   \
+                          bt_stride, block_size, num_heads, num_kv_heads, tile_q, scale);          \
+  }
+ATTENTION_MMA(64)
+ATTENTION_MMA(128)
+
 // Converts T to f32 (for copying logits to the host).
 template <typename T>
 __device__ void to_f32_impl(float* out, const T* x, u64 n) {
@@ -510,14 +742,25 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
     gemv_impl<T, N>(y, x, w, bias, rows, cols);                                                    \
   }
 
+#define GEMV_FUSED(T, S, N)                                                                        \
+  extern "C" __global__ void __launch_bounds__(256) gemv_qkv##N##_##S(                             \
+      T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk, const T* wv, const float* bq,     \
+      const float* bk, const float* bv, int nq, int nk, int nv, int cols) {                        \
+    gemv_qkv_impl<T, N>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols);                  \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256) gemv_gate_up##N##_##S(                         \
+      T* y, const T* x, const T* wg, const T* wu, int rows, int cols) {                            \
+    gemv_gate_up_impl<T, N>(y, x, wg, wu, rows, cols);                                             \
+  }
+
 #define KERNELS(T, S)                                                                              \
-  extern "C" __global__ void embed_##S(T* out, const T* table, const u32* ids, int cols) {         \
+  extern "C" __global__ void __launch_bounds__(1024) embed_##S(T* out, const T* table, const u32* ids, int cols) {         \
     embed_impl<T>(out, table, ids, cols);                                                          \
   }                                                                                                \
-  extern "C" __global__ void rms_norm_##S(T* out, const T* x, const float* w, int cols, float eps) { \
+  extern "C" __global__ void __launch_bounds__(1024) rms_norm_##S(T* out, const T* x, const float* w, int cols, float eps) { \
     rms_norm_impl<T>(out, x, w, cols, eps);                                                        \
   }                                                                                                \
-  extern "C" __global__ void add_rms_norm_##S(T* out, T* x, const T* delta, const float* w, int cols, \
+  extern "C" __global__ void __launch_bounds__(1024) add_rms_norm_##S(T* out, T* x, const T* delta, const float* w, int cols, \
                                               float eps) {                                         \
     add_rms_norm_impl<T>(out, x, delta, w, cols, eps);                                             \
   }                                                                                                \
@@ -534,7 +777,7 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
                                                float eps) {                                        \
     head_rms_norm_impl<T>(x, w, heads, head_dim, eps);                                             \
   }                                                                                                \
-  extern "C" __global__ void rope_write_kv_##S(T* q, T* k, const T* v, const u32* positions,       \
+  extern "C" __global__ void __launch_bounds__(1024) rope_write_kv_##S(T* q, T* k, const T* v, const u32* positions,       \
                                                const u32* slots, const float* inv_freq, T* k_cache, \
                                                T* v_cache, int num_heads, int num_kv_heads,        \
                                                int head_dim, int interleaved) {                    \
@@ -543,7 +786,9 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
   }                                                                                                \
   GEMV(T, S, 1) GEMV(T, S, 2) GEMV(T, S, 3) GEMV(T, S, 4)                                         \
   GEMV(T, S, 5) GEMV(T, S, 6) GEMV(T, S, 7) GEMV(T, S, 8)                                          \
-  extern "C" __global__ void gather_rows_##S(T* out, const T* x, const u32* rows, int cols) {      \
+  GEMV_FUSED(T, S, 1) GEMV_FUSED(T, S, 2) GEMV_FUSED(T, S, 3) GEMV_FUSED(T, S, 4)                 \
+  GEMV_FUSED(T, S, 5) GEMV_FUSED(T, S, 6) GEMV_FUSED(T, S, 7) GEMV_FUSED(T, S, 8)                 \
+  extern "C" __global__ void __launch_bounds__(1024) gather_rows_##S(T* out, const T* x, const u32* rows, int cols) {      \
     gather_rows_impl<T>(out, x, rows, cols);                                                       \
   }                                                                                                \
   extern "C" __global__ void attention_##S(                                                        \

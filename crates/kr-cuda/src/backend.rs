@@ -141,12 +141,22 @@ macro_rules! launch {
     }};
 }
 
+mod fused;
+pub use fused::{FUSED_KERNEL_NAMES, MMA_KERNEL_NAMES};
+
 fn grid1(blocks: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (blocks.max(1) as u32, 1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// One block per row for the row kernels (norms, embedding, RoPE, gathers). Few rows (decode)
+/// get 1024 threads, so each thread walks a row in a few strides instead of a long chain of
+/// dependent memory round trips; many rows (prefill) fill the GPU with 256-thread blocks.
+fn per_row(rows: usize) -> LaunchConfig {
+    grid1(rows, if rows <= 64 { 1024 } else { 256 })
 }
 
 /// Enough blocks of 256 threads for `n` elements in a grid-stride loop.
@@ -488,14 +498,14 @@ impl Backend for CudaBackend {
             self.meta_ptr(self.meta_layout.offsets().ids),
             table.cols as i32,
         );
-        launch!(self, "embed", grid1(ids.len(), 256), o, t, idp, cols);
+        launch!(self, "embed", per_row(ids.len()), o, t, idp, cols);
         out
     }
 
     fn rms_norm(&self, x: &CudaTensor, w: &CudaVector, eps: f32) -> CudaTensor {
         let out = self.alloc(x.rows, x.cols);
         let (o, xp, wp, cols) = (out.ptr, x.ptr, w.buf.ptr, x.cols as i32);
-        launch!(self, "rms_norm", grid1(x.rows, 256), o, xp, wp, cols, eps);
+        launch!(self, "rms_norm", per_row(x.rows), o, xp, wp, cols, eps);
         out
     }
 
@@ -511,7 +521,7 @@ impl Backend for CudaBackend {
         launch!(
             self,
             "add_rms_norm",
-            grid1(x.rows, 256),
+            per_row(x.rows),
             o,
             xp,
             dp,
@@ -533,7 +543,7 @@ impl Backend for CudaBackend {
         let y = self.alloc(t, rows);
         let (yp, xp, wp) = (y.ptr, x.ptr, w.buf.ptr);
         let bp = bias.map_or(0u64, |b| b.buf.ptr);
-        if (1..=GEMV_MAX_ROWS).contains(&t) && (cols * self.dtype.size()) % 16 == 0 {
+        if self.gemv_applies(t, cols) {
             let (ri, ci) = (rows as i32, cols as i32);
             let name = GEMV_KERNELS[t - 1];
             launch!(
@@ -560,6 +570,22 @@ impl Backend for CudaBackend {
             launch!(self, "add_bias", elementwise(t * rows), yp, bp, c, n);
         }
         y
+    }
+
+    fn linear_qkv(
+        &self,
+        x: &CudaTensor,
+        w: [&CudaWeight; 3],
+        bias: [Option<&CudaVector>; 3],
+    ) -> [CudaTensor; 3] {
+        self.fused_qkv(x, w, bias)
+            .unwrap_or_else(|| [0, 1, 2].map(|i| self.linear(x, w[i], bias[i])))
+    }
+
+    fn linear_gate_up(&self, x: &CudaTensor, w_gate: &CudaWeight, w_up: &CudaWeight) -> CudaTensor {
+        self.fused_gate_up(x, w_gate, w_up).unwrap_or_else(|| {
+            self.silu_mul(&self.linear(x, w_gate, None), &self.linear(x, w_up, None))
+        })
     }
 
     fn head_rms_norm(&self, x: &mut CudaTensor, w: &CudaVector, head_dim: usize, eps: f32) {
@@ -602,7 +628,7 @@ impl Backend for CudaBackend {
         launch!(
             self,
             "rope_write_kv",
-            grid1(q.rows, 128),
+            per_row(q.rows),
             qp,
             kp,
             vp,
@@ -632,6 +658,9 @@ impl Backend for CudaBackend {
         let counts = self.step.get();
         if counts.decode && num_heads / l.num_kv_heads <= DECODE_MAX_GROUP {
             self.decode_attention(&out, q, layer, cache, num_heads);
+            return out;
+        }
+        if self.mma_attention(&out, q, layer, cache, num_heads) {
             return out;
         }
         let cfg = LaunchConfig {
@@ -707,7 +736,7 @@ impl Backend for CudaBackend {
             }
         };
         let (o, xp, cols) = (out.ptr, x.ptr, x.cols as i32);
-        launch!(self, "gather_rows", grid1(rows.len(), 256), o, xp, rp, cols);
+        launch!(self, "gather_rows", per_row(rows.len()), o, xp, rp, cols);
         if !uploaded {
             self.record(self.gpu.synchronize());
         }

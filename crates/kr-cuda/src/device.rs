@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 const KERNEL_SOURCE: &str = include_str!("../kernels/kernels.cu");
 
-/// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`).
+/// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
+/// and tensor-core kernels are listed in `backend::fused`.
 pub const KERNEL_NAMES: [&str; 21] = [
     "embed",
     "rms_norm",
@@ -116,14 +117,18 @@ impl Gpu {
             .load_module(ptx)
             .map_err(driver("loading the kernels"))?;
         let mut functions = HashMap::new();
-        for name in KERNEL_NAMES {
-            for suffix in ["f32", "bf16"] {
-                let full = format!("{name}_{suffix}");
-                let f = module
-                    .load_function(&full)
-                    .map_err(driver("finding a kernel"))?;
-                functions.insert(full, f);
-            }
+        let both = KERNEL_NAMES
+            .iter()
+            .chain(&crate::backend::FUSED_KERNEL_NAMES);
+        let all = both
+            .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
+            .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")));
+        for (name, suffix) in all {
+            let full = format!("{name}_{suffix}");
+            let f = module
+                .load_function(&full)
+                .map_err(driver("finding a kernel"))?;
+            functions.insert(full, f);
         }
         Ok(Self {
             ctx,

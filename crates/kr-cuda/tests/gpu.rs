@@ -46,13 +46,17 @@ fn options(dtype: DType, blocks: usize, graphs: bool) -> CudaModelOptions {
 
 /// A small model of real structure: 2 layers, GQA 8/2, head_dim 32.
 fn tiny_config(arch: &str, style: RopeStyle) -> ModelConfig {
+    tiny_config_with_head_dim(arch, style, 32)
+}
+
+fn tiny_config_with_head_dim(arch: &str, style: RopeStyle, head_dim: usize) -> ModelConfig {
     let mut c = kr_model::random::arch_config("qwen2.5-0.5b").expect("arch");
     c.architecture = arch.into();
     c.num_layers = 2;
     c.hidden_size = 256;
     c.num_heads = 8;
     c.num_kv_heads = 2;
-    c.head_dim = 32;
+    c.head_dim = head_dim;
     c.intermediate_size = 512;
     c.vocab_size = 1000;
     c.rope_style = style;
@@ -253,6 +257,30 @@ fn each_kernel_matches_cpu_on_random_inputs() {
             &g.linear(&gx, &gw, Some(&gb)),
             &c.linear(&cx, &cw, Some(&cb)),
         );
+        let wts = |i: usize| {
+            let t = [&l.wq, &l.wk, &l.wv, &l.w_gate, &l.w_up][i];
+            (g.load_weight(t), c.load_weight(t))
+        };
+        let ws: Vec<_> = (0..5).map(wts).collect();
+        let biases: Vec<_> = [&l.q_bias, &l.k_bias, &l.v_bias]
+            .iter()
+            .map(|b| b.as_ref().map(|b| (g.load_vector(b), c.load_vector(b))))
+            .collect();
+        let gb3 = [0, 1, 2].map(|i| biases[i].as_ref().map(|b| &b.0));
+        let cb3 = [0, 1, 2].map(|i| biases[i].as_ref().map(|b| &b.1));
+        let gqkv = g.linear_qkv(&gx, [&ws[0].0, &ws[1].0, &ws[2].0], gb3);
+        let cqkv = c.linear_qkv(&cx, [&ws[0].1, &ws[1].1, &ws[2].1], cb3);
+        for (i, name) in ["linear_qkv (q)", "linear_qkv (k)", "linear_qkv (v)"]
+            .iter()
+            .enumerate()
+        {
+            check(name, &gqkv[i], &cqkv[i]);
+        }
+        check(
+            "linear_gate_up",
+            &g.linear_gate_up(&gx, &ws[3].0, &ws[4].0),
+            &c.linear_gate_up(&cx, &ws[3].1, &ws[4].1),
+        );
         let (mut gq, mut cq) = (g.linear(&gx, &gw, None), c.linear(&cx, &cw, None));
         let qn: Vec<f32> = rand(32, 9).iter().map(|v| 1.0 + v).collect();
         g.head_rms_norm(&mut gq, &g.load_vector(&qn), 32, 1e-6);
@@ -330,5 +358,114 @@ fn hf_tiny_models_match_transformers() {
             println!("hf-tiny {arch}-{variant} computed in {dtype:?}: max |logit error| = {e:.2e}");
             assert!(e <= tol, "{arch}-{variant} {dtype:?}: {e}");
         }
+    }
+}
+
+/// Steps for the attention test: long prefills that span several 64-key tiles, a chunk over a
+/// cached prefix, and a decode token and a short prompt in the same batch.
+fn long_prefill_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
+    // Scattered, non-monotonic block tables (16-token blocks).
+    let tables: Vec<Vec<u32>> = vec![
+        (0..16).map(|b| (b * 7 + 3) % 60).collect(),
+        (0..8).map(|b| 60 + (b * 5) % 8).collect(),
+        vec![70, 68],
+    ];
+    let mut lens = [0usize; 3];
+    let plan: [&[(usize, usize)]; 2] = [&[(0, 150), (1, 70)], &[(0, 90), (1, 1), (2, 5)]];
+    plan.iter()
+        .map(|chunks| {
+            let (mut ids, mut meta) = (Vec::new(), AttnMeta::default());
+            for &(seq, n) in chunks.iter() {
+                let q_start = ids.len();
+                for p in lens[seq]..lens[seq] + n {
+                    ids.push(((p * 31 + seq) % c.vocab_size) as u32);
+                    meta.positions.push(p as u32);
+                    meta.slot_mapping
+                        .push(tables[seq][p / 16] * 16 + (p % 16) as u32);
+                }
+                lens[seq] += n;
+                meta.seqs.push(SeqAttn {
+                    q_start,
+                    q_len: n,
+                    ctx_len: lens[seq],
+                    block_table: tables[seq].clone(),
+                });
+                meta.logit_rows.push(ids.len() - 1);
+            }
+            (ids, meta)
+        })
+        .collect()
+}
+
+/// Uniform values in [-1, 1) rounded to bf16, so both backends start from the same numbers.
+fn bf16_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = ((x >> 40) as f32 / (1u64 << 23) as f32) - 1.0;
+            f32::from_bits(v.to_bits() & 0xffff_0000)
+        })
+        .collect()
+}
+
+/// RoPE + cache write + paged attention alone, bf16 on the GPU (the tensor-core kernel for
+/// head_dim 64 and 128) vs the CPU backend in f32, on long chunked prefills. Tolerance 2e-2:
+/// outputs are O(0.5) averages; the GPU rounds q, k, v, the probabilities and the output to bf16.
+#[test]
+fn bf16_prefill_attention_matches_cpu() {
+    if !gpu_available() {
+        return;
+    }
+    for head_dim in [64, 128] {
+        let cfg = tiny_config_with_head_dim("llama", RopeStyle::HalfSplit, head_dim);
+        let mut w = kr_model::random::random_weights(&cfg, GgmlType::BF16, 5);
+        w.config = cfg.clone();
+        let model = CudaModel::load(&w, options(DType::Bf16, 80, false)).expect("load");
+        let g = model.backend();
+        let c = CpuBackend;
+        let layout = kr_model::KvLayout {
+            num_layers: 1,
+            num_blocks: 80,
+            block_size: 16,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim,
+        };
+        let (mut gcache, mut ccache) = (g.new_kv_cache(layout), c.new_kv_cache(layout));
+        let rope = kr_model::Rope::from_config(&cfg);
+        let (qw, kw) = (cfg.num_heads * head_dim, cfg.num_kv_heads * head_dim);
+        let mut worst = 0f32;
+        for (i, (ids, meta)) in long_prefill_steps(&cfg).iter().enumerate() {
+            let n = ids.len();
+            let data: Vec<Vec<f32>> = [(qw, 1), (kw, 2), (kw, 3)]
+                .iter()
+                .map(|&(width, s)| bf16_values(n * width, 100 * i as u64 + s))
+                .collect();
+            let widths = [qw, kw, kw];
+            let mut gt: Vec<_> = (0..3)
+                .map(|j| g.upload_tensor(n, widths[j], &data[j]))
+                .collect();
+            let mut ct: Vec<_> = (0..3)
+                .map(|j| kr_cpu::Mat::new(n, widths[j], data[j].clone()))
+                .collect();
+            g.begin_step(ids, meta);
+            let (gv, ck) = (gt.pop().expect("v"), ct.pop().expect("v"));
+            let (mut gk, mut ckk) = (gt.pop().expect("k"), ct.pop().expect("k"));
+            let (mut gq, mut cq) = (gt.pop().expect("q"), ct.pop().expect("q"));
+            g.rope_and_write_kv(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache);
+            c.rope_and_write_kv(&mut cq, &mut ckk, &ck, &rope, meta, 0, &mut ccache);
+            let got = g.to_host(&g.paged_attention(&gq, meta, 0, &gcache, cfg.num_heads));
+            let want = c.paged_attention(&cq, meta, 0, &ccache, cfg.num_heads).data;
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "non-finite attention output"
+            );
+            worst = worst.max(max_diff(&got, &want));
+        }
+        assert!(g.take_error().is_none());
+        println!("prefill attention bf16 head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
+        assert!(worst <= 2e-2, "head_dim {head_dim}: {worst}");
     }
 }

@@ -92,6 +92,26 @@ pub trait Backend: Send {
         w: &Self::Weight,
         bias: Option<&Self::Vector>,
     ) -> Self::Tensor;
+    /// The attention input projections `(x·Wqᵀ + bq, x·Wkᵀ + bk, x·Wvᵀ + bv)`. A device backend
+    /// may compute the three in one pass over the input (one launch instead of three).
+    fn linear_qkv(
+        &self,
+        x: &Self::Tensor,
+        w: [&Self::Weight; 3],
+        bias: [Option<&Self::Vector>; 3],
+    ) -> [Self::Tensor; 3] {
+        [0, 1, 2].map(|i| self.linear(x, w[i], bias[i]))
+    }
+    /// The gated feed-forward input `silu(x·W_gateᵀ) * (x·W_upᵀ)`; a device backend may fuse
+    /// both projections and the activation.
+    fn linear_gate_up(
+        &self,
+        x: &Self::Tensor,
+        w_gate: &Self::Weight,
+        w_up: &Self::Weight,
+    ) -> Self::Tensor {
+        self.silu_mul(&self.linear(x, w_gate, None), &self.linear(x, w_up, None))
+    }
     /// RMSNorm over each head of width `head_dim` (Qwen3's q/k norm).
     fn head_rms_norm(&self, x: &mut Self::Tensor, w: &Self::Vector, head_dim: usize, eps: f32);
     /// Rotates `q` and `k` in place by their positions, then writes `k` and `v` into the

@@ -113,10 +113,7 @@ impl<B: Backend> Decoder<B> {
         for (i, l) in self.layers.iter().enumerate() {
             let attn = self.attention(l, &h, meta, i, cache);
             h = be.add_rms_norm(&mut x, &attn, &l.ffn_norm, eps);
-            let act = be.silu_mul(
-                &be.linear(&h, &l.w_gate, None),
-                &be.linear(&h, &l.w_up, None),
-            );
+            let act = be.linear_gate_up(&h, &l.w_gate, &l.w_up);
             let down = be.linear(&act, &l.w_down, None);
             let next_norm = self
                 .layers
@@ -142,9 +139,11 @@ impl<B: Backend> Decoder<B> {
         cache: &mut B::KvCache,
     ) -> B::Tensor {
         let (be, c) = (&self.backend, &self.config);
-        let mut q = be.linear(h, &l.wq, l.q_bias.as_ref());
-        let mut k = be.linear(h, &l.wk, l.k_bias.as_ref());
-        let v = be.linear(h, &l.wv, l.v_bias.as_ref());
+        let [mut q, mut k, v] = be.linear_qkv(
+            h,
+            [&l.wq, &l.wk, &l.wv],
+            [l.q_bias.as_ref(), l.k_bias.as_ref(), l.v_bias.as_ref()],
+        );
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             be.head_rms_norm(&mut q, qn, c.head_dim, c.rms_norm_eps);
             be.head_rms_norm(&mut k, kn, c.head_dim, c.rms_norm_eps);

@@ -1,0 +1,181 @@
+//! Fused operations of the CUDA backend: the q/k/v projections in one GEMV launch, the gated
+//! feed-forward input (gate, up and SiLU·mul) in one GEMV launch, and tensor-core (mma)
+//! attention for prefill chunks.
+//!
+//! Invariants: each fused path applies only where its kernel does (GEMV: 1..=GEMV_MAX_ROWS
+//! tokens and 16-byte-aligned rows; mma attention: bf16, head_dim 64 or 128, compute
+//! capability 8.0 or newer) and otherwise returns `None`, so the caller falls back to the
+//! unfused operations, which compute the same values.
+
+use super::GEMV_MAX_ROWS;
+use super::{grid1, AttnArgs, CudaBackend, CudaKvCache, CudaTensor, CudaVector, CudaWeight, DType};
+use crate::error::driver;
+use crate::meta::tile_q;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+const GEMV_QKV_KERNELS: [&str; GEMV_MAX_ROWS] = [
+    "gemv_qkv1",
+    "gemv_qkv2",
+    "gemv_qkv3",
+    "gemv_qkv4",
+    "gemv_qkv5",
+    "gemv_qkv6",
+    "gemv_qkv7",
+    "gemv_qkv8",
+];
+const GEMV_GATE_UP_KERNELS: [&str; GEMV_MAX_ROWS] = [
+    "gemv_gate_up1",
+    "gemv_gate_up2",
+    "gemv_gate_up3",
+    "gemv_gate_up4",
+    "gemv_gate_up5",
+    "gemv_gate_up6",
+    "gemv_gate_up7",
+    "gemv_gate_up8",
+];
+
+/// Kernels compiled for f32 and bf16 by the fused paths (see `device::KERNEL_NAMES`).
+pub const FUSED_KERNEL_NAMES: [&str; 2 * GEMV_MAX_ROWS] = [
+    "gemv_qkv1",
+    "gemv_qkv2",
+    "gemv_qkv3",
+    "gemv_qkv4",
+    "gemv_qkv5",
+    "gemv_qkv6",
+    "gemv_qkv7",
+    "gemv_qkv8",
+    "gemv_gate_up1",
+    "gemv_gate_up2",
+    "gemv_gate_up3",
+    "gemv_gate_up4",
+    "gemv_gate_up5",
+    "gemv_gate_up6",
+    "gemv_gate_up7",
+    "gemv_gate_up8",
+];
+
+/// Tensor-core attention kernels, bf16 only (`<name>_bf16`), one per head size.
+pub const MMA_KERNEL_NAMES: [&str; 2] = ["attention_mma64", "attention_mma128"];
+
+impl CudaBackend {
+    /// Whether `t` tokens of width `cols` go through the weight-streaming GEMV kernels.
+    pub(super) fn gemv_applies(&self, t: usize, cols: usize) -> bool {
+        (1..=GEMV_MAX_ROWS).contains(&t) && (cols * self.dtype.size()) % 16 == 0
+    }
+
+    /// q, k and v of `x` in one launch, or `None` where the GEMV kernel does not apply.
+    pub(super) fn fused_qkv(
+        &self,
+        x: &CudaTensor,
+        w: [&CudaWeight; 3],
+        bias: [Option<&CudaVector>; 3],
+    ) -> Option<[CudaTensor; 3]> {
+        let (t, cols) = (x.rows, x.cols);
+        if !self.gemv_applies(t, cols) || w.iter().any(|w| w.cols != cols) {
+            return None;
+        }
+        let [yq, yk, yv] = w.map(|w| self.alloc(t, w.rows));
+        let (q, k, v, xp) = (yq.ptr, yk.ptr, yv.ptr, x.ptr);
+        let (wq, wk, wv) = (w[0].buf.ptr, w[1].buf.ptr, w[2].buf.ptr);
+        let [bq, bk, bv] = bias.map(|b| b.map_or(0u64, |b| b.buf.ptr));
+        let [nq, nk, nv] = w.map(|w| w.rows as i32);
+        let c = cols as i32;
+        let warps = w.iter().map(|w| w.rows).sum::<usize>();
+        launch!(
+            self,
+            GEMV_QKV_KERNELS[t - 1],
+            grid1(warps.div_ceil(8), 256),
+            q,
+            k,
+            v,
+            xp,
+            wq,
+            wk,
+            wv,
+            bq,
+            bk,
+            bv,
+            nq,
+            nk,
+            nv,
+            c
+        );
+        Some([yq, yk, yv])
+    }
+
+    /// `silu(x·Wgᵀ) * (x·Wuᵀ)` in one launch, or `None` where the GEMV kernel does not apply.
+    pub(super) fn fused_gate_up(
+        &self,
+        x: &CudaTensor,
+        w_gate: &CudaWeight,
+        w_up: &CudaWeight,
+    ) -> Option<CudaTensor> {
+        let (t, cols) = (x.rows, x.cols);
+        let same = w_gate.rows == w_up.rows && w_gate.cols == cols && w_up.cols == cols;
+        if !self.gemv_applies(t, cols) || !same {
+            return None;
+        }
+        let y = self.alloc(t, w_gate.rows);
+        let (yp, xp, wg, wu) = (y.ptr, x.ptr, w_gate.buf.ptr, w_up.buf.ptr);
+        let (rows, c) = (w_gate.rows as i32, cols as i32);
+        let cfg = grid1(w_gate.rows.div_ceil(8), 256);
+        launch!(
+            self,
+            GEMV_GATE_UP_KERNELS[t - 1],
+            cfg,
+            yp,
+            xp,
+            wg,
+            wu,
+            rows,
+            c
+        );
+        Some(y)
+    }
+
+    /// Prefill attention on tensor cores into `out`; `false` (nothing launched) where the mma
+    /// kernel does not apply. Work items and tiles are those of the CUDA-core kernel.
+    pub(super) fn mma_attention(
+        &self,
+        out: &CudaTensor,
+        q: &CudaTensor,
+        layer: usize,
+        cache: &CudaKvCache,
+        num_heads: usize,
+    ) -> bool {
+        let l = cache.layout;
+        let name = match l.head_dim {
+            64 => MMA_KERNEL_NAMES[0],
+            128 => MMA_KERNEL_NAMES[1],
+            _ => return false,
+        };
+        if self.dtype != DType::Bf16 || self.gpu.info.compute_capability.0 < 8 {
+            return false;
+        }
+        let o = self.meta_layout.offsets();
+        let counts = self.step.get();
+        let cfg = LaunchConfig {
+            grid_dim: (counts.work.max(1) as u32, l.num_kv_heads as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
+        let (work, ql) = (self.meta_ptr(o.work), self.meta_ptr(o.q_len));
+        let AttnArgs {
+            q_start: qs,
+            ctx_len: cl,
+            block_tables: bt,
+            stride,
+            block_size: bs,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: _,
+            scale,
+        } = self.attn_args(&l, num_heads);
+        let tile = tile_q(num_heads / l.num_kv_heads) as i32;
+        launch!(
+            self, name, cfg, op, qp, kc, vc, work, qs, ql, cl, bt, stride, bs, nh, nkv, tile, scale
+        );
+        true
+    }
+}
