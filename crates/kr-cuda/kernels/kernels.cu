@@ -465,12 +465,13 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
         s[g] = p;
       }
     }
-    // Values of 16 keys are loaded before any is used, so their latencies overlap. Lanes past
-    // the last key have p = 0 and offset 0 (a valid slot), so they need no guard.
-    for (int j0 = 0; j0 < nk; j0 += 16) {
-      float vv[16][ATT_DPL];
+    // Values of 8 keys are loaded before any is used, so their latencies overlap (16 measured
+    // slower at large batches: registers). Lanes past the last key have p = 0 and offset 0
+    // (a valid slot), so they need no guard.
+    for (int j0 = 0; j0 < nk; j0 += 8) {
+      float vv[8][ATT_DPL];
 #pragma unroll
-      for (int jj = 0; jj < 16; jj++) {
+      for (int jj = 0; jj < 8; jj++) {
         const u64 voff = __shfl_sync(FULL_MASK, off, (j0 + jj) & 31);
 #pragma unroll
         for (int dd = 0; dd < ATT_DPL; dd++) {
@@ -479,7 +480,7 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
         }
       }
 #pragma unroll
-      for (int jj = 0; jj < 16; jj++) {
+      for (int jj = 0; jj < 8; jj++) {
 #pragma unroll
         for (int g = 0; g < DEC_MAX_GROUP; g++) {
           if (g < group) {
@@ -729,6 +730,32 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
 ATTENTION_MMA(64)
 ATTENTION_MMA(128)
 
+// Splits the output of one GEMM over the adjacent wq|wk|wv, y = [t, na + nb + nc], into q, k
+// and v, adding each projection's bias (may be null). Grid: tokens.
+template <typename T>
+__device__ void split_qkv_impl(T* a, T* b, T* c, const T* y, const float* ba, const float* bb,
+                               const float* bc, int na, int nb, int nc) {
+  const int n = na + nb + nc;
+  const u64 row = blockIdx.x;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float v = to_f(y[row * n + j]);
+    if (j < na) a[row * na + j] = from_f<T>(v + (ba ? ba[j] : 0.f));
+    else if (j < na + nb) b[row * nb + j - na] = from_f<T>(v + (bb ? bb[j - na] : 0.f));
+    else c[row * nc + j - na - nb] = from_f<T>(v + (bc ? bc[j - na - nb] : 0.f));
+  }
+}
+
+// out[t, i] = silu(y[t, i]) * y[t, inter + i], y the output of one GEMM over the adjacent
+// w_gate|w_up. Grid-stride over t * inter.
+template <typename T>
+__device__ void silu_mul_packed_impl(T* out, const T* y, int inter, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+    const u64 t = i / inter, c = i % inter;
+    const float g = to_f(y[t * 2 * inter + c]);
+    out[i] = from_f<T>(g / (1.f + expf(-g)) * to_f(y[t * 2 * inter + inter + c]));
+  }
+}
+
 // Converts T to f32 (for copying logits to the host).
 template <typename T>
 __device__ void to_f32_impl(float* out, const T* x, u64 n) {
@@ -804,6 +831,14 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
       int num_kv_heads, int head_dim, float scale) {                                               \
     attention_decode_impl<T>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
                              block_size, num_heads, num_kv_heads, head_dim, scale);                \
+  }                                                                                                \
+  extern "C" __global__ void split_qkv_##S(T* a, T* b, T* c, const T* y, const float* ba,         \
+                                           const float* bb, const float* bc, int na, int nb,       \
+                                           int nc) {                                               \
+    split_qkv_impl<T>(a, b, c, y, ba, bb, bc, na, nb, nc);                                         \
+  }                                                                                                \
+  extern "C" __global__ void silu_mul_packed_##S(T* out, const T* y, int inter, u64 n) {           \
+    silu_mul_packed_impl<T>(out, y, inter, n);                                                     \
   }                                                                                                \
   extern "C" __global__ void argmax_##S(u32* ids, const T* logits, int cols) {                     \
     argmax_impl<T>(ids, logits, cols);                                                             \

@@ -74,10 +74,29 @@ impl Drop for CudaTensor {
     }
 }
 
+/// A weight matrix: a range of the weight arena (or its own buffer when the arena is full).
+/// Weights loaded one after another are adjacent in the arena, which lets prefill run q|k|v
+/// and gate|up as one GEMM each.
 pub struct CudaWeight {
-    buf: DeviceBuffer,
+    ptr: u64,
+    bytes: usize,
+    _mem: Arc<DeviceBuffer>,
     pub rows: usize,
     pub cols: usize,
+}
+
+/// One allocation that the weights are placed in back to back, in load order.
+struct WeightArena {
+    mem: Arc<DeviceBuffer>,
+    used: usize,
+}
+
+/// Alignment of each weight in the arena (cuBLASLt and 16-byte vector loads need far less).
+const WEIGHT_ALIGN: usize = 256;
+
+/// Arena bytes for a weight of `bytes` bytes.
+pub fn arena_size(bytes: usize) -> usize {
+    bytes.next_multiple_of(WEIGHT_ALIGN)
 }
 
 pub struct CudaVector {
@@ -124,6 +143,7 @@ pub struct CudaBackend {
     step: Cell<StepCounts>,
     step_rows: RefCell<Vec<usize>>,
     inv_freq: RefCell<Option<DeviceBuffer>>,
+    weights: RefCell<Option<WeightArena>>,
     error: RefCell<Option<CudaError>>,
 }
 
@@ -197,6 +217,7 @@ impl CudaBackend {
             step: Cell::new(StepCounts::default()),
             step_rows: RefCell::new(Vec::new()),
             inv_freq: RefCell::new(None),
+            weights: RefCell::new(None),
             error: RefCell::new(None),
         })
     }
@@ -260,6 +281,50 @@ impl CudaBackend {
     }
 
     /// Device copy of a weight in the compute dtype.
+    /// `y[t, rows] = x[t, cols] · w[rows, cols]ᵀ` on cuBLASLt.
+    fn gemm(&self, y: u64, x: u64, w: u64, t: usize, rows: usize, cols: usize) {
+        if self.error.borrow().is_none() {
+            let r = self
+                .lt
+                .matmul(&self.gpu, self.dtype.gemm(), y, x, w, t, rows, cols);
+            self.record(r);
+        }
+    }
+
+    /// Allocates one buffer of `bytes` that the following `load_weight` calls fill in order
+    /// (see [`arena_size`]); weights that do not fit get their own buffers.
+    pub fn reserve_weights(&self, bytes: usize) -> Result<()> {
+        let mem = Arc::new(self.gpu.alloc(bytes)?);
+        *self.weights.borrow_mut() = Some(WeightArena { mem, used: 0 });
+        Ok(())
+    }
+
+    /// Uploads one weight into the arena when it fits, else into its own buffer.
+    fn place_weight(&self, bytes: &[u8]) -> Result<(u64, Arc<DeviceBuffer>)> {
+        if let Some(arena) = self.weights.borrow_mut().as_mut() {
+            if arena.used + bytes.len() <= arena.mem.bytes {
+                let ptr = arena.mem.ptr + arena.used as u64;
+                self.gpu.upload_to(ptr, bytes)?;
+                arena.used += arena_size(bytes.len());
+                return Ok((ptr, arena.mem.clone()));
+            }
+        }
+        let buf = self.gpu.upload(bytes)?;
+        Ok((buf.ptr, Arc::new(buf)))
+    }
+
+    /// The start of `w` when the weights follow each other in memory (one matrix of their
+    /// rows stacked), else `None`.
+    fn adjacent(w: &[&CudaWeight]) -> Option<u64> {
+        let cols = w[0].cols;
+        let stacked = w.windows(2).all(|p| {
+            p[1].cols == cols
+                && p[1].ptr == p[0].ptr + p[0].bytes as u64
+                && p[0].bytes == arena_size(p[0].bytes)
+        });
+        stacked.then_some(w[0].ptr)
+    }
+
     fn weight_bytes(&self, t: &RawTensor) -> Vec<u8> {
         match (t.ty, self.dtype) {
             (GgmlType::BF16, DType::Bf16) | (GgmlType::F32, DType::F32) => {
@@ -417,12 +482,14 @@ impl Backend for CudaBackend {
 
     fn load_weight(&self, t: &RawTensor) -> CudaWeight {
         let bytes = self.weight_bytes(t);
-        let buf = self.gpu.upload(&bytes).unwrap_or_else(|e| {
+        let (ptr, mem) = self.place_weight(&bytes).unwrap_or_else(|e| {
             self.record(Err(e));
-            DeviceBuffer { ptr: 0, bytes: 0 }
+            (0, Arc::new(DeviceBuffer { ptr: 0, bytes: 0 }))
         });
         CudaWeight {
-            buf,
+            ptr,
+            bytes: bytes.len(),
+            _mem: mem,
             rows: t.rows,
             cols: t.cols,
         }
@@ -494,7 +561,7 @@ impl Backend for CudaBackend {
         let out = self.alloc(ids.len(), table.cols);
         let (o, t, idp, cols) = (
             out.ptr,
-            table.buf.ptr,
+            table.ptr,
             self.meta_ptr(self.meta_layout.offsets().ids),
             table.cols as i32,
         );
@@ -541,7 +608,7 @@ impl Backend for CudaBackend {
     fn linear(&self, x: &CudaTensor, w: &CudaWeight, bias: Option<&CudaVector>) -> CudaTensor {
         let (t, rows, cols) = (x.rows, w.rows, w.cols);
         let y = self.alloc(t, rows);
-        let (yp, xp, wp) = (y.ptr, x.ptr, w.buf.ptr);
+        let (yp, xp, wp) = (y.ptr, x.ptr, w.ptr);
         let bp = bias.map_or(0u64, |b| b.buf.ptr);
         if self.gemv_applies(t, cols) {
             let (ri, ci) = (rows as i32, cols as i32);
@@ -559,12 +626,7 @@ impl Backend for CudaBackend {
             );
             return y;
         }
-        if self.error.borrow().is_none() {
-            let r = self
-                .lt
-                .matmul(&self.gpu, self.dtype.gemm(), yp, xp, wp, t, rows, cols);
-            self.record(r);
-        }
+        self.gemm(yp, xp, wp, t, rows, cols);
         if bias.is_some() {
             let (c, n) = (rows as i32, (t * rows) as u64);
             launch!(self, "add_bias", elementwise(t * rows), yp, bp, c, n);
@@ -579,13 +641,17 @@ impl Backend for CudaBackend {
         bias: [Option<&CudaVector>; 3],
     ) -> [CudaTensor; 3] {
         self.fused_qkv(x, w, bias)
+            .or_else(|| self.packed_qkv(x, w, bias))
             .unwrap_or_else(|| [0, 1, 2].map(|i| self.linear(x, w[i], bias[i])))
     }
 
     fn linear_gate_up(&self, x: &CudaTensor, w_gate: &CudaWeight, w_up: &CudaWeight) -> CudaTensor {
-        self.fused_gate_up(x, w_gate, w_up).unwrap_or_else(|| {
-            self.silu_mul(&self.linear(x, w_gate, None), &self.linear(x, w_up, None))
-        })
+        let fused = self.fused_gate_up(x, w_gate, w_up);
+        fused
+            .or_else(|| self.packed_gate_up(x, w_gate, w_up))
+            .unwrap_or_else(|| {
+                self.silu_mul(&self.linear(x, w_gate, None), &self.linear(x, w_up, None))
+            })
     }
 
     fn head_rms_norm(&self, x: &mut CudaTensor, w: &CudaVector, head_dim: usize, eps: f32) {

@@ -17,7 +17,7 @@ const KERNEL_SOURCE: &str = include_str!("../kernels/kernels.cu");
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
 /// and tensor-core kernels are listed in `backend::fused`.
-pub const KERNEL_NAMES: [&str; 21] = [
+pub const KERNEL_NAMES: [&str; 23] = [
     "embed",
     "rms_norm",
     "add_rms_norm",
@@ -37,6 +37,8 @@ pub const KERNEL_NAMES: [&str; 21] = [
     "gather_rows",
     "attention",
     "attention_decode",
+    "split_qkv",
+    "silu_mul_packed",
     "argmax",
     "to_f32",
 ];
@@ -162,6 +164,14 @@ impl Gpu {
             CudaError::OutOfMemory(format!("allocating {} MiB failed: {e}", bytes >> 20))
         })?;
         Ok(DeviceBuffer { ptr, bytes })
+    }
+
+    /// Copies `data` to device memory at `ptr` (synchronous; load time only). The caller
+    /// guarantees that `ptr` starts a range of at least `data`'s bytes.
+    pub fn upload_to<T: Copy>(&self, ptr: sys::CUdeviceptr, data: &[T]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the range at `ptr` holds `data`'s bytes (caller's contract).
+        unsafe { result::memcpy_htod_sync(ptr, data) }.map_err(driver("uploading"))
     }
 
     /// Copies `data` to a new device buffer (synchronous; load time only).

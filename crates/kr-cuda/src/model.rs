@@ -64,6 +64,22 @@ fn workspace_bytes(c: &ModelConfig, tokens: usize, seqs: usize, elem: usize) -> 
     2 * tokens * per_token * elem + 2 * logits + (64 << 20)
 }
 
+/// Bytes of the weight arena: every matrix in the compute dtype, each aligned.
+fn arena_bytes(w: &ModelWeights, elem: usize) -> usize {
+    let size = |t: &kr_model::RawTensor| crate::backend::arena_size(t.rows * t.cols * elem);
+    let layers: usize = w
+        .layers
+        .iter()
+        .map(|l| {
+            [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                .map(size)
+                .iter()
+                .sum::<usize>()
+        })
+        .sum();
+    layers + size(&w.embedding) + w.lm_head.as_ref().map_or(0, size)
+}
+
 impl CudaModel {
     pub fn load(weights: &ModelWeights, opts: CudaModelOptions) -> Result<Self> {
         let c = &weights.config;
@@ -84,6 +100,7 @@ impl CudaModel {
             heads_per_kv: c.num_heads / c.num_kv_heads,
         };
         let backend = CudaBackend::new(gpu.clone(), opts.dtype, limits)?;
+        backend.reserve_weights(arena_bytes(weights, opts.dtype.size()))?;
         let decoder = Decoder::new(backend, weights);
         decoder
             .backend()

@@ -261,6 +261,8 @@ fn each_kernel_matches_cpu_on_random_inputs() {
             let t = [&l.wq, &l.wk, &l.wv, &l.w_gate, &l.w_up][i];
             (g.load_weight(t), c.load_weight(t))
         };
+        // Loaded back to back into a fresh arena: more than 8 rows take the packed GEMMs.
+        g.reserve_weights(8 << 20).expect("weight arena");
         let ws: Vec<_> = (0..5).map(wts).collect();
         let biases: Vec<_> = [&l.q_bias, &l.k_bias, &l.v_bias]
             .iter()

@@ -1,14 +1,19 @@
 //! Fused operations of the CUDA backend: the q/k/v projections in one GEMV launch, the gated
-//! feed-forward input (gate, up and SiLU·mul) in one GEMV launch, and tensor-core (mma)
-//! attention for prefill chunks.
+//! feed-forward input (gate, up and SiLU·mul) in one GEMV launch (decode); the same two as
+//! one cuBLASLt GEMM each over adjacent weights (prefill); tensor-core (mma) attention for
+//! prefill chunks.
 //!
 //! Invariants: each fused path applies only where its kernel does (GEMV: 1..=GEMV_MAX_ROWS
-//! tokens and 16-byte-aligned rows; mma attention: bf16, head_dim 64 or 128, compute
-//! capability 8.0 or newer) and otherwise returns `None`, so the caller falls back to the
-//! unfused operations, which compute the same values.
+//! tokens and 16-byte-aligned rows; packed GEMM: weights adjacent in the arena; mma
+//! attention: bf16, head_dim 64 or 128, compute capability 8.0 or newer) and otherwise
+//! returns `None` / `false`, so the caller falls back to the unfused operations, which compute
+//! the same values.
 
 use super::GEMV_MAX_ROWS;
-use super::{grid1, AttnArgs, CudaBackend, CudaKvCache, CudaTensor, CudaVector, CudaWeight, DType};
+use super::{
+    elementwise, grid1, per_row, AttnArgs, CudaBackend, CudaKvCache, CudaTensor, CudaVector,
+    CudaWeight, DType,
+};
 use crate::error::driver;
 use crate::meta::tile_q;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -76,7 +81,7 @@ impl CudaBackend {
         }
         let [yq, yk, yv] = w.map(|w| self.alloc(t, w.rows));
         let (q, k, v, xp) = (yq.ptr, yk.ptr, yv.ptr, x.ptr);
-        let (wq, wk, wv) = (w[0].buf.ptr, w[1].buf.ptr, w[2].buf.ptr);
+        let (wq, wk, wv) = (w[0].ptr, w[1].ptr, w[2].ptr);
         let [bq, bk, bv] = bias.map(|b| b.map_or(0u64, |b| b.buf.ptr));
         let [nq, nk, nv] = w.map(|w| w.rows as i32);
         let c = cols as i32;
@@ -116,7 +121,7 @@ impl CudaBackend {
             return None;
         }
         let y = self.alloc(t, w_gate.rows);
-        let (yp, xp, wg, wu) = (y.ptr, x.ptr, w_gate.buf.ptr, w_up.buf.ptr);
+        let (yp, xp, wg, wu) = (y.ptr, x.ptr, w_gate.ptr, w_up.ptr);
         let (rows, c) = (w_gate.rows as i32, cols as i32);
         let cfg = grid1(w_gate.rows.div_ceil(8), 256);
         launch!(
@@ -131,6 +136,73 @@ impl CudaBackend {
             c
         );
         Some(y)
+    }
+
+    /// q, k and v as one GEMM over the adjacent wq|wk|wv, split (biases added) into three
+    /// tensors by one kernel; `None` unless the weights are adjacent.
+    pub(super) fn packed_qkv(
+        &self,
+        x: &CudaTensor,
+        w: [&CudaWeight; 3],
+        bias: [Option<&CudaVector>; 3],
+    ) -> Option<[CudaTensor; 3]> {
+        let start = Self::adjacent(&w)?;
+        let (t, cols) = (x.rows, x.cols);
+        if w[0].cols != cols {
+            return None;
+        }
+        let n: usize = w.iter().map(|w| w.rows).sum();
+        let y = self.alloc(t, n);
+        self.gemm(y.ptr, x.ptr, start, t, n, cols);
+        let [a, b, c] = w.map(|w| self.alloc(t, w.rows));
+        let (ap, bp, cp, yp) = (a.ptr, b.ptr, c.ptr, y.ptr);
+        let [ba, bb, bc] = bias.map(|b| b.map_or(0u64, |b| b.buf.ptr));
+        let [na, nb, nc] = w.map(|w| w.rows as i32);
+        launch!(
+            self,
+            "split_qkv",
+            per_row(t),
+            ap,
+            bp,
+            cp,
+            yp,
+            ba,
+            bb,
+            bc,
+            na,
+            nb,
+            nc
+        );
+        Some([a, b, c])
+    }
+
+    /// `silu(x·Wgᵀ) * (x·Wuᵀ)` as one GEMM over the adjacent w_gate|w_up and one elementwise
+    /// kernel; `None` unless the weights are adjacent.
+    pub(super) fn packed_gate_up(
+        &self,
+        x: &CudaTensor,
+        w_gate: &CudaWeight,
+        w_up: &CudaWeight,
+    ) -> Option<CudaTensor> {
+        let start = Self::adjacent(&[w_gate, w_up])?;
+        let (t, cols, inter) = (x.rows, x.cols, w_gate.rows);
+        if w_up.rows != inter || w_gate.cols != cols {
+            return None;
+        }
+        let y = self.alloc(t, 2 * inter);
+        self.gemm(y.ptr, x.ptr, start, t, 2 * inter, cols);
+        let out = self.alloc(t, inter);
+        let (op, yp, i, n) = (out.ptr, y.ptr, inter as i32, (t * inter) as u64);
+        launch!(
+            self,
+            "silu_mul_packed",
+            elementwise(t * inter),
+            op,
+            yp,
+            i,
+            n
+        );
+        Some(out)
     }
 
     /// Prefill attention on tensor cores into `out`; `false` (nothing launched) where the mma
