@@ -391,7 +391,7 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
 // ctx_len 0 is padding and writes zeros.
 #define DEC_WARPS 8
 #define DEC_MAX_GROUP 8
-template <typename T>
+template <typename T, int KCH>
 __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, const T* v_cache,
                                       const u32* q_start, const u32* ctx_len,
                                       const u32* block_tables, int bt_stride, int block_size,
@@ -427,16 +427,17 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
       off = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
 #pragma unroll
       for (int g = 0; g < DEC_MAX_GROUP; g++) if (g < group) s[g] = 0.f;
-      // The key row is read eight 16-byte loads at a time, all issued before any is used, so
-      // a 128-dim bf16 key costs two memory latencies instead of sixteen.
+      // The key row is read KCH 16-byte loads at a time, all issued before any is used: with
+      // KCH = 8 a 128-dim bf16 key costs two memory latencies instead of sixteen (few blocks:
+      // latency-bound), but the registers lower occupancy, so many blocks use KCH = 1.
       const int VEC = 16 / sizeof(T), nvec = head_dim / VEC;
-      for (int c0 = 0; c0 < nvec; c0 += 8) {
-        uint4 kr[8];
+      for (int c0 = 0; c0 < nvec; c0 += KCH) {
+        uint4 kr[KCH];
 #pragma unroll
-        for (int i = 0; i < 8; i++)
+        for (int i = 0; i < KCH; i++)
           if (c0 + i < nvec) kr[i] = *(const uint4*)(k_cache + off + (c0 + i) * VEC);
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
+        for (int i = 0; i < KCH; i++) {
           if (c0 + i < nvec) {
             float kf[8];
             unpack16(kr[i], kf, T());
@@ -829,8 +830,15 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
       const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
       int num_kv_heads, int head_dim, float scale) {                                               \
-    attention_decode_impl<T>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
-                             block_size, num_heads, num_kv_heads, head_dim, scale);                \
+    attention_decode_impl<T, 1>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,          \
+                                bt_stride, block_size, num_heads, num_kv_heads, head_dim, scale);  \
+  }                                                                                                \
+  extern "C" __global__ void attention_decode_few_##S(                                             \
+      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
+      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
+      int num_kv_heads, int head_dim, float scale) {                                               \
+    attention_decode_impl<T, 8>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,          \
+                                bt_stride, block_size, num_heads, num_kv_heads, head_dim, scale);  \
   }                                                                                                \
   extern "C" __global__ void split_qkv_##S(T* a, T* b, T* c, const T* y, const float* ba,         \
                                            const float* bb, const float* bc, int na, int nb,       \

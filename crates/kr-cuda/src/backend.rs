@@ -439,24 +439,14 @@ impl CudaBackend {
             head_dim: hd,
             scale,
         } = self.attn_args(&l, num_heads);
-        launch!(
-            self,
-            "attention_decode",
-            cfg,
-            op,
-            qp,
-            kc,
-            vc,
-            qs,
-            cl,
-            bt,
-            stride,
-            bs,
-            nh,
-            nkv,
-            hd,
-            scale
-        );
+        // Fewer blocks than SMs: latency decides, so issue all loads of a key at once.
+        let seqs = self.step.get().seqs.max(1);
+        let name = if seqs * l.num_kv_heads < self.gpu.info.multiprocessors {
+            "attention_decode_few"
+        } else {
+            "attention_decode"
+        };
+        launch!(self, name, cfg, op, qp, kc, vc, qs, cl, bt, stride, bs, nh, nkv, hd, scale);
     }
 
     /// Uploads the RoPE frequencies at load time, so that no step allocates.

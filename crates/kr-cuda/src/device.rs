@@ -17,7 +17,7 @@ const KERNEL_SOURCE: &str = include_str!("../kernels/kernels.cu");
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
 /// and tensor-core kernels are listed in `backend::fused`.
-pub const KERNEL_NAMES: [&str; 23] = [
+pub const KERNEL_NAMES: [&str; 24] = [
     "embed",
     "rms_norm",
     "add_rms_norm",
@@ -37,6 +37,7 @@ pub const KERNEL_NAMES: [&str; 23] = [
     "gather_rows",
     "attention",
     "attention_decode",
+    "attention_decode_few",
     "split_qkv",
     "silu_mul_packed",
     "argmax",
@@ -50,6 +51,8 @@ pub struct DeviceInfo {
     pub name: String,
     pub total_memory: usize,
     pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors (kernels with fewer blocks than this are latency-bound).
+    pub multiprocessors: usize,
 }
 
 /// One GPU with its stream and compiled kernels.
@@ -103,6 +106,10 @@ fn info_of(ctx: &Arc<CudaContext>) -> Result<DeviceInfo> {
         compute_capability: ctx
             .compute_capability()
             .map_err(driver("reading the compute capability"))?,
+        multiprocessors: ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver("reading the multiprocessor count"))?
+            .max(1) as usize,
     })
 }
 
