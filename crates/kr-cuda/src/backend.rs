@@ -162,7 +162,7 @@ macro_rules! launch {
 }
 
 mod fused;
-pub use fused::{FUSED_KERNEL_NAMES, MMA_KERNEL_NAMES};
+pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS, MMA_KERNEL_NAMES};
 
 fn grid1(blocks: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {

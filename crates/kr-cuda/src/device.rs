@@ -128,7 +128,8 @@ impl Gpu {
         let mut functions = HashMap::new();
         let both = KERNEL_NAMES
             .iter()
-            .chain(&crate::backend::FUSED_KERNEL_NAMES);
+            .chain(&crate::backend::GEMV_QKV_KERNELS)
+            .chain(&crate::backend::GEMV_GATE_UP_KERNELS);
         let all = both
             .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
             .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")));

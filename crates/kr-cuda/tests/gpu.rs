@@ -208,17 +208,7 @@ fn each_kernel_matches_cpu_on_random_inputs() {
     let gpu_model = CudaModel::load(&w, options(DType::F32, 8, false)).expect("load");
     let g = gpu_model.backend();
     let c = CpuBackend;
-    let rand = |n: usize, seed: u64| -> Vec<f32> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    };
+    let rand = |n: usize, seed: u64| -> Vec<f32> { xorshift(n, seed).map(|u| u - 0.5).collect() };
     let up = |rows, cols, seed| {
         (
             g.upload_tensor(rows, cols, &rand(rows * cols, seed)),
@@ -399,17 +389,21 @@ fn long_prefill_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
         .collect()
 }
 
+/// `n` uniform values in [0, 1) from a seeded xorshift.
+fn xorshift(n: usize, seed: u64) -> impl Iterator<Item = f32> {
+    let mut x = seed | 1;
+    (0..n).map(move |_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 40) as f32 / (1u64 << 24) as f32
+    })
+}
+
 /// Uniform values in [-1, 1) rounded to bf16, so both backends start from the same numbers.
 fn bf16_values(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let v = ((x >> 40) as f32 / (1u64 << 23) as f32) - 1.0;
-            f32::from_bits(v.to_bits() & 0xffff_0000)
-        })
+    xorshift(n, seed)
+        .map(|u| f32::from_bits((2.0 * u - 1.0).to_bits() & 0xffff_0000))
         .collect()
 }
 

@@ -18,7 +18,8 @@ use crate::error::driver;
 use crate::meta::tile_q;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-const GEMV_QKV_KERNELS: [&str; GEMV_MAX_ROWS] = [
+/// One q|k|v GEMV kernel per token count (compiled for f32 and bf16).
+pub const GEMV_QKV_KERNELS: [&str; GEMV_MAX_ROWS] = [
     "gemv_qkv1",
     "gemv_qkv2",
     "gemv_qkv3",
@@ -28,27 +29,8 @@ const GEMV_QKV_KERNELS: [&str; GEMV_MAX_ROWS] = [
     "gemv_qkv7",
     "gemv_qkv8",
 ];
-const GEMV_GATE_UP_KERNELS: [&str; GEMV_MAX_ROWS] = [
-    "gemv_gate_up1",
-    "gemv_gate_up2",
-    "gemv_gate_up3",
-    "gemv_gate_up4",
-    "gemv_gate_up5",
-    "gemv_gate_up6",
-    "gemv_gate_up7",
-    "gemv_gate_up8",
-];
-
-/// Kernels compiled for f32 and bf16 by the fused paths (see `device::KERNEL_NAMES`).
-pub const FUSED_KERNEL_NAMES: [&str; 2 * GEMV_MAX_ROWS] = [
-    "gemv_qkv1",
-    "gemv_qkv2",
-    "gemv_qkv3",
-    "gemv_qkv4",
-    "gemv_qkv5",
-    "gemv_qkv6",
-    "gemv_qkv7",
-    "gemv_qkv8",
+/// One gate|up GEMV kernel per token count (compiled for f32 and bf16).
+pub const GEMV_GATE_UP_KERNELS: [&str; GEMV_MAX_ROWS] = [
     "gemv_gate_up1",
     "gemv_gate_up2",
     "gemv_gate_up3",
