@@ -10,7 +10,7 @@
 use crate::device::{DeviceBuffer, Gpu, PinnedWords};
 use crate::error::{driver, CudaError, Result};
 use crate::gemm::{GemmType, Lt};
-use crate::meta::{pack, tile_q, used_ranges, MetaLayout, StepCounts, ATTENTION_ROWS};
+use crate::meta::{pack, tile_q, used_ranges, MetaLayout, StepCounts};
 use crate::pool::{FirstFit, SharedPool};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use kr_model::quant::GgmlType;
@@ -52,7 +52,6 @@ pub const GEMV_MAX_ROWS: usize = 8;
 const GEMV_KERNELS: [&str; GEMV_MAX_ROWS] = [
     "gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8",
 ];
-const ATT_KC: usize = 32;
 
 /// An activation in the step workspace; its block returns to the pool on drop.
 pub struct CudaTensor {
@@ -161,8 +160,12 @@ macro_rules! launch {
     }};
 }
 
+mod attention;
 mod fused;
-pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS, MMA_KERNEL_NAMES};
+mod sample;
+pub use attention::MMA_KERNEL_NAMES;
+pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
+pub use sample::RowSampling;
 
 fn grid1(blocks: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
@@ -200,7 +203,7 @@ impl CudaBackend {
             gpu.function("attention", suffix)
                 .set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    attention_smem(256) as i32,
+                    attention::attention_smem(256) as i32,
                 )
                 .map_err(driver("allowing attention's shared memory"))?;
         }
@@ -380,84 +383,11 @@ impl CudaBackend {
     }
 }
 
-/// Query heads per kv head the decode attention kernel handles (DEC_MAX_GROUP in the kernel).
-const DECODE_MAX_GROUP: usize = 8;
-
-/// Arguments both attention kernels take: step metadata addresses, cache geometry, scale.
-struct AttnArgs {
-    q_start: u64,
-    ctx_len: u64,
-    block_tables: u64,
-    stride: i32,
-    block_size: i32,
-    num_heads: i32,
-    num_kv_heads: i32,
-    head_dim: i32,
-    scale: f32,
-}
-
 impl CudaBackend {
-    fn attn_args(&self, l: &KvLayout, num_heads: usize) -> AttnArgs {
-        let o = self.meta_layout.offsets();
-        AttnArgs {
-            q_start: self.meta_ptr(o.q_start),
-            ctx_len: self.meta_ptr(o.ctx_len),
-            block_tables: self.meta_ptr(o.block_tables),
-            stride: self.meta_layout.bt_stride as i32,
-            block_size: l.block_size as i32,
-            num_heads: num_heads as i32,
-            num_kv_heads: l.num_kv_heads as i32,
-            head_dim: l.head_dim as i32,
-            scale: 1.0 / (l.head_dim as f32).sqrt(),
-        }
-    }
-
-    /// Attention of one query per sequence: one block per (sequence, kv head), warps split keys.
-    fn decode_attention(
-        &self,
-        out: &CudaTensor,
-        q: &CudaTensor,
-        layer: usize,
-        cache: &CudaKvCache,
-        num_heads: usize,
-    ) {
-        let l = cache.layout;
-        let cfg = LaunchConfig {
-            grid_dim: (self.step.get().seqs.max(1) as u32, l.num_kv_heads as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
-        let AttnArgs {
-            q_start: qs,
-            ctx_len: cl,
-            block_tables: bt,
-            stride,
-            block_size: bs,
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: hd,
-            scale,
-        } = self.attn_args(&l, num_heads);
-        // Fewer blocks than SMs: latency decides, so issue all loads of a key at once.
-        let seqs = self.step.get().seqs.max(1);
-        let name = if seqs * l.num_kv_heads < self.gpu.info.multiprocessors {
-            "attention_decode_few"
-        } else {
-            "attention_decode"
-        };
-        launch!(self, name, cfg, op, qp, kc, vc, qs, cl, bt, stride, bs, nh, nkv, hd, scale);
-    }
-
     /// Uploads the RoPE frequencies at load time, so that no step allocates.
     pub fn prepare_rope(&self, rope: &Rope) {
         self.inv_freq_ptr(rope);
     }
-}
-
-/// Dynamic shared memory of the attention kernel for `head_dim`.
-fn attention_smem(head_dim: usize) -> usize {
-    4 * (ATTENTION_ROWS * head_dim + ATT_KC * (head_dim + 1) + ATT_KC * head_dim)
 }
 
 impl Backend for CudaBackend {
@@ -708,57 +638,8 @@ impl Backend for CudaBackend {
         cache: &CudaKvCache,
         num_heads: usize,
     ) -> CudaTensor {
-        let l = cache.layout;
         let out = self.alloc(q.rows, q.cols);
-        let o = self.meta_layout.offsets();
-        let counts = self.step.get();
-        if counts.decode && num_heads / l.num_kv_heads <= DECODE_MAX_GROUP {
-            self.decode_attention(&out, q, layer, cache, num_heads);
-            return out;
-        }
-        if self.mma_attention(&out, q, layer, cache, num_heads) {
-            return out;
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (counts.work.max(1) as u32, l.num_kv_heads as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: attention_smem(l.head_dim) as u32,
-        };
-        let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
-        let (work, ql) = (self.meta_ptr(o.work), self.meta_ptr(o.q_len));
-        let AttnArgs {
-            q_start: qs,
-            ctx_len: cl,
-            block_tables: bt,
-            stride,
-            block_size: bs,
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: hd,
-            scale,
-        } = self.attn_args(&l, num_heads);
-        let tile = tile_q(num_heads / l.num_kv_heads) as i32;
-        launch!(
-            self,
-            "attention",
-            cfg,
-            op,
-            qp,
-            kc,
-            vc,
-            work,
-            qs,
-            ql,
-            cl,
-            bt,
-            stride,
-            bs,
-            nh,
-            nkv,
-            hd,
-            tile,
-            scale
-        );
+        self.attention_into(&out, q, layer, cache, num_heads);
         out
     }
 

@@ -13,11 +13,16 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-const KERNEL_SOURCE: &str = include_str!("../kernels/kernels.cu");
+/// The kernels as one NVRTC program: shared types and helpers first, then attention, sampling.
+const KERNEL_SOURCE: &str = concat!(
+    include_str!("../kernels/kernels.cu"),
+    include_str!("../kernels/attention.cu"),
+    include_str!("../kernels/sample.cu")
+);
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
 /// and tensor-core kernels are listed in `backend::fused`.
-pub const KERNEL_NAMES: [&str; 24] = [
+pub const KERNEL_NAMES: [&str; 25] = [
     "embed",
     "rms_norm",
     "add_rms_norm",
@@ -41,6 +46,7 @@ pub const KERNEL_NAMES: [&str; 24] = [
     "split_qkv",
     "silu_mul_packed",
     "argmax",
+    "sample",
     "to_f32",
 ];
 
@@ -180,6 +186,16 @@ impl Gpu {
         self.bind()?;
         // SAFETY: the range at `ptr` holds `data`'s bytes (caller's contract).
         unsafe { result::memcpy_htod_sync(ptr, data) }.map_err(driver("uploading"))
+    }
+
+    /// Copies `data` to `ptr` on the stream, after every kernel queued before it. The driver
+    /// stages pageable memory before returning, so `data` may be dropped at once.
+    pub fn upload_in_order<T: Copy>(&self, ptr: sys::CUdeviceptr, data: &[T]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the range at `ptr` holds `data`'s bytes (caller's contract); the copy is
+        // ordered on the one stream every kernel runs on.
+        unsafe { result::memcpy_htod_async(ptr, data, self.stream.cu_stream()) }
+            .map_err(driver("uploading step data"))
     }
 
     /// Copies `data` to a new device buffer (synchronous; load time only).

@@ -18,7 +18,7 @@ pub mod meta;
 pub mod model;
 pub mod pool;
 
-pub use backend::{CudaBackend, CudaLimits, DType};
+pub use backend::{CudaBackend, CudaLimits, DType, RowSampling};
 pub use device::{probe, DeviceInfo, Gpu};
 pub use error::{CudaError, Result};
 pub use model::{CudaModel, CudaModelOptions};

@@ -6,7 +6,7 @@
 //! graph entry, so no later allocation can overlap it while it is being read. Any CUDA error
 //! in a step is returned as `Err` (the backend records it instead of panicking).
 
-use crate::backend::{CudaBackend, CudaKvCache, CudaLimits, CudaTensor, DType};
+use crate::backend::{CudaBackend, CudaKvCache, CudaLimits, CudaTensor, DType, RowSampling};
 use crate::device::Gpu;
 use crate::error::{driver, CudaError, Result};
 use crate::meta::{is_pure_decode, pad_decode};
@@ -184,6 +184,20 @@ impl CudaModel {
             let mut ids = l.map(|l| be.argmax(l)).unwrap_or_default();
             ids.truncate(n);
             ids
+        })
+    }
+
+    /// One token for each of `meta.logit_rows`, sampled on the GPU with `rows[i]` (in the
+    /// order of `logit_rows`).
+    pub fn forward_sampled(
+        &mut self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        rows: &[RowSampling],
+    ) -> Result<Vec<u32>> {
+        let n = meta.logit_rows.len().min(rows.len());
+        self.with_logits(ids, meta, |be, l| {
+            l.map(|l| be.sample(l, &rows[..n])).unwrap_or_default()
         })
     }
 

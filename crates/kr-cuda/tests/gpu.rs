@@ -12,7 +12,7 @@
 //! Measured errors are printed (`-- --nocapture`).
 
 use kr_cpu::CpuBackend;
-use kr_cuda::{CudaModel, CudaModelOptions, DType};
+use kr_cuda::{CudaModel, CudaModelOptions, DType, RowSampling};
 use kr_model::quant::GgmlType;
 use kr_model::{AttnMeta, Backend, Decoder, ModelConfig, ModelWeights, RopeStyle, SeqAttn};
 use std::path::PathBuf;
@@ -463,5 +463,105 @@ fn bf16_prefill_attention_matches_cpu() {
         assert!(g.take_error().is_none());
         println!("prefill attention bf16 head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
         assert!(worst <= 2e-2, "head_dim {head_dim}: {worst}");
+    }
+}
+
+/// The probability of each token under the CPU sampler's rules (temperature, top-k, then top-p
+/// and min-p over the kept tokens), in f64.
+fn expected_probs(logits: &[f32], r: &RowSampling) -> Vec<f64> {
+    let z: Vec<f64> = logits
+        .iter()
+        .map(|&l| l as f64 / r.temperature as f64)
+        .collect();
+    let mut idx: Vec<usize> = (0..z.len()).collect();
+    idx.sort_by(|&a, &b| z[b].total_cmp(&z[a]).then(a.cmp(&b)));
+    if r.top_k > 0 {
+        idx.truncate(r.top_k as usize);
+    }
+    let p: Vec<f64> = idx.iter().map(|&i| (z[i] - z[idx[0]]).exp()).collect();
+    let total: f64 = p.iter().sum();
+    let p: Vec<f64> = p.iter().map(|x| x / total).collect();
+    let mut keep = p.len();
+    if r.top_p < 1.0 {
+        let mut acc = 0.0;
+        keep = p
+            .iter()
+            .position(|&x| {
+                acc += x;
+                acc >= r.top_p as f64
+            })
+            .map_or(keep, |i| i + 1);
+    }
+    if r.min_p > 0.0 {
+        let floor = r.min_p as f64 * p[0];
+        keep = keep.min(p.iter().take_while(|&&x| x >= floor).count().max(1));
+    }
+    let mass: f64 = p[..keep].iter().sum();
+    let mut out = vec![0.0; z.len()];
+    for (j, &i) in idx[..keep].iter().enumerate() {
+        out[i] = p[j] / mass;
+    }
+    out
+}
+
+/// The device sampler over 4096 copies of one logits row with stratified uniform numbers
+/// (u_i = (i + 0.5) / 4096): each token must be drawn N·p ± 2 times (p from the CPU sampler's
+/// rules) and tokens outside the kept set never. Logits are distinct multiples of 1/32, exact in
+/// bf16, so both element types see the same row and no ties sit at a cut.
+#[test]
+fn device_sampling_draws_the_expected_distribution() {
+    if !gpu_available() {
+        return;
+    }
+    let (vocab, n) = (500usize, 4096usize);
+    let row: Vec<f32> = (0..vocab)
+        .map(|t| ((t * 37) % vocab) as f32 / 32.0 - 7.8)
+        .collect();
+    let base = |temperature, top_k, top_p, min_p| RowSampling {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        uniform: 0.0,
+    };
+    let cases = [
+        base(0.7, 0, 1.0, 0.0),
+        base(1.0, 50, 1.0, 0.0),
+        base(1.0, 0, 0.9, 0.0),
+        base(0.8, 0, 1.0, 0.05),
+        base(1.3, 40, 0.8, 0.02),
+    ];
+    for (dtype, ty) in [(DType::F32, GgmlType::F32), (DType::Bf16, GgmlType::BF16)] {
+        let w = tiny_weights("llama", RopeStyle::HalfSplit, ty);
+        let model = CudaModel::load(&w, options(dtype, 8, false)).expect("load");
+        let g = model.backend();
+        let logits = g.upload_tensor(n, vocab, &row.repeat(n));
+        for case in cases {
+            let rows: Vec<RowSampling> = (0..n)
+                .map(|i| RowSampling {
+                    uniform: (i as f32 + 0.5) / n as f32,
+                    ..case
+                })
+                .collect();
+            let mut counts = vec![0usize; vocab];
+            for id in g.sample(&logits, &rows) {
+                counts[id as usize] += 1;
+            }
+            let want = expected_probs(&row, &case);
+            let worst = (0..vocab)
+                .map(|t| (counts[t] as f64 - want[t] * n as f64).abs())
+                .fold(0.0, f64::max);
+            let outside = (0..vocab)
+                .filter(|&t| want[t] == 0.0 && counts[t] > 0)
+                .count();
+            println!("sampling {dtype:?} {case:?}: max |count - N p| = {worst:.2}, drawn outside the kept set: {outside}");
+            assert!(worst <= 2.0 && outside == 0, "{dtype:?} {case:?}");
+        }
+        let best = (0..vocab)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .expect("row");
+        let greedy = g.sample(&logits, &[RowSampling::greedy(); 3]);
+        assert_eq!(greedy, vec![best as u32; 3], "{dtype:?} greedy");
+        assert!(g.take_error().is_none());
     }
 }

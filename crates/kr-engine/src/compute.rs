@@ -7,8 +7,9 @@
 use crate::engine::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::model::LoadedModel;
+use crate::sampler::DeviceDraw;
 use kr_cpu::CpuKvCache;
-use kr_cuda::{CudaModel, CudaModelOptions, DType};
+use kr_cuda::{CudaModel, CudaModelOptions, DType, RowSampling};
 use kr_model::AttnMeta;
 
 /// `--device`: where to run.
@@ -117,6 +118,38 @@ impl Compute {
         match self {
             Self::Cpu(cache) => Ok(model.decoder.forward(ids, meta, cache)),
             Self::Cuda(m) => m.forward(ids, meta).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Whether steps can sample on the device (only token ids come back).
+    pub(crate) fn samples_on_device(&self) -> bool {
+        matches!(self, Self::Cuda(_))
+    }
+
+    /// One token per `meta.logit_rows` entry, chosen on the device with `draws` (in that
+    /// order). On the CPU there is nothing to gain: the caller samples the logits itself.
+    pub(crate) fn forward_sampled(
+        &mut self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        draws: &[DeviceDraw],
+    ) -> std::result::Result<Vec<u32>, String> {
+        match self {
+            Self::Cpu(_) => Err("sampling on the device needs a GPU".into()),
+            Self::Cuda(m) => {
+                let rows: Vec<RowSampling> = draws
+                    .iter()
+                    .map(|d| RowSampling {
+                        temperature: d.temperature,
+                        top_k: d.top_k,
+                        top_p: d.top_p,
+                        min_p: d.min_p,
+                        uniform: d.uniform,
+                    })
+                    .collect();
+                m.forward_sampled(ids, meta, &rows)
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::error::{EngineError, Result};
 use crate::handle::{EngineHandle, Event, ModelInfo, Usage};
 use crate::model::{load_model, LoadedModel};
 use crate::runner::{build_batch, replay_batch, RowUse};
-use crate::sampler::{token_logprobs, Sampler, TokenLogprobs};
+use crate::sampler::{token_logprobs, DeviceDraw, Sampler, TokenLogprobs};
 use crate::stats::EngineStats;
 use crate::stop::StopMatcher;
 use kr_core::policy::{Gate, PolicyConfig, Priority};
@@ -423,11 +423,20 @@ impl EngineLoop {
         let (ids, meta, rows) = build_batch(&plan, self.sched.config().block_size, |s| {
             live.get(&s.id).map_or(0..0, |l| l.prompt_rows(s))
         });
-        let mut logits = match self.compute.forward(&self.model, &ids, &meta) {
-            Ok(l) => l,
+        let outcome = match self.device_draws(&plan, &rows) {
+            Some(draws) => self
+                .compute
+                .forward_sampled(&ids, &meta, &draws)
+                .map(|tokens| self.record_device_tokens(&plan, &rows, tokens)),
+            None => self
+                .compute
+                .forward(&self.model, &ids, &meta)
+                .map(|mut logits| self.use_rows(&plan, &rows, &mut logits)),
+        };
+        let (sampled, logprobs) = match outcome {
+            Ok(o) => o,
             Err(e) => return self.fail_step(&plan, &e),
         };
-        let (sampled, logprobs) = self.use_rows(&plan, &rows, &mut logits);
         let updates = self.sched.update(&plan, &sampled);
         let took = t0.elapsed();
         self.stats.step_seconds.observe(took);
@@ -455,6 +464,55 @@ impl EngineLoop {
             }
             self.sched.finish(s.id);
         }
+    }
+
+    /// Each sampled row's device parameters (drawing its uniform number), when the whole step
+    /// can sample on the device: a GPU, no prompt-logprob rows, and no request that needs its
+    /// logits on the host. `None` leaves every generator untouched.
+    fn device_draws(&mut self, plan: &StepPlan, rows: &[RowUse]) -> Option<Vec<DeviceDraw>> {
+        if !self.compute.samples_on_device() {
+            return None;
+        }
+        let mut seqs = Vec::with_capacity(rows.len());
+        for u in rows {
+            match *u {
+                RowUse::Sample(i) => seqs.push(plan.seqs[i].id),
+                RowUse::Prompt { .. } => return None,
+            }
+        }
+        let live = &self.live;
+        if !seqs
+            .iter()
+            .all(|id| live.get(id).is_some_and(|l| l.sampler.device_samplable()))
+        {
+            return None;
+        }
+        let draws = seqs
+            .iter()
+            .filter_map(|id| self.live.get_mut(id).map(|l| l.sampler.device_draw()))
+            .collect();
+        Some(draws)
+    }
+
+    /// Records the tokens the device chose (plan order) in each request's sampler.
+    fn record_device_tokens(
+        &mut self,
+        plan: &StepPlan,
+        rows: &[RowUse],
+        tokens: Vec<u32>,
+    ) -> (Vec<u32>, Vec<Option<TokenLogprobs>>) {
+        for (u, &tok) in rows.iter().zip(&tokens) {
+            if let RowUse::Sample(i) = *u {
+                if let Some(l) = self.live.get_mut(&plan.seqs[i].id) {
+                    l.sampler.record(tok);
+                }
+            }
+        }
+        self.stats
+            .device_sampled_tokens
+            .fetch_add(tokens.len() as u64, Relaxed);
+        let none = vec![None; tokens.len()];
+        (tokens, none)
     }
 
     /// Samples the sampled rows (in plan order) and records the prompt-logprob rows.

@@ -17,6 +17,17 @@ pub struct TokenLogprobs {
     pub top: Vec<(u32, f32)>,
 }
 
+/// One token's sampling parameters for a device backend (temperature 0 means greedy).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DeviceDraw {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub min_p: f32,
+    /// In [0, 1), from the request's seeded generator.
+    pub uniform: f32,
+}
+
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
@@ -58,6 +69,41 @@ impl Sampler {
         }
         *self.output_counts.entry(token).or_default() += 1;
         (token, logprobs)
+    }
+
+    /// Whether the next token can be chosen on the device from the raw logits: nothing of
+    /// this request needs them on the host (logprobs, penalties, logit bias).
+    pub fn device_samplable(&self) -> bool {
+        let p = &self.params;
+        p.logprobs.is_none()
+            && p.logit_bias.is_empty()
+            && p.repetition_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+    }
+
+    /// The next token's parameters for the device sampler, drawing this token's one uniform
+    /// number from the request's generator (none for greedy, as on the host).
+    pub fn device_draw(&mut self) -> DeviceDraw {
+        let p = &self.params;
+        if p.is_greedy() {
+            return DeviceDraw::default();
+        }
+        DeviceDraw {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            uniform: self.rng.random::<f32>(),
+        }
+    }
+
+    /// Records a token chosen on the device (what `sample` records for a host choice).
+    pub fn record(&mut self, token: u32) {
+        if self.params.repetition_penalty != 1.0 {
+            self.seen.insert(token);
+        }
+        *self.output_counts.entry(token).or_default() += 1;
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {

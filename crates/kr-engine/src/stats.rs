@@ -21,6 +21,8 @@ pub struct EngineStats {
     pub prefix_hit_tokens: AtomicU64,
     pub requests_finished: AtomicU64,
     pub requests_aborted: AtomicU64,
+    /// Tokens chosen by a device sampler (only ids crossed from the GPU).
+    pub device_sampled_tokens: AtomicU64,
     /// Wall time of each engine step (model forward and sampling).
     pub step_seconds: Histogram,
     /// Time from a request's arrival at the engine to its first scheduled step.
@@ -45,6 +47,7 @@ pub struct StatsSnapshot {
     pub prefix_hit_tokens: u64,
     pub requests_finished: u64,
     pub requests_aborted: u64,
+    pub device_sampled_tokens: u64,
 }
 
 impl EngineStats {
@@ -63,6 +66,7 @@ impl EngineStats {
             prefix_hit_tokens: self.prefix_hit_tokens.load(Relaxed),
             requests_finished: self.requests_finished.load(Relaxed),
             requests_aborted: self.requests_aborted.load(Relaxed),
+            device_sampled_tokens: self.device_sampled_tokens.load(Relaxed),
         }
     }
 }

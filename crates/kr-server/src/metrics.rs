@@ -105,6 +105,11 @@ impl Metrics {
                 s.generation_tokens,
             ),
             (
+                "kr_device_sampled_tokens_total",
+                "Tokens sampled on the GPU (only their ids crossed PCIe).",
+                s.device_sampled_tokens,
+            ),
+            (
                 "kr_preemptions_total",
                 "Requests preempted (recomputed later).",
                 s.preemptions,

@@ -1,22 +1,16 @@
-//! Fused operations of the CUDA backend: the q/k/v projections in one GEMV launch, the gated
+//! Fused projections of the CUDA backend: the q/k/v projections in one GEMV launch, the gated
 //! feed-forward input (gate, up and SiLU·mul) in one GEMV launch (decode); the same two as
-//! one cuBLASLt GEMM each over adjacent weights (prefill); tensor-core (mma) attention for
-//! prefill chunks.
+//! one cuBLASLt GEMM each over adjacent weights (prefill).
 //!
 //! Invariants: each fused path applies only where its kernel does (GEMV: 1..=GEMV_MAX_ROWS
-//! tokens and 16-byte-aligned rows; packed GEMM: weights adjacent in the arena; mma
-//! attention: bf16, head_dim 64 or 128, compute capability 8.0 or newer) and otherwise
-//! returns `None` / `false`, so the caller falls back to the unfused operations, which compute
-//! the same values.
+//! tokens and 16-byte-aligned rows; packed GEMM: weights adjacent in the arena) and otherwise
+//! returns `None`, so the caller falls back to the unfused operations, which compute the same
+//! values.
 
 use super::GEMV_MAX_ROWS;
-use super::{
-    elementwise, grid1, per_row, AttnArgs, CudaBackend, CudaKvCache, CudaTensor, CudaVector,
-    CudaWeight, DType,
-};
+use super::{elementwise, grid1, per_row, CudaBackend, CudaTensor, CudaVector, CudaWeight};
 use crate::error::driver;
-use crate::meta::tile_q;
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 /// One q|k|v GEMV kernel per token count (compiled for f32 and bf16).
 pub const GEMV_QKV_KERNELS: [&str; GEMV_MAX_ROWS] = [
@@ -40,9 +34,6 @@ pub const GEMV_GATE_UP_KERNELS: [&str; GEMV_MAX_ROWS] = [
     "gemv_gate_up7",
     "gemv_gate_up8",
 ];
-
-/// Tensor-core attention kernels, bf16 only (`<name>_bf16`), one per head size.
-pub const MMA_KERNEL_NAMES: [&str; 2] = ["attention_mma64", "attention_mma128"];
 
 impl CudaBackend {
     /// Whether `t` tokens of width `cols` go through the weight-streaming GEMV kernels.
@@ -185,51 +176,5 @@ impl CudaBackend {
             n
         );
         Some(out)
-    }
-
-    /// Prefill attention on tensor cores into `out`; `false` (nothing launched) where the mma
-    /// kernel does not apply. Work items and tiles are those of the CUDA-core kernel.
-    pub(super) fn mma_attention(
-        &self,
-        out: &CudaTensor,
-        q: &CudaTensor,
-        layer: usize,
-        cache: &CudaKvCache,
-        num_heads: usize,
-    ) -> bool {
-        let l = cache.layout;
-        let name = match l.head_dim {
-            64 => MMA_KERNEL_NAMES[0],
-            128 => MMA_KERNEL_NAMES[1],
-            _ => return false,
-        };
-        if self.dtype != DType::Bf16 || self.gpu.info.compute_capability.0 < 8 {
-            return false;
-        }
-        let o = self.meta_layout.offsets();
-        let counts = self.step.get();
-        let cfg = LaunchConfig {
-            grid_dim: (counts.work.max(1) as u32, l.num_kv_heads as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
-        let (work, ql) = (self.meta_ptr(o.work), self.meta_ptr(o.q_len));
-        let AttnArgs {
-            q_start: qs,
-            ctx_len: cl,
-            block_tables: bt,
-            stride,
-            block_size: bs,
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: _,
-            scale,
-        } = self.attn_args(&l, num_heads);
-        let tile = tile_q(num_heads / l.num_kv_heads) as i32;
-        launch!(
-            self, name, cfg, op, qp, kc, vc, work, qs, ql, cl, bt, stride, bs, nh, nkv, tile, scale
-        );
-        true
     }
 }
