@@ -420,7 +420,7 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
       bf16_t* out, const bf16_t* q, const bf16_t* k_cache, const bf16_t* v_cache, const u32* work, \
       const u32* q_start, const u32* q_len, const u32* ctx_len, const u32* block_tables,           \
       int bt_stride, int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q,    \
-      float scale) {                                                                               \
+      float scale) { PDL_ENTRY();                                                                               \
     attention_mma_impl<D>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len, block_tables,   \
                           bt_stride, block_size, num_heads, num_kv_heads, tile_q, scale);          \
   }
@@ -431,21 +431,21 @@ ATTENTION_MMA(128)
   extern "C" __global__ void attention_##S(                                                        \
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work, const u32* q_start, \
       const u32* q_len, const u32* ctx_len, const u32* block_tables, int bt_stride,                \
-      int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q, float scale) {    \
+      int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q, float scale) { PDL_ENTRY();    \
     attention_impl<T>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len, block_tables,       \
                       bt_stride, block_size, num_heads, num_kv_heads, head_dim, tile_q, scale);    \
   }                                                                                                \
   extern "C" __global__ void attention_decode_##S(                                                 \
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
       const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale) {                                               \
+      int num_kv_heads, int head_dim, float scale) { PDL_ENTRY();                                               \
     attention_decode_impl<T, 1>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,          \
                                 bt_stride, block_size, num_heads, num_kv_heads, head_dim, scale);  \
   }                                                                                                \
   extern "C" __global__ void attention_decode_few_##S(                                             \
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
       const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale) {                                               \
+      int num_kv_heads, int head_dim, float scale) { PDL_ENTRY();                                               \
     attention_decode_impl<T, 8>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,          \
                                 bt_stride, block_size, num_heads, num_kv_heads, head_dim, scale);  \
   }

@@ -131,7 +131,7 @@ __device__ void sample_impl(u32* ids, const T* logits, int cols, const float* pa
 
 #define SAMPLE_KERNELS(T, S)                                                                       \
   extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)                                     \
-      sample_##S(u32* ids, const T* logits, int cols, const float* params) {                       \
+      sample_##S(u32* ids, const T* logits, int cols, const float* params) { PDL_ENTRY();                       \
     sample_impl<T>(ids, logits, cols, params);                                                     \
   }
 

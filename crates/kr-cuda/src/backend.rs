@@ -12,7 +12,7 @@ use crate::error::{driver, CudaError, Result};
 use crate::gemm::{GemmType, Lt};
 use crate::meta::{pack, tile_q, used_ranges, MetaLayout, StepCounts};
 use crate::pool::{FirstFit, SharedPool};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use kr_model::quant::GgmlType;
 use kr_model::{AttnMeta, Backend, KvLayout, RawTensor, Rope, RopeStyle};
 use std::cell::{Cell, RefCell};
@@ -143,6 +143,9 @@ pub struct CudaBackend {
     step_rows: RefCell<Vec<usize>>,
     inv_freq: RefCell<Option<DeviceBuffer>>,
     weights: RefCell<Option<WeightArena>>,
+    profile: RefCell<Option<profile::Timings>>,
+    /// Launch kernels with programmatic dependent launch (see `backend::launch`).
+    pdl: bool,
     error: RefCell<Option<CudaError>>,
 }
 
@@ -151,17 +154,23 @@ macro_rules! launch {
     ($self:expr, $name:expr, $cfg:expr, $($arg:ident),* $(,)?) => {{
         if $self.error.borrow().is_none() {
             let f = $self.gpu.function($name, $self.dtype.suffix());
-            let mut b = $self.gpu.stream.launch_builder(f);
-            $( b.arg(&$arg); )*
-            // SAFETY: every pointer argument covers the shape the kernel reads or writes.
-            let r = unsafe { b.launch($cfg) };
-            $self.record(r.map(|_| ()).map_err(driver($name)));
+            let mut params: Vec<*mut std::ffi::c_void> =
+                vec![$( (&$arg) as *const _ as *mut std::ffi::c_void ),*];
+            let timing = $self.profile_begin();
+            // SAFETY: the parameters point at locals that outlive the call, one per kernel
+            // parameter in order; every pointer argument covers the shape the kernel reads or
+            // writes.
+            let r = unsafe { $self.launch_raw(f, $cfg, &mut params) };
+            $self.profile_end($name, timing);
+            $self.record(r.map_err(driver($name)));
         }
     }};
 }
 
 mod attention;
 mod fused;
+mod launch;
+mod profile;
 mod sample;
 pub use attention::MMA_KERNEL_NAMES;
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
@@ -190,6 +199,7 @@ fn elementwise(n: usize) -> LaunchConfig {
 impl CudaBackend {
     pub fn new(gpu: Arc<Gpu>, dtype: DType, limits: CudaLimits) -> Result<Self> {
         let lt = Lt::new(&gpu)?;
+        let pdl = launch::pdl_wanted(&gpu);
         let workspace = gpu.alloc(limits.workspace_bytes)?;
         let meta_layout = MetaLayout::new(
             limits.max_tokens,
@@ -221,6 +231,8 @@ impl CudaBackend {
             step_rows: RefCell::new(Vec::new()),
             inv_freq: RefCell::new(None),
             weights: RefCell::new(None),
+            profile: RefCell::new(None),
+            pdl,
             error: RefCell::new(None),
         })
     }
@@ -287,9 +299,11 @@ impl CudaBackend {
     /// `y[t, rows] = x[t, cols] · w[rows, cols]ᵀ` on cuBLASLt.
     fn gemm(&self, y: u64, x: u64, w: u64, t: usize, rows: usize, cols: usize) {
         if self.error.borrow().is_none() {
+            let timing = self.profile_begin();
             let r = self
                 .lt
                 .matmul(&self.gpu, self.dtype.gemm(), y, x, w, t, rows, cols);
+            self.profile_end("cublaslt_gemm", timing);
             self.record(r);
         }
     }

@@ -135,6 +135,29 @@ fn decode_run(
     Ok((t0.elapsed().as_secs_f64(), wall, busy))
 }
 
+/// GPU time of each kernel of one eager batch-1 decode step (events around every launch),
+/// summed per kernel name, largest first: `(name, launches, microseconds)`.
+fn kernel_breakdown(model: &mut CudaModel, prompt: usize) -> Result<Vec<(String, usize, f64)>> {
+    let mut seqs = Seqs::new(1, prompt + 4, model.options.block_size);
+    let (ids, meta) = seqs.step(&[prompt]);
+    model.forward_greedy(&ids, &meta)?;
+    let (ids, meta) = seqs.step(&[1]);
+    model.forward_greedy(&ids, &meta)?;
+    let (ids, meta) = seqs.step(&[1]);
+    let mut sums: Vec<(String, usize, f64)> = Vec::new();
+    for (name, us) in model.profile_step(&ids, &meta)? {
+        match sums.iter_mut().find(|s| s.0 == name) {
+            Some(s) => {
+                s.1 += 1;
+                s.2 += us;
+            }
+            None => sums.push((name.to_string(), 1, us)),
+        }
+    }
+    sums.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(sums)
+}
+
 /// Device-to-device copy bandwidth (read + write bytes per second) over 2 GiB.
 fn copy_bandwidth(be: &CudaBackend) -> Result<f64> {
     let bytes = 1usize << 30;
@@ -241,7 +264,10 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
     );
     let gemm_flops = gemm_peak(model, prefill_big)?;
     let gemv_bw = gemv_bandwidth(model)?;
-    // The bandwidth and GEMM probes allocate their own buffers; steps from here on must not.
+    let kernels = kernel_breakdown(model, spec.prompt_tokens)?;
+    let kernel_sum_us: f64 = kernels.iter().map(|k| k.2).sum();
+    // The probes above (bandwidth, GEMM, the held stream of the kernel breakdown) allocate
+    // their own buffers; steps from here on must not.
     model.reset_allocation_count();
     let prefill_flops = 2.0 * params * prefill_big as f64 / prefill_s;
 
@@ -301,6 +327,13 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
             "fraction_of_gemm_peak": prefill_flops / gemm_flops,
         },
         "decode_batch1": single,
+        "decode_batch1_kernels": {
+            "note": "GPU time of each kernel in one eager batch-1 decode step (events around every launch, launches queued behind a held stream so they run back to back); the graph step's GPU time minus this sum is the time between kernels",
+            "kernel_time_sum_us": kernel_sum_us,
+            "by_kernel": kernels.iter().map(|(name, n, us)| json!({
+                "kernel": name, "launches": n, "total_us": us, "share": us / kernel_sum_us,
+            })).collect::<Vec<_>>(),
+        },
         "decode_batched": batched,
         "kv_blocks": model.num_blocks,
         "device_allocations_during_steps": steps_allocated_before + model.allocations_since_load(),

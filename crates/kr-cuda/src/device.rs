@@ -22,7 +22,7 @@ const KERNEL_SOURCE: &str = concat!(
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
 /// and tensor-core kernels are listed in `backend::fused`.
-pub const KERNEL_NAMES: [&str; 25] = [
+pub const KERNEL_NAMES: [&str; 26] = [
     "embed",
     "rms_norm",
     "add_rms_norm",
@@ -46,6 +46,7 @@ pub const KERNEL_NAMES: [&str; 25] = [
     "split_qkv",
     "silu_mul_packed",
     "argmax",
+    "spin_wait",
     "sample",
     "to_f32",
 ];

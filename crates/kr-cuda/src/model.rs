@@ -201,6 +201,28 @@ impl CudaModel {
         })
     }
 
+    /// GPU time of every kernel of one eager step, `(name, µs)` in launch order. The
+    /// launches queue behind a held stream and then run back to back, so the host's launch
+    /// latency is not counted (see `backend::profile`).
+    pub fn profile_step(
+        &mut self,
+        ids: &[u32],
+        meta: &AttnMeta,
+    ) -> Result<Vec<(&'static str, f64)>> {
+        let be = self.decoder.backend();
+        let hold = be.hold_stream()?;
+        be.set_profiling(true);
+        be.begin_step(ids, meta);
+        let logits = self.decoder.forward_device(ids, meta, &mut self.cache);
+        let released = be.release_stream(&hold);
+        let timings = be.take_profile();
+        be.set_profiling(false);
+        drop(logits);
+        released?;
+        self.error()?;
+        timings
+    }
+
     /// Runs the step (through a graph when it is a decode step that fits a bucket) and hands
     /// the logits tensor (none when the step samples nothing) to `read`.
     fn with_logits<R>(

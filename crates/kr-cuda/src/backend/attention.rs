@@ -8,7 +8,7 @@
 use super::{CudaBackend, CudaKvCache, CudaTensor, DType};
 use crate::error::driver;
 use crate::meta::{tile_q, ATTENTION_ROWS};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 /// Query heads per kv head the decode attention kernel handles (DEC_MAX_GROUP in the kernel).
 const DECODE_MAX_GROUP: usize = 8;

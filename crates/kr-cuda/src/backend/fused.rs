@@ -10,7 +10,6 @@
 use super::GEMV_MAX_ROWS;
 use super::{elementwise, grid1, per_row, CudaBackend, CudaTensor, CudaVector, CudaWeight};
 use crate::error::driver;
-use cudarc::driver::PushKernelArg;
 
 /// One q|k|v GEMV kernel per token count (compiled for f32 and bf16).
 pub const GEMV_QKV_KERNELS: [&str; GEMV_MAX_ROWS] = [

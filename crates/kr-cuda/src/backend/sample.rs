@@ -7,7 +7,6 @@
 
 use super::{grid1, CudaBackend, CudaTensor};
 use crate::error::driver;
-use cudarc::driver::PushKernelArg;
 
 /// Floats per row in the kernel's parameter array (SAMPLE_PARAMS in sample.cu).
 const SAMPLE_PARAMS: usize = 5;

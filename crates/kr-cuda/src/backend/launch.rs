@@ -1,0 +1,69 @@
+//! Kernel launches through `cuLaunchKernelEx`, with programmatic dependent launch (PDL) on
+//! compute capability 9.0+: a kernel may be scheduled while the one before it in the stream
+//! is still running, which hides most of the launch latency between the ~10 small kernels
+//! of each layer (also inside CUDA graphs, where the edges become programmatic).
+//!
+//! Invariants: every kernel starts with `PDL_ENTRY()` (kernels.cu): `griddepcontrol.wait`
+//! before touching memory, so it sees everything the previous kernel wrote, exactly as with
+//! plain stream order. `KR_CUDA_PDL=0` turns PDL off (plain launches) for comparison.
+
+use super::CudaBackend;
+use crate::device::Gpu;
+use cudarc::driver::sys::{
+    CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue, CUlaunchConfig,
+};
+use cudarc::driver::{CudaFunction, DriverError, LaunchConfig};
+use std::ffi::c_void;
+
+/// Whether to launch with PDL on this GPU (9.0+, unless `KR_CUDA_PDL=0`).
+pub(super) fn pdl_wanted(gpu: &Gpu) -> bool {
+    let off = std::env::var("KR_CUDA_PDL").is_ok_and(|v| v.trim() == "0");
+    gpu.info.compute_capability.0 >= 9 && !off
+}
+
+impl CudaBackend {
+    /// Launches `f` on the backend's stream with `params` (one pointer per kernel parameter).
+    ///
+    /// # Safety
+    /// `params` must match the kernel's parameters in number, order and type, and every
+    /// device pointer among them must cover what the kernel accesses.
+    pub(super) unsafe fn launch_raw(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<(), DriverError> {
+        self.gpu.ctx.bind_to_thread()?;
+        // SAFETY: a plain C union of attribute values; the PDL flag is its `int` member.
+        let mut value: CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = CUlaunchAttribute {
+            id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let config = CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.gpu.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
+        };
+        // SAFETY: the config and attribute live across the call; the caller vouches for
+        // `params` (see above).
+        unsafe {
+            cudarc::driver::sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+            .result()
+        }
+    }
+}
