@@ -148,9 +148,8 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
       off = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
 #pragma unroll
       for (int g = 0; g < DEC_MAX_GROUP; g++) if (g < group) s[g] = 0.f;
-      // The key row is read KCH 16-byte loads at a time, all issued before any is used: with
-      // KCH = 8 a 128-dim bf16 key costs two memory latencies instead of sixteen (few blocks:
-      // latency-bound), but the registers lower occupancy, so many blocks use KCH = 1.
+      // The key row is read KCH 16-byte loads at a time, all issued before any is used (this
+      // kernel serves many blocks, where occupancy matters more: KCH = 1).
       const int VEC = 16 / sizeof(T), nvec = head_dim / VEC;
       for (int c0 = 0; c0 < nvec; c0 += KCH) {
         uint4 kr[KCH];
@@ -240,6 +239,139 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
         }
       }
     }
+    out[(u64)tok * q_width + (kvh * group + g) * head_dim + d] = from_f<T>(den > 0.f ? num / den : 0.f);
+  }
+}
+
+// ---- Split-K decode attention, for steps with few sequences ----
+// With one block per (sequence, kv head) a batch-1 step runs on 8 of 132 SMs and each block
+// walks its keys in a chain of memory round trips. Here the keys of each (sequence, kv head)
+// are cut into `splits` chunks, one block of DS_WARPS warps each; a warp takes one key at a
+// time with the lanes splitting the head dimension (one coalesced row load), DS_UNROLL keys
+// in flight. Each block writes its partial softmax state (per query head: max, sum, weighted
+// values) to `partial`; the last block of a (sequence, kv head) to finish, counted in
+// `counters` (zero between steps: the merging block resets its counter), merges them into
+// `out`. A sequence with ctx_len 0 is padding and writes zeros.
+#define DS_WARPS 4
+#define DS_UNROLL 4
+#define DS_MAX_DPL 4  // head_dim up to 128
+
+template <typename T>
+__device__ void attention_decode_split_impl(T* out, const T* q, const T* k_cache, const T* v_cache,
+                                            const u32* q_start, const u32* ctx_len,
+                                            const u32* block_tables, int bt_stride, int block_size,
+                                            int num_heads, int num_kv_heads, int head_dim,
+                                            float scale, float* partial, u32* counters) {
+  __shared__ float wm[DS_WARPS][DEC_MAX_GROUP], wl[DS_WARPS][DEC_MAX_GROUP];
+  __shared__ float wacc[DS_WARPS][DEC_MAX_GROUP][128];
+  __shared__ bool is_last;
+  const int group = num_heads / num_kv_heads, splits = gridDim.z;
+  const int seq = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int ctx = ctx_len[seq], tok = q_start[seq];
+  const int kv_width = num_kv_heads * head_dim, q_width = num_heads * head_dim;
+  const int dpl = (head_dim + 31) / 32;  // elements of a row per lane
+  const int chunk = (ctx + splits - 1) / splits;
+  const int k_begin = split * chunk, k_end = min(ctx, k_begin + chunk);
+  float qr[DEC_MAX_GROUP][DS_MAX_DPL], m[DEC_MAX_GROUP], l[DEC_MAX_GROUP];
+  float acc[DEC_MAX_GROUP][DS_MAX_DPL];
+#pragma unroll
+  for (int g = 0; g < DEC_MAX_GROUP; g++) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int e = 0; e < DS_MAX_DPL; e++) {
+      const int d = lane * dpl + e;
+      const bool ok = g < group && e < dpl && d < head_dim;
+      qr[g][e] = ok ? to_f(q[(u64)tok * q_width + (kvh * group + g) * head_dim + d]) * scale : 0.f;
+      acc[g][e] = 0.f;
+    }
+  }
+  const u32* bt = block_tables + (u64)seq * bt_stride;
+  for (int base = k_begin + warp; base < k_end; base += DS_WARPS * DS_UNROLL) {
+    float kf[DS_UNROLL][DS_MAX_DPL], vf[DS_UNROLL][DS_MAX_DPL];
+#pragma unroll
+    for (int u = 0; u < DS_UNROLL; u++) {
+      const int kp = base + u * DS_WARPS;
+      u64 off = 0;
+      if (kp < k_end) off = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
+#pragma unroll
+      for (int e = 0; e < DS_MAX_DPL; e++) {
+        const int d = lane * dpl + e;
+        const bool ok = kp < k_end && e < dpl && d < head_dim;
+        kf[u][e] = ok ? to_f(k_cache[off + d]) : 0.f;
+        vf[u][e] = ok ? to_f(v_cache[off + d]) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < DS_UNROLL; u++) {
+      if (base + u * DS_WARPS >= k_end) break;  // uniform across the warp
+#pragma unroll
+      for (int g = 0; g < DEC_MAX_GROUP; g++) {
+        if (g >= group) break;
+        float s = 0.f;
+#pragma unroll
+        for (int e = 0; e < DS_MAX_DPL; e++) s += qr[g][e] * kf[u][e];
+        s = warp_sum(s);
+        const float m_new = fmaxf(m[g], s);
+        const float corr = expf(m[g] - m_new);  // m = -inf at first: corr = 0
+        const float p = expf(s - m_new);
+        l[g] = l[g] * corr + p;
+#pragma unroll
+        for (int e = 0; e < DS_MAX_DPL; e++) acc[g][e] = acc[g][e] * corr + p * vf[u][e];
+        m[g] = m_new;
+      }
+    }
+  }
+  // This block's state: merge the warps through shared memory.
+  for (int g = 0; g < group; g++) {
+    if (lane == 0) { wm[warp][g] = m[g]; wl[warp][g] = l[g]; }
+    for (int e = 0; e < dpl; e++) {
+      const int d = lane * dpl + e;
+      if (d < head_dim) wacc[warp][g][d] = acc[g][e];
+    }
+  }
+  __syncthreads();
+  const int stride = head_dim + 2;  // per head: values, then max, then sum
+  float* mine = partial + (((u64)seq * num_kv_heads + kvh) * splits + split) * group * stride;
+  for (int e = threadIdx.x; e < group * head_dim; e += blockDim.x) {
+    const int g = e / head_dim, d = e % head_dim;
+    float mx = -INFINITY;
+    for (int w = 0; w < DS_WARPS; w++) mx = fmaxf(mx, wm[w][g]);
+    float num = 0.f, den = 0.f;
+    if (mx != -INFINITY)
+      for (int w = 0; w < DS_WARPS; w++) {
+        const float f = expf(wm[w][g] - mx);  // a warp with no key has wm = -inf: f = 0
+        num += f * wacc[w][g][d];
+        den += f * wl[w][g];
+      }
+    mine[g * stride + d] = num;
+    if (d == 0) { mine[g * stride + head_dim] = mx; mine[g * stride + head_dim + 1] = den; }
+  }
+  // The last block of this (sequence, kv head) merges every split.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    u32* counter = counters + (u64)seq * num_kv_heads + kvh;
+    is_last = atomicAdd(counter, 1u) == (u32)(splits - 1);
+    if (is_last) *counter = 0u;  // ready for the next step
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const float* all = partial + ((u64)seq * num_kv_heads + kvh) * splits * group * stride;
+  for (int e = threadIdx.x; e < group * head_dim; e += blockDim.x) {
+    const int g = e / head_dim, d = e % head_dim;
+    float mx = -INFINITY;
+    for (int sp = 0; sp < splits; sp++) mx = fmaxf(mx, all[(sp * group + g) * stride + head_dim]);
+    float num = 0.f, den = 0.f;
+    if (mx != -INFINITY)
+      for (int sp = 0; sp < splits; sp++) {
+        const float* p = all + (sp * group + g) * stride;
+        const float f = expf(p[head_dim] - mx);
+        num += f * p[d];
+        den += f * p[head_dim + 1];
+      }
     out[(u64)tok * q_width + (kvh * group + g) * head_dim + d] = from_f<T>(den > 0.f ? num / den : 0.f);
   }
 }
@@ -428,6 +560,14 @@ ATTENTION_MMA(64)
 ATTENTION_MMA(128)
 
 #define ATTENTION_KERNELS(T, S)                                                                    \
+  extern "C" __global__ void __launch_bounds__(128) attention_decode_split_##S(                    \
+      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
+      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
+      int num_kv_heads, int head_dim, float scale, float* partial, u32* counters) { PDL_ENTRY();   \
+    attention_decode_split_impl<T>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,       \
+                                   bt_stride, block_size, num_heads, num_kv_heads, head_dim,       \
+                                   scale, partial, counters);                                      \
+  }                                                                                                \
   extern "C" __global__ void attention_##S(                                                        \
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work, const u32* q_start, \
       const u32* q_len, const u32* ctx_len, const u32* block_tables, int bt_stride,                \
@@ -442,13 +582,6 @@ ATTENTION_MMA(128)
     attention_decode_impl<T, 1>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,          \
                                 bt_stride, block_size, num_heads, num_kv_heads, head_dim, scale);  \
   }                                                                                                \
-  extern "C" __global__ void attention_decode_few_##S(                                             \
-      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
-      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale) { PDL_ENTRY();                                               \
-    attention_decode_impl<T, 8>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,          \
-                                bt_stride, block_size, num_heads, num_kv_heads, head_dim, scale);  \
-  }
 
 ATTENTION_KERNELS(float, f32)
 ATTENTION_KERNELS(bf16_t, bf16)

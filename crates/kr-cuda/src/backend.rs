@@ -146,6 +146,8 @@ pub struct CudaBackend {
     profile: RefCell<Option<profile::Timings>>,
     /// Launch kernels with programmatic dependent launch (see `backend::launch`).
     pdl: bool,
+    /// Zeroed arrival counters of the split-K decode attention (see `backend::attention`).
+    split_counters: DeviceBuffer,
     error: RefCell<Option<CudaError>>,
 }
 
@@ -200,6 +202,7 @@ impl CudaBackend {
     pub fn new(gpu: Arc<Gpu>, dtype: DType, limits: CudaLimits) -> Result<Self> {
         let lt = Lt::new(&gpu)?;
         let pdl = launch::pdl_wanted(&gpu);
+        let split_counters = gpu.upload(&[0u32; attention::SPLIT_COUNTERS])?;
         let workspace = gpu.alloc(limits.workspace_bytes)?;
         let meta_layout = MetaLayout::new(
             limits.max_tokens,
@@ -233,6 +236,7 @@ impl CudaBackend {
             weights: RefCell::new(None),
             profile: RefCell::new(None),
             pdl,
+            split_counters,
             error: RefCell::new(None),
         })
     }

@@ -42,7 +42,7 @@ pub const KERNEL_NAMES: [&str; 26] = [
     "gather_rows",
     "attention",
     "attention_decode",
-    "attention_decode_few",
+    "attention_decode_split",
     "split_qkv",
     "silu_mul_packed",
     "argmax",

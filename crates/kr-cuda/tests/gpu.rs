@@ -407,62 +407,140 @@ fn bf16_values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// RoPE + cache write + paged attention alone, bf16 on the GPU (the tensor-core kernel for
-/// head_dim 64 and 128) vs the CPU backend in f32, on long chunked prefills. Tolerance 2e-2:
-/// outputs are O(0.5) averages; the GPU rounds q, k, v, the probabilities and the output to bf16.
+/// RoPE + cache write + paged attention alone over `steps`, on the GPU in `dtype` vs the CPU
+/// backend in f32 (inputs rounded to bf16 so both start from the same numbers); returns the
+/// largest difference of the attention outputs.
+fn attention_vs_cpu(
+    dtype: DType,
+    head_dim: usize,
+    blocks: usize,
+    steps: &dyn Fn(&ModelConfig) -> Vec<(Vec<u32>, AttnMeta)>,
+) -> f32 {
+    let cfg = tiny_config_with_head_dim("llama", RopeStyle::HalfSplit, head_dim);
+    let ty = if dtype == DType::F32 {
+        GgmlType::F32
+    } else {
+        GgmlType::BF16
+    };
+    let w = kr_model::random::random_weights(&cfg, ty, 5);
+    let model = CudaModel::load(&w, options(dtype, blocks, false)).expect("load");
+    let g = model.backend();
+    let c = CpuBackend;
+    let layout = kr_model::KvLayout {
+        num_layers: 1,
+        num_blocks: blocks,
+        block_size: 16,
+        num_kv_heads: cfg.num_kv_heads,
+        head_dim,
+    };
+    let (mut gcache, mut ccache) = (g.new_kv_cache(layout), c.new_kv_cache(layout));
+    let rope = kr_model::Rope::from_config(&cfg);
+    let widths = [
+        cfg.num_heads * head_dim,
+        cfg.num_kv_heads * head_dim,
+        cfg.num_kv_heads * head_dim,
+    ];
+    let mut worst = 0f32;
+    for (i, (ids, meta)) in steps(&cfg).iter().enumerate() {
+        let n = ids.len();
+        let data: Vec<Vec<f32>> = (0..3)
+            .map(|j| bf16_values(n * widths[j], 100 * i as u64 + j as u64 + 1))
+            .collect();
+        let mut gt: Vec<_> = (0..3)
+            .map(|j| g.upload_tensor(n, widths[j], &data[j]))
+            .collect();
+        let mut ct: Vec<_> = (0..3)
+            .map(|j| kr_cpu::Mat::new(n, widths[j], data[j].clone()))
+            .collect();
+        g.begin_step(ids, meta);
+        let (gv, cv) = (gt.pop().expect("v"), ct.pop().expect("v"));
+        let (mut gk, mut ck) = (gt.pop().expect("k"), ct.pop().expect("k"));
+        let (mut gq, mut cq) = (gt.pop().expect("q"), ct.pop().expect("q"));
+        g.rope_and_write_kv(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache);
+        c.rope_and_write_kv(&mut cq, &mut ck, &cv, &rope, meta, 0, &mut ccache);
+        let got = g.to_host(&g.paged_attention(&gq, meta, 0, &gcache, cfg.num_heads));
+        let want = c.paged_attention(&cq, meta, 0, &ccache, cfg.num_heads).data;
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "non-finite attention output"
+        );
+        worst = worst.max(max_diff(&got, &want));
+    }
+    assert!(g.take_error().is_none());
+    worst
+}
+
+/// Prefill attention (the tensor-core kernel for bf16 head_dim 64 and 128) on long chunked
+/// prefills. Tolerance 2e-2: outputs are O(0.5) averages; the GPU rounds q, k, v, the
+/// probabilities and the output to bf16.
 #[test]
 fn bf16_prefill_attention_matches_cpu() {
     if !gpu_available() {
         return;
     }
     for head_dim in [64, 128] {
-        let cfg = tiny_config_with_head_dim("llama", RopeStyle::HalfSplit, head_dim);
-        let mut w = kr_model::random::random_weights(&cfg, GgmlType::BF16, 5);
-        w.config = cfg.clone();
-        let model = CudaModel::load(&w, options(DType::Bf16, 80, false)).expect("load");
-        let g = model.backend();
-        let c = CpuBackend;
-        let layout = kr_model::KvLayout {
-            num_layers: 1,
-            num_blocks: 80,
-            block_size: 16,
-            num_kv_heads: cfg.num_kv_heads,
-            head_dim,
-        };
-        let (mut gcache, mut ccache) = (g.new_kv_cache(layout), c.new_kv_cache(layout));
-        let rope = kr_model::Rope::from_config(&cfg);
-        let (qw, kw) = (cfg.num_heads * head_dim, cfg.num_kv_heads * head_dim);
-        let mut worst = 0f32;
-        for (i, (ids, meta)) in long_prefill_steps(&cfg).iter().enumerate() {
-            let n = ids.len();
-            let data: Vec<Vec<f32>> = [(qw, 1), (kw, 2), (kw, 3)]
-                .iter()
-                .map(|&(width, s)| bf16_values(n * width, 100 * i as u64 + s))
-                .collect();
-            let widths = [qw, kw, kw];
-            let mut gt: Vec<_> = (0..3)
-                .map(|j| g.upload_tensor(n, widths[j], &data[j]))
-                .collect();
-            let mut ct: Vec<_> = (0..3)
-                .map(|j| kr_cpu::Mat::new(n, widths[j], data[j].clone()))
-                .collect();
-            g.begin_step(ids, meta);
-            let (gv, ck) = (gt.pop().expect("v"), ct.pop().expect("v"));
-            let (mut gk, mut ckk) = (gt.pop().expect("k"), ct.pop().expect("k"));
-            let (mut gq, mut cq) = (gt.pop().expect("q"), ct.pop().expect("q"));
-            g.rope_and_write_kv(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache);
-            c.rope_and_write_kv(&mut cq, &mut ckk, &ck, &rope, meta, 0, &mut ccache);
-            let got = g.to_host(&g.paged_attention(&gq, meta, 0, &gcache, cfg.num_heads));
-            let want = c.paged_attention(&cq, meta, 0, &ccache, cfg.num_heads).data;
-            assert!(
-                got.iter().all(|v| v.is_finite()),
-                "non-finite attention output"
-            );
-            worst = worst.max(max_diff(&got, &want));
-        }
-        assert!(g.take_error().is_none());
+        let worst = attention_vs_cpu(DType::Bf16, head_dim, 80, &long_prefill_steps);
         println!("prefill attention bf16 head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
         assert!(worst <= 2e-2, "head_dim {head_dim}: {worst}");
+    }
+}
+
+/// Prompts for 80 sequences (16 per step, under 512 tokens), a decode step for all 80 (160 sequence x
+/// kv-head pairs: one block each) and one for 5 (10 pairs: the split-K kernel).
+fn many_decode_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
+    let lens: Vec<usize> = (0..80).map(|i| 3 + (i * 7) % 40).collect();
+    // Three 16-token blocks per sequence, the odd ones in reverse order.
+    let table = |i: usize| -> Vec<u32> {
+        let t: Vec<u32> = (0..3).map(|b| (3 * i + b) as u32).collect();
+        if i % 2 == 1 {
+            t.into_iter().rev().collect()
+        } else {
+            t
+        }
+    };
+    let mut done = vec![0usize; 80];
+    let mut step = |seqs: &[(usize, usize)]| {
+        let (mut ids, mut meta) = (Vec::new(), AttnMeta::default());
+        for &(s, n) in seqs {
+            let q_start = ids.len();
+            for p in done[s]..done[s] + n {
+                ids.push(((p * 17 + s) % c.vocab_size) as u32);
+                meta.positions.push(p as u32);
+                meta.slot_mapping
+                    .push(table(s)[p / 16] * 16 + (p % 16) as u32);
+            }
+            done[s] += n;
+            meta.seqs.push(SeqAttn {
+                q_start,
+                q_len: n,
+                ctx_len: done[s],
+                block_table: table(s),
+            });
+            meta.logit_rows.push(ids.len() - 1);
+        }
+        (ids, meta)
+    };
+    let mut steps = Vec::new();
+    for part in (0..80).collect::<Vec<_>>().chunks(16) {
+        let seqs: Vec<(usize, usize)> = part.iter().map(|&s| (s, lens[s])).collect();
+        steps.push(step(&seqs));
+    }
+    steps.push(step(&(0..80).map(|s| (s, 1)).collect::<Vec<_>>()));
+    steps.push(step(&[(3, 1), (17, 1), (40, 1), (41, 1), (79, 1)]));
+    steps
+}
+
+/// Decode attention on both of its paths (one block per sequence x kv head, and split-K),
+/// f32 and bf16. Tolerances: f32 1e-4; bf16 2e-2 as above.
+#[test]
+fn decode_attention_matches_cpu_with_many_and_few_sequences() {
+    if !gpu_available() {
+        return;
+    }
+    for (dtype, head_dim, tol) in [(DType::F32, 64, 1e-4), (DType::Bf16, 128, 2e-2)] {
+        let worst = attention_vs_cpu(dtype, head_dim, 256, &many_decode_steps);
+        println!("decode attention {dtype:?} head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
+        assert!(worst <= tol, "{dtype:?}: {worst}");
     }
 }
 

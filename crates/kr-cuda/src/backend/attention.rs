@@ -15,6 +15,10 @@ const DECODE_MAX_GROUP: usize = 8;
 /// Keys per shared-memory chunk of the CUDA-core prefill kernel (ATT_KC in the kernel).
 const ATT_KC: usize = 32;
 
+/// Arrival counters of the split-K decode kernel: one per (sequence, kv head) of a step that
+/// uses it (fewer than the SMs).
+pub(super) const SPLIT_COUNTERS: usize = 1024;
+
 /// Tensor-core attention kernels, bf16 only (`<name>_bf16`), one per head size.
 pub const MMA_KERNEL_NAMES: [&str; 2] = ["attention_mma64", "attention_mma128"];
 
@@ -66,8 +70,9 @@ impl CudaBackend {
         );
     }
 
-    /// One query per sequence: one block per (sequence, kv head), warps split the keys. With
-    /// fewer blocks than SMs latency decides, so all loads of a key row are issued at once.
+    /// One query per sequence. With fewer (sequence, kv head) pairs than SMs the keys of each
+    /// are split over several blocks (`attention_decode_split`, about two blocks per SM, the
+    /// last block merging); otherwise one block per pair, warps splitting the keys.
     fn decode_attention(
         &self,
         out: &CudaTensor,
@@ -78,21 +83,67 @@ impl CudaBackend {
     ) {
         let l = cache.layout;
         let seqs = self.step.get().seqs.max(1);
+        let pairs = seqs * l.num_kv_heads;
+        let sms = self.gpu.info.multiprocessors;
+        let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
+        let [qs, cl, bt] = self.seq_meta_ptrs();
+        let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
+        let scale = 1.0 / (l.head_dim as f32).sqrt();
+        if pairs < sms && pairs <= SPLIT_COUNTERS {
+            let splits = (2 * sms / pairs).clamp(1, 32);
+            let group = num_heads / l.num_kv_heads;
+            let partial = self.alloc_elems(pairs * splits * group, l.head_dim + 2, 4);
+            let (pp, cp) = (partial.ptr, self.split_counters.ptr);
+            let cfg = LaunchConfig {
+                grid_dim: (seqs as u32, l.num_kv_heads as u32, splits as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(
+                self,
+                "attention_decode_split",
+                cfg,
+                op,
+                qp,
+                kc,
+                vc,
+                qs,
+                cl,
+                bt,
+                stride,
+                bs,
+                nh,
+                nkv,
+                hd,
+                scale,
+                pp,
+                cp
+            );
+            return;
+        }
         let cfg = LaunchConfig {
             grid_dim: (seqs as u32, l.num_kv_heads as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let name = if seqs * l.num_kv_heads < self.gpu.info.multiprocessors {
-            "attention_decode_few"
-        } else {
-            "attention_decode"
-        };
-        let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
-        let [qs, cl, bt] = self.seq_meta_ptrs();
-        let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
-        let scale = 1.0 / (l.head_dim as f32).sqrt();
-        launch!(self, name, cfg, op, qp, kc, vc, qs, cl, bt, stride, bs, nh, nkv, hd, scale);
+        launch!(
+            self,
+            "attention_decode",
+            cfg,
+            op,
+            qp,
+            kc,
+            vc,
+            qs,
+            cl,
+            bt,
+            stride,
+            bs,
+            nh,
+            nkv,
+            hd,
+            scale
+        );
     }
 
     /// Device addresses of the per-sequence query starts, context lengths and block tables.
