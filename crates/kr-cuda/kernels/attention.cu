@@ -255,6 +255,7 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
 #define DS_WARPS 4
 #define DS_UNROLL 4
 #define DS_MAX_DPL 4  // head_dim up to 128
+#define DS_MAX_SPLITS 16
 
 template <typename T>
 __device__ void attention_decode_split_impl(T* out, const T* q, const T* k_cache, const T* v_cache,
@@ -359,19 +360,34 @@ __device__ void attention_decode_split_impl(T* out, const T* q, const T* k_cache
   __syncthreads();
   if (!is_last) return;
   __threadfence();
+  // Merge: the scale of each (head, split) once, then every output sums its splits with all
+  // loads independent (a serial walk of the splits per output was most of the kernel's time).
+  __shared__ float scale_of[DEC_MAX_GROUP][DS_MAX_SPLITS], den_of[DEC_MAX_GROUP];
   const float* all = partial + ((u64)seq * num_kv_heads + kvh) * splits * group * stride;
+  for (int e = threadIdx.x; e < group * splits; e += blockDim.x) {
+    const int g = e / splits, sp = e % splits;
+    scale_of[g][sp] = all[(sp * group + g) * stride + head_dim];
+  }
+  __syncthreads();
+  if ((int)threadIdx.x < group) {
+    const int g = threadIdx.x;
+    float mx = -INFINITY, den = 0.f;
+    for (int sp = 0; sp < splits; sp++) mx = fmaxf(mx, scale_of[g][sp]);
+    for (int sp = 0; sp < splits; sp++) {
+      const float f = mx == -INFINITY ? 0.f : expf(scale_of[g][sp] - mx);  // -inf: no keys
+      scale_of[g][sp] = f;
+      den += f * all[(sp * group + g) * stride + head_dim + 1];
+    }
+    den_of[g] = den;
+  }
+  __syncthreads();
   for (int e = threadIdx.x; e < group * head_dim; e += blockDim.x) {
     const int g = e / head_dim, d = e % head_dim;
-    float mx = -INFINITY;
-    for (int sp = 0; sp < splits; sp++) mx = fmaxf(mx, all[(sp * group + g) * stride + head_dim]);
-    float num = 0.f, den = 0.f;
-    if (mx != -INFINITY)
-      for (int sp = 0; sp < splits; sp++) {
-        const float* p = all + (sp * group + g) * stride;
-        const float f = expf(p[head_dim] - mx);
-        num += f * p[d];
-        den += f * p[head_dim + 1];
-      }
+    float num = 0.f;
+#pragma unroll
+    for (int sp = 0; sp < DS_MAX_SPLITS; sp++)
+      if (sp < splits) num += scale_of[g][sp] * all[(sp * group + g) * stride + d];
+    const float den = den_of[g];
     out[(u64)tok * q_width + (kvh * group + g) * head_dim + d] = from_f<T>(den > 0.f ? num / den : 0.f);
   }
 }

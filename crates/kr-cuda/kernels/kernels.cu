@@ -115,16 +115,20 @@ __device__ void rms_norm_impl(T* out, const T* x, const float* w, int cols, floa
 template <typename T>
 __device__ void add_rms_norm_impl(T* out, T* x, const T* delta, const float* w, int cols, float eps) {
   const u64 base = (u64)blockIdx.x * cols;
-  float v[ROW_REGS], ss = 0.f;
+  float v[ROW_REGS], dv[ROW_REGS], ss = 0.f;
+  // All loads first: a store to x between them would keep the compiler from overlapping them.
 #pragma unroll
   for (int i = 0; i < ROW_REGS; i++) {
     const int c = threadIdx.x + i * blockDim.x;
-    v[i] = 0.f;
-    if (c < cols) {
-      const T sum = from_f<T>(to_f(x[base + c]) + to_f(delta[base + c]));
-      x[base + c] = sum;
-      v[i] = to_f(sum);
-    }
+    v[i] = c < cols ? to_f(x[base + c]) : 0.f;
+    dv[i] = c < cols ? to_f(delta[base + c]) : 0.f;
+  }
+#pragma unroll
+  for (int i = 0; i < ROW_REGS; i++) {
+    const int c = threadIdx.x + i * blockDim.x;
+    const T sum = from_f<T>(v[i] + dv[i]);
+    v[i] = to_f(sum);
+    if (c < cols) x[base + c] = sum;
     ss += v[i] * v[i];
   }
   for (int c = threadIdx.x + ROW_REGS * blockDim.x; c < cols; c += blockDim.x) {

@@ -12,6 +12,8 @@ use cudarc::driver::LaunchConfig;
 
 /// Query heads per kv head the decode attention kernel handles (DEC_MAX_GROUP in the kernel).
 const DECODE_MAX_GROUP: usize = 8;
+/// Most key splits per (sequence, kv head) of the split-K decode kernel (DS_MAX_SPLITS).
+const DECODE_MAX_SPLITS: usize = 16;
 /// Keys per shared-memory chunk of the CUDA-core prefill kernel (ATT_KC in the kernel).
 const ATT_KC: usize = 32;
 
@@ -90,7 +92,7 @@ impl CudaBackend {
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
         let scale = 1.0 / (l.head_dim as f32).sqrt();
         if pairs < sms && pairs <= SPLIT_COUNTERS {
-            let splits = (2 * sms / pairs).clamp(1, 32);
+            let splits = (2 * sms / pairs).clamp(1, DECODE_MAX_SPLITS);
             let group = num_heads / l.num_kv_heads;
             let partial = self.alloc_elems(pairs * splits * group, l.head_dim + 2, 4);
             let (pp, cp) = (partial.ptr, self.split_counters.ptr);
