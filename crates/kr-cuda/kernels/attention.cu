@@ -362,11 +362,13 @@ __device__ void attention_decode_split_impl(T* out, const T* q, const T* k_cache
   __threadfence();
   // Merge: the scale of each (head, split) once, then every output sums its splits with all
   // loads independent (a serial walk of the splits per output was most of the kernel's time).
-  __shared__ float scale_of[DEC_MAX_GROUP][DS_MAX_SPLITS], den_of[DEC_MAX_GROUP];
+  __shared__ float scale_of[DEC_MAX_GROUP][DS_MAX_SPLITS], sum_of[DEC_MAX_GROUP][DS_MAX_SPLITS];
+  __shared__ float den_of[DEC_MAX_GROUP];
   const float* all = partial + ((u64)seq * num_kv_heads + kvh) * splits * group * stride;
   for (int e = threadIdx.x; e < group * splits; e += blockDim.x) {
     const int g = e / splits, sp = e % splits;
     scale_of[g][sp] = all[(sp * group + g) * stride + head_dim];
+    sum_of[g][sp] = all[(sp * group + g) * stride + head_dim + 1];
   }
   __syncthreads();
   if ((int)threadIdx.x < group) {
@@ -376,7 +378,7 @@ __device__ void attention_decode_split_impl(T* out, const T* q, const T* k_cache
     for (int sp = 0; sp < splits; sp++) {
       const float f = mx == -INFINITY ? 0.f : expf(scale_of[g][sp] - mx);  // -inf: no keys
       scale_of[g][sp] = f;
-      den += f * all[(sp * group + g) * stride + head_dim + 1];
+      den += f * sum_of[g][sp];
     }
     den_of[g] = den;
   }
