@@ -596,7 +596,8 @@ ATTENTION_MMA(128)
   extern "C" __global__ void attention_decode_##S(                                                 \
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
       const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale) { PDL_ENTRY();                                               \
+      int num_kv_heads, int head_dim, float scale, float* /* partial */, u32* /* counters */) {    \
+    PDL_ENTRY();                                                                                   \
     attention_decode_impl<T, 1>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,          \
                                 bt_stride, block_size, num_heads, num_kv_heads, head_dim, scale);  \
   }                                                                                                \

@@ -59,20 +59,24 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32); every thread gets the result.
-__device__ float block_sum(float v) {
+// Sum (IS_MAX false) or maximum (true) over the block (blockDim.x a multiple of 32); every
+// thread gets the result. Each instantiation has its own shared scratch.
+template <bool IS_MAX>
+__device__ float block_reduce(float v) {
   __shared__ float partial[32];
-  v = warp_sum(v);
+  v = IS_MAX ? warp_max(v) : warp_sum(v);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   __syncthreads();  // `partial` may still be read by a previous call
   if (lane == 0) partial[warp] = v;
   __syncthreads();
-  v = (threadIdx.x < (blockDim.x >> 5)) ? partial[threadIdx.x] : 0.f;
-  if (warp == 0) v = warp_sum(v);
+  v = (threadIdx.x < (blockDim.x >> 5)) ? partial[threadIdx.x] : (IS_MAX ? -INFINITY : 0.f);
+  if (warp == 0) v = IS_MAX ? warp_max(v) : warp_sum(v);
   if (threadIdx.x == 0) partial[0] = v;
   __syncthreads();
   return partial[0];
 }
+__device__ float block_sum(float v) { return block_reduce<false>(v); }
+__device__ float block_max(float v) { return block_reduce<true>(v); }
 
 // out[t, :] = table[ids[t], :]. Grid: tokens.
 template <typename T>

@@ -15,20 +15,6 @@
 #define SAMPLE_BISECT 24
 #define SAMPLE_THREADS 1024
 
-__device__ float block_max(float v) {
-  __shared__ float partial[32];
-  v = warp_max(v);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();  // `partial` may still be read by a previous call
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = (threadIdx.x < (blockDim.x >> 5)) ? partial[threadIdx.x] : -INFINITY;
-  if (warp == 0) v = warp_max(v);
-  if (threadIdx.x == 0) partial[0] = v;
-  __syncthreads();
-  return partial[0];
-}
-
 // Scaled logit of column c: (logit - max) / temperature, so the largest is 0.
 template <typename T>
 __device__ __forceinline__ float sample_z(const T* row, int c, float mx, float inv_t) {

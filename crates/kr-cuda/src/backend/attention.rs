@@ -91,60 +91,33 @@ impl CudaBackend {
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
         let scale = 1.0 / (l.head_dim as f32).sqrt();
-        if pairs < sms && pairs <= SPLIT_COUNTERS {
-            let splits = (2 * sms / pairs).clamp(1, DECODE_MAX_SPLITS);
-            let group = num_heads / l.num_kv_heads;
-            let partial = self.alloc_elems(pairs * splits * group, l.head_dim + 2, 4);
-            let (pp, cp) = (partial.ptr, self.split_counters.ptr);
-            let cfg = LaunchConfig {
-                grid_dim: (seqs as u32, l.num_kv_heads as u32, splits as u32),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            launch!(
-                self,
-                "attention_decode_split",
-                cfg,
-                op,
-                qp,
-                kc,
-                vc,
-                qs,
-                cl,
-                bt,
-                stride,
-                bs,
-                nh,
-                nkv,
-                hd,
-                scale,
-                pp,
-                cp
-            );
-            return;
-        }
+        // Few pairs: split each pair's keys over blocks (the non-split kernel takes and ignores
+        // the scratch and counters, so both launch alike).
+        let splits = if pairs < sms && pairs <= SPLIT_COUNTERS {
+            (2 * sms / pairs).clamp(1, DECODE_MAX_SPLITS)
+        } else {
+            1
+        };
+        let (name, threads) = if splits > 1 {
+            ("attention_decode_split", 128)
+        } else {
+            ("attention_decode", 256)
+        };
+        let group = num_heads / l.num_kv_heads;
+        let rows = if splits > 1 {
+            pairs * splits * group
+        } else {
+            1
+        };
+        let partial = self.alloc_elems(rows, l.head_dim + 2, 4);
+        let (pp, cp) = (partial.ptr, self.split_counters.ptr);
         let cfg = LaunchConfig {
-            grid_dim: (seqs as u32, l.num_kv_heads as u32, 1),
-            block_dim: (256, 1, 1),
+            grid_dim: (seqs as u32, l.num_kv_heads as u32, splits as u32),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
         launch!(
-            self,
-            "attention_decode",
-            cfg,
-            op,
-            qp,
-            kc,
-            vc,
-            qs,
-            cl,
-            bt,
-            stride,
-            bs,
-            nh,
-            nkv,
-            hd,
-            scale
+            self, name, cfg, op, qp, kc, vc, qs, cl, bt, stride, bs, nh, nkv, hd, scale, pp, cp
         );
     }
 
