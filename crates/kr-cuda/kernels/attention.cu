@@ -112,7 +112,7 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
 // ctx_len 0 is padding and writes zeros.
 #define DEC_WARPS 8
 #define DEC_MAX_GROUP 8
-template <typename T, int KCH>
+template <typename T>
 __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, const T* v_cache,
                                       const u32* q_start, const u32* ctx_len,
                                       const u32* block_tables, int bt_stride, int block_size,
@@ -148,26 +148,17 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
       off = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
 #pragma unroll
       for (int g = 0; g < DEC_MAX_GROUP; g++) if (g < group) s[g] = 0.f;
-      // The key row is read KCH 16-byte loads at a time, all issued before any is used (this
-      // kernel serves many blocks, where occupancy matters more: KCH = 1).
-      const int VEC = 16 / sizeof(T), nvec = head_dim / VEC;
-      for (int c0 = 0; c0 < nvec; c0 += KCH) {
-        uint4 kr[KCH];
+      // Few blocks go through attention_decode_split; here occupancy matters more than
+      // latency, so the key row is read one 16-byte load at a time.
+      const int VEC = 16 / sizeof(T);
+      for (int d0 = 0; d0 < head_dim; d0 += VEC) {
+        float kf[8];
+        unpack16(*(const uint4*)(k_cache + off + d0), kf, T());
 #pragma unroll
-        for (int i = 0; i < KCH; i++)
-          if (c0 + i < nvec) kr[i] = *(const uint4*)(k_cache + off + (c0 + i) * VEC);
+        for (int g = 0; g < DEC_MAX_GROUP; g++) {
+          if (g < group) {
 #pragma unroll
-        for (int i = 0; i < KCH; i++) {
-          if (c0 + i < nvec) {
-            float kf[8];
-            unpack16(kr[i], kf, T());
-#pragma unroll
-            for (int g = 0; g < DEC_MAX_GROUP; g++) {
-              if (g < group) {
-#pragma unroll
-                for (int e = 0; e < VEC; e++) s[g] += sq[g][(c0 + i) * VEC + e] * kf[e];
-              }
-            }
+            for (int e = 0; e < VEC; e++) s[g] += sq[g][d0 + e] * kf[e];
           }
         }
       }
@@ -598,7 +589,7 @@ ATTENTION_MMA(128)
       const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
       int num_kv_heads, int head_dim, float scale, float* /* partial */, u32* /* counters */) {    \
     PDL_ENTRY();                                                                                   \
-    attention_decode_impl<T, 1>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,          \
+    attention_decode_impl<T>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,          \
                                 bt_stride, block_size, num_heads, num_kv_heads, head_dim, scale);  \
   }                                                                                                \
 

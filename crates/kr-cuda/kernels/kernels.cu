@@ -90,6 +90,22 @@ __device__ void embed_impl(T* out, const T* table, const u32* ids, int cols) {
 // ROW_REGS * blockDim are read again.
 #define ROW_REGS 8
 
+// The shared end of the norm kernels: with `ss` this thread's sum of squares of row `base`
+// and `v` its first ROW_REGS values (later columns are read again from x), writes
+// out = x * rsqrt(mean(x^2) + eps) * w.
+template <typename T>
+__device__ __forceinline__ void normalize_row(T* out, const T* x, const float* v, float ss,
+                                              const float* w, u64 base, int cols, float eps) {
+  const float inv = rsqrtf(block_sum(ss) / cols + eps);
+#pragma unroll
+  for (int i = 0; i < ROW_REGS; i++) {
+    const int c = threadIdx.x + i * blockDim.x;
+    if (c < cols) out[base + c] = from_f<T>(v[i] * inv * w[c]);
+  }
+  for (int c = threadIdx.x + ROW_REGS * blockDim.x; c < cols; c += blockDim.x)
+    out[base + c] = from_f<T>(to_f(x[base + c]) * inv * w[c]);
+}
+
 // out = rms_norm(x) * w per row. Grid: rows.
 template <typename T>
 __device__ void rms_norm_impl(T* out, const T* x, const float* w, int cols, float eps) {
@@ -105,14 +121,7 @@ __device__ void rms_norm_impl(T* out, const T* x, const float* w, int cols, floa
     const float t = to_f(x[base + c]);
     ss += t * t;
   }
-  const float inv = rsqrtf(block_sum(ss) / cols + eps);
-#pragma unroll
-  for (int i = 0; i < ROW_REGS; i++) {
-    const int c = threadIdx.x + i * blockDim.x;
-    if (c < cols) out[base + c] = from_f<T>(v[i] * inv * w[c]);
-  }
-  for (int c = threadIdx.x + ROW_REGS * blockDim.x; c < cols; c += blockDim.x)
-    out[base + c] = from_f<T>(to_f(x[base + c]) * inv * w[c]);
+  normalize_row<T>(out, x, v, ss, w, base, cols, eps);
 }
 
 // x += delta (stored in T), then out = rms_norm(x) * w. Grid: rows.
@@ -141,14 +150,7 @@ __device__ void add_rms_norm_impl(T* out, T* x, const T* delta, const float* w, 
     const float t = to_f(sum);
     ss += t * t;
   }
-  const float inv = rsqrtf(block_sum(ss) / cols + eps);
-#pragma unroll
-  for (int i = 0; i < ROW_REGS; i++) {
-    const int c = threadIdx.x + i * blockDim.x;
-    if (c < cols) out[base + c] = from_f<T>(v[i] * inv * w[c]);
-  }
-  for (int c = threadIdx.x + ROW_REGS * blockDim.x; c < cols; c += blockDim.x)
-    out[base + c] = from_f<T>(to_f(x[base + c]) * inv * w[c]);
+  normalize_row<T>(out, x, v, ss, w, base, cols, eps);
 }
 
 template <typename T>
