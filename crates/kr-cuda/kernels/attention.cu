@@ -105,6 +105,84 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
   }
 }
 
+// ---- Decode prologue: RoPE and the KV write of the new token, fused into attention ----
+// With `k_new` non-null the decode kernels take the step's raw (unrotated) q, k and v: each
+// block rotates the query heads it reads, and the block that reads the sequence's last key
+// (the new token's) first rotates that key and writes it and its value into the cache slot,
+// exactly as rope_write_kv would have (same rounding). With `k_new` null, q is already rotated
+// and the cache already written. Nothing else reads the new slot during the step.
+struct DecodeRope {
+  const void* k_new;
+  const void* v_new;
+  const u32* positions;
+  const u32* slots;
+  const float* inv_freq;
+  int interleaved;
+};
+
+// cos and sin of the token's angles into cs / sn (half = head_dim / 2 values each).
+__device__ __forceinline__ void rope_angles(float* cs, float* sn, const DecodeRope& r, int tok,
+                                            int half) {
+  if (!r.k_new) return;
+  const float pos = (float)r.positions[tok];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) sincosf(pos * r.inv_freq[i], &sn[i], &cs[i]);
+}
+
+// Element d of `head` after RoPE, rounded to T as rope_write_kv stores it.
+template <typename T>
+__device__ __forceinline__ float roped(const T* head, int d, int half, int interleaved,
+                                       const float* cs, const float* sn) {
+  int i, partner;
+  float sign;
+  if (interleaved) { i = d >> 1; partner = d ^ 1; sign = (d & 1) ? 1.f : -1.f; }
+  else if (d < half) { i = d; partner = d + half; sign = -1.f; }
+  else { i = d - half; partner = d - half; sign = 1.f; }
+  return to_f(from_f<T>(to_f(head[d]) * cs[i] + sign * (to_f(head[partner]) * sn[i])));
+}
+
+// Query element (g, d) of this block's kv head, rotated when the kernel does RoPE, times scale.
+template <typename T>
+__device__ __forceinline__ float decode_q(const T* q, const DecodeRope& r, int tok, int q_width,
+                                          int head, int d, int head_dim, const float* cs,
+                                          const float* sn, float scale) {
+  const T* qh = q + (u64)tok * q_width + head * head_dim;
+  return (r.k_new ? roped(qh, d, head_dim / 2, r.interleaved, cs, sn) : to_f(qh[d])) * scale;
+}
+
+// The new token's rotated key and its value into the cache (the block reading that key calls
+// this, then synchronises before reading keys).
+template <typename T>
+__device__ void decode_write_new_kv(const T* k_cache, const T* v_cache, const DecodeRope& r,
+                                    int tok, int kvh, int kv_width, int head_dim, const float* cs,
+                                    const float* sn) {
+  const u32 slot = r.slots[tok];
+  if (!r.k_new || slot == NO_SLOT) return;
+  const T* kh = (const T*)r.k_new + (u64)tok * kv_width + kvh * head_dim;
+  const T* vh = (const T*)r.v_new + (u64)tok * kv_width + kvh * head_dim;
+  T* kc = (T*)k_cache + (u64)slot * kv_width + kvh * head_dim;
+  T* vc = (T*)v_cache + (u64)slot * kv_width + kvh * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    kc[d] = from_f<T>(roped(kh, d, head_dim / 2, r.interleaved, cs, sn));
+    vc[d] = vh[d];
+  }
+}
+
+// Before PDL_WAIT: the K and V rows of keys [k_begin, k_end) (at most DEC_PREFETCH_KEYS of them)
+// into L2. They were written by earlier steps; the new token's row is not needed here.
+#define DEC_PREFETCH_KEYS 256
+template <typename T>
+__device__ void decode_prefetch_kv(const T* k_cache, const T* v_cache, const u32* bt, int k_begin,
+                                   int k_end, int block_size, int kv_width, int kvh, int head_dim) {
+  const int keys = min(k_end - k_begin, DEC_PREFETCH_KEYS);
+  const int lines = (head_dim * (int)sizeof(T) + 127) / 128;
+  for (int i = threadIdx.x; i < 2 * keys * lines; i += blockDim.x) {
+    const int kp = k_begin + i / (2 * lines), rest = i % (2 * lines);
+    const T* base = (rest & 1) ? v_cache : k_cache;
+    const u64 row = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
+    prefetch_l2((const char*)(base + row) + 128 * (rest >> 1));
+  }
+}
+
 // Decode attention: every sequence has one query token. One block (8 warps) per (sequence, kv
 // head) computes the `group` query heads sharing that kv head; the warps split the keys (warp
 // w takes keys w*32 + lane, then +256, ...), each keeping an online softmax per head, and the
@@ -116,20 +194,28 @@ template <typename T>
 __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, const T* v_cache,
                                       const u32* q_start, const u32* ctx_len,
                                       const u32* block_tables, int bt_stride, int block_size,
-                                      int num_heads, int num_kv_heads, int head_dim, float scale) {
+                                      int num_heads, int num_kv_heads, int head_dim, float scale,
+                                      const DecodeRope& rope) {
   __shared__ float sq[DEC_MAX_GROUP][128];
   __shared__ float part_m[DEC_WARPS][DEC_MAX_GROUP], part_l[DEC_WARPS][DEC_MAX_GROUP];
   __shared__ float part_acc[DEC_WARPS][DEC_MAX_GROUP][128];
+  __shared__ float cs[64], sn[64];
   const int group = num_heads / num_kv_heads;
   const int seq = blockIdx.x, kvh = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int ctx = ctx_len[seq], tok = q_start[seq];
   const int kv_width = num_kv_heads * head_dim, q_width = num_heads * head_dim;
+  decode_prefetch_kv(k_cache, v_cache, block_tables + (u64)seq * bt_stride, 0, ctx - 1, block_size,
+                     kv_width, kvh, head_dim);
+  rope_angles(cs, sn, rope, tok, head_dim / 2);
+  PDL_ENTRY();
+  __syncthreads();  // the angles
+  if (ctx > 0) decode_write_new_kv(k_cache, v_cache, rope, tok, kvh, kv_width, head_dim, cs, sn);
   for (int e = threadIdx.x; e < group * head_dim; e += blockDim.x) {
     const int g = e / head_dim, d = e % head_dim;
-    sq[g][d] = to_f(q[(u64)tok * q_width + (kvh * group + g) * head_dim + d]) * scale;
+    sq[g][d] = decode_q(q, rope, tok, q_width, kvh * group + g, d, head_dim, cs, sn, scale);
   }
-  __syncthreads();
+  __syncthreads();  // sq, and the new key for every warp
   float m[DEC_MAX_GROUP], l[DEC_MAX_GROUP], acc[DEC_MAX_GROUP][ATT_DPL];
 #pragma unroll
   for (int g = 0; g < DEC_MAX_GROUP; g++) {
@@ -237,109 +323,148 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
 // ---- Split-K decode attention, for steps with few sequences ----
 // With one block per (sequence, kv head) a batch-1 step runs on 8 of 132 SMs and each block
 // walks its keys in a chain of memory round trips. Here the keys of each (sequence, kv head)
-// are cut into `splits` chunks, one block of DS_WARPS warps each; a warp takes one key at a
-// time with the lanes splitting the head dimension (one coalesced row load), DS_UNROLL keys
-// in flight. Each block writes its partial softmax state (per query head: max, sum, weighted
+// are cut into `splits` chunks, one block each, walked in tiles of DS_KT keys in three
+// phases with no serial chain per key (a warp-per-key online softmax measured 22 us on
+// Llama-3.1-8B shapes, nearly all of it one warp per scheduler waiting on its own shuffles):
+//   scores: the 8 warps take 4 keys each, lanes splitting the head dimension;
+//   softmax: warp g updates query head g's running max and sum over the tile (lane = key);
+//   values: thread (g, d) adds the tile's p-weighted values of column d, loaded at the start
+//   of the tile so that their latency overlaps the first two phases.
+// Scores are kept in log2 units (q is pre-scaled by log2(e)) so each exponential is one
+// exp2f. Each block writes its partial softmax state (per query head: max, sum, weighted
 // values) to `partial`; the last block of a (sequence, kv head) to finish, counted in
 // `counters` (zero between steps: the merging block resets its counter), merges them into
 // `out`. A sequence with ctx_len 0 is padding and writes zeros.
-#define DS_WARPS 4
-#define DS_UNROLL 4
+#define DS_THREADS 256
+#define DS_WARPS (DS_THREADS / 32)
+#define DS_KT 32  // keys per tile: one per lane in the softmax phase
+#define DS_KEYS_PER_WARP (DS_KT / DS_WARPS)
 #define DS_MAX_DPL 4  // head_dim up to 128
+#define DS_MAX_SLOTS 4  // query heads per thread in the value phase (head_dim >= 64 or group <= 4)
 #define DS_MAX_SPLITS 16
+#define LOG2E 1.4426950408889634f
+
+// The scores of the tile's keys for every query head of the group into sp (log2 units).
+template <typename T>
+__device__ __forceinline__ void decode_tile_scores(float (*sp)[DS_KT], const float (*sq)[128],
+                                                   const T* k_cache, const u64* row, int nk,
+                                                   int group, int head_dim) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float kf[DS_KEYS_PER_WARP][DS_MAX_DPL];
+#pragma unroll
+  for (int u = 0; u < DS_KEYS_PER_WARP; u++) {
+    const int kk = warp + DS_WARPS * u;
+#pragma unroll
+    for (int e = 0; e < DS_MAX_DPL; e++) {
+      const int d = lane + 32 * e;
+      kf[u][e] = (kk < nk && d < head_dim) ? to_f(k_cache[row[kk] + d]) : 0.f;
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < DS_KEYS_PER_WARP; u++) {
+    const int kk = warp + DS_WARPS * u;
+#pragma unroll
+    for (int g = 0; g < DEC_MAX_GROUP; g++) {
+      if (g < group) {
+        float s = 0.f;
+#pragma unroll
+        for (int e = 0; e < DS_MAX_DPL; e++) {
+          const int d = lane + 32 * e;
+          if (d < head_dim) s += sq[g][d] * kf[u][e];
+        }
+        s = warp_sum(s);
+        if (lane == 0 && kk < nk) sp[g][kk] = s;
+      }
+    }
+  }
+}
 
 template <typename T>
 __device__ void attention_decode_split_impl(T* out, const T* q, const T* k_cache, const T* v_cache,
                                             const u32* q_start, const u32* ctx_len,
                                             const u32* block_tables, int bt_stride, int block_size,
                                             int num_heads, int num_kv_heads, int head_dim,
-                                            float scale, float* partial, u32* counters) {
-  __shared__ float wm[DS_WARPS][DEC_MAX_GROUP], wl[DS_WARPS][DEC_MAX_GROUP];
-  __shared__ float wacc[DS_WARPS][DEC_MAX_GROUP][128];
+                                            float scale, float* partial, u32* counters,
+                                            const DecodeRope& rope) {
+  __shared__ float sq[DEC_MAX_GROUP][128];
+  __shared__ float sp[DEC_MAX_GROUP][DS_KT];
+  __shared__ float s_m[DEC_MAX_GROUP], s_l[DEC_MAX_GROUP], s_corr[DEC_MAX_GROUP];
+  __shared__ u64 row[DS_KT];
+  __shared__ float cs[64], sn[64];
   __shared__ bool is_last;
   const int group = num_heads / num_kv_heads, splits = gridDim.z;
   const int seq = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int ctx = ctx_len[seq], tok = q_start[seq];
   const int kv_width = num_kv_heads * head_dim, q_width = num_heads * head_dim;
-  const int dpl = (head_dim + 31) / 32;  // elements of a row per lane
   const int chunk = (ctx + splits - 1) / splits;
   const int k_begin = split * chunk, k_end = min(ctx, k_begin + chunk);
-  float qr[DEC_MAX_GROUP][DS_MAX_DPL], m[DEC_MAX_GROUP], l[DEC_MAX_GROUP];
-  float acc[DEC_MAX_GROUP][DS_MAX_DPL];
-#pragma unroll
-  for (int g = 0; g < DEC_MAX_GROUP; g++) {
-    m[g] = -INFINITY;
-    l[g] = 0.f;
-#pragma unroll
-    for (int e = 0; e < DS_MAX_DPL; e++) {
-      const int d = lane * dpl + e;
-      const bool ok = g < group && e < dpl && d < head_dim;
-      qr[g][e] = ok ? to_f(q[(u64)tok * q_width + (kvh * group + g) * head_dim + d]) * scale : 0.f;
-      acc[g][e] = 0.f;
-    }
-  }
   const u32* bt = block_tables + (u64)seq * bt_stride;
-  for (int base = k_begin + warp; base < k_end; base += DS_WARPS * DS_UNROLL) {
-    float kf[DS_UNROLL][DS_MAX_DPL], vf[DS_UNROLL][DS_MAX_DPL];
+  decode_prefetch_kv(k_cache, v_cache, bt, k_begin, min(k_end, ctx - 1), block_size, kv_width,
+                     kvh, head_dim);
+  rope_angles(cs, sn, rope, tok, head_dim / 2);
+  PDL_ENTRY();
+  __syncthreads();  // the angles
+  const bool reads_new_key = ctx > 0 && k_begin <= ctx - 1 && ctx - 1 < k_end;
+  if (reads_new_key) decode_write_new_kv(k_cache, v_cache, rope, tok, kvh, kv_width, head_dim, cs, sn);
+  for (int e = tid; e < group * head_dim; e += DS_THREADS) {
+    const int g = e / head_dim, d = e % head_dim;
+    sq[g][d] = decode_q(q, rope, tok, q_width, kvh * group + g, d, head_dim, cs, sn, scale) * LOG2E;
+  }
+  if (tid < DEC_MAX_GROUP) { s_m[tid] = -INFINITY; s_l[tid] = 0.f; }
+  // Value phase layout: column d, query heads g0, g0 + gstep, ...
+  const int gstep = DS_THREADS / head_dim, d = tid % head_dim, g0 = tid / head_dim;
+  const bool pv = tid < gstep * head_dim;
+  float acc[DS_MAX_SLOTS];
 #pragma unroll
-    for (int u = 0; u < DS_UNROLL; u++) {
-      const int kp = base + u * DS_WARPS;
-      u64 off = 0;
-      if (kp < k_end) off = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
+  for (int j = 0; j < DS_MAX_SLOTS; j++) acc[j] = 0.f;
+  for (int t0 = k_begin; t0 < k_end; t0 += DS_KT) {
+    const int nk = min(DS_KT, k_end - t0);
+    if (tid < nk) {
+      const int kp = t0 + tid;
+      row[tid] = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
+    }
+    __syncthreads();  // rows, sq, the new key, and the previous tile's readers of sp are done
+    float vcol[DS_KT];
 #pragma unroll
-      for (int e = 0; e < DS_MAX_DPL; e++) {
-        const int d = lane * dpl + e;
-        const bool ok = kp < k_end && e < dpl && d < head_dim;
-        kf[u][e] = ok ? to_f(k_cache[off + d]) : 0.f;
-        vf[u][e] = ok ? to_f(v_cache[off + d]) : 0.f;
+    for (int k = 0; k < DS_KT; k++) vcol[k] = (pv && k < nk) ? to_f(v_cache[row[k] + d]) : 0.f;
+    decode_tile_scores<T>(sp, sq, k_cache, row, nk, group, head_dim);
+    __syncthreads();
+    if (warp < group) {
+      const int g = warp;
+      const float s = lane < nk ? sp[g][lane] : -INFINITY;
+      const float m_old = s_m[g], m_new = fmaxf(m_old, warp_max(s));
+      const float p = lane < nk ? exp2f(s - m_new) : 0.f;
+      const float corr = exp2f(m_old - m_new);  // m_old = -inf on the first tile: 0
+      const float psum = warp_sum(p);
+      sp[g][lane] = p;
+      if (lane == 0) { s_corr[g] = corr; s_m[g] = m_new; s_l[g] = s_l[g] * corr + psum; }
+    }
+    __syncthreads();
+    if (pv) {
+#pragma unroll
+      for (int j = 0; j < DS_MAX_SLOTS; j++) {
+        const int g = g0 + j * gstep;
+        if (g < group) {
+          float a = acc[j] * s_corr[g];
+#pragma unroll
+          for (int k = 0; k < DS_KT; k++) a += sp[g][k] * vcol[k];
+          acc[j] = a;
+        }
       }
     }
-#pragma unroll
-    for (int u = 0; u < DS_UNROLL; u++) {
-      if (base + u * DS_WARPS >= k_end) break;  // uniform across the warp
-#pragma unroll
-      for (int g = 0; g < DEC_MAX_GROUP; g++) {
-        if (g >= group) break;
-        float s = 0.f;
-#pragma unroll
-        for (int e = 0; e < DS_MAX_DPL; e++) s += qr[g][e] * kf[u][e];
-        s = warp_sum(s);
-        const float m_new = fmaxf(m[g], s);
-        const float corr = expf(m[g] - m_new);  // m = -inf at first: corr = 0
-        const float p = expf(s - m_new);
-        l[g] = l[g] * corr + p;
-#pragma unroll
-        for (int e = 0; e < DS_MAX_DPL; e++) acc[g][e] = acc[g][e] * corr + p * vf[u][e];
-        m[g] = m_new;
-      }
-    }
+    __syncthreads();  // sp and row are rewritten by the next tile
   }
-  // This block's state: merge the warps through shared memory.
-  for (int g = 0; g < group; g++) {
-    if (lane == 0) { wm[warp][g] = m[g]; wl[warp][g] = l[g]; }
-    for (int e = 0; e < dpl; e++) {
-      const int d = lane * dpl + e;
-      if (d < head_dim) wacc[warp][g][d] = acc[g][e];
-    }
-  }
-  __syncthreads();
   const int stride = head_dim + 2;  // per head: values, then max, then sum
   float* mine = partial + (((u64)seq * num_kv_heads + kvh) * splits + split) * group * stride;
-  for (int e = threadIdx.x; e < group * head_dim; e += blockDim.x) {
-    const int g = e / head_dim, d = e % head_dim;
-    float mx = -INFINITY;
-    for (int w = 0; w < DS_WARPS; w++) mx = fmaxf(mx, wm[w][g]);
-    float num = 0.f, den = 0.f;
-    if (mx != -INFINITY)
-      for (int w = 0; w < DS_WARPS; w++) {
-        const float f = expf(wm[w][g] - mx);  // a warp with no key has wm = -inf: f = 0
-        num += f * wacc[w][g][d];
-        den += f * wl[w][g];
-      }
-    mine[g * stride + d] = num;
-    if (d == 0) { mine[g * stride + head_dim] = mx; mine[g * stride + head_dim + 1] = den; }
+  if (pv) {
+#pragma unroll
+    for (int j = 0; j < DS_MAX_SLOTS; j++) {
+      const int g = g0 + j * gstep;
+      if (g < group) mine[g * stride + d] = acc[j];
+    }
   }
+  if (tid < group) { mine[tid * stride + head_dim] = s_m[tid]; mine[tid * stride + head_dim + 1] = s_l[tid]; }
   // The last block of this (sequence, kv head) merges every split.
   __threadfence();
   __syncthreads();
@@ -367,7 +492,7 @@ __device__ void attention_decode_split_impl(T* out, const T* q, const T* k_cache
     float mx = -INFINITY, den = 0.f;
     for (int sp = 0; sp < splits; sp++) mx = fmaxf(mx, scale_of[g][sp]);
     for (int sp = 0; sp < splits; sp++) {
-      const float f = mx == -INFINITY ? 0.f : expf(scale_of[g][sp] - mx);  // -inf: no keys
+      const float f = mx == -INFINITY ? 0.f : exp2f(scale_of[g][sp] - mx);  // -inf: no keys
       scale_of[g][sp] = f;
       den += f * sum_of[g][sp];
     }
@@ -569,13 +694,16 @@ ATTENTION_MMA(64)
 ATTENTION_MMA(128)
 
 #define ATTENTION_KERNELS(T, S)                                                                    \
-  extern "C" __global__ void __launch_bounds__(128) attention_decode_split_##S(                    \
+  extern "C" __global__ void __launch_bounds__(DS_THREADS) attention_decode_split_##S(                    \
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
       const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale, float* partial, u32* counters) { PDL_ENTRY();   \
+      int num_kv_heads, int head_dim, float scale, float* partial, u32* counters,                  \
+      const T* k_new, const T* v_new, const u32* positions, const u32* slots,                      \
+      const float* inv_freq, int interleaved) {                                                    \
+    const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved};               \
     attention_decode_split_impl<T>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,       \
                                    bt_stride, block_size, num_heads, num_kv_heads, head_dim,       \
-                                   scale, partial, counters);                                      \
+                                   scale, partial, counters, rope);                                \
   }                                                                                                \
   extern "C" __global__ void attention_##S(                                                        \
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work, const u32* q_start, \
@@ -587,10 +715,12 @@ ATTENTION_MMA(128)
   extern "C" __global__ void attention_decode_##S(                                                 \
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
       const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale, float* /* partial */, u32* /* counters */) {    \
-    PDL_ENTRY();                                                                                   \
-    attention_decode_impl<T>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables,          \
-                                bt_stride, block_size, num_heads, num_kv_heads, head_dim, scale);  \
+      int num_kv_heads, int head_dim, float scale, float* /* partial */, u32* /* counters */,      \
+      const T* k_new, const T* v_new, const u32* positions, const u32* slots,                      \
+      const float* inv_freq, int interleaved) {                                                    \
+    const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved};               \
+    attention_decode_impl<T>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
+                             block_size, num_heads, num_kv_heads, head_dim, scale, rope);          \
   }                                                                                                \
 
 ATTENTION_KERNELS(float, f32)

@@ -148,13 +148,19 @@ pub struct CudaBackend {
     pdl: bool,
     /// Zeroed arrival counters of the split-K decode attention (see `backend::attention`).
     split_counters: DeviceBuffer,
+    /// Most key splits of the split-K decode attention: `KR_CUDA_DECODE_SPLITS` (1 to 16,
+    /// default 16; 1 always takes the one-block-per-pair kernel).
+    max_decode_splits: usize,
+    /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
+    /// results are wrong). Empty in normal use.
+    skip_kernels: Vec<String>,
     error: RefCell<Option<CudaError>>,
 }
 
 /// Launches kernel `$name` for the backend's dtype; arguments must be local variables.
 macro_rules! launch {
     ($self:expr, $name:expr, $cfg:expr, $($arg:ident),* $(,)?) => {{
-        if $self.error.borrow().is_none() {
+        if $self.error.borrow().is_none() && !$self.skipped($name) {
             let f = $self.gpu.function($name, $self.dtype.suffix());
             let mut params: Vec<*mut std::ffi::c_void> =
                 vec![$( (&$arg) as *const _ as *mut std::ffi::c_void ),*];
@@ -192,6 +198,9 @@ fn grid1(blocks: usize, threads: u32) -> LaunchConfig {
 fn per_row(rows: usize) -> LaunchConfig {
     grid1(rows, if rows <= 64 { 1024 } else { 256 })
 }
+
+/// 16-byte vectors per thread of `add_rms_norm_vec` (NORM_VREGS in kernels.cu; 256 threads).
+const NORM_VREGS: usize = 4;
 
 /// Enough blocks of 256 threads for `n` elements in a grid-stride loop.
 fn elementwise(n: usize) -> LaunchConfig {
@@ -237,6 +246,8 @@ impl CudaBackend {
             profile: RefCell::new(None),
             pdl,
             split_counters,
+            max_decode_splits: attention::max_decode_splits(),
+            skip_kernels: launch::skipped_kernels(),
             error: RefCell::new(None),
         })
     }
@@ -406,6 +417,47 @@ impl CudaBackend {
     pub fn prepare_rope(&self, rope: &Rope) {
         self.inv_freq_ptr(rope);
     }
+
+    /// Rotates q and k in place and writes k and v into the cache slots of the step's tokens.
+    fn rope_write_kv(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        v: &CudaTensor,
+        rope: &Rope,
+        layer: usize,
+        cache: &mut CudaKvCache,
+    ) {
+        let l = cache.layout;
+        let o = self.meta_layout.offsets();
+        let (qp, kp, vp) = (q.ptr, k.ptr, v.ptr);
+        let (pos, slots, freq) = (
+            self.meta_ptr(o.positions),
+            self.meta_ptr(o.slots),
+            self.inv_freq_ptr(rope),
+        );
+        let (kc, vc) = (cache.k(layer), cache.v(layer));
+        let nh = (q.cols / l.head_dim) as i32;
+        let (nkv, hd) = (l.num_kv_heads as i32, l.head_dim as i32);
+        let inter = i32::from(rope.style == RopeStyle::Interleaved);
+        launch!(
+            self,
+            "rope_write_kv",
+            per_row(q.rows),
+            qp,
+            kp,
+            vp,
+            pos,
+            slots,
+            freq,
+            kc,
+            vc,
+            nh,
+            nkv,
+            hd,
+            inter
+        );
+    }
 }
 
 impl Backend for CudaBackend {
@@ -523,6 +575,12 @@ impl Backend for CudaBackend {
     ) -> CudaTensor {
         let out = self.alloc(x.rows, x.cols);
         let (o, xp, dp, wp, cols) = (out.ptr, x.ptr, delta.ptr, w.buf.ptr, x.cols as i32);
+        let vec = 16 / self.dtype.size();
+        if x.cols.is_multiple_of(vec) && x.cols / vec <= NORM_VREGS * 256 {
+            let cfg = grid1(x.rows, 256);
+            launch!(self, "add_rms_norm_vec", cfg, o, xp, dp, wp, cols, eps);
+            return out;
+        }
         launch!(
             self,
             "add_rms_norm",
@@ -617,35 +675,23 @@ impl Backend for CudaBackend {
         layer: usize,
         cache: &mut CudaKvCache,
     ) {
-        let l = cache.layout;
-        let o = self.meta_layout.offsets();
-        let (qp, kp, vp) = (q.ptr, k.ptr, v.ptr);
-        let (pos, slots, freq) = (
-            self.meta_ptr(o.positions),
-            self.meta_ptr(o.slots),
-            self.inv_freq_ptr(rope),
-        );
-        let (kc, vc) = (cache.k(layer), cache.v(layer));
-        let nh = (q.cols / l.head_dim) as i32;
-        let (nkv, hd) = (l.num_kv_heads as i32, l.head_dim as i32);
-        let inter = i32::from(rope.style == RopeStyle::Interleaved);
-        launch!(
-            self,
-            "rope_write_kv",
-            per_row(q.rows),
-            qp,
-            kp,
-            vp,
-            pos,
-            slots,
-            freq,
-            kc,
-            vc,
-            nh,
-            nkv,
-            hd,
-            inter
-        );
+        self.rope_write_kv(q, k, v, rope, layer, cache);
+    }
+
+    fn rope_attention(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        v: &CudaTensor,
+        rope: &Rope,
+        _meta: &AttnMeta,
+        layer: usize,
+        cache: &mut CudaKvCache,
+        num_heads: usize,
+    ) -> CudaTensor {
+        let out = self.alloc(q.rows, q.cols);
+        self.rope_attention_into(&out, q, k, v, rope, layer, cache, num_heads);
+        out
     }
 
     fn paged_attention(

@@ -229,13 +229,21 @@ fn each_kernel_matches_cpu_on_random_inputs() {
             &g.rms_norm(&gx, &gn, 1e-5),
             &c.rms_norm(&cx, &cn, 1e-5),
         );
-        let (mut gx2, mut cx2) = up(rows, 256, 2);
-        let (gy, cy) = (
-            g.add_rms_norm(&mut gx2, &gx, &gn, 1e-5),
-            c.add_rms_norm(&mut cx2, &cx, &cn, 1e-5),
-        );
-        check("add_rms_norm (out)", &gy, &cy);
-        check("add_rms_norm (residual)", &gx2, &cx2);
+        // 256 columns take the 16-byte-vector kernel; 250 (not a multiple of 4 floats) and
+        // 5000 (more than 4 vectors per thread) the scalar one.
+        for cols in [256, 250, 5000] {
+            let wide: Vec<f32> = rand(cols, 4).iter().map(|v| 1.0 + v).collect();
+            let (gw, cw) = (g.load_vector(&wide), c.load_vector(&wide));
+            let (gd, cd) = up(rows, cols, 5);
+            let (mut gr, mut cr) = up(rows, cols, 2);
+            let (gy, cy) = (
+                g.add_rms_norm(&mut gr, &gd, &gw, 1e-5),
+                c.add_rms_norm(&mut cr, &cd, &cw, 1e-5),
+            );
+            check(&format!("add_rms_norm {cols} (out)"), &gy, &cy);
+            check(&format!("add_rms_norm {cols} (residual)"), &gr, &cr);
+        }
+        let (gx2, cx2) = up(rows, 256, 2);
         check("silu_mul", &g.silu_mul(&gx, &gx2), &c.silu_mul(&cx, &cx2));
         let l = &w.layers[0];
         let (gw, cw) = (g.load_weight(&l.wq), c.load_weight(&l.wq));
@@ -407,9 +415,9 @@ fn bf16_values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// RoPE + cache write + paged attention alone over `steps`, on the GPU in `dtype` vs the CPU
-/// backend in f32 (inputs rounded to bf16 so both start from the same numbers); returns the
-/// largest difference of the attention outputs.
+/// RoPE + cache write + paged attention alone over `steps` (`rope_attention`: one kernel in
+/// decode steps), on the GPU in `dtype` vs the CPU backend in f32 (inputs rounded to bf16 so
+/// both start from the same numbers); returns the largest difference of the attention outputs.
 fn attention_vs_cpu(
     dtype: DType,
     head_dim: usize,
@@ -456,9 +464,12 @@ fn attention_vs_cpu(
         let (gv, cv) = (gt.pop().expect("v"), ct.pop().expect("v"));
         let (mut gk, mut ck) = (gt.pop().expect("k"), ct.pop().expect("k"));
         let (mut gq, mut cq) = (gt.pop().expect("q"), ct.pop().expect("q"));
-        g.rope_and_write_kv(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache);
+        // The GPU takes the fused path (RoPE and the KV write inside the decode kernels); the
+        // later steps read the keys that the earlier ones wrote that way.
+        let heads = cfg.num_heads;
+        let gout = g.rope_attention(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache, heads);
+        let got = g.to_host(&gout);
         c.rope_and_write_kv(&mut cq, &mut ck, &cv, &rope, meta, 0, &mut ccache);
-        let got = g.to_host(&g.paged_attention(&gq, meta, 0, &gcache, cfg.num_heads));
         let want = c.paged_attention(&cq, meta, 0, &ccache, cfg.num_heads).data;
         assert!(
             got.iter().all(|v| v.is_finite()),

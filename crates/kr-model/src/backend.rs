@@ -136,6 +136,24 @@ pub trait Backend: Send {
         cache: &Self::KvCache,
         num_heads: usize,
     ) -> Self::Tensor;
+    /// [`Self::rope_and_write_kv`] then [`Self::paged_attention`]. A device backend may do the
+    /// rotation and the cache write inside the attention kernel, so afterwards `q` and `k` may
+    /// hold either the rotated or the original values.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        rope: &Rope,
+        meta: &AttnMeta,
+        layer: usize,
+        cache: &mut Self::KvCache,
+        num_heads: usize,
+    ) -> Self::Tensor {
+        self.rope_and_write_kv(q, k, v, rope, meta, layer, cache);
+        self.paged_attention(q, meta, layer, cache, num_heads)
+    }
     /// `silu(gate) * up`, elementwise.
     fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Self::Tensor;

@@ -148,8 +148,8 @@ impl<B: Backend> Decoder<B> {
             be.head_rms_norm(&mut q, qn, c.head_dim, c.rms_norm_eps);
             be.head_rms_norm(&mut k, kn, c.head_dim, c.rms_norm_eps);
         }
-        be.rope_and_write_kv(&mut q, &mut k, &v, &self.rope, meta, layer, cache);
-        let ctx = be.paged_attention(&q, meta, layer, cache, c.num_heads);
+        let rope = &self.rope;
+        let ctx = be.rope_attention(&mut q, &mut k, &v, rope, meta, layer, cache, c.num_heads);
         be.linear(&ctx, &l.wo, None)
     }
 }

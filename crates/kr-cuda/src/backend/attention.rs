@@ -2,13 +2,16 @@
 //! head_dim 64 or 128, compute capability 8.0+) and the CUDA-core kernel for everything else.
 //!
 //! Invariants: every kernel reads the step metadata uploaded by `begin_step` at fixed
-//! addresses; both prefill kernels take the same arguments and the work items and tiles that
-//! `meta::pack` wrote, so either can run any step.
+//! addresses; in decode steps RoPE and the KV write happen inside the attention kernel, which
+//! is the only reader of the new token's cache slot during the step; both prefill kernels take
+//! the same arguments and the work items and tiles that `meta::pack` wrote, so either can run
+//! any step.
 
 use super::{CudaBackend, CudaKvCache, CudaTensor, DType};
 use crate::error::driver;
 use crate::meta::{tile_q, ATTENTION_ROWS};
 use cudarc::driver::LaunchConfig;
+use kr_model::{KvLayout, Rope, RopeStyle};
 
 /// Query heads per kv head the decode attention kernel handles (DEC_MAX_GROUP in the kernel).
 const DECODE_MAX_GROUP: usize = 8;
@@ -23,6 +26,27 @@ pub(super) const SPLIT_COUNTERS: usize = 1024;
 
 /// Tensor-core attention kernels, bf16 only (`<name>_bf16`), one per head size.
 pub const MMA_KERNEL_NAMES: [&str; 2] = ["attention_mma64", "attention_mma128"];
+
+/// The raw k and v of a decode step whose RoPE and KV write the attention kernel does.
+struct FusedRope<'a> {
+    k: u64,
+    v: u64,
+    rope: &'a Rope,
+}
+
+impl FusedRope<'_> {
+    fn interleaved(&self) -> i32 {
+        i32::from(self.rope.style == RopeStyle::Interleaved)
+    }
+}
+
+/// `KR_CUDA_DECODE_SPLITS` clamped to 1..=DECODE_MAX_SPLITS (default: the maximum).
+pub(super) fn max_decode_splits() -> usize {
+    std::env::var("KR_CUDA_DECODE_SPLITS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(DECODE_MAX_SPLITS, |n| n.clamp(1, DECODE_MAX_SPLITS))
+}
 
 /// Dynamic shared memory of the CUDA-core prefill kernel for `head_dim`.
 pub(super) fn attention_smem(head_dim: usize) -> usize {
@@ -40,9 +64,8 @@ impl CudaBackend {
         num_heads: usize,
     ) {
         let l = cache.layout;
-        let group = num_heads / l.num_kv_heads;
-        if self.step.get().decode && group <= DECODE_MAX_GROUP {
-            return self.decode_attention(out, q, layer, cache, num_heads);
+        if self.decode_kernel_applies(num_heads, l) {
+            return self.decode_attention(out, q, layer, cache, num_heads, None);
         }
         let mma = match l.head_dim {
             64 => Some(MMA_KERNEL_NAMES[0]),
@@ -61,7 +84,7 @@ impl CudaBackend {
         };
         let o = self.meta_layout.offsets();
         let (work, ql) = (self.meta_ptr(o.work), self.meta_ptr(o.q_len));
-        let tile = tile_q(group) as i32;
+        let tile = tile_q(num_heads / l.num_kv_heads) as i32;
         let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
@@ -72,9 +95,44 @@ impl CudaBackend {
         );
     }
 
+    /// Whether this step's attention runs on a decode kernel (one query per sequence, at most
+    /// DECODE_MAX_GROUP query heads per kv head, head_dim at most 128).
+    fn decode_kernel_applies(&self, num_heads: usize, l: KvLayout) -> bool {
+        self.step.get().decode
+            && num_heads / l.num_kv_heads <= DECODE_MAX_GROUP
+            && l.head_dim <= 128
+    }
+
+    /// RoPE, the KV write and attention: in decode steps one kernel does all three (the
+    /// rotation in its prologue, see `DecodeRope` in attention.cu), saving a launch per layer.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rope_attention_into(
+        &self,
+        out: &CudaTensor,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        v: &CudaTensor,
+        rope: &Rope,
+        layer: usize,
+        cache: &mut CudaKvCache,
+        num_heads: usize,
+    ) {
+        if self.decode_kernel_applies(num_heads, cache.layout) {
+            let fused = FusedRope {
+                k: k.ptr,
+                v: v.ptr,
+                rope,
+            };
+            return self.decode_attention(out, q, layer, cache, num_heads, Some(fused));
+        }
+        self.rope_write_kv(q, k, v, rope, layer, cache);
+        self.attention_into(out, q, layer, cache, num_heads);
+    }
+
     /// One query per sequence. With fewer (sequence, kv head) pairs than SMs the keys of each
     /// are split over several blocks (`attention_decode_split`, about two blocks per SM, the
-    /// last block merging); otherwise one block per pair, warps splitting the keys.
+    /// last block merging); otherwise one block per pair, warps splitting the keys. With
+    /// `fused`, q, k and v are the raw projections and the kernel rotates and writes them.
     fn decode_attention(
         &self,
         out: &CudaTensor,
@@ -82,6 +140,7 @@ impl CudaBackend {
         layer: usize,
         cache: &CudaKvCache,
         num_heads: usize,
+        fused: Option<FusedRope>,
     ) {
         let l = cache.layout;
         let seqs = self.step.get().seqs.max(1);
@@ -94,12 +153,12 @@ impl CudaBackend {
         // Few pairs: split each pair's keys over blocks (the non-split kernel takes and ignores
         // the scratch and counters, so both launch alike).
         let splits = if pairs < sms && pairs <= SPLIT_COUNTERS {
-            (2 * sms / pairs).clamp(1, DECODE_MAX_SPLITS)
+            (2 * sms / pairs).clamp(1, self.max_decode_splits)
         } else {
             1
         };
         let (name, threads) = if splits > 1 {
-            ("attention_decode_split", 128)
+            ("attention_decode_split", 256)
         } else {
             ("attention_decode", 256)
         };
@@ -116,8 +175,15 @@ impl CudaBackend {
             block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
+        let o = self.meta_layout.offsets();
+        let (kn, vn, freq, inter) = match fused {
+            Some(f) => (f.k, f.v, self.inv_freq_ptr(f.rope), f.interleaved()),
+            None => (0u64, 0u64, 0u64, 0i32),
+        };
+        let (pos, slots) = (self.meta_ptr(o.positions), self.meta_ptr(o.slots));
         launch!(
-            self, name, cfg, op, qp, kc, vc, qs, cl, bt, stride, bs, nh, nkv, hd, scale, pp, cp
+            self, name, cfg, op, qp, kc, vc, qs, cl, bt, stride, bs, nh, nkv, hd, scale, pp, cp,
+            kn, vn, pos, slots, freq, inter
         );
     }
 

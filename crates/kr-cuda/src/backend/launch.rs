@@ -3,9 +3,11 @@
 //! is still running, which hides most of the launch latency between the ~10 small kernels
 //! of each layer (also inside CUDA graphs, where the edges become programmatic).
 //!
-//! Invariants: every kernel starts with `PDL_ENTRY()` (kernels.cu): `griddepcontrol.wait`
-//! before touching memory, so it sees everything the previous kernel wrote, exactly as with
-//! plain stream order. `KR_CUDA_PDL=0` turns PDL off (plain launches) for comparison.
+//! Invariants: every kernel runs `PDL_WAIT()` (kernels.cu, `griddepcontrol.wait`) before it
+//! reads anything the previous kernels write, so it sees all of it, exactly as with plain
+//! stream order; before the wait a kernel only prefetches into L2 and reads what no step
+//! writes (weights, step metadata, RoPE frequencies). `KR_CUDA_PDL=0` turns PDL off (plain
+//! launches) for comparison.
 
 use super::CudaBackend;
 use crate::device::Gpu;
@@ -21,7 +23,28 @@ pub(super) fn pdl_wanted(gpu: &Gpu) -> bool {
     gpu.info.compute_capability.0 >= 9 && !off
 }
 
+/// `KR_CUDA_SKIP_KERNELS=name,name`: kernels (names without the dtype suffix) that are not
+/// launched, so that the time a kernel really costs inside a CUDA graph can be read off as a
+/// difference of step times. The outputs are then wrong; a warning says so.
+pub(super) fn skipped_kernels() -> Vec<String> {
+    let names: Vec<String> = std::env::var("KR_CUDA_SKIP_KERNELS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if !names.is_empty() {
+        tracing::warn!("KR_CUDA_SKIP_KERNELS: not launching {names:?}; outputs will be wrong");
+    }
+    names
+}
+
 impl CudaBackend {
+    /// Whether `name` is skipped (see [`skipped_kernels`]).
+    pub(super) fn skipped(&self, name: &str) -> bool {
+        !self.skip_kernels.is_empty() && self.skip_kernels.iter().any(|k| k == name)
+    }
+
     /// Launches `f` on the backend's stream with `params` (one pointer per kernel parameter).
     ///
     /// # Safety
