@@ -576,7 +576,8 @@ impl Backend for CudaBackend {
         let out = self.alloc(x.rows, x.cols);
         let (o, xp, dp, wp, cols) = (out.ptr, x.ptr, delta.ptr, w.buf.ptr, x.cols as i32);
         let vec = 16 / self.dtype.size();
-        if x.cols.is_multiple_of(vec) && x.cols / vec <= NORM_VREGS * 256 {
+        // `%` rather than `is_multiple_of`: the crate's rust-version is 1.85.
+        if x.cols % vec == 0 && x.cols / vec <= NORM_VREGS * 256 {
             let cfg = grid1(x.rows, 256);
             launch!(self, "add_rms_norm_vec", cfg, o, xp, dp, wp, cols, eps);
             return out;

@@ -555,6 +555,70 @@ fn decode_attention_matches_cpu_with_many_and_few_sequences() {
     }
 }
 
+/// Chunked prefills of three sequences to 600, 900 and 1000 tokens (scattered, partly
+/// reversed block tables), then three decode steps of all three. Six (sequence, kv head)
+/// pairs take the split-K kernel with 16 splits, so each block gets 38 to 63 keys: two
+/// 32-key tiles, the running max and sum carried from the first to the second.
+fn long_decode_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
+    let lens = [600usize, 900, 1000];
+    let table = |s: usize| -> Vec<u32> {
+        let t: Vec<u32> = (0..64).map(|b| (64 * s + b) as u32).collect();
+        if s == 1 {
+            t.into_iter().rev().collect()
+        } else {
+            t
+        }
+    };
+    let mut done = [0usize; 3];
+    let mut step = |seqs: &[(usize, usize)]| {
+        let (mut ids, mut meta) = (Vec::new(), AttnMeta::default());
+        for &(s, n) in seqs {
+            let q_start = ids.len();
+            for p in done[s]..done[s] + n {
+                ids.push(((p * 13 + s) % c.vocab_size) as u32);
+                meta.positions.push(p as u32);
+                meta.slot_mapping
+                    .push(table(s)[p / 16] * 16 + (p % 16) as u32);
+            }
+            done[s] += n;
+            meta.seqs.push(SeqAttn {
+                q_start,
+                q_len: n,
+                ctx_len: done[s],
+                block_table: table(s),
+            });
+            meta.logit_rows.push(ids.len() - 1);
+        }
+        (ids, meta)
+    };
+    let mut steps = Vec::new();
+    for (s, &len) in lens.iter().enumerate() {
+        for chunk in (0..len).step_by(500) {
+            steps.push(step(&[(s, (len - chunk).min(500))]));
+        }
+    }
+    for _ in 0..3 {
+        steps.push(step(&[(0, 1), (1, 1), (2, 1)]));
+    }
+    steps
+}
+
+/// Decode attention over long contexts (the split-K kernel's multi-tile path), f32 and bf16.
+/// Tolerances as above.
+#[test]
+fn decode_attention_matches_cpu_over_long_contexts() {
+    if !gpu_available() {
+        return;
+    }
+    for (dtype, head_dim, tol) in [(DType::F32, 64, 1e-4), (DType::Bf16, 128, 2e-2)] {
+        let worst = attention_vs_cpu(dtype, head_dim, 200, &long_decode_steps);
+        println!(
+            "long-context decode {dtype:?} head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}"
+        );
+        assert!(worst <= tol, "{dtype:?}: {worst}");
+    }
+}
+
 /// The probability of each token under the CPU sampler's rules (temperature, top-k, then top-p
 /// and min-p over the kept tokens), in f64.
 fn expected_probs(logits: &[f32], r: &RowSampling) -> Vec<f64> {

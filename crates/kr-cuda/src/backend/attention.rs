@@ -95,12 +95,15 @@ impl CudaBackend {
         );
     }
 
-    /// Whether this step's attention runs on a decode kernel (one query per sequence, at most
-    /// DECODE_MAX_GROUP query heads per kv head, head_dim at most 128).
+    /// Whether this step's attention runs on a decode kernel: one query per sequence, at most
+    /// DECODE_MAX_GROUP query heads per kv head, head_dim at most 128 and a whole number of
+    /// 16-byte vectors (the one-block-per-pair kernel reads key rows 16 bytes at a time).
     fn decode_kernel_applies(&self, num_heads: usize, l: KvLayout) -> bool {
+        let vectors = (l.head_dim * self.dtype.size()) % 16 == 0;
         self.step.get().decode
             && num_heads / l.num_kv_heads <= DECODE_MAX_GROUP
             && l.head_dim <= 128
+            && vectors
     }
 
     /// RoPE, the KV write and attention: in decode steps one kernel does all three (the
