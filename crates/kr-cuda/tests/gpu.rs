@@ -370,31 +370,8 @@ fn long_prefill_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
         (0..8).map(|b| 60 + (b * 5) % 8).collect(),
         vec![70, 68],
     ];
-    let mut lens = [0usize; 3];
-    let plan: [&[(usize, usize)]; 2] = [&[(0, 150), (1, 70)], &[(0, 90), (1, 1), (2, 5)]];
-    plan.iter()
-        .map(|chunks| {
-            let (mut ids, mut meta) = (Vec::new(), AttnMeta::default());
-            for &(seq, n) in chunks.iter() {
-                let q_start = ids.len();
-                for p in lens[seq]..lens[seq] + n {
-                    ids.push(((p * 31 + seq) % c.vocab_size) as u32);
-                    meta.positions.push(p as u32);
-                    meta.slot_mapping
-                        .push(tables[seq][p / 16] * 16 + (p % 16) as u32);
-                }
-                lens[seq] += n;
-                meta.seqs.push(SeqAttn {
-                    q_start,
-                    q_len: n,
-                    ctx_len: lens[seq],
-                    block_table: tables[seq].clone(),
-                });
-                meta.logit_rows.push(ids.len() - 1);
-            }
-            (ids, meta)
-        })
-        .collect()
+    let plan = [vec![(0, 150), (1, 70)], vec![(0, 90), (1, 1), (2, 5)]];
+    plan_steps(c, &tables, &plan)
 }
 
 /// `n` uniform values in [0, 1) from a seeded xorshift.
@@ -501,44 +478,56 @@ fn bf16_prefill_attention_matches_cpu() {
 fn many_decode_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
     let lens: Vec<usize> = (0..80).map(|i| 3 + (i * 7) % 40).collect();
     // Three 16-token blocks per sequence, the odd ones in reverse order.
-    let table = |i: usize| -> Vec<u32> {
-        let t: Vec<u32> = (0..3).map(|b| (3 * i + b) as u32).collect();
-        if i % 2 == 1 {
-            t.into_iter().rev().collect()
-        } else {
-            t
-        }
-    };
-    let mut done = vec![0usize; 80];
-    let mut step = |seqs: &[(usize, usize)]| {
-        let (mut ids, mut meta) = (Vec::new(), AttnMeta::default());
-        for &(s, n) in seqs {
-            let q_start = ids.len();
-            for p in done[s]..done[s] + n {
-                ids.push(((p * 17 + s) % c.vocab_size) as u32);
-                meta.positions.push(p as u32);
-                meta.slot_mapping
-                    .push(table(s)[p / 16] * 16 + (p % 16) as u32);
+    let tables: Vec<Vec<u32>> = (0..80)
+        .map(|i| {
+            let t: Vec<u32> = (0..3).map(|b| (3 * i + b) as u32).collect();
+            if i % 2 == 1 {
+                t.into_iter().rev().collect()
+            } else {
+                t
             }
-            done[s] += n;
-            meta.seqs.push(SeqAttn {
-                q_start,
-                q_len: n,
-                ctx_len: done[s],
-                block_table: table(s),
-            });
-            meta.logit_rows.push(ids.len() - 1);
-        }
-        (ids, meta)
-    };
-    let mut steps = Vec::new();
-    for part in (0..80).collect::<Vec<_>>().chunks(16) {
-        let seqs: Vec<(usize, usize)> = part.iter().map(|&s| (s, lens[s])).collect();
-        steps.push(step(&seqs));
-    }
-    steps.push(step(&(0..80).map(|s| (s, 1)).collect::<Vec<_>>()));
-    steps.push(step(&[(3, 1), (17, 1), (40, 1), (41, 1), (79, 1)]));
-    steps
+        })
+        .collect();
+    let mut plan: Vec<Vec<(usize, usize)>> = (0..80)
+        .collect::<Vec<_>>()
+        .chunks(16)
+        .map(|part| part.iter().map(|&s| (s, lens[s])).collect())
+        .collect();
+    plan.push((0..80).map(|s| (s, 1)).collect());
+    plan.push(vec![(3, 1), (17, 1), (40, 1), (41, 1), (79, 1)]);
+    plan_steps(c, &tables, &plan)
+}
+
+/// Steps from a plan: each step lists (sequence, new tokens); sequence s uses `tables[s]`.
+fn plan_steps(
+    c: &ModelConfig,
+    tables: &[Vec<u32>],
+    plan: &[Vec<(usize, usize)>],
+) -> Vec<(Vec<u32>, AttnMeta)> {
+    let mut done = vec![0usize; tables.len()];
+    plan.iter()
+        .map(|seqs| {
+            let (mut ids, mut meta) = (Vec::new(), AttnMeta::default());
+            for &(s, n) in seqs {
+                let q_start = ids.len();
+                for p in done[s]..done[s] + n {
+                    ids.push(((p * 17 + s) % c.vocab_size) as u32);
+                    meta.positions.push(p as u32);
+                    meta.slot_mapping
+                        .push(tables[s][p / 16] * 16 + (p % 16) as u32);
+                }
+                done[s] += n;
+                meta.seqs.push(SeqAttn {
+                    q_start,
+                    q_len: n,
+                    ctx_len: done[s],
+                    block_table: tables[s].clone(),
+                });
+                meta.logit_rows.push(ids.len() - 1);
+            }
+            (ids, meta)
+        })
+        .collect()
 }
 
 /// Decode attention on both of its paths (one block per sequence x kv head, and split-K),
@@ -561,46 +550,26 @@ fn decode_attention_matches_cpu_with_many_and_few_sequences() {
 /// 32-key tiles, the running max and sum carried from the first to the second.
 fn long_decode_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
     let lens = [600usize, 900, 1000];
-    let table = |s: usize| -> Vec<u32> {
-        let t: Vec<u32> = (0..64).map(|b| (64 * s + b) as u32).collect();
-        if s == 1 {
-            t.into_iter().rev().collect()
-        } else {
-            t
-        }
-    };
-    let mut done = [0usize; 3];
-    let mut step = |seqs: &[(usize, usize)]| {
-        let (mut ids, mut meta) = (Vec::new(), AttnMeta::default());
-        for &(s, n) in seqs {
-            let q_start = ids.len();
-            for p in done[s]..done[s] + n {
-                ids.push(((p * 13 + s) % c.vocab_size) as u32);
-                meta.positions.push(p as u32);
-                meta.slot_mapping
-                    .push(table(s)[p / 16] * 16 + (p % 16) as u32);
+    let tables: Vec<Vec<u32>> = (0..3)
+        .map(|s| {
+            let t: Vec<u32> = (0..64).map(|b| (64 * s + b) as u32).collect();
+            if s == 1 {
+                t.into_iter().rev().collect()
+            } else {
+                t
             }
-            done[s] += n;
-            meta.seqs.push(SeqAttn {
-                q_start,
-                q_len: n,
-                ctx_len: done[s],
-                block_table: table(s),
-            });
-            meta.logit_rows.push(ids.len() - 1);
-        }
-        (ids, meta)
-    };
-    let mut steps = Vec::new();
+        })
+        .collect();
+    let mut plan: Vec<Vec<(usize, usize)>> = Vec::new();
     for (s, &len) in lens.iter().enumerate() {
         for chunk in (0..len).step_by(500) {
-            steps.push(step(&[(s, (len - chunk).min(500))]));
+            plan.push(vec![(s, (len - chunk).min(500))]);
         }
     }
     for _ in 0..3 {
-        steps.push(step(&[(0, 1), (1, 1), (2, 1)]));
+        plan.push(vec![(0, 1), (1, 1), (2, 1)]);
     }
-    steps
+    plan_steps(c, &tables, &plan)
 }
 
 /// Decode attention over long contexts (the split-K kernel's multi-tile path), f32 and bf16.
