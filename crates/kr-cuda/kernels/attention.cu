@@ -12,6 +12,23 @@
 #define ATT_WARPS 8
 #define ATT_RPW 8
 #define ATT_DPL 4
+// Cache slot of key position `kp` of a sequence whose block table is `bt`.
+__device__ __forceinline__ u64 kv_slot(const u32* bt, int kp, int block_size) {
+  return (u64)bt[kp / block_size] * block_size + kp % block_size;
+}
+
+// A fresh online-softmax state: running max -inf, sum 0, accumulators 0, for R rows.
+template <int R, int DPL>
+__device__ __forceinline__ void softmax_init(float* m, float* l, float (*acc)[DPL]) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+#pragma unroll
+    for (int dd = 0; dd < DPL; dd++) acc[r][dd] = 0.f;
+  }
+}
+
 template <typename T>
 __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work,
                                const u32* q_start, const u32* q_len, const u32* ctx_len,
@@ -37,12 +54,7 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
   const int first_pos = ctx - qlen + q0;  // position of the tile's first query
   const int kend = first_pos + nq;        // keys [0, kend) are visible to some row
   float m[ATT_RPW], l[ATT_RPW], acc[ATT_RPW][ATT_DPL];
-#pragma unroll
-  for (int rr = 0; rr < ATT_RPW; rr++) {
-    m[rr] = -INFINITY; l[rr] = 0.f;
-#pragma unroll
-    for (int dd = 0; dd < ATT_DPL; dd++) acc[rr][dd] = 0.f;
-  }
+  softmax_init<ATT_RPW, ATT_DPL>(m, l, acc);
   const u32* bt = block_tables + (u64)seq * bt_stride;
   for (int k0 = 0; k0 < kend; k0 += ATT_KC) {
     __syncthreads();
@@ -50,7 +62,7 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
       const int j = e / head_dim, d = e % head_dim, kp = k0 + j;
       float kv = 0.f, vv = 0.f;
       if (kp < kend) {
-        const u64 slot = (u64)bt[kp / block_size] * block_size + kp % block_size;
+        const u64 slot = kv_slot(bt, kp, block_size);
         const u64 off = slot * kv_width + kvh * head_dim + d;
         kv = to_f(k_cache[off]);
         vv = to_f(v_cache[off]);
@@ -109,8 +121,9 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
 // With `k_new` non-null the decode kernels take the step's raw (unrotated) q, k and v: each
 // block rotates the query heads it reads, and the block that reads the sequence's last key
 // (the new token's) first rotates that key and writes it and its value into the cache slot,
-// exactly as rope_write_kv would have (same rounding). With `k_new` null, q is already rotated
-// and the cache already written. Nothing else reads the new slot during the step.
+// exactly as rope_write_kv would have (the same rope_first / rope_second and rounding). With
+// `k_new` null, q is already rotated and the cache already written. Nothing else reads the
+// new slot during the step.
 struct DecodeRope {
   const void* k_new;
   const void* v_new;
@@ -132,12 +145,11 @@ __device__ __forceinline__ void rope_angles(float* cs, float* sn, const DecodeRo
 template <typename T>
 __device__ __forceinline__ float roped(const T* head, int d, int half, int interleaved,
                                        const float* cs, const float* sn) {
-  int i, partner;
-  float sign;
-  if (interleaved) { i = d >> 1; partner = d ^ 1; sign = (d & 1) ? 1.f : -1.f; }
-  else if (d < half) { i = d; partner = d + half; sign = -1.f; }
-  else { i = d - half; partner = d - half; sign = 1.f; }
-  return to_f(from_f<T>(to_f(head[d]) * cs[i] + sign * (to_f(head[partner]) * sn[i])));
+  const int i = interleaved ? d >> 1 : (d < half ? d : d - half);
+  int a, b;
+  rope_pair(i, half, interleaved, &a, &b);
+  const float x0 = to_f(head[a]), x1 = to_f(head[b]);
+  return to_f(from_f<T>(d == a ? rope_first(x0, x1, cs[i], sn[i]) : rope_second(x0, x1, cs[i], sn[i])));
 }
 
 // Query element (g, d) of this block's kv head, rotated when the kernel does RoPE, times scale.
@@ -178,7 +190,7 @@ __device__ void decode_prefetch_kv(const T* k_cache, const T* v_cache, const u32
   for (int i = threadIdx.x; i < 2 * keys * lines; i += blockDim.x) {
     const int kp = k_begin + i / (2 * lines), rest = i % (2 * lines);
     const T* base = (rest & 1) ? v_cache : k_cache;
-    const u64 row = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
+    const u64 row = kv_slot(bt, kp, block_size) * kv_width + kvh * head_dim;
     prefetch_l2((const char*)(base + row) + 128 * (rest >> 1));
   }
 }
@@ -217,12 +229,7 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
   }
   __syncthreads();  // sq, and the new key for every warp
   float m[DEC_MAX_GROUP], l[DEC_MAX_GROUP], acc[DEC_MAX_GROUP][ATT_DPL];
-#pragma unroll
-  for (int g = 0; g < DEC_MAX_GROUP; g++) {
-    m[g] = -INFINITY; l[g] = 0.f;
-#pragma unroll
-    for (int dd = 0; dd < ATT_DPL; dd++) acc[g][dd] = 0.f;
-  }
+  softmax_init<DEC_MAX_GROUP, ATT_DPL>(m, l, acc);
   const u32* bt = block_tables + (u64)seq * bt_stride;
   for (int k0 = warp * 32; k0 < ctx; k0 += DEC_WARPS * 32) {
     const int kp = k0 + lane;
@@ -231,7 +238,7 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
 #pragma unroll
     for (int g = 0; g < DEC_MAX_GROUP; g++) s[g] = -INFINITY;
     if (kp < ctx) {
-      off = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
+      off = kv_slot(bt, kp, block_size) * kv_width + kvh * head_dim;
 #pragma unroll
       for (int g = 0; g < DEC_MAX_GROUP; g++) if (g < group) s[g] = 0.f;
       // Few blocks go through attention_decode_split; here occupancy matters more than
@@ -422,7 +429,7 @@ __device__ void attention_decode_split_impl(T* out, const T* q, const T* k_cache
     const int nk = min(DS_KT, k_end - t0);
     if (tid < nk) {
       const int kp = t0 + tid;
-      row[tid] = ((u64)bt[kp / block_size] * block_size + kp % block_size) * kv_width + kvh * head_dim;
+      row[tid] = kv_slot(bt, kp, block_size) * kv_width + kvh * head_dim;
     }
     __syncthreads();  // rows, sq, the new key, and the previous tile's readers of sp are done
     float vcol[DS_KT];
@@ -533,10 +540,6 @@ __device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u
 #endif
 }
 
-// Two floats as a bf16 pair, the first in the low half (the lower column index).
-__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
-  return (u32)from_f<bf16_t>(lo) | ((u32)from_f<bf16_t>(hi) << 16);
-}
 
 // Copies keys [k0, k0 + MMA_KT) of kv head `kvh` into shared memory; keys at or past `kend`
 // become zeros (their probability is 0, and 0 x garbage could be NaN).
@@ -550,7 +553,7 @@ __device__ __forceinline__ void mma_load_kv(bf16_t (*sk)[D + MMA_PAD], bf16_t (*
     const int j = e / CH, c = e % CH, kp = k0 + j;
     uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
     if (kp < kend) {
-      const u64 slot = (u64)bt[kp / block_size] * block_size + kp % block_size;
+      const u64 slot = kv_slot(bt, kp, block_size);
       const u64 off = slot * kv_width + kvh * D + c * 8;
       kv = *(const uint4*)(k_cache + off);
       vv = *(const uint4*)(v_cache + off);

@@ -17,8 +17,7 @@ typedef unsigned long long u64;
 // scheduled onto free SMs while it runs, so kernel launch latency overlaps the previous
 // kernel's tail. Without the launch attribute both are no-ops.
 // Work that does not read the previous kernel's output (weights, step metadata, KV rows of
-// earlier steps) may come before PDL_WAIT; kernels that do such work call the two halves
-// themselves.
+// earlier steps) may come before a kernel's PDL_ENTRY().
 #if __CUDA_ARCH__ >= 900
 #define PDL_WAIT() asm volatile("griddepcontrol.wait;\n" ::: "memory")
 #define PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory")
@@ -75,6 +74,11 @@ __device__ __forceinline__ void unpack16(const uint4 v, float* out, bf16_t) {
   out[2] = __uint_as_float(v.y << 16); out[3] = __uint_as_float(v.y & 0xffff0000u);
   out[4] = __uint_as_float(v.z << 16); out[5] = __uint_as_float(v.z & 0xffff0000u);
   out[6] = __uint_as_float(v.w << 16); out[7] = __uint_as_float(v.w & 0xffff0000u);
+}
+
+// Two floats as a bf16 pair, the first in the low half (the lower column index).
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+  return (u32)from_f<bf16_t>(lo) | ((u32)from_f<bf16_t>(hi) << 16);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -193,10 +197,8 @@ __device__ __forceinline__ uint4 pack16(const float* v, float) {
                     __float_as_uint(v[3]));
 }
 __device__ __forceinline__ uint4 pack16(const float* v, bf16_t) {
-  u32 p[4];
-#pragma unroll
-  for (int i = 0; i < 4; i++) p[i] = (u32)from_f<bf16_t>(v[2 * i]) | ((u32)from_f<bf16_t>(v[2 * i + 1]) << 16);
-  return make_uint4(p[0], p[1], p[2], p[3]);
+  return make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]),
+                    pack_bf16x2(v[6], v[7]));
 }
 
 template <typename T>
@@ -285,6 +287,11 @@ __device__ __forceinline__ void rope_pair(int i, int half, int interleaved, int*
   if (interleaved) { *a = 2 * i; *b = 2 * i + 1; } else { *a = i; *b = i + half; }
 }
 
+// The rotation of pair (x0, x1) = (element a, element b) by angle (c = cos, s = sin): the
+// new x0 and x1. Both RoPE paths (rope_write_kv and the decode attention's) use these.
+__device__ __forceinline__ float rope_first(float x0, float x1, float c, float s) { return x0 * c - x1 * s; }
+__device__ __forceinline__ float rope_second(float x0, float x1, float c, float s) { return x1 * c + x0 * s; }
+
 // Rotates q and k of token blockIdx.x, then writes k and v to the cache slot of the token.
 // Cache layout per layer: [slot][kv_heads * head_dim]. The angles of the token are computed
 // once into shared memory (precise sincosf is slow for large angles) and shared by all heads.
@@ -310,7 +317,7 @@ __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions,
     rope_pair(i, half, interleaved, &a, &b);
     T* h = (is_q ? qt : kt) + head * head_dim;
     const float x0 = to_f(h[a]), x1 = to_f(h[b]);
-    const T r0 = from_f<T>(x0 * c - x1 * s), r1 = from_f<T>(x1 * c + x0 * s);
+    const T r0 = from_f<T>(rope_first(x0, x1, c, s)), r1 = from_f<T>(rope_second(x0, x1, c, s));
     h[a] = r0;
     h[b] = r1;
     if (!is_q && slot != NO_SLOT) {
