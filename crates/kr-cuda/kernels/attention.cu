@@ -179,22 +179,6 @@ __device__ void decode_write_new_kv(const T* k_cache, const T* v_cache, const De
   }
 }
 
-// Before PDL_WAIT: the K and V rows of keys [k_begin, k_end) (at most DEC_PREFETCH_KEYS of them)
-// into L2. They were written by earlier steps; the new token's row is not needed here.
-#define DEC_PREFETCH_KEYS 256
-template <typename T>
-__device__ void decode_prefetch_kv(const T* k_cache, const T* v_cache, const u32* bt, int k_begin,
-                                   int k_end, int block_size, int kv_width, int kvh, int head_dim) {
-  const int keys = min(k_end - k_begin, DEC_PREFETCH_KEYS);
-  const int lines = (head_dim * (int)sizeof(T) + 127) / 128;
-  for (int i = threadIdx.x; i < 2 * keys * lines; i += blockDim.x) {
-    const int kp = k_begin + i / (2 * lines), rest = i % (2 * lines);
-    const T* base = (rest & 1) ? v_cache : k_cache;
-    const u64 row = kv_slot(bt, kp, block_size) * kv_width + kvh * head_dim;
-    prefetch_l2((const char*)(base + row) + 128 * (rest >> 1));
-  }
-}
-
 // Decode attention: every sequence has one query token. One block (8 warps) per (sequence, kv
 // head) computes the `group` query heads sharing that kv head; the warps split the keys (warp
 // w takes keys w*32 + lane, then +256, ...), each keeping an online softmax per head, and the
@@ -217,8 +201,6 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int ctx = ctx_len[seq], tok = q_start[seq];
   const int kv_width = num_kv_heads * head_dim, q_width = num_heads * head_dim;
-  decode_prefetch_kv(k_cache, v_cache, block_tables + (u64)seq * bt_stride, 0, ctx - 1, block_size,
-                     kv_width, kvh, head_dim);
   rope_angles(cs, sn, rope, tok, head_dim / 2);
   PDL_ENTRY();
   __syncthreads();  // the angles
@@ -407,8 +389,6 @@ __device__ void attention_decode_split_impl(T* out, const T* q, const T* k_cache
   const int chunk = (ctx + splits - 1) / splits;
   const int k_begin = split * chunk, k_end = min(ctx, k_begin + chunk);
   const u32* bt = block_tables + (u64)seq * bt_stride;
-  decode_prefetch_kv(k_cache, v_cache, bt, k_begin, min(k_end, ctx - 1), block_size, kv_width,
-                     kvh, head_dim);
   rope_angles(cs, sn, rope, tok, head_dim / 2);
   PDL_ENTRY();
   __syncthreads();  // the angles

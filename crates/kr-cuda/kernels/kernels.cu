@@ -38,20 +38,6 @@ typedef unsigned long long u64;
 #define PDL_ENTRY() PDL_WAIT()
 #endif
 
-// L2 prefetch before PDL_WAIT (KR_PREFETCH=0 at compile time turns it off, for comparison).
-// Only the decode attention uses it: prefetching GEMV weight rows this way was measured
-// slower (Llama-3.1-8B shapes, batch-1 decode: 143 tok/s with it, 158 without).
-// A prefetch is only a hint to the memory system: it never returns data, so it is safe even
-// on memory the previous kernel is still writing.
-#ifndef KR_PREFETCH
-#define KR_PREFETCH 1
-#endif
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-#if KR_PREFETCH
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-#endif
-}
-
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(bf16_t x) { return __uint_as_float(((u32)x) << 16); }
 

@@ -281,15 +281,11 @@ impl Drop for PinnedWords {
 fn compiled_kernels(cc: (i32, i32)) -> Result<Ptx> {
     let arch = format!("compute_{}{}", cc.0, cc.1);
     let nvrtc = nvrtc_version()?;
-    // `KR_CUDA_PREFETCH=0` compiles the kernels without their L2 prefetches (for comparison).
-    // and `KR_CUDA_PDL_EARLY=0` without the early programmatic-launch trigger (kernels.cu).
-    let off = |var: &str| std::env::var(var).is_ok_and(|v| v.trim() == "0");
-    let defines = [
-        ("KR_PREFETCH", "KR_CUDA_PREFETCH"),
-        ("KR_PDL_EARLY", "KR_CUDA_PDL_EARLY"),
-    ]
-    .map(|(define, var)| format!("-D{define}={}", u8::from(!off(var))));
-    let key = fnv1a(format!("{KERNEL_SOURCE}\0{arch}\0{nvrtc}\0{defines:?}").as_bytes());
+    // `KR_CUDA_PDL_EARLY=0` compiles the kernels without the early programmatic-launch
+    // trigger (kernels.cu), for comparison.
+    let early = !std::env::var("KR_CUDA_PDL_EARLY").is_ok_and(|v| v.trim() == "0");
+    let define = format!("-DKR_PDL_EARLY={}", u8::from(early));
+    let key = fnv1a(format!("{KERNEL_SOURCE}\0{arch}\0{nvrtc}\0{define}").as_bytes());
     let path = cache_dir().map(|d| d.join(format!("kernels-{key:016x}.ptx")));
     if let Some(src) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
         tracing::debug!("kernels from the cache");
@@ -297,10 +293,11 @@ fn compiled_kernels(cc: (i32, i32)) -> Result<Ptx> {
     }
     let t0 = std::time::Instant::now();
     let opts = CompileOptions {
-        options: [format!("--gpu-architecture={arch}"), "-std=c++17".into()]
-            .into_iter()
-            .chain(defines)
-            .collect(),
+        options: vec![
+            format!("--gpu-architecture={arch}"),
+            "-std=c++17".into(),
+            define,
+        ],
         ..Default::default()
     };
     let ptx = compile_ptx_with_opts(KERNEL_SOURCE, opts)

@@ -3,10 +3,10 @@
 //! is still running, which hides most of the launch latency between the ~10 small kernels
 //! of each layer (also inside CUDA graphs, where the edges become programmatic).
 //!
-//! Invariants: every kernel runs `PDL_WAIT()` (kernels.cu, `griddepcontrol.wait`) before it
+//! Invariants: every kernel runs `PDL_ENTRY()` (kernels.cu, `griddepcontrol.wait`) before it
 //! reads anything the previous kernels write, so it sees all of it, exactly as with plain
-//! stream order; before the wait a kernel only prefetches into L2 and reads what no step
-//! writes (weights, step metadata, RoPE frequencies). `KR_CUDA_PDL=0` turns PDL off (plain
+//! stream order; before it a kernel only reads what no step writes (weights, step metadata,
+//! RoPE frequencies). `KR_CUDA_PDL=0` turns PDL off (plain
 //! launches) for comparison.
 
 use super::CudaBackend;
