@@ -202,6 +202,11 @@ fn per_row(rows: usize) -> LaunchConfig {
 /// 16-byte vectors per thread of `add_rms_norm_vec` (NORM_VREGS in kernels.cu; 256 threads).
 const NORM_VREGS: usize = 4;
 
+/// The kernels' `interleaved` argument: 1 for interleaved RoPE pairs, 0 for half-split.
+fn interleaved_flag(rope: &Rope) -> i32 {
+    i32::from(rope.style == RopeStyle::Interleaved)
+}
+
 /// Enough blocks of 256 threads for `n` elements in a grid-stride loop.
 fn elementwise(n: usize) -> LaunchConfig {
     grid1(n.div_ceil(256).min(65_535), 256)
@@ -439,7 +444,7 @@ impl CudaBackend {
         let (kc, vc) = (cache.k(layer), cache.v(layer));
         let nh = (q.cols / l.head_dim) as i32;
         let (nkv, hd) = (l.num_kv_heads as i32, l.head_dim as i32);
-        let inter = i32::from(rope.style == RopeStyle::Interleaved);
+        let inter = interleaved_flag(rope);
         launch!(
             self,
             "rope_write_kv",

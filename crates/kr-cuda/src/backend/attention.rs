@@ -7,11 +7,11 @@
 //! the same arguments and the work items and tiles that `meta::pack` wrote, so either can run
 //! any step.
 
-use super::{CudaBackend, CudaKvCache, CudaTensor, DType};
+use super::{interleaved_flag, CudaBackend, CudaKvCache, CudaTensor, DType};
 use crate::error::driver;
 use crate::meta::{tile_q, ATTENTION_ROWS};
 use cudarc::driver::LaunchConfig;
-use kr_model::{KvLayout, Rope, RopeStyle};
+use kr_model::{KvLayout, Rope};
 
 /// Query heads per kv head the decode attention kernel handles (DEC_MAX_GROUP in the kernel).
 const DECODE_MAX_GROUP: usize = 8;
@@ -32,12 +32,6 @@ struct FusedRope<'a> {
     k: u64,
     v: u64,
     rope: &'a Rope,
-}
-
-impl FusedRope<'_> {
-    fn interleaved(&self) -> i32 {
-        i32::from(self.rope.style == RopeStyle::Interleaved)
-    }
 }
 
 /// `KR_CUDA_DECODE_SPLITS` clamped to 1..=DECODE_MAX_SPLITS (default: the maximum).
@@ -180,7 +174,12 @@ impl CudaBackend {
         };
         let o = self.meta_layout.offsets();
         let (kn, vn, freq, inter) = match fused {
-            Some(f) => (f.k, f.v, self.inv_freq_ptr(f.rope), f.interleaved()),
+            Some(f) => (
+                f.k,
+                f.v,
+                self.inv_freq_ptr(f.rope),
+                interleaved_flag(f.rope),
+            ),
             None => (0u64, 0u64, 0u64, 0i32),
         };
         let (pos, slots) = (self.meta_ptr(o.positions), self.meta_ptr(o.slots));

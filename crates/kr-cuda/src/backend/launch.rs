@@ -6,8 +6,7 @@
 //! Invariants: every kernel runs `PDL_ENTRY()` (kernels.cu, `griddepcontrol.wait`) before it
 //! reads anything the previous kernels write, so it sees all of it, exactly as with plain
 //! stream order; before it a kernel only reads what no step writes (weights, step metadata,
-//! RoPE frequencies). `KR_CUDA_PDL=0` turns PDL off (plain
-//! launches) for comparison.
+//! RoPE frequencies). `KR_CUDA_PDL=0` turns PDL off (plain launches) for comparison.
 
 use super::CudaBackend;
 use crate::device::Gpu;
@@ -42,7 +41,7 @@ pub(super) fn skipped_kernels() -> Vec<String> {
 impl CudaBackend {
     /// Whether `name` is skipped (see [`skipped_kernels`]).
     pub(super) fn skipped(&self, name: &str) -> bool {
-        !self.skip_kernels.is_empty() && self.skip_kernels.iter().any(|k| k == name)
+        self.skip_kernels.iter().any(|k| k == name)
     }
 
     /// Launches `f` on the backend's stream with `params` (one pointer per kernel parameter).
