@@ -205,11 +205,6 @@ impl Backend for CpuBackend {
         out
     }
 
-    fn add_rms_norm(&self, x: &mut Mat, delta: &Mat, w: &Vec<f32>, eps: f32) -> Mat {
-        self.add_inplace(x, delta);
-        self.rms_norm(x, w, eps)
-    }
-
     fn add_inplace(&self, x: &mut Mat, delta: &Mat) {
         for (a, b) in x.data.iter_mut().zip(&delta.data) {
             *a += b;

@@ -109,22 +109,6 @@ __device__ void embed_impl(T* out, const T* table, const u32* ids, int cols) {
 // ROW_REGS * blockDim are read again.
 #define ROW_REGS 8
 
-// The shared end of the norm kernels: with `ss` this thread's sum of squares of row `base`
-// and `v` its first ROW_REGS values (later columns are read again from x), writes
-// out = x * rsqrt(mean(x^2) + eps) * w.
-template <typename T>
-__device__ __forceinline__ void normalize_row(T* out, const T* x, const float* v, float ss,
-                                              const float* w, u64 base, int cols, float eps) {
-  const float inv = rsqrtf(block_sum(ss) / cols + eps);
-#pragma unroll
-  for (int i = 0; i < ROW_REGS; i++) {
-    const int c = threadIdx.x + i * blockDim.x;
-    if (c < cols) out[base + c] = from_f<T>(v[i] * inv * w[c]);
-  }
-  for (int c = threadIdx.x + ROW_REGS * blockDim.x; c < cols; c += blockDim.x)
-    out[base + c] = from_f<T>(to_f(x[base + c]) * inv * w[c]);
-}
-
 // out = rms_norm(x) * w per row. Grid: rows.
 template <typename T>
 __device__ void rms_norm_impl(T* out, const T* x, const float* w, int cols, float eps) {
@@ -140,43 +124,22 @@ __device__ void rms_norm_impl(T* out, const T* x, const float* w, int cols, floa
     const float t = to_f(x[base + c]);
     ss += t * t;
   }
-  normalize_row<T>(out, x, v, ss, w, base, cols, eps);
-}
-
-// x += delta (stored in T), then out = rms_norm(x) * w. Grid: rows.
-template <typename T>
-__device__ void add_rms_norm_impl(T* out, T* x, const T* delta, const float* w, int cols, float eps) {
-  const u64 base = (u64)blockIdx.x * cols;
-  float v[ROW_REGS], dv[ROW_REGS], ss = 0.f;
-  // All loads first: a store to x between them would keep the compiler from overlapping them.
+  const float inv = rsqrtf(block_sum(ss) / cols + eps);
 #pragma unroll
   for (int i = 0; i < ROW_REGS; i++) {
     const int c = threadIdx.x + i * blockDim.x;
-    v[i] = c < cols ? to_f(x[base + c]) : 0.f;
-    dv[i] = c < cols ? to_f(delta[base + c]) : 0.f;
+    if (c < cols) out[base + c] = from_f<T>(v[i] * inv * w[c]);
   }
-#pragma unroll
-  for (int i = 0; i < ROW_REGS; i++) {
-    const int c = threadIdx.x + i * blockDim.x;
-    const T sum = from_f<T>(v[i] + dv[i]);
-    v[i] = to_f(sum);
-    if (c < cols) x[base + c] = sum;
-    ss += v[i] * v[i];
-  }
-  for (int c = threadIdx.x + ROW_REGS * blockDim.x; c < cols; c += blockDim.x) {
-    const T sum = from_f<T>(to_f(x[base + c]) + to_f(delta[base + c]));
-    x[base + c] = sum;
-    const float t = to_f(sum);
-    ss += t * t;
-  }
-  normalize_row<T>(out, x, v, ss, w, base, cols, eps);
+  for (int c = threadIdx.x + ROW_REGS * blockDim.x; c < cols; c += blockDim.x)
+    out[base + c] = from_f<T>(to_f(x[base + c]) * inv * w[c]);
 }
 
-// add_rms_norm for rows of at most NORM_VREGS 16-byte vectors per thread (cols a multiple of
-// 16 bytes; 256 threads: up to 8192 bf16 columns): 16-byte loads and stores, and the norm
-// weights read into registers before PDL_WAIT (they are never written), so after the wait the
-// kernel is one load round trip, one block reduction and the stores. The scalar kernel took
-// 7 us for one 4096-wide row (Nsight Compute), most of it memory round trips.
+// rms_norm for rows of at most NORM_VREGS 16-byte vectors per thread (cols a multiple of 16
+// bytes; 256 threads: up to 8192 bf16 columns): 16-byte loads and stores, and the norm weights
+// read into registers before PDL_WAIT (they are never written), so after the wait the kernel
+// is one load round trip, one block reduction and the stores. The scalar kernel took 7 us for
+// one 4096-wide row (Nsight Compute), most of it memory round trips. Used where the norm is
+// not folded into the GEMV that follows (more than 8 tokens).
 #define NORM_VREGS 4
 __device__ __forceinline__ uint4 pack16(const float* v, float) {
   return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]),
@@ -188,12 +151,10 @@ __device__ __forceinline__ uint4 pack16(const float* v, bf16_t) {
 }
 
 template <typename T>
-__device__ void add_rms_norm_vec_impl(T* out, T* x, const T* delta, const float* w, int cols,
-                                      float eps) {
+__device__ void rms_norm_vec_impl(T* out, const T* x, const float* w, int cols, float eps) {
   const int VEC = 16 / sizeof(T), nv = cols / VEC;
   const u64 base = (u64)blockIdx.x * nv;
-  uint4* xr = (uint4*)x + base;
-  const uint4* dr = (const uint4*)delta + base;
+  const uint4* xr = (const uint4*)x + base;
   uint4* orow = (uint4*)out + base;
   float wv[NORM_VREGS][8];
 #pragma unroll
@@ -203,26 +164,20 @@ __device__ void add_rms_norm_vec_impl(T* out, T* x, const T* delta, const float*
     for (int e = 0; e < VEC; e++) wv[i][e] = idx < nv ? w[idx * VEC + e] : 0.f;
   }
   PDL_ENTRY();
-  uint4 xa[NORM_VREGS], da[NORM_VREGS];
+  uint4 xa[NORM_VREGS];
 #pragma unroll
   for (int i = 0; i < NORM_VREGS; i++) {
     const int idx = threadIdx.x + i * blockDim.x;
-    if (idx < nv) { xa[i] = xr[idx]; da[i] = dr[idx]; }
+    if (idx < nv) xa[i] = xr[idx];
   }
   float v[NORM_VREGS][8], ss = 0.f;
 #pragma unroll
   for (int i = 0; i < NORM_VREGS; i++) {
     const int idx = threadIdx.x + i * blockDim.x;
     if (idx >= nv) continue;
-    float a[8], b[8];
-    unpack16(xa[i], a, T());
-    unpack16(da[i], b, T());
+    unpack16(xa[i], v[i], T());
 #pragma unroll
-    for (int e = 0; e < VEC; e++) {
-      v[i][e] = to_f(from_f<T>(a[e] + b[e]));  // the residual is stored in T
-      ss += v[i][e] * v[i][e];
-    }
-    xr[idx] = pack16(v[i], T());
+    for (int e = 0; e < VEC; e++) ss += v[i][e] * v[i][e];
   }
   const float inv = rsqrtf(block_sum(ss) / cols + eps);
 #pragma unroll
@@ -323,100 +278,168 @@ __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions,
 // weight row with 16-byte loads, four in flight per lane, so the weights are read once for
 // all tokens (batch-1 decode is bound by this read). Weights bypass L1 (__ldcs) so the
 // activations, re-read for every row, stay there. Needs cols * sizeof(T) % 16 == 0.
+//
+// NORM: the input is rms_norm(x) * g, never materialised. Each warp reads all of x anyway, so
+// it also sums x^2 and computes y = rsqrt(mean(x^2) + eps) * sum_c (w[r, c] * g[c]) * x[c]:
+// the norm costs no kernel of its own and no round trip through memory.
 #define GEMV_MAX_T 8
-template <typename T, int NT>
-__device__ __forceinline__ void gemv_partial(float* acc, const T* x, const T* w_row, int cols, int lane) {
+template <typename T, int NT, bool NORM, bool SUMSQ>
+__device__ __forceinline__ void gemv_vec(float* acc, float* ss, uint4 wv, const uint4* xr, int nv,
+                                         int v, const float* g) {
   const int VEC = 16 / sizeof(T);
-  const int nv = cols / VEC;
+  float wf[8];
+  unpack16(wv, wf, T());
+  if (NORM) {
+    const float4* gv = (const float4*)g + (u64)v * (VEC / 4);
+#pragma unroll
+    for (int q = 0; q < VEC / 4; q++) {
+      const float4 s = __ldg(gv + q);
+      wf[4 * q] *= s.x;
+      wf[4 * q + 1] *= s.y;
+      wf[4 * q + 2] *= s.z;
+      wf[4 * q + 3] *= s.w;
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < NT; b++) {
+    float xf[8];
+    unpack16(__ldg(xr + (u64)b * nv + v), xf, T());
+#pragma unroll
+    for (int e = 0; e < VEC; e++) {
+      acc[b] += wf[e] * xf[e];
+      if (SUMSQ) ss[b] += xf[e] * xf[e];
+    }
+  }
+}
+
+// KR_GEMV_PRELOAD (default 1; KR_CUDA_GEMV_PRELOAD=0 compiles it out, for comparison): each
+// lane loads the first four 16-byte vectors of its weight row (its `head`) before PDL_WAIT.
+// Weights are never written, and a kernel's first blocks become resident while the kernel
+// before it drains, so their first loads overlap that tail instead of starting after it.
+#ifndef KR_GEMV_PRELOAD
+#define KR_GEMV_PRELOAD 1
+#endif
+template <typename T>
+__device__ __forceinline__ void gemv_head(uint4* head, const T* w_row, int cols, int lane) {
+  const int nv = cols / (16 / sizeof(T));
+  if (KR_GEMV_PRELOAD && lane + 96 < nv) {
+#pragma unroll
+    for (int u = 0; u < 4; u++) head[u] = __ldcs((const uint4*)w_row + lane + 32 * u);
+  }
+}
+
+// One warp's partial sums of row w_row; `head` (may be null) holds the row's first vectors
+// from gemv_head.
+template <typename T, int NT, bool NORM, bool SUMSQ>
+__device__ __forceinline__ void gemv_partial(float* acc, float* ss, const T* x, const T* w_row,
+                                             const float* g, int cols, int lane,
+                                             const uint4* head) {
+  const int nv = cols / (16 / sizeof(T));
   const uint4* wr = (const uint4*)w_row;
   const uint4* xr = (const uint4*)x;
   int v = lane;
+  if (KR_GEMV_PRELOAD && head != nullptr && v + 96 < nv) {
+#pragma unroll
+    for (int u = 0; u < 4; u++) gemv_vec<T, NT, NORM, SUMSQ>(acc, ss, head[u], xr, nv, v + 32 * u, g);
+    v += 128;
+  }
   for (; v + 96 < nv; v += 128) {
     uint4 wv[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) wv[u] = __ldcs(wr + v + 32 * u);
 #pragma unroll
-    for (int u = 0; u < 4; u++) {
-      float wf[8];
-      unpack16(wv[u], wf, T());
-#pragma unroll
-      for (int b = 0; b < NT; b++) {
-        float xf[8];
-        unpack16(__ldg(xr + (u64)b * nv + v + 32 * u), xf, T());
-#pragma unroll
-        for (int e = 0; e < VEC; e++) acc[b] += wf[e] * xf[e];
-      }
-    }
+    for (int u = 0; u < 4; u++) gemv_vec<T, NT, NORM, SUMSQ>(acc, ss, wv[u], xr, nv, v + 32 * u, g);
   }
-  for (; v < nv; v += 32) {
-    float wf[8];
-    unpack16(__ldcs(wr + v), wf, T());
-#pragma unroll
-    for (int b = 0; b < NT; b++) {
-      float xf[8];
-      unpack16(__ldg(xr + (u64)b * nv + v), xf, T());
-#pragma unroll
-      for (int e = 0; e < VEC; e++) acc[b] += wf[e] * xf[e];
-    }
-  }
+  for (; v < nv; v += 32) gemv_vec<T, NT, NORM, SUMSQ>(acc, ss, __ldcs(wr + v), xr, nv, v, g);
 }
 
-template <typename T, int NT>
-__device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const float* bias, int rows,
-                                          int cols, int r, int lane) {
-  float acc[NT];
+// The factor that turns sum_c (w[r, c] * g[c]) * x[c] into the projection of rms_norm(x) * g
+// (1 without NORM): every lane ends with the whole row's sum.
+template <int NT, bool NORM>
+__device__ __forceinline__ void norm_scales(float* scale, const float* ss, int cols, float eps) {
 #pragma unroll
-  for (int b = 0; b < NT; b++) acc[b] = 0.f;
-  gemv_partial<T, NT>(acc, x, w + (u64)r * cols, cols, lane);
+  for (int b = 0; b < NT; b++) scale[b] = NORM ? rsqrtf(warp_sum(ss[b]) / cols + eps) : 1.f;
+}
+
+// One output row of the warp: y = scale * (x · w[r]) + bias (+ y where `accumulate`: the
+// residual add of the o and down projections, in place, each element owned by one lane).
+template <typename T, int NT, bool NORM>
+__device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const float* bias, int rows,
+                                          int cols, int r, int lane, const float* g, float eps,
+                                          int accumulate, const uint4* head) {
+  float acc[NT], ss[NT], scale[NT];
+#pragma unroll
+  for (int b = 0; b < NT; b++) { acc[b] = 0.f; ss[b] = 0.f; }
+  gemv_partial<T, NT, NORM, NORM>(acc, ss, x, w + (u64)r * cols, g, cols, lane, head);
+  norm_scales<NT, NORM>(scale, ss, cols, eps);
 #pragma unroll
   for (int b = 0; b < NT; b++) {
-    const float s = warp_sum(acc[b]);
-    if (lane == 0) y[(u64)b * rows + r] = from_f<T>(s + (bias ? bias[r] : 0.f));
+    const float s = warp_sum(acc[b]) * scale[b] + (bias ? bias[r] : 0.f);
+    if (lane == 0) {
+      const u64 i = (u64)b * rows + r;
+      y[i] = from_f<T>(accumulate ? s + to_f(y[i]) : s);
+    }
   }
 }
 
 // The q, k and v projections of the same tokens in one launch (decode reads all three weight
 // matrices back to back instead of in three kernels): warps [0, nq) take wq, the next nk take
-// wk, the next nv take wv.
-template <typename T, int NT>
+// wk, the next nv take wv. The GEMV kernels run PDL_ENTRY themselves, after gemv_head.
+template <typename T, int NT, bool NORM>
 __device__ void gemv_qkv_impl(T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk,
                               const T* wv, const float* bq, const float* bk, const float* bv,
-                              int nq, int nk, int nv, int cols) {
+                              int nq, int nk, int nv, int cols, const float* g, float eps) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  int r = blockIdx.x * 8 + warp;
-  if (r < nq) { gemv_rows<T, NT>(yq, x, wq, bq, nq, cols, r, lane); return; }
-  r -= nq;
-  if (r < nk) { gemv_rows<T, NT>(yk, x, wk, bk, nk, cols, r, lane); return; }
-  r -= nk;
-  if (r < nv) gemv_rows<T, NT>(yv, x, wv, bv, nv, cols, r, lane);
+  int r = blockIdx.x * 8 + warp, n = nq;
+  T* y = yq;
+  const T* w = wq;
+  const float* bias = bq;
+  if (r >= nq) {
+    r -= nq;
+    if (r < nk) { n = nk; y = yk; w = wk; bias = bk; }
+    else { r -= nk; n = nv; y = yv; w = wv; bias = bv; }
+  }
+  uint4 head[4];
+  if (r < n) gemv_head<T>(head, w + (u64)r * cols, cols, lane);
+  PDL_ENTRY();
+  if (r < n) gemv_rows<T, NT, NORM>(y, x, w, bias, n, cols, r, lane, g, eps, 0, head);
 }
 
 // y = silu(x·Wg) ⊙ (x·Wu): one warp streams row r of both matrices; the gate and up values
 // never leave registers (no separate SiLU·mul kernel, no rounding of the two halves).
-template <typename T, int NT>
-__device__ void gemv_gate_up_impl(T* y, const T* x, const T* wg, const T* wu, int rows, int cols) {
+template <typename T, int NT, bool NORM>
+__device__ void gemv_gate_up_impl(T* y, const T* x, const T* wg, const T* wu, int rows, int cols,
+                                  const float* g, float eps) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + warp;
+  uint4 head[4];
+  if (r < rows) gemv_head<T>(head, wg + (u64)r * cols, cols, lane);
+  PDL_ENTRY();
   if (r >= rows) return;
-  float ag[NT], au[NT];
+  float ag[NT], au[NT], ss[NT], scale[NT];
 #pragma unroll
-  for (int b = 0; b < NT; b++) { ag[b] = 0.f; au[b] = 0.f; }
-  gemv_partial<T, NT>(ag, x, wg + (u64)r * cols, cols, lane);
-  gemv_partial<T, NT>(au, x, wu + (u64)r * cols, cols, lane);
+  for (int b = 0; b < NT; b++) { ag[b] = 0.f; au[b] = 0.f; ss[b] = 0.f; }
+  gemv_partial<T, NT, NORM, NORM>(ag, ss, x, wg + (u64)r * cols, g, cols, lane, head);
+  gemv_partial<T, NT, NORM, false>(au, ss, x, wu + (u64)r * cols, g, cols, lane, nullptr);
+  norm_scales<NT, NORM>(scale, ss, cols, eps);
 #pragma unroll
   for (int b = 0; b < NT; b++) {
-    const float g = warp_sum(ag[b]), u = warp_sum(au[b]);
-    if (lane == 0) y[(u64)b * rows + r] = from_f<T>(g / (1.f + expf(-g)) * u);
+    const float gs = warp_sum(ag[b]) * scale[b], us = warp_sum(au[b]) * scale[b];
+    if (lane == 0) y[(u64)b * rows + r] = from_f<T>(gs / (1.f + expf(-gs)) * us);
   }
 }
 
 // One kernel per token count (gemv1 ... gemv8), so that the small cases keep few registers
 // and high occupancy (a switch inside one kernel would size every case like the largest).
-template <typename T, int NT>
-__device__ void gemv_impl(T* y, const T* x, const T* w, const float* bias, int rows, int cols) {
+template <typename T, int NT, bool NORM>
+__device__ void gemv_impl(T* y, const T* x, const T* w, const float* bias, int rows, int cols,
+                          const float* g, float eps, int accumulate) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + warp;
-  if (r < rows) gemv_rows<T, NT>(y, x, w, bias, rows, cols, r, lane);
+  uint4 head[4];
+  if (r < rows) gemv_head<T>(head, w + (u64)r * cols, cols, lane);
+  PDL_ENTRY();
+  if (r < rows) gemv_rows<T, NT, NORM>(y, x, w, bias, rows, cols, r, lane, g, eps, accumulate, head);
 }
 
 // out[i, :] = x[rows[i], :]. Grid: output rows.
@@ -494,24 +517,28 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
     out[i] = to_f(x[i]);
 }
 
+// Each GEMV kernel takes an optional input norm g (null: none); the two cases are separate
+// code paths chosen once per launch, so the plain one pays nothing for the other.
 #define GEMV(T, S, N)                                                                              \
   extern "C" __global__ void __launch_bounds__(256)                                                \
-      gemv##N##_##S(T* y, const T* x, const T* w, const float* bias, int rows, int cols) {         \
-    PDL_ENTRY();                                                                                   \
-    gemv_impl<T, N>(y, x, w, bias, rows, cols);                                                    \
+      gemv##N##_##S(T* y, const T* x, const T* w, const float* bias, int rows, int cols,           \
+                    const float* g, float eps, int accumulate) {                                   \
+    if (g) gemv_impl<T, N, true>(y, x, w, bias, rows, cols, g, eps, accumulate);                   \
+    else gemv_impl<T, N, false>(y, x, w, bias, rows, cols, g, eps, accumulate);                    \
   }
 
 #define GEMV_FUSED(T, S, N)                                                                        \
   extern "C" __global__ void __launch_bounds__(256) gemv_qkv##N##_##S(                             \
       T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk, const T* wv, const float* bq,     \
-      const float* bk, const float* bv, int nq, int nk, int nv, int cols) {                        \
-    PDL_ENTRY();                                                                                   \
-    gemv_qkv_impl<T, N>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols);                  \
+      const float* bk, const float* bv, int nq, int nk, int nv, int cols, const float* g,          \
+      float eps) {                                                                                 \
+    if (g) gemv_qkv_impl<T, N, true>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols, g, eps); \
+    else gemv_qkv_impl<T, N, false>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols, g, eps); \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256) gemv_gate_up##N##_##S(                         \
-      T* y, const T* x, const T* wg, const T* wu, int rows, int cols) {                            \
-    PDL_ENTRY();                                                                                   \
-    gemv_gate_up_impl<T, N>(y, x, wg, wu, rows, cols);                                             \
+      T* y, const T* x, const T* wg, const T* wu, int rows, int cols, const float* g, float eps) { \
+    if (g) gemv_gate_up_impl<T, N, true>(y, x, wg, wu, rows, cols, g, eps);                        \
+    else gemv_gate_up_impl<T, N, false>(y, x, wg, wu, rows, cols, g, eps);                         \
   }
 
 #define KERNELS(T, S)                                                                              \
@@ -521,13 +548,9 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
   extern "C" __global__ void __launch_bounds__(1024) rms_norm_##S(T* out, const T* x, const float* w, int cols, float eps) { PDL_ENTRY(); \
     rms_norm_impl<T>(out, x, w, cols, eps);                                                        \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(1024) add_rms_norm_##S(T* out, T* x, const T* delta, const float* w, int cols, \
-                                              float eps) { PDL_ENTRY();                                         \
-    add_rms_norm_impl<T>(out, x, delta, w, cols, eps);                                             \
-  }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(256) add_rms_norm_vec_##S(T* out, T* x, const T* delta,     \
-                                                                        const float* w, int cols, float eps) { \
-    add_rms_norm_vec_impl<T>(out, x, delta, w, cols, eps);                                         \
+  extern "C" __global__ void __launch_bounds__(256) rms_norm_vec_##S(T* out, const T* x,             \
+                                                                    const float* w, int cols, float eps) { \
+    rms_norm_vec_impl<T>(out, x, w, cols, eps);                                                    \
   }                                                                                                \
   extern "C" __global__ void add_inplace_##S(T* x, const T* delta, u64 n) { PDL_ENTRY();                        \
     add_inplace_impl<T>(x, delta, n);                                                              \

@@ -13,7 +13,6 @@ use crate::gemm::{GemmType, Lt};
 use crate::meta::{pack, tile_q, used_ranges, MetaLayout, StepCounts};
 use crate::pool::{FirstFit, SharedPool};
 use cudarc::driver::LaunchConfig;
-use kr_model::quant::GgmlType;
 use kr_model::{AttnMeta, Backend, KvLayout, RawTensor, Rope, RopeStyle};
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
@@ -49,7 +48,7 @@ impl DType {
 /// Rows at or below which `linear` uses the weight-streaming GEMV kernel instead of cuBLASLt.
 pub const GEMV_MAX_ROWS: usize = 8;
 /// The GEMV kernel for each token count 1..=8.
-const GEMV_KERNELS: [&str; GEMV_MAX_ROWS] = [
+pub(super) const GEMV_KERNELS: [&str; GEMV_MAX_ROWS] = [
     "gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8",
 ];
 
@@ -71,31 +70,6 @@ impl Drop for CudaTensor {
             }
         }
     }
-}
-
-/// A weight matrix: a range of the weight arena (or its own buffer when the arena is full).
-/// Weights loaded one after another are adjacent in the arena, which lets prefill run q|k|v
-/// and gate|up as one GEMM each.
-pub struct CudaWeight {
-    ptr: u64,
-    bytes: usize,
-    _mem: Arc<DeviceBuffer>,
-    pub rows: usize,
-    pub cols: usize,
-}
-
-/// One allocation that the weights are placed in back to back, in load order.
-struct WeightArena {
-    mem: Arc<DeviceBuffer>,
-    used: usize,
-}
-
-/// Alignment of each weight in the arena (cuBLASLt and 16-byte vector loads need far less).
-const WEIGHT_ALIGN: usize = 256;
-
-/// Arena bytes for a weight of `bytes` bytes.
-pub fn arena_size(bytes: usize) -> usize {
-    bytes.next_multiple_of(WEIGHT_ALIGN)
 }
 
 pub struct CudaVector {
@@ -154,6 +128,9 @@ pub struct CudaBackend {
     /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
     /// results are wrong). Empty in normal use.
     skip_kernels: Vec<String>,
+    /// Fold RMSNorms and residual adds into the GEMVs (see `backend::fused`); `KR_CUDA_FOLD_NORMS=0`
+    /// runs them as kernels of their own, for comparison.
+    fold_norms: bool,
     error: RefCell<Option<CudaError>>,
 }
 
@@ -180,9 +157,13 @@ mod fused;
 mod launch;
 mod profile;
 mod sample;
+mod weights;
 pub use attention::MMA_KERNEL_NAMES;
+use fused::FoldedNorm;
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
 pub use sample::RowSampling;
+use weights::WeightArena;
+pub use weights::{arena_size, CudaWeight};
 
 fn grid1(blocks: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
@@ -199,7 +180,7 @@ fn per_row(rows: usize) -> LaunchConfig {
     grid1(rows, if rows <= 64 { 1024 } else { 256 })
 }
 
-/// 16-byte vectors per thread of `add_rms_norm_vec` (NORM_VREGS in kernels.cu; 256 threads).
+/// 16-byte vectors per thread of `rms_norm_vec` (NORM_VREGS in kernels.cu; 256 threads).
 const NORM_VREGS: usize = 4;
 
 /// The kernels' `interleaved` argument: 1 for interleaved RoPE pairs, 0 for half-split.
@@ -253,6 +234,7 @@ impl CudaBackend {
             split_counters,
             max_decode_splits: attention::max_decode_splits(),
             skip_kernels: launch::skipped_kernels(),
+            fold_norms: std::env::var("KR_CUDA_FOLD_NORMS").map_or(true, |v| v.trim() != "0"),
             error: RefCell::new(None),
         })
     }
@@ -316,63 +298,22 @@ impl CudaBackend {
     }
 
     /// Device copy of a weight in the compute dtype.
-    /// `y[t, rows] = x[t, cols] · w[rows, cols]ᵀ` on cuBLASLt.
-    fn gemm(&self, y: u64, x: u64, w: u64, t: usize, rows: usize, cols: usize) {
+    /// `y[t, rows] = x[t, cols] · w[rows, cols]ᵀ` on cuBLASLt (`y +=` where `accumulate`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&self, y: u64, x: u64, w: u64, t: usize, rows: usize, cols: usize, accumulate: bool) {
         if self.error.borrow().is_none() {
             let timing = self.profile_begin();
-            let r = self
-                .lt
-                .matmul(&self.gpu, self.dtype.gemm(), y, x, w, t, rows, cols);
+            let r = self.lt.matmul(
+                &self.gpu,
+                self.dtype.gemm(),
+                y,
+                x,
+                w,
+                (t, rows, cols),
+                accumulate,
+            );
             self.profile_end("cublaslt_gemm", timing);
             self.record(r);
-        }
-    }
-
-    /// Allocates one buffer of `bytes` that the following `load_weight` calls fill in order
-    /// (see [`arena_size`]); weights that do not fit get their own buffers.
-    pub fn reserve_weights(&self, bytes: usize) -> Result<()> {
-        let mem = Arc::new(self.gpu.alloc(bytes)?);
-        *self.weights.borrow_mut() = Some(WeightArena { mem, used: 0 });
-        Ok(())
-    }
-
-    /// Uploads one weight into the arena when it fits, else into its own buffer.
-    fn place_weight(&self, bytes: &[u8]) -> Result<(u64, Arc<DeviceBuffer>)> {
-        if let Some(arena) = self.weights.borrow_mut().as_mut() {
-            if arena.used + bytes.len() <= arena.mem.bytes {
-                let ptr = arena.mem.ptr + arena.used as u64;
-                self.gpu.upload_to(ptr, bytes)?;
-                arena.used += arena_size(bytes.len());
-                return Ok((ptr, arena.mem.clone()));
-            }
-        }
-        let buf = self.gpu.upload(bytes)?;
-        Ok((buf.ptr, Arc::new(buf)))
-    }
-
-    /// The start of `w` when the weights follow each other in memory (one matrix of their
-    /// rows stacked), else `None`.
-    fn adjacent(w: &[&CudaWeight]) -> Option<u64> {
-        let cols = w[0].cols;
-        let stacked = w.windows(2).all(|p| {
-            p[1].cols == cols
-                && p[1].ptr == p[0].ptr + p[0].bytes as u64
-                && p[0].bytes == arena_size(p[0].bytes)
-        });
-        stacked.then_some(w[0].ptr)
-    }
-
-    fn weight_bytes(&self, t: &RawTensor) -> Vec<u8> {
-        match (t.ty, self.dtype) {
-            (GgmlType::BF16, DType::Bf16) | (GgmlType::F32, DType::F32) => {
-                t.bytes.as_slice().to_vec()
-            }
-            (_, DType::F32) => t.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect(),
-            (_, DType::Bf16) => t
-                .to_f32()
-                .iter()
-                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-                .collect(),
         }
     }
 
@@ -476,18 +417,7 @@ impl Backend for CudaBackend {
     }
 
     fn load_weight(&self, t: &RawTensor) -> CudaWeight {
-        let bytes = self.weight_bytes(t);
-        let (ptr, mem) = self.place_weight(&bytes).unwrap_or_else(|e| {
-            self.record(Err(e));
-            (0, Arc::new(DeviceBuffer { ptr: 0, bytes: 0 }))
-        });
-        CudaWeight {
-            ptr,
-            bytes: bytes.len(),
-            _mem: mem,
-            rows: t.rows,
-            cols: t.cols,
-        }
+        self.new_weight(t)
     }
 
     fn load_vector(&self, v: &[f32]) -> CudaVector {
@@ -567,37 +497,22 @@ impl Backend for CudaBackend {
     fn rms_norm(&self, x: &CudaTensor, w: &CudaVector, eps: f32) -> CudaTensor {
         let out = self.alloc(x.rows, x.cols);
         let (o, xp, wp, cols) = (out.ptr, x.ptr, w.buf.ptr, x.cols as i32);
-        launch!(self, "rms_norm", per_row(x.rows), o, xp, wp, cols, eps);
-        out
-    }
-
-    fn add_rms_norm(
-        &self,
-        x: &mut CudaTensor,
-        delta: &CudaTensor,
-        w: &CudaVector,
-        eps: f32,
-    ) -> CudaTensor {
-        let out = self.alloc(x.rows, x.cols);
-        let (o, xp, dp, wp, cols) = (out.ptr, x.ptr, delta.ptr, w.buf.ptr, x.cols as i32);
         let vec = 16 / self.dtype.size();
         // `%` rather than `is_multiple_of`: the crate's rust-version is 1.85.
         if x.cols % vec == 0 && x.cols / vec <= NORM_VREGS * 256 {
-            let cfg = grid1(x.rows, 256);
-            launch!(self, "add_rms_norm_vec", cfg, o, xp, dp, wp, cols, eps);
-            return out;
+            launch!(
+                self,
+                "rms_norm_vec",
+                grid1(x.rows, 256),
+                o,
+                xp,
+                wp,
+                cols,
+                eps
+            );
+        } else {
+            launch!(self, "rms_norm", per_row(x.rows), o, xp, wp, cols, eps);
         }
-        launch!(
-            self,
-            "add_rms_norm",
-            per_row(x.rows),
-            o,
-            xp,
-            dp,
-            wp,
-            cols,
-            eps
-        );
         out
     }
 
@@ -610,30 +525,71 @@ impl Backend for CudaBackend {
     fn linear(&self, x: &CudaTensor, w: &CudaWeight, bias: Option<&CudaVector>) -> CudaTensor {
         let (t, rows, cols) = (x.rows, w.rows, w.cols);
         let y = self.alloc(t, rows);
-        let (yp, xp, wp) = (y.ptr, x.ptr, w.ptr);
-        let bp = bias.map_or(0u64, |b| b.buf.ptr);
         if self.gemv_applies(t, cols) {
-            let (ri, ci) = (rows as i32, cols as i32);
-            let name = GEMV_KERNELS[t - 1];
-            launch!(
-                self,
-                name,
-                grid1(rows.div_ceil(8), 256),
-                yp,
-                xp,
-                wp,
-                bp,
-                ri,
-                ci
-            );
+            self.gemv(y.ptr, x, w, bias, FoldedNorm::NONE, false);
             return y;
         }
-        self.gemm(yp, xp, wp, t, rows, cols);
+        let (yp, bp) = (y.ptr, bias.map_or(0u64, |b| b.buf.ptr));
+        self.gemm(yp, x.ptr, w.ptr, t, rows, cols, false);
         if bias.is_some() {
             let (c, n) = (rows as i32, (t * rows) as u64);
             launch!(self, "add_bias", elementwise(t * rows), yp, bp, c, n);
         }
         y
+    }
+
+    fn linear_add(&self, x: &mut CudaTensor, a: &CudaTensor, w: &CudaWeight) {
+        if !self.fold_norms {
+            let delta = self.linear(a, w, None);
+            self.add_inplace(x, &delta);
+        } else if self.gemv_applies(a.rows, w.cols) {
+            self.gemv(x.ptr, a, w, None, FoldedNorm::NONE, true);
+        } else {
+            self.gemm(x.ptr, a.ptr, w.ptr, a.rows, w.rows, w.cols, true);
+        }
+    }
+
+    fn rms_norm_linear(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaVector,
+        eps: f32,
+        w: &CudaWeight,
+    ) -> CudaTensor {
+        if !self.fold_norms || !self.gemv_applies(x.rows, w.cols) {
+            return self.linear(&self.rms_norm(x, norm, eps), w, None);
+        }
+        let y = self.alloc(x.rows, w.rows);
+        self.gemv(y.ptr, x, w, None, FoldedNorm::of(norm, eps), false);
+        y
+    }
+
+    fn rms_norm_qkv(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaVector,
+        eps: f32,
+        w: [&CudaWeight; 3],
+        bias: [Option<&CudaVector>; 3],
+    ) -> [CudaTensor; 3] {
+        let folded = self.fold_norms.then_some(FoldedNorm::of(norm, eps));
+        folded
+            .and_then(|n| self.fused_qkv(x, w, bias, n))
+            .unwrap_or_else(|| self.linear_qkv(&self.rms_norm(x, norm, eps), w, bias))
+    }
+
+    fn rms_norm_gate_up(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaVector,
+        eps: f32,
+        w_gate: &CudaWeight,
+        w_up: &CudaWeight,
+    ) -> CudaTensor {
+        let folded = self.fold_norms.then_some(FoldedNorm::of(norm, eps));
+        folded
+            .and_then(|n| self.fused_gate_up(x, w_gate, w_up, n))
+            .unwrap_or_else(|| self.linear_gate_up(&self.rms_norm(x, norm, eps), w_gate, w_up))
     }
 
     fn linear_qkv(
@@ -642,13 +598,13 @@ impl Backend for CudaBackend {
         w: [&CudaWeight; 3],
         bias: [Option<&CudaVector>; 3],
     ) -> [CudaTensor; 3] {
-        self.fused_qkv(x, w, bias)
+        self.fused_qkv(x, w, bias, FoldedNorm::NONE)
             .or_else(|| self.packed_qkv(x, w, bias))
             .unwrap_or_else(|| [0, 1, 2].map(|i| self.linear(x, w[i], bias[i])))
     }
 
     fn linear_gate_up(&self, x: &CudaTensor, w_gate: &CudaWeight, w_up: &CudaWeight) -> CudaTensor {
-        let fused = self.fused_gate_up(x, w_gate, w_up);
+        let fused = self.fused_gate_up(x, w_gate, w_up, FoldedNorm::NONE);
         fused
             .or_else(|| self.packed_gate_up(x, w_gate, w_up))
             .unwrap_or_else(|| {

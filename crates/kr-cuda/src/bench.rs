@@ -202,7 +202,15 @@ fn gemm_peak(model: &CudaModel, tokens: usize) -> Result<f64> {
     let mut times = Vec::new();
     for i in 0..6 {
         let t = timed(model, || {
-            lt.matmul(&be.gpu, ty, y.ptr, x.ptr, w.ptr, tokens, rows, cols)
+            lt.matmul(
+                &be.gpu,
+                ty,
+                y.ptr,
+                x.ptr,
+                w.ptr,
+                (tokens, rows, cols),
+                false,
+            )
         })?;
         if i > 0 {
             times.push(t);

@@ -22,11 +22,10 @@ const KERNEL_SOURCE: &str = concat!(
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
 /// and tensor-core kernels are listed in `backend::fused`.
-pub const KERNEL_NAMES: [&str; 27] = [
+pub const KERNEL_NAMES: [&str; 26] = [
     "embed",
     "rms_norm",
-    "add_rms_norm",
-    "add_rms_norm_vec",
+    "rms_norm_vec",
     "add_inplace",
     "silu_mul",
     "add_bias",
@@ -276,16 +275,27 @@ impl Drop for PinnedWords {
     }
 }
 
+/// Kernel variants for comparison runs, chosen at compile time (kernels.cu): `KR_CUDA_PDL_EARLY=0`
+/// leaves out the early programmatic-launch trigger, `KR_CUDA_GEMV_PRELOAD=0` the GEMVs' weight
+/// loads before the launch wait.
+fn compile_switches() -> Vec<String> {
+    let on = |var: &str| !std::env::var(var).is_ok_and(|v| v.trim() == "0");
+    [
+        ("KR_CUDA_PDL_EARLY", "KR_PDL_EARLY"),
+        ("KR_CUDA_GEMV_PRELOAD", "KR_GEMV_PRELOAD"),
+    ]
+    .iter()
+    .map(|(var, define)| format!("-D{define}={}", u8::from(on(var))))
+    .collect()
+}
+
 /// The kernel module for compute capability `cc`: from the disk cache when this source was
 /// compiled before for this GPU and NVRTC, else compiled now and stored.
 fn compiled_kernels(cc: (i32, i32)) -> Result<Ptx> {
     let arch = format!("compute_{}{}", cc.0, cc.1);
     let nvrtc = nvrtc_version()?;
-    // `KR_CUDA_PDL_EARLY=0` compiles the kernels without the early programmatic-launch
-    // trigger (kernels.cu), for comparison.
-    let early = !std::env::var("KR_CUDA_PDL_EARLY").is_ok_and(|v| v.trim() == "0");
-    let define = format!("-DKR_PDL_EARLY={}", u8::from(early));
-    let key = fnv1a(format!("{KERNEL_SOURCE}\0{arch}\0{nvrtc}\0{define}").as_bytes());
+    let defines = compile_switches();
+    let key = fnv1a(format!("{KERNEL_SOURCE}\0{arch}\0{nvrtc}\0{defines:?}").as_bytes());
     let path = cache_dir().map(|d| d.join(format!("kernels-{key:016x}.ptx")));
     if let Some(src) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
         tracing::debug!("kernels from the cache");
@@ -293,11 +303,10 @@ fn compiled_kernels(cc: (i32, i32)) -> Result<Ptx> {
     }
     let t0 = std::time::Instant::now();
     let opts = CompileOptions {
-        options: vec![
-            format!("--gpu-architecture={arch}"),
-            "-std=c++17".into(),
-            define,
-        ],
+        options: vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()]
+            .into_iter()
+            .chain(defines)
+            .collect(),
         ..Default::default()
     };
     let ptx = compile_ptx_with_opts(KERNEL_SOURCE, opts)

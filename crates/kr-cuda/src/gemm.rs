@@ -62,7 +62,9 @@ impl Lt {
         })
     }
 
-    /// `y = x · wᵀ` for `t` rows of `cols` inputs and `rows` outputs, all device pointers.
+    /// `y = x · wᵀ` (`y += x · wᵀ` where `accumulate`, in place: cuBLASLt allows C = D with
+    /// one layout) for `(t, rows, cols)`: `t` rows of `cols` inputs and `rows` outputs, all
+    /// device pointers.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -71,9 +73,8 @@ impl Lt {
         y: u64,
         x: u64,
         w: u64,
-        t: usize,
-        rows: usize,
-        cols: usize,
+        (t, rows, cols): (usize, usize, usize),
+        accumulate: bool,
     ) -> Result<()> {
         let mut plans = self
             .plans
@@ -85,7 +86,7 @@ impl Lt {
             plans.insert(key, plan);
         }
         let p = &plans[&key];
-        let (alpha, beta) = (1f32, 0f32);
+        let (alpha, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
         // SAFETY: pointers cover the shapes of the plan; workspace is ours; one stream.
         unsafe {
             result::matmul(

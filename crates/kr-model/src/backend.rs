@@ -76,14 +76,6 @@ pub trait Backend: Send {
     /// Rows of `table` for each id.
     fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Self::Tensor;
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Vector, eps: f32) -> Self::Tensor;
-    /// `x += delta`, then returns `rms_norm(x)` (the residual add fused with the next norm).
-    fn add_rms_norm(
-        &self,
-        x: &mut Self::Tensor,
-        delta: &Self::Tensor,
-        w: &Self::Vector,
-        eps: f32,
-    ) -> Self::Tensor;
     fn add_inplace(&self, x: &mut Self::Tensor, delta: &Self::Tensor);
     /// `x · Wᵀ (+ bias)`: `[t, cols] -> [t, rows]`.
     fn linear(
@@ -111,6 +103,44 @@ pub trait Backend: Send {
         w_up: &Self::Weight,
     ) -> Self::Tensor {
         self.silu_mul(&self.linear(x, w_gate, None), &self.linear(x, w_up, None))
+    }
+    /// `x += a · Wᵀ`: an output projection added into the residual stream. A device backend
+    /// adds in the projection's epilogue instead of writing `a · Wᵀ` out and reading it back.
+    fn linear_add(&self, x: &mut Self::Tensor, a: &Self::Tensor, w: &Self::Weight) {
+        let delta = self.linear(a, w, None);
+        self.add_inplace(x, &delta);
+    }
+    /// `rms_norm(x) · Wᵀ`. A device backend may fold the norm into the projection kernel.
+    fn rms_norm_linear(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Vector,
+        eps: f32,
+        w: &Self::Weight,
+    ) -> Self::Tensor {
+        self.linear(&self.rms_norm(x, norm, eps), w, None)
+    }
+    /// [`Self::linear_qkv`] of `rms_norm(x)`; a device backend may fold the norm in.
+    fn rms_norm_qkv(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Vector,
+        eps: f32,
+        w: [&Self::Weight; 3],
+        bias: [Option<&Self::Vector>; 3],
+    ) -> [Self::Tensor; 3] {
+        self.linear_qkv(&self.rms_norm(x, norm, eps), w, bias)
+    }
+    /// [`Self::linear_gate_up`] of `rms_norm(x)`; a device backend may fold the norm in.
+    fn rms_norm_gate_up(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Vector,
+        eps: f32,
+        w_gate: &Self::Weight,
+        w_up: &Self::Weight,
+    ) -> Self::Tensor {
+        self.linear_gate_up(&self.rms_norm(x, norm, eps), w_gate, w_up)
     }
     /// RMSNorm over each head of width `head_dim` (Qwen3's q/k norm).
     fn head_rms_norm(&self, x: &mut Self::Tensor, w: &Self::Vector, head_dim: usize, eps: f32);

@@ -108,39 +108,43 @@ impl<B: Backend> Decoder<B> {
     ) -> Option<B::Tensor> {
         let (be, c) = (&self.backend, &self.config);
         let eps = c.rms_norm_eps;
+        // `x` is the residual stream: each output projection adds into it (`linear_add`) and
+        // each norm is applied inside the projection that reads it (`rms_norm_*`).
         let mut x = be.embed(&self.embedding, ids);
-        let mut h = be.rms_norm(&x, &self.layers[0].attn_norm, eps);
         for (i, l) in self.layers.iter().enumerate() {
-            let attn = self.attention(l, &h, meta, i, cache);
-            h = be.add_rms_norm(&mut x, &attn, &l.ffn_norm, eps);
-            let act = be.linear_gate_up(&h, &l.w_gate, &l.w_up);
-            let down = be.linear(&act, &l.w_down, None);
-            let next_norm = self
-                .layers
-                .get(i + 1)
-                .map_or(&self.final_norm, |n| &n.attn_norm);
-            h = be.add_rms_norm(&mut x, &down, next_norm, eps);
+            let ctx = self.attention(l, &x, meta, i, cache);
+            be.linear_add(&mut x, &ctx, &l.wo);
+            let act = be.rms_norm_gate_up(&x, &l.ffn_norm, eps, &l.w_gate, &l.w_up);
+            be.linear_add(&mut x, &act, &l.w_down);
         }
-        // `h` is now final_norm(x); only the sampled rows go through the vocabulary projection.
+        // Only the sampled rows go through the final norm and the vocabulary projection.
         if meta.logit_rows.is_empty() {
             return None;
         }
-        let last = be.gather_rows(&h, &meta.logit_rows);
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        Some(be.linear(&last, head, None))
+        let every_row_in_order = meta.logit_rows.iter().copied().eq(0..ids.len());
+        if every_row_in_order {
+            return Some(be.rms_norm_linear(&x, &self.final_norm, eps, head));
+        }
+        let last = be.gather_rows(&x, &meta.logit_rows);
+        Some(be.rms_norm_linear(&last, &self.final_norm, eps, head))
     }
 
+    /// Layer `layer`'s attention norm, q/k/v projections, RoPE and attention over the cache:
+    /// the context rows, before the output projection.
     fn attention(
         &self,
         l: &Layer<B>,
-        h: &B::Tensor,
+        x: &B::Tensor,
         meta: &AttnMeta,
         layer: usize,
         cache: &mut B::KvCache,
     ) -> B::Tensor {
         let (be, c) = (&self.backend, &self.config);
-        let [mut q, mut k, v] = be.linear_qkv(
-            h,
+        let [mut q, mut k, v] = be.rms_norm_qkv(
+            x,
+            &l.attn_norm,
+            c.rms_norm_eps,
             [&l.wq, &l.wk, &l.wv],
             [l.q_bias.as_ref(), l.k_bias.as_ref(), l.v_bias.as_ref()],
         );
@@ -149,7 +153,6 @@ impl<B: Backend> Decoder<B> {
             be.head_rms_norm(&mut k, kn, c.head_dim, c.rms_norm_eps);
         }
         let rope = &self.rope;
-        let ctx = be.rope_attention(&mut q, &mut k, &v, rope, meta, layer, cache, c.num_heads);
-        be.linear(&ctx, &l.wo, None)
+        be.rope_attention(&mut q, &mut k, &v, rope, meta, layer, cache, c.num_heads)
     }
 }
