@@ -138,8 +138,7 @@ __device__ void rms_norm_impl(T* out, const T* x, const float* w, int cols, floa
 // bytes; 256 threads: up to 8192 bf16 columns): 16-byte loads and stores, and the norm weights
 // read into registers before PDL_WAIT (they are never written), so after the wait the kernel
 // is one load round trip, one block reduction and the stores. The scalar kernel took 7 us for
-// one 4096-wide row (Nsight Compute), most of it memory round trips. Used where the norm is
-// not folded into the GEMV that follows (more than 8 tokens).
+// one 4096-wide row (Nsight Compute), most of it memory round trips.
 #define NORM_VREGS 4
 __device__ __forceinline__ uint4 pack16(const float* v, float) {
   return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]),
@@ -278,37 +277,17 @@ __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions,
 // weight row with 16-byte loads, four in flight per lane, so the weights are read once for
 // all tokens (batch-1 decode is bound by this read). Weights bypass L1 (__ldcs) so the
 // activations, re-read for every row, stay there. Needs cols * sizeof(T) % 16 == 0.
-//
-// NORM: the input is rms_norm(x) * g, never materialised. Each warp reads all of x anyway, so
-// it also sums x^2 and computes y = rsqrt(mean(x^2) + eps) * sum_c (w[r, c] * g[c]) * x[c]:
-// the norm costs no kernel of its own and no round trip through memory.
 #define GEMV_MAX_T 8
-template <typename T, int NT, bool NORM, bool SUMSQ>
-__device__ __forceinline__ void gemv_vec(float* acc, float* ss, uint4 wv, const uint4* xr, int nv,
-                                         int v, const float* g) {
-  const int VEC = 16 / sizeof(T);
+template <typename T, int NT>
+__device__ __forceinline__ void gemv_vec(float* acc, uint4 wv, const uint4* xr, int nv, int v) {
   float wf[8];
   unpack16(wv, wf, T());
-  if (NORM) {
-    const float4* gv = (const float4*)g + (u64)v * (VEC / 4);
-#pragma unroll
-    for (int q = 0; q < VEC / 4; q++) {
-      const float4 s = __ldg(gv + q);
-      wf[4 * q] *= s.x;
-      wf[4 * q + 1] *= s.y;
-      wf[4 * q + 2] *= s.z;
-      wf[4 * q + 3] *= s.w;
-    }
-  }
 #pragma unroll
   for (int b = 0; b < NT; b++) {
     float xf[8];
     unpack16(__ldg(xr + (u64)b * nv + v), xf, T());
 #pragma unroll
-    for (int e = 0; e < VEC; e++) {
-      acc[b] += wf[e] * xf[e];
-      if (SUMSQ) ss[b] += xf[e] * xf[e];
-    }
+    for (int e = 0; e < 16 / (int)sizeof(T); e++) acc[b] += wf[e] * xf[e];
   }
 }
 
@@ -316,6 +295,7 @@ __device__ __forceinline__ void gemv_vec(float* acc, float* ss, uint4 wv, const 
 // lane loads the first four 16-byte vectors of its weight row (its `head`) before PDL_WAIT.
 // Weights are never written, and a kernel's first blocks become resident while the kernel
 // before it drains, so their first loads overlap that tail instead of starting after it.
+// Not in the q|k|v kernel: there the head's registers would cost a block per SM.
 #ifndef KR_GEMV_PRELOAD
 #define KR_GEMV_PRELOAD 1
 #endif
@@ -330,17 +310,16 @@ __device__ __forceinline__ void gemv_head(uint4* head, const T* w_row, int cols,
 
 // One warp's partial sums of row w_row; `head` (may be null) holds the row's first vectors
 // from gemv_head.
-template <typename T, int NT, bool NORM, bool SUMSQ>
-__device__ __forceinline__ void gemv_partial(float* acc, float* ss, const T* x, const T* w_row,
-                                             const float* g, int cols, int lane,
-                                             const uint4* head) {
+template <typename T, int NT>
+__device__ __forceinline__ void gemv_partial(float* acc, const T* x, const T* w_row, int cols,
+                                             int lane, const uint4* head) {
   const int nv = cols / (16 / sizeof(T));
   const uint4* wr = (const uint4*)w_row;
   const uint4* xr = (const uint4*)x;
   int v = lane;
   if (KR_GEMV_PRELOAD && head != nullptr && v + 96 < nv) {
 #pragma unroll
-    for (int u = 0; u < 4; u++) gemv_vec<T, NT, NORM, SUMSQ>(acc, ss, head[u], xr, nv, v + 32 * u, g);
+    for (int u = 0; u < 4; u++) gemv_vec<T, NT>(acc, head[u], xr, nv, v + 32 * u);
     v += 128;
   }
   for (; v + 96 < nv; v += 128) {
@@ -348,33 +327,24 @@ __device__ __forceinline__ void gemv_partial(float* acc, float* ss, const T* x, 
 #pragma unroll
     for (int u = 0; u < 4; u++) wv[u] = __ldcs(wr + v + 32 * u);
 #pragma unroll
-    for (int u = 0; u < 4; u++) gemv_vec<T, NT, NORM, SUMSQ>(acc, ss, wv[u], xr, nv, v + 32 * u, g);
+    for (int u = 0; u < 4; u++) gemv_vec<T, NT>(acc, wv[u], xr, nv, v + 32 * u);
   }
-  for (; v < nv; v += 32) gemv_vec<T, NT, NORM, SUMSQ>(acc, ss, __ldcs(wr + v), xr, nv, v, g);
+  for (; v < nv; v += 32) gemv_vec<T, NT>(acc, __ldcs(wr + v), xr, nv, v);
 }
 
-// The factor that turns sum_c (w[r, c] * g[c]) * x[c] into the projection of rms_norm(x) * g
-// (1 without NORM): every lane ends with the whole row's sum.
-template <int NT, bool NORM>
-__device__ __forceinline__ void norm_scales(float* scale, const float* ss, int cols, float eps) {
-#pragma unroll
-  for (int b = 0; b < NT; b++) scale[b] = NORM ? rsqrtf(warp_sum(ss[b]) / cols + eps) : 1.f;
-}
-
-// One output row of the warp: y = scale * (x · w[r]) + bias (+ y where `accumulate`: the
-// residual add of the o and down projections, in place, each element owned by one lane).
-template <typename T, int NT, bool NORM>
+// One output row of the warp: y = x · w[r] + bias (+ y where `accumulate`: the residual add
+// of the o and down projections, in place, each element owned by one lane).
+template <typename T, int NT>
 __device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const float* bias, int rows,
-                                          int cols, int r, int lane, const float* g, float eps,
-                                          int accumulate, const uint4* head) {
-  float acc[NT], ss[NT], scale[NT];
+                                          int cols, int r, int lane, int accumulate,
+                                          const uint4* head) {
+  float acc[NT];
 #pragma unroll
-  for (int b = 0; b < NT; b++) { acc[b] = 0.f; ss[b] = 0.f; }
-  gemv_partial<T, NT, NORM, NORM>(acc, ss, x, w + (u64)r * cols, g, cols, lane, head);
-  norm_scales<NT, NORM>(scale, ss, cols, eps);
+  for (int b = 0; b < NT; b++) acc[b] = 0.f;
+  gemv_partial<T, NT>(acc, x, w + (u64)r * cols, cols, lane, head);
 #pragma unroll
   for (int b = 0; b < NT; b++) {
-    const float s = warp_sum(acc[b]) * scale[b] + (bias ? bias[r] : 0.f);
+    const float s = warp_sum(acc[b]) + (bias ? bias[r] : 0.f);
     if (lane == 0) {
       const u64 i = (u64)b * rows + r;
       y[i] = from_f<T>(accumulate ? s + to_f(y[i]) : s);
@@ -384,62 +354,55 @@ __device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const fl
 
 // The q, k and v projections of the same tokens in one launch (decode reads all three weight
 // matrices back to back instead of in three kernels): warps [0, nq) take wq, the next nk take
-// wk, the next nv take wv. The GEMV kernels run PDL_ENTRY themselves, after gemv_head.
-template <typename T, int NT, bool NORM>
+// wk, the next nv take wv.
+template <typename T, int NT>
 __device__ void gemv_qkv_impl(T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk,
                               const T* wv, const float* bq, const float* bk, const float* bv,
-                              int nq, int nk, int nv, int cols, const float* g, float eps) {
+                              int nq, int nk, int nv, int cols) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  int r = blockIdx.x * 8 + warp, n = nq;
-  T* y = yq;
-  const T* w = wq;
-  const float* bias = bq;
-  if (r >= nq) {
-    r -= nq;
-    if (r < nk) { n = nk; y = yk; w = wk; bias = bk; }
-    else { r -= nk; n = nv; y = yv; w = wv; bias = bv; }
-  }
-  uint4 head[4];
-  if (r < n) gemv_head<T>(head, w + (u64)r * cols, cols, lane);
-  PDL_ENTRY();
-  if (r < n) gemv_rows<T, NT, NORM>(y, x, w, bias, n, cols, r, lane, g, eps, 0, head);
+  int r = blockIdx.x * 8 + warp;
+  if (r < nq) { gemv_rows<T, NT>(yq, x, wq, bq, nq, cols, r, lane, 0, nullptr); return; }
+  r -= nq;
+  if (r < nk) { gemv_rows<T, NT>(yk, x, wk, bk, nk, cols, r, lane, 0, nullptr); return; }
+  r -= nk;
+  if (r < nv) gemv_rows<T, NT>(yv, x, wv, bv, nv, cols, r, lane, 0, nullptr);
 }
 
 // y = silu(x·Wg) ⊙ (x·Wu): one warp streams row r of both matrices; the gate and up values
 // never leave registers (no separate SiLU·mul kernel, no rounding of the two halves).
-template <typename T, int NT, bool NORM>
-__device__ void gemv_gate_up_impl(T* y, const T* x, const T* wg, const T* wu, int rows, int cols,
-                                  const float* g, float eps) {
+// Runs PDL_ENTRY itself, after gemv_head.
+template <typename T, int NT>
+__device__ void gemv_gate_up_impl(T* y, const T* x, const T* wg, const T* wu, int rows, int cols) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + warp;
   uint4 head[4];
   if (r < rows) gemv_head<T>(head, wg + (u64)r * cols, cols, lane);
   PDL_ENTRY();
   if (r >= rows) return;
-  float ag[NT], au[NT], ss[NT], scale[NT];
+  float ag[NT], au[NT];
 #pragma unroll
-  for (int b = 0; b < NT; b++) { ag[b] = 0.f; au[b] = 0.f; ss[b] = 0.f; }
-  gemv_partial<T, NT, NORM, NORM>(ag, ss, x, wg + (u64)r * cols, g, cols, lane, head);
-  gemv_partial<T, NT, NORM, false>(au, ss, x, wu + (u64)r * cols, g, cols, lane, nullptr);
-  norm_scales<NT, NORM>(scale, ss, cols, eps);
+  for (int b = 0; b < NT; b++) { ag[b] = 0.f; au[b] = 0.f; }
+  gemv_partial<T, NT>(ag, x, wg + (u64)r * cols, cols, lane, head);
+  gemv_partial<T, NT>(au, x, wu + (u64)r * cols, cols, lane, nullptr);
 #pragma unroll
   for (int b = 0; b < NT; b++) {
-    const float gs = warp_sum(ag[b]) * scale[b], us = warp_sum(au[b]) * scale[b];
-    if (lane == 0) y[(u64)b * rows + r] = from_f<T>(gs / (1.f + expf(-gs)) * us);
+    const float g = warp_sum(ag[b]), u = warp_sum(au[b]);
+    if (lane == 0) y[(u64)b * rows + r] = from_f<T>(g / (1.f + expf(-g)) * u);
   }
 }
 
 // One kernel per token count (gemv1 ... gemv8), so that the small cases keep few registers
 // and high occupancy (a switch inside one kernel would size every case like the largest).
-template <typename T, int NT, bool NORM>
+// Runs PDL_ENTRY itself, after gemv_head.
+template <typename T, int NT>
 __device__ void gemv_impl(T* y, const T* x, const T* w, const float* bias, int rows, int cols,
-                          const float* g, float eps, int accumulate) {
+                          int accumulate) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + warp;
   uint4 head[4];
   if (r < rows) gemv_head<T>(head, w + (u64)r * cols, cols, lane);
   PDL_ENTRY();
-  if (r < rows) gemv_rows<T, NT, NORM>(y, x, w, bias, rows, cols, r, lane, g, eps, accumulate, head);
+  if (r < rows) gemv_rows<T, NT>(y, x, w, bias, rows, cols, r, lane, accumulate, head);
 }
 
 // out[i, :] = x[rows[i], :]. Grid: output rows.
@@ -517,28 +480,22 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
     out[i] = to_f(x[i]);
 }
 
-// Each GEMV kernel takes an optional input norm g (null: none); the two cases are separate
-// code paths chosen once per launch, so the plain one pays nothing for the other.
 #define GEMV(T, S, N)                                                                              \
-  extern "C" __global__ void __launch_bounds__(256)                                                \
-      gemv##N##_##S(T* y, const T* x, const T* w, const float* bias, int rows, int cols,           \
-                    const float* g, float eps, int accumulate) {                                   \
-    if (g) gemv_impl<T, N, true>(y, x, w, bias, rows, cols, g, eps, accumulate);                   \
-    else gemv_impl<T, N, false>(y, x, w, bias, rows, cols, g, eps, accumulate);                    \
+  extern "C" __global__ void __launch_bounds__(256) gemv##N##_##S(                                 \
+      T* y, const T* x, const T* w, const float* bias, int rows, int cols, int accumulate) {       \
+    gemv_impl<T, N>(y, x, w, bias, rows, cols, accumulate);                                        \
   }
 
 #define GEMV_FUSED(T, S, N)                                                                        \
   extern "C" __global__ void __launch_bounds__(256) gemv_qkv##N##_##S(                             \
       T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk, const T* wv, const float* bq,     \
-      const float* bk, const float* bv, int nq, int nk, int nv, int cols, const float* g,          \
-      float eps) {                                                                                 \
-    if (g) gemv_qkv_impl<T, N, true>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols, g, eps); \
-    else gemv_qkv_impl<T, N, false>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols, g, eps); \
+      const float* bk, const float* bv, int nq, int nk, int nv, int cols) {                        \
+    PDL_ENTRY();                                                                                   \
+    gemv_qkv_impl<T, N>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols);                  \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256) gemv_gate_up##N##_##S(                         \
-      T* y, const T* x, const T* wg, const T* wu, int rows, int cols, const float* g, float eps) { \
-    if (g) gemv_gate_up_impl<T, N, true>(y, x, wg, wu, rows, cols, g, eps);                        \
-    else gemv_gate_up_impl<T, N, false>(y, x, wg, wu, rows, cols, g, eps);                         \
+      T* y, const T* x, const T* wg, const T* wu, int rows, int cols) {                            \
+    gemv_gate_up_impl<T, N>(y, x, wg, wu, rows, cols);                                             \
   }
 
 #define KERNELS(T, S)                                                                              \

@@ -128,9 +128,6 @@ pub struct CudaBackend {
     /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
     /// results are wrong). Empty in normal use.
     skip_kernels: Vec<String>,
-    /// Fold RMSNorms and residual adds into the GEMVs (see `backend::fused`); `KR_CUDA_FOLD_NORMS=0`
-    /// runs them as kernels of their own, for comparison.
-    fold_norms: bool,
     error: RefCell<Option<CudaError>>,
 }
 
@@ -159,7 +156,6 @@ mod profile;
 mod sample;
 mod weights;
 pub use attention::MMA_KERNEL_NAMES;
-use fused::FoldedNorm;
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
 pub use sample::RowSampling;
 use weights::WeightArena;
@@ -234,7 +230,6 @@ impl CudaBackend {
             split_counters,
             max_decode_splits: attention::max_decode_splits(),
             skip_kernels: launch::skipped_kernels(),
-            fold_norms: std::env::var("KR_CUDA_FOLD_NORMS").map_or(true, |v| v.trim() != "0"),
             error: RefCell::new(None),
         })
     }
@@ -526,7 +521,7 @@ impl Backend for CudaBackend {
         let (t, rows, cols) = (x.rows, w.rows, w.cols);
         let y = self.alloc(t, rows);
         if self.gemv_applies(t, cols) {
-            self.gemv(y.ptr, x, w, bias, FoldedNorm::NONE, false);
+            self.gemv(y.ptr, x, w, bias, false);
             return y;
         }
         let (yp, bp) = (y.ptr, bias.map_or(0u64, |b| b.buf.ptr));
@@ -539,57 +534,11 @@ impl Backend for CudaBackend {
     }
 
     fn linear_add(&self, x: &mut CudaTensor, a: &CudaTensor, w: &CudaWeight) {
-        if !self.fold_norms {
-            let delta = self.linear(a, w, None);
-            self.add_inplace(x, &delta);
-        } else if self.gemv_applies(a.rows, w.cols) {
-            self.gemv(x.ptr, a, w, None, FoldedNorm::NONE, true);
+        if self.gemv_applies(a.rows, w.cols) {
+            self.gemv(x.ptr, a, w, None, true);
         } else {
             self.gemm(x.ptr, a.ptr, w.ptr, a.rows, w.rows, w.cols, true);
         }
-    }
-
-    fn rms_norm_linear(
-        &self,
-        x: &CudaTensor,
-        norm: &CudaVector,
-        eps: f32,
-        w: &CudaWeight,
-    ) -> CudaTensor {
-        if !self.fold_norms || !self.gemv_applies(x.rows, w.cols) {
-            return self.linear(&self.rms_norm(x, norm, eps), w, None);
-        }
-        let y = self.alloc(x.rows, w.rows);
-        self.gemv(y.ptr, x, w, None, FoldedNorm::of(norm, eps), false);
-        y
-    }
-
-    fn rms_norm_qkv(
-        &self,
-        x: &CudaTensor,
-        norm: &CudaVector,
-        eps: f32,
-        w: [&CudaWeight; 3],
-        bias: [Option<&CudaVector>; 3],
-    ) -> [CudaTensor; 3] {
-        let folded = self.fold_norms.then_some(FoldedNorm::of(norm, eps));
-        folded
-            .and_then(|n| self.fused_qkv(x, w, bias, n))
-            .unwrap_or_else(|| self.linear_qkv(&self.rms_norm(x, norm, eps), w, bias))
-    }
-
-    fn rms_norm_gate_up(
-        &self,
-        x: &CudaTensor,
-        norm: &CudaVector,
-        eps: f32,
-        w_gate: &CudaWeight,
-        w_up: &CudaWeight,
-    ) -> CudaTensor {
-        let folded = self.fold_norms.then_some(FoldedNorm::of(norm, eps));
-        folded
-            .and_then(|n| self.fused_gate_up(x, w_gate, w_up, n))
-            .unwrap_or_else(|| self.linear_gate_up(&self.rms_norm(x, norm, eps), w_gate, w_up))
     }
 
     fn linear_qkv(
@@ -598,13 +547,13 @@ impl Backend for CudaBackend {
         w: [&CudaWeight; 3],
         bias: [Option<&CudaVector>; 3],
     ) -> [CudaTensor; 3] {
-        self.fused_qkv(x, w, bias, FoldedNorm::NONE)
+        self.fused_qkv(x, w, bias)
             .or_else(|| self.packed_qkv(x, w, bias))
             .unwrap_or_else(|| [0, 1, 2].map(|i| self.linear(x, w[i], bias[i])))
     }
 
     fn linear_gate_up(&self, x: &CudaTensor, w_gate: &CudaWeight, w_up: &CudaWeight) -> CudaTensor {
-        let fused = self.fused_gate_up(x, w_gate, w_up, FoldedNorm::NONE);
+        let fused = self.fused_gate_up(x, w_gate, w_up);
         fused
             .or_else(|| self.packed_gate_up(x, w_gate, w_up))
             .unwrap_or_else(|| {

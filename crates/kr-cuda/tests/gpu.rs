@@ -282,11 +282,12 @@ fn each_kernel_matches_cpu_on_random_inputs() {
     assert!(g.take_error().is_none());
 }
 
-/// The decode layer's fused operations alone, GPU (f32) vs CPU: the norms folded into the q|k|v,
-/// gate|up and vocabulary GEMVs, and the o/down projections added into the residual in place.
-/// Up to 8 rows take the GEMV kernels, 37 the fallbacks (norm kernel, cuBLASLt with beta = 1).
+/// The residual adds of the o/down projections (in the GEMV epilogue up to 8 rows, cuBLASLt with
+/// beta = 1 beyond), both norm kernels, and GEMVs over rows long enough for the preloaded
+/// weight head, GPU (f32) vs CPU. Tolerance: 1e-5 of the largest reference value (these sums
+/// reach ~40, where f32 summation order alone moves the last digits).
 #[test]
-fn folded_norms_and_residual_adds_match_cpu() {
+fn residual_adds_norms_and_long_rows_match_cpu() {
     if !gpu_available() {
         return;
     }
@@ -303,28 +304,25 @@ fn folded_norms_and_residual_adds_match_cpu() {
     };
     let check = |name: &str, gt: &kr_cuda::backend::CudaTensor, ct: &kr_cpu::Mat| {
         let e = max_diff(&g.to_host(gt), &ct.data);
-        println!("{name}: max error {e:.2e}");
-        assert!(e <= 1e-4, "{name}: {e}");
+        let scale = ct.data.iter().fold(1f32, |m, v| m.max(v.abs()));
+        println!("{name}: max error {e:.2e} (largest value {scale:.1})");
+        assert!(e <= 1e-5 * scale, "{name}: {e}");
     };
-    let vector = |n: usize, seed: u64| {
-        let v: Vec<f32> = rand(n, seed).iter().map(|v| 1.0 + v).collect();
-        (g.load_vector(&v), c.load_vector(&v))
-    };
-    let l = &w.layers[0];
     let wts = |t: &kr_model::RawTensor| (g.load_weight(t), c.load_weight(t));
-    let [q, k, v, gate, upw, o] = [&l.wq, &l.wk, &l.wv, &l.w_gate, &l.w_up, &l.wo].map(wts);
-    let bias = [&l.q_bias, &l.k_bias, &l.v_bias]
-        .map(|b| b.as_ref().map(|b| (g.load_vector(b), c.load_vector(b))));
-    let (gb, cb) = (
-        [0, 1, 2].map(|i| bias[i].as_ref().map(|b| &b.0)),
-        [0, 1, 2].map(|i| bias[i].as_ref().map(|b| &b.1)),
-    );
-    let (gn, cn) = vector(256, 3);
+    let o = wts(&w.layers[0].wo);
+    // 2048 columns: rows long enough for the GEMV's preloaded head and its main loop.
+    let wide = wts(&kr_model::RawTensor::from_f32(
+        "wide",
+        48,
+        2048,
+        &rand(48 * 2048, 8),
+    ));
     for rows in [1, 5, 8, 37] {
         // 256 columns take the 16-byte-vector norm kernel; 250 (not a multiple of 4 floats)
         // and 5000 (more than 4 vectors per thread) the scalar one.
         for cols in [256, 250, 5000] {
-            let (gw, cw) = vector(cols, 4);
+            let v: Vec<f32> = rand(cols, 4).iter().map(|v| 1.0 + v).collect();
+            let (gw, cw) = (g.load_vector(&v), c.load_vector(&v));
             let (gx, cx) = up(rows, cols, 2);
             let name = format!("rms_norm {rows}x{cols}");
             check(
@@ -333,41 +331,15 @@ fn folded_norms_and_residual_adds_match_cpu() {
                 &c.rms_norm(&cx, &cw, 1e-5),
             );
         }
-        let (gx, cx) = up(rows, 256, 1);
-        let gqkv = g.rms_norm_qkv(&gx, &gn, 1e-5, [&q.0, &k.0, &v.0], gb);
-        let cqkv = c.rms_norm_qkv(&cx, &cn, 1e-5, [&q.1, &k.1, &v.1], cb);
-        for i in 0..3 {
-            check(&format!("rms_norm_qkv {rows} ({i})"), &gqkv[i], &cqkv[i]);
+        for (name, (gw, cw)) in [("o", &o), ("wide", &wide)] {
+            let (ga, ca) = up(rows, cw.cols, 6);
+            let (mut gr, mut cr) = up(rows, cw.rows, 7);
+            g.linear_add(&mut gr, &ga, gw);
+            c.linear_add(&mut cr, &ca, cw);
+            check(&format!("linear_add {name} {rows}"), &gr, &cr);
+            let (gy, cy) = (g.linear(&ga, gw, None), c.linear(&ca, cw, None));
+            check(&format!("linear {name} {rows}"), &gy, &cy);
         }
-        check(
-            &format!("rms_norm_gate_up {rows}"),
-            &g.rms_norm_gate_up(&gx, &gn, 1e-5, &gate.0, &upw.0),
-            &c.rms_norm_gate_up(&cx, &cn, 1e-5, &gate.1, &upw.1),
-        );
-        check(
-            &format!("rms_norm_linear {rows}"),
-            &g.rms_norm_linear(&gx, &gn, 1e-5, &q.0),
-            &c.rms_norm_linear(&cx, &cn, 1e-5, &q.1),
-        );
-        let (ga, ca) = up(rows, o.1.cols, 6);
-        let (mut gr, mut cr) = up(rows, o.1.rows, 7);
-        g.linear_add(&mut gr, &ga, &o.0);
-        c.linear_add(&mut cr, &ca, &o.1);
-        check(&format!("linear_add {rows}"), &gr, &cr);
-        // 2048 columns: long enough rows for the GEMV's preloaded head and its main loop.
-        let wide = kr_model::RawTensor::from_f32("wide", 48, 2048, &rand(48 * 2048, 8));
-        let (gwide, cwide) = wts(&wide);
-        let (gx, cx) = up(rows, 2048, 9);
-        let (gn, cn) = vector(2048, 10);
-        check(
-            &format!("rms_norm_linear {rows}x2048"),
-            &g.rms_norm_linear(&gx, &gn, 1e-5, &gwide),
-            &c.rms_norm_linear(&cx, &cn, 1e-5, &cwide),
-        );
-        let (mut gr, mut cr) = up(rows, 48, 11);
-        g.linear_add(&mut gr, &gx, &gwide);
-        c.linear_add(&mut cr, &cx, &cwide);
-        check(&format!("linear_add {rows}x2048"), &gr, &cr);
     }
     assert!(g.take_error().is_none());
 }

@@ -1,8 +1,7 @@
 //! Fused projections of the CUDA backend: the q/k/v projections in one GEMV launch, the gated
 //! feed-forward input (gate, up and SiLU·mul) in one GEMV launch (decode); the same two as
-//! one cuBLASLt GEMM each over adjacent weights (prefill). In decode the GEMVs also apply the
-//! RMSNorm of their input ([`FoldedNorm`]) and the o/down projections add into the residual
-//! stream in place, so a layer has no norm or residual-add kernel of its own.
+//! one cuBLASLt GEMM each over adjacent weights (prefill). The o/down projections add into the
+//! residual stream in their epilogue (`accumulate`), so a layer has no residual-add kernel.
 //!
 //! Invariants: each fused path applies only where its kernel does (GEMV: 1..=GEMV_MAX_ROWS
 //! tokens and 16-byte-aligned rows; packed GEMM: weights adjacent in the arena) and otherwise
@@ -12,27 +11,6 @@
 use super::{elementwise, grid1, per_row, CudaBackend, CudaTensor, CudaVector, CudaWeight};
 use super::{GEMV_KERNELS, GEMV_MAX_ROWS};
 use crate::error::driver;
-
-/// An RMSNorm a GEMV kernel applies to its input (the kernels' `g` and `eps` arguments; a null
-/// `g` means none): the kernel scales each output by the input row's inverse RMS instead of
-/// reading a normalised copy of the input.
-#[derive(Clone, Copy)]
-pub(super) struct FoldedNorm {
-    g: u64,
-    eps: f32,
-}
-
-impl FoldedNorm {
-    /// No norm: the GEMV reads its input as it is.
-    pub(super) const NONE: Self = Self { g: 0, eps: 0.0 };
-
-    pub(super) fn of(weight: &CudaVector, eps: f32) -> Self {
-        Self {
-            g: weight.buf.ptr,
-            eps,
-        }
-    }
-}
 
 /// One q|k|v GEMV kernel per token count (compiled for f32 and bf16).
 pub const GEMV_QKV_KERNELS: [&str; GEMV_MAX_ROWS] = [
@@ -63,20 +41,19 @@ impl CudaBackend {
         (1..=GEMV_MAX_ROWS).contains(&t) && (cols * self.dtype.size()) % 16 == 0
     }
 
-    /// `y = norm(x) · wᵀ + bias` (`y += …` where `accumulate`) with the GEMV kernel; the caller
-    /// has checked [`Self::gemv_applies`] and that `y` holds `x.rows × w.rows` values.
+    /// `y = x · wᵀ + bias` (`y += …` where `accumulate`) with the GEMV kernel; the caller has
+    /// checked [`Self::gemv_applies`] and that `y` holds `x.rows × w.rows` values.
     pub(super) fn gemv(
         &self,
         y: u64,
         x: &CudaTensor,
         w: &CudaWeight,
         bias: Option<&CudaVector>,
-        norm: FoldedNorm,
         accumulate: bool,
     ) {
         let (xp, wp, bp) = (x.ptr, w.ptr, bias.map_or(0u64, |b| b.buf.ptr));
         let (rows, cols) = (w.rows as i32, w.cols as i32);
-        let (g, eps, acc) = (norm.g, norm.eps, i32::from(accumulate));
+        let acc = i32::from(accumulate);
         let cfg = grid1(w.rows.div_ceil(8), 256);
         launch!(
             self,
@@ -88,19 +65,16 @@ impl CudaBackend {
             bp,
             rows,
             cols,
-            g,
-            eps,
             acc
         );
     }
 
-    /// q, k and v of `norm(x)` in one launch, or `None` where the GEMV kernel does not apply.
+    /// q, k and v of `x` in one launch, or `None` where the GEMV kernel does not apply.
     pub(super) fn fused_qkv(
         &self,
         x: &CudaTensor,
         w: [&CudaWeight; 3],
         bias: [Option<&CudaVector>; 3],
-        norm: FoldedNorm,
     ) -> Option<[CudaTensor; 3]> {
         let (t, cols) = (x.rows, x.cols);
         if !self.gemv_applies(t, cols) || w.iter().any(|w| w.cols != cols) {
@@ -111,7 +85,7 @@ impl CudaBackend {
         let (wq, wk, wv) = (w[0].ptr, w[1].ptr, w[2].ptr);
         let [bq, bk, bv] = bias.map(|b| b.map_or(0u64, |b| b.buf.ptr));
         let [nq, nk, nv] = w.map(|w| w.rows as i32);
-        let (c, g, eps) = (cols as i32, norm.g, norm.eps);
+        let c = cols as i32;
         let warps = w.iter().map(|w| w.rows).sum::<usize>();
         launch!(
             self,
@@ -130,21 +104,17 @@ impl CudaBackend {
             nq,
             nk,
             nv,
-            c,
-            g,
-            eps
+            c
         );
         Some([yq, yk, yv])
     }
 
-    /// `silu(h·Wgᵀ) * (h·Wuᵀ)` with `h = norm(x)` in one launch, or `None` where the GEMV
-    /// kernel does not apply.
+    /// `silu(x·Wgᵀ) * (x·Wuᵀ)` in one launch, or `None` where the GEMV kernel does not apply.
     pub(super) fn fused_gate_up(
         &self,
         x: &CudaTensor,
         w_gate: &CudaWeight,
         w_up: &CudaWeight,
-        norm: FoldedNorm,
     ) -> Option<CudaTensor> {
         let (t, cols) = (x.rows, x.cols);
         let same = w_gate.rows == w_up.rows && w_gate.cols == cols && w_up.cols == cols;
@@ -154,7 +124,6 @@ impl CudaBackend {
         let y = self.alloc(t, w_gate.rows);
         let (yp, xp, wg, wu) = (y.ptr, x.ptr, w_gate.ptr, w_up.ptr);
         let (rows, c) = (w_gate.rows as i32, cols as i32);
-        let (g, eps) = (norm.g, norm.eps);
         let cfg = grid1(w_gate.rows.div_ceil(8), 256);
         launch!(
             self,
@@ -165,9 +134,7 @@ impl CudaBackend {
             wg,
             wu,
             rows,
-            c,
-            g,
-            eps
+            c
         );
         Some(y)
     }
