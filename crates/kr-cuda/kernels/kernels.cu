@@ -278,17 +278,14 @@ __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions,
 // all tokens (batch-1 decode is bound by this read). Weights bypass L1 (__ldcs) so the
 // activations, re-read for every row, stay there. Needs cols * sizeof(T) % 16 == 0.
 #define GEMV_MAX_T 8
-// XS: the input rows are in shared memory (staged by stage_normed_input), else global (read
-// through L1, where every warp of the block finds them).
-template <typename T, int NT, bool XS>
+template <typename T, int NT>
 __device__ __forceinline__ void gemv_vec(float* acc, uint4 wv, const uint4* xr, int nv, int v) {
   float wf[8];
   unpack16(wv, wf, T());
 #pragma unroll
   for (int b = 0; b < NT; b++) {
     float xf[8];
-    const u64 i = (u64)b * nv + v;
-    unpack16(XS ? xr[i] : __ldg(xr + i), xf, T());
+    unpack16(__ldg(xr + (u64)b * nv + v), xf, T());
 #pragma unroll
     for (int e = 0; e < 16 / (int)sizeof(T); e++) acc[b] += wf[e] * xf[e];
   }
@@ -298,8 +295,7 @@ __device__ __forceinline__ void gemv_vec(float* acc, uint4 wv, const uint4* xr, 
 // lane loads the first four 16-byte vectors of its weight row (its `head`) before PDL_WAIT.
 // Weights are never written, and a kernel's first blocks become resident while the kernel
 // before it drains, so their first loads overlap that tail instead of starting after it.
-// Not in the q|k|v kernels nor in the folded-norm gate|up: there the head's registers would
-// cost a block per SM.
+// Not in the q|k|v kernel: there the head's registers would cost a block per SM.
 #ifndef KR_GEMV_PRELOAD
 #define KR_GEMV_PRELOAD 1
 #endif
@@ -314,7 +310,7 @@ __device__ __forceinline__ void gemv_head(uint4* head, const T* w_row, int cols,
 
 // One warp's partial sums of row w_row; `head` (may be null) holds the row's first vectors
 // from gemv_head.
-template <typename T, int NT, bool XS>
+template <typename T, int NT>
 __device__ __forceinline__ void gemv_partial(float* acc, const T* x, const T* w_row, int cols,
                                              int lane, const uint4* head) {
   const int nv = cols / (16 / sizeof(T));
@@ -323,7 +319,7 @@ __device__ __forceinline__ void gemv_partial(float* acc, const T* x, const T* w_
   int v = lane;
   if (KR_GEMV_PRELOAD && head != nullptr && v + 96 < nv) {
 #pragma unroll
-    for (int u = 0; u < 4; u++) gemv_vec<T, NT, XS>(acc, head[u], xr, nv, v + 32 * u);
+    for (int u = 0; u < 4; u++) gemv_vec<T, NT>(acc, head[u], xr, nv, v + 32 * u);
     v += 128;
   }
   for (; v + 96 < nv; v += 128) {
@@ -331,21 +327,21 @@ __device__ __forceinline__ void gemv_partial(float* acc, const T* x, const T* w_
 #pragma unroll
     for (int u = 0; u < 4; u++) wv[u] = __ldcs(wr + v + 32 * u);
 #pragma unroll
-    for (int u = 0; u < 4; u++) gemv_vec<T, NT, XS>(acc, wv[u], xr, nv, v + 32 * u);
+    for (int u = 0; u < 4; u++) gemv_vec<T, NT>(acc, wv[u], xr, nv, v + 32 * u);
   }
-  for (; v < nv; v += 32) gemv_vec<T, NT, XS>(acc, __ldcs(wr + v), xr, nv, v);
+  for (; v < nv; v += 32) gemv_vec<T, NT>(acc, __ldcs(wr + v), xr, nv, v);
 }
 
 // One output row of the warp: y = x · w[r] + bias (+ y where `accumulate`: the residual add
 // of the o and down projections, in place, each element owned by one lane).
-template <typename T, int NT, bool XS>
+template <typename T, int NT>
 __device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const float* bias, int rows,
                                           int cols, int r, int lane, int accumulate,
                                           const uint4* head) {
   float acc[NT];
 #pragma unroll
   for (int b = 0; b < NT; b++) acc[b] = 0.f;
-  gemv_partial<T, NT, XS>(acc, x, w + (u64)r * cols, cols, lane, head);
+  gemv_partial<T, NT>(acc, x, w + (u64)r * cols, cols, lane, head);
 #pragma unroll
   for (int b = 0; b < NT; b++) {
     const float s = warp_sum(acc[b]) + (bias ? bias[r] : 0.f);
@@ -356,117 +352,57 @@ __device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const fl
   }
 }
 
-// NORM (the decode layer's RMSNorms folded into the GEMVs that read them): the block first
-// stages rms_norm(x) * g of its NT input rows in shared memory, rounded to T exactly as the
-// rms_norm kernels write it, and its warps then read the input from there. One prologue per
-// block (a load of the rows from L2 and two barriers) instead of a norm kernel, its launch
-// boundary and a round trip of its output through memory. (A first version had every warp sum
-// x² and load g beside each weight vector: 2% slower than separate norm kernels, its q|k|v
-// GEMV 4.5 us slower per launch.)
-// Needs NT * cols * sizeof(T) bytes of dynamic shared memory and blockDim.x == 256.
-extern __shared__ __align__(16) unsigned char gemv_smem[];
-template <typename T, int NT>
-__device__ __forceinline__ const T* stage_normed_input(const T* x, const float* g, int cols,
-                                                       float eps) {
-  __shared__ float part[NT][8];
-  const int VEC = 16 / sizeof(T), nv = cols / VEC;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const uint4* xr = (const uint4*)x;
-  uint4* xs = (uint4*)gemv_smem;
-#pragma unroll
-  for (int b = 0; b < NT; b++) {
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < nv; i += 256) {
-      const uint4 u = xr[(u64)b * nv + i];
-      float f[8];
-      unpack16(u, f, T());
-#pragma unroll
-      for (int e = 0; e < VEC; e++) ss += f[e] * f[e];
-      xs[b * nv + i] = u;
-    }
-    ss = warp_sum(ss);
-    if (lane == 0) part[b][warp] = ss;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int b = 0; b < NT; b++) {
-    float ss = 0.f;
-#pragma unroll
-    for (int w = 0; w < 8; w++) ss += part[b][w];
-    const float inv = rsqrtf(ss / cols + eps);
-    for (int i = threadIdx.x; i < nv; i += 256) {
-      float f[8], o[8];
-      unpack16(xs[b * nv + i], f, T());
-      const float4* gv = (const float4*)g + (u64)i * (VEC / 4);
-#pragma unroll
-      for (int q = 0; q < VEC / 4; q++) {
-        const float4 s4 = __ldg(gv + q);
-        o[4 * q] = f[4 * q] * inv * s4.x;
-        o[4 * q + 1] = f[4 * q + 1] * inv * s4.y;
-        o[4 * q + 2] = f[4 * q + 2] * inv * s4.z;
-        o[4 * q + 3] = f[4 * q + 3] * inv * s4.w;
-      }
-      xs[b * nv + i] = pack16(o, T());
-    }
-  }
-  __syncthreads();
-  return (const T*)gemv_smem;
-}
-
 // The q, k and v projections of the same tokens in one launch (decode reads all three weight
 // matrices back to back instead of in three kernels): warps [0, nq) take wq, the next nk take
-// wk, the next nv take wv. The GEMV kernels run PDL_ENTRY themselves (after gemv_head).
-template <typename T, int NT, bool NORM>
+// wk, the next nv take wv.
+template <typename T, int NT>
 __device__ void gemv_qkv_impl(T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk,
                               const T* wv, const float* bq, const float* bk, const float* bv,
-                              int nq, int nk, int nv, int cols, const float* g, float eps) {
+                              int nq, int nk, int nv, int cols) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  PDL_ENTRY();
-  if (NORM) x = stage_normed_input<T, NT>(x, g, cols, eps);
   int r = blockIdx.x * 8 + warp;
-  if (r < nq) { gemv_rows<T, NT, NORM>(yq, x, wq, bq, nq, cols, r, lane, 0, nullptr); return; }
+  if (r < nq) { gemv_rows<T, NT>(yq, x, wq, bq, nq, cols, r, lane, 0, nullptr); return; }
   r -= nq;
-  if (r < nk) { gemv_rows<T, NT, NORM>(yk, x, wk, bk, nk, cols, r, lane, 0, nullptr); return; }
+  if (r < nk) { gemv_rows<T, NT>(yk, x, wk, bk, nk, cols, r, lane, 0, nullptr); return; }
   r -= nk;
-  if (r < nv) gemv_rows<T, NT, NORM>(yv, x, wv, bv, nv, cols, r, lane, 0, nullptr);
+  if (r < nv) gemv_rows<T, NT>(yv, x, wv, bv, nv, cols, r, lane, 0, nullptr);
 }
 
 // y = silu(x·Wg) ⊙ (x·Wu): one warp streams row r of both matrices; the gate and up values
 // never leave registers (no separate SiLU·mul kernel, no rounding of the two halves).
-template <typename T, int NT, bool NORM>
-__device__ void gemv_gate_up_impl(T* y, const T* x, const T* wg, const T* wu, int rows, int cols,
-                                  const float* g, float eps) {
+// Runs PDL_ENTRY itself, after gemv_head.
+template <typename T, int NT>
+__device__ void gemv_gate_up_impl(T* y, const T* x, const T* wg, const T* wu, int rows, int cols) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + warp;
   uint4 head[4];
-  if (!NORM && r < rows) gemv_head<T>(head, wg + (u64)r * cols, cols, lane);
+  if (r < rows) gemv_head<T>(head, wg + (u64)r * cols, cols, lane);
   PDL_ENTRY();
-  if (NORM) x = stage_normed_input<T, NT>(x, g, cols, eps);
   if (r >= rows) return;
   float ag[NT], au[NT];
 #pragma unroll
   for (int b = 0; b < NT; b++) { ag[b] = 0.f; au[b] = 0.f; }
-  gemv_partial<T, NT, NORM>(ag, x, wg + (u64)r * cols, cols, lane, NORM ? nullptr : head);
-  gemv_partial<T, NT, NORM>(au, x, wu + (u64)r * cols, cols, lane, nullptr);
+  gemv_partial<T, NT>(ag, x, wg + (u64)r * cols, cols, lane, head);
+  gemv_partial<T, NT>(au, x, wu + (u64)r * cols, cols, lane, nullptr);
 #pragma unroll
   for (int b = 0; b < NT; b++) {
-    const float gs = warp_sum(ag[b]), us = warp_sum(au[b]);
-    if (lane == 0) y[(u64)b * rows + r] = from_f<T>(gs / (1.f + expf(-gs)) * us);
+    const float g = warp_sum(ag[b]), u = warp_sum(au[b]);
+    if (lane == 0) y[(u64)b * rows + r] = from_f<T>(g / (1.f + expf(-g)) * u);
   }
 }
 
 // One kernel per token count (gemv1 ... gemv8), so that the small cases keep few registers
 // and high occupancy (a switch inside one kernel would size every case like the largest).
-template <typename T, int NT, bool NORM>
+// Runs PDL_ENTRY itself, after gemv_head.
+template <typename T, int NT>
 __device__ void gemv_impl(T* y, const T* x, const T* w, const float* bias, int rows, int cols,
-                          int accumulate, const float* g, float eps) {
+                          int accumulate) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + warp;
   uint4 head[4];
   if (r < rows) gemv_head<T>(head, w + (u64)r * cols, cols, lane);
   PDL_ENTRY();
-  if (NORM) x = stage_normed_input<T, NT>(x, g, cols, eps);
-  if (r < rows) gemv_rows<T, NT, NORM>(y, x, w, bias, rows, cols, r, lane, accumulate, head);
+  if (r < rows) gemv_rows<T, NT>(y, x, w, bias, rows, cols, r, lane, accumulate, head);
 }
 
 // out[i, :] = x[rows[i], :]. Grid: output rows.
@@ -544,35 +480,23 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
     out[i] = to_f(x[i]);
 }
 
-// Each GEMV comes plain and as _norm (input rms_norm(x) * g, see stage_normed_input).
 #define GEMV(T, S, N)                                                                              \
   extern "C" __global__ void __launch_bounds__(256) gemv##N##_##S(                                 \
       T* y, const T* x, const T* w, const float* bias, int rows, int cols, int accumulate) {       \
-    gemv_impl<T, N, false>(y, x, w, bias, rows, cols, accumulate, nullptr, 0.f);                   \
-  }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(256) gemv_norm##N##_##S(                            \
-      T* y, const T* x, const T* w, const float* bias, int rows, int cols, const float* g,         \
-      float eps) {                                                                                 \
-    gemv_impl<T, N, true>(y, x, w, bias, rows, cols, 0, g, eps);                                   \
+    gemv_impl<T, N>(y, x, w, bias, rows, cols, accumulate);                                        \
   }
 
-#define GEMV_QKV(T, S, N, NAME, NORM)                                                              \
-  extern "C" __global__ void __launch_bounds__(256) NAME##N##_##S(                                 \
-      T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk, const T* wv, const float* bq,     \
-      const float* bk, const float* bv, int nq, int nk, int nv, int cols, const float* g,          \
-      float eps) {                                                                                 \
-    gemv_qkv_impl<T, N, NORM>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols, g, eps);    \
-  }
-#define GEMV_GATE_UP(T, S, N, NAME, NORM)                                                          \
-  extern "C" __global__ void __launch_bounds__(256) NAME##N##_##S(                                 \
-      T* y, const T* x, const T* wg, const T* wu, int rows, int cols, const float* g, float eps) { \
-    gemv_gate_up_impl<T, N, NORM>(y, x, wg, wu, rows, cols, g, eps);                               \
-  }
 #define GEMV_FUSED(T, S, N)                                                                        \
-  GEMV_QKV(T, S, N, gemv_qkv, false)                                                               \
-  GEMV_QKV(T, S, N, gemv_qkv_norm, true)                                                           \
-  GEMV_GATE_UP(T, S, N, gemv_gate_up, false)                                                       \
-  GEMV_GATE_UP(T, S, N, gemv_gate_up_norm, true)
+  extern "C" __global__ void __launch_bounds__(256) gemv_qkv##N##_##S(                             \
+      T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk, const T* wv, const float* bq,     \
+      const float* bk, const float* bv, int nq, int nk, int nv, int cols) {                        \
+    PDL_ENTRY();                                                                                   \
+    gemv_qkv_impl<T, N>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols);                  \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256) gemv_gate_up##N##_##S(                         \
+      T* y, const T* x, const T* wg, const T* wu, int rows, int cols) {                            \
+    gemv_gate_up_impl<T, N>(y, x, wg, wu, rows, cols);                                             \
+  }
 
 #define KERNELS(T, S)                                                                              \
   extern "C" __global__ void __launch_bounds__(1024) embed_##S(T* out, const T* table, const u32* ids, int cols) { PDL_ENTRY();         \

@@ -45,6 +45,13 @@ impl DType {
     }
 }
 
+/// Rows at or below which `linear` uses the weight-streaming GEMV kernel instead of cuBLASLt.
+pub const GEMV_MAX_ROWS: usize = 8;
+/// The GEMV kernel for each token count 1..=8.
+pub(super) const GEMV_KERNELS: [&str; GEMV_MAX_ROWS] = [
+    "gemv1", "gemv2", "gemv3", "gemv4", "gemv5", "gemv6", "gemv7", "gemv8",
+];
+
 /// An activation in the step workspace; its block returns to the pool on drop.
 pub struct CudaTensor {
     pub ptr: u64,
@@ -121,9 +128,6 @@ pub struct CudaBackend {
     /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
     /// results are wrong). Empty in normal use.
     skip_kernels: Vec<String>,
-    /// Fold the decode layer's RMSNorms into the GEMVs that read them (see `backend::fused`);
-    /// `KR_CUDA_FOLD_NORMS=0` runs them as kernels of their own, for comparison.
-    fold_norms: bool,
     error: RefCell<Option<CudaError>>,
 }
 
@@ -152,7 +156,7 @@ mod profile;
 mod sample;
 mod weights;
 pub use attention::MMA_KERNEL_NAMES;
-pub use fused::{GEMV_KERNEL_FAMILIES, GEMV_MAX_ROWS};
+pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
 pub use sample::RowSampling;
 use weights::WeightArena;
 pub use weights::{arena_size, CudaWeight};
@@ -226,7 +230,6 @@ impl CudaBackend {
             split_counters,
             max_decode_splits: attention::max_decode_splits(),
             skip_kernels: launch::skipped_kernels(),
-            fold_norms: std::env::var("KR_CUDA_FOLD_NORMS").map_or(true, |v| v.trim() != "0"),
             error: RefCell::new(None),
         })
     }
@@ -538,62 +541,19 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn rms_norm_linear(
-        &self,
-        x: &CudaTensor,
-        norm: &CudaVector,
-        eps: f32,
-        w: &CudaWeight,
-    ) -> CudaTensor {
-        let Some(folded) = self.foldable(norm, eps, x.rows, w.cols) else {
-            return self.linear(&self.rms_norm(x, norm, eps), w, None);
-        };
-        let y = self.alloc(x.rows, w.rows);
-        self.gemv_normed(y.ptr, x, w, folded);
-        y
-    }
-
-    fn rms_norm_qkv(
-        &self,
-        x: &CudaTensor,
-        norm: &CudaVector,
-        eps: f32,
-        w: [&CudaWeight; 3],
-        bias: [Option<&CudaVector>; 3],
-    ) -> [CudaTensor; 3] {
-        let folded = self.foldable(norm, eps, x.rows, x.cols);
-        folded
-            .and_then(|n| self.fused_qkv(x, w, bias, Some(n)))
-            .unwrap_or_else(|| self.linear_qkv(&self.rms_norm(x, norm, eps), w, bias))
-    }
-
-    fn rms_norm_gate_up(
-        &self,
-        x: &CudaTensor,
-        norm: &CudaVector,
-        eps: f32,
-        w_gate: &CudaWeight,
-        w_up: &CudaWeight,
-    ) -> CudaTensor {
-        let folded = self.foldable(norm, eps, x.rows, x.cols);
-        folded
-            .and_then(|n| self.fused_gate_up(x, w_gate, w_up, Some(n)))
-            .unwrap_or_else(|| self.linear_gate_up(&self.rms_norm(x, norm, eps), w_gate, w_up))
-    }
-
     fn linear_qkv(
         &self,
         x: &CudaTensor,
         w: [&CudaWeight; 3],
         bias: [Option<&CudaVector>; 3],
     ) -> [CudaTensor; 3] {
-        self.fused_qkv(x, w, bias, None)
+        self.fused_qkv(x, w, bias)
             .or_else(|| self.packed_qkv(x, w, bias))
             .unwrap_or_else(|| [0, 1, 2].map(|i| self.linear(x, w[i], bias[i])))
     }
 
     fn linear_gate_up(&self, x: &CudaTensor, w_gate: &CudaWeight, w_up: &CudaWeight) -> CudaTensor {
-        let fused = self.fused_gate_up(x, w_gate, w_up, None);
+        let fused = self.fused_gate_up(x, w_gate, w_up);
         fused
             .or_else(|| self.packed_gate_up(x, w_gate, w_up))
             .unwrap_or_else(|| {

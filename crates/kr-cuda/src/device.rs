@@ -20,9 +20,9 @@ const KERNEL_SOURCE: &str = concat!(
     include_str!("../kernels/sample.cu")
 );
 
-/// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the GEMV
-/// kernels are listed in `backend::fused`, the tensor-core ones in `backend::attention`.
-pub const KERNEL_NAMES: [&str; 18] = [
+/// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
+/// and tensor-core kernels are listed in `backend::fused`.
+pub const KERNEL_NAMES: [&str; 26] = [
     "embed",
     "rms_norm",
     "rms_norm_vec",
@@ -31,6 +31,14 @@ pub const KERNEL_NAMES: [&str; 18] = [
     "add_bias",
     "head_rms_norm",
     "rope_write_kv",
+    "gemv1",
+    "gemv2",
+    "gemv3",
+    "gemv4",
+    "gemv5",
+    "gemv6",
+    "gemv7",
+    "gemv8",
     "gather_rows",
     "attention",
     "attention_decode",
@@ -127,7 +135,8 @@ impl Gpu {
         let mut functions = HashMap::new();
         let both = KERNEL_NAMES
             .iter()
-            .chain(crate::backend::GEMV_KERNEL_FAMILIES.iter().flatten());
+            .chain(&crate::backend::GEMV_QKV_KERNELS)
+            .chain(&crate::backend::GEMV_GATE_UP_KERNELS);
         let all = both
             .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
             .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")));

@@ -110,38 +110,6 @@ pub trait Backend: Send {
         let delta = self.linear(a, w, None);
         self.add_inplace(x, &delta);
     }
-    /// `rms_norm(x) · Wᵀ`. A device backend may fold the norm into the projection kernel.
-    fn rms_norm_linear(
-        &self,
-        x: &Self::Tensor,
-        norm: &Self::Vector,
-        eps: f32,
-        w: &Self::Weight,
-    ) -> Self::Tensor {
-        self.linear(&self.rms_norm(x, norm, eps), w, None)
-    }
-    /// [`Self::linear_qkv`] of `rms_norm(x)`; a device backend may fold the norm in.
-    fn rms_norm_qkv(
-        &self,
-        x: &Self::Tensor,
-        norm: &Self::Vector,
-        eps: f32,
-        w: [&Self::Weight; 3],
-        bias: [Option<&Self::Vector>; 3],
-    ) -> [Self::Tensor; 3] {
-        self.linear_qkv(&self.rms_norm(x, norm, eps), w, bias)
-    }
-    /// [`Self::linear_gate_up`] of `rms_norm(x)`; a device backend may fold the norm in.
-    fn rms_norm_gate_up(
-        &self,
-        x: &Self::Tensor,
-        norm: &Self::Vector,
-        eps: f32,
-        w_gate: &Self::Weight,
-        w_up: &Self::Weight,
-    ) -> Self::Tensor {
-        self.linear_gate_up(&self.rms_norm(x, norm, eps), w_gate, w_up)
-    }
     /// RMSNorm over each head of width `head_dim` (Qwen3's q/k norm).
     fn head_rms_norm(&self, x: &mut Self::Tensor, w: &Self::Vector, head_dim: usize, eps: f32);
     /// Rotates `q` and `k` in place by their positions, then writes `k` and `v` into the

@@ -108,26 +108,27 @@ impl<B: Backend> Decoder<B> {
     ) -> Option<B::Tensor> {
         let (be, c) = (&self.backend, &self.config);
         let eps = c.rms_norm_eps;
-        // `x` is the residual stream: each output projection adds into it (`linear_add`) and
-        // each norm goes with the projection that reads it (`rms_norm_*`).
+        // `x` is the residual stream: each output projection adds into it (`linear_add`).
         let mut x = be.embed(&self.embedding, ids);
         for (i, l) in self.layers.iter().enumerate() {
             let ctx = self.attention(l, &x, meta, i, cache);
             be.linear_add(&mut x, &ctx, &l.wo);
-            let act = be.rms_norm_gate_up(&x, &l.ffn_norm, eps, &l.w_gate, &l.w_up);
+            let h = be.rms_norm(&x, &l.ffn_norm, eps);
+            let act = be.linear_gate_up(&h, &l.w_gate, &l.w_up);
             be.linear_add(&mut x, &act, &l.w_down);
         }
         // Only the sampled rows go through the final norm and the vocabulary projection.
         if meta.logit_rows.is_empty() {
             return None;
         }
-        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
         let every_row_in_order = meta.logit_rows.iter().copied().eq(0..ids.len());
-        if every_row_in_order {
-            return Some(be.rms_norm_linear(&x, &self.final_norm, eps, head));
-        }
-        let last = be.gather_rows(&x, &meta.logit_rows);
-        Some(be.rms_norm_linear(&last, &self.final_norm, eps, head))
+        let h = if every_row_in_order {
+            be.rms_norm(&x, &self.final_norm, eps)
+        } else {
+            be.rms_norm(&be.gather_rows(&x, &meta.logit_rows), &self.final_norm, eps)
+        };
+        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
+        Some(be.linear(&h, head, None))
     }
 
     /// Layer `layer`'s attention norm, q/k/v projections, RoPE and attention over the cache:
@@ -141,10 +142,9 @@ impl<B: Backend> Decoder<B> {
         cache: &mut B::KvCache,
     ) -> B::Tensor {
         let (be, c) = (&self.backend, &self.config);
-        let [mut q, mut k, v] = be.rms_norm_qkv(
-            x,
-            &l.attn_norm,
-            c.rms_norm_eps,
+        let h = be.rms_norm(x, &l.attn_norm, c.rms_norm_eps);
+        let [mut q, mut k, v] = be.linear_qkv(
+            &h,
             [&l.wq, &l.wk, &l.wv],
             [l.q_bias.as_ref(), l.k_bias.as_ref(), l.v_bias.as_ref()],
         );
