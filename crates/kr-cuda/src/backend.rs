@@ -128,6 +128,8 @@ pub struct CudaBackend {
     /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
     /// results are wrong). Empty in normal use.
     skip_kernels: Vec<String>,
+    /// Projections of 2..=8 tokens on tensor cores (see `backend::gemv_mma`).
+    mma_gemv: bool,
     error: RefCell<Option<CudaError>>,
 }
 
@@ -151,12 +153,14 @@ macro_rules! launch {
 
 mod attention;
 mod fused;
+mod gemv_mma;
 mod launch;
 mod profile;
 mod sample;
 mod weights;
 pub use attention::MMA_KERNEL_NAMES;
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
+pub use gemv_mma::GEMV_MMA_KERNEL_NAMES;
 pub use sample::RowSampling;
 use weights::WeightArena;
 pub use weights::{arena_size, CudaWeight};
@@ -230,6 +234,7 @@ impl CudaBackend {
             split_counters,
             max_decode_splits: attention::max_decode_splits(),
             skip_kernels: launch::skipped_kernels(),
+            mma_gemv: gemv_mma::mma_gemv_wanted(),
             error: RefCell::new(None),
         })
     }
@@ -520,6 +525,9 @@ impl Backend for CudaBackend {
     fn linear(&self, x: &CudaTensor, w: &CudaWeight, bias: Option<&CudaVector>) -> CudaTensor {
         let (t, rows, cols) = (x.rows, w.rows, w.cols);
         let y = self.alloc(t, rows);
+        if self.mma_linear_into(y.ptr, x, w, bias, false) {
+            return y;
+        }
         if self.gemv_applies(t, cols) {
             self.gemv(y.ptr, x, w, bias, false);
             return y;
@@ -534,6 +542,9 @@ impl Backend for CudaBackend {
     }
 
     fn linear_add(&self, x: &mut CudaTensor, a: &CudaTensor, w: &CudaWeight) {
+        if self.mma_linear_into(x.ptr, a, w, None, true) {
+            return;
+        }
         if self.gemv_applies(a.rows, w.cols) {
             self.gemv(x.ptr, a, w, None, true);
         } else {
@@ -547,14 +558,16 @@ impl Backend for CudaBackend {
         w: [&CudaWeight; 3],
         bias: [Option<&CudaVector>; 3],
     ) -> [CudaTensor; 3] {
-        self.fused_qkv(x, w, bias)
+        self.mma_qkv(x, w, bias)
+            .or_else(|| self.fused_qkv(x, w, bias))
             .or_else(|| self.packed_qkv(x, w, bias))
             .unwrap_or_else(|| [0, 1, 2].map(|i| self.linear(x, w[i], bias[i])))
     }
 
     fn linear_gate_up(&self, x: &CudaTensor, w_gate: &CudaWeight, w_up: &CudaWeight) -> CudaTensor {
-        let fused = self.fused_gate_up(x, w_gate, w_up);
+        let fused = self.mma_gate_up(x, w_gate, w_up);
         fused
+            .or_else(|| self.fused_gate_up(x, w_gate, w_up))
             .or_else(|| self.packed_gate_up(x, w_gate, w_up))
             .unwrap_or_else(|| {
                 self.silu_mul(&self.linear(x, w_gate, None), &self.linear(x, w_up, None))

@@ -13,10 +13,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// The kernels as one NVRTC program: shared types and helpers first, then attention, sampling.
+/// The kernels as one NVRTC program: shared types and helpers first, then attention, the
+/// tensor-core GEMV (which uses attention's mma helper), sampling.
 const KERNEL_SOURCE: &str = concat!(
     include_str!("../kernels/kernels.cu"),
     include_str!("../kernels/attention.cu"),
+    include_str!("../kernels/gemv_mma.cu"),
     include_str!("../kernels/sample.cu")
 );
 
@@ -139,7 +141,8 @@ impl Gpu {
             .chain(&crate::backend::GEMV_GATE_UP_KERNELS);
         let all = both
             .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
-            .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")));
+            .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")))
+            .chain(crate::backend::GEMV_MMA_KERNEL_NAMES.map(|n| (n, "bf16")));
         for (name, suffix) in all {
             let full = format!("{name}_{suffix}");
             let f = module

@@ -344,6 +344,71 @@ fn residual_adds_norms_and_long_rows_match_cpu() {
     assert!(g.take_error().is_none());
 }
 
+/// Projections of 1..=9 tokens in bf16 (2..=8 take the tensor-core GEMV, 1 the CUDA-core one,
+/// 9 cuBLASLt) vs the CPU in f32 on the same bf16 weights and bf16-rounded inputs, including
+/// the residual add of `linear_add`. Tolerance: 1e-2 of the largest output (the GPU rounds
+/// its output to bf16, 4e-3 relative).
+#[test]
+fn bf16_projections_match_cpu_for_every_token_count() {
+    if !gpu_available() {
+        return;
+    }
+    let w = tiny_weights("qwen2", RopeStyle::HalfSplit, GgmlType::BF16);
+    let model = CudaModel::load(&w, options(DType::Bf16, 8, false)).expect("load");
+    let (g, c) = (model.backend(), CpuBackend);
+    let l = &w.layers[0];
+    let [q, k, v, gate, up, o] = [&l.wq, &l.wk, &l.wv, &l.w_gate, &l.w_up, &l.wo]
+        .map(|t| (g.load_weight(t), c.load_weight(t)));
+    let [bq, bk, bv] = [&l.q_bias, &l.k_bias, &l.v_bias]
+        .map(|b| b.as_ref().expect("qwen2 has q/k/v biases"))
+        .map(|b| (g.load_vector(b), c.load_vector(b)));
+    let cols = l.wq.cols;
+    let check = |name: &str, t: usize, got: &kr_cuda::backend::CudaTensor, want: &kr_cpu::Mat| {
+        let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let e = max_diff(&g.to_host(got), &want.data) / scale;
+        println!("{name} with {t} tokens: max error {e:.2e} of the largest output");
+        assert!(e <= 1e-2, "{name}, {t} tokens: {e}");
+    };
+    for t in 1..=9 {
+        let data = bf16_values(t * cols, 40 + t as u64);
+        let (gx, cx) = (
+            g.upload_tensor(t, cols, &data),
+            kr_cpu::Mat::new(t, cols, data),
+        );
+        let (gl, cl) = (
+            g.linear(&gx, &q.0, Some(&bq.0)),
+            c.linear(&cx, &q.1, Some(&bq.1)),
+        );
+        check("linear+bias", t, &gl, &cl);
+        let gb = [Some(&bq.0), Some(&bk.0), Some(&bv.0)];
+        let cb = [Some(&bq.1), Some(&bk.1), Some(&bv.1)];
+        let gqkv = g.linear_qkv(&gx, [&q.0, &k.0, &v.0], gb);
+        let cqkv = c.linear_qkv(&cx, [&q.1, &k.1, &v.1], cb);
+        for (i, name) in ["q", "k", "v"].iter().enumerate() {
+            check(&format!("linear_qkv ({name})"), t, &gqkv[i], &cqkv[i]);
+        }
+        let ggu = g.linear_gate_up(&gx, &gate.0, &up.0);
+        check(
+            "linear_gate_up",
+            t,
+            &ggu,
+            &c.linear_gate_up(&cx, &gate.1, &up.1),
+        );
+        let residual = bf16_values(t * o.1.rows, 60 + t as u64);
+        let mut gr = g.upload_tensor(t, o.1.rows, &residual);
+        let mut cr = kr_cpu::Mat::new(t, o.1.rows, residual);
+        let a = bf16_values(t * o.1.cols, 80 + t as u64);
+        let (ga, ca) = (
+            g.upload_tensor(t, o.1.cols, &a),
+            kr_cpu::Mat::new(t, o.1.cols, a),
+        );
+        g.linear_add(&mut gr, &ga, &o.0);
+        c.linear_add(&mut cr, &ca, &o.1);
+        check("linear_add", t, &gr, &cr);
+    }
+    assert!(g.take_error().is_none());
+}
+
 fn hf_tiny(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/reference/hf-tiny")
