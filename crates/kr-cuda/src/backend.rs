@@ -128,8 +128,8 @@ pub struct CudaBackend {
     /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
     /// results are wrong). Empty in normal use.
     skip_kernels: Vec<String>,
-    /// Projections of 2..=8 tokens on tensor cores (see `backend::gemv_mma`).
-    mma_gemv: bool,
+    /// Projections of this many tokens up to 8 run on tensor cores (see `backend::gemv_mma`).
+    mma_gemv_min_tokens: usize,
     error: RefCell<Option<CudaError>>,
 }
 
@@ -234,7 +234,7 @@ impl CudaBackend {
             split_counters,
             max_decode_splits: attention::max_decode_splits(),
             skip_kernels: launch::skipped_kernels(),
-            mma_gemv: gemv_mma::mma_gemv_wanted(),
+            mma_gemv_min_tokens: gemv_mma::mma_gemv_min_tokens(),
             error: RefCell::new(None),
         })
     }

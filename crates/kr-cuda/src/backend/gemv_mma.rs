@@ -18,9 +18,14 @@ const THREADS: u32 = 256;
 /// Weight rows per block (one mma tile).
 const ROWS_PER_BLOCK: usize = 16;
 
-/// Whether the tensor-core GEMV is wanted (`KR_CUDA_MMA_GEMV=0` turns it off).
-pub(super) fn mma_gemv_wanted() -> bool {
-    !std::env::var("KR_CUDA_MMA_GEMV").is_ok_and(|v| v.trim() == "0")
+/// The fewest tokens that take the tensor-core GEMV: `KR_CUDA_MMA_GEMV=0` turns it off
+/// (`usize::MAX`), `KR_CUDA_MMA_GEMV=1` sends single tokens to it too; default 2.
+pub(super) fn mma_gemv_min_tokens() -> usize {
+    match std::env::var("KR_CUDA_MMA_GEMV").as_deref().map(str::trim) {
+        Ok("0") => usize::MAX,
+        Ok("1") => 1,
+        _ => 2,
+    }
 }
 
 /// Blocks for `rows` output rows.
@@ -31,10 +36,9 @@ fn blocks(rows: usize) -> cudarc::driver::LaunchConfig {
 impl CudaBackend {
     /// Whether `t` tokens of width `cols` times weights of `rows` rows run on tensor cores.
     fn mma_gemv_applies(&self, t: usize, cols: usize, rows: &[usize]) -> bool {
-        self.mma_gemv
-            && self.dtype == DType::Bf16
+        self.dtype == DType::Bf16
             && self.gpu.info.compute_capability.0 >= 8
-            && (2..=GEMV_MAX_ROWS).contains(&t)
+            && (self.mma_gemv_min_tokens..=GEMV_MAX_ROWS).contains(&t)
             // `%` rather than `is_multiple_of`: the crate's rust-version is 1.85.
             && cols % 32 == 0
             && rows.iter().all(|r| r % ROWS_PER_BLOCK == 0)
