@@ -2,7 +2,7 @@
 //! or on `--random-weights --arch NAME`, written as the same kind of JSON report as the CPU
 //! engine benchmark (machine, commit, command recorded).
 
-use crate::bench::{commit, machine};
+use crate::bench::{build_commit, commit, machine};
 use crate::cli::BenchEngineArgs;
 use crate::error::{CliError, Result};
 use kr_cuda::bench::GpuBenchSpec;
@@ -89,7 +89,8 @@ pub fn bench_engine_gpu(args: BenchEngineArgs) -> Result<()> {
         "model": e.model_path().display().to_string(),
         "device": "cuda",
         "machine": machine(),
-        "commit": commit(),
+        "commit": build_commit(),
+        "checkout_commit": commit(),
         "command": crate::bench::command_line(),
         "unix_time": crate::bench::unix_time(),
         "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "prefill_tokens": args.prefill_tokens, "batch_decode_steps": spec.batch_decode_steps, "repeat": args.repeat, "seed": args.seed, "cuda_graphs": !e.no_cuda_graphs},

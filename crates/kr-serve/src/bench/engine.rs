@@ -3,7 +3,7 @@
 //! a warm-up request, the median of `repeat` runs. Writes a JSON report with the machine,
 //! the commit and the command line. Never asserts timings.
 
-use super::{commit, machine};
+use super::{build_commit, commit, machine};
 use crate::cli::BenchEngineArgs;
 use crate::error::{CliError, Result};
 use crate::run::start_engine;
@@ -165,7 +165,8 @@ pub fn bench_engine(args: BenchEngineArgs) -> Result<()> {
         "model": args.engine.model_path().display().to_string(),
         "device": "cpu",
         "machine": machine(),
-        "commit": commit(),
+        "commit": build_commit(),
+        "checkout_commit": commit(),
         "command": crate::bench::command_line(),
         "unix_time": crate::bench::unix_time(),
         "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "prefill_tokens": args.prefill_tokens, "repeat": args.repeat, "seed": args.seed, "ignore_eos": true, "threads": rayon_threads()},

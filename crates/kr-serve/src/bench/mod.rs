@@ -36,7 +36,13 @@ pub fn machine() -> serde_json::Value {
     json!({"cpu": cpu, "cores": std::thread::available_parallelism().map_or(0, |n| n.get()), "os": std::env::consts::OS, "arch": std::env::consts::ARCH})
 }
 
-/// The git commit of the working tree, if there is one (`-dirty` when it has changes).
+/// The git commit HEAD pointed at when this binary was built (see build.rs): what ran.
+pub fn build_commit() -> &'static str {
+    env!("KR_BUILD_COMMIT")
+}
+
+/// The git commit of the working tree the benchmark runs in, if there is one (`-dirty` when it
+/// has changes); it differs from [`build_commit`] when the binary was built elsewhere.
 pub fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")

@@ -16,7 +16,7 @@
 use super::client::{self, Endpoint, Outcome, Target};
 use super::dataset::{self, Sample};
 use super::stats::{histogram_percentile_upper, median, Summary};
-use super::{command_line, commit, emit_json, load_average, machine, unix_time};
+use super::{build_commit, command_line, commit, emit_json, load_average, machine, unix_time};
 use crate::cli::BenchOverheadArgs;
 use crate::error::{CliError, Result};
 use crate::run::start_engine;
@@ -132,7 +132,8 @@ pub fn bench_overhead(args: BenchOverheadArgs) -> Result<()> {
         "overhead_definition": "per concurrency level: median over repeats of (http total time / engine total time - 1) * 100; top level: the largest of the levels",
         "model": args.engine.model_path().display().to_string(),
         "machine": machine(),
-        "commit": commit(),
+        "commit": build_commit(),
+        "checkout_commit": commit(),
         "command": command_line(),
         "unix_time": started,
         "load_average_before": load_before,

@@ -10,7 +10,7 @@
 use super::client::{self, Outcome, Target};
 use super::dataset::{self, Sample};
 use super::stats::Summary;
-use super::{command_line, commit, load_average, machine, plot, report, unix_time};
+use super::{build_commit, command_line, commit, load_average, machine, plot, report, unix_time};
 use crate::cli::{BenchServeArgs, DatasetKind};
 use crate::error::{CliError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -132,7 +132,8 @@ fn report_json(
         "model": args.model,
         "endpoint": args.endpoint,
         "machine": machine(),
-        "commit": commit(),
+        "commit": build_commit(),
+        "checkout_commit": commit(),
         "command": command_line(),
         "unix_time": started,
         "load_average_before": load_before,
