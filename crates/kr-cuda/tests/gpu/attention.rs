@@ -1,0 +1,214 @@
+//! RoPE + KV-cache write + paged attention alone, GPU vs CPU: prefill chunks over a cached
+//! prefix (tensor cores), decode with many and few sequences (one block per pair, split-K) and
+//! over long contexts (the split-K kernel's multi-tile path).
+
+use super::*;
+
+/// Steps for the attention test: long prefills that span several 64-key tiles, a chunk over a
+/// cached prefix, and a decode token and a short prompt in the same batch.
+fn long_prefill_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
+    // Scattered, non-monotonic block tables (16-token blocks).
+    let tables: Vec<Vec<u32>> = vec![
+        (0..16).map(|b| (b * 7 + 3) % 60).collect(),
+        (0..8).map(|b| 60 + (b * 5) % 8).collect(),
+        vec![70, 68],
+    ];
+    let plan = [vec![(0, 150), (1, 70)], vec![(0, 90), (1, 1), (2, 5)]];
+    plan_steps(c, &tables, &plan)
+}
+
+/// RoPE + cache write + paged attention alone over `steps` (`rope_attention`: one kernel in
+/// decode steps), on the GPU in `dtype` vs the CPU backend in f32 (inputs rounded to bf16 so
+/// both start from the same numbers); returns the largest difference of the attention outputs.
+fn attention_vs_cpu(
+    dtype: DType,
+    head_dim: usize,
+    blocks: usize,
+    steps: &dyn Fn(&ModelConfig) -> Vec<(Vec<u32>, AttnMeta)>,
+) -> f32 {
+    let cfg = tiny_config_with_head_dim("llama", RopeStyle::HalfSplit, head_dim);
+    let ty = if dtype == DType::F32 {
+        GgmlType::F32
+    } else {
+        GgmlType::BF16
+    };
+    let w = kr_model::random::random_weights(&cfg, ty, 5);
+    let model = CudaModel::load(&w, options(dtype, blocks, false)).expect("load");
+    let g = model.backend();
+    let c = CpuBackend;
+    let layout = kr_model::KvLayout {
+        num_layers: 1,
+        num_blocks: blocks,
+        block_size: 16,
+        num_kv_heads: cfg.num_kv_heads,
+        head_dim,
+    };
+    let (mut gcache, mut ccache) = (g.new_kv_cache(layout), c.new_kv_cache(layout));
+    let rope = kr_model::Rope::from_config(&cfg);
+    let widths = [
+        cfg.num_heads * head_dim,
+        cfg.num_kv_heads * head_dim,
+        cfg.num_kv_heads * head_dim,
+    ];
+    let mut worst = 0f32;
+    for (i, (ids, meta)) in steps(&cfg).iter().enumerate() {
+        let n = ids.len();
+        let data: Vec<Vec<f32>> = (0..3)
+            .map(|j| bf16_values(n * widths[j], 100 * i as u64 + j as u64 + 1))
+            .collect();
+        let mut gt: Vec<_> = (0..3)
+            .map(|j| g.upload_tensor(n, widths[j], &data[j]))
+            .collect();
+        let mut ct: Vec<_> = (0..3)
+            .map(|j| kr_cpu::Mat::new(n, widths[j], data[j].clone()))
+            .collect();
+        g.begin_step(ids, meta);
+        let (gv, cv) = (gt.pop().expect("v"), ct.pop().expect("v"));
+        let (mut gk, mut ck) = (gt.pop().expect("k"), ct.pop().expect("k"));
+        let (mut gq, mut cq) = (gt.pop().expect("q"), ct.pop().expect("q"));
+        // The GPU takes the fused path (RoPE and the KV write inside the decode kernels); the
+        // later steps read the keys that the earlier ones wrote that way.
+        let heads = cfg.num_heads;
+        let gout = g.rope_attention(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache, heads);
+        let got = g.to_host(&gout);
+        c.rope_and_write_kv(&mut cq, &mut ck, &cv, &rope, meta, 0, &mut ccache);
+        let want = c.paged_attention(&cq, meta, 0, &ccache, cfg.num_heads).data;
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "non-finite attention output"
+        );
+        worst = worst.max(max_diff(&got, &want));
+    }
+    assert!(g.take_error().is_none());
+    worst
+}
+
+/// Prefill attention (the tensor-core kernel for bf16 head_dim 64 and 128) on long chunked
+/// prefills. Tolerance 2e-2: outputs are O(0.5) averages; the GPU rounds q, k, v, the
+/// probabilities and the output to bf16.
+#[test]
+fn bf16_prefill_attention_matches_cpu() {
+    if !gpu_available() {
+        return;
+    }
+    for head_dim in [64, 128] {
+        let worst = attention_vs_cpu(DType::Bf16, head_dim, 80, &long_prefill_steps);
+        println!("prefill attention bf16 head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
+        assert!(worst <= 2e-2, "head_dim {head_dim}: {worst}");
+    }
+}
+
+/// Prompts for 80 sequences (16 per step, under 512 tokens), a decode step for all 80 (160 sequence x
+/// kv-head pairs: one block each) and one for 5 (10 pairs: the split-K kernel).
+fn many_decode_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
+    let lens: Vec<usize> = (0..80).map(|i| 3 + (i * 7) % 40).collect();
+    // Three 16-token blocks per sequence, the odd ones in reverse order.
+    let tables: Vec<Vec<u32>> = (0..80)
+        .map(|i| {
+            let t: Vec<u32> = (0..3).map(|b| (3 * i + b) as u32).collect();
+            if i % 2 == 1 {
+                t.into_iter().rev().collect()
+            } else {
+                t
+            }
+        })
+        .collect();
+    let mut plan: Vec<Vec<(usize, usize)>> = (0..80)
+        .collect::<Vec<_>>()
+        .chunks(16)
+        .map(|part| part.iter().map(|&s| (s, lens[s])).collect())
+        .collect();
+    plan.push((0..80).map(|s| (s, 1)).collect());
+    plan.push(vec![(3, 1), (17, 1), (40, 1), (41, 1), (79, 1)]);
+    plan_steps(c, &tables, &plan)
+}
+
+/// Steps from a plan: each step lists (sequence, new tokens); sequence s uses `tables[s]`.
+fn plan_steps(
+    c: &ModelConfig,
+    tables: &[Vec<u32>],
+    plan: &[Vec<(usize, usize)>],
+) -> Vec<(Vec<u32>, AttnMeta)> {
+    let mut done = vec![0usize; tables.len()];
+    plan.iter()
+        .map(|seqs| {
+            let (mut ids, mut meta) = (Vec::new(), AttnMeta::default());
+            for &(s, n) in seqs {
+                let q_start = ids.len();
+                for p in done[s]..done[s] + n {
+                    ids.push(((p * 17 + s) % c.vocab_size) as u32);
+                    meta.positions.push(p as u32);
+                    meta.slot_mapping
+                        .push(tables[s][p / 16] * 16 + (p % 16) as u32);
+                }
+                done[s] += n;
+                meta.seqs.push(SeqAttn {
+                    q_start,
+                    q_len: n,
+                    ctx_len: done[s],
+                    block_table: tables[s].clone(),
+                });
+                meta.logit_rows.push(ids.len() - 1);
+            }
+            (ids, meta)
+        })
+        .collect()
+}
+
+/// Decode attention on both of its paths (one block per sequence x kv head, and split-K),
+/// f32 and bf16. Tolerances: f32 1e-4; bf16 2e-2 as above.
+#[test]
+fn decode_attention_matches_cpu_with_many_and_few_sequences() {
+    if !gpu_available() {
+        return;
+    }
+    for (dtype, head_dim, tol) in [(DType::F32, 64, 1e-4), (DType::Bf16, 128, 2e-2)] {
+        let worst = attention_vs_cpu(dtype, head_dim, 256, &many_decode_steps);
+        println!("decode attention {dtype:?} head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
+        assert!(worst <= tol, "{dtype:?}: {worst}");
+    }
+}
+
+/// Chunked prefills of three sequences to 600, 900 and 1000 tokens (scattered, partly
+/// reversed block tables), then three decode steps of all three. Six (sequence, kv head)
+/// pairs take the split-K kernel with 16 splits, so each block gets 38 to 63 keys: two
+/// 32-key tiles, the running max and sum carried from the first to the second.
+fn long_decode_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
+    let lens = [600usize, 900, 1000];
+    let tables: Vec<Vec<u32>> = (0..3)
+        .map(|s| {
+            let t: Vec<u32> = (0..64).map(|b| (64 * s + b) as u32).collect();
+            if s == 1 {
+                t.into_iter().rev().collect()
+            } else {
+                t
+            }
+        })
+        .collect();
+    let mut plan: Vec<Vec<(usize, usize)>> = Vec::new();
+    for (s, &len) in lens.iter().enumerate() {
+        for chunk in (0..len).step_by(500) {
+            plan.push(vec![(s, (len - chunk).min(500))]);
+        }
+    }
+    for _ in 0..3 {
+        plan.push(vec![(0, 1), (1, 1), (2, 1)]);
+    }
+    plan_steps(c, &tables, &plan)
+}
+
+/// Decode attention over long contexts (the split-K kernel's multi-tile path), f32 and bf16.
+/// Tolerances as above.
+#[test]
+fn decode_attention_matches_cpu_over_long_contexts() {
+    if !gpu_available() {
+        return;
+    }
+    for (dtype, head_dim, tol) in [(DType::F32, 64, 1e-4), (DType::Bf16, 128, 2e-2)] {
+        let worst = attention_vs_cpu(dtype, head_dim, 200, &long_decode_steps);
+        println!(
+            "long-context decode {dtype:?} head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}"
+        );
+        assert!(worst <= tol, "{dtype:?}: {worst}");
+    }
+}
