@@ -13,8 +13,14 @@
 // logical k 2t, 2t+1 / 2t+8, 2t+9 (A: a0/a1 rows g/g+8, a2/a3; B: b0, b1), elements 4..7 the
 // second mma. A and B see the same permutation, so the dot products are unchanged.
 // The accumulators of a warp: c0, c1 = row g, tokens 2t, 2t+1; c2, c3 = row g+8, same tokens.
-#define GM_WARPS 8
+// Both tunable at compile time for comparison runs (KR_CUDA_MMA_WARPS, KR_CUDA_MMA_UNROLL; the
+// measured alternatives are listed in backend/gemv_mma.rs).
+#ifndef GM_WARPS
+#define GM_WARPS 16
+#endif
+#ifndef GM_UNROLL
 #define GM_UNROLL 4
+#endif
 
 __device__ __forceinline__ void gm_mma2(float* c, uint4 a_lo, uint4 a_hi, uint4 x) {
   const u32 a1[4] = {a_lo.x, a_hi.x, a_lo.y, a_hi.y};

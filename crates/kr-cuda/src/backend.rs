@@ -153,7 +153,7 @@ macro_rules! launch {
 
 mod attention;
 mod fused;
-mod gemv_mma;
+pub(crate) mod gemv_mma;
 mod launch;
 mod profile;
 mod sample;

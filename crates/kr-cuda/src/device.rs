@@ -280,7 +280,7 @@ impl Drop for PinnedWords {
 
 /// Kernel variants for comparison runs, chosen at compile time (kernels.cu): `KR_CUDA_PDL_EARLY=0`
 /// leaves out the early programmatic-launch trigger, `KR_CUDA_GEMV_PRELOAD=0` the GEMVs' weight
-/// loads before the launch wait.
+/// loads before the launch wait; the tensor-core GEMV's shape (see `backend::gemv_mma`).
 fn compile_switches() -> Vec<String> {
     let on = |var: &str| !std::env::var(var).is_ok_and(|v| v.trim() == "0");
     [
@@ -289,6 +289,7 @@ fn compile_switches() -> Vec<String> {
     ]
     .iter()
     .map(|(var, define)| format!("-D{define}={}", u8::from(on(var))))
+    .chain(crate::backend::gemv_mma::compile_defines())
     .collect()
 }
 
