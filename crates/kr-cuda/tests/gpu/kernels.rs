@@ -2,6 +2,28 @@
 //! the projections (CUDA-core and tensor-core GEMVs, cuBLASLt) and the residual adds.
 
 use super::*;
+use kr_cuda::backend::{CudaBackend, CudaTensor};
+
+/// The tiny qwen2 model (q/k/v biases) in f32, its weights and its GPU copy.
+fn tiny_f32_model() -> (ModelWeights, CudaModel) {
+    let w = tiny_weights("qwen2", RopeStyle::HalfSplit, GgmlType::F32);
+    let model = CudaModel::load(&w, options(DType::F32, 8, false)).expect("load");
+    (w, model)
+}
+
+/// `n` values in [-0.5, 0.5) from `seed`.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    xorshift(n, seed).map(|u| u - 0.5).collect()
+}
+
+/// The same random `rows × cols` matrix on the GPU and on the CPU.
+fn random_pair(g: &CudaBackend, rows: usize, cols: usize, seed: u64) -> (CudaTensor, kr_cpu::Mat) {
+    let data = random(rows * cols, seed);
+    (
+        g.upload_tensor(rows, cols, &data),
+        kr_cpu::Mat::new(rows, cols, data),
+    )
+}
 
 /// Each operation alone on random inputs, GPU (f32) vs CPU.
 #[test]
@@ -9,23 +31,16 @@ fn each_kernel_matches_cpu_on_random_inputs() {
     if !gpu_available() {
         return;
     }
-    let w = tiny_weights("qwen2", RopeStyle::HalfSplit, GgmlType::F32);
-    let gpu_model = CudaModel::load(&w, options(DType::F32, 8, false)).expect("load");
+    let (w, gpu_model) = tiny_f32_model();
     let g = gpu_model.backend();
     let c = CpuBackend;
-    let rand = |n: usize, seed: u64| -> Vec<f32> { xorshift(n, seed).map(|u| u - 0.5).collect() };
-    let up = |rows, cols, seed| {
-        (
-            g.upload_tensor(rows, cols, &rand(rows * cols, seed)),
-            kr_cpu::Mat::new(rows, cols, rand(rows * cols, seed)),
-        )
-    };
-    let check = |name: &str, gt: &kr_cuda::backend::CudaTensor, ct: &kr_cpu::Mat| {
+    let up = |rows, cols, seed| random_pair(g, rows, cols, seed);
+    let check = |name: &str, gt: &CudaTensor, ct: &kr_cpu::Mat| {
         let e = max_diff(&g.to_host(gt), &ct.data);
         println!("{name}: max error {e:.2e}");
         assert!(e <= 1e-4, "{name}: {e}");
     };
-    let norm: Vec<f32> = rand(256, 3).iter().map(|v| 1.0 + v).collect();
+    let norm: Vec<f32> = random(256, 3).iter().map(|v| 1.0 + v).collect();
     let (gn, cn) = (g.load_vector(&norm), c.load_vector(&norm));
     for rows in [1, 5, 37] {
         let (gx, cx) = up(rows, 256, 1);
@@ -73,7 +88,7 @@ fn each_kernel_matches_cpu_on_random_inputs() {
             &c.linear_gate_up(&cx, &ws[3].1, &ws[4].1),
         );
         let (mut gq, mut cq) = (g.linear(&gx, &gw, None), c.linear(&cx, &cw, None));
-        let qn: Vec<f32> = rand(32, 9).iter().map(|v| 1.0 + v).collect();
+        let qn: Vec<f32> = random(32, 9).iter().map(|v| 1.0 + v).collect();
         g.head_rms_norm(&mut gq, &g.load_vector(&qn), 32, 1e-6);
         c.head_rms_norm(&mut cq, &c.load_vector(&qn), 32, 1e-6);
         check("head_rms_norm", &gq, &cq);
@@ -96,18 +111,11 @@ fn residual_adds_norms_and_long_rows_match_cpu() {
     if !gpu_available() {
         return;
     }
-    let w = tiny_weights("qwen2", RopeStyle::HalfSplit, GgmlType::F32);
-    let gpu_model = CudaModel::load(&w, options(DType::F32, 8, false)).expect("load");
+    let (w, gpu_model) = tiny_f32_model();
     let g = gpu_model.backend();
     let c = CpuBackend;
-    let rand = |n: usize, seed: u64| -> Vec<f32> { xorshift(n, seed).map(|u| u - 0.5).collect() };
-    let up = |rows, cols, seed| {
-        (
-            g.upload_tensor(rows, cols, &rand(rows * cols, seed)),
-            kr_cpu::Mat::new(rows, cols, rand(rows * cols, seed)),
-        )
-    };
-    let check = |name: &str, gt: &kr_cuda::backend::CudaTensor, ct: &kr_cpu::Mat| {
+    let up = |rows, cols, seed| random_pair(g, rows, cols, seed);
+    let check = |name: &str, gt: &CudaTensor, ct: &kr_cpu::Mat| {
         let e = max_diff(&g.to_host(gt), &ct.data);
         let scale = ct.data.iter().fold(1f32, |m, v| m.max(v.abs()));
         println!("{name}: max error {e:.2e} (largest value {scale:.1})");
@@ -120,13 +128,13 @@ fn residual_adds_norms_and_long_rows_match_cpu() {
         "wide",
         48,
         2048,
-        &rand(48 * 2048, 8),
+        &random(48 * 2048, 8),
     ));
     for rows in [1, 5, 8, 37] {
         // 256 columns take the 16-byte-vector norm kernel; 250 (not a multiple of 4 floats)
         // and 5000 (more than 4 vectors per thread) the scalar one.
         for cols in [256, 250, 5000] {
-            let v: Vec<f32> = rand(cols, 4).iter().map(|v| 1.0 + v).collect();
+            let v: Vec<f32> = random(cols, 4).iter().map(|v| 1.0 + v).collect();
             let (gw, cw) = (g.load_vector(&v), c.load_vector(&v));
             let (gx, cx) = up(rows, cols, 2);
             let name = format!("rms_norm {rows}x{cols}");
@@ -168,7 +176,7 @@ fn bf16_projections_match_cpu_for_every_token_count() {
         .map(|b| b.as_ref().expect("qwen2 has q/k/v biases"))
         .map(|b| (g.load_vector(b), c.load_vector(b)));
     let cols = l.wq.cols;
-    let check = |name: &str, t: usize, got: &kr_cuda::backend::CudaTensor, want: &kr_cpu::Mat| {
+    let check = |name: &str, t: usize, got: &CudaTensor, want: &kr_cpu::Mat| {
         let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
         let e = max_diff(&g.to_host(got), &want.data) / scale;
         println!("{name} with {t} tokens: max error {e:.2e} of the largest output");
