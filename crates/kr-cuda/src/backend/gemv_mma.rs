@@ -3,9 +3,10 @@
 //! that re-reads and unpacks every token's activations for each weight vector.
 //!
 //! Invariants: applies only to bf16 on compute capability 8.0+, 2..=8 tokens, widths that
-//! are a multiple of 32 and row counts that are multiples of 16 (one warp owns 16 rows); each
-//! function returns `None` otherwise so the caller falls back to the CUDA-core kernels, which
-//! compute the same values up to summation order. `KR_CUDA_MMA_GEMV=0` turns it off.
+//! are a multiple of 32 and row counts that are multiples of 16 (one block owns 16 rows); each
+//! function launches nothing otherwise (`None` / `false`) so the caller falls back to the
+//! CUDA-core kernels, which compute the same values up to summation order.
+//! `KR_CUDA_MMA_GEMV=0` turns it off.
 
 use super::{grid1, CudaBackend, CudaTensor, CudaVector, CudaWeight, DType, GEMV_MAX_ROWS};
 use crate::error::driver;
@@ -49,6 +50,7 @@ pub fn compile_defines() -> [String; 2] {
         format!("-DGM_UNROLL={}", s.unroll),
     ]
 }
+
 /// Weight rows per block (one mma tile).
 const ROWS_PER_BLOCK: usize = 16;
 
