@@ -317,6 +317,32 @@ impl CudaBackend {
         }
     }
 
+    /// `y = x · wᵀ (+ bias)` (`y +=` where `accumulate`) into `y`, which holds `x.rows × w.rows`
+    /// values: tensor cores for 2..=8 bf16 tokens, else the CUDA-core GEMV up to 8 tokens,
+    /// else cuBLASLt (beta = 1 to accumulate) and a bias kernel.
+    fn project_into(
+        &self,
+        y: u64,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        bias: Option<&CudaVector>,
+        accumulate: bool,
+    ) {
+        if self.mma_linear_into(y, x, w, bias, accumulate) {
+            return;
+        }
+        let (t, rows, cols) = (x.rows, w.rows, w.cols);
+        if self.gemv_applies(t, cols) {
+            self.gemv(y, x, w, bias, accumulate);
+            return;
+        }
+        self.gemm(y, x.ptr, w.ptr, t, rows, cols, accumulate);
+        if let Some(b) = bias {
+            let (bp, c, n) = (b.buf.ptr, rows as i32, (t * rows) as u64);
+            launch!(self, "add_bias", elementwise(t * rows), y, bp, c, n);
+        }
+    }
+
     /// A tensor holding `data` (`rows × cols`, f32 on the host), converted to the dtype.
     pub fn upload_tensor(&self, rows: usize, cols: usize, data: &[f32]) -> CudaTensor {
         let t = self.alloc(rows, cols);
@@ -523,33 +549,13 @@ impl Backend for CudaBackend {
     }
 
     fn linear(&self, x: &CudaTensor, w: &CudaWeight, bias: Option<&CudaVector>) -> CudaTensor {
-        let (t, rows, cols) = (x.rows, w.rows, w.cols);
-        let y = self.alloc(t, rows);
-        if self.mma_linear_into(y.ptr, x, w, bias, false) {
-            return y;
-        }
-        if self.gemv_applies(t, cols) {
-            self.gemv(y.ptr, x, w, bias, false);
-            return y;
-        }
-        let (yp, bp) = (y.ptr, bias.map_or(0u64, |b| b.buf.ptr));
-        self.gemm(yp, x.ptr, w.ptr, t, rows, cols, false);
-        if bias.is_some() {
-            let (c, n) = (rows as i32, (t * rows) as u64);
-            launch!(self, "add_bias", elementwise(t * rows), yp, bp, c, n);
-        }
+        let y = self.alloc(x.rows, w.rows);
+        self.project_into(y.ptr, x, w, bias, false);
         y
     }
 
     fn linear_add(&self, x: &mut CudaTensor, a: &CudaTensor, w: &CudaWeight) {
-        if self.mma_linear_into(x.ptr, a, w, None, true) {
-            return;
-        }
-        if self.gemv_applies(a.rows, w.cols) {
-            self.gemv(x.ptr, a, w, None, true);
-        } else {
-            self.gemm(x.ptr, a.ptr, w.ptr, a.rows, w.rows, w.cols, true);
-        }
+        self.project_into(x.ptr, a, w, None, true);
     }
 
     fn linear_qkv(
