@@ -125,6 +125,8 @@ pub struct CudaBackend {
     /// Most key splits of the split-K decode attention: `KR_CUDA_DECODE_SPLITS` (1 to 16,
     /// default 16; 1 always takes the one-block-per-pair kernel).
     max_decode_splits: usize,
+    /// Which split decode kernel runs (tiled or generic; cluster or global merge).
+    decode_kernels: Cell<attention::DecodeKernels>,
     /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
     /// results are wrong). Empty in normal use.
     skip_kernels: Vec<String>,
@@ -158,7 +160,7 @@ mod launch;
 mod profile;
 mod sample;
 mod weights;
-pub use attention::MMA_KERNEL_NAMES;
+pub use attention::{DecodeKernels, DECODE_TILES_KERNELS, MMA_KERNEL_NAMES};
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
 pub use gemv_mma::GEMV_MMA_KERNEL_NAMES;
 pub use sample::RowSampling;
@@ -197,6 +199,7 @@ impl CudaBackend {
     pub fn new(gpu: Arc<Gpu>, dtype: DType, limits: CudaLimits) -> Result<Self> {
         let lt = Lt::new(&gpu)?;
         let pdl = launch::pdl_wanted(&gpu);
+        let decode_kernels = attention::DecodeKernels::from_env(gpu.info.compute_capability);
         let split_counters = gpu.upload(&[0u32; attention::SPLIT_COUNTERS])?;
         let workspace = gpu.alloc(limits.workspace_bytes)?;
         let meta_layout = MetaLayout::new(
@@ -214,6 +217,17 @@ impl CudaBackend {
                     attention::attention_smem(256) as i32,
                 )
                 .map_err(driver("allowing attention's shared memory"))?;
+            for (names, hd) in attention::DECODE_TILES_KERNELS.iter().zip([64, 128]) {
+                let size = if suffix == "f32" { 4 } else { 2 };
+                for name in names {
+                    gpu.function(name, suffix)
+                        .set_attribute(
+                            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                            attention::decode_tiles_smem(hd, size) as i32,
+                        )
+                        .map_err(driver("allowing the tiled decode kernel's shared memory"))?;
+                }
+            }
         }
         Ok(Self {
             pool: Arc::new(Mutex::new(FirstFit::new(workspace.bytes))),
@@ -233,6 +247,7 @@ impl CudaBackend {
             pdl,
             split_counters,
             max_decode_splits: attention::max_decode_splits(),
+            decode_kernels: Cell::new(decode_kernels),
             skip_kernels: launch::skipped_kernels(),
             mma_gemv_min_tokens: gemv_mma::mma_gemv_min_tokens(),
             error: RefCell::new(None),

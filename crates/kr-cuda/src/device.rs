@@ -18,13 +18,15 @@ use std::sync::Arc;
 const KERNEL_SOURCE: &str = concat!(
     include_str!("../kernels/kernels.cu"),
     include_str!("../kernels/attention.cu"),
+    include_str!("../kernels/decode_attention.cu"),
+    include_str!("../kernels/decode_tiles.cu"),
     include_str!("../kernels/gemv_mma.cu"),
     include_str!("../kernels/sample.cu")
 );
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
 /// and tensor-core kernels are listed in `backend::fused`.
-pub const KERNEL_NAMES: [&str; 26] = [
+pub const KERNEL_NAMES: [&str; 27] = [
     "embed",
     "rms_norm",
     "rms_norm_vec",
@@ -45,6 +47,7 @@ pub const KERNEL_NAMES: [&str; 26] = [
     "attention",
     "attention_decode",
     "attention_decode_split",
+    "attention_decode_cluster",
     "split_qkv",
     "silu_mul_packed",
     "argmax",
@@ -138,7 +141,8 @@ impl Gpu {
         let both = KERNEL_NAMES
             .iter()
             .chain(&crate::backend::GEMV_QKV_KERNELS)
-            .chain(&crate::backend::GEMV_GATE_UP_KERNELS);
+            .chain(&crate::backend::GEMV_GATE_UP_KERNELS)
+            .chain(crate::backend::DECODE_TILES_KERNELS.as_flattened());
         let all = both
             .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
             .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")))

@@ -7,6 +7,7 @@
 //! the same arguments and the work items and tiles that `meta::pack` wrote, so either can run
 //! any step.
 
+use super::launch::KernelLaunch;
 use super::{interleaved_flag, CudaBackend, CudaKvCache, CudaTensor, DType};
 use crate::error::driver;
 use crate::meta::{tile_q, ATTENTION_ROWS};
@@ -17,12 +18,29 @@ use kr_model::{KvLayout, Rope};
 const DECODE_MAX_GROUP: usize = 8;
 /// Most key splits per (sequence, kv head) of the split-K decode kernel (DS_MAX_SPLITS).
 const DECODE_MAX_SPLITS: usize = 16;
+/// Most splits of the cluster decode kernel: the portable cluster size (DS_MAX_CLUSTER).
+const DECODE_MAX_CLUSTER: usize = 8;
 /// Keys per shared-memory chunk of the CUDA-core prefill kernel (ATT_KC in the kernel).
 const ATT_KC: usize = 32;
 
 /// Arrival counters of the split-K decode kernel: one per (sequence, kv head) of a step that
 /// uses it (fewer than the SMs).
 pub(super) const SPLIT_COUNTERS: usize = 1024;
+
+/// Tiled split decode kernels (decode_tiles.cu) for head_dim 64 and 128: global merge, then
+/// cluster merge.
+pub const DECODE_TILES_KERNELS: [[&str; 2]; 2] = [
+    [
+        "attention_decode_tiles64",
+        "attention_decode_tiles_cluster64",
+    ],
+    [
+        "attention_decode_tiles128",
+        "attention_decode_tiles_cluster128",
+    ],
+];
+/// Keys per tile of the tiled decode kernels (DT_KT).
+const DECODE_TILE_KEYS: usize = 32;
 
 /// Tensor-core attention kernels, bf16 only (`<name>_bf16`), one per head size.
 pub const MMA_KERNEL_NAMES: [&str; 2] = ["attention_mma64", "attention_mma128"];
@@ -42,12 +60,45 @@ pub(super) fn max_decode_splits() -> usize {
         .map_or(DECODE_MAX_SPLITS, |n| n.clamp(1, DECODE_MAX_SPLITS))
 }
 
+/// Which split decode kernel runs: the tiled one (head_dim 64 / 128) or the generic one, and
+/// whether the splits merge inside a thread-block cluster (sm_90+) or through global memory.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeKernels {
+    pub tiles: bool,
+    pub cluster: bool,
+}
+
+impl DecodeKernels {
+    /// The defaults (tiles; clusters on sm_90+), less what `KR_CUDA_DECODE_TILES=0` and
+    /// `KR_CUDA_DECODE_CLUSTER=0` turn off for comparison.
+    pub(super) fn from_env(compute_capability: (i32, i32)) -> Self {
+        let off = |name: &str| std::env::var(name).is_ok_and(|v| v.trim() == "0");
+        DecodeKernels {
+            tiles: !off("KR_CUDA_DECODE_TILES"),
+            cluster: compute_capability.0 >= 9 && !off("KR_CUDA_DECODE_CLUSTER"),
+        }
+    }
+}
+
+/// Dynamic shared memory of a tiled decode kernel: two buffers of DT_KT key and value rows,
+/// each padded by 16 bytes.
+pub(super) fn decode_tiles_smem(head_dim: usize, elem_size: usize) -> usize {
+    2 * 2 * DECODE_TILE_KEYS * (head_dim + 16 / elem_size) * elem_size
+}
+
 /// Dynamic shared memory of the CUDA-core prefill kernel for `head_dim`.
 pub(super) fn attention_smem(head_dim: usize) -> usize {
     4 * (ATTENTION_ROWS * head_dim + ATT_KC * (head_dim + 1) + ATT_KC * head_dim)
 }
 
 impl CudaBackend {
+    /// Chooses the split decode kernel (for tests that check each); clusters are ignored
+    /// below compute capability 9.0. The default comes from `DecodeKernels::from_env`.
+    pub fn set_decode_kernels(&self, mut k: DecodeKernels) {
+        k.cluster &= self.gpu.info.compute_capability.0 >= 9;
+        self.decode_kernels.set(k);
+    }
+
     /// Causal attention of the step's queries over their cached keys and values, into `out`.
     pub(super) fn attention_into(
         &self,
@@ -127,9 +178,11 @@ impl CudaBackend {
     }
 
     /// One query per sequence. With fewer (sequence, kv head) pairs than SMs the keys of each
-    /// are split over several blocks (`attention_decode_split`, about two blocks per SM, the
-    /// last block merging); otherwise one block per pair, warps splitting the keys. With
-    /// `fused`, q, k and v are the raw projections and the kernel rotates and writes them.
+    /// are split over several blocks (about two blocks per SM): the tiled kernel for head_dim
+    /// 64 / 128, else the generic one, merging inside a thread-block cluster (sm_90+, at most
+    /// 8 splits) or by the last block through global memory; otherwise one block per pair,
+    /// warps splitting the keys. With `fused`, q, k and v are the raw projections and the kernel
+    /// rotates and writes them.
     fn decode_attention(
         &self,
         out: &CudaTensor,
@@ -149,15 +202,30 @@ impl CudaBackend {
         let scale = 1.0 / (l.head_dim as f32).sqrt();
         // Few pairs: split each pair's keys over blocks (the non-split kernel takes and ignores
         // the scratch and counters, so both launch alike).
+        let kernels = self.decode_kernels.get();
+        let most = match kernels.cluster {
+            true => self.max_decode_splits.min(DECODE_MAX_CLUSTER),
+            false => self.max_decode_splits,
+        };
         let splits = if pairs < sms && pairs <= SPLIT_COUNTERS {
-            (2 * sms / pairs).clamp(1, self.max_decode_splits)
+            (2 * sms / pairs).clamp(1, most)
         } else {
             1
         };
-        let (name, threads) = if splits > 1 {
-            ("attention_decode_split", 256)
-        } else {
-            ("attention_decode", 256)
+        let tiled = match l.head_dim {
+            64 => Some(0),
+            128 => Some(1),
+            _ => None,
+        }
+        .filter(|_| kernels.tiles);
+        let (name, smem) = match (splits > 1, tiled) {
+            (false, _) => ("attention_decode", 0),
+            (true, Some(i)) => (
+                DECODE_TILES_KERNELS[i][usize::from(kernels.cluster)],
+                decode_tiles_smem(l.head_dim, self.dtype.size()),
+            ),
+            (true, None) if kernels.cluster => ("attention_decode_cluster", 0),
+            (true, None) => ("attention_decode_split", 0),
         };
         let group = num_heads / l.num_kv_heads;
         let rows = if splits > 1 {
@@ -167,10 +235,17 @@ impl CudaBackend {
         };
         let partial = self.alloc_elems(rows, l.head_dim + 2, 4);
         let (pp, cp) = (partial.ptr, self.split_counters.ptr);
-        let cfg = LaunchConfig {
-            grid_dim: (seqs as u32, l.num_kv_heads as u32, splits as u32),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
+        let cfg = KernelLaunch {
+            cfg: LaunchConfig {
+                grid_dim: (seqs as u32, l.num_kv_heads as u32, splits as u32),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: smem as u32,
+            },
+            cluster_z: if splits > 1 && kernels.cluster {
+                splits as u32
+            } else {
+                1
+            },
         };
         let o = self.meta_layout.offsets();
         let (kn, vn, freq, inter) = match fused {

@@ -6,7 +6,10 @@
 //! Invariants: every kernel runs `PDL_ENTRY()` (kernels.cu, `griddepcontrol.wait`) before it
 //! reads anything the previous kernels write, so it sees all of it, exactly as with plain
 //! stream order; before it a kernel only reads what no step writes (weights, step metadata,
-//! RoPE frequencies). `KR_CUDA_PDL=0` turns PDL off (plain launches) for comparison.
+//! RoPE frequencies) or what only earlier steps wrote (the decode attention's cached keys
+//! of earlier tokens: a kernel starts only after the one two before it has finished, so
+//! every earlier step is done). `KR_CUDA_PDL=0` turns PDL off (plain launches) for
+//! comparison. A launch may also ask for thread-block clusters along z (sm_90+).
 
 use super::CudaBackend;
 use crate::device::Gpu;
@@ -38,6 +41,19 @@ pub(super) fn skipped_kernels() -> Vec<String> {
     names
 }
 
+/// A launch's grid and blocks, and the cluster size along z (1: no clusters).
+#[derive(Clone, Copy)]
+pub(super) struct KernelLaunch {
+    pub cfg: LaunchConfig,
+    pub cluster_z: u32,
+}
+
+impl From<LaunchConfig> for KernelLaunch {
+    fn from(cfg: LaunchConfig) -> Self {
+        KernelLaunch { cfg, cluster_z: 1 }
+    }
+}
+
 impl CudaBackend {
     /// Whether `name` is skipped (see [`skipped_kernels`]).
     pub(super) fn skipped(&self, name: &str) -> bool {
@@ -52,18 +68,38 @@ impl CudaBackend {
     pub(super) unsafe fn launch_raw(
         &self,
         f: &CudaFunction,
-        cfg: LaunchConfig,
+        launch: impl Into<KernelLaunch>,
         params: &mut [*mut c_void],
     ) -> Result<(), DriverError> {
+        let KernelLaunch { cfg, cluster_z } = launch.into();
         self.gpu.ctx.bind_to_thread()?;
-        // SAFETY: a plain C union of attribute values; the PDL flag is its `int` member.
-        let mut value: CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-        value.programmaticStreamSerializationAllowed = 1;
-        let mut attr = CUlaunchAttribute {
-            id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value,
-        };
+        // SAFETY: plain C structs of integers and unions; unused slots are never read.
+        let mut attrs: [CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut used = 0;
+        if self.pdl {
+            // SAFETY: a plain C union of attribute values; the PDL flag is its `int` member.
+            let mut value: CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+            value.programmaticStreamSerializationAllowed = 1;
+            attrs[used] = CUlaunchAttribute {
+                id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value,
+            };
+            used += 1;
+        }
+        if cluster_z > 1 {
+            // SAFETY: as above; the cluster shape is its `clusterDim` member.
+            let mut value: CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+            value.clusterDim.x = 1;
+            value.clusterDim.y = 1;
+            value.clusterDim.z = cluster_z;
+            attrs[used] = CUlaunchAttribute {
+                id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value,
+            };
+            used += 1;
+        }
         let config = CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -73,8 +109,8 @@ impl CudaBackend {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.gpu.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: u32::from(self.pdl),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: used as u32,
         };
         // SAFETY: the config and attribute live across the call; the caller vouches for
         // `params` (see above).

@@ -1,8 +1,38 @@
 //! RoPE + KV-cache write + paged attention alone, GPU vs CPU: prefill chunks over a cached
 //! prefix (tensor cores), decode with many and few sequences (one block per pair, split-K) and
-//! over long contexts (the split-K kernel's multi-tile path).
+//! over long contexts (the split-K kernels' multi-tile paths), every split decode kernel.
 
 use super::*;
+use kr_cuda::backend::DecodeKernels;
+
+/// Decode test cases: dtype, head size (both tiled kernels in both dtypes), tolerance (f32
+/// 1e-4; bf16 2e-2 as for prefill).
+const DECODE_CASES: [(DType, usize, f32); 4] = [
+    (DType::F32, 64, 1e-4),
+    (DType::F32, 128, 1e-4),
+    (DType::Bf16, 64, 2e-2),
+    (DType::Bf16, 128, 2e-2),
+];
+
+/// Every split decode kernel: tiled and generic, each merging in clusters and globally.
+const ALL_DECODE_KERNELS: [DecodeKernels; 4] = [
+    DecodeKernels {
+        tiles: true,
+        cluster: true,
+    },
+    DecodeKernels {
+        tiles: true,
+        cluster: false,
+    },
+    DecodeKernels {
+        tiles: false,
+        cluster: true,
+    },
+    DecodeKernels {
+        tiles: false,
+        cluster: false,
+    },
+];
 
 /// Steps for the attention test: long prefills that span several 64-key tiles, a chunk over a
 /// cached prefix, and a decode token and a short prompt in the same batch.
@@ -20,11 +50,13 @@ fn long_prefill_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
 /// RoPE + cache write + paged attention alone over `steps` (`rope_attention`: one kernel in
 /// decode steps), on the GPU in `dtype` vs the CPU backend in f32 (inputs rounded to bf16 so
 /// both start from the same numbers); returns the largest difference of the attention outputs.
+/// `kernels` picks the split decode kernel (see `set_decode_kernels`).
 fn attention_vs_cpu(
     dtype: DType,
     head_dim: usize,
     blocks: usize,
     steps: &dyn Fn(&ModelConfig) -> Vec<(Vec<u32>, AttnMeta)>,
+    kernels: DecodeKernels,
 ) -> f32 {
     let cfg = tiny_config_with_head_dim("llama", RopeStyle::HalfSplit, head_dim);
     let ty = if dtype == DType::F32 {
@@ -35,6 +67,7 @@ fn attention_vs_cpu(
     let w = kr_model::random::random_weights(&cfg, ty, 5);
     let model = CudaModel::load(&w, options(dtype, blocks, false)).expect("load");
     let g = model.backend();
+    g.set_decode_kernels(kernels);
     let c = CpuBackend;
     let layout = kr_model::KvLayout {
         num_layers: 1,
@@ -92,7 +125,13 @@ fn bf16_prefill_attention_matches_cpu() {
         return;
     }
     for head_dim in [64, 128] {
-        let worst = attention_vs_cpu(DType::Bf16, head_dim, 80, &long_prefill_steps);
+        let worst = attention_vs_cpu(
+            DType::Bf16,
+            head_dim,
+            80,
+            &long_prefill_steps,
+            ALL_DECODE_KERNELS[0],
+        );
         println!("prefill attention bf16 head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
         assert!(worst <= 2e-2, "head_dim {head_dim}: {worst}");
     }
@@ -162,17 +201,20 @@ fn decode_attention_matches_cpu_with_many_and_few_sequences() {
     if !gpu_available() {
         return;
     }
-    for (dtype, head_dim, tol) in [(DType::F32, 64, 1e-4), (DType::Bf16, 128, 2e-2)] {
-        let worst = attention_vs_cpu(dtype, head_dim, 256, &many_decode_steps);
-        println!("decode attention {dtype:?} head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
-        assert!(worst <= tol, "{dtype:?}: {worst}");
+    for (dtype, head_dim, tol) in DECODE_CASES {
+        for kernels in ALL_DECODE_KERNELS {
+            let worst = attention_vs_cpu(dtype, head_dim, 256, &many_decode_steps, kernels);
+            println!("decode attention {dtype:?} head_dim {head_dim} {kernels:?}: max |GPU - CPU| = {worst:.2e}");
+            assert!(worst <= tol, "{dtype:?} {kernels:?}: {worst}");
+        }
     }
 }
 
 /// Chunked prefills of three sequences to 600, 900 and 1000 tokens (scattered, partly
 /// reversed block tables), then three decode steps of all three. Six (sequence, kv head)
-/// pairs take the split-K kernel with 16 splits, so each block gets 38 to 63 keys: two
-/// 32-key tiles, the running max and sum carried from the first to the second.
+/// pairs take the split-K kernel with 16 splits (38 to 63 keys a block: two 32-key tiles)
+/// or, merging in clusters, 8 splits (75 to 126 keys: three or four tiles), the running max
+/// and sum carried from tile to tile.
 fn long_decode_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
     let lens = [600usize, 900, 1000];
     let tables: Vec<Vec<u32>> = (0..3)
@@ -204,11 +246,11 @@ fn decode_attention_matches_cpu_over_long_contexts() {
     if !gpu_available() {
         return;
     }
-    for (dtype, head_dim, tol) in [(DType::F32, 64, 1e-4), (DType::Bf16, 128, 2e-2)] {
-        let worst = attention_vs_cpu(dtype, head_dim, 200, &long_decode_steps);
-        println!(
-            "long-context decode {dtype:?} head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}"
-        );
-        assert!(worst <= tol, "{dtype:?}: {worst}");
+    for (dtype, head_dim, tol) in DECODE_CASES {
+        for kernels in ALL_DECODE_KERNELS {
+            let worst = attention_vs_cpu(dtype, head_dim, 200, &long_decode_steps, kernels);
+            println!("long-context decode {dtype:?} head_dim {head_dim} {kernels:?}: max |GPU - CPU| = {worst:.2e}");
+            assert!(worst <= tol, "{dtype:?} {kernels:?}: {worst}");
+        }
     }
 }

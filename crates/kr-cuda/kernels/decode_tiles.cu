@@ -1,0 +1,260 @@
+// kr-cuda tiled split decode attention (appended after decode_attention.cu by the loader, whose
+// RoPE prologue, DecodeArgs and split merges it uses), for head_dim 64 and 128 (a template
+// parameter).
+//
+// The split-K scheme of attention_decode_split / _cluster with far fewer instructions on the
+// critical path: at batch 1 those kernels are latency-bound, and the generic one ran about
+// 1,950 instructions per warp (5,200 in its body, much of it guarded loops over the largest
+// group and head size), stalling on instruction fetch, shared-memory round trips and
+// shuffles. Here, per tile of DT_KT keys:
+//   loads: keys and values are copied into shared memory with 16-byte cp.async, the first tile
+//   before PDL_WAIT (the block tables are uploaded before the step, and the cache there holds
+//   only earlier tokens, except the new token's slot, patched below), each later tile while
+//   the one before is computed (two buffers);
+//   scores and softmax: warp g is query head g and lane k is key k; each lane walks the head
+//   dimension with 16-byte shared loads (rows padded by 16 bytes, so the 8 lanes of a load
+//   phase hit distinct banks) and four independent sums; the online softmax state stays in
+//   registers;
+//   values: lane l accumulates dims [l * HD / 32, (l + 1) * HD / 32) of head g.
+// The tile holding the new token's key gets it after PDL_WAIT: in the fused path from the
+// registers of the threads that rotated it and wrote it to the cache, in the unfused one
+// from the cache, which the kernel before wrote. Warps past the
+// group only load. The splits merge as in decode_attention.cu (global or cluster).
+#define DT_KT 32
+#define DT_THREADS 256
+
+#if __CUDA_ARCH__ >= 800
+// 16 bytes global -> shared without a register round trip; with !full the 16 bytes are zeros.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool full) {
+  u32 s;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(s) : "l"(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(full ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+#else
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool full) {
+  *(uint4*)smem = full ? *(const uint4*)gmem : make_uint4(0u, 0u, 0u, 0u);
+}
+__device__ __forceinline__ void cp_async_commit() {}
+__device__ __forceinline__ void cp_async_wait_all() {}
+#endif
+
+// N consecutive elements of a shared row as floats (8- or 16-byte aligned).
+__device__ __forceinline__ void row_part(const float* p, float (&o)[4]) {
+  const float4 v = *(const float4*)p;
+  o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w;
+}
+__device__ __forceinline__ void row_part(const float* p, float (&o)[2]) {
+  const float2 v = *(const float2*)p;
+  o[0] = v.x; o[1] = v.y;
+}
+__device__ __forceinline__ void row_part(const bf16_t* p, float (&o)[4]) {
+  const uint2 v = *(const uint2*)p;
+  o[0] = __uint_as_float(v.x << 16); o[1] = __uint_as_float(v.x & 0xffff0000u);
+  o[2] = __uint_as_float(v.y << 16); o[3] = __uint_as_float(v.y & 0xffff0000u);
+}
+__device__ __forceinline__ void row_part(const bf16_t* p, float (&o)[2]) {
+  const u32 v = *(const u32*)p;
+  o[0] = __uint_as_float(v << 16); o[1] = __uint_as_float(v & 0xffff0000u);
+}
+
+// Shared-memory geometry of a tile: rows of HD elements padded by 16 bytes; a buffer holds
+// DT_KT key rows then DT_KT value rows.
+template <typename T, int HD>
+struct DecodeTiles {
+  static constexpr int EPV = 16 / sizeof(T);  // elements per 16-byte vector
+  static constexpr int ROW = HD + EPV;
+  static constexpr int BUFFER = 2 * DT_KT * ROW;
+};
+
+// Starts copying the keys and values of a tile (cache rows in `rows`, nk keys; the rest
+// zero) into `buf`, as one cp.async group.
+template <typename T, int HD>
+__device__ __forceinline__ void decode_tiles_issue(T* buf, const T* k_cache, const T* v_cache,
+                                                   const u64* rows, int nk) {
+  using G = DecodeTiles<T, HD>;
+  constexpr int VPR = HD / G::EPV;  // vectors per row
+  for (int i = threadIdx.x; i < 2 * DT_KT * VPR; i += DT_THREADS) {
+    const int is_v = i / (DT_KT * VPR), key = (i / VPR) % DT_KT, vec = i % VPR;
+    const T* src = (is_v ? v_cache : k_cache) + (key < nk ? rows[key] : 0) + vec * G::EPV;
+    cp_async16(buf + (is_v * DT_KT + key) * G::ROW + vec * G::EPV, src, key < nk);
+  }
+  cp_async_commit();
+}
+
+// Cache rows of keys t0 .. t0 + nk of this kv head into rows (threads < nk).
+__device__ __forceinline__ void decode_tiles_rows(u64* rows, const u32* bt, int t0, int nk,
+                                                  int block_size, u64 kv_width, int head_off) {
+  if ((int)threadIdx.x < nk) rows[threadIdx.x] = kv_slot(bt, t0 + threadIdx.x, block_size) * kv_width + head_off;
+}
+
+// One tile for query head g (this warp; q = its row of sq): scores, the online softmax
+// update of (m, l, acc), and the p-weighted values. ps is this warp's scratch of DT_KT floats.
+template <typename T, int HD>
+__device__ __forceinline__ void decode_tiles_step(const float* q, const T* kt, const T* vt, int nk,
+                                                  float& m, float& l, float (&acc)[HD / 32],
+                                                  float* ps) {
+  using G = DecodeTiles<T, HD>;
+  constexpr int DPL = HD / 32;
+  const int lane = threadIdx.x & 31;
+  const T* krow = kt + lane * G::ROW;
+  float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int v = 0; v < HD / G::EPV; v++) {
+    float kf[8];
+    unpack16(*(const uint4*)(krow + v * G::EPV), kf, T());
+#pragma unroll
+    for (int e = 0; e < G::EPV; e += 4) {
+      const float4 qv = *(const float4*)(q + v * G::EPV + e);
+      part[0] += qv.x * kf[e];
+      part[1] += qv.y * kf[e + 1];
+      part[2] += qv.z * kf[e + 2];
+      part[3] += qv.w * kf[e + 3];
+    }
+  }
+  const float s = lane < nk ? (part[0] + part[1]) + (part[2] + part[3]) : -INFINITY;
+  const float m_new = fmaxf(m, warp_max(s));  // finite: nk >= 1
+  const float p = exp2f(s - m_new);
+  const float corr = exp2f(m - m_new);  // m = -inf before the first tile: 0
+  l = l * corr + warp_sum(p);
+  m = m_new;
+  ps[lane] = p;
+  __syncwarp();
+#pragma unroll
+  for (int j = 0; j < DPL; j++) acc[j] *= corr;
+#pragma unroll 8
+  for (int k = 0; k < DT_KT; k++) {
+    float vf[DPL];
+    row_part(vt + k * G::ROW + lane * DPL, vf);
+    const float pk = ps[k];
+#pragma unroll
+    for (int j = 0; j < DPL; j++) acc[j] += pk * vf[j];
+  }
+  __syncwarp();  // ps is rewritten by the next tile
+}
+
+// Element threadIdx.x (< HD) of the new token's rotated key and its value into kval / vval,
+// and into the cache slot: decode_write_new_kv one element per thread, the values kept in
+// registers for the tile that holds the key. Fused path (rope.k_new) only.
+template <typename T, int HD>
+__device__ __forceinline__ void decode_tiles_new_kv(T& kval, T& vval, const T* k_cache, const T* v_cache,
+                                                    const DecodeRope& r, int tok, int kvh,
+                                                    u64 kv_width, const float* cs, const float* sn) {
+  const int d = threadIdx.x;
+  if (!r.k_new || d >= HD) return;
+  const T* kh = (const T*)r.k_new + (u64)tok * kv_width + kvh * HD;
+  kval = from_f<T>(roped(kh, d, HD / 2, r.interleaved, cs, sn));
+  vval = ((const T*)r.v_new)[(u64)tok * kv_width + kvh * HD + d];
+  const u32 slot = r.slots[tok];
+  if (slot == NO_SLOT) return;
+  ((T*)k_cache)[(u64)slot * kv_width + kvh * HD + d] = kval;
+  ((T*)v_cache)[(u64)slot * kv_width + kvh * HD + d] = vval;
+}
+
+// The new token's key and value row into a tile's row `key`: from registers (fused path) or,
+// when the kernel before wrote the slot, from the cache (`row`, visible after PDL_WAIT).
+template <typename T, int HD>
+__device__ __forceinline__ void decode_tiles_refresh(T* buf, int key, const DecodeRope& r, T kval,
+                                                     T vval, const T* k_cache, const T* v_cache,
+                                                     u64 row) {
+  using G = DecodeTiles<T, HD>;
+  const int d = threadIdx.x;
+  if (d >= HD) return;
+  buf[key * G::ROW + d] = r.k_new ? kval : k_cache[row + d];
+  buf[(DT_KT + key) * G::ROW + d] = r.k_new ? vval : v_cache[row + d];
+}
+
+template <typename T, int HD>
+__device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const DecodeRope& rope,
+                                            float* partial, u32* counters, bool cluster) {
+  using G = DecodeTiles<T, HD>;
+  extern __shared__ __align__(16) unsigned char dt_smem[];
+  T* const tiles = (T*)dt_smem;  // two buffers
+  __shared__ __align__(16) float sq[DEC_MAX_GROUP][HD];
+  __shared__ __align__(16) float ps[DEC_MAX_GROUP][DT_KT];
+  __shared__ float part[DEC_MAX_GROUP][128], s_m[DEC_MAX_GROUP], s_l[DEC_MAX_GROUP];
+  __shared__ u64 rows[DT_KT];
+  __shared__ float cs[64], sn[64];
+  const int seq = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int group = a.num_heads / a.num_kv_heads, ctx = a.ctx_len[seq], tok = a.q_start[seq];
+  const int chunk = (ctx + gridDim.z - 1) / gridDim.z;
+  const int k_begin = blockIdx.z * chunk, k_end = min(ctx, k_begin + chunk);
+  const u64 kv_width = (u64)a.num_kv_heads * HD;
+  const u32* bt = a.block_tables + (u64)seq * a.bt_stride;
+  rope_angles(cs, sn, rope, tok, HD / 2);
+  decode_tiles_rows(rows, bt, k_begin, min(DT_KT, k_end - k_begin), a.block_size, kv_width, kvh * HD);
+  __syncthreads();  // the first rows
+  decode_tiles_issue<T, HD>(tiles, a.k_cache, a.v_cache, rows, k_end - k_begin);
+  PDL_ENTRY();
+  const int new_key = ctx - 1;
+  const bool reads_new_key = ctx > 0 && k_begin <= new_key && new_key < k_end;
+  T kval = from_f<T>(0.f), vval = from_f<T>(0.f);
+  if (reads_new_key) decode_tiles_new_kv<T, HD>(kval, vval, a.k_cache, a.v_cache, rope, tok, kvh, kv_width, cs, sn);
+  for (int e = threadIdx.x; e < group * HD; e += DT_THREADS) {
+    const int g = e / HD, d = e % HD;
+    sq[g][d] = decode_q(a.q, rope, tok, a.num_heads * HD, kvh * group + g, d, HD, cs, sn, a.scale) * LOG2E;
+  }
+  float m = -INFINITY, l = 0.f, acc[HD / 32];
+#pragma unroll
+  for (int j = 0; j < HD / 32; j++) acc[j] = 0.f;
+  int b = 0;
+  for (int t0 = k_begin; t0 < k_end; t0 += DT_KT, b ^= 1) {
+    const int nk = min(DT_KT, k_end - t0), nk_next = min(DT_KT, k_end - t0 - DT_KT);
+    T* const buf = tiles + b * G::BUFFER;
+    cp_async_wait_all();
+    __syncthreads();  // this tile everywhere, sq, the new slot; the tile before is done with
+    if (reads_new_key && new_key - t0 < DT_KT) {  // block-uniform
+      const u64 row = kv_slot(bt, new_key, a.block_size) * kv_width + kvh * HD;
+      decode_tiles_refresh<T, HD>(buf, new_key - t0, rope, kval, vval, a.k_cache, a.v_cache, row);
+      __syncthreads();
+    }
+    if (nk_next > 0) {  // the next tile loads while this one is computed
+      decode_tiles_rows(rows, bt, t0 + DT_KT, nk_next, a.block_size, kv_width, kvh * HD);
+      __syncthreads();
+      decode_tiles_issue<T, HD>(tiles + (b ^ 1) * G::BUFFER, a.k_cache, a.v_cache, rows, nk_next);
+    }
+    if (warp < group) decode_tiles_step<T, HD>(sq[warp], buf, buf + DT_KT * G::ROW, nk, m, l, acc, ps[warp]);
+  }
+  cp_async_wait_all();  // a block without keys still has its zero-filling copies in flight
+  if (warp < group) {
+#pragma unroll
+    for (int j = 0; j < HD / 32; j++) part[warp][lane * (HD / 32) + j] = acc[j];
+    if (lane == 0) { s_m[warp] = m; s_l[warp] = l; }
+  }
+  __syncthreads();
+  const DecodeState st = {part, s_m, s_l};
+  if (cluster) decode_merge_cluster(st, a, kvh, tok, group);
+  else decode_merge_global(st, a, seq, kvh, tok, group, partial, counters);
+}
+
+// attention_decode_tiles<HD>_<S> (global merge) and attention_decode_tiles_cluster<HD>_<S>,
+// with the arguments of attention_decode_split (head_dim must equal HD).
+#define DECODE_TILES_KERNELS(T, S, HD)                                                             \
+  extern "C" __global__ void __launch_bounds__(DT_THREADS) attention_decode_tiles##HD##_##S(       \
+      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
+      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
+      int num_kv_heads, int head_dim, float scale, float* partial, u32* counters,                  \
+      const T* k_new, const T* v_new, const u32* positions, const u32* slots,                      \
+      const float* inv_freq, int interleaved) {                                                    \
+    const DecodeArgs<T> a = {out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
+                             block_size, num_heads, num_kv_heads, head_dim, scale};                \
+    const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved};               \
+    attention_decode_tiles_impl<T, HD>(a, rope, partial, counters, false);                         \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(DT_THREADS) attention_decode_tiles_cluster##HD##_##S( \
+      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
+      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
+      int num_kv_heads, int head_dim, float scale, float* partial, u32* counters,                  \
+      const T* k_new, const T* v_new, const u32* positions, const u32* slots,                      \
+      const float* inv_freq, int interleaved) {                                                    \
+    const DecodeArgs<T> a = {out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
+                             block_size, num_heads, num_kv_heads, head_dim, scale};                \
+    const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved};               \
+    attention_decode_tiles_impl<T, HD>(a, rope, partial, counters, true);                          \
+  }
+
+DECODE_TILES_KERNELS(float, f32, 64)
+DECODE_TILES_KERNELS(float, f32, 128)
+DECODE_TILES_KERNELS(bf16_t, bf16, 64)
+DECODE_TILES_KERNELS(bf16_t, bf16, 128)
