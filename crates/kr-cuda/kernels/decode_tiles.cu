@@ -17,9 +17,8 @@
 //   registers;
 //   values: lane l accumulates dims [l * HD / 32, (l + 1) * HD / 32) of head g.
 // The tile holding the new token's key gets it after PDL_WAIT: in the fused path from the
-// registers of the threads that rotated it (they write it to the cache at the end, so no
-// global store is pending at the cluster barrier), in the unfused one from the cache, which
-// the kernel before wrote. Warps past the
+// registers of the threads that rotated it and wrote it to the cache, in the unfused one
+// from the cache, which the kernel before wrote. Warps past the
 // group only load. The splits merge as in decode_attention.cu (global or cluster).
 #define DT_KT 32
 #define DT_THREADS 256
@@ -135,27 +134,19 @@ __device__ __forceinline__ void decode_tiles_step(const float* q, const T* kt, c
   __syncwarp();  // ps is rewritten by the next tile
 }
 
-// Element threadIdx.x (< HD) of the new token's rotated key and its value into kval / vval
-// (fused path, rope.k_new, only), kept in registers for the tile that holds the key.
+// Element threadIdx.x (< HD) of the new token's rotated key and its value into kval / vval,
+// and into the cache slot: decode_write_new_kv one element per thread, the values kept in
+// registers for the tile that holds the key. Fused path (rope.k_new) only. The stores go
+// out at once: issued after the merge they delayed the kernel's end (measured).
 template <typename T, int HD>
-__device__ __forceinline__ void decode_tiles_new_kv(T& kval, T& vval, const DecodeRope& r, int tok,
-                                                    int kvh, u64 kv_width, const float* cs,
-                                                    const float* sn) {
+__device__ __forceinline__ void decode_tiles_new_kv(T& kval, T& vval, const T* k_cache, const T* v_cache,
+                                                    const DecodeRope& r, int tok, int kvh,
+                                                    u64 kv_width, const float* cs, const float* sn) {
   const int d = threadIdx.x;
   if (!r.k_new || d >= HD) return;
   const T* kh = (const T*)r.k_new + (u64)tok * kv_width + kvh * HD;
   kval = from_f<T>(roped(kh, d, HD / 2, r.interleaved, cs, sn));
   vval = ((const T*)r.v_new)[(u64)tok * kv_width + kvh * HD + d];
-}
-
-// kval / vval into the new token's cache slot: decode_write_new_kv one element per thread,
-// issued after the block has used them (nothing else reads the slot during the step).
-template <typename T, int HD>
-__device__ __forceinline__ void decode_tiles_store_new_kv(const T* k_cache, const T* v_cache,
-                                                          const DecodeRope& r, int tok, int kvh,
-                                                          u64 kv_width, T kval, T vval) {
-  const int d = threadIdx.x;
-  if (!r.k_new || d >= HD) return;
   const u32 slot = r.slots[tok];
   if (slot == NO_SLOT) return;
   ((T*)k_cache)[(u64)slot * kv_width + kvh * HD + d] = kval;
@@ -269,12 +260,12 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   __syncthreads();  // the first rows
   for (int i = 0; i < min(ntiles, 2); i++) decode_tiles_issue_of<T, HD>(tiles, rows, a, w, i);
   PDL_ENTRY();
-  // q first: its loads and the new token's then overlap (the cache stores come last).
+  // q first: its loads and the new token's then overlap.
   for (int e = threadIdx.x; e < group * HD; e += DT_THREADS) {
     const int g = e / HD, d = e % HD;
     sq[g][d] = decode_q(a.q, rope, tok, a.num_heads * HD, w.kvh * group + g, d, HD, cs, sn, a.scale) * LOG2E;
   }
-  if (w.has_new) decode_tiles_new_kv<T, HD>(w.kval, w.vval, rope, tok, w.kvh, w.kv_width, cs, sn);
+  if (w.has_new) decode_tiles_new_kv<T, HD>(w.kval, w.vval, a.k_cache, a.v_cache, rope, tok, w.kvh, w.kv_width, cs, sn);
   float m = -INFINITY, l = 0.f, acc[HD / 32];
 #pragma unroll
   for (int j = 0; j < HD / 32; j++) acc[j] = 0.f;
@@ -286,13 +277,8 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   }
   __syncthreads();
   const DecodeState st = {part, s_m, s_l};
-  if (cluster) {
-    decode_merge_cluster(st, a, w.kvh, tok, group);
-    if (w.has_new) decode_tiles_store_new_kv<T, HD>(a.k_cache, a.v_cache, rope, tok, w.kvh, w.kv_width, w.kval, w.vval);
-  } else {  // the last block returns from inside the merge
-    if (w.has_new) decode_tiles_store_new_kv<T, HD>(a.k_cache, a.v_cache, rope, tok, w.kvh, w.kv_width, w.kval, w.vval);
-    decode_merge_global(st, a, seq, w.kvh, tok, group, partial, counters);
-  }
+  if (cluster) decode_merge_cluster(st, a, w.kvh, tok, group);
+  else decode_merge_global(st, a, seq, w.kvh, tok, group, partial, counters);
 }
 
 // attention_decode_tiles<HD>_<S> (global merge) and attention_decode_tiles_cluster<HD>_<S>,
