@@ -7,10 +7,10 @@
 // 1,950 instructions per warp (5,200 in its body, much of it guarded loops over the largest
 // group and head size), stalling on instruction fetch, shared-memory round trips and
 // shuffles. Here, per tile of DT_KT keys:
-//   loads: keys and values are copied into shared memory with 16-byte cp.async, the first two
-//   tiles before PDL_WAIT (the block tables are uploaded before the step, and the cache there
-//   holds only earlier tokens, except the new token's slot, patched below), each later tile
-//   while the one before is computed (two buffers);
+//   loads: keys and values are copied into shared memory with 16-byte cp.async, the first tile
+//   before PDL_WAIT (the block tables are uploaded before the step, and the cache there holds
+//   only earlier tokens, except the new token's slot, patched below), each later tile while
+//   the one before is computed (two buffers);
 //   scores and softmax: warp g is query head g and lane k is key k; each lane walks the head
 //   dimension with 16-byte shared loads (rows padded by 16 bytes, so the 8 lanes of a load
 //   phase hit distinct banks) and four independent sums; the online softmax state stays in
@@ -136,8 +136,7 @@ __device__ __forceinline__ void decode_tiles_step(const float* q, const T* kt, c
 
 // Element threadIdx.x (< HD) of the new token's rotated key and its value into kval / vval,
 // and into the cache slot: decode_write_new_kv one element per thread, the values kept in
-// registers for the tile that holds the key. Fused path (rope.k_new) only. The stores go
-// out at once: issued after the merge they delayed the kernel's end (measured).
+// registers for the tile that holds the key. Fused path (rope.k_new) only.
 template <typename T, int HD>
 __device__ __forceinline__ void decode_tiles_new_kv(T& kval, T& vval, const T* k_cache, const T* v_cache,
                                                     const DecodeRope& r, int tok, int kvh,
@@ -166,110 +165,58 @@ __device__ __forceinline__ void decode_tiles_refresh(T* buf, int key, const Deco
   buf[(DT_KT + key) * G::ROW + d] = r.k_new ? vval : v_cache[row + d];
 }
 
-// cp.async.wait_group: at most N of this thread's copy groups still in flight.
-template <int N>
-__device__ __forceinline__ void cp_async_wait_group() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-#endif
-}
-
-// Where a tiled decode block works and what it holds: its keys [k_begin, k_end) of sequence
-// seq (cache rows of kv head kvh through block table bt), and the new token's key (in this
-// block when has_new) with element threadIdx.x of its rotated key and value in kval / vval.
-template <typename T>
-struct DecodeTilesWork {
-  const u32* bt;
-  u64 kv_width;
-  int kvh, k_begin, k_end, new_key;
-  bool has_new;
-  T kval, vval;
-};
-
-// Starts loading tile i (keys k_begin + i * DT_KT ..) into buffer i % 2 through rows[i % 2].
-// Block-uniform; the caller synchronises between writing the rows and issuing.
-template <typename T, int HD>
-__device__ __forceinline__ void decode_tiles_rows_of(u64 (*rows)[DT_KT], const DecodeArgs<T>& a,
-                                                     const DecodeTilesWork<T>& w, int i) {
-  const int t0 = w.k_begin + i * DT_KT;
-  decode_tiles_rows(rows[i & 1], w.bt, t0, min(DT_KT, w.k_end - t0), a.block_size, w.kv_width, w.kvh * HD);
-}
-template <typename T, int HD>
-__device__ __forceinline__ void decode_tiles_issue_of(T* tiles, u64 (*rows)[DT_KT], const DecodeArgs<T>& a,
-                                                      const DecodeTilesWork<T>& w, int i) {
-  const int t0 = w.k_begin + i * DT_KT;
-  decode_tiles_issue<T, HD>(tiles + (i & 1) * DecodeTiles<T, HD>::BUFFER, a.k_cache, a.v_cache, rows[i & 1], min(DT_KT, w.k_end - t0));
-}
-
-// The block's tiles after PDL_WAIT: tiles 0 and 1 were issued before it; tile i + 2 is
-// issued once every warp is done with tile i's buffer. Warp g < group folds query head g
-// into (m, l, acc).
-template <typename T, int HD>
-__device__ void decode_tiles_walk(T* tiles, u64 (*rows)[DT_KT], const float (*sq)[HD], float (*ps)[DT_KT],
-                                  const DecodeArgs<T>& a, const DecodeRope& rope,
-                                  const DecodeTilesWork<T>& w, int group, float& m, float& l,
-                                  float (&acc)[HD / 32]) {
-  using G = DecodeTiles<T, HD>;
-  const int warp = threadIdx.x >> 5, ntiles = (w.k_end - w.k_begin + DT_KT - 1) / DT_KT;
-  for (int i = 0; i < ntiles; i++) {
-    const int t0 = w.k_begin + i * DT_KT;
-    T* const buf = tiles + (i & 1) * G::BUFFER;
-    if (i + 1 < ntiles) cp_async_wait_group<1>();
-    else cp_async_wait_group<0>();
-    __syncthreads();  // tile i everywhere (and, the first time, sq)
-    if (w.has_new && w.new_key - t0 < DT_KT) {  // block-uniform
-      const u64 row = kv_slot(w.bt, w.new_key, a.block_size) * w.kv_width + w.kvh * HD;
-      decode_tiles_refresh<T, HD>(buf, w.new_key - t0, rope, w.kval, w.vval, a.k_cache, a.v_cache, row);
-      __syncthreads();
-    }
-    if (warp < group) decode_tiles_step<T, HD>(sq[warp], buf, buf + DT_KT * G::ROW, min(DT_KT, w.k_end - t0), m, l, acc, ps[warp]);
-    if (i + 2 < ntiles) {
-      __syncthreads();  // every warp is done with this buffer; rows[i % 2] was read at issue
-      decode_tiles_rows_of<T, HD>(rows, a, w, i + 2);
-      __syncthreads();
-      decode_tiles_issue_of<T, HD>(tiles, rows, a, w, i + 2);
-    }
-  }
-}
-
 template <typename T, int HD>
 __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const DecodeRope& rope,
                                             float* partial, u32* counters, bool cluster) {
+  using G = DecodeTiles<T, HD>;
   extern __shared__ __align__(16) unsigned char dt_smem[];
   T* const tiles = (T*)dt_smem;  // two buffers
   __shared__ __align__(16) float sq[DEC_MAX_GROUP][HD];
   __shared__ __align__(16) float ps[DEC_MAX_GROUP][DT_KT];
   __shared__ float part[DEC_MAX_GROUP][128], s_m[DEC_MAX_GROUP], s_l[DEC_MAX_GROUP];
-  __shared__ u64 rows[2][DT_KT];
+  __shared__ u64 rows[DT_KT];
   __shared__ float cs[64], sn[64];
-  const int seq = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int seq = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = a.num_heads / a.num_kv_heads, ctx = a.ctx_len[seq], tok = a.q_start[seq];
   const int chunk = (ctx + gridDim.z - 1) / gridDim.z;
-  DecodeTilesWork<T> w;
-  w.bt = a.block_tables + (u64)seq * a.bt_stride;
-  w.kv_width = (u64)a.num_kv_heads * HD;
-  w.kvh = blockIdx.y;
-  w.k_begin = blockIdx.z * chunk;
-  w.k_end = min(ctx, w.k_begin + chunk);
-  w.new_key = ctx - 1;
-  w.has_new = ctx > 0 && w.k_begin <= w.new_key && w.new_key < w.k_end;
-  w.kval = w.vval = from_f<T>(0.f);
-  const int ntiles = (w.k_end - w.k_begin + DT_KT - 1) / DT_KT;
+  const int k_begin = blockIdx.z * chunk, k_end = min(ctx, k_begin + chunk);
+  const u64 kv_width = (u64)a.num_kv_heads * HD;
+  const u32* bt = a.block_tables + (u64)seq * a.bt_stride;
   rope_angles(cs, sn, rope, tok, HD / 2);
-  for (int i = 0; i < min(ntiles, 2); i++) decode_tiles_rows_of<T, HD>(rows, a, w, i);
+  decode_tiles_rows(rows, bt, k_begin, min(DT_KT, k_end - k_begin), a.block_size, kv_width, kvh * HD);
   __syncthreads();  // the first rows
-  for (int i = 0; i < min(ntiles, 2); i++) decode_tiles_issue_of<T, HD>(tiles, rows, a, w, i);
+  decode_tiles_issue<T, HD>(tiles, a.k_cache, a.v_cache, rows, k_end - k_begin);
   PDL_ENTRY();
-  // q first: its loads and the new token's then overlap.
+  const int new_key = ctx - 1;
+  const bool reads_new_key = ctx > 0 && k_begin <= new_key && new_key < k_end;
+  T kval = from_f<T>(0.f), vval = from_f<T>(0.f);
+  if (reads_new_key) decode_tiles_new_kv<T, HD>(kval, vval, a.k_cache, a.v_cache, rope, tok, kvh, kv_width, cs, sn);
   for (int e = threadIdx.x; e < group * HD; e += DT_THREADS) {
     const int g = e / HD, d = e % HD;
-    sq[g][d] = decode_q(a.q, rope, tok, a.num_heads * HD, w.kvh * group + g, d, HD, cs, sn, a.scale) * LOG2E;
+    sq[g][d] = decode_q(a.q, rope, tok, a.num_heads * HD, kvh * group + g, d, HD, cs, sn, a.scale) * LOG2E;
   }
-  if (w.has_new) decode_tiles_new_kv<T, HD>(w.kval, w.vval, a.k_cache, a.v_cache, rope, tok, w.kvh, w.kv_width, cs, sn);
   float m = -INFINITY, l = 0.f, acc[HD / 32];
 #pragma unroll
   for (int j = 0; j < HD / 32; j++) acc[j] = 0.f;
-  decode_tiles_walk<T, HD>(tiles, rows, sq, ps, a, rope, w, group, m, l, acc);
+  int b = 0;
+  for (int t0 = k_begin; t0 < k_end; t0 += DT_KT, b ^= 1) {
+    const int nk = min(DT_KT, k_end - t0), nk_next = min(DT_KT, k_end - t0 - DT_KT);
+    T* const buf = tiles + b * G::BUFFER;
+    cp_async_wait_all();
+    __syncthreads();  // this tile everywhere, sq, the new slot; the tile before is done with
+    if (reads_new_key && new_key - t0 < DT_KT) {  // block-uniform
+      const u64 row = kv_slot(bt, new_key, a.block_size) * kv_width + kvh * HD;
+      decode_tiles_refresh<T, HD>(buf, new_key - t0, rope, kval, vval, a.k_cache, a.v_cache, row);
+      __syncthreads();
+    }
+    if (nk_next > 0) {  // the next tile loads while this one is computed
+      decode_tiles_rows(rows, bt, t0 + DT_KT, nk_next, a.block_size, kv_width, kvh * HD);
+      __syncthreads();
+      decode_tiles_issue<T, HD>(tiles + (b ^ 1) * G::BUFFER, a.k_cache, a.v_cache, rows, nk_next);
+    }
+    if (warp < group) decode_tiles_step<T, HD>(sq[warp], buf, buf + DT_KT * G::ROW, nk, m, l, acc, ps[warp]);
+  }
+  cp_async_wait_all();  // a block without keys still has its zero-filling copies in flight
   if (warp < group) {
 #pragma unroll
     for (int j = 0; j < HD / 32; j++) part[warp][lane * (HD / 32) + j] = acc[j];
@@ -277,8 +224,8 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   }
   __syncthreads();
   const DecodeState st = {part, s_m, s_l};
-  if (cluster) decode_merge_cluster(st, a, w.kvh, tok, group);
-  else decode_merge_global(st, a, seq, w.kvh, tok, group, partial, counters);
+  if (cluster) decode_merge_cluster(st, a, kvh, tok, group);
+  else decode_merge_global(st, a, seq, kvh, tok, group, partial, counters);
 }
 
 // attention_decode_tiles<HD>_<S> (global merge) and attention_decode_tiles_cluster<HD>_<S>,
