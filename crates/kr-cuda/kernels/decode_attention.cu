@@ -558,35 +558,32 @@ __device__ void attention_decode_split_impl(const DecodeArgs<T>& a, const Decode
   else decode_merge_global(st, a, p.seq, p.kvh, p.tok, p.group, partial, counters);
 }
 
+// The parameters of every decode attention kernel, and the DecodeArgs `a` and DecodeRope
+// `rope` made of them (the non-split kernel takes only the rope and ignores partial and
+// counters).
+#define DECODE_PARAMS(T)                                                                           \
+  T *out, const T *q, const T *k_cache, const T *v_cache, const u32 *q_start,                      \
+      const u32 *ctx_len, const u32 *block_tables, int bt_stride, int block_size, int num_heads,   \
+      int num_kv_heads, int head_dim, float scale, float *partial, u32 *counters,                  \
+      const T *k_new, const T *v_new, const u32 *positions, const u32 *slots,                      \
+      const float *inv_freq, int interleaved
+#define DECODE_UNPACK(T)                                                                           \
+  const DecodeArgs<T> a = {out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,    \
+                           block_size, num_heads, num_kv_heads, head_dim, scale};                  \
+  const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved}
+
 #define DECODE_ATTENTION_KERNELS(T, S)                                                             \
-  extern "C" __global__ void __launch_bounds__(DS_THREADS) attention_decode_split_##S(             \
-      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
-      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale, float* partial, u32* counters,                  \
-      const T* k_new, const T* v_new, const u32* positions, const u32* slots,                      \
-      const float* inv_freq, int interleaved) {                                                    \
-    const DecodeArgs<T> a = {out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
-                             block_size, num_heads, num_kv_heads, head_dim, scale};                \
-    const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved};               \
+  extern "C" __global__ void __launch_bounds__(DS_THREADS)                                         \
+      attention_decode_split_##S(DECODE_PARAMS(T)) {                                               \
+    DECODE_UNPACK(T);                                                                              \
     attention_decode_split_impl<T>(a, rope, partial, counters, false);                             \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(DS_THREADS) attention_decode_cluster_##S(           \
-      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
-      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale, float* partial, u32* counters,                  \
-      const T* k_new, const T* v_new, const u32* positions, const u32* slots,                      \
-      const float* inv_freq, int interleaved) {                                                    \
-    const DecodeArgs<T> a = {out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
-                             block_size, num_heads, num_kv_heads, head_dim, scale};                \
-    const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved};               \
+  extern "C" __global__ void __launch_bounds__(DS_THREADS)                                         \
+      attention_decode_cluster_##S(DECODE_PARAMS(T)) {                                             \
+    DECODE_UNPACK(T);                                                                              \
     attention_decode_split_impl<T>(a, rope, partial, counters, true);                              \
   }                                                                                                \
-  extern "C" __global__ void attention_decode_##S(                                                 \
-      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
-      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale, float* /* partial */, u32* /* counters */,      \
-      const T* k_new, const T* v_new, const u32* positions, const u32* slots,                      \
-      const float* inv_freq, int interleaved) {                                                    \
+  extern "C" __global__ void attention_decode_##S(DECODE_PARAMS(T)) {                              \
     const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved};               \
     attention_decode_impl<T>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
                              block_size, num_heads, num_kv_heads, head_dim, scale, rope);          \

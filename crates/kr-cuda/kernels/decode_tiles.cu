@@ -231,26 +231,14 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
 // attention_decode_tiles<HD>_<S> (global merge) and attention_decode_tiles_cluster<HD>_<S>,
 // with the arguments of attention_decode_split (head_dim must equal HD).
 #define DECODE_TILES_KERNELS(T, S, HD)                                                             \
-  extern "C" __global__ void __launch_bounds__(DT_THREADS) attention_decode_tiles##HD##_##S(       \
-      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
-      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale, float* partial, u32* counters,                  \
-      const T* k_new, const T* v_new, const u32* positions, const u32* slots,                      \
-      const float* inv_freq, int interleaved) {                                                    \
-    const DecodeArgs<T> a = {out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
-                             block_size, num_heads, num_kv_heads, head_dim, scale};                \
-    const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved};               \
+  extern "C" __global__ void __launch_bounds__(DT_THREADS)                                         \
+      attention_decode_tiles##HD##_##S(DECODE_PARAMS(T)) {                                         \
+    DECODE_UNPACK(T);                                                                              \
     attention_decode_tiles_impl<T, HD>(a, rope, partial, counters, false);                         \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(DT_THREADS) attention_decode_tiles_cluster##HD##_##S( \
-      T* out, const T* q, const T* k_cache, const T* v_cache, const u32* q_start,                  \
-      const u32* ctx_len, const u32* block_tables, int bt_stride, int block_size, int num_heads,   \
-      int num_kv_heads, int head_dim, float scale, float* partial, u32* counters,                  \
-      const T* k_new, const T* v_new, const u32* positions, const u32* slots,                      \
-      const float* inv_freq, int interleaved) {                                                    \
-    const DecodeArgs<T> a = {out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
-                             block_size, num_heads, num_kv_heads, head_dim, scale};                \
-    const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved};               \
+  extern "C" __global__ void __launch_bounds__(DT_THREADS)                                         \
+      attention_decode_tiles_cluster##HD##_##S(DECODE_PARAMS(T)) {                                 \
+    DECODE_UNPACK(T);                                                                              \
     attention_decode_tiles_impl<T, HD>(a, rope, partial, counters, true);                          \
   }
 
