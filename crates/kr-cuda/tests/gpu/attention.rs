@@ -1,6 +1,7 @@
 //! RoPE + KV-cache write + paged attention alone, GPU vs CPU: prefill chunks over a cached
 //! prefix (tensor cores), decode with many and few sequences (one block per pair, split-K) and
-//! over long contexts (the split-K kernels' multi-tile paths), every split decode kernel.
+//! over long contexts (the split-K kernels' multi-tile paths), every split decode kernel, with
+//! RoPE and the KV write fused in and after them.
 
 use super::*;
 use kr_cuda::backend::DecodeKernels;
@@ -34,6 +35,17 @@ const ALL_DECODE_KERNELS: [DecodeKernels; 4] = [
     },
 ];
 
+/// The decode paths the tests check: every kernel with RoPE and the KV write fused in, and
+/// the tiled and generic kernels after a separate RoPE + KV-write kernel.
+const DECODE_PATHS: [(DecodeKernels, bool); 6] = [
+    (ALL_DECODE_KERNELS[0], false),
+    (ALL_DECODE_KERNELS[1], false),
+    (ALL_DECODE_KERNELS[2], false),
+    (ALL_DECODE_KERNELS[3], false),
+    (ALL_DECODE_KERNELS[0], true),
+    (ALL_DECODE_KERNELS[2], true),
+];
+
 /// Steps for the attention test: long prefills that span several 64-key tiles, a chunk over a
 /// cached prefix, and a decode token and a short prompt in the same batch.
 fn long_prefill_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
@@ -50,13 +62,16 @@ fn long_prefill_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
 /// RoPE + cache write + paged attention alone over `steps` (`rope_attention`: one kernel in
 /// decode steps), on the GPU in `dtype` vs the CPU backend in f32 (inputs rounded to bf16 so
 /// both start from the same numbers); returns the largest difference of the attention outputs.
-/// `kernels` picks the split decode kernel (see `set_decode_kernels`).
+/// `kernels` picks the split decode kernel (see `set_decode_kernels`); with `unfused` the GPU
+/// rotates and writes the cache in its own kernel first (`rope_and_write_kv` then
+/// `paged_attention`), so the decode kernels read the new token's key from the cache.
 fn attention_vs_cpu(
     dtype: DType,
     head_dim: usize,
     blocks: usize,
     steps: &dyn Fn(&ModelConfig) -> Vec<(Vec<u32>, AttnMeta)>,
     kernels: DecodeKernels,
+    unfused: bool,
 ) -> f32 {
     let cfg = tiny_config_with_head_dim("llama", RopeStyle::HalfSplit, head_dim);
     let ty = if dtype == DType::F32 {
@@ -102,7 +117,12 @@ fn attention_vs_cpu(
         // The GPU takes the fused path (RoPE and the KV write inside the decode kernels); the
         // later steps read the keys that the earlier ones wrote that way.
         let heads = cfg.num_heads;
-        let gout = g.rope_attention(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache, heads);
+        let gout = if unfused {
+            g.rope_and_write_kv(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache);
+            g.paged_attention(&gq, meta, 0, &gcache, heads)
+        } else {
+            g.rope_attention(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache, heads)
+        };
         let got = g.to_host(&gout);
         c.rope_and_write_kv(&mut cq, &mut ck, &cv, &rope, meta, 0, &mut ccache);
         let want = c.paged_attention(&cq, meta, 0, &ccache, cfg.num_heads).data;
@@ -131,6 +151,7 @@ fn bf16_prefill_attention_matches_cpu() {
             80,
             &long_prefill_steps,
             ALL_DECODE_KERNELS[0],
+            false,
         );
         println!("prefill attention bf16 head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
         assert!(worst <= 2e-2, "head_dim {head_dim}: {worst}");
@@ -202,10 +223,14 @@ fn decode_attention_matches_cpu_with_many_and_few_sequences() {
         return;
     }
     for (dtype, head_dim, tol) in DECODE_CASES {
-        for kernels in ALL_DECODE_KERNELS {
-            let worst = attention_vs_cpu(dtype, head_dim, 256, &many_decode_steps, kernels);
-            println!("decode attention {dtype:?} head_dim {head_dim} {kernels:?}: max |GPU - CPU| = {worst:.2e}");
-            assert!(worst <= tol, "{dtype:?} {kernels:?}: {worst}");
+        for (kernels, unfused) in DECODE_PATHS {
+            let worst =
+                attention_vs_cpu(dtype, head_dim, 256, &many_decode_steps, kernels, unfused);
+            println!("decode attention {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}: max |GPU - CPU| = {worst:.2e}");
+            assert!(
+                worst <= tol,
+                "{dtype:?} {kernels:?} unfused {unfused}: {worst}"
+            );
         }
     }
 }
@@ -247,10 +272,14 @@ fn decode_attention_matches_cpu_over_long_contexts() {
         return;
     }
     for (dtype, head_dim, tol) in DECODE_CASES {
-        for kernels in ALL_DECODE_KERNELS {
-            let worst = attention_vs_cpu(dtype, head_dim, 200, &long_decode_steps, kernels);
-            println!("long-context decode {dtype:?} head_dim {head_dim} {kernels:?}: max |GPU - CPU| = {worst:.2e}");
-            assert!(worst <= tol, "{dtype:?} {kernels:?}: {worst}");
+        for (kernels, unfused) in DECODE_PATHS {
+            let worst =
+                attention_vs_cpu(dtype, head_dim, 200, &long_decode_steps, kernels, unfused);
+            println!("long-context decode {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}: max |GPU - CPU| = {worst:.2e}");
+            assert!(
+                worst <= tol,
+                "{dtype:?} {kernels:?} unfused {unfused}: {worst}"
+            );
         }
     }
 }
