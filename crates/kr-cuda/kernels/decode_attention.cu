@@ -46,7 +46,8 @@ __device__ __forceinline__ float decode_q(const T* q, const DecodeRope& r, int t
 }
 
 // The new token's rotated key and its value into the cache (the block reading that key calls
-// this, then synchronises before reading keys).
+// this after PDL_WAIT; the split kernels, which loaded their first tile before the wait,
+// reload that key after a barrier).
 template <typename T>
 __device__ void decode_write_new_kv(const T* k_cache, const T* v_cache, const DecodeRope& r,
                                     int tok, int kvh, int kv_width, int head_dim, const float* cs,

@@ -40,7 +40,7 @@ __device__ __forceinline__ void cp_async_commit() {}
 __device__ __forceinline__ void cp_async_wait_all() {}
 #endif
 
-// N consecutive elements of a shared row as floats (8- or 16-byte aligned).
+// N consecutive elements of a shared row as floats (aligned to their size: 4, 8 or 16 bytes).
 __device__ __forceinline__ void row_part(const float* p, float (&o)[4]) {
   const float4 v = *(const float4*)p;
   o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w;
@@ -204,7 +204,7 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
     T* const buf = tiles + b * G::BUFFER;
     cp_async_wait_all();
     __syncthreads();  // this tile everywhere, sq, the new slot; the tile before is done with
-    if (reads_new_key && new_key - t0 < DT_KT) {  // block-uniform
+    if (reads_new_key && t0 <= new_key && new_key < t0 + DT_KT) {  // block-uniform
       const u64 row = kv_slot(bt, new_key, a.block_size) * kv_width + kvh * HD;
       decode_tiles_refresh<T, HD>(buf, new_key - t0, rope, kval, vval, a.k_cache, a.v_cache, row);
       __syncthreads();

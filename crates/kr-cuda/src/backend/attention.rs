@@ -2,8 +2,9 @@
 //! head_dim 64 or 128, compute capability 8.0+) and the CUDA-core kernel for everything else.
 //!
 //! Invariants: every kernel reads the step metadata uploaded by `begin_step` at fixed
-//! addresses; in decode steps RoPE and the KV write happen inside the attention kernel, which
-//! is the only reader of the new token's cache slot during the step; both prefill kernels take
+//! addresses; in decode steps RoPE and the KV write happen inside the attention kernel (or, on
+//! the unfused path, in `rope_write_kv` just before it), and nothing else reads the new
+//! token's cache slot during the step; both prefill kernels take
 //! the same arguments and the work items and tiles that `meta::pack` wrote, so either can run
 //! any step.
 
@@ -152,7 +153,7 @@ impl CudaBackend {
     }
 
     /// RoPE, the KV write and attention: in decode steps one kernel does all three (the
-    /// rotation in its prologue, see `DecodeRope` in attention.cu), saving a launch per layer.
+    /// rotation in its prologue, see `DecodeRope` in decode_attention.cu), saving a launch per layer.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rope_attention_into(
         &self,
