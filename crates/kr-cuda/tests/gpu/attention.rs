@@ -215,6 +215,28 @@ fn plan_steps(
         .collect()
 }
 
+/// Every case of DECODE_CASES on every path of DECODE_PATHS over `steps` (a cache of
+/// `blocks` blocks), each within its case's tolerance.
+fn check_every_decode_path(
+    label: &str,
+    blocks: usize,
+    steps: &dyn Fn(&ModelConfig) -> Vec<(Vec<u32>, AttnMeta)>,
+) {
+    for (dtype, head_dim, tol) in DECODE_CASES {
+        for (kernels, unfused) in DECODE_PATHS {
+            let worst = attention_vs_cpu(dtype, head_dim, blocks, steps, kernels, unfused);
+            println!(
+                "{label} {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}: \
+                 max |GPU - CPU| = {worst:.2e}"
+            );
+            assert!(
+                worst <= tol,
+                "{label} {dtype:?} {kernels:?} unfused {unfused}: {worst}"
+            );
+        }
+    }
+}
+
 /// Decode attention on both of its paths (one block per sequence x kv head, and split-K),
 /// f32 and bf16. Tolerances: f32 1e-4; bf16 2e-2 as above.
 #[test]
@@ -222,17 +244,7 @@ fn decode_attention_matches_cpu_with_many_and_few_sequences() {
     if !gpu_available() {
         return;
     }
-    for (dtype, head_dim, tol) in DECODE_CASES {
-        for (kernels, unfused) in DECODE_PATHS {
-            let worst =
-                attention_vs_cpu(dtype, head_dim, 256, &many_decode_steps, kernels, unfused);
-            println!("decode attention {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}: max |GPU - CPU| = {worst:.2e}");
-            assert!(
-                worst <= tol,
-                "{dtype:?} {kernels:?} unfused {unfused}: {worst}"
-            );
-        }
-    }
+    check_every_decode_path("decode attention", 256, &many_decode_steps);
 }
 
 /// Chunked prefills of three sequences to 600, 900 and 1000 tokens (scattered, partly
@@ -271,15 +283,5 @@ fn decode_attention_matches_cpu_over_long_contexts() {
     if !gpu_available() {
         return;
     }
-    for (dtype, head_dim, tol) in DECODE_CASES {
-        for (kernels, unfused) in DECODE_PATHS {
-            let worst =
-                attention_vs_cpu(dtype, head_dim, 200, &long_decode_steps, kernels, unfused);
-            println!("long-context decode {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}: max |GPU - CPU| = {worst:.2e}");
-            assert!(
-                worst <= tol,
-                "{dtype:?} {kernels:?} unfused {unfused}: {worst}"
-            );
-        }
-    }
+    check_every_decode_path("long-context decode", 200, &long_decode_steps);
 }
