@@ -484,6 +484,14 @@ __device__ void decode_merge_global(const DecodeState st, const DecodeArgs<T>& a
   }
 }
 
+// The 32-bit shared-memory address of a generic pointer into shared memory (for PTX that
+// takes one: cp.async, mapa).
+__device__ __forceinline__ u32 shared_addr(const void* p) {
+  u32 a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+
 #if __CUDA_ARCH__ >= 900
 // Every thread of every block of the cluster arrives; shared-memory writes before it are
 // visible cluster-wide after it.
@@ -493,9 +501,8 @@ __device__ __forceinline__ void cluster_barrier() {
 
 // The float at `p` in the shared memory of the cluster's block `rank`.
 __device__ __forceinline__ float ld_cluster_shared(const float* p, u32 rank) {
-  u32 local, remote;
-  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(local) : "l"(p));
-  asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+  u32 remote;
+  asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(shared_addr(p)), "r"(rank));
   float v;
   asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
   return v;

@@ -1,5 +1,5 @@
 // kr-cuda tiled split decode attention (appended after decode_attention.cu by the loader, whose
-// RoPE prologue, DecodeArgs and split merges it uses), for head_dim 64 and 128 (a template
+// RoPE prologue, DecodeArgs, tile rows, shared addresses and split merges it uses), for head_dim 64 and 128 (a template
 // parameter).
 //
 // The split-K scheme of attention_decode_split / _cluster with far fewer instructions on the
@@ -26,9 +26,7 @@
 #if __CUDA_ARCH__ >= 800
 // 16 bytes global -> shared without a register round trip; with !full the 16 bytes are zeros.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool full) {
-  u32 s;
-  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(s) : "l"(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(full ? 16 : 0) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_addr(smem)), "l"(gmem), "r"(full ? 16 : 0) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
@@ -83,11 +81,6 @@ __device__ __forceinline__ void decode_tiles_issue(T* buf, const T* k_cache, con
   cp_async_commit();
 }
 
-// Cache rows of keys t0 .. t0 + nk of this kv head into rows (threads < nk).
-__device__ __forceinline__ void decode_tiles_rows(u64* rows, const u32* bt, int t0, int nk,
-                                                  int block_size, u64 kv_width, int head_off) {
-  if ((int)threadIdx.x < nk) rows[threadIdx.x] = kv_slot(bt, t0 + threadIdx.x, block_size) * kv_width + head_off;
-}
 
 // One tile for query head g (this warp; q = its row of sq): scores, the online softmax
 // update of (m, l, acc), and the p-weighted values. ps is this warp's scratch of DT_KT floats.
@@ -183,7 +176,7 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   const u64 kv_width = (u64)a.num_kv_heads * HD;
   const u32* bt = a.block_tables + (u64)seq * a.bt_stride;
   rope_angles(cs, sn, rope, tok, HD / 2);
-  decode_tiles_rows(rows, bt, k_begin, min(DT_KT, k_end - k_begin), a.block_size, kv_width, kvh * HD);
+  decode_tile_rows(rows, bt, k_begin, min(DT_KT, k_end - k_begin), a.block_size, kv_width, kvh * HD);
   __syncthreads();  // the first rows
   decode_tiles_issue<T, HD>(tiles, a.k_cache, a.v_cache, rows, k_end - k_begin);
   PDL_ENTRY();
@@ -210,7 +203,7 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
       __syncthreads();
     }
     if (nk_next > 0) {  // the next tile loads while this one is computed
-      decode_tiles_rows(rows, bt, t0 + DT_KT, nk_next, a.block_size, kv_width, kvh * HD);
+      decode_tile_rows(rows, bt, t0 + DT_KT, nk_next, a.block_size, kv_width, kvh * HD);
       __syncthreads();
       decode_tiles_issue<T, HD>(tiles + (b ^ 1) * G::BUFFER, a.k_cache, a.v_cache, rows, nk_next);
     }

@@ -76,8 +76,15 @@ impl DecodeKernels {
         let off = |name: &str| std::env::var(name).is_ok_and(|v| v.trim() == "0");
         DecodeKernels {
             tiles: !off("KR_CUDA_DECODE_TILES"),
-            cluster: compute_capability.0 >= 9 && !off("KR_CUDA_DECODE_CLUSTER"),
+            cluster: !off("KR_CUDA_DECODE_CLUSTER"),
         }
+        .supported_on(compute_capability)
+    }
+
+    /// These kernels less clusters below compute capability 9.0.
+    fn supported_on(mut self, compute_capability: (i32, i32)) -> Self {
+        self.cluster &= compute_capability.0 >= 9;
+        self
     }
 }
 
@@ -95,9 +102,9 @@ pub(super) fn attention_smem(head_dim: usize) -> usize {
 impl CudaBackend {
     /// Chooses the split decode kernel (for tests that check each); clusters are ignored
     /// below compute capability 9.0. The default comes from `DecodeKernels::from_env`.
-    pub fn set_decode_kernels(&self, mut k: DecodeKernels) {
-        k.cluster &= self.gpu.info.compute_capability.0 >= 9;
-        self.decode_kernels.set(k);
+    pub fn set_decode_kernels(&self, k: DecodeKernels) {
+        let cc = self.gpu.info.compute_capability;
+        self.decode_kernels.set(k.supported_on(cc));
     }
 
     /// Causal attention of the step's queries over their cached keys and values, into `out`.
@@ -229,7 +236,8 @@ impl CudaBackend {
             (true, None) => ("attention_decode_split", 0),
         };
         let group = num_heads / l.num_kv_heads;
-        let rows = if splits > 1 {
+        // Partial states go through global memory only where the last block merges them.
+        let rows = if splits > 1 && !kernels.cluster {
             pairs * splits * group
         } else {
             1

@@ -80,11 +80,8 @@ impl CudaBackend {
         if !self.gemv_applies(t, cols) || w.iter().any(|w| w.cols != cols) {
             return None;
         }
-        let [yq, yk, yv] = w.map(|w| self.alloc(t, w.rows));
-        let (q, k, v, xp) = (yq.ptr, yk.ptr, yv.ptr, x.ptr);
-        let (wq, wk, wv) = (w[0].ptr, w[1].ptr, w[2].ptr);
-        let [bq, bk, bv] = bias.map(|b| b.map_or(0u64, |b| b.buf.ptr));
-        let [nq, nk, nv] = w.map(|w| w.rows as i32);
+        let (ys, [q, k, v, xp, wq, wk, wv, bq, bk, bv], [nq, nk, nv]) =
+            self.qkv_outputs_and_args(x, w, bias);
         let c = cols as i32;
         let warps = w.iter().map(|w| w.rows).sum::<usize>();
         launch!(
@@ -106,7 +103,25 @@ impl CudaBackend {
             nv,
             c
         );
-        Some([yq, yk, yv])
+        Some(ys)
+    }
+
+    /// The q, k and v outputs for `x` and the arguments both q|k|v kernels (CUDA-core and
+    /// tensor-core) begin with: output, input, weight and bias pointers (0: no bias), then each
+    /// projection's row count.
+    pub(super) fn qkv_outputs_and_args(
+        &self,
+        x: &CudaTensor,
+        w: [&CudaWeight; 3],
+        bias: [Option<&CudaVector>; 3],
+    ) -> ([CudaTensor; 3], [u64; 10], [i32; 3]) {
+        let ys = w.map(|w| self.alloc(x.rows, w.rows));
+        let b = bias.map(|b| b.map_or(0u64, |b| b.buf.ptr));
+        let (yp, wp) = (ys.each_ref().map(|y| y.ptr), w.map(|w| w.ptr));
+        let args = [
+            yp[0], yp[1], yp[2], x.ptr, wp[0], wp[1], wp[2], b[0], b[1], b[2],
+        ];
+        (ys, args, w.map(|w| w.rows as i32))
     }
 
     /// `silu(x·Wgᵀ) * (x·Wuᵀ)` in one launch, or `None` where the GEMV kernel does not apply.

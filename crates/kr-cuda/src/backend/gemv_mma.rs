@@ -123,11 +123,8 @@ impl CudaBackend {
         if !self.mma_gemv_applies(x.rows, x.cols, &rows) || w.iter().any(|w| w.cols != x.cols) {
             return None;
         }
-        let [yq, yk, yv] = w.map(|w| self.alloc(x.rows, w.rows));
-        let (q, k, v, xp) = (yq.ptr, yk.ptr, yv.ptr, x.ptr);
-        let (wq, wk, wv) = (w[0].ptr, w[1].ptr, w[2].ptr);
-        let [bq, bk, bv] = bias.map(|b| b.map_or(0u64, |b| b.buf.ptr));
-        let [nq, nk, nv] = rows.map(|r| r as i32);
+        let (ys, [q, k, v, xp, wq, wk, wv, bq, bk, bv], [nq, nk, nv]) =
+            self.qkv_outputs_and_args(x, w, bias);
         let (cols, nt) = (x.cols as i32, x.rows as i32);
         let cfg = blocks(rows.iter().sum());
         launch!(
@@ -150,7 +147,7 @@ impl CudaBackend {
             cols,
             nt
         );
-        Some([yq, yk, yv])
+        Some(ys)
     }
 
     /// `silu(x·Wgᵀ) * (x·Wuᵀ)` on tensor cores in one launch, or `None`.
