@@ -6,6 +6,9 @@
 use super::*;
 use kr_cuda::backend::DecodeKernels;
 
+/// Builds a test's steps (token ids and attention metadata) for a model config.
+type StepsFn = dyn Fn(&ModelConfig) -> Vec<(Vec<u32>, AttnMeta)>;
+
 /// Decode test cases: dtype, head size (both tiled kernels in both dtypes), tolerance (f32
 /// 1e-4; bf16 2e-2 as for prefill).
 const DECODE_CASES: [(DType, usize, f32); 4] = [
@@ -69,7 +72,7 @@ fn attention_vs_cpu(
     dtype: DType,
     head_dim: usize,
     blocks: usize,
-    steps: &dyn Fn(&ModelConfig) -> Vec<(Vec<u32>, AttnMeta)>,
+    steps: &StepsFn,
     kernels: DecodeKernels,
     unfused: bool,
 ) -> f32 {
@@ -217,11 +220,7 @@ fn plan_steps(
 
 /// Every case of DECODE_CASES on every path of DECODE_PATHS over `steps` (a cache of
 /// `blocks` blocks), each within its case's tolerance.
-fn check_every_decode_path(
-    label: &str,
-    blocks: usize,
-    steps: &dyn Fn(&ModelConfig) -> Vec<(Vec<u32>, AttnMeta)>,
-) {
+fn check_every_decode_path(label: &str, blocks: usize, steps: &StepsFn) {
     for (dtype, head_dim, tol) in DECODE_CASES {
         for (kernels, unfused) in DECODE_PATHS {
             let worst = attention_vs_cpu(dtype, head_dim, blocks, steps, kernels, unfused);
