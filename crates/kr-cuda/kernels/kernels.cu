@@ -104,6 +104,25 @@ __device__ void embed_impl(T* out, const T* table, const u32* ids, int cols) {
   for (int c = threadIdx.x; c < cols; c += blockDim.x) out[dst + c] = table[src + c];
 }
 
+// embed, and the start of the step's folded-norm sums (see norm_scales): sums[0][t] gets row
+// t's sum of squares, the token's later slots up to `slots` are zeroed for the GEMVs to add
+// into. sums: [slots][NORM_SUM_TOKENS] doubles. Grid: tokens (at most NORM_SUM_TOKENS).
+#define NORM_SUM_TOKENS 8
+template <typename T>
+__device__ void embed_norm_sums_impl(T* out, const T* table, const u32* ids, int cols,
+                                     double* sums, int slots) {
+  const u64 src = (u64)ids[blockIdx.x] * cols, dst = (u64)blockIdx.x * cols;
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const T v = table[src + c];
+    out[dst + c] = v;
+    ss += to_f(v) * to_f(v);
+  }
+  for (int s = 1 + threadIdx.x; s < slots; s += blockDim.x) sums[(u64)s * NORM_SUM_TOKENS + blockIdx.x] = 0.0;
+  ss = block_sum(ss);
+  if (threadIdx.x == 0) sums[blockIdx.x] = (double)ss;
+}
+
 // Row kernels keep up to ROW_REGS values per thread in registers between their two passes
 // (a 4096-wide row in 1024 threads: one read of x instead of two); columns beyond
 // ROW_REGS * blockDim are read again.
@@ -332,23 +351,58 @@ __device__ __forceinline__ void gemv_partial(float* acc, const T* x, const T* w_
   for (; v < nv; v += 32) gemv_vec<T, NT>(acc, __ldcs(wr + v), xr, nv, v);
 }
 
-// One output row of the warp: y = x · w[r] + bias (+ y where `accumulate`: the residual add
-// of the o and down projections, in place, each element owned by one lane).
+// One output row of the warp: y = x · w[r] * scale + bias (+ y where `accumulate`: the
+// residual add of the o and down projections, in place, each element owned by one lane).
+// `scale` (per token) is 1/rms of a norm folded into this projection (see norm_scales); `out`
+// (may be null) gets lane 0 the values written, as rounded to T.
 template <typename T, int NT>
 __device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const float* bias, int rows,
                                           int cols, int r, int lane, int accumulate,
-                                          const uint4* head) {
+                                          const uint4* head, const float* scale, float* out) {
   float acc[NT];
 #pragma unroll
   for (int b = 0; b < NT; b++) acc[b] = 0.f;
   gemv_partial<T, NT>(acc, x, w + (u64)r * cols, cols, lane, head);
 #pragma unroll
   for (int b = 0; b < NT; b++) {
-    const float s = warp_sum(acc[b]) + (bias ? bias[r] : 0.f);
+    const float s = warp_sum(acc[b]) * scale[b] + (bias ? bias[r] : 0.f);
     if (lane == 0) {
       const u64 i = (u64)b * rows + r;
-      y[i] = from_f<T>(accumulate ? s + to_f(y[i]) : s);
+      const T v = from_f<T>(accumulate ? s + to_f(y[i]) : s);
+      y[i] = v;
+      if (out) out[b] = to_f(v);
     }
+  }
+}
+
+// Folded RMSNorm (decode): a residual-stream GEMV (o, down) adds the squares of the values it
+// writes into `sums` (one double per token, zeroed by embed_norm_sums at the start of the
+// step), and the GEMV that reads the norm's output reads the residual itself and scales each
+// dot product by 1/rms, its weights carrying the norm's gain (kr-model folds it at load). One
+// atomic per block and token; doubles so that the order of the additions cannot change the
+// float the readers compute.
+template <int NT>
+__device__ __forceinline__ void norm_scales(float* inv, const double* sums, int cols, float eps) {
+#pragma unroll
+  for (int b = 0; b < NT; b++) inv[b] = sums ? rsqrtf((float)(sums[b] / cols) + eps) : 1.f;
+}
+
+// Adds the squares of lane 0's `out` of each warp (rows of valid warps) into sums[token].
+// Every thread of the block calls it (a barrier).
+template <int NT>
+__device__ __forceinline__ void add_row_squares(double* sums, const float* out, bool valid) {
+  __shared__ float sq[8][NT];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) {
+#pragma unroll
+    for (int b = 0; b < NT; b++) sq[warp][b] = valid ? out[b] * out[b] : 0.f;
+  }
+  __syncthreads();
+  if (threadIdx.x < NT) {
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < 8; w++) s += sq[w][threadIdx.x];
+    atomicAdd(sums + threadIdx.x, (double)s);
   }
 }
 
@@ -358,21 +412,24 @@ __device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const fl
 template <typename T, int NT>
 __device__ void gemv_qkv_impl(T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk,
                               const T* wv, const float* bq, const float* bk, const float* bv,
-                              int nq, int nk, int nv, int cols) {
+                              int nq, int nk, int nv, int cols, const double* sums, float eps) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float inv[NT];
+  norm_scales<NT>(inv, sums, cols, eps);
   int r = blockIdx.x * 8 + warp;
-  if (r < nq) { gemv_rows<T, NT>(yq, x, wq, bq, nq, cols, r, lane, 0, nullptr); return; }
+  if (r < nq) { gemv_rows<T, NT>(yq, x, wq, bq, nq, cols, r, lane, 0, nullptr, inv, nullptr); return; }
   r -= nq;
-  if (r < nk) { gemv_rows<T, NT>(yk, x, wk, bk, nk, cols, r, lane, 0, nullptr); return; }
+  if (r < nk) { gemv_rows<T, NT>(yk, x, wk, bk, nk, cols, r, lane, 0, nullptr, inv, nullptr); return; }
   r -= nk;
-  if (r < nv) gemv_rows<T, NT>(yv, x, wv, bv, nv, cols, r, lane, 0, nullptr);
+  if (r < nv) gemv_rows<T, NT>(yv, x, wv, bv, nv, cols, r, lane, 0, nullptr, inv, nullptr);
 }
 
 // y = silu(x·Wg) ⊙ (x·Wu): one warp streams row r of both matrices; the gate and up values
 // never leave registers (no separate SiLU·mul kernel, no rounding of the two halves).
 // Runs PDL_ENTRY itself, after gemv_head.
 template <typename T, int NT>
-__device__ void gemv_gate_up_impl(T* y, const T* x, const T* wg, const T* wu, int rows, int cols) {
+__device__ void gemv_gate_up_impl(T* y, const T* x, const T* wg, const T* wu, int rows, int cols,
+                                  const double* sums, float eps) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + warp;
   uint4 head[4];
@@ -384,25 +441,31 @@ __device__ void gemv_gate_up_impl(T* y, const T* x, const T* wg, const T* wu, in
   for (int b = 0; b < NT; b++) { ag[b] = 0.f; au[b] = 0.f; }
   gemv_partial<T, NT>(ag, x, wg + (u64)r * cols, cols, lane, head);
   gemv_partial<T, NT>(au, x, wu + (u64)r * cols, cols, lane, nullptr);
+  float inv[NT];  // read after the loops: before them it costs registers (and a block per SM)
+  norm_scales<NT>(inv, sums, cols, eps);
 #pragma unroll
   for (int b = 0; b < NT; b++) {
-    const float g = warp_sum(ag[b]), u = warp_sum(au[b]);
+    const float g = warp_sum(ag[b]) * inv[b], u = warp_sum(au[b]) * inv[b];
     if (lane == 0) y[(u64)b * rows + r] = from_f<T>(g / (1.f + expf(-g)) * u);
   }
 }
 
 // One kernel per token count (gemv1 ... gemv8), so that the small cases keep few registers
 // and high occupancy (a switch inside one kernel would size every case like the largest).
-// Runs PDL_ENTRY itself, after gemv_head.
+// Runs PDL_ENTRY itself, after gemv_head. `sums` (may be null): see add_row_squares.
 template <typename T, int NT>
 __device__ void gemv_impl(T* y, const T* x, const T* w, const float* bias, int rows, int cols,
-                          int accumulate) {
+                          int accumulate, double* sums) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + warp;
   uint4 head[4];
   if (r < rows) gemv_head<T>(head, w + (u64)r * cols, cols, lane);
   PDL_ENTRY();
-  if (r < rows) gemv_rows<T, NT>(y, x, w, bias, rows, cols, r, lane, accumulate, head);
+  float one[NT], out[NT];
+#pragma unroll
+  for (int b = 0; b < NT; b++) one[b] = 1.f;
+  if (r < rows) gemv_rows<T, NT>(y, x, w, bias, rows, cols, r, lane, accumulate, head, one, out);
+  if (sums != nullptr) add_row_squares<NT>(sums, out, r < rows);
 }
 
 // out[i, :] = x[rows[i], :]. Grid: output rows.
@@ -482,25 +545,32 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
 
 #define GEMV(T, S, N)                                                                              \
   extern "C" __global__ void __launch_bounds__(256) gemv##N##_##S(                                 \
-      T* y, const T* x, const T* w, const float* bias, int rows, int cols, int accumulate) {       \
-    gemv_impl<T, N>(y, x, w, bias, rows, cols, accumulate);                                        \
+      T* y, const T* x, const T* w, const float* bias, int rows, int cols, int accumulate,         \
+      double* sums) {                                                                              \
+    gemv_impl<T, N>(y, x, w, bias, rows, cols, accumulate, sums);                                  \
   }
 
 #define GEMV_FUSED(T, S, N)                                                                        \
   extern "C" __global__ void __launch_bounds__(256) gemv_qkv##N##_##S(                             \
       T* yq, T* yk, T* yv, const T* x, const T* wq, const T* wk, const T* wv, const float* bq,     \
-      const float* bk, const float* bv, int nq, int nk, int nv, int cols) {                        \
+      const float* bk, const float* bv, int nq, int nk, int nv, int cols, const double* sums,      \
+      float eps) {                                                                                 \
     PDL_ENTRY();                                                                                   \
-    gemv_qkv_impl<T, N>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols);                  \
+    gemv_qkv_impl<T, N>(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, nq, nk, nv, cols, sums, eps);       \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256) gemv_gate_up##N##_##S(                         \
-      T* y, const T* x, const T* wg, const T* wu, int rows, int cols) {                            \
-    gemv_gate_up_impl<T, N>(y, x, wg, wu, rows, cols);                                             \
+      T* y, const T* x, const T* wg, const T* wu, int rows, int cols, const double* sums,          \
+      float eps) {                                                                                 \
+    gemv_gate_up_impl<T, N>(y, x, wg, wu, rows, cols, sums, eps);                                  \
   }
 
 #define KERNELS(T, S)                                                                              \
   extern "C" __global__ void __launch_bounds__(1024) embed_##S(T* out, const T* table, const u32* ids, int cols) { PDL_ENTRY();         \
     embed_impl<T>(out, table, ids, cols);                                                          \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(1024) embed_norm_sums_##S(T* out, const T* table,        \
+      const u32* ids, int cols, double* sums, int slots) { PDL_ENTRY();                            \
+    embed_norm_sums_impl<T>(out, table, ids, cols, sums, slots);                                   \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(1024) rms_norm_##S(T* out, const T* x, const float* w, int cols, float eps) { PDL_ENTRY(); \
     rms_norm_impl<T>(out, x, w, cols, eps);                                                        \

@@ -60,6 +60,9 @@ pub struct CudaTensor {
     offset: usize,
     bytes: usize,
     pool: Option<SharedPool>,
+    /// The folded-norm slot holding the sums of squares of these rows, 0 for none (see
+    /// `backend::norm_fold`).
+    norm_sums: u64,
 }
 
 impl Drop for CudaTensor {
@@ -74,6 +77,8 @@ impl Drop for CudaTensor {
 
 pub struct CudaVector {
     buf: DeviceBuffer,
+    /// Every element is 1 (a norm gain folded into the weights after it).
+    unit: bool,
 }
 
 /// K and V of every layer: `[layer][k|v][slot][kv_heads * head_dim]`.
@@ -132,6 +137,12 @@ pub struct CudaBackend {
     skip_kernels: Vec<String>,
     /// Projections of this many tokens up to 8 run on tensor cores (see `backend::gemv_mma`).
     mma_gemv_min_tokens: usize,
+    /// Sums of squares of the residual rows for the norms folded into the GEMVs, and which
+    /// of its slots this step has used (see `backend::norm_fold`).
+    norm_sums: DeviceBuffer,
+    norm_slots: Cell<norm_fold::NormSlots>,
+    /// `KR_CUDA_FOLD_NORMS` (default on).
+    fold_norms: bool,
     error: RefCell<Option<CudaError>>,
 }
 
@@ -157,6 +168,7 @@ mod attention;
 mod fused;
 pub(crate) mod gemv_mma;
 mod launch;
+mod norm_fold;
 mod profile;
 mod sample;
 mod weights;
@@ -202,6 +214,7 @@ impl CudaBackend {
         let decode_kernels = attention::DecodeKernels::from_env(gpu.info.compute_capability);
         let split_counters = gpu.upload(&[0u32; attention::SPLIT_COUNTERS])?;
         let workspace = gpu.alloc(limits.workspace_bytes)?;
+        let norm_sums = gpu.alloc(norm_fold::NORM_SUMS_BYTES)?;
         let meta_layout = MetaLayout::new(
             limits.max_tokens,
             limits.max_seqs,
@@ -250,6 +263,9 @@ impl CudaBackend {
             decode_kernels: Cell::new(decode_kernels),
             skip_kernels: launch::skipped_kernels(),
             mma_gemv_min_tokens: gemv_mma::mma_gemv_min_tokens(),
+            norm_sums,
+            norm_slots: Cell::new(norm_fold::NormSlots::default()),
+            fold_norms: norm_fold::fold_norms_wanted(),
             error: RefCell::new(None),
         })
     }
@@ -285,6 +301,7 @@ impl CudaBackend {
                 offset,
                 bytes,
                 pool: Some(self.pool.clone()),
+                norm_sums: 0,
             },
             None => {
                 self.record(Err(CudaError::OutOfMemory(format!(
@@ -299,6 +316,7 @@ impl CudaBackend {
                     offset: 0,
                     bytes: 0,
                     pool: None,
+                    norm_sums: 0,
                 }
             }
         }
@@ -348,7 +366,7 @@ impl CudaBackend {
         }
         let (t, rows, cols) = (x.rows, w.rows, w.cols);
         if self.gemv_applies(t, cols) {
-            self.gemv(y, x, w, bias, accumulate);
+            self.gemv(y, x, w, bias, accumulate, 0);
             return;
         }
         self.gemm(y, x.ptr, w.ptr, t, rows, cols, accumulate);
@@ -415,6 +433,7 @@ impl CudaBackend {
         layer: usize,
         cache: &mut CudaKvCache,
     ) {
+        (q.norm_sums, k.norm_sums) = (0, 0);
         let l = cache.layout;
         let o = self.meta_layout.offsets();
         let (qp, kp, vp) = (q.ptr, k.ptr, v.ptr);
@@ -457,6 +476,10 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn folds_norm_gains(&self) -> bool {
+        true
+    }
+
     fn load_weight(&self, t: &RawTensor) -> CudaWeight {
         self.new_weight(t)
     }
@@ -466,7 +489,10 @@ impl Backend for CudaBackend {
             self.record(Err(e));
             DeviceBuffer { ptr: 0, bytes: 0 }
         });
-        CudaVector { buf }
+        CudaVector {
+            buf,
+            unit: v.iter().all(|&g| g == 1.0),
+        }
     }
 
     fn new_kv_cache(&self, layout: KvLayout) -> CudaKvCache {
@@ -498,6 +524,8 @@ impl Backend for CudaBackend {
 
     fn begin_step(&self, ids: &[u32], meta: &AttnMeta) {
         self.record(self.gpu.bind());
+        // No folded-norm slots until this step's embed hands them out.
+        self.norm_slots.set(Default::default());
         let group = self.heads_per_kv;
         let mut staging = self.staging.borrow_mut();
         let counts = match pack(
@@ -524,15 +552,7 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, table: &CudaWeight, ids: &[u32]) -> CudaTensor {
-        let out = self.alloc(ids.len(), table.cols);
-        let (o, t, idp, cols) = (
-            out.ptr,
-            table.ptr,
-            self.meta_ptr(self.meta_layout.offsets().ids),
-            table.cols as i32,
-        );
-        launch!(self, "embed", per_row(ids.len()), o, t, idp, cols);
-        out
+        self.embed_rows(table, ids)
     }
 
     fn rms_norm(&self, x: &CudaTensor, w: &CudaVector, eps: f32) -> CudaTensor {
@@ -558,6 +578,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_inplace(&self, x: &mut CudaTensor, delta: &CudaTensor) {
+        x.norm_sums = 0;
         let n = (x.rows * x.cols) as u64;
         let (xp, dp) = (x.ptr, delta.ptr);
         launch!(self, "add_inplace", elementwise(n as usize), xp, dp, n);
@@ -570,7 +591,34 @@ impl Backend for CudaBackend {
     }
 
     fn linear_add(&self, x: &mut CudaTensor, a: &CudaTensor, w: &CudaWeight) {
-        self.project_into(x.ptr, a, w, None, true);
+        if !self.linear_add_summing(x, a, w) {
+            x.norm_sums = 0;
+            self.project_into(x.ptr, a, w, None, true);
+        }
+    }
+
+    fn rms_norm_qkv(
+        &self,
+        x: &CudaTensor,
+        gain: &CudaVector,
+        eps: f32,
+        w: [&CudaWeight; 3],
+        bias: [Option<&CudaVector>; 3],
+    ) -> [CudaTensor; 3] {
+        self.folded_norm_qkv(x, gain, eps, w, bias)
+            .unwrap_or_else(|| self.linear_qkv(&self.rms_norm(x, gain, eps), w, bias))
+    }
+
+    fn rms_norm_gate_up(
+        &self,
+        x: &CudaTensor,
+        gain: &CudaVector,
+        eps: f32,
+        w_gate: &CudaWeight,
+        w_up: &CudaWeight,
+    ) -> CudaTensor {
+        self.folded_norm_gate_up(x, gain, eps, w_gate, w_up)
+            .unwrap_or_else(|| self.linear_gate_up(&self.rms_norm(x, gain, eps), w_gate, w_up))
     }
 
     fn linear_qkv(
@@ -580,7 +628,7 @@ impl Backend for CudaBackend {
         bias: [Option<&CudaVector>; 3],
     ) -> [CudaTensor; 3] {
         self.mma_qkv(x, w, bias)
-            .or_else(|| self.fused_qkv(x, w, bias))
+            .or_else(|| self.fused_qkv(x, w, bias, None))
             .or_else(|| self.packed_qkv(x, w, bias))
             .unwrap_or_else(|| [0, 1, 2].map(|i| self.linear(x, w[i], bias[i])))
     }
@@ -588,7 +636,7 @@ impl Backend for CudaBackend {
     fn linear_gate_up(&self, x: &CudaTensor, w_gate: &CudaWeight, w_up: &CudaWeight) -> CudaTensor {
         let fused = self.mma_gate_up(x, w_gate, w_up);
         fused
-            .or_else(|| self.fused_gate_up(x, w_gate, w_up))
+            .or_else(|| self.fused_gate_up(x, w_gate, w_up, None))
             .or_else(|| self.packed_gate_up(x, w_gate, w_up))
             .unwrap_or_else(|| {
                 self.silu_mul(&self.linear(x, w_gate, None), &self.linear(x, w_up, None))
@@ -596,6 +644,7 @@ impl Backend for CudaBackend {
     }
 
     fn head_rms_norm(&self, x: &mut CudaTensor, w: &CudaVector, head_dim: usize, eps: f32) {
+        x.norm_sums = 0;
         let heads = x.rows * x.cols / head_dim;
         let (xp, wp, h, hd) = (x.ptr, w.buf.ptr, heads as i32, head_dim as i32);
         launch!(
@@ -634,6 +683,7 @@ impl Backend for CudaBackend {
         cache: &mut CudaKvCache,
         num_heads: usize,
     ) -> CudaTensor {
+        (q.norm_sums, k.norm_sums) = (0, 0);
         let out = self.alloc(q.rows, q.cols);
         self.rope_attention_into(&out, q, k, v, rope, layer, cache, num_heads);
         out

@@ -26,8 +26,9 @@ const KERNEL_SOURCE: &str = concat!(
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
 /// and tensor-core kernels are listed in `backend::fused`.
-pub const KERNEL_NAMES: [&str; 27] = [
+pub const KERNEL_NAMES: [&str; 28] = [
     "embed",
+    "embed_norm_sums",
     "rms_norm",
     "rms_norm_vec",
     "add_inplace",

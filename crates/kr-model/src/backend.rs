@@ -67,6 +67,14 @@ pub trait Backend: Send {
     fn name(&self) -> &'static str;
     fn load_weight(&self, t: &RawTensor) -> Self::Weight;
     fn load_vector(&self, v: &[f32]) -> Self::Vector;
+    /// Whether the decoder should fold each RMSNorm's gain into the projections that read the
+    /// norm (their weights loaded with [`RawTensor::with_column_gain`], the gain then all ones),
+    /// so that the backend may fuse a gain-less norm into those projections
+    /// ([`Self::rms_norm_qkv`], [`Self::rms_norm_gate_up`]). Only for backends that keep
+    /// weights as plain floats: folding dequantises.
+    fn folds_norm_gains(&self) -> bool {
+        false
+    }
     fn new_kv_cache(&self, layout: KvLayout) -> Self::KvCache;
 
     /// Called once before each step's operations with the whole batch, so a device backend can
@@ -93,6 +101,30 @@ pub trait Backend: Send {
         bias: [Option<&Self::Vector>; 3],
     ) -> [Self::Tensor; 3] {
         [0, 1, 2].map(|i| self.linear(x, w[i], bias[i]))
+    }
+    /// [`Self::linear_qkv`] of `rms_norm(x, gain, eps)`. A device backend may fold the norm
+    /// into the projections (see [`Self::folds_norm_gains`]).
+    fn rms_norm_qkv(
+        &self,
+        x: &Self::Tensor,
+        gain: &Self::Vector,
+        eps: f32,
+        w: [&Self::Weight; 3],
+        bias: [Option<&Self::Vector>; 3],
+    ) -> [Self::Tensor; 3] {
+        self.linear_qkv(&self.rms_norm(x, gain, eps), w, bias)
+    }
+    /// [`Self::linear_gate_up`] of `rms_norm(x, gain, eps)`, which a device backend may fuse
+    /// like [`Self::rms_norm_qkv`].
+    fn rms_norm_gate_up(
+        &self,
+        x: &Self::Tensor,
+        gain: &Self::Vector,
+        eps: f32,
+        w_gate: &Self::Weight,
+        w_up: &Self::Weight,
+    ) -> Self::Tensor {
+        self.linear_gate_up(&self.rms_norm(x, gain, eps), w_gate, w_up)
     }
     /// The gated feed-forward input `silu(x·W_gateᵀ) * (x·W_upᵀ)`; a device backend may fuse
     /// both projections and the activation.

@@ -6,7 +6,7 @@
 
 use crate::backend::{AttnMeta, Backend, KvLayout, Rope};
 use crate::config::ModelConfig;
-use crate::weights::ModelWeights;
+use crate::weights::{ModelWeights, RawTensor};
 
 struct Layer<B: Backend> {
     attn_norm: B::Vector,
@@ -43,21 +43,30 @@ impl<B: Backend> Decoder<B> {
         let layers = w
             .layers
             .iter()
-            .map(|l| Layer {
-                attn_norm: backend.load_vector(&l.attn_norm),
-                wq: backend.load_weight(&l.wq),
-                wk: backend.load_weight(&l.wk),
-                wv: backend.load_weight(&l.wv),
-                wo: backend.load_weight(&l.wo),
-                q_bias: vec(&l.q_bias),
-                k_bias: vec(&l.k_bias),
-                v_bias: vec(&l.v_bias),
-                q_norm: vec(&l.q_norm),
-                k_norm: vec(&l.k_norm),
-                ffn_norm: backend.load_vector(&l.ffn_norm),
-                w_gate: backend.load_weight(&l.w_gate),
-                w_up: backend.load_weight(&l.w_up),
-                w_down: backend.load_weight(&l.w_down),
+            .map(|l| {
+                // Load order is wq, wk, wv, wo, w_gate, w_up, w_down: a device backend may run
+                // weights loaded one after another as one matrix.
+                let (attn_norm, [wq, wk, wv]) =
+                    load_after_norm(&backend, &l.attn_norm, [&l.wq, &l.wk, &l.wv]);
+                let wo = backend.load_weight(&l.wo);
+                let (ffn_norm, [w_gate, w_up]) =
+                    load_after_norm(&backend, &l.ffn_norm, [&l.w_gate, &l.w_up]);
+                Layer {
+                    attn_norm,
+                    wq,
+                    wk,
+                    wv,
+                    wo,
+                    q_bias: vec(&l.q_bias),
+                    k_bias: vec(&l.k_bias),
+                    v_bias: vec(&l.v_bias),
+                    q_norm: vec(&l.q_norm),
+                    k_norm: vec(&l.k_norm),
+                    ffn_norm,
+                    w_gate,
+                    w_up,
+                    w_down: backend.load_weight(&l.w_down),
+                }
             })
             .collect();
         Self {
@@ -113,8 +122,7 @@ impl<B: Backend> Decoder<B> {
         for (i, l) in self.layers.iter().enumerate() {
             let ctx = self.attention(l, &x, meta, i, cache);
             be.linear_add(&mut x, &ctx, &l.wo);
-            let h = be.rms_norm(&x, &l.ffn_norm, eps);
-            let act = be.linear_gate_up(&h, &l.w_gate, &l.w_up);
+            let act = be.rms_norm_gate_up(&x, &l.ffn_norm, eps, &l.w_gate, &l.w_up);
             be.linear_add(&mut x, &act, &l.w_down);
         }
         // Only the sampled rows go through the final norm and the vocabulary projection.
@@ -142,9 +150,10 @@ impl<B: Backend> Decoder<B> {
         cache: &mut B::KvCache,
     ) -> B::Tensor {
         let (be, c) = (&self.backend, &self.config);
-        let h = be.rms_norm(x, &l.attn_norm, c.rms_norm_eps);
-        let [mut q, mut k, v] = be.linear_qkv(
-            &h,
+        let [mut q, mut k, v] = be.rms_norm_qkv(
+            x,
+            &l.attn_norm,
+            c.rms_norm_eps,
             [&l.wq, &l.wk, &l.wv],
             [l.q_bias.as_ref(), l.k_bias.as_ref(), l.v_bias.as_ref()],
         );
@@ -154,5 +163,25 @@ impl<B: Backend> Decoder<B> {
         }
         let rope = &self.rope;
         be.rope_attention(&mut q, &mut k, &v, rope, meta, layer, cache, c.num_heads)
+    }
+}
+
+/// The gain of an RMSNorm and the weights of the projections that read its output. Where the
+/// backend folds gains ([`Backend::folds_norm_gains`]) and this one is not already all ones,
+/// the weights carry it (`W diag g`) and the norm gets a gain of ones, which computes the same
+/// projections up to rounding.
+fn load_after_norm<B: Backend, const N: usize>(
+    backend: &B,
+    gain: &[f32],
+    weights: [&RawTensor; N],
+) -> (B::Vector, [B::Weight; N]) {
+    if backend.folds_norm_gains() && gain.iter().any(|&g| g != 1.0) {
+        let folded = weights.map(|t| backend.load_weight(&t.with_column_gain(gain)));
+        (backend.load_vector(&vec![1.0; gain.len()]), folded)
+    } else {
+        (
+            backend.load_vector(gain),
+            weights.map(|t| backend.load_weight(t)),
+        )
     }
 }

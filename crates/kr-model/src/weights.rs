@@ -80,6 +80,23 @@ impl RawTensor {
         dequantize(self.ty, &self.bytes.as_slice()[r * rb..(r + 1) * rb], out);
     }
 
+    /// This matrix with column `c` of every row multiplied by `gain[c]`, as f32: an RMSNorm's
+    /// gain folded into the projection that reads the norm's output (`(x ⊙ g)·Wᵀ = x·(W
+    /// diag g)ᵀ`).
+    pub fn with_column_gain(&self, gain: &[f32]) -> Self {
+        assert_eq!(
+            gain.len(),
+            self.cols,
+            "{}: gain does not match its columns",
+            self.name
+        );
+        let mut data = self.to_f32();
+        for row in data.chunks_exact_mut(self.cols) {
+            row.iter_mut().zip(gain).for_each(|(w, g)| *w *= g);
+        }
+        Self::from_f32(&self.name, self.rows, self.cols, &data)
+    }
+
     /// The whole tensor as f32 (for small tensors: norms, biases, tests).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];

@@ -8,6 +8,7 @@
 //! returns `None`, so the caller falls back to the unfused operations, which compute the same
 //! values.
 
+use super::norm_fold::norm_args;
 use super::{elementwise, grid1, per_row, CudaBackend, CudaTensor, CudaVector, CudaWeight};
 use super::{GEMV_KERNELS, GEMV_MAX_ROWS};
 use crate::error::driver;
@@ -42,7 +43,8 @@ impl CudaBackend {
     }
 
     /// `y = x · wᵀ + bias` (`y += …` where `accumulate`) with the GEMV kernel; the caller has
-    /// checked [`Self::gemv_applies`] and that `y` holds `x.rows × w.rows` values.
+    /// checked [`Self::gemv_applies`] and that `y` holds `x.rows × w.rows` values. `sums`
+    /// (0: none) is a folded-norm slot the kernel adds the squares of `y`'s rows into.
     pub(super) fn gemv(
         &self,
         y: u64,
@@ -50,6 +52,7 @@ impl CudaBackend {
         w: &CudaWeight,
         bias: Option<&CudaVector>,
         accumulate: bool,
+        sums: u64,
     ) {
         let (xp, wp, bp) = (x.ptr, w.ptr, bias.map_or(0u64, |b| b.buf.ptr));
         let (rows, cols) = (w.rows as i32, w.cols as i32);
@@ -65,16 +68,19 @@ impl CudaBackend {
             bp,
             rows,
             cols,
-            acc
+            acc,
+            sums
         );
     }
 
-    /// q, k and v of `x` in one launch, or `None` where the GEMV kernel does not apply.
+    /// q, k and v of `x` in one launch, or `None` where the GEMV kernel does not apply. `norm`:
+    /// a folded RMSNorm of `x` (its sums slot and eps; see `backend::norm_fold`).
     pub(super) fn fused_qkv(
         &self,
         x: &CudaTensor,
         w: [&CudaWeight; 3],
         bias: [Option<&CudaVector>; 3],
+        norm: Option<(u64, f32)>,
     ) -> Option<[CudaTensor; 3]> {
         let (t, cols) = (x.rows, x.cols);
         if !self.gemv_applies(t, cols) || w.iter().any(|w| w.cols != cols) {
@@ -83,6 +89,7 @@ impl CudaBackend {
         let (ys, [q, k, v, xp, wq, wk, wv, bq, bk, bv], [nq, nk, nv]) =
             self.qkv_outputs_and_args(x, w, bias);
         let c = cols as i32;
+        let (sums, eps) = norm_args(norm);
         let warps = w.iter().map(|w| w.rows).sum::<usize>();
         launch!(
             self,
@@ -101,7 +108,9 @@ impl CudaBackend {
             nq,
             nk,
             nv,
-            c
+            c,
+            sums,
+            eps
         );
         Some(ys)
     }
@@ -125,11 +134,13 @@ impl CudaBackend {
     }
 
     /// `silu(x·Wgᵀ) * (x·Wuᵀ)` in one launch, or `None` where the GEMV kernel does not apply.
+    /// `norm` as for [`Self::fused_qkv`].
     pub(super) fn fused_gate_up(
         &self,
         x: &CudaTensor,
         w_gate: &CudaWeight,
         w_up: &CudaWeight,
+        norm: Option<(u64, f32)>,
     ) -> Option<CudaTensor> {
         let (t, cols) = (x.rows, x.cols);
         let same = w_gate.rows == w_up.rows && w_gate.cols == cols && w_up.cols == cols;
@@ -139,6 +150,7 @@ impl CudaBackend {
         let y = self.alloc(t, w_gate.rows);
         let (yp, xp, wg, wu) = (y.ptr, x.ptr, w_gate.ptr, w_up.ptr);
         let (rows, c) = (w_gate.rows as i32, cols as i32);
+        let (sums, eps) = norm_args(norm);
         let cfg = grid1(w_gate.rows.div_ceil(8), 256);
         launch!(
             self,
@@ -149,7 +161,9 @@ impl CudaBackend {
             wg,
             wu,
             rows,
-            c
+            c,
+            sums,
+            eps
         );
         Some(y)
     }

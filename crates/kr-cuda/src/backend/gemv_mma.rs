@@ -70,11 +70,17 @@ fn blocks(rows: usize) -> cudarc::driver::LaunchConfig {
 }
 
 impl CudaBackend {
-    /// Whether `t` tokens of width `cols` times weights of `rows` rows run on tensor cores.
-    fn mma_gemv_applies(&self, t: usize, cols: usize, rows: &[usize]) -> bool {
+    /// Whether steps of `t` tokens run their projections on tensor cores (where the shapes
+    /// allow it).
+    pub(super) fn mma_takes(&self, t: usize) -> bool {
         self.dtype == DType::Bf16
             && self.gpu.info.compute_capability.0 >= 8
             && (self.mma_gemv_min_tokens..=GEMV_MAX_ROWS).contains(&t)
+    }
+
+    /// Whether `t` tokens of width `cols` times weights of `rows` rows run on tensor cores.
+    fn mma_gemv_applies(&self, t: usize, cols: usize, rows: &[usize]) -> bool {
+        self.mma_takes(t)
             // `%` rather than `is_multiple_of`: the crate's rust-version is 1.85.
             && cols % 32 == 0
             && rows.iter().all(|r| r % ROWS_PER_BLOCK == 0)

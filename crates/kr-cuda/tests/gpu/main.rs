@@ -69,6 +69,12 @@ fn tiny_config_with_head_dim(arch: &str, style: RopeStyle, head_dim: usize) -> M
 
 fn tiny_weights(arch: &str, style: RopeStyle, ty: GgmlType) -> ModelWeights {
     let mut w = kr_model::random::random_weights(&tiny_config(arch, style), ty, 11);
+    // Gains other than one, so that the GPU's folding them into the projections is checked.
+    for (i, l) in w.layers.iter_mut().enumerate() {
+        let gain = |d: usize, k: usize| 0.6 + ((d * k + i) % 17) as f32 / 20.0;
+        l.attn_norm = (0..l.attn_norm.len()).map(|d| gain(d, 7)).collect();
+        l.ffn_norm = (0..l.ffn_norm.len()).map(|d| gain(d, 5)).collect();
+    }
     if arch == "qwen3" {
         for (i, l) in w.layers.iter_mut().enumerate() {
             l.q_norm = Some((0..32).map(|d| 0.5 + (d + i) as f32 / 40.0).collect());
@@ -128,8 +134,26 @@ impl Script {
             out.push(s.step(&[(0, 1, true), (1, 1, true), (2, 1, true)], vocab));
         }
         out.push(s.step(&[(2, 1, true), (0, 1, true)], vocab));
+        // Single-token steps: bf16 takes the CUDA-core GEMVs with the norms folded into them.
+        for _ in 0..3 {
+            out.push(s.step(&[(1, 1, true)], vocab));
+        }
         out
     }
+}
+
+/// The profiled step ran its layer norms inside the GEMVs: the only norm kernel left is the
+/// final one, and the embedding started the norm sums.
+fn assert_norms_folded(gpu: &CudaModel, arch: &str) {
+    let launches = gpu.backend().take_profile().expect("profile");
+    gpu.backend().set_profiling(false);
+    let names: Vec<&str> = launches.iter().map(|(n, _)| *n).collect();
+    let norms = names.iter().filter(|n| n.starts_with("rms_norm")).count();
+    assert_eq!(
+        norms, 1,
+        "{arch}: norm kernels of a 1-token step: {names:?}"
+    );
+    assert!(names.contains(&"embed_norm_sums"), "{arch}: {names:?}");
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -154,7 +178,13 @@ fn compare_with_cpu(arch: &str, style: RopeStyle, dtype: DType, graphs: bool) ->
     let mut worst = 0f32;
     for (i, (ids, meta)) in Script::steps(w.config.vocab_size).iter().enumerate() {
         let want = cpu.forward(ids, meta, &mut cpu_cache);
+        // Eager single-token steps are profiled to check that their norms ran folded.
+        let check_folding = !graphs && ids.len() == 1;
+        gpu.backend().set_profiling(check_folding);
         let got = gpu.forward(ids, meta).expect("GPU step");
+        if check_folding {
+            assert_norms_folded(&gpu, arch);
+        }
         assert!(
             got.iter().all(|v| v.is_finite()),
             "{arch}: step {i} has non-finite logits"
