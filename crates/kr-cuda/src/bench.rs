@@ -136,7 +136,8 @@ fn decode_run(
 }
 
 /// GPU time of each kernel of one eager batch-1 decode step (events around every launch),
-/// summed per kernel name, largest first: `(name, launches, microseconds)`.
+/// summed per kernel name, largest first: `(name, launches, microseconds)`. The plain GEMV
+/// serves three projections, so its launches are named by role (see [`projection_role`]).
 fn kernel_breakdown(model: &mut CudaModel, prompt: usize) -> Result<Vec<(String, usize, f64)>> {
     let mut seqs = Seqs::new(1, prompt + 4, model.options.block_size);
     let (ids, meta) = seqs.step(&[prompt]);
@@ -144,18 +145,43 @@ fn kernel_breakdown(model: &mut CudaModel, prompt: usize) -> Result<Vec<(String,
     let (ids, meta) = seqs.step(&[1]);
     model.forward_greedy(&ids, &meta)?;
     let (ids, meta) = seqs.step(&[1]);
+    let launches = model.profile_step(&ids, &meta)?;
+    let last_gemv = launches.iter().rposition(|(n, _)| n.starts_with("gemv"));
     let mut sums: Vec<(String, usize, f64)> = Vec::new();
-    for (name, us) in model.profile_step(&ids, &meta)? {
+    for (i, &(kernel, us)) in launches.iter().enumerate() {
+        let previous = i.checked_sub(1).map_or("", |p| launches[p].0);
+        let name = projection_role(kernel, previous, Some(i) == last_gemv);
         match sums.iter_mut().find(|s| s.0 == name) {
             Some(s) => {
                 s.1 += 1;
                 s.2 += us;
             }
-            None => sums.push((name.to_string(), 1, us)),
+            None => sums.push((name, 1, us)),
         }
     }
     sums.sort_by(|a, b| b.2.total_cmp(&a.2));
     Ok(sums)
+}
+
+/// `kernel` with the projection it computes where that is not in its name: the plain GEMV
+/// after attention is the o projection, after gate|up the down projection, and the step's
+/// last GEMV the vocabulary projection.
+fn projection_role(kernel: &str, previous: &str, last_gemv: bool) -> String {
+    let plain_gemv = kernel.starts_with("gemv")
+        && !kernel.starts_with("gemv_qkv")
+        && !kernel.starts_with("gemv_gate_up");
+    let role = if !plain_gemv {
+        None
+    } else if last_gemv {
+        Some("lm_head")
+    } else if previous.starts_with("attention") {
+        Some("o")
+    } else if previous.starts_with("gemv_gate_up") {
+        Some("down")
+    } else {
+        None
+    };
+    role.map_or_else(|| kernel.to_string(), |r| format!("{kernel} ({r})"))
 }
 
 /// Device-to-device copy bandwidth (read + write bytes per second) over 2 GiB.
