@@ -182,12 +182,14 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   PDL_ENTRY();
   const int new_key = ctx - 1;
   const bool reads_new_key = ctx > 0 && k_begin <= new_key && new_key < k_end;
-  T kval = from_f<T>(0.f), vval = from_f<T>(0.f);
-  if (reads_new_key) decode_tiles_new_kv<T, HD>(kval, vval, a.k_cache, a.v_cache, rope, tok, kvh, kv_width, cs, sn);
+  // q before the new key: its loads then need not wait behind the key's cache stores (which
+  // may alias them as far as the compiler knows), so both reads overlap.
   for (int e = threadIdx.x; e < group * HD; e += DT_THREADS) {
     const int g = e / HD, d = e % HD;
     sq[g][d] = decode_q(a.q, rope, tok, a.num_heads * HD, kvh * group + g, d, HD, cs, sn, a.scale) * LOG2E;
   }
+  T kval = from_f<T>(0.f), vval = from_f<T>(0.f);
+  if (reads_new_key) decode_tiles_new_kv<T, HD>(kval, vval, a.k_cache, a.v_cache, rope, tok, kvh, kv_width, cs, sn);
   float m = -INFINITY, l = 0.f, acc[HD / 32];
 #pragma unroll
   for (int j = 0; j < HD / 32; j++) acc[j] = 0.f;

@@ -294,8 +294,16 @@ fn compile_switches() -> Vec<String> {
     ]
     .iter()
     .map(|(var, define)| format!("-D{define}={}", u8::from(on(var))))
+    .chain(gemv_head_define())
     .chain(crate::backend::gemv_mma::compile_defines())
     .collect()
+}
+
+/// `KR_CUDA_GEMV_HEAD=4|8`: weight vectors per lane the GEMVs load before the launch wait
+/// (kernels.cu's KR_GEMV_HEAD, default 8; for comparison runs).
+fn gemv_head_define() -> Option<String> {
+    let head = std::env::var("KR_CUDA_GEMV_HEAD").ok()?;
+    matches!(head.trim(), "4" | "8").then(|| format!("-DKR_GEMV_HEAD={}", head.trim()))
 }
 
 /// The kernel module for compute capability `cc`: from the disk cache when this source was
