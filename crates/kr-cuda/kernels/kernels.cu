@@ -293,7 +293,8 @@ __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions,
 }
 
 // y[t, r] = sum_c x[t, c] * w[r, c] (+ bias[r]) for up to 8 tokens: one warp streams one
-// weight row with 16-byte loads, four in flight per lane, so the weights are read once for
+// weight row with 16-byte loads, four in flight per lane in its loop (KR_GEMV_HEAD before the
+// launch wait: gemv_head), so the weights are read once for
 // all tokens (batch-1 decode is bound by this read). Weights bypass L1 (__ldcs) so the
 // activations, re-read for every row, stay there. Needs cols * sizeof(T) % 16 == 0.
 #define GEMV_MAX_T 8
@@ -326,13 +327,15 @@ __device__ __forceinline__ void gemv_vec(float* acc, uint4 wv, const uint4* xr, 
 #ifndef KR_GEMV_HEAD
 #define KR_GEMV_HEAD 8
 #endif
+// Vector u of the head exists where lane + 32u < nv (rows narrower than the head get part of
+// one); gemv_partial uses it under the same condition.
 template <typename T>
 __device__ __forceinline__ void gemv_head(uint4* head, const T* w_row, int cols, int lane) {
   const int nv = cols / (16 / sizeof(T));
-  if (KR_GEMV_PRELOAD && lane + 32 * (KR_GEMV_HEAD - 1) < nv) {
+  if (!KR_GEMV_PRELOAD) return;
 #pragma unroll
-    for (int u = 0; u < KR_GEMV_HEAD; u++) head[u] = __ldcs((const uint4*)w_row + lane + 32 * u);
-  }
+  for (int u = 0; u < KR_GEMV_HEAD; u++)
+    if (lane + 32 * u < nv) head[u] = __ldcs((const uint4*)w_row + lane + 32 * u);
 }
 
 // One warp's partial sums of row w_row; `head` (may be null) holds the row's first vectors
@@ -344,9 +347,10 @@ __device__ __forceinline__ void gemv_partial(float* acc, const T* x, const T* w_
   const uint4* wr = (const uint4*)w_row;
   const uint4* xr = (const uint4*)x;
   int v = lane;
-  if (KR_GEMV_PRELOAD && head != nullptr && v + 32 * (KR_GEMV_HEAD - 1) < nv) {
+  if (KR_GEMV_PRELOAD && head != nullptr) {
 #pragma unroll
-    for (int u = 0; u < KR_GEMV_HEAD; u++) gemv_vec<T, NT>(acc, head[u], xr, nv, v + 32 * u);
+    for (int u = 0; u < KR_GEMV_HEAD; u++)
+      if (v + 32 * u < nv) gemv_vec<T, NT>(acc, head[u], xr, nv, v + 32 * u);
     v += 32 * KR_GEMV_HEAD;
   }
   for (; v + 96 < nv; v += 128) {
@@ -383,12 +387,26 @@ __device__ __forceinline__ void gemv_rows(T* y, const T* x, const T* w, const fl
   }
 }
 
+// atomicAdd on f64 is native from sm_60; before, a compare-and-swap loop.
+__device__ __forceinline__ void atomic_add_f64(double* p, double v) {
+#if __CUDA_ARCH__ >= 600
+  atomicAdd(p, v);
+#else
+  unsigned long long* a = (unsigned long long*)p;
+  unsigned long long old = *a, seen;
+  do {
+    seen = old;
+    old = atomicCAS(a, seen, __double_as_longlong(__longlong_as_double(seen) + v));
+  } while (old != seen);
+#endif
+}
+
 // Folded RMSNorm (decode): a residual-stream GEMV (o, down) adds the squares of the values it
 // writes into `sums` (one double per token, zeroed by embed_norm_sums at the start of the
 // step), and the GEMV that reads the norm's output reads the residual itself and scales each
 // dot product by 1/rms, its weights carrying the norm's gain (kr-model folds it at load). One
-// atomic per block and token; doubles so that the order of the additions cannot change the
-// float the readers compute.
+// atomic per block and token, in f64: the order of the additions (which varies from run to
+// run) then almost never changes the f32 the readers compute.
 template <int NT>
 __device__ __forceinline__ void norm_scales(float* inv, const double* sums, int cols, float eps) {
 #pragma unroll
@@ -410,7 +428,7 @@ __device__ __forceinline__ void add_row_squares(double* sums, const float* out, 
     float s = 0.f;
 #pragma unroll
     for (int w = 0; w < 8; w++) s += sq[w][threadIdx.x];
-    atomicAdd(sums + threadIdx.x, (double)s);
+    atomic_add_f64(sums + threadIdx.x, (double)s);
   }
 }
 

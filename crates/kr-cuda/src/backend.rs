@@ -60,9 +60,10 @@ pub struct CudaTensor {
     offset: usize,
     bytes: usize,
     pool: Option<SharedPool>,
-    /// The folded-norm slot holding the sums of squares of these rows, 0 for none (see
-    /// `backend::norm_fold`).
+    /// The folded-norm slot holding the sums of squares of these rows, 0 for none, and the
+    /// embed that handed it out (see `backend::norm_fold`).
     norm_sums: u64,
+    norm_epoch: u64,
 }
 
 impl Drop for CudaTensor {
@@ -302,6 +303,7 @@ impl CudaBackend {
                 bytes,
                 pool: Some(self.pool.clone()),
                 norm_sums: 0,
+                norm_epoch: 0,
             },
             None => {
                 self.record(Err(CudaError::OutOfMemory(format!(
@@ -317,6 +319,7 @@ impl CudaBackend {
                     bytes: 0,
                     pool: None,
                     norm_sums: 0,
+                    norm_epoch: 0,
                 }
             }
         }
@@ -524,8 +527,7 @@ impl Backend for CudaBackend {
 
     fn begin_step(&self, ids: &[u32], meta: &AttnMeta) {
         self.record(self.gpu.bind());
-        // No folded-norm slots until this step's embed hands them out.
-        self.norm_slots.set(Default::default());
+        self.disarm_norm_slots();
         let group = self.heads_per_kv;
         let mut staging = self.staging.borrow_mut();
         let counts = match pack(
@@ -605,7 +607,8 @@ impl Backend for CudaBackend {
         w: [&CudaWeight; 3],
         bias: [Option<&CudaVector>; 3],
     ) -> [CudaTensor; 3] {
-        self.folded_norm_qkv(x, gain, eps, w, bias)
+        let norm = self.folded_norm(x, gain, eps);
+        norm.and_then(|n| self.fused_qkv(x, w, bias, Some(n)))
             .unwrap_or_else(|| self.linear_qkv(&self.rms_norm(x, gain, eps), w, bias))
     }
 
@@ -617,7 +620,8 @@ impl Backend for CudaBackend {
         w_gate: &CudaWeight,
         w_up: &CudaWeight,
     ) -> CudaTensor {
-        self.folded_norm_gate_up(x, gain, eps, w_gate, w_up)
+        let norm = self.folded_norm(x, gain, eps);
+        norm.and_then(|n| self.fused_gate_up(x, w_gate, w_up, Some(n)))
             .unwrap_or_else(|| self.linear_gate_up(&self.rms_norm(x, gain, eps), w_gate, w_up))
     }
 

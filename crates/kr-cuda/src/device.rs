@@ -285,7 +285,7 @@ impl Drop for PinnedWords {
 
 /// Kernel variants for comparison runs, chosen at compile time (kernels.cu): `KR_CUDA_PDL_EARLY=0`
 /// leaves out the early programmatic-launch trigger, `KR_CUDA_GEMV_PRELOAD=0` the GEMVs' weight
-/// loads before the launch wait; the tensor-core GEMV's shape (see `backend::gemv_mma`).
+/// loads before the launch wait (`KR_CUDA_GEMV_HEAD`: how many; see `gemv_head_define`); the tensor-core GEMV's shape (see `backend::gemv_mma`).
 fn compile_switches() -> Vec<String> {
     let on = |var: &str| !std::env::var(var).is_ok_and(|v| v.trim() == "0");
     [

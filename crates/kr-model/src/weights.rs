@@ -154,3 +154,16 @@ impl ModelWeights {
                 .map_or(0, |t| t.bytes.as_slice().len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_gain_scales_every_row_by_column() {
+        let t = RawTensor::from_f32("w", 2, 3, &[1.0, 2.0, 3.0, -4.0, 5.0, -6.0]);
+        let folded = t.with_column_gain(&[0.5, 2.0, -1.0]);
+        assert_eq!((folded.rows, folded.cols, folded.ty), (2, 3, GgmlType::F32));
+        assert_eq!(folded.to_f32(), vec![0.5, 4.0, -3.0, -2.0, 10.0, 6.0]);
+    }
+}

@@ -9,7 +9,9 @@
 //! Invariants:
 //! - A tensor's `norm_sums` names a slot (non-zero) only while that slot holds the sums of
 //!   squares of the tensor's current rows: embed and `linear_add` set it when their kernel
-//!   filled the slot, every other write through `&mut CudaTensor` clears it.
+//!   filled the slot, every other write through `&mut CudaTensor` clears it, and its
+//!   `norm_epoch` (the step's embed) must be the current one, so a tensor kept from an earlier
+//!   step never reads slots that step's embed has since zeroed.
 //! - Slots are handed out in call order from the step's embed, whose kernel writes slot 0 and
 //!   zeroes the rest before any GEMV adds into them, so a step captured in a graph uses the same
 //!   slots on every replay.
@@ -35,6 +37,8 @@ pub(super) struct NormSlots {
     tokens: usize,
     /// The next free slot.
     next: usize,
+    /// Counts the embeds that handed out slots; tags from earlier ones are stale.
+    epoch: u64,
 }
 
 /// Whether folded norms are on: `KR_CUDA_FOLD_NORMS=0` turns them off (for comparison runs;
@@ -46,6 +50,13 @@ pub(super) fn fold_norms_wanted() -> bool {
 impl CudaBackend {
     fn norm_slot_ptr(&self, slot: usize) -> u64 {
         self.norm_sums.ptr + (slot * NORM_SUM_TOKENS * 8) as u64
+    }
+
+    /// No slots until the next embed hands them out (the step's start, or a step that does
+    /// not fold).
+    pub(super) fn disarm_norm_slots(&self) {
+        let slots = self.norm_slots.get();
+        self.norm_slots.set(NormSlots { tokens: 0, ..slots });
     }
 
     /// Whether a step of `t` tokens of width `cols` folds its norms.
@@ -64,7 +75,7 @@ impl CudaBackend {
             table.cols as i32,
         );
         if !self.folds_norms_for(ids.len(), table.cols) {
-            self.norm_slots.set(NormSlots::default());
+            self.disarm_norm_slots();
             launch!(self, "embed", per_row(ids.len()), o, t, idp, cols);
             return out;
         }
@@ -80,11 +91,13 @@ impl CudaBackend {
             sums,
             slots
         );
+        let epoch = self.norm_slots.get().epoch + 1;
         self.norm_slots.set(NormSlots {
             tokens: ids.len(),
             next: 1,
+            epoch,
         });
-        out.norm_sums = sums;
+        (out.norm_sums, out.norm_epoch) = (sums, epoch);
         out
     }
 
@@ -107,42 +120,21 @@ impl CudaBackend {
             ..slots
         });
         self.gemv(x.ptr, a, w, None, true, sums);
-        x.norm_sums = sums;
+        (x.norm_sums, x.norm_epoch) = (sums, slots.epoch);
         true
     }
 
-    /// The norm's scale for `x` where it can be folded into the next GEMV: its slot and `eps`.
-    fn folded_norm(&self, x: &CudaTensor, gain: &CudaVector, eps: f32) -> Option<(u64, f32)> {
-        let ready = gain.unit && x.norm_sums != 0 && self.norm_slots.get().tokens == x.rows;
-        ready.then_some((x.norm_sums, eps))
-    }
-
-    /// q, k and v of `rms_norm(x, gain, eps)` with the norm folded into the q|k|v GEMV, or
-    /// `None` where it cannot be.
-    pub(super) fn folded_norm_qkv(
+    /// The norm's scale for `x` where it can be folded into the next GEMV (the `norm` of
+    /// `fused_qkv` / `fused_gate_up`): its slot and `eps`.
+    pub(super) fn folded_norm(
         &self,
         x: &CudaTensor,
         gain: &CudaVector,
         eps: f32,
-        w: [&CudaWeight; 3],
-        bias: [Option<&CudaVector>; 3],
-    ) -> Option<[CudaTensor; 3]> {
-        let norm = self.folded_norm(x, gain, eps)?;
-        self.fused_qkv(x, w, bias, Some(norm))
-    }
-
-    /// `silu(h·Wgᵀ) * (h·Wuᵀ)` of `h = rms_norm(x, gain, eps)` with the norm folded into the
-    /// gate|up GEMV, or `None` where it cannot be.
-    pub(super) fn folded_norm_gate_up(
-        &self,
-        x: &CudaTensor,
-        gain: &CudaVector,
-        eps: f32,
-        w_gate: &CudaWeight,
-        w_up: &CudaWeight,
-    ) -> Option<CudaTensor> {
-        let norm = self.folded_norm(x, gain, eps)?;
-        self.fused_gate_up(x, w_gate, w_up, Some(norm))
+    ) -> Option<(u64, f32)> {
+        let slots = self.norm_slots.get();
+        let current = slots.tokens == x.rows && slots.epoch == x.norm_epoch;
+        (gain.unit && x.norm_sums != 0 && current).then_some((x.norm_sums, eps))
     }
 }
 
