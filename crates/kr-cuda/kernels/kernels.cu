@@ -97,11 +97,18 @@ __device__ float block_reduce(float v) {
 __device__ float block_sum(float v) { return block_reduce<false>(v); }
 __device__ float block_max(float v) { return block_reduce<true>(v); }
 
-// out[t, :] = table[ids[t], :]. Grid: tokens.
+// out[t, :] = table[ids[t], :]; returns the sum of squares of the values this thread copied
+// (the plain embed kernel drops it, and the compiler with it). Grid: tokens.
 template <typename T>
-__device__ void embed_impl(T* out, const T* table, const u32* ids, int cols) {
+__device__ float embed_impl(T* out, const T* table, const u32* ids, int cols) {
   const u64 src = (u64)ids[blockIdx.x] * cols, dst = (u64)blockIdx.x * cols;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[dst + c] = table[src + c];
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const T v = table[src + c];
+    out[dst + c] = v;
+    ss += to_f(v) * to_f(v);
+  }
+  return ss;
 }
 
 // embed, and the start of the step's folded-norm sums (see norm_scales): sums[0][t] gets row
@@ -111,13 +118,7 @@ __device__ void embed_impl(T* out, const T* table, const u32* ids, int cols) {
 template <typename T>
 __device__ void embed_norm_sums_impl(T* out, const T* table, const u32* ids, int cols,
                                      double* sums, int slots) {
-  const u64 src = (u64)ids[blockIdx.x] * cols, dst = (u64)blockIdx.x * cols;
-  float ss = 0.f;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    const T v = table[src + c];
-    out[dst + c] = v;
-    ss += to_f(v) * to_f(v);
-  }
+  float ss = embed_impl<T>(out, table, ids, cols);
   for (int s = 1 + threadIdx.x; s < slots; s += blockDim.x) sums[(u64)s * NORM_SUM_TOKENS + blockIdx.x] = 0.0;
   ss = block_sum(ss);
   if (threadIdx.x == 0) sums[blockIdx.x] = (double)ss;

@@ -101,6 +101,12 @@ fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
     CudaContext::new(ordinal).map_err(driver("opening the GPU"))
 }
 
+/// Whether the comparison switch `var` is set to 0 (the project's switches are on unless
+/// `=0`).
+pub(crate) fn switched_off(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v.trim() == "0")
+}
+
 /// Runs `f`, turning a panic (cudarc's answer to a missing library) into `Err` without
 /// printing the panic message: on a machine without a GPU that is the expected case.
 pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
@@ -285,15 +291,15 @@ impl Drop for PinnedWords {
 
 /// Kernel variants for comparison runs, chosen at compile time (kernels.cu): `KR_CUDA_PDL_EARLY=0`
 /// leaves out the early programmatic-launch trigger, `KR_CUDA_GEMV_PRELOAD=0` the GEMVs' weight
-/// loads before the launch wait (`KR_CUDA_GEMV_HEAD`: how many; see `gemv_head_define`); the tensor-core GEMV's shape (see `backend::gemv_mma`).
+/// loads before the launch wait (`KR_CUDA_GEMV_HEAD`: how many; see `gemv_head_define`); the
+/// tensor-core GEMV's shape (see `backend::gemv_mma`).
 fn compile_switches() -> Vec<String> {
-    let on = |var: &str| !std::env::var(var).is_ok_and(|v| v.trim() == "0");
     [
         ("KR_CUDA_PDL_EARLY", "KR_PDL_EARLY"),
         ("KR_CUDA_GEMV_PRELOAD", "KR_GEMV_PRELOAD"),
     ]
     .iter()
-    .map(|(var, define)| format!("-D{define}={}", u8::from(on(var))))
+    .map(|(var, define)| format!("-D{define}={}", u8::from(!switched_off(var))))
     .chain(gemv_head_define())
     .chain(crate::backend::gemv_mma::compile_defines())
     .collect()

@@ -10,6 +10,7 @@
 
 use super::launch::KernelLaunch;
 use super::{interleaved_flag, CudaBackend, CudaKvCache, CudaTensor, DType};
+use crate::device::switched_off;
 use crate::error::driver;
 use crate::meta::{tile_q, ATTENTION_ROWS};
 use cudarc::driver::LaunchConfig;
@@ -73,10 +74,9 @@ impl DecodeKernels {
     /// The defaults (tiles; clusters on sm_90+), less what `KR_CUDA_DECODE_TILES=0` and
     /// `KR_CUDA_DECODE_CLUSTER=0` turn off for comparison.
     pub(super) fn from_env(compute_capability: (i32, i32)) -> Self {
-        let off = |name: &str| std::env::var(name).is_ok_and(|v| v.trim() == "0");
         DecodeKernels {
-            tiles: !off("KR_CUDA_DECODE_TILES"),
-            cluster: !off("KR_CUDA_DECODE_CLUSTER"),
+            tiles: !switched_off("KR_CUDA_DECODE_TILES"),
+            cluster: !switched_off("KR_CUDA_DECODE_CLUSTER"),
         }
         .supported_on(compute_capability)
     }

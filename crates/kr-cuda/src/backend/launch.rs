@@ -12,7 +12,7 @@
 //! comparison. A launch may also ask for thread-block clusters along z (sm_90+).
 
 use super::CudaBackend;
-use crate::device::Gpu;
+use crate::device::{switched_off, Gpu};
 use cudarc::driver::sys::{
     CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue, CUlaunchConfig,
 };
@@ -21,8 +21,7 @@ use std::ffi::c_void;
 
 /// Whether to launch with PDL on this GPU (9.0+, unless `KR_CUDA_PDL=0`).
 pub(super) fn pdl_wanted(gpu: &Gpu) -> bool {
-    let off = std::env::var("KR_CUDA_PDL").is_ok_and(|v| v.trim() == "0");
-    gpu.info.compute_capability.0 >= 9 && !off
+    gpu.info.compute_capability.0 >= 9 && !switched_off("KR_CUDA_PDL")
 }
 
 /// `KR_CUDA_SKIP_KERNELS=name,name`: kernels (names without the dtype suffix) that are not

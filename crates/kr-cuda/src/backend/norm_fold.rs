@@ -20,6 +20,7 @@
 //!   with `KR_CUDA_FOLD_NORMS=0`, the norm runs as its own kernel.
 
 use super::{per_row, CudaBackend, CudaTensor, CudaVector, CudaWeight};
+use crate::device::switched_off;
 use crate::error::driver;
 
 /// Tokens a slot holds (NORM_SUM_TOKENS in kernels.cu; the GEMV's most tokens).
@@ -44,7 +45,7 @@ pub(super) struct NormSlots {
 /// Whether folded norms are on: `KR_CUDA_FOLD_NORMS=0` turns them off (for comparison runs;
 /// the gains stay folded into the weights, the norms run as kernels with gains of one).
 pub(super) fn fold_norms_wanted() -> bool {
-    std::env::var("KR_CUDA_FOLD_NORMS").map_or(true, |v| v.trim() != "0")
+    !switched_off("KR_CUDA_FOLD_NORMS")
 }
 
 impl CudaBackend {
@@ -110,8 +111,9 @@ impl CudaBackend {
         w: &CudaWeight,
     ) -> bool {
         let slots = self.norm_slots.get();
+        // Armed slots mean the step's embed passed `folds_norms_for`; only `a`'s width is new.
         let fits = slots.tokens == a.rows && slots.next < NORM_SUM_SLOTS && w.cols == a.cols;
-        if !fits || !self.folds_norms_for(a.rows, a.cols) {
+        if !fits || !self.gemv_applies(a.rows, a.cols) {
             return false;
         }
         let sums = self.norm_slot_ptr(slots.next);
