@@ -22,4 +22,5 @@ pub use policy::{PolicyConfig, Priority};
 pub use sampling::SamplingParams;
 pub use scheduler::{
     FinishReason, RequestId, ScheduledSeq, Scheduler, SchedulerConfig, SeqUpdate, StepPlan,
+    AHEAD_TOKEN,
 };

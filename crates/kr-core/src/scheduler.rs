@@ -25,6 +25,9 @@ use std::time::Duration;
 
 pub type RequestId = u64;
 
+/// The placeholder id of a token planned by [`Scheduler::schedule_ahead`] before it is known.
+pub const AHEAD_TOKEN: u32 = 0;
+
 /// Why a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -281,6 +284,57 @@ impl Scheduler {
         plan
     }
 
+    /// Plans the step that follows `in_flight` before its sampled tokens are known, so the
+    /// caller can start it while the device still runs `in_flight` (overlapped steps, SPEC
+    /// P2): each sequence of `in_flight`, in the same order, gets one token at the position
+    /// after it, whose id is [`AHEAD_TOKEN`] here (the device copies in the token it sampled
+    /// for that row). Blocks for the new positions are allocated now.
+    ///
+    /// `None`, with nothing planned, unless the next step is exactly that continuation:
+    /// `in_flight` covers every running request (in running order), each samples and none
+    /// ends by length with this token, no waiting request could start, the token budget holds
+    /// them, and blocks are free without preempting. A block taken before a later one fails
+    /// stays with its request, which needs it for its next token anyway.
+    ///
+    /// [`Scheduler::update`] must then see `in_flight` first, then the returned plan; a
+    /// request that ends with `in_flight`'s token is skipped in the second update.
+    pub fn schedule_ahead(&mut self, in_flight: &StepPlan) -> Option<StepPlan> {
+        if in_flight.is_empty()
+            || in_flight.seqs.len() != self.running.len()
+            || in_flight.seqs.len() > self.cfg.max_num_batched_tokens
+            || (!self.waiting.is_empty() && self.running.len() < self.max_running)
+        {
+            return None;
+        }
+        for (s, &id) in in_flight.seqs.iter().zip(&self.running) {
+            let seq = self.seqs.get(&id)?;
+            let next = s.start + s.tokens.len(); // the position of the token in flight
+            if s.id != id
+                || !s.sample
+                || seq.tokens.len() != next
+                || seq.num_output() + 1 >= seq.max_tokens
+                || next + 1 >= self.cfg.max_model_len
+            {
+                return None;
+            }
+        }
+        let mut plan = StepPlan::default();
+        for s in &in_flight.seqs {
+            let next = s.start + s.tokens.len();
+            if !self.try_allocate_until(s.id, next + 1) {
+                return None;
+            }
+            plan.seqs.push(ScheduledSeq {
+                id: s.id,
+                start: next,
+                tokens: vec![AHEAD_TOKEN],
+                block_table: self.seqs[&s.id].blocks.clone(),
+                sample: true,
+            });
+        }
+        Some(plan)
+    }
+
     /// The position in `waiting` of the request to start next: highest effective rank,
     /// the earliest position (FCFS, preempted ones in front) among equals.
     fn next_waiting(&self, now: Duration) -> Option<usize> {
@@ -399,11 +453,19 @@ impl Scheduler {
     }
 
     fn try_allocate(&mut self, id: RequestId, n: usize) -> bool {
+        match self.seqs.get(&id) {
+            Some(seq) => self.try_allocate_until(id, seq.num_computed + n),
+            None => false,
+        }
+    }
+
+    /// Gives `id` the blocks for its first `tokens` positions; false when the pool is short.
+    fn try_allocate_until(&mut self, id: RequestId, tokens: usize) -> bool {
         let bs = self.cfg.block_size;
         let Some(seq) = self.seqs.get_mut(&id) else {
             return false;
         };
-        let needed = blocks_for(seq.num_computed + n, bs).saturating_sub(seq.blocks.len());
+        let needed = blocks_for(tokens, bs).saturating_sub(seq.blocks.len());
         if needed == 0 {
             return true;
         }

@@ -194,3 +194,103 @@ fn seeded_random_workload_returns_every_block() {
     }
     drain(&mut s);
 }
+
+fn fake_step(plan: &StepPlan) -> Vec<u32> {
+    plan.seqs
+        .iter()
+        .filter(|s| s.sample)
+        .map(fake_token)
+        .collect()
+}
+
+/// `drain` with overlapped steps (SPEC P2): while a step is "on the device" the next one is
+/// planned with `schedule_ahead`, and its placeholder tokens are replaced by the in-flight
+/// step's samples, as the device does. Returns the outputs and how many steps went ahead.
+fn drain_overlapped(sched: &mut Scheduler) -> (HashMap<RequestId, Vec<u32>>, usize) {
+    let mut out: HashMap<RequestId, Vec<u32>> = HashMap::new();
+    let mut ahead_steps = 0;
+    for _ in 0..10_000 {
+        if sched.is_idle() {
+            break;
+        }
+        let mut plan = sched.schedule();
+        let mut sampled = fake_step(&plan);
+        loop {
+            let ahead = sched.schedule_ahead(&plan);
+            sched.check_invariants();
+            for u in sched.update(&plan, &sampled) {
+                out.entry(u.id).or_default().push(u.token);
+            }
+            sched.check_invariants();
+            let Some(mut next) = ahead else { break };
+            ahead_steps += 1;
+            assert_eq!(next.seqs.len(), sampled.len());
+            for (s, &t) in next.seqs.iter_mut().zip(&sampled) {
+                assert_eq!(s.tokens, [AHEAD_TOKEN]);
+                s.tokens = vec![t];
+            }
+            sampled = fake_step(&next);
+            plan = next;
+        }
+    }
+    assert!(sched.is_idle(), "scheduler did not drain");
+    assert_eq!(
+        sched.pool().num_free(),
+        sched.pool().num_blocks(),
+        "blocks leaked"
+    );
+    (out, ahead_steps)
+}
+
+#[test]
+fn overlapped_steps_give_the_same_tokens() {
+    let add_all = |s: &mut Scheduler| {
+        for i in 0..6 {
+            let mut r = req(i, 3 + 5 * i as usize, 4 + 7 * i as usize);
+            // Some requests end on a token the fake model produces (a stop mid-flight).
+            r.stop_token_ids.push(100 + (i as u32 * 13) % 50);
+            s.add(r).unwrap();
+        }
+    };
+    for (blocks, budget) in [(64, 512), (64, 8), (20, 16)] {
+        let mut plain = Scheduler::new(cfg(blocks, budget));
+        add_all(&mut plain);
+        let want = drain(&mut plain);
+        let mut overlapped = Scheduler::new(cfg(blocks, budget));
+        add_all(&mut overlapped);
+        let (got, ahead) = drain_overlapped(&mut overlapped);
+        assert_eq!(got, want, "{blocks} blocks, budget {budget}");
+        assert!(
+            ahead > 0,
+            "no step went ahead with {blocks} blocks, budget {budget}"
+        );
+    }
+}
+
+#[test]
+fn schedule_ahead_declines_what_is_not_a_plain_continuation() {
+    let mut s = Scheduler::new(cfg(64, 64));
+    s.add(req(1, 5, 3)).unwrap();
+    let p = s.schedule();
+    let ahead = s.schedule_ahead(&p).expect("a decode continuation");
+    assert_eq!((ahead.seqs[0].start, ahead.seqs[0].tokens.len()), (5, 1));
+    s.update(&p, &[101]);
+    s.update(&ahead, &[102]);
+    // The token in flight is the request's last (max_tokens 3): nothing to plan after it.
+    let p = s.schedule();
+    assert_eq!(s.schedule_ahead(&p), None);
+    s.update(&p, &[103]);
+    assert!(s.is_idle());
+    // A waiting request that could start goes through the normal path.
+    s.add(req(2, 5, 10)).unwrap();
+    let p = s.schedule();
+    s.add(req(3, 5, 10)).unwrap();
+    assert_eq!(s.schedule_ahead(&p), None);
+    // A step that only prefills part of a prompt samples nothing to continue from.
+    let mut s = Scheduler::new(cfg(64, 4));
+    s.add(req(4, 10, 5)).unwrap();
+    let p = s.schedule();
+    assert!(!p.seqs[0].sample);
+    assert_eq!(s.schedule_ahead(&p), None);
+    s.check_invariants();
+}
