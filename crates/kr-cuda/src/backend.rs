@@ -7,7 +7,7 @@
 //! and turns every later launch into a no-op, so a step never panics; the model checks
 //! [`CudaBackend::take_error`] after each step.
 
-use crate::device::{DeviceBuffer, Gpu, PinnedWords};
+use crate::device::{DeviceBuffer, Gpu};
 use crate::error::{driver, CudaError, Result};
 use crate::gemm::{GemmType, Lt};
 use crate::meta::{pack, tile_q, used_ranges, MetaLayout, StepCounts};
@@ -117,7 +117,11 @@ pub struct CudaBackend {
     workspace: DeviceBuffer,
     meta_layout: MetaLayout,
     meta_dev: DeviceBuffer,
-    staging: RefCell<PinnedWords>,
+    /// Pinned and device buffers of the steps in flight (see `backend::step_slots`).
+    step_slots: RefCell<step_slots::StepSlots>,
+    /// Sampled tokens the next `begin_step` copies over its first input ids: (device
+    /// address, count). See [`CudaBackend::feed_ids_from`].
+    feed: Cell<Option<(u64, usize)>>,
     heads_per_kv: usize,
     step: Cell<StepCounts>,
     step_rows: RefCell<Vec<usize>>,
@@ -172,11 +176,13 @@ mod launch;
 mod norm_fold;
 mod profile;
 mod sample;
+mod step_slots;
 mod weights;
 pub use attention::{DecodeKernels, DECODE_TILES_KERNELS, MMA_KERNEL_NAMES};
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
 pub use gemv_mma::GEMV_MMA_KERNEL_NAMES;
 pub use sample::RowSampling;
+pub use step_slots::SampledTokens;
 use weights::WeightArena;
 pub use weights::{arena_size, CudaWeight};
 
@@ -223,7 +229,8 @@ impl CudaBackend {
         );
         let words = meta_layout.offsets().total;
         let meta_dev = gpu.alloc(words * 4)?;
-        let staging = PinnedWords::new(&gpu, words)?;
+        let step_slots =
+            step_slots::StepSlots::new(&gpu, words, limits.max_tokens.max(limits.max_seqs))?;
         for suffix in ["f32", "bf16"] {
             gpu.function("attention", suffix)
                 .set_attribute(
@@ -251,7 +258,8 @@ impl CudaBackend {
             workspace,
             meta_layout,
             meta_dev,
-            staging: RefCell::new(staging),
+            step_slots: RefCell::new(step_slots),
+            feed: Cell::new(None),
             heads_per_kv: limits.heads_per_kv.max(1),
             step: Cell::new(StepCounts::default()),
             step_rows: RefCell::new(Vec::new()),
@@ -528,19 +536,17 @@ impl Backend for CudaBackend {
     fn begin_step(&self, ids: &[u32], meta: &AttnMeta) {
         self.record(self.gpu.bind());
         self.disarm_norm_slots();
+        let feed = self.feed.take();
         let group = self.heads_per_kv;
-        let mut staging = self.staging.borrow_mut();
-        let counts = match pack(
-            staging.as_mut_slice(),
-            &self.meta_layout,
-            ids,
-            meta,
-            tile_q(group),
-        ) {
+        let mut slots = self.step_slots.borrow_mut();
+        let words = match slots.next_staging() {
+            Ok(w) => w,
+            Err(e) => return self.record(Err(e)),
+        };
+        let counts = match pack(words, &self.meta_layout, ids, meta, tile_q(group)) {
             Ok(c) => c,
             Err(e) => return self.record(Err(e)),
         };
-        let words = staging.as_mut_slice();
         for (off, len) in used_ranges(&self.meta_layout, &counts) {
             if len > 0 {
                 self.record(
@@ -548,6 +554,10 @@ impl Backend for CudaBackend {
                         .copy_to_device(self.meta_ptr(off), &words[off..off + len]),
                 );
             }
+        }
+        if let Some((src, n)) = feed {
+            let ids_ptr = self.meta_ptr(self.meta_layout.offsets().ids);
+            self.record(self.gpu.copy_on_device(ids_ptr, src, 4 * n.min(ids.len())));
         }
         self.step.set(counts);
         *self.step_rows.borrow_mut() = meta.logit_rows.clone();

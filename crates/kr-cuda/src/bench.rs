@@ -3,7 +3,7 @@
 //! and decode speed, TTFT, the memory-bandwidth bound and the host gap per decode step.
 //! Timings are medians of repeats after a warm-up; it never asserts a speed.
 
-use crate::backend::{CudaBackend, DType};
+use crate::backend::{CudaBackend, DType, RowSampling};
 use crate::error::{driver, Result};
 use crate::gemm::GemmType;
 use crate::model::CudaModel;
@@ -93,14 +93,33 @@ fn ttft(model: &mut CudaModel, len: usize) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// How the decode loop runs its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stepping {
+    /// Each step's tokens reach the host before the next step is launched.
+    Sequential,
+    /// Step k+1 is launched (its ids fed from step k's tokens on the GPU) before the host
+    /// collects step k's tokens, as the engine does (SPEC P2).
+    Overlapped,
+}
+
+/// What a decode run measured: seconds in all, and per step the GPU's busy time and its
+/// idle time before the next step starts (the host gap the GPU sees).
+struct DecodeTimes {
+    secs: f64,
+    busy: Vec<f64>,
+    idle: Vec<f64>,
+}
+
 /// Batch of `b` sequences: prefill `prompt` tokens each (in chunks under the token budget),
-/// then `steps` decode steps; returns (decode seconds, per-step wall and GPU seconds).
+/// then `steps` greedy decode steps sampled on the GPU.
 fn decode_run(
     model: &mut CudaModel,
     b: usize,
     prompt: usize,
     steps: usize,
-) -> Result<(f64, Vec<f64>, Vec<f64>)> {
+    stepping: Stepping,
+) -> Result<DecodeTimes> {
     let bs = model.options.block_size;
     let mut seqs = Seqs::new(b, prompt + steps + 1, bs);
     let per_step = (model.options.max_num_batched_tokens / prompt.max(1)).max(1);
@@ -111,28 +130,46 @@ fn decode_run(
         model.forward_greedy(&ids, &meta)?;
     }
     let gpu = model.backend().gpu.clone();
-    let ev = |g: &crate::device::Gpu| {
-        g.ctx
+    let event = || {
+        gpu.ctx
             .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(driver("creating an event"))
     };
-    let (start, end) = (ev(&gpu)?, ev(&gpu)?);
-    let (mut wall, mut busy) = (Vec::new(), Vec::new());
-    let t0 = Instant::now();
-    for _ in 0..steps {
-        let s0 = Instant::now();
-        let (ids, meta) = seqs.step(&vec![1; b]);
-        start
+    let marks = (0..2 * steps)
+        .map(|_| event())
+        .collect::<Result<Vec<_>>>()?;
+    let mark = |i: usize| {
+        marks[i]
             .record(&gpu.stream)
-            .map_err(driver("recording an event"))?;
-        model.forward_greedy(&ids, &meta)?;
-        end.record(&gpu.stream)
-            .map_err(driver("recording an event"))?;
-        end.synchronize().map_err(driver("waiting for an event"))?;
-        wall.push(s0.elapsed().as_secs_f64());
-        busy.push(start.elapsed_ms(&end).map_err(driver("reading an event"))? as f64 / 1e3);
+            .map_err(driver("recording an event"))
+    };
+    let greedy = vec![RowSampling::greedy(); b];
+    let t0 = Instant::now();
+    for k in 0..steps {
+        let (ids, meta) = seqs.step(&vec![1; b]);
+        mark(2 * k)?;
+        let feed = stepping == Stepping::Overlapped && k > 0;
+        model.launch_sampled(&ids, &meta, &greedy, feed)?;
+        mark(2 * k + 1)?;
+        if stepping == Stepping::Sequential || k > 0 {
+            model.collect_sampled()?;
+        }
     }
-    Ok((t0.elapsed().as_secs_f64(), wall, busy))
+    model.collect_sampled()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let between = |i: usize| -> Result<f64> {
+        Ok(marks[i]
+            .elapsed_ms(&marks[i + 1])
+            .map_err(driver("reading an event"))? as f64
+            / 1e3)
+    };
+    Ok(DecodeTimes {
+        secs,
+        busy: (0..steps).map(|k| between(2 * k)).collect::<Result<_>>()?,
+        idle: (0..steps.saturating_sub(1))
+            .map(|k| between(2 * k + 1))
+            .collect::<Result<_>>()?,
+    })
 }
 
 /// GPU time of each kernel of one eager batch-1 decode step (events around every launch),
@@ -282,7 +319,7 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
     let params = weight_bytes as f64 / model.backend().dtype.size() as f64;
     // Warm-up: compile plans, capture graphs for the buckets used below.
     ttft(model, spec.prefill_tokens)?;
-    decode_run(model, 1, spec.prompt_tokens, 4)?;
+    decode_run(model, 1, spec.prompt_tokens, 4, Stepping::Overlapped)?;
 
     let mut ttfts = Vec::new();
     for _ in 0..spec.repeat.max(3) {
@@ -306,27 +343,28 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
     let prefill_flops = 2.0 * params * prefill_big as f64 / prefill_s;
 
     let mut single = serde_json::Map::new();
-    for graphs in [true, false] {
+    let modes = [
+        ("graphs_on", true, Stepping::Overlapped),
+        ("graphs_on_overlap_off", true, Stepping::Sequential),
+        ("graphs_off", false, Stepping::Overlapped),
+    ];
+    for (name, graphs, stepping) in modes {
         model.options.cuda_graphs = graphs;
-        let (secs, wall, busy) = decode_run(model, 1, spec.prompt_tokens, spec.gen_tokens)?;
-        let gaps: Vec<f64> = wall
-            .iter()
-            .zip(&busy)
-            .map(|(w, b)| (w - b).max(0.0))
-            .collect();
+        let run = decode_run(model, 1, spec.prompt_tokens, spec.gen_tokens, stepping)?;
         let avg_ctx = spec.prompt_tokens as f64 + spec.gen_tokens as f64 / 2.0;
         let bound = bw / (weight_bytes as f64 + avg_ctx * kv_token_bytes as f64);
-        let tps = spec.gen_tokens as f64 / secs;
+        let tps = spec.gen_tokens as f64 / run.secs;
         single.insert(
-            if graphs { "graphs_on" } else { "graphs_off" }.into(),
+            name.into(),
             json!({
+                "overlapped_steps": stepping == Stepping::Overlapped,
                 "tokens_per_second": tps,
                 "ms_per_token": 1e3 / tps,
                 "bandwidth_bound_tokens_per_second": bound,
                 "fraction_of_bound": tps / bound,
-                "median_step_wall_us": median(wall) * 1e6,
-                "median_step_gpu_us": median(busy) * 1e6,
-                "median_host_gap_us": median(gaps) * 1e6,
+                "median_step_gpu_us": median(run.busy) * 1e6,
+                "median_host_gap_us": median(run.idle.clone()) * 1e6,
+                "mean_host_gap_us": run.idle.iter().sum::<f64>() / run.idle.len().max(1) as f64 * 1e6,
             }),
         );
     }
@@ -334,7 +372,14 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
 
     let mut batched = Vec::new();
     for &b in &spec.batch_sizes {
-        let (secs, _, busy) = decode_run(model, b, spec.prompt_tokens, spec.batch_decode_steps)?;
+        let run = decode_run(
+            model,
+            b,
+            spec.prompt_tokens,
+            spec.batch_decode_steps,
+            Stepping::Overlapped,
+        )?;
+        let (secs, busy) = (run.secs, run.busy);
         let avg_ctx = spec.prompt_tokens as f64 + spec.batch_decode_steps as f64 / 2.0;
         let step_bytes = weight_bytes as f64 + b as f64 * avg_ctx * kv_token_bytes as f64;
         let tps = (b * spec.batch_decode_steps) as f64 / secs;

@@ -229,6 +229,21 @@ impl Gpu {
             .map_err(driver("copying to the GPU"))
     }
 
+    /// Device-to-device copy of `bytes`, in stream order.
+    pub fn copy_on_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        // SAFETY: the caller guarantees both ranges hold `bytes`.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(driver("copying on the GPU"))
+    }
+
+    /// Device-to-host copy queued on the stream; `dst` must be pinned memory that stays
+    /// untouched until the stream reaches an event recorded after this call.
+    pub fn copy_to_host_async<T>(&self, dst: &mut [T], src: u64) -> Result<()> {
+        // SAFETY: `src` holds at least `dst`'s bytes; `dst` is pinned (caller's contract).
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(driver("copying from the GPU"))
+    }
+
     /// Synchronous device-to-host copy (waits for the stream first).
     pub fn copy_to_host<T>(&self, dst: &mut [T], src: u64) -> Result<()> {
         // SAFETY: `src` holds at least `dst`'s bytes.

@@ -6,14 +6,16 @@
 //! graph entry, so no later allocation can overlap it while it is being read. Any CUDA error
 //! in a step is returned as `Err` (the backend records it instead of panicking).
 
-use crate::backend::{CudaBackend, CudaKvCache, CudaLimits, CudaTensor, DType, RowSampling};
+use crate::backend::{
+    CudaBackend, CudaKvCache, CudaLimits, CudaTensor, DType, RowSampling, SampledTokens,
+};
 use crate::device::Gpu;
 use crate::error::{driver, CudaError, Result};
 use crate::meta::{is_pure_decode, pad_decode};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 use kr_model::{AttnMeta, Backend, Decoder, ModelConfig, ModelWeights};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Batch-size buckets of decode graphs.
@@ -52,6 +54,11 @@ pub struct CudaModel {
     pub num_blocks: usize,
     /// Device allocations made by the end of loading; any more means a step allocated.
     pub allocations_at_load: u64,
+    /// Steps launched by `launch_sampled` whose tokens the host has not collected, oldest
+    /// first (at most two: the backend's step slots).
+    outstanding: VecDeque<SampledTokens>,
+    /// The step launched last, when it was a `launch_sampled` one (what `feed` reads).
+    last_sampled: Option<SampledTokens>,
 }
 
 /// Workspace bytes for steps of up to `tokens` tokens and `seqs` sampled rows: the live
@@ -137,6 +144,8 @@ impl CudaModel {
             graphs: HashMap::new(),
             options: opts,
             num_blocks,
+            outstanding: VecDeque::new(),
+            last_sampled: None,
         })
     }
 
@@ -195,10 +204,56 @@ impl CudaModel {
         meta: &AttnMeta,
         rows: &[RowSampling],
     ) -> Result<Vec<u32>> {
+        self.launch_sampled(ids, meta, rows, false)?;
+        self.collect_sampled()
+    }
+
+    /// Queues a step like [`CudaModel::forward_sampled`] without waiting for it;
+    /// [`CudaModel::collect_sampled`] returns its tokens (SPEC P2: the host prepares and
+    /// launches step N+1 while the GPU runs step N). With `feed`, the step's input ids are
+    /// the tokens of the step launched just before, which must have been a `launch_sampled`
+    /// step with one sampled row per id here: the host need not know them. At most two steps
+    /// are outstanding.
+    pub fn launch_sampled(
+        &mut self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        rows: &[RowSampling],
+        feed: bool,
+    ) -> Result<()> {
+        if self.outstanding.len() >= 2 {
+            return Err(CudaError::Unsupported(
+                "a third step in flight (collect one first)".into(),
+            ));
+        }
+        if feed {
+            match self.last_sampled {
+                Some(prev) if prev.rows() == ids.len() => self.backend().feed_ids_from(prev),
+                _ => {
+                    return Err(CudaError::Unsupported(format!(
+                        "feeding {} ids from a step that did not sample as many rows just before",
+                        ids.len()
+                    )))
+                }
+            }
+        }
         let n = meta.logit_rows.len().min(rows.len());
-        self.with_logits(ids, meta, |be, l| {
-            l.map(|l| be.sample(l, &rows[..n])).unwrap_or_default()
-        })
+        let step =
+            self.with_logits(ids, meta, |be, l| l.map(|l| be.sample_async(l, &rows[..n])))?;
+        self.last_sampled = step;
+        self.outstanding.extend(step);
+        Ok(())
+    }
+
+    /// The tokens of the oldest step queued by [`CudaModel::launch_sampled`] (empty when
+    /// none is outstanding), waiting for it on the GPU.
+    pub fn collect_sampled(&mut self) -> Result<Vec<u32>> {
+        let Some(step) = self.outstanding.pop_front() else {
+            return Ok(Vec::new());
+        };
+        let tokens = self.backend().collect_tokens(step);
+        self.error()?;
+        Ok(tokens)
     }
 
     /// GPU time of every kernel of one eager step, `(name, µs)` in launch order. The
@@ -209,6 +264,7 @@ impl CudaModel {
         ids: &[u32],
         meta: &AttnMeta,
     ) -> Result<Vec<(&'static str, f64)>> {
+        self.last_sampled = None;
         let be = self.decoder.backend();
         let hold = be.hold_stream()?;
         be.set_profiling(true);
@@ -231,6 +287,7 @@ impl CudaModel {
         meta: &AttnMeta,
         read: impl FnOnce(&CudaBackend, Option<&CudaTensor>) -> R,
     ) -> Result<R> {
+        self.last_sampled = None;
         let bucket = GRAPH_BUCKETS.iter().copied().find(|&b| b >= ids.len());
         let out = match bucket {
             Some(b) if self.options.cuda_graphs && is_pure_decode(meta) => {

@@ -134,6 +134,20 @@ impl Compute {
         meta: &AttnMeta,
         draws: &[DeviceDraw],
     ) -> std::result::Result<Vec<u32>, String> {
+        self.launch_sampled(ids, meta, draws, false)?;
+        self.collect_sampled()
+    }
+
+    /// Starts a step like [`Compute::forward_sampled`] without waiting for its tokens
+    /// ([`Compute::collect_sampled`] returns them). With `feed`, the device takes the step's
+    /// input ids from the tokens of the step launched just before (one per id).
+    pub(crate) fn launch_sampled(
+        &mut self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        draws: &[DeviceDraw],
+        feed: bool,
+    ) -> std::result::Result<(), String> {
         match self {
             Self::Cpu(_) => Err("sampling on the device needs a GPU".into()),
             Self::Cuda(m) => {
@@ -147,9 +161,17 @@ impl Compute {
                         uniform: d.uniform,
                     })
                     .collect();
-                m.forward_sampled(ids, meta, &rows)
+                m.launch_sampled(ids, meta, &rows, feed)
                     .map_err(|e| e.to_string())
             }
+        }
+    }
+
+    /// The tokens of the oldest step started by [`Compute::launch_sampled`].
+    pub(crate) fn collect_sampled(&mut self) -> std::result::Result<Vec<u32>, String> {
+        match self {
+            Self::Cpu(_) => Err("sampling on the device needs a GPU".into()),
+            Self::Cuda(m) => m.collect_sampled().map_err(|e| e.to_string()),
         }
     }
 }

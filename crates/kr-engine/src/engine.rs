@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub gpu_memory_fraction: f64,
     /// On CUDA: replay decode steps from captured graphs.
     pub cuda_graphs: bool,
+    /// On CUDA: launch decode step N+1 before step N's tokens reach the host (SPEC P2).
+    pub overlap_steps: bool,
     /// Scheduler policies (fast path, admission window, latency controller, aging).
     pub policy: PolicyConfig,
 }
@@ -77,6 +79,7 @@ impl EngineConfig {
             dtype: DTypeChoice::Auto,
             gpu_memory_fraction: 0.9,
             cuda_graphs: true,
+            overlap_steps: true,
             policy: PolicyConfig::default(),
         }
     }
@@ -149,6 +152,10 @@ struct EngineLoop {
     live: HashMap<RequestId, Live>,
     eos: Vec<u32>,
     inbox: Receiver<Command>,
+    /// A command taken from the inbox during overlapped steps, handled first next turn.
+    deferred: Option<Command>,
+    /// Launch decode step N+1 before step N's tokens reach the host (see `overlap.rs`).
+    overlap_steps: bool,
     stats: Arc<EngineStats>,
     admission: Admission,
 }
@@ -205,6 +212,8 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         live: HashMap::new(),
         eos,
         inbox: rx,
+        deferred: None,
+        overlap_steps: cfg.overlap_steps,
         stats: stats.clone(),
         admission,
     };
@@ -265,7 +274,9 @@ impl EngineLoop {
         loop {
             let mut fast = false;
             if self.sched.is_idle() {
-                let Ok(cmd) = self.inbox.recv() else { return };
+                let Some(cmd) = self.deferred.take().or_else(|| self.inbox.recv().ok()) else {
+                    return;
+                };
                 if !self.handle(cmd) {
                     return;
                 }
@@ -275,7 +286,11 @@ impl EngineLoop {
                 }
             }
             loop {
-                match self.inbox.try_recv() {
+                match self
+                    .deferred
+                    .take()
+                    .map_or_else(|| self.inbox.try_recv(), Ok)
+                {
                     Ok(cmd) => {
                         if !self.handle(cmd) {
                             return;
@@ -419,11 +434,11 @@ impl EngineLoop {
             }
         }
         self.replay_prompt_gaps(&plan);
-        let live = &self.live;
-        let (ids, meta, rows) = build_batch(&plan, self.sched.config().block_size, |s| {
-            live.get(&s.id).map_or(0..0, |l| l.prompt_rows(s))
-        });
+        let (ids, meta, rows) = self.batch(&plan);
         let outcome = match self.device_draws(&plan, &rows) {
+            Some(draws) if self.overlap_steps => {
+                return self.run_overlapped(plan, rows, &ids, &meta, &draws, t0);
+            }
             Some(draws) => self
                 .compute
                 .forward_sampled(&ids, &meta, &draws)
@@ -433,11 +448,30 @@ impl EngineLoop {
                 .forward(&self.model, &ids, &meta)
                 .map(|mut logits| self.use_rows(&plan, &rows, &mut logits)),
         };
-        let (sampled, logprobs) = match outcome {
-            Ok(o) => o,
-            Err(e) => return self.fail_step(&plan, &e),
-        };
-        let updates = self.sched.update(&plan, &sampled);
+        match outcome {
+            Ok((sampled, logprobs)) => self.complete_step(&plan, &sampled, logprobs, t0),
+            Err(e) => self.fail_step(&plan, &e),
+        }
+    }
+
+    /// The packed batch of `plan` (see [`build_batch`]).
+    fn batch(&self, plan: &StepPlan) -> (Vec<u32>, kr_model::AttnMeta, Vec<RowUse>) {
+        let live = &self.live;
+        build_batch(plan, self.sched.config().block_size, |s| {
+            live.get(&s.id).map_or(0..0, |l| l.prompt_rows(s))
+        })
+    }
+
+    /// Applies a step's tokens (plan order) to the scheduler and emits them; the step's
+    /// time is measured from `t0`.
+    fn complete_step(
+        &mut self,
+        plan: &StepPlan,
+        sampled: &[u32],
+        logprobs: Vec<Option<TokenLogprobs>>,
+        t0: Instant,
+    ) {
+        let updates = self.sched.update(plan, sampled);
         let took = t0.elapsed();
         self.stats.step_seconds.observe(took);
         self.stats.sched.step_times.record(took);
@@ -494,23 +528,25 @@ impl EngineLoop {
         Some(draws)
     }
 
-    /// Records the tokens the device chose (plan order) in each request's sampler.
+    /// Records the tokens the device chose (plan order) in each request's sampler. Counts
+    /// only tokens of live requests (an overlapped step's row of a request that has just
+    /// ended is dropped).
     fn record_device_tokens(
         &mut self,
         plan: &StepPlan,
         rows: &[RowUse],
         tokens: Vec<u32>,
     ) -> (Vec<u32>, Vec<Option<TokenLogprobs>>) {
+        let mut used = 0;
         for (u, &tok) in rows.iter().zip(&tokens) {
             if let RowUse::Sample(i) = *u {
                 if let Some(l) = self.live.get_mut(&plan.seqs[i].id) {
                     l.sampler.record(tok);
+                    used += 1;
                 }
             }
         }
-        self.stats
-            .device_sampled_tokens
-            .fetch_add(tokens.len() as u64, Relaxed);
+        self.stats.device_sampled_tokens.fetch_add(used, Relaxed);
         let none = vec![None; tokens.len()];
         (tokens, none)
     }
@@ -624,3 +660,6 @@ impl EngineLoop {
         s.prefix_hit_tokens.store(c.prefix_hit_tokens, Relaxed);
     }
 }
+
+#[path = "overlap.rs"]
+mod overlap;

@@ -23,6 +23,8 @@ pub struct EngineStats {
     pub requests_aborted: AtomicU64,
     /// Tokens chosen by a device sampler (only ids crossed from the GPU).
     pub device_sampled_tokens: AtomicU64,
+    /// Steps launched while the step before was still on the device (SPEC P2).
+    pub overlapped_steps: AtomicU64,
     /// Wall time of each engine step (model forward and sampling).
     pub step_seconds: Histogram,
     /// Time from a request's arrival at the engine to its first scheduled step.
@@ -48,6 +50,7 @@ pub struct StatsSnapshot {
     pub requests_finished: u64,
     pub requests_aborted: u64,
     pub device_sampled_tokens: u64,
+    pub overlapped_steps: u64,
 }
 
 impl EngineStats {
@@ -67,6 +70,7 @@ impl EngineStats {
             requests_finished: self.requests_finished.load(Relaxed),
             requests_aborted: self.requests_aborted.load(Relaxed),
             device_sampled_tokens: self.device_sampled_tokens.load(Relaxed),
+            overlapped_steps: self.overlapped_steps.load(Relaxed),
         }
     }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use common::{collect, generate, Output};
 use kr_engine::{DTypeChoice, DeviceChoice, EngineConfig, EngineHandle, GenerateRequest};
-use kr_engine::{Prompt, SamplingParams};
+use kr_engine::{FinishReason, Prompt, SamplingParams};
 use std::path::PathBuf;
 
 fn tiny_llama() -> PathBuf {
@@ -15,8 +15,13 @@ fn tiny_llama() -> PathBuf {
 }
 
 fn engine(device: DeviceChoice) -> EngineHandle {
+    engine_with(device, true)
+}
+
+fn engine_with(device: DeviceChoice, overlap_steps: bool) -> EngineHandle {
     let mut cfg = EngineConfig::new(tiny_llama());
     cfg.device = device;
+    cfg.overlap_steps = overlap_steps;
     cfg.dtype = DTypeChoice::F32;
     cfg.num_kv_blocks = Some(64);
     kr_engine::start(cfg).expect("engine starts")
@@ -117,5 +122,104 @@ fn gpu_engine_samples_on_the_device_and_stays_reproducible() {
     println!(
         "device-sampled tokens: {}; greedy GPU = CPU on 4 prompts; seeded runs reproducible",
         gpu.stats().snapshot().device_sampled_tokens
+    );
+}
+
+/// A batch whose requests end at different steps and for different reasons: by length, on a
+/// stop token met mid-flight, on a stop string, and seeded sampling beside greedy.
+fn mixed_batch(stop_token: u32, stop_text: &str) -> Vec<(Prompt, SamplingParams)> {
+    vec![
+        (prompt(0), greedy()),
+        (
+            prompt(1),
+            SamplingParams {
+                max_tokens: 5,
+                ..greedy()
+            },
+        ),
+        (
+            prompt(2),
+            SamplingParams {
+                stop_token_ids: vec![stop_token],
+                max_tokens: 24,
+                ..greedy()
+            },
+        ),
+        (
+            prompt(3),
+            SamplingParams {
+                stop: vec![stop_text.to_string()],
+                max_tokens: 24,
+                ..greedy()
+            },
+        ),
+        (prompt(4), seeded(11)),
+    ]
+}
+
+#[test]
+fn overlapped_steps_give_the_tokens_of_sequential_ones() {
+    if let Err(e) = kr_cuda::probe(0) {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let sequential = engine_with(DeviceChoice::Cuda(0), false);
+    let overlapped = engine_with(DeviceChoice::Cuda(0), true);
+    // A stop token and a stop string the greedy continuations of prompts 2 and 3 meet.
+    let free2 = generate(
+        &sequential,
+        prompt(2),
+        SamplingParams {
+            max_tokens: 24,
+            ..greedy()
+        },
+    );
+    let free3 = generate(
+        &sequential,
+        prompt(3),
+        SamplingParams {
+            max_tokens: 24,
+            ..greedy()
+        },
+    );
+    let stop_token = free2.ids[6];
+    let chars: Vec<char> = free3.text.chars().collect();
+    let stop_text: String = (chars.len() / 3..chars.len().saturating_sub(1))
+        .map(|i| &chars[i..i + 2])
+        .find(|w| w.iter().all(char::is_ascii_alphanumeric))
+        .expect("two ASCII letters in the continuation")
+        .iter()
+        .collect();
+    let want = together(&sequential, mixed_batch(stop_token, &stop_text));
+    assert_eq!(sequential.stats().snapshot().overlapped_steps, 0);
+    let got = together(&overlapped, mixed_batch(stop_token, &stop_text));
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(g.ids, w.ids, "request {i}: overlapped tokens differ");
+        assert_eq!(g.text, w.text, "request {i}");
+        assert_eq!(g.finish, w.finish, "request {i}");
+    }
+    assert_eq!(
+        want[2].finish,
+        Some(FinishReason::Stop),
+        "the stop token was met"
+    );
+    assert!(
+        want[2].ids.len() < 24 && want[3].ids.len() < 24,
+        "both stops ended early"
+    );
+    let stats = overlapped.stats().snapshot();
+    assert!(
+        stats.overlapped_steps >= 10,
+        "few steps overlapped: {}",
+        stats.overlapped_steps
+    );
+    let generated: usize = got.iter().map(|o| o.ids.len()).sum();
+    assert_eq!(
+        stats.device_sampled_tokens, generated as u64,
+        "dropped rows were counted"
+    );
+    println!(
+        "overlapped = sequential on 5 requests ({generated} tokens, {} steps overlapped)",
+        stats.overlapped_steps
     );
 }

@@ -252,6 +252,10 @@ pub struct EngineArgs {
     /// Run every decode step eagerly instead of replaying CUDA graphs.
     #[arg(long)]
     pub no_cuda_graphs: bool,
+    /// Wait for each decode step's tokens before launching the next, instead of launching
+    /// step N+1 while the GPU runs step N.
+    #[arg(long)]
+    pub no_overlap: bool,
     /// Random weights of a published shape instead of --model (speed work; the text is noise).
     #[arg(long, requires = "arch", conflicts_with = "model")]
     pub random_weights: bool,

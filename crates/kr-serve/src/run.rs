@@ -33,6 +33,7 @@ pub fn start_engine_with(
     cfg.dtype = args.dtype;
     cfg.gpu_memory_fraction = args.gpu_memory_fraction;
     cfg.cuda_graphs = !args.no_cuda_graphs;
+    cfg.overlap_steps = !args.no_overlap;
     tweak(&mut cfg);
     Ok(kr_engine::start(cfg)?)
 }

@@ -110,6 +110,11 @@ impl Metrics {
                 s.device_sampled_tokens,
             ),
             (
+                "kr_overlapped_steps_total",
+                "Steps launched while the step before still ran on the GPU.",
+                s.overlapped_steps,
+            ),
+            (
                 "kr_preemptions_total",
                 "Requests preempted (recomputed later).",
                 s.preemptions,
