@@ -100,25 +100,27 @@ impl StepSlots {
 
 impl CudaBackend {
     /// Queues sampling one token for each of the first `rows.len()` rows of `logits` and
-    /// their copy to the host; [`CudaBackend::collect_tokens`] reads them.
+    /// their copy to the host; [`CudaBackend::collect_tokens`] reads them. At most as many
+    /// rows as a step has tokens.
     pub fn sample_async(&self, logits: &CudaTensor, rows: &[RowSampling]) -> SampledTokens {
         let n = logits.rows.min(rows.len());
+        self.queue_sample(logits.ptr, logits.cols, &rows[..n])
+    }
+
+    /// `sample_async` of rows of `cols` logits from `x` (one per entry of `rows`).
+    fn queue_sample(&self, x: u64, cols: usize, rows: &[RowSampling]) -> SampledTokens {
+        let n = rows.len();
         let mut slots = self.step_slots.borrow_mut();
-        let max_rows = slots.max_rows;
-        let current = slots.current;
-        let step = SampledTokens {
-            slot: current,
-            rows: n,
-        };
+        let (max_rows, current) = (slots.max_rows, slots.current);
         if n > max_rows {
             self.record(Err(CudaError::Unsupported(format!(
                 "{n} sampled rows in one step (at most {max_rows})"
             ))));
-            return step;
+            return SampledTokens { slot: current, rows: 0 };
         }
         let slot = &mut slots.slots[current];
         let params = slot.params.as_mut_slice();
-        for (p, r) in params.chunks_exact_mut(SAMPLE_PARAMS).zip(&rows[..n]) {
+        for (p, r) in params.chunks_exact_mut(SAMPLE_PARAMS).zip(rows) {
             let values = [r.temperature, r.top_k as f32, r.top_p, r.min_p, r.uniform];
             for (w, v) in p.iter_mut().zip(values) {
                 *w = v.to_bits();
@@ -129,7 +131,7 @@ impl CudaBackend {
             let words = &params[..n * SAMPLE_PARAMS];
             self.record(self.gpu.copy_to_device(pp, words));
         }
-        let (x, cols) = (logits.ptr, logits.cols as i32);
+        let cols = cols as i32;
         launch!(self, "sample", grid1(n, 1024), out, x, cols, pp);
         if self.error.borrow().is_none() {
             let host = &mut slot.tokens.as_mut_slice()[..n];
@@ -141,7 +143,7 @@ impl CudaBackend {
             );
             slot.outstanding = true;
         }
-        step
+        SampledTokens { slot: current, rows: n }
     }
 
     /// Waits for a step queued by [`CudaBackend::sample_async`] and returns its tokens.
@@ -160,10 +162,19 @@ impl CudaBackend {
         slot.tokens.as_mut_slice()[..step.rows].to_vec()
     }
 
-    /// One token for each of the first `rows.len()` rows of `logits`.
+    /// One token for each of the first `rows.len()` rows of `logits` (any number of rows:
+    /// more than a slot holds go in several rounds).
     pub fn sample(&self, logits: &CudaTensor, rows: &[RowSampling]) -> Vec<u32> {
-        let step = self.sample_async(logits, rows);
-        self.collect_tokens(step)
+        let n = logits.rows.min(rows.len());
+        let per_round = self.step_slots.borrow().max_rows;
+        let row_bytes = (logits.cols * self.dtype.size()) as u64;
+        let mut tokens = Vec::with_capacity(n);
+        for (i, chunk) in rows[..n].chunks(per_round).enumerate() {
+            let x = logits.ptr + (i * per_round) as u64 * row_bytes;
+            let step = self.queue_sample(x, logits.cols, chunk);
+            tokens.extend(self.collect_tokens(step));
+        }
+        tokens
     }
 
     /// Makes the next `begin_step` copy `step`'s tokens over the first `step.rows()` input
