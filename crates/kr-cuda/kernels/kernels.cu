@@ -504,17 +504,42 @@ __device__ void gather_rows_impl(T* out, const T* x, const u32* rows, int cols) 
 }
 
 // Greedy sampling on the device: ids[row] = argmax (lowest index on ties). Grid: rows.
+// A 16-byte-aligned row is read in 16-byte vectors, four in flight per thread: a scalar loop
+// over a 128k vocabulary was latency-bound (about 90 µs per row with 256 threads, 40 with
+// 1024, against a few µs for the row's bytes). Each thread visits its columns in increasing
+// order, so a strict `>` keeps the lowest index among its equals.
+__device__ __forceinline__ void argmax_take(float x, u32 c, float& v, u32& idx) {
+  if (x > v || (x == v && c < idx)) { v = x; idx = c; }
+}
+
 template <typename T>
 __device__ void argmax_impl(u32* ids, const T* logits, int cols) {
   __shared__ float best_v[32];
   __shared__ u32 best_i[32];
+  constexpr int EPV = 16 / sizeof(T);
   const T* row = logits + (u64)blockIdx.x * cols;
   float v = -INFINITY;
   u32 idx = 0xffffffffu;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    const float x = to_f(row[c]);
-    if (x > v || (x == v && (u32)c < idx)) { v = x; idx = c; }
+  int scalar_from = 0;
+  if (((u64)row & 15) == 0) {
+    const int nv = cols / EPV, step = blockDim.x;
+    const uint4* rv = (const uint4*)row;
+    for (int i = threadIdx.x; i < nv; i += 4 * step) {
+      uint4 w[4];
+#pragma unroll
+      for (int u = 0; u < 4; u++) w[u] = i + u * step < nv ? rv[i + u * step] : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        if (i + u * step >= nv) break;
+        float f[8];
+        unpack16(w[u], f, T());
+#pragma unroll
+        for (int e = 0; e < EPV; e++) argmax_take(f[e], (u32)((i + u * step) * EPV + e), v, idx);
+      }
+    }
+    scalar_from = nv * EPV;
   }
+  for (int c = scalar_from + threadIdx.x; c < cols; c += blockDim.x) argmax_take(to_f(row[c]), (u32)c, v, idx);
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(FULL_MASK, v, o);
     const u32 oi = __shfl_xor_sync(FULL_MASK, idx, o);

@@ -408,7 +408,7 @@ impl CudaBackend {
     pub fn argmax(&self, logits: &CudaTensor) -> Vec<u32> {
         let ids = self.alloc_elems(logits.rows, 1, 4);
         let (out, x, cols) = (ids.ptr, logits.ptr, logits.cols as i32);
-        launch!(self, "argmax", grid1(logits.rows, 256), out, x, cols);
+        launch!(self, "argmax", grid1(logits.rows, 1024), out, x, cols);
         let mut host = vec![0u32; logits.rows];
         if self.error.borrow().is_none() {
             self.record(self.gpu.copy_to_host(&mut host, ids.ptr));

@@ -112,13 +112,13 @@ struct DecodeTimes {
 }
 
 /// Batch of `b` sequences: prefill `prompt` tokens each (in chunks under the token budget),
-/// then `steps` greedy decode steps sampled on the GPU.
+/// then `steps` decode steps sampled on the GPU with `sampling` (the same for every row).
 fn decode_run(
     model: &mut CudaModel,
     b: usize,
-    prompt: usize,
-    steps: usize,
+    (prompt, steps): (usize, usize),
     stepping: Stepping,
+    sampling: RowSampling,
 ) -> Result<DecodeTimes> {
     let bs = model.options.block_size;
     let mut seqs = Seqs::new(b, prompt + steps + 1, bs);
@@ -143,13 +143,13 @@ fn decode_run(
             .record(&gpu.stream)
             .map_err(driver("recording an event"))
     };
-    let greedy = vec![RowSampling::greedy(); b];
+    let rows = vec![sampling; b];
     let t0 = Instant::now();
     for k in 0..steps {
         let (ids, meta) = seqs.step(&vec![1; b]);
         mark(2 * k)?;
         let feed = stepping == Stepping::Overlapped && k > 0;
-        model.launch_sampled(&ids, &meta, &greedy, feed)?;
+        model.launch_sampled(&ids, &meta, &rows, feed)?;
         mark(2 * k + 1)?;
         if stepping == Stepping::Sequential || k > 0 {
             model.collect_sampled()?;
@@ -319,7 +319,14 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
     let params = weight_bytes as f64 / model.backend().dtype.size() as f64;
     // Warm-up: compile plans, capture graphs for the buckets used below.
     ttft(model, spec.prefill_tokens)?;
-    decode_run(model, 1, spec.prompt_tokens, 4, Stepping::Overlapped)?;
+    let greedy = RowSampling::greedy();
+    decode_run(
+        model,
+        1,
+        (spec.prompt_tokens, 4),
+        Stepping::Overlapped,
+        greedy,
+    )?;
 
     let mut ttfts = Vec::new();
     for _ in 0..spec.repeat.max(3) {
@@ -343,14 +350,29 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
     let prefill_flops = 2.0 * params * prefill_big as f64 / prefill_s;
 
     let mut single = serde_json::Map::new();
+    // A common non-greedy setting, to show what the sampler adds to a step.
+    let top_p = RowSampling {
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 0.95,
+        min_p: 0.0,
+        uniform: 0.5,
+    };
     let modes = [
-        ("graphs_on", true, Stepping::Overlapped),
-        ("graphs_on_overlap_off", true, Stepping::Sequential),
-        ("graphs_off", false, Stepping::Overlapped),
+        ("graphs_on", true, Stepping::Overlapped, greedy),
+        ("graphs_on_overlap_off", true, Stepping::Sequential, greedy),
+        ("graphs_off", false, Stepping::Overlapped, greedy),
+        ("graphs_on_sampled_top_p", true, Stepping::Overlapped, top_p),
     ];
-    for (name, graphs, stepping) in modes {
+    for (name, graphs, stepping, sampling) in modes {
         model.options.cuda_graphs = graphs;
-        let run = decode_run(model, 1, spec.prompt_tokens, spec.gen_tokens, stepping)?;
+        let run = decode_run(
+            model,
+            1,
+            (spec.prompt_tokens, spec.gen_tokens),
+            stepping,
+            sampling,
+        )?;
         let avg_ctx = spec.prompt_tokens as f64 + spec.gen_tokens as f64 / 2.0;
         let bound = bw / (weight_bytes as f64 + avg_ctx * kv_token_bytes as f64);
         let tps = spec.gen_tokens as f64 / run.secs;
@@ -358,6 +380,7 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
             name.into(),
             json!({
                 "overlapped_steps": stepping == Stepping::Overlapped,
+                "sampling": format!("{sampling:?}"),
                 "tokens_per_second": tps,
                 "ms_per_token": 1e3 / tps,
                 "bandwidth_bound_tokens_per_second": bound,
@@ -375,9 +398,9 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
         let run = decode_run(
             model,
             b,
-            spec.prompt_tokens,
-            spec.batch_decode_steps,
+            (spec.prompt_tokens, spec.batch_decode_steps),
             Stepping::Overlapped,
+            greedy,
         )?;
         let (secs, busy) = (run.secs, run.busy);
         let avg_ctx = spec.prompt_tokens as f64 + spec.batch_decode_steps as f64 / 2.0;

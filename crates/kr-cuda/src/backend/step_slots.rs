@@ -116,7 +116,10 @@ impl CudaBackend {
             self.record(Err(CudaError::Unsupported(format!(
                 "{n} sampled rows in one step (at most {max_rows})"
             ))));
-            return SampledTokens { slot: current, rows: 0 };
+            return SampledTokens {
+                slot: current,
+                rows: 0,
+            };
         }
         let slot = &mut slots.slots[current];
         let params = slot.params.as_mut_slice();
@@ -143,7 +146,10 @@ impl CudaBackend {
             );
             slot.outstanding = true;
         }
-        SampledTokens { slot: current, rows: n }
+        SampledTokens {
+            slot: current,
+            rows: n,
+        }
     }
 
     /// Waits for a step queued by [`CudaBackend::sample_async`] and returns its tokens.

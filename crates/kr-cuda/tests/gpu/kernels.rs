@@ -221,3 +221,40 @@ fn bf16_projections_match_cpu_for_every_token_count() {
     }
     assert!(g.take_error().is_none());
 }
+
+/// Greedy choice on the GPU (the argmax kernel and the sampler's greedy rows) against the
+/// CPU: the lowest index among the largest values, on a Llama-3-sized vocabulary (vector
+/// path), on a width that leaves rows unaligned (scalar path), with ties and maxima at
+/// either end.
+#[test]
+fn greedy_picks_the_lowest_index_of_the_largest_logit() {
+    if !gpu_available() {
+        return;
+    }
+    for dtype in [DType::F32, DType::Bf16] {
+        let w = tiny_weights("llama", RopeStyle::HalfSplit, GgmlType::F32);
+        let model = CudaModel::load(&w, options(dtype, 8, false)).expect("load");
+        let g = model.backend();
+        for cols in [128_256, 1_001, 8] {
+            let mut data = bf16_values(4 * cols, cols as u64);
+            let peaks: [&[usize]; 4] = [&[cols - 1], &[cols / 3, cols / 2], &[0], &[cols / 2, 1]];
+            for (r, at) in peaks.iter().enumerate() {
+                for &c in *at {
+                    data[r * cols + c] = 4.0; // above every bf16_values entry, exact in bf16
+                }
+            }
+            let want: Vec<u32> = peaks
+                .iter()
+                .map(|at| *at.iter().min().expect("a peak") as u32)
+                .collect();
+            let logits = g.upload_tensor(4, cols, &data);
+            assert_eq!(g.argmax(&logits), want, "{dtype:?} argmax, {cols} columns");
+            let greedy = g.sample(&logits, &[RowSampling::greedy(); 4]);
+            assert_eq!(greedy, want, "{dtype:?} greedy sampling, {cols} columns");
+            assert!(g.take_error().is_none());
+        }
+    }
+    println!(
+        "greedy: lowest index of the largest logit on 128256 / 1001 / 8 columns, f32 and bf16"
+    );
+}
