@@ -503,23 +503,14 @@ __device__ void gather_rows_impl(T* out, const T* x, const u32* rows, int cols) 
   for (int c = threadIdx.x; c < cols; c += blockDim.x) out[dst + c] = x[src + c];
 }
 
-// Greedy sampling on the device: ids[row] = argmax (lowest index on ties). Grid: rows.
-// A 16-byte-aligned row is read in 16-byte vectors, four in flight per thread: a scalar loop
-// over a 128k vocabulary was latency-bound (about 90 µs per row with 256 threads, 40 with
-// 1024, against a few µs for the row's bytes). Each thread visits its columns in increasing
-// order, so a strict `>` keeps the lowest index among its equals.
-__device__ __forceinline__ void argmax_take(float x, u32 c, float& v, u32& idx) {
-  if (x > v || (x == v && c < idx)) { v = x; idx = c; }
-}
-
-template <typename T>
-__device__ void argmax_impl(u32* ids, const T* logits, int cols) {
-  __shared__ float best_v[32];
-  __shared__ u32 best_i[32];
+// Calls f(c, x) for each column c of this thread's share of a logits row (x as float): columns
+// t, t + blockDim.x, ... in 16-byte vectors, four in flight per thread, when the row is
+// 16-byte aligned, else one value at a time. A thread visits its columns in increasing order.
+// A scalar loop over a 128k vocabulary was latency-bound (argmax: about 90 µs per row with
+// 256 threads, 40 with 1024, against a few µs for the row's bytes).
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_logit(const T* row, int cols, F f) {
   constexpr int EPV = 16 / sizeof(T);
-  const T* row = logits + (u64)blockIdx.x * cols;
-  float v = -INFINITY;
-  u32 idx = 0xffffffffu;
   int scalar_from = 0;
   if (((u64)row & 15) == 0) {
     const int nv = cols / EPV, step = blockDim.x;
@@ -531,15 +522,29 @@ __device__ void argmax_impl(u32* ids, const T* logits, int cols) {
 #pragma unroll
       for (int u = 0; u < 4; u++) {
         if (i + u * step >= nv) break;
-        float f[8];
-        unpack16(w[u], f, T());
+        float x[8];
+        unpack16(w[u], x, T());
 #pragma unroll
-        for (int e = 0; e < EPV; e++) argmax_take(f[e], (u32)((i + u * step) * EPV + e), v, idx);
+        for (int e = 0; e < EPV; e++) f((i + u * step) * EPV + e, x[e]);
       }
     }
     scalar_from = nv * EPV;
   }
-  for (int c = scalar_from + threadIdx.x; c < cols; c += blockDim.x) argmax_take(to_f(row[c]), (u32)c, v, idx);
+  for (int c = scalar_from + threadIdx.x; c < cols; c += blockDim.x) f(c, to_f(row[c]));
+}
+
+// Greedy sampling on the device: ids[row] = argmax (lowest index on ties). Grid: rows.
+template <typename T>
+__device__ void argmax_impl(u32* ids, const T* logits, int cols) {
+  __shared__ float best_v[32];
+  __shared__ u32 best_i[32];
+  float v = -INFINITY;
+  u32 idx = 0xffffffffu;
+  // Each thread sees its columns in increasing order, so only an unset index needs the tie
+  // rule (a row of -inf still gets column 0).
+  for_each_logit(logits + (u64)blockIdx.x * cols, cols, [&](int c, float x) {
+    if (x > v || (x == v && (u32)c < idx)) { v = x; idx = (u32)c; }
+  });
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(FULL_MASK, v, o);
     const u32 oi = __shfl_xor_sync(FULL_MASK, idx, o);
@@ -551,7 +556,7 @@ __device__ void argmax_impl(u32* ids, const T* logits, int cols) {
   if (threadIdx.x == 0) {
     for (int w = 1; w < (int)(blockDim.x >> 5); w++)
       if (best_v[w] > v || (best_v[w] == v && best_i[w] < idx)) { v = best_v[w]; idx = best_i[w]; }
-    ids[blockIdx.x] = idx;
+    ids[blockIdx.x] = idx == 0xffffffffu ? 0u : idx;  // a row of NaN: still a valid id
   }
 }
 

@@ -9,7 +9,8 @@
 // vocabulary order (the CPU walks them most-likely first), so one seed gives the same
 // distribution on both, not the same tokens. The top_k and top_p cuts are thresholds found by
 // bisection on the scaled logit (SAMPLE_BISECT halvings of at most [-88, 0], a step of 5e-6),
-// so tokens tied with the cut within that step are kept.
+// so tokens tied with the cut within that step are kept. Every pass over a row reads it with
+// for_each_logit (16-byte vectors); the draw runs by spans (sample_draw_by_spans).
 // One block of 1024 threads per row.
 #define SAMPLE_PARAMS 5
 #define SAMPLE_BISECT 24
@@ -30,13 +31,152 @@ __device__ float sample_bisect(const T* row, int cols, float mx, float inv_t, fl
   for (int it = 0; it < SAMPLE_BISECT; it++) {
     const float mid = 0.5f * (lo + hi);
     float acc = 0.f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-      const float z = sample_z(row, c, mx, inv_t);
+    for_each_logit(row, cols, [&](int, float x) {
+      const float z = (x - mx) * inv_t;
       if (z >= mid) acc += by_mass ? expf(z) : 1.f;
-    }
+    });
     if (block_sum(acc) >= want) lo = mid; else hi = mid;
   }
   return lo;
+}
+
+// The draw in vocabulary order without a thread walking a run of columns (latency-bound: one
+// load after another): for a 16-byte-aligned row of whole vectors, spans of 32 vectors (32
+// lanes of a warp) hold the kept mass, warp 0 finds the span where the running mass passes
+// u * mass and then, inside it, the lane and column. Sums run in a fixed order (warp sums,
+// lane prefixes), so a seed gives the same token every time. Rounding that leaves the target
+// uncrossed takes the last kept column, as the walk does. False (nothing written): not such
+// a row; the caller walks runs of columns instead.
+#define SAMPLE_MAX_SPANS 2048
+
+template <typename T>
+__device__ __forceinline__ float sample_vector_mass(uint4 w, float mx, float inv_t, float thr) {
+  float x[8], m = 0.f;
+  unpack16(w, x, T());
+#pragma unroll
+  for (int e = 0; e < 16 / (int)sizeof(T); e++) {
+    const float z = (x[e] - mx) * inv_t;
+    if (z >= thr) m += expf(z);
+  }
+  return m;
+}
+
+// Kept mass of each span of 32 vectors of the row into span_mass (warp w takes spans w,
+// w + warps, ...; four loads in flight per lane).
+template <typename T>
+__device__ void sample_span_masses(const uint4* rv, int nv, float mx, float inv_t, float thr,
+                                   float* span_mass) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const int spans = (nv + 31) / 32;
+  for (int s0 = warp; s0 < spans; s0 += 4 * warps) {
+    uint4 w[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int v = (s0 + u * warps) * 32 + lane;
+      w[u] = v < nv ? rv[v] : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int s = s0 + u * warps, v = s * 32 + lane;
+      const float m = warp_sum(v < nv ? sample_vector_mass<T>(w[u], mx, inv_t, thr) : 0.f);
+      if (lane == 0 && s < spans) span_mass[s] = m;
+    }
+  }
+}
+
+// Inclusive prefix sum over the warp.
+__device__ __forceinline__ float warp_prefix(float v) {
+  const int lane = threadIdx.x & 31;
+  for (int o = 1; o < 32; o <<= 1) {
+    const float y = __shfl_up_sync(FULL_MASK, v, o);
+    if (lane >= o) v += y;
+  }
+  return v;
+}
+
+// Warp 0: the span whose running mass passes the target (else the last with mass), and the
+// mass before it. Lane l sums spans [l * per, (l + 1) * per) in order.
+__device__ void sample_find_span(const float* span_mass, int spans, float u, int& span,
+                                 float& before, float& target) {
+  const int lane = threadIdx.x & 31, per = (spans + 31) / 32;
+  const int s0 = min(spans, lane * per), s1 = min(spans, s0 + per);
+  float mine = 0.f;
+  int last = -1;
+  for (int s = s0; s < s1; s++) {
+    mine += span_mass[s];
+    if (span_mass[s] > 0.f) last = s;
+  }
+  const float incl = warp_prefix(mine);
+  target = u * __shfl_sync(FULL_MASK, incl, 31);
+  // Only a lane with mass can hold the crossing (the scan's rounding differs per lane).
+  const unsigned crossed = __ballot_sync(FULL_MASK, last >= 0 && incl > target);
+  const unsigned has_mass = __ballot_sync(FULL_MASK, last >= 0);
+  const int l = crossed ? __ffs(crossed) - 1 : 31 - __clz(has_mass);
+  // Lane l walks its spans: the first with mass whose end passes the target, else (rounding)
+  // its last with mass; `at` is the mass before that span.
+  float acc = incl - mine, at = 0.f;
+  int found = last;
+  if (lane == l && crossed) {
+    for (int s = s0; s < s1; s++) {
+      if (span_mass[s] > 0.f) {
+        found = s;
+        at = acc;
+        if (acc + span_mass[s] > target) break;
+      }
+      acc += span_mass[s];
+    }
+  }
+  if (l < 0) {  // no kept mass at all (a row of NaN): no span
+    span = -1;
+    before = -INFINITY;
+    return;
+  }
+  span = __shfl_sync(FULL_MASK, found, l);
+  // -INFINITY: nothing crosses, so the span's last lane with mass takes its last kept column.
+  before = crossed ? __shfl_sync(FULL_MASK, at, l) : -INFINITY;
+}
+
+template <typename T>
+__device__ bool sample_draw_by_spans(u32* ids, const T* row, int cols, float mx, float inv_t,
+                                     float thr, float u) {
+  __shared__ float span_mass[SAMPLE_MAX_SPANS];
+  constexpr int EPV = 16 / sizeof(T);
+  const int nv = cols / EPV, spans = (nv + 31) / 32;
+  if (((u64)row & 15) != 0 || cols % EPV != 0 || spans > SAMPLE_MAX_SPANS) return false;
+  const uint4* rv = (const uint4*)row;
+  sample_span_masses<T>(rv, nv, mx, inv_t, thr, span_mass);
+  __syncthreads();
+  if (threadIdx.x >= 32) return true;
+  int span;
+  float before, target;
+  sample_find_span(span_mass, spans, u, span, before, target);
+  if (span < 0) {
+    if (threadIdx.x == 0) ids[blockIdx.x] = 0;
+    return true;
+  }
+  const int lane = threadIdx.x, v = span * 32 + lane;
+  const uint4 w = v < nv ? rv[v] : make_uint4(0u, 0u, 0u, 0u);
+  const float m = v < nv ? sample_vector_mass<T>(w, mx, inv_t, thr) : 0.f;
+  const float incl = warp_prefix(m);
+  const unsigned crossed = __ballot_sync(FULL_MASK, m > 0.f && before + incl > target);
+  const unsigned has_mass = __ballot_sync(FULL_MASK, m > 0.f);
+  const int l = crossed ? __ffs(crossed) - 1 : 31 - __clz(has_mass);
+  if (lane != l) return true;
+  // The lane where the running mass passes the target walks its columns to the one that
+  // does; otherwise (rounding) the last lane with mass takes its last kept column.
+  float x[8], acc = before + incl - m;
+  unpack16(w, x, T());
+  int last = v * EPV;
+  for (int e = 0; e < EPV; e++) {
+    const float z = (x[e] - mx) * inv_t;
+    if (z >= thr) {
+      last = v * EPV + e;
+      acc += expf(z);
+      if (crossed && acc > target) break;
+    }
+  }
+  ids[blockIdx.x] = (u32)last;
+  return true;
 }
 
 template <typename T>
@@ -53,11 +193,10 @@ __device__ void sample_impl(u32* ids, const T* logits, int cols, const float* pa
     return;
   }
   float mx = -INFINITY, mn = INFINITY;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    const float l = to_f(row[c]);
+  for_each_logit(row, cols, [&](int, float l) {
     mx = fmaxf(mx, l);
     mn = fminf(mn, l);
-  }
+  });
   mx = block_max(mx);
   mn = -block_max(-mn);
   const float inv_t = 1.f / temp;
@@ -67,13 +206,14 @@ __device__ void sample_impl(u32* ids, const T* logits, int cols, const float* pa
   if (top_k > 0 && top_k < cols) thr = sample_bisect(row, cols, mx, inv_t, thr, (float)top_k, 0);
   if (top_p < 1.f) {
     float total = 0.f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-      const float z = sample_z(row, c, mx, inv_t);
+    for_each_logit(row, cols, [&](int, float x) {
+      const float z = (x - mx) * inv_t;
       if (z >= thr) total += expf(z);
-    }
+    });
     thr = sample_bisect(row, cols, mx, inv_t, thr, top_p * block_sum(total), 1);
   }
   if (min_p > 0.f) thr = fmaxf(thr, logf(min_p));
+  if (sample_draw_by_spans<T>(ids, row, cols, mx, inv_t, thr, u)) return;
   // Each thread owns a contiguous run of columns; the run whose mass crosses u * mass walks
   // its columns in order.
   const int per = (cols + blockDim.x - 1) / blockDim.x;

@@ -555,6 +555,7 @@ impl Backend for CudaBackend {
                 );
             }
         }
+        self.record(slots.fence_current(&self.gpu));
         if let Some((src, n)) = feed {
             let ids_ptr = self.meta_ptr(self.meta_layout.offsets().ids);
             self.record(self.gpu.copy_on_device(ids_ptr, src, 4 * n.min(ids.len())));

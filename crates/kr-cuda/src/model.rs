@@ -175,8 +175,20 @@ impl CudaModel {
             .load(std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Fails while `launch_sampled` steps are outstanding: a step run in between would
+    /// read or clear their slots (collect them first).
+    fn no_steps_outstanding(&self) -> Result<()> {
+        match self.outstanding.len() {
+            0 => Ok(()),
+            n => Err(CudaError::Unsupported(format!(
+                "a synchronous step while {n} launched step(s) are not collected"
+            ))),
+        }
+    }
+
     /// Logits of `meta.logit_rows`, row-major `[rows, vocab]` in f32.
     pub fn forward(&mut self, ids: &[u32], meta: &AttnMeta) -> Result<Vec<f32>> {
+        self.no_steps_outstanding()?;
         let vocab = self.config().vocab_size;
         let n = meta.logit_rows.len();
         self.with_logits(ids, meta, |be, l| {
@@ -188,6 +200,7 @@ impl CudaModel {
 
     /// The greedy token of each of `meta.logit_rows`, chosen on the GPU.
     pub fn forward_greedy(&mut self, ids: &[u32], meta: &AttnMeta) -> Result<Vec<u32>> {
+        self.no_steps_outstanding()?;
         let n = meta.logit_rows.len();
         self.with_logits(ids, meta, |be, l| {
             let mut ids = l.map(|l| be.argmax(l)).unwrap_or_default();
@@ -204,6 +217,7 @@ impl CudaModel {
         meta: &AttnMeta,
         rows: &[RowSampling],
     ) -> Result<Vec<u32>> {
+        self.no_steps_outstanding()?;
         self.launch_sampled(ids, meta, rows, false)?;
         self.collect_sampled()
     }
@@ -264,6 +278,7 @@ impl CudaModel {
         ids: &[u32],
         meta: &AttnMeta,
     ) -> Result<Vec<(&'static str, f64)>> {
+        self.no_steps_outstanding()?;
         self.last_sampled = None;
         let be = self.decoder.backend();
         let hold = be.hold_stream()?;

@@ -109,7 +109,8 @@ impl EngineLoop {
             }
             Err(e) => {
                 // The requests stay scheduled: the next normal step plans the same tokens
-                // and reports the failure if it persists.
+                // and reports the failure if it persists. (Their samplers have drawn this
+                // step's uniform numbers: a seeded request's later draws shift by one.)
                 tracing::warn!("an overlapped step could not start: {e}");
                 None
             }

@@ -5,8 +5,9 @@
 //!
 //! Invariants:
 //! - the host writes a slot's pinned buffers only after the GPU has passed every copy that
-//!   reads them: `begin_step` waits for the slot's event when a step that used the slot is
-//!   still outstanding (the event is recorded after that step's last copy);
+//!   reads them: the slot's event is recorded after `begin_step`'s metadata copies (and again
+//!   after a sampled step's token copy), and `begin_step` waits for it before reusing the
+//!   slot;
 //! - a slot's pinned tokens are read only after its event (`collect_tokens`);
 //! - a slot's device tokens stay until its next sampled step, in stream order, so a copy of
 //!   them queued before that step reads the values of the step that wrote them.
@@ -90,6 +91,19 @@ impl StepSlots {
             slot.outstanding = false;
         }
         Ok(slot.staging.as_mut_slice())
+    }
+
+    /// Marks the GPU's reads of the current slot's staging (the step's metadata copies,
+    /// queued just before): the slot's next `next_staging` waits for them. Without it, steps
+    /// that sample nothing (prefill chunks) never wait, and a third one in a row could
+    /// rewrite the words the first one's copy has yet to read.
+    pub(super) fn fence_current(&mut self, gpu: &Gpu) -> Result<()> {
+        let slot = &mut self.slots[self.current];
+        slot.done
+            .record(&gpu.stream)
+            .map_err(driver("recording an event"))?;
+        slot.outstanding = true;
+        Ok(())
     }
 
     /// The device tokens of a sampled step (to feed the next step's ids).
