@@ -8,12 +8,11 @@
 // the ones with probability >= min_p x the largest. The draw walks the kept tokens in
 // vocabulary order (the CPU walks them most-likely first), so one seed gives the same
 // distribution on both, not the same tokens. The top_k and top_p cuts are thresholds found by
-// bisection on the scaled logit (SAMPLE_BISECT halvings of at most [-88, 0], a step of 5e-6),
-// so tokens tied with the cut within that step are kept. Every pass over a row reads it with
-// for_each_logit (16-byte vectors); the draw runs by spans (sample_draw_by_spans).
+// search on the scaled logit (sample_search: [-88, 0] at most, narrowed 2^24-fold to a step of
+// 5e-6), so tokens tied with the cut within that step are kept. Every pass over a row reads
+// it with for_each_logit (16-byte vectors); the draw runs by spans (sample_draw_by_spans).
 // One block of 1024 threads per row.
 #define SAMPLE_PARAMS 5
-#define SAMPLE_BISECT 24
 #define SAMPLE_THREADS 1024
 
 // Scaled logit of column c: (logit - max) / temperature, so the largest is 0.
@@ -23,19 +22,48 @@ __device__ __forceinline__ float sample_z(const T* row, int c, float mx, float i
 }
 
 // Largest t in [lo, 0] with count(z >= t) >= k (when `by_mass` is 0) or with
-// sum_{z >= t} exp(z) >= want (when 1); the invariant holds at `lo` on entry.
+// sum_{z >= t} exp(z) >= want (when 1); the invariant holds at `lo` on entry. Each pass over
+// the row tests SAMPLE_SPLITS - 1 evenly spaced thresholds at once and keeps the interval
+// above the largest that holds: SAMPLE_ROUNDS passes narrow [lo, 0] by 8^8 = 2^24, as 24
+// halvings would, in a third of the passes (each is a read of the whole row).
+#define SAMPLE_SPLITS 8
+#define SAMPLE_ROUNDS 8
 template <typename T>
-__device__ float sample_bisect(const T* row, int cols, float mx, float inv_t, float lo, float want,
+__device__ float sample_search(const T* row, int cols, float mx, float inv_t, float lo, float want,
                                int by_mass) {
+  __shared__ float part[32][SAMPLE_SPLITS];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   float hi = 0.f;
-  for (int it = 0; it < SAMPLE_BISECT; it++) {
-    const float mid = 0.5f * (lo + hi);
-    float acc = 0.f;
+  for (int round = 0; round < SAMPLE_ROUNDS; round++) {
+    const float step = (hi - lo) / SAMPLE_SPLITS;
+    float acc[SAMPLE_SPLITS - 1];
+#pragma unroll
+    for (int j = 0; j < SAMPLE_SPLITS - 1; j++) acc[j] = 0.f;
     for_each_logit(row, cols, [&](int, float x) {
       const float z = (x - mx) * inv_t;
-      if (z >= mid) acc += by_mass ? expf(z) : 1.f;
+      if (z < lo + step) return;
+      const float w = by_mass ? expf(z) : 1.f;
+#pragma unroll
+      for (int j = 0; j < SAMPLE_SPLITS - 1; j++)
+        if (z >= lo + (j + 1) * step) acc[j] += w;
     });
-    if (block_sum(acc) >= want) lo = mid; else hi = mid;
+#pragma unroll
+    for (int j = 0; j < SAMPLE_SPLITS - 1; j++) {
+      const float v = warp_sum(acc[j]);
+      if (lane == 0) part[warp][j] = v;
+    }
+    __syncthreads();
+    // Every thread sums the warps' parts in the same order, so all pick the same threshold.
+    int best = -1;
+    for (int j = 0; j < SAMPLE_SPLITS - 1; j++) {
+      float total = 0.f;
+      for (int w = 0; w < warps; w++) total += part[w][j];
+      if (total >= want) best = j;
+    }
+    __syncthreads();  // `part` is rewritten by the next round
+    const float new_lo = best >= 0 ? lo + (best + 1) * step : lo;
+    hi = best + 2 < SAMPLE_SPLITS ? lo + (best + 2) * step : hi;
+    lo = new_lo;
   }
   return lo;
 }
@@ -203,14 +231,14 @@ __device__ void sample_impl(u32* ids, const T* logits, int cols, const float* pa
   // Count and mass are full at zmin. Below -88 exp(z) is 0 in f32: such tokens can never be
   // drawn, so starting there keeps the bisection's range (and step) small.
   float thr = fmaxf((mn - mx) * inv_t, -88.f);
-  if (top_k > 0 && top_k < cols) thr = sample_bisect(row, cols, mx, inv_t, thr, (float)top_k, 0);
+  if (top_k > 0 && top_k < cols) thr = sample_search(row, cols, mx, inv_t, thr, (float)top_k, 0);
   if (top_p < 1.f) {
     float total = 0.f;
     for_each_logit(row, cols, [&](int, float x) {
       const float z = (x - mx) * inv_t;
       if (z >= thr) total += expf(z);
     });
-    thr = sample_bisect(row, cols, mx, inv_t, thr, top_p * block_sum(total), 1);
+    thr = sample_search(row, cols, mx, inv_t, thr, top_p * block_sum(total), 1);
   }
   if (min_p > 0.f) thr = fmaxf(thr, logf(min_p));
   if (sample_draw_by_spans<T>(ids, row, cols, mx, inv_t, thr, u)) return;
