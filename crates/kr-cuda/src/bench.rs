@@ -309,6 +309,94 @@ fn gemv_bandwidth(model: &CudaModel) -> Result<f64> {
     Ok(20.0 * (rows * cols * be.dtype.size()) as f64 / secs)
 }
 
+/// What the bandwidth bound of a decode step is made of.
+struct StepBytes {
+    copy_bandwidth: f64,
+    weights: f64,
+    kv_per_token: f64,
+}
+
+impl StepBytes {
+    /// Tokens/s at which `batch` sequences of `avg_ctx` tokens are bound by memory traffic.
+    fn bound(&self, batch: usize, avg_ctx: f64) -> f64 {
+        batch as f64 * self.copy_bandwidth
+            / (self.weights + batch as f64 * avg_ctx * self.kv_per_token)
+    }
+}
+
+/// Batch-1 decode in each mode: graphs on with overlapped steps (the engine's default),
+/// overlap off, graphs off, and top-p sampling instead of greedy.
+fn batch1_decode(
+    model: &mut CudaModel,
+    spec: &GpuBenchSpec,
+    bytes: &StepBytes,
+) -> Result<serde_json::Map<String, Value>> {
+    let greedy = RowSampling::greedy();
+    // A common non-greedy setting, to show what the sampler adds to a step.
+    let top_p = RowSampling {
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 0.95,
+        min_p: 0.0,
+        uniform: 0.5,
+    };
+    let modes = [
+        ("graphs_on", true, Stepping::Overlapped, greedy),
+        ("graphs_on_overlap_off", true, Stepping::Sequential, greedy),
+        ("graphs_off", false, Stepping::Overlapped, greedy),
+        ("graphs_on_sampled_top_p", true, Stepping::Overlapped, top_p),
+    ];
+    let mut single = serde_json::Map::new();
+    let steps = (spec.prompt_tokens, spec.gen_tokens);
+    let bound = bytes.bound(1, spec.prompt_tokens as f64 + spec.gen_tokens as f64 / 2.0);
+    for (name, graphs, stepping, sampling) in modes {
+        model.options.cuda_graphs = graphs;
+        let run = decode_run(model, 1, steps, stepping, sampling)?;
+        let tps = spec.gen_tokens as f64 / run.secs;
+        let mean_gap = run.idle.iter().sum::<f64>() / run.idle.len().max(1) as f64;
+        single.insert(
+            name.into(),
+            json!({
+                "overlapped_steps": stepping == Stepping::Overlapped,
+                "sampling": format!("{sampling:?}"),
+                "tokens_per_second": tps,
+                "ms_per_token": 1e3 / tps,
+                "bandwidth_bound_tokens_per_second": bound,
+                "fraction_of_bound": tps / bound,
+                "median_step_gpu_us": median(run.busy) * 1e6,
+                "median_host_gap_us": median(run.idle) * 1e6,
+                "mean_host_gap_us": mean_gap * 1e6,
+            }),
+        );
+    }
+    model.options.cuda_graphs = true;
+    Ok(single)
+}
+
+/// Greedy decode at each of `spec.batch_sizes`, graphs on, overlapped steps.
+fn batched_decode(
+    model: &mut CudaModel,
+    spec: &GpuBenchSpec,
+    bytes: &StepBytes,
+) -> Result<Vec<Value>> {
+    let mut batched = Vec::new();
+    let avg_ctx = spec.prompt_tokens as f64 + spec.batch_decode_steps as f64 / 2.0;
+    for &b in &spec.batch_sizes {
+        let steps = (spec.prompt_tokens, spec.batch_decode_steps);
+        let run = decode_run(model, b, steps, Stepping::Overlapped, RowSampling::greedy())?;
+        let tps = (b * spec.batch_decode_steps) as f64 / run.secs;
+        let bound = bytes.bound(b, avg_ctx);
+        batched.push(json!({
+            "batch": b,
+            "tokens_per_second": tps,
+            "median_step_gpu_us": median(run.busy) * 1e6,
+            "bandwidth_bound_tokens_per_second": bound,
+            "fraction_of_bound": tps / bound,
+        }));
+    }
+    Ok(batched)
+}
+
 /// Runs the whole benchmark and returns the report's `results` object.
 pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> Result<Value> {
     let c = model.config().clone();
@@ -319,14 +407,8 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
     let params = weight_bytes as f64 / model.backend().dtype.size() as f64;
     // Warm-up: compile plans, capture graphs for the buckets used below.
     ttft(model, spec.prefill_tokens)?;
-    let greedy = RowSampling::greedy();
-    decode_run(
-        model,
-        1,
-        (spec.prompt_tokens, 4),
-        Stepping::Overlapped,
-        greedy,
-    )?;
+    let warm = (spec.prompt_tokens, 4);
+    decode_run(model, 1, warm, Stepping::Overlapped, RowSampling::greedy())?;
 
     let mut ttfts = Vec::new();
     for _ in 0..spec.repeat.max(3) {
@@ -349,71 +431,13 @@ pub fn run(model: &mut CudaModel, spec: &GpuBenchSpec, weight_bytes: usize) -> R
     model.reset_allocation_count();
     let prefill_flops = 2.0 * params * prefill_big as f64 / prefill_s;
 
-    let mut single = serde_json::Map::new();
-    // A common non-greedy setting, to show what the sampler adds to a step.
-    let top_p = RowSampling {
-        temperature: 0.8,
-        top_k: 0,
-        top_p: 0.95,
-        min_p: 0.0,
-        uniform: 0.5,
+    let bytes = StepBytes {
+        copy_bandwidth: bw,
+        weights: weight_bytes as f64,
+        kv_per_token: kv_token_bytes as f64,
     };
-    let modes = [
-        ("graphs_on", true, Stepping::Overlapped, greedy),
-        ("graphs_on_overlap_off", true, Stepping::Sequential, greedy),
-        ("graphs_off", false, Stepping::Overlapped, greedy),
-        ("graphs_on_sampled_top_p", true, Stepping::Overlapped, top_p),
-    ];
-    for (name, graphs, stepping, sampling) in modes {
-        model.options.cuda_graphs = graphs;
-        let run = decode_run(
-            model,
-            1,
-            (spec.prompt_tokens, spec.gen_tokens),
-            stepping,
-            sampling,
-        )?;
-        let avg_ctx = spec.prompt_tokens as f64 + spec.gen_tokens as f64 / 2.0;
-        let bound = bw / (weight_bytes as f64 + avg_ctx * kv_token_bytes as f64);
-        let tps = spec.gen_tokens as f64 / run.secs;
-        single.insert(
-            name.into(),
-            json!({
-                "overlapped_steps": stepping == Stepping::Overlapped,
-                "sampling": format!("{sampling:?}"),
-                "tokens_per_second": tps,
-                "ms_per_token": 1e3 / tps,
-                "bandwidth_bound_tokens_per_second": bound,
-                "fraction_of_bound": tps / bound,
-                "median_step_gpu_us": median(run.busy) * 1e6,
-                "median_host_gap_us": median(run.idle.clone()) * 1e6,
-                "mean_host_gap_us": run.idle.iter().sum::<f64>() / run.idle.len().max(1) as f64 * 1e6,
-            }),
-        );
-    }
-    model.options.cuda_graphs = true;
-
-    let mut batched = Vec::new();
-    for &b in &spec.batch_sizes {
-        let run = decode_run(
-            model,
-            b,
-            (spec.prompt_tokens, spec.batch_decode_steps),
-            Stepping::Overlapped,
-            greedy,
-        )?;
-        let (secs, busy) = (run.secs, run.busy);
-        let avg_ctx = spec.prompt_tokens as f64 + spec.batch_decode_steps as f64 / 2.0;
-        let step_bytes = weight_bytes as f64 + b as f64 * avg_ctx * kv_token_bytes as f64;
-        let tps = (b * spec.batch_decode_steps) as f64 / secs;
-        batched.push(json!({
-            "batch": b,
-            "tokens_per_second": tps,
-            "median_step_gpu_us": median(busy) * 1e6,
-            "bandwidth_bound_tokens_per_second": b as f64 * bw / step_bytes,
-            "fraction_of_bound": tps / (b as f64 * bw / step_bytes),
-        }));
-    }
+    let single = batch1_decode(model, spec, &bytes)?;
+    let batched = batched_decode(model, spec, &bytes)?;
     Ok(json!({
         "device": model.backend().gpu.info.name,
         "dtype": format!("{:?}", model.backend().dtype),
