@@ -15,10 +15,11 @@
 #define SAMPLE_PARAMS 5
 #define SAMPLE_THREADS 1024
 
-// Scaled logit of column c: (logit - max) / temperature, so the largest is 0.
+// Scaled logit: (logit - max) / temperature, so the largest is 0; sample_z of column c.
+__device__ __forceinline__ float scaled_logit(float x, float mx, float inv_t) { return (x - mx) * inv_t; }
 template <typename T>
 __device__ __forceinline__ float sample_z(const T* row, int c, float mx, float inv_t) {
-  return (to_f(row[c]) - mx) * inv_t;
+  return scaled_logit(to_f(row[c]), mx, inv_t);
 }
 
 // Largest t in [lo, 0] with count(z >= t) >= k (when `by_mass` is 0) or with
@@ -40,7 +41,7 @@ __device__ float sample_search(const T* row, int cols, float mx, float inv_t, fl
 #pragma unroll
     for (int j = 0; j < SAMPLE_SPLITS - 1; j++) acc[j] = 0.f;
     for_each_logit(row, cols, [&](int, float x) {
-      const float z = (x - mx) * inv_t;
+      const float z = scaled_logit(x, mx, inv_t);
       if (z < lo + step) return;
       const float w = by_mass ? expf(z) : 1.f;
 #pragma unroll
@@ -83,7 +84,7 @@ __device__ __forceinline__ float sample_vector_mass(uint4 w, float mx, float inv
   unpack16(w, x, T());
 #pragma unroll
   for (int e = 0; e < 16 / (int)sizeof(T); e++) {
-    const float z = (x[e] - mx) * inv_t;
+    const float z = scaled_logit(x[e], mx, inv_t);
     if (z >= thr) m += expf(z);
   }
   return m;
@@ -196,7 +197,7 @@ __device__ bool sample_draw_by_spans(u32* ids, const T* row, int cols, float mx,
   unpack16(w, x, T());
   int last = v * EPV;
   for (int e = 0; e < EPV; e++) {
-    const float z = (x[e] - mx) * inv_t;
+    const float z = scaled_logit(x[e], mx, inv_t);
     if (z >= thr) {
       last = v * EPV + e;
       acc += expf(z);
@@ -230,12 +231,12 @@ __device__ void sample_impl(u32* ids, const T* logits, int cols, const float* pa
   const float inv_t = 1.f / temp;
   // Count and mass are full at zmin. Below -88 exp(z) is 0 in f32: such tokens can never be
   // drawn, so starting there keeps the bisection's range (and step) small.
-  float thr = fmaxf((mn - mx) * inv_t, -88.f);
+  float thr = fmaxf(scaled_logit(mn, mx, inv_t), -88.f);
   if (top_k > 0 && top_k < cols) thr = sample_search(row, cols, mx, inv_t, thr, (float)top_k, 0);
   if (top_p < 1.f) {
     float total = 0.f;
     for_each_logit(row, cols, [&](int, float x) {
-      const float z = (x - mx) * inv_t;
+      const float z = scaled_logit(x, mx, inv_t);
       if (z >= thr) total += expf(z);
     });
     thr = sample_search(row, cols, mx, inv_t, thr, top_p * block_sum(total), 1);

@@ -203,16 +203,6 @@ impl Gpu {
         unsafe { result::memcpy_htod_sync(ptr, data) }.map_err(driver("uploading"))
     }
 
-    /// Copies `data` to `ptr` on the stream, after every kernel queued before it. The driver
-    /// stages pageable memory before returning, so `data` may be dropped at once.
-    pub fn upload_in_order<T: Copy>(&self, ptr: sys::CUdeviceptr, data: &[T]) -> Result<()> {
-        self.bind()?;
-        // SAFETY: the range at `ptr` holds `data`'s bytes (caller's contract); the copy is
-        // ordered on the one stream every kernel runs on.
-        unsafe { result::memcpy_htod_async(ptr, data, self.stream.cu_stream()) }
-            .map_err(driver("uploading step data"))
-    }
-
     /// Copies `data` to a new device buffer (synchronous; load time only).
     pub fn upload<T: Copy>(&self, data: &[T]) -> Result<DeviceBuffer> {
         let buf = self.alloc(std::mem::size_of_val(data))?;
@@ -246,9 +236,7 @@ impl Gpu {
 
     /// Synchronous device-to-host copy (waits for the stream first).
     pub fn copy_to_host<T>(&self, dst: &mut [T], src: u64) -> Result<()> {
-        // SAFETY: `src` holds at least `dst`'s bytes.
-        unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
-            .map_err(driver("copying from the GPU"))?;
+        self.copy_to_host_async(dst, src)?;
         self.synchronize()
     }
 

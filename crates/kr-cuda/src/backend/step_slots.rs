@@ -36,6 +36,26 @@ struct Slot {
     outstanding: bool,
 }
 
+impl Slot {
+    /// Records `done` after the copies queued so far that use this slot.
+    fn mark(&mut self, gpu: &Gpu) -> Result<()> {
+        self.done
+            .record(&gpu.stream)
+            .map_err(driver("recording an event"))?;
+        self.outstanding = true;
+        Ok(())
+    }
+
+    /// Waits until the GPU is past the last `mark` (at once if nothing is outstanding).
+    fn wait(&mut self, what: &str) -> Result<()> {
+        if self.outstanding {
+            self.done.synchronize().map_err(driver(what))?;
+            self.outstanding = false;
+        }
+        Ok(())
+    }
+}
+
 /// A sampled step whose tokens are on their way to the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SampledTokens {
@@ -84,12 +104,7 @@ impl StepSlots {
     pub(super) fn next_staging(&mut self) -> Result<&mut [u32]> {
         self.current = (self.current + 1) % SLOTS;
         let slot = &mut self.slots[self.current];
-        if slot.outstanding {
-            slot.done
-                .synchronize()
-                .map_err(driver("waiting for an earlier step"))?;
-            slot.outstanding = false;
-        }
+        slot.wait("waiting for an earlier step")?;
         Ok(slot.staging.as_mut_slice())
     }
 
@@ -98,12 +113,7 @@ impl StepSlots {
     /// that sample nothing (prefill chunks) never wait, and a third one in a row could
     /// rewrite the words the first one's copy has yet to read.
     pub(super) fn fence_current(&mut self, gpu: &Gpu) -> Result<()> {
-        let slot = &mut self.slots[self.current];
-        slot.done
-            .record(&gpu.stream)
-            .map_err(driver("recording an event"))?;
-        slot.outstanding = true;
-        Ok(())
+        self.slots[self.current].mark(gpu)
     }
 
     /// The device tokens of a sampled step (to feed the next step's ids).
@@ -153,12 +163,7 @@ impl CudaBackend {
         if self.error.borrow().is_none() {
             let host = &mut slot.tokens.as_mut_slice()[..n];
             self.record(self.gpu.copy_to_host_async(host, out));
-            self.record(
-                slot.done
-                    .record(&self.gpu.stream)
-                    .map_err(driver("recording an event")),
-            );
-            slot.outstanding = true;
+            self.record(slot.mark(&self.gpu));
         }
         SampledTokens {
             slot: current,
@@ -171,14 +176,7 @@ impl CudaBackend {
     pub fn collect_tokens(&self, step: SampledTokens) -> Vec<u32> {
         let mut slots = self.step_slots.borrow_mut();
         let slot = &mut slots.slots[step.slot];
-        if slot.outstanding {
-            self.record(
-                slot.done
-                    .synchronize()
-                    .map_err(driver("waiting for sampled tokens")),
-            );
-            slot.outstanding = false;
-        }
+        self.record(slot.wait("waiting for sampled tokens"));
         slot.tokens.as_mut_slice()[..step.rows].to_vec()
     }
 
