@@ -230,7 +230,7 @@ __device__ void sample_impl(u32* ids, const T* logits, int cols, const float* pa
   mn = -block_max(-mn);
   const float inv_t = 1.f / temp;
   // Count and mass are full at zmin. Below -88 exp(z) is 0 in f32: such tokens can never be
-  // drawn, so starting there keeps the bisection's range (and step) small.
+  // drawn, so starting there keeps the search's range (and step) small.
   float thr = fmaxf(scaled_logit(mn, mx, inv_t), -88.f);
   if (top_k > 0 && top_k < cols) thr = sample_search(row, cols, mx, inv_t, thr, (float)top_k, 0);
   if (top_p < 1.f) {
