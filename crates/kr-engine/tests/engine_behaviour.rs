@@ -32,6 +32,7 @@ fn batched(engine: &kr_engine::EngineHandle, reqs: Vec<(Prompt, SamplingParams)>
 
 #[test]
 fn greedy_and_seeded_outputs_are_identical_alone_and_batched() {
+    let Some(_) = smollm2() else { return };
     let engine = start(|_| {});
     let greedy = SamplingParams::greedy(24);
     let seeded = |s| SamplingParams {
@@ -66,6 +67,7 @@ fn greedy_and_seeded_outputs_are_identical_alone_and_batched() {
 
 #[test]
 fn outputs_survive_preemption_and_every_block_returns() {
+    let Some(_) = smollm2() else { return };
     let reference = start(|_| {});
     let want: Vec<Output> = QUESTIONS
         .iter()
@@ -90,6 +92,7 @@ fn outputs_survive_preemption_and_every_block_returns() {
 
 #[test]
 fn aborted_stopped_and_finished_requests_free_their_blocks() {
+    let Some(_) = smollm2() else { return };
     let engine = start(|_| {});
     // Aborted mid-stream by dropping the stream.
     let mut s = engine
@@ -129,6 +132,7 @@ fn aborted_stopped_and_finished_requests_free_their_blocks() {
 
 #[test]
 fn invalid_input_is_a_clear_error() {
+    let Some(_) = smollm2() else { return };
     let engine = start(|_| {});
     let bad = SamplingParams {
         top_p: 1.5,
@@ -151,7 +155,7 @@ fn invalid_input_is_a_clear_error() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("context window"), "{err}");
+    assert!(err.contains("prompt is empty"), "{err}");
     let err = engine
         .submit(GenerateRequest {
             prompt: Prompt::Tokens(vec![1 << 20]),
@@ -171,7 +175,8 @@ fn missing_and_truncated_model_files_are_named() {
         .unwrap()
         .to_string();
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
-    let bytes = std::fs::read(smollm2_path()).unwrap();
+    let Some(smollm2) = smollm2() else { return };
+    let bytes = std::fs::read(smollm2).unwrap();
     let dir = std::env::temp_dir().join(format!("kr-serve-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let truncated = dir.join("truncated.gguf");

@@ -1,7 +1,8 @@
 //! The engine on a GPU samples on the device (only token ids come back) whenever no request
-//! of the step needs its logits on the host. Skipped (passes, prints "skipped") without a
-//! usable GPU; on the GPU machine run the binary built here (`cargo test -p kr-engine --test
-//! gpu_sampling --no-run`). Uses the tiny Hugging Face Llama in f32 from tests/reference.
+//! of the step needs its logits on the host. Ignored unless asked for; on the GPU machine run
+//! `cargo test -p kr-engine --test gpu_sampling -- --ignored` (or the binary `cargo test -p
+//! kr-engine --test gpu_sampling --no-run` builds, with `--ignored`); without a usable GPU the
+//! tests then fail. Uses the tiny Hugging Face Llama in f32 from tests/reference.
 
 mod common;
 
@@ -9,6 +10,13 @@ use common::{collect, generate, Output};
 use kr_engine::{DTypeChoice, DeviceChoice, EngineConfig, EngineHandle, GenerateRequest};
 use kr_engine::{FinishReason, Prompt, SamplingParams};
 use std::path::PathBuf;
+
+/// Fails the test unless GPU 0 is usable (the tests are ignored unless asked for).
+fn require_gpu() {
+    if let Err(e) = kr_cuda::probe(0) {
+        panic!("this test needs an NVIDIA GPU; kr_cuda::probe(0) failed: {e}");
+    }
+}
 
 fn tiny_llama() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/hf-tiny/llama-f32")
@@ -65,11 +73,9 @@ fn together(engine: &EngineHandle, reqs: Vec<(Prompt, SamplingParams)>) -> Vec<O
 }
 
 #[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-engine --test gpu_sampling -- --ignored"]
 fn gpu_engine_samples_on_the_device_and_stays_reproducible() {
-    if let Err(e) = kr_cuda::probe(0) {
-        eprintln!("skipped: {e}");
-        return;
-    }
+    require_gpu();
     let gpu = engine(DeviceChoice::Cuda(0));
     let cpu = engine(DeviceChoice::Cpu);
     // Greedy on the device equals greedy on the CPU (f32 logits agree to ~1e-5).
@@ -158,11 +164,9 @@ fn mixed_batch(stop_token: u32, stop_text: &str) -> Vec<(Prompt, SamplingParams)
 }
 
 #[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-engine --test gpu_sampling -- --ignored"]
 fn overlapped_steps_give_the_tokens_of_sequential_ones() {
-    if let Err(e) = kr_cuda::probe(0) {
-        eprintln!("skipped: {e}");
-        return;
-    }
+    require_gpu();
     let sequential = engine_with(DeviceChoice::Cuda(0), false);
     let overlapped = engine_with(DeviceChoice::Cuda(0), true);
     // A stop token and a stop string the greedy continuations of prompts 2 and 3 meet.

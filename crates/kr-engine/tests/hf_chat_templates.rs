@@ -1,4 +1,4 @@
-//! Chat templates of Llama 3, Qwen3 and Phi-3 (../shared/models/tokenizer-*), rendered by
+//! Chat templates of Llama 3, Qwen3 and Phi-3 (tokenizer-* in the test models), rendered by
 //! kr_model's minijinja ChatTemplate with BOS/EOS from each tokenizer_config.json, must give
 //! exactly the text of transformers' `apply_chat_template` for a multi-turn conversation
 //! with a system message (add_generation_prompt=True). Reference:
@@ -9,6 +9,9 @@ use kr_model::ChatMessage;
 use serde_json::Value;
 use std::path::PathBuf;
 
+#[path = "../../../tests/support/test_models.rs"]
+mod test_models;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -18,10 +21,13 @@ fn read(path: PathBuf) -> Value {
 }
 
 fn check(name: &str) {
+    let Some(config) = test_models::path(&format!("{name}/tokenizer_config.json")) else {
+        return;
+    };
     let r = read(root().join("tests/reference/hf-tiny/chat_templates.json"));
     let messages: Vec<ChatMessage> = serde_json::from_value(r["messages"].clone()).unwrap();
-    let dir = root().join("../shared/models").join(name);
-    let tok_cfg = read(dir.join("tokenizer_config.json"));
+    let dir = test_models::file(name);
+    let tok_cfg = read(config);
     let template = chat_template_from_dir(&dir, &tok_cfg)
         .unwrap()
         .expect("a chat template");

@@ -42,6 +42,7 @@ fn floats(v: &Value) -> Vec<f32> {
 
 #[test]
 fn greedy_chat_answers_paris() {
+    let Some(_) = smollm2() else { return };
     let engine = start(|_| {});
     let out = generate(
         &engine,
@@ -57,8 +58,9 @@ fn greedy_chat_answers_paris() {
 
 #[test]
 fn tokenizer_and_template_match_transformers() {
+    let Some(path) = smollm2() else { return };
     let r = reference();
-    let model = load_model(&smollm2_path()).unwrap();
+    let model = load_model(&path).unwrap();
     for case in r["tokenizer_cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(
@@ -106,8 +108,9 @@ fn max_error(ours: &[f32], every: usize, reference: &[f32]) -> f32 {
 
 #[test]
 fn logits_match_transformers_within_tolerance() {
+    let Some(path) = smollm2() else { return };
     let r = reference();
-    let model = load_model(&smollm2_path()).unwrap();
+    let model = load_model(&path).unwrap();
     let mut worst = 0f32;
     for p in r["prompts"].as_array().unwrap() {
         let prompt = ids(&p["input_ids"]);
@@ -143,6 +146,7 @@ fn logits_match_transformers_within_tolerance() {
 
 #[test]
 fn greedy_continuations_match_transformers() {
+    let Some(_) = smollm2() else { return };
     let r = reference();
     let engine = start(|_| {});
     for p in r["prompts"].as_array().unwrap() {

@@ -1,18 +1,21 @@
-//! Tokenizer conformance with llama.cpp's own test vectors (../shared/models/vocab-gguf):
+//! Tokenizer conformance with llama.cpp's own test vectors (vocab-gguf in the test models):
 //! `X.gguf.inp` holds inputs, each followed by "\n__ggml_vocab_test__\n"; `X.gguf.out` the
 //! ids llama.cpp's test-tokenizer-0 expects, one line per input. That test tokenises with
 //! `add_special = false` (no BOS) and `parse_special = false`; the SentencePiece space
 //! prefix is part of the expected ids.
 //!
-//! The Hugging Face tokenizer.json files in ../shared/models must give the same ids as the
+//! The Hugging Face tokenizer.json files in the test models must give the same ids as the
 //! matching GGUF vocabulary on those inputs (encoded without a post-processor, so no BOS).
 
 use kr_model::gguf::GgufFile;
 use kr_model::Tokenizer;
 use std::path::PathBuf;
 
+#[path = "../../../tests/support/test_models.rs"]
+mod test_models;
+
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/vocab-gguf")
+    test_models::file("vocab-gguf")
 }
 
 /// The (input, expected ids) pairs of one vocabulary.
@@ -57,7 +60,9 @@ fn assert_encodes(tok: &Tokenizer, cases: &[(String, Vec<u32>)], what: &str) {
 }
 
 fn check(name: &str) {
-    let path = dir().join(format!("ggml-vocab-{name}.gguf"));
+    let Some(path) = test_models::path(&format!("vocab-gguf/ggml-vocab-{name}.gguf")) else {
+        return;
+    };
     let file = GgufFile::open(&path).expect("vocab GGUF opens");
     let tok = Tokenizer::from_gguf(&file).expect("tokenizer builds");
     let cases = vectors(name);
@@ -100,7 +105,12 @@ fn phi3() {
 
 /// Ids from `models/DIR/tokenizer.json` against the expected ids of vocab `name`.
 fn check_json(dir_name: &str, name: &str) {
-    let path = dir().join(format!("../{dir_name}/tokenizer.json"));
+    let Some(path) = test_models::path(&format!("{dir_name}/tokenizer.json")) else {
+        return;
+    };
+    let Some(_) = test_models::path(&format!("vocab-gguf/ggml-vocab-{name}.gguf.inp")) else {
+        return;
+    };
     let tok = Tokenizer::from_tokenizer_json(&path).expect("tokenizer.json loads");
     let cases = vectors(name);
     assert_encodes(

@@ -1,13 +1,11 @@
-//! `kr-serve run` on llama2.c's stories260K, from ../shared and built in (no `--model`):
+//! `kr-serve run` on llama2.c's stories260K, from the test models and built in (no `--model`):
 //! stdout must be exactly llama2.c's `run -t 0.0 -n 200` text (stories260K/SOURCE.txt).
 //! Also `kr-serve models inspect` on the built-in model, a GGUF file and a bad path.
 
 use std::process::Command;
 
-const STORIES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/models/stories260K/stories260K.bin"
-);
+#[path = "../../../tests/support/test_models.rs"]
+mod test_models;
 
 const REFERENCE: &str = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"\nLily didn't want to help her mom, so she";
 
@@ -33,7 +31,11 @@ fn run(model: Option<&str>) -> String {
 
 #[test]
 fn llama2c_file_prints_the_llama2c_reference() {
-    assert_eq!(run(Some(STORIES)), format!("{REFERENCE}\n"));
+    let Some(stories) = test_models::path(test_models::STORIES260K) else {
+        return;
+    };
+    let stories = stories.to_str().expect("a UTF-8 path");
+    assert_eq!(run(Some(stories)), format!("{REFERENCE}\n"));
 }
 
 #[test]
@@ -43,10 +45,13 @@ fn builtin_default_prints_the_llama2c_reference() {
 
 #[test]
 fn a_llama2c_file_without_its_tokenizer_names_what_was_looked_for() {
+    let Some(stories) = test_models::path(test_models::STORIES260K) else {
+        return;
+    };
     let dir = std::env::temp_dir().join(format!("kr-llama2c-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join("m.bin");
-    std::fs::copy(STORIES, &model).unwrap();
+    std::fs::copy(stories, &model).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kr-serve"))
         .args([
             "run",
@@ -93,11 +98,13 @@ fn models_inspect_describes_the_builtin_model() {
 
 #[test]
 fn models_inspect_reads_a_gguf_header_and_names_bad_paths() {
-    let gguf = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
-    );
-    let out = inspect(&[gguf]);
+    let out = inspect(&["/no/such/model.gguf"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/model.gguf"));
+    let Some(gguf) = test_models::path(test_models::SMOLLM2) else {
+        return;
+    };
+    let out = inspect(&[gguf.to_str().expect("a UTF-8 path")]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -113,9 +120,6 @@ fn models_inspect_reads_a_gguf_header_and_names_bad_paths() {
     ] {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
     }
-    let out = inspect(&["/no/such/model.gguf"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/model.gguf"));
 }
 
 #[test]

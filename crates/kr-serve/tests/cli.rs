@@ -2,10 +2,14 @@
 
 use std::process::Command;
 
-const SMOLLM2: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
-);
+#[path = "../../../tests/support/test_models.rs"]
+mod test_models;
+
+/// The SmolLM2 GGUF as an argument, or `None` (and a `skipped: …` line) without it.
+fn smollm2() -> Option<String> {
+    let p = test_models::path(test_models::SMOLLM2)?;
+    Some(p.to_str().expect("a UTF-8 path").to_string())
+}
 
 fn kr_serve(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kr-serve"))
@@ -16,10 +20,11 @@ fn kr_serve(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn run_prints_the_answer_on_stdout_and_stats_on_stderr() {
+    let Some(smollm2) = smollm2() else { return };
     let out = kr_serve(&[
         "run",
         "--model",
-        SMOLLM2,
+        &smollm2,
         "--prompt",
         "What is the capital of France?",
         "--temperature",
@@ -48,10 +53,11 @@ fn bad_flags_and_files_give_a_message_and_a_hint() {
         err.contains("/no/such/model.gguf") && err.contains("hint:"),
         "{err}"
     );
+    let Some(smollm2) = smollm2() else { return };
     let out = kr_serve(&[
         "run",
         "--model",
-        SMOLLM2,
+        &smollm2,
         "--prompt",
         "hi",
         "--temperature",
@@ -67,12 +73,13 @@ fn bad_flags_and_files_give_a_message_and_a_hint() {
 
 #[test]
 fn bench_engine_writes_a_json_report() {
+    let Some(smollm2) = smollm2() else { return };
     let path = std::env::temp_dir().join(format!("kr-bench-{}.json", std::process::id()));
     let out = kr_serve(&[
         "bench",
         "engine",
         "--model",
-        SMOLLM2,
+        &smollm2,
         "--batch-sizes",
         "1,2",
         "--gen-tokens",

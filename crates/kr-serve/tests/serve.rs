@@ -5,10 +5,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
-const SMOLLM2: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
-);
+#[path = "../../../tests/support/test_models.rs"]
+mod test_models;
 
 fn http_get(addr: &str, path: &str, key: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
@@ -35,18 +33,15 @@ fn start_stream(addr: &str, key: &str) -> std::net::TcpStream {
 
 #[test]
 fn serve_answers_and_exits_zero_on_sigterm() {
+    let Some(smollm2) = test_models::path(test_models::SMOLLM2) else {
+        return;
+    };
     let keys = std::env::temp_dir().join(format!("kr-serve-keys-{}", std::process::id()));
     std::fs::write(&keys, "# API keys\nk1\n\nk2\n").expect("key file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_kr-serve"))
-        .args([
-            "serve",
-            "--model",
-            SMOLLM2,
-            "--port",
-            "0",
-            "--kv-cache-mib",
-            "64",
-        ])
+        .args(["serve", "--model"])
+        .arg(&smollm2)
+        .args(["--port", "0", "--kv-cache-mib", "64"])
         .arg("--api-key-file")
         .arg(&keys)
         .stderr(Stdio::piped())

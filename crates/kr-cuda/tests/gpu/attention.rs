@@ -143,10 +143,9 @@ fn attention_vs_cpu(
 /// prefills. Tolerance 2e-2: outputs are O(0.5) averages; the GPU rounds q, k, v, the
 /// probabilities and the output to bf16.
 #[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
 fn bf16_prefill_attention_matches_cpu() {
-    if !gpu_available() {
-        return;
-    }
+    require_gpu();
     for head_dim in [64, 128] {
         let worst = attention_vs_cpu(
             DType::Bf16,
@@ -239,10 +238,9 @@ fn check_every_decode_path(label: &str, blocks: usize, steps: &StepsFn) {
 /// Decode attention on both of its paths (one block per sequence x kv head, and split-K),
 /// f32 and bf16. Tolerances: f32 1e-4; bf16 2e-2 as above.
 #[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
 fn decode_attention_matches_cpu_with_many_and_few_sequences() {
-    if !gpu_available() {
-        return;
-    }
+    require_gpu();
     check_every_decode_path("decode attention", 256, &many_decode_steps);
 }
 
@@ -278,9 +276,8 @@ fn long_decode_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
 /// Decode attention over long contexts (the split-K kernel's multi-tile path), f32 and bf16.
 /// Tolerances as above.
 #[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
 fn decode_attention_matches_cpu_over_long_contexts() {
-    if !gpu_available() {
-        return;
-    }
+    require_gpu();
     check_every_decode_path("long-context decode", 200, &long_decode_steps);
 }

@@ -1,5 +1,9 @@
-//! Shared helpers of the engine's end-to-end tests (real SmolLM2 weights from ../shared).
+//! Shared helpers of the engine's end-to-end tests (real SmolLM2 weights from the test
+//! models folder, see tests/support/test_models.rs).
 #![allow(dead_code)]
+
+#[path = "../../../../tests/support/test_models.rs"]
+pub mod test_models;
 
 use kr_engine::{
     EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest, Prompt, SamplingParams,
@@ -8,9 +12,15 @@ use kr_model::{AttnMeta, SeqAttn};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The SmolLM2 GGUF, or `None` (and a `skipped: …` line) without the test models:
+/// `let Some(_) = smollm2() else { return };` starts every test that needs it.
+pub fn smollm2() -> Option<PathBuf> {
+    test_models::path(test_models::SMOLLM2)
+}
+
+/// The SmolLM2 GGUF's path, unchecked (after [`smollm2`]).
 pub fn smollm2_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf")
+    test_models::file(test_models::SMOLLM2)
 }
 
 pub fn start(f: impl FnOnce(&mut EngineConfig)) -> EngineHandle {
@@ -67,11 +77,23 @@ pub fn wait_for_blocks(engine: &EngineHandle, used: u64) {
     }
 }
 
-/// Logits at chosen positions of a prompt, computed by one forward pass.
+/// Logits at chosen positions of a prompt, computed by one forward pass of a CPU runner.
 pub fn logits_at(model: &kr_engine::LoadedModel, prompt: &[u32], rows: &[usize]) -> Vec<Vec<f32>> {
     let bs = 16;
     let blocks = prompt.len().div_ceil(bs);
-    let mut cache = model.decoder.new_kv_cache(blocks, bs);
+    let cfg = kr_engine::RunnerConfig {
+        device: kr_engine::DeviceChoice::Cpu,
+        dtype: kr_engine::DTypeChoice::Auto,
+        kv_cache_mib: 0,
+        block_size: bs,
+        num_kv_blocks: Some(blocks),
+        max_num_batched_tokens: prompt.len(),
+        max_num_seqs: 1,
+        max_model_len: prompt.len(),
+        gpu_memory_fraction: 0.9,
+        cuda_graphs: false,
+    };
+    let mut runner = kr_engine::Runner::place(&model.weights, &cfg).expect("a CPU runner");
     let table: Vec<u32> = (0..blocks as u32).collect();
     let meta = AttnMeta {
         positions: (0..prompt.len() as u32).collect(),
@@ -85,9 +107,9 @@ pub fn logits_at(model: &kr_engine::LoadedModel, prompt: &[u32], rows: &[usize])
         logit_rows: rows.to_vec(),
     };
     let vocab = model.config().vocab_size;
-    model
-        .decoder
-        .forward(prompt, &meta, &mut cache)
+    runner
+        .forward(prompt, &meta)
+        .expect("a CPU forward pass")
         .chunks(vocab)
         .map(<[f32]>::to_vec)
         .collect()

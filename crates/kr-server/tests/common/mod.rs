@@ -2,6 +2,9 @@
 //! 127.0.0.1:0 running on its own thread and runtime, and small HTTP helpers.
 #![allow(dead_code)]
 
+#[path = "../../../../tests/support/test_models.rs"]
+pub mod test_models;
+
 use kr_engine::{EngineConfig, EngineHandle};
 use kr_server::ServerConfig;
 use serde_json::{json, Value};
@@ -11,9 +14,15 @@ use std::time::{Duration, Instant};
 
 pub const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
 
+/// The SmolLM2 GGUF, or `None` (and a `skipped: …` line) without the test models:
+/// `let Some(_) = smollm2() else { return };` starts every test that needs it.
+pub fn smollm2() -> Option<PathBuf> {
+    test_models::path(test_models::SMOLLM2)
+}
+
+/// The SmolLM2 GGUF's path, unchecked (after [`smollm2`]).
 pub fn smollm2_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf")
+    test_models::file(test_models::SMOLLM2)
 }
 
 pub fn engine(f: impl FnOnce(&mut EngineConfig)) -> EngineHandle {

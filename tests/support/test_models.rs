@@ -1,0 +1,75 @@
+//! Where the tests find the real models (SmolLM2, stories260K, tokenizers, vocab GGUFs):
+//! `$KR_TEST_MODELS` if set (a relative path is taken from the repository root), else
+//! `../shared/models` beside the checkout. `scripts/fetch-test-models.sh` downloads the same
+//! files from their public sources.
+//!
+//! Included by every test crate that needs them:
+//! `#[path = "../../../tests/support/test_models.rs"] mod test_models;`
+//! and used as `let Some(model) = test_models::path(test_models::SMOLLM2) else { return };`:
+//! without the file the test prints one `skipped: …` line on stderr and returns.
+//! `.ci/run` requires the models, so CI never skips.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The variable naming the models folder.
+pub const VAR: &str = "KR_TEST_MODELS";
+/// The script that downloads the models, from the repository root.
+pub const SCRIPT: &str = "scripts/fetch-test-models.sh";
+
+/// SmolLM2-135M-Instruct, GGUF Q4_1.
+pub const SMOLLM2: &str = "smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Karpathy's stories260K in llama2.c format (its tok512.bin beside it).
+pub const STORIES260K: &str = "stories260K/stories260K.bin";
+
+/// The repository root (two levels above the including crate's manifest).
+pub fn repo_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// The models folder: `$KR_TEST_MODELS`, else `<repository root>/../shared/models`.
+/// It may not exist.
+pub fn dir() -> PathBuf {
+    match std::env::var_os(VAR) {
+        Some(d) if !d.is_empty() => repo_root().join(d),
+        _ => {
+            let root = repo_root();
+            match root.parent() {
+                Some(parent) => parent.join("shared/models"),
+                None => root.join("../shared/models"),
+            }
+        }
+    }
+}
+
+/// `rel` inside the models folder, whether or not it is there (for tests that already
+/// checked with [`path`], or that need a path that does not exist).
+pub fn file(rel: &str) -> PathBuf {
+    dir().join(rel)
+}
+
+/// `rel` inside the models folder if it is there; otherwise prints one line on stderr (even
+/// without `--nocapture`) naming the test, the missing path, the variable and the script,
+/// and gives `None`:
+/// `let Some(p) = test_models::path(test_models::SMOLLM2) else { return };`
+pub fn path(rel: &str) -> Option<PathBuf> {
+    let p = file(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    let thread = std::thread::current();
+    let test = thread
+        .name()
+        .filter(|n| *n != "main")
+        .unwrap_or("this test");
+    let line = format!(
+        "skipped: {test} needs the test models ({} is missing); set {VAR}=/path/to/models or run {SCRIPT}\n",
+        p.display()
+    );
+    // Straight to stderr, in one write: the test harness captures `eprintln!` of passing
+    // tests, and other tests' lines must not break into this one.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    None
+}
