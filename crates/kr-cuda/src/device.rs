@@ -101,12 +101,6 @@ fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
     CudaContext::new(ordinal).map_err(driver("opening the GPU"))
 }
 
-/// Whether the comparison switch `var` is set to 0 (the project's switches are on unless
-/// `=0`).
-pub(crate) fn switched_off(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| v.trim() == "0")
-}
-
 /// Runs `f`, turning a panic (cudarc's answer to a missing library) into `Err` without
 /// printing the panic message: on a machine without a GPU that is the expected case.
 pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
@@ -302,7 +296,7 @@ fn compile_switches() -> Vec<String> {
         ("KR_CUDA_GEMV_PRELOAD", "KR_GEMV_PRELOAD"),
     ]
     .iter()
-    .map(|(var, define)| format!("-D{define}={}", u8::from(!switched_off(var))))
+    .map(|(var, define)| format!("-D{define}={}", u8::from(!crate::tuning::switched_off(var))))
     .chain(gemv_head_define())
     .chain(crate::backend::gemv_mma::compile_defines())
     .collect()
@@ -311,7 +305,7 @@ fn compile_switches() -> Vec<String> {
 /// `KR_CUDA_GEMV_HEAD=4|8`: weight vectors per lane the GEMVs load before the launch wait
 /// (kernels.cu's KR_GEMV_HEAD, default 8; for comparison runs).
 fn gemv_head_define() -> Option<String> {
-    let head = std::env::var("KR_CUDA_GEMV_HEAD").ok()?;
+    let head = crate::tuning::value("KR_CUDA_GEMV_HEAD")?;
     matches!(head.trim(), "4" | "8").then(|| format!("-DKR_GEMV_HEAD={}", head.trim()))
 }
 
@@ -373,7 +367,7 @@ fn nvrtc_version() -> Result<String> {
 
 /// `$KR_CUDA_CACHE`, else `$XDG_CACHE_HOME/kr-serve/cuda`, else `~/.cache/kr-serve/cuda`.
 fn cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("KR_CUDA_CACHE") {
+    if let Some(d) = crate::tuning::value("KR_CUDA_CACHE") {
         return Some(PathBuf::from(d));
     }
     let base = std::env::var_os("XDG_CACHE_HOME")

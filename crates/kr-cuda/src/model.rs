@@ -74,16 +74,7 @@ fn workspace_bytes(c: &ModelConfig, tokens: usize, seqs: usize, elem: usize) -> 
 /// Bytes of the weight arena: every matrix in the compute dtype, each aligned.
 fn arena_bytes(w: &ModelWeights, elem: usize) -> usize {
     let size = |t: &kr_model::RawTensor| crate::backend::arena_size(t.rows * t.cols * elem);
-    let layers: usize = w
-        .layers
-        .iter()
-        .map(|l| {
-            [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                .map(size)
-                .iter()
-                .sum::<usize>()
-        })
-        .sum();
+    let layers: usize = w.layer_matrices().map(size).sum();
     layers + size(&w.embedding) + w.lm_head.as_ref().map_or(0, size)
 }
 
@@ -177,7 +168,7 @@ impl CudaModel {
 
     /// Fails while `launch_sampled` steps are outstanding: a step run in between would
     /// read or clear their slots (collect them first).
-    fn no_steps_outstanding(&self) -> Result<()> {
+    pub fn no_steps_outstanding(&self) -> Result<()> {
         match self.outstanding.len() {
             0 => Ok(()),
             n => Err(CudaError::Unsupported(format!(
@@ -209,22 +200,9 @@ impl CudaModel {
         })
     }
 
-    /// One token for each of `meta.logit_rows`, sampled on the GPU with `rows[i]` (in the
-    /// order of `logit_rows`).
-    pub fn forward_sampled(
-        &mut self,
-        ids: &[u32],
-        meta: &AttnMeta,
-        rows: &[RowSampling],
-    ) -> Result<Vec<u32>> {
-        self.no_steps_outstanding()?;
-        self.launch_sampled(ids, meta, rows, false)?;
-        self.collect_sampled()
-    }
-
-    /// Queues a step like [`CudaModel::forward_sampled`] without waiting for it;
-    /// [`CudaModel::collect_sampled`] returns its tokens (SPEC P2: the host prepares and
-    /// launches step N+1 while the GPU runs step N). With `feed`, the step's input ids are
+    /// Queues a step that samples one token for each of `meta.logit_rows` on the GPU with
+    /// `rows[i]`, without waiting for it; [`CudaModel::collect_sampled`] returns its tokens
+    /// (the host prepares and launches step N+1 while the GPU runs step N). With `feed`, the step's input ids are
     /// the tokens of the step launched just before, which must have been a `launch_sampled`
     /// step with one sampled row per id here: the host need not know them. At most two steps
     /// are outstanding.

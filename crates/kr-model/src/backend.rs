@@ -58,6 +58,40 @@ impl Rope {
 }
 
 /// The operations a decoder step needs. Every method works on the whole packed batch.
+/// How one logits row is sampled on a device that samples (only token ids come back).
+/// The engine's sampler fills it from a request's validated parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowSampling {
+    /// At or below 0: greedy (the lowest index among the largest logits); the rest is ignored.
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: u32,
+    /// Keep the smallest most-likely set whose probability reaches `top_p`; 1 keeps all.
+    pub top_p: f32,
+    /// Keep tokens at least `min_p` times as likely as the most likely; 0 keeps all.
+    pub min_p: f32,
+    /// In [0, 1): where the draw falls in the kept tokens' probability mass.
+    pub uniform: f32,
+}
+
+impl RowSampling {
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            uniform: 0.0,
+        }
+    }
+}
+
+impl Default for RowSampling {
+    fn default() -> Self {
+        Self::greedy()
+    }
+}
+
 pub trait Backend: Send {
     type Tensor;
     type Weight: Send + Sync;

@@ -24,7 +24,7 @@ pub mod spm;
 pub mod tokenizer;
 pub mod weights;
 
-pub use backend::{AttnMeta, Backend, KvLayout, Rope, SeqAttn};
+pub use backend::{AttnMeta, Backend, KvLayout, Rope, RowSampling, SeqAttn};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{ModelConfig, RopeStyle};
 pub use decoder::Decoder;

@@ -137,21 +137,42 @@ pub struct ModelWeights {
     pub lm_head: Option<RawTensor>,
 }
 
+impl LayerWeights {
+    /// The layer's seven matrices: q, k, v, o, gate, up, down.
+    pub fn matrices(&self) -> [&RawTensor; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+}
+
 impl ModelWeights {
+    /// Every layer's matrices, layer after layer.
+    pub fn layer_matrices(&self) -> impl Iterator<Item = &RawTensor> {
+        self.layers.iter().flat_map(LayerWeights::matrices)
+    }
+
     /// Bytes of all weight matrices as stored.
     pub fn weight_bytes(&self) -> usize {
-        let mats = |l: &LayerWeights| {
-            [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                .iter()
-                .map(|t| t.bytes.as_slice().len())
-                .sum::<usize>()
-        };
-        self.embedding.bytes.as_slice().len()
-            + self.layers.iter().map(mats).sum::<usize>()
-            + self
-                .lm_head
-                .as_ref()
-                .map_or(0, |t| t.bytes.as_slice().len())
+        let bytes = |t: &RawTensor| t.bytes.as_slice().len();
+        bytes(&self.embedding)
+            + self.layer_matrices().map(bytes).sum::<usize>()
+            + self.lm_head.as_ref().map_or(0, bytes)
+    }
+
+    /// Bytes of weights one decode step reads when every matrix is stored with
+    /// `elem_size`-byte elements: every layer's matrices and the output projection (the
+    /// embedding table when tied; otherwise the table is only gathered from, a row a token).
+    pub fn decode_bytes(&self, elem_size: usize) -> usize {
+        let elems = |t: &RawTensor| t.rows * t.cols;
+        let layers: usize = self.layer_matrices().map(elems).sum();
+        (layers + elems(self.lm_head.as_ref().unwrap_or(&self.embedding))) * elem_size
     }
 }
 

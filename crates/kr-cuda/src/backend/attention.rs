@@ -10,9 +10,9 @@
 
 use super::launch::KernelLaunch;
 use super::{interleaved_flag, CudaBackend, CudaKvCache, CudaTensor, DType};
-use crate::device::switched_off;
 use crate::error::driver;
 use crate::meta::{tile_q, ATTENTION_ROWS};
+use crate::tuning::switched_off;
 use cudarc::driver::LaunchConfig;
 use kr_model::{KvLayout, Rope};
 
@@ -56,8 +56,7 @@ struct FusedRope<'a> {
 
 /// `KR_CUDA_DECODE_SPLITS` clamped to 1..=DECODE_MAX_SPLITS (default: the maximum).
 pub(super) fn max_decode_splits() -> usize {
-    std::env::var("KR_CUDA_DECODE_SPLITS")
-        .ok()
+    crate::tuning::value("KR_CUDA_DECODE_SPLITS")
         .and_then(|v| v.trim().parse::<usize>().ok())
         .map_or(DECODE_MAX_SPLITS, |n| n.clamp(1, DECODE_MAX_SPLITS))
 }

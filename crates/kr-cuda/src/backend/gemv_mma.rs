@@ -17,9 +17,8 @@ pub const GEMV_MMA_KERNEL_NAMES: [&str; 3] = ["gemv_mma", "gemv_mma_qkv", "gemv_
 /// The kernel's compile-time shape: warps per block splitting the columns of one tile
 /// (GM_WARPS) and 32-column blocks loaded per warp before their mma (GM_UNROLL); 16 and 4
 /// unless `KR_CUDA_MMA_WARPS` (4, 8, 16 or 32) or `KR_CUDA_MMA_UNROLL` (2, 4 or 8) say
-/// otherwise, for comparison runs. Measured on the H100, batch 8, tok/s on 8B / 1B shapes:
-/// 4 warps 872 / 3616, 8: 1031 / 4529, 16: 1092 / 4895, 32: 1099 / 4547 (unroll 4); unroll 2
-/// and 8 were slower than 4 at 8 and 16 warps.
+/// otherwise, for comparison runs (docs/gpu-tuning.md has the measurements behind the
+/// defaults).
 struct Shape {
     warps: usize,
     unroll: usize,
@@ -29,8 +28,7 @@ fn shape() -> &'static Shape {
     static SHAPE: std::sync::OnceLock<Shape> = std::sync::OnceLock::new();
     SHAPE.get_or_init(|| {
         let pick = |var: &str, allowed: &[usize], default: usize| {
-            std::env::var(var)
-                .ok()
+            crate::tuning::value(var)
                 .and_then(|v| v.trim().parse().ok())
                 .filter(|v| allowed.contains(v))
                 .unwrap_or(default)
@@ -57,9 +55,12 @@ const ROWS_PER_BLOCK: usize = 16;
 /// The fewest tokens that take the tensor-core GEMV: `KR_CUDA_MMA_GEMV=0` turns it off
 /// (`usize::MAX`), `KR_CUDA_MMA_GEMV=1` sends single tokens to it too; default 2.
 pub(super) fn mma_gemv_min_tokens() -> usize {
-    match std::env::var("KR_CUDA_MMA_GEMV").as_deref().map(str::trim) {
-        Ok("0") => usize::MAX,
-        Ok("1") => 1,
+    match crate::tuning::value("KR_CUDA_MMA_GEMV")
+        .as_deref()
+        .map(str::trim)
+    {
+        Some("0") => usize::MAX,
+        Some("1") => 1,
         _ => 2,
     }
 }

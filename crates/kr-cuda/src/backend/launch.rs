@@ -12,7 +12,8 @@
 //! comparison. A launch may also ask for thread-block clusters along z (sm_90+).
 
 use super::CudaBackend;
-use crate::device::{switched_off, Gpu};
+use crate::device::Gpu;
+use crate::tuning::switched_off;
 use cudarc::driver::sys::{
     CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue, CUlaunchConfig,
 };
@@ -28,7 +29,7 @@ pub(super) fn pdl_wanted(gpu: &Gpu) -> bool {
 /// launched, so that the time a kernel really costs inside a CUDA graph can be read off as a
 /// difference of step times. The outputs are then wrong; a warning says so.
 pub(super) fn skipped_kernels() -> Vec<String> {
-    let names: Vec<String> = std::env::var("KR_CUDA_SKIP_KERNELS")
+    let names: Vec<String> = crate::tuning::value("KR_CUDA_SKIP_KERNELS")
         .unwrap_or_default()
         .split(',')
         .map(|n| n.trim().to_string())

@@ -20,8 +20,8 @@
 //!   with `KR_CUDA_FOLD_NORMS=0`, the norm runs as its own kernel.
 
 use super::{per_row, CudaBackend, CudaTensor, CudaVector, CudaWeight};
-use crate::device::switched_off;
 use crate::error::driver;
+use crate::tuning::switched_off;
 
 /// Tokens a slot holds (NORM_SUM_TOKENS in kernels.cu; the GEMV's most tokens).
 pub(super) const NORM_SUM_TOKENS: usize = super::GEMV_MAX_ROWS;

@@ -1,4 +1,4 @@
-//! The host and device buffers of steps in flight (SPEC P2): two slots, taken by alternate
+//! The host and device buffers of steps in flight: two slots, taken by alternate
 //! steps, so that the host can write and launch step N+1 while the GPU still runs step N, and
 //! read step N's tokens after that. A sampled step's tokens can feed the next step's input
 //! ids on the device (`CudaBackend::feed_ids_from`), so the host never waits for them first.
