@@ -1,4 +1,4 @@
-//! The paged KV block pool (SPEC E4): fixed-size blocks with reference counts, and a prefix
+//! The paged KV block pool: fixed-size blocks with reference counts, and a prefix
 //! cache keyed by chained block hashes with LRU eviction of cached free blocks.
 //!
 //! Invariants (checked by [`BlockPool::check_invariants`], run after every mutation in tests):

@@ -10,6 +10,9 @@ pub enum CoreError {
         value: String,
         allowed: String,
     },
+    /// A request without a single prompt token.
+    #[error("the prompt is empty; send at least one token")]
+    EmptyPrompt,
     /// The prompt plus the requested tokens cannot fit in the model's context.
     #[error("prompt has {prompt_tokens} tokens but the context window is {max_model_len}")]
     PromptTooLong {

@@ -1,4 +1,4 @@
-//! Sampling parameters (SPEC E6), validated once at the edge so the engine can trust them.
+//! Sampling parameters, validated once at the edge so the engine can trust them.
 //!
 //! Invariant: a `SamplingParams` that passed [`SamplingParams::validate`] has every value in
 //! the range documented on its field; the sampler relies on this and never re-checks.

@@ -1,4 +1,4 @@
-//! The iteration-level token-budget scheduler (SPEC E5), after vLLM v1's model.
+//! The iteration-level token-budget scheduler, after vLLM v1's model.
 //!
 //! Each request has `tokens` (prompt + generated so far) and `num_computed` (tokens whose KV
 //! is in the cache). A step gives tokens to requests under `max_num_batched_tokens`: running
@@ -285,8 +285,7 @@ impl Scheduler {
     }
 
     /// Plans the step that follows `in_flight` before its sampled tokens are known, so the
-    /// caller can start it while the device still runs `in_flight` (overlapped steps, SPEC
-    /// P2): each sequence of `in_flight`, in the same order, gets one token at the position
+    /// caller can start it while the device still runs `in_flight` (overlapped steps): each sequence of `in_flight`, in the same order, gets one token at the position
     /// after it, whose id is [`AHEAD_TOKEN`] here (the device copies in the token it sampled
     /// for that row). Blocks for the new positions are allocated now.
     ///

@@ -203,7 +203,7 @@ fn fake_step(plan: &StepPlan) -> Vec<u32> {
         .collect()
 }
 
-/// `drain` with overlapped steps (SPEC P2): while a step is "on the device" the next one is
+/// `drain` with overlapped steps: while a step is "on the device" the next one is
 /// planned with `schedule_ahead`, and its placeholder tokens are replaced by the in-flight
 /// step's samples, as the device does. Returns the outputs and how many steps went ahead.
 fn drain_overlapped(sched: &mut Scheduler) -> (HashMap<RequestId, Vec<u32>>, usize) {

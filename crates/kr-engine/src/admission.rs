@@ -1,4 +1,4 @@
-//! The engine's side of the scheduler policies (SPEC S1–S5): owns the pure
+//! The engine's side of the scheduler policies: owns the pure
 //! [`kr_core::policy::Policies`] and the engine's clock, feeds them queue depths and step
 //! times, applies their decisions to the [`Scheduler`] and publishes them in [`SchedStats`].
 //!
@@ -12,14 +12,14 @@ use kr_core::Scheduler;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-pub(crate) struct Admission {
+pub(crate) struct AdmissionPolicies {
     policies: Policies,
     epoch: Instant,
     /// The engine's `max_num_seqs`: the latency controller never goes above it.
     hard_cap: usize,
 }
 
-impl Admission {
+impl AdmissionPolicies {
     pub fn new(cfg: PolicyConfig, sched: &mut Scheduler, stats: &SchedStats) -> Self {
         let mut a = Self {
             policies: Policies::new(PolicyConfig::default()),

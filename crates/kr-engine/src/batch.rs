@@ -1,4 +1,5 @@
-//! Turns a scheduler step plan into one packed model batch and runs it.
+//! Turns a scheduler step plan into one packed model batch: token ids, attention metadata
+//! and what each logits row is for.
 //!
 //! Invariant: the logit rows of a batch are listed sequence after sequence, in plan order,
 //! each sequence's prompt rows (ascending) before its sampled row, so the sampled rows come

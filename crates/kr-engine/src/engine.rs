@@ -6,20 +6,20 @@
 //! - the engine never blocks on a client: events go to unbounded per-request channels, and
 //!   a closed channel means the client is gone, so the request is aborted at once;
 //! - an idle engine parks on the inbox and starts a new request in the turn it arrives
-//!   (the fast path, SPEC S1); otherwise the admission policies (`admission.rs`) may hold
+//!   (the fast path); otherwise the admission policies (`admission.rs`) may hold
 //!   new requests for a short window while the engine is busy (S2–S5);
 //! - a request that asks for prompt logprobs gets a logit row for every prompt position
 //!   (each prefill chunk's rows; positions served from the prefix cache are recomputed
 //!   from the cached keys into a scratch block no sequence owns), all sent with its first
 //!   token.
 
-use crate::admission::Admission;
-use crate::compute::{Compute, DTypeChoice, DeviceChoice};
+use crate::admission::AdmissionPolicies;
+use crate::batch::{build_batch, replay_batch, RowUse};
 use crate::error::{EngineError, Result};
 use crate::handle::{EngineHandle, Event, ModelInfo, Usage};
-use crate::model::{load_model, LoadedModel};
-use crate::runner::{build_batch, replay_batch, RowUse};
-use crate::sampler::{token_logprobs, DeviceDraw, Sampler, TokenLogprobs};
+use crate::model::load_model;
+use crate::runner::{DTypeChoice, DeviceChoice, Runner, RunnerConfig};
+use crate::sampler::{token_logprobs, Sampler, TokenLogprobs};
 use crate::stats::EngineStats;
 use crate::stop::StopMatcher;
 use kr_core::policy::{Gate, PolicyConfig, Priority};
@@ -28,7 +28,7 @@ use kr_core::{
     FinishReason, RequestId, SamplingParams, ScheduledSeq, Scheduler, SchedulerConfig, SeqUpdate,
     StepPlan,
 };
-use kr_model::{IncrementalDecoder, Tokenizer};
+use kr_model::{IncrementalDecoder, RowSampling, Tokenizer};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -58,7 +58,7 @@ pub struct EngineConfig {
     pub gpu_memory_fraction: f64,
     /// On CUDA: replay decode steps from captured graphs.
     pub cuda_graphs: bool,
-    /// On CUDA: launch decode step N+1 before step N's tokens reach the host (SPEC P2).
+    /// On CUDA: launch decode step N+1 before step N's tokens reach the host.
     pub overlap_steps: bool,
     /// Scheduler policies (fast path, admission window, latency controller, aging).
     pub policy: PolicyConfig,
@@ -83,6 +83,22 @@ impl EngineConfig {
             policy: PolicyConfig::default(),
         }
     }
+
+    /// The runner's part of this config, for a context limit of `max_model_len`.
+    pub fn runner_config(&self, max_model_len: usize) -> RunnerConfig {
+        RunnerConfig {
+            device: self.device,
+            dtype: self.dtype,
+            kv_cache_mib: self.kv_cache_mib,
+            block_size: self.block_size,
+            num_kv_blocks: self.num_kv_blocks,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+            max_model_len,
+            gpu_memory_fraction: self.gpu_memory_fraction,
+            cuda_graphs: self.cuda_graphs,
+        }
+    }
 }
 
 pub(crate) enum Command {
@@ -100,7 +116,7 @@ pub(crate) enum Command {
 }
 
 /// Output-side state of one live request.
-struct Live {
+struct RequestState {
     events: UnboundedSender<Event>,
     sampler: Sampler,
     ids: Vec<u32>,
@@ -109,6 +125,9 @@ struct Live {
     stops: StopMatcher,
     /// When the request reached the engine; `None` once it has been scheduled.
     queued_since: Option<Instant>,
+    /// Prompt tokens whose keys and values came from the prefix cache when the request
+    /// was first scheduled.
+    cached_prompt_tokens: usize,
     /// Prompt logprobs being gathered; taken when the first token is sent.
     prompt_lp: Option<PromptLogprobs>,
 }
@@ -123,7 +142,7 @@ struct PromptLogprobs {
     rows: Vec<Option<TokenLogprobs>>,
 }
 
-impl Live {
+impl RequestState {
     /// Positions of `s`'s chunk whose logits the prompt logprobs still need.
     fn prompt_rows(&self, s: &ScheduledSeq) -> Range<usize> {
         match &self.prompt_lp {
@@ -144,12 +163,13 @@ impl Live {
 }
 
 struct EngineLoop {
-    model: LoadedModel,
-    compute: Compute,
+    runner: Runner,
+    tokenizer: Arc<Tokenizer>,
+    vocab_size: usize,
     /// A KV block beyond the scheduler's pool: the write target of prompt-logprob replays.
     scratch_block: u32,
     sched: Scheduler,
-    live: HashMap<RequestId, Live>,
+    live: HashMap<RequestId, RequestState>,
     eos: Vec<u32>,
     inbox: Receiver<Command>,
     /// A command taken from the inbox during overlapped steps, handled first next turn.
@@ -157,7 +177,7 @@ struct EngineLoop {
     /// Launch decode step N+1 before step N's tokens reach the host (see `overlap.rs`).
     overlap_steps: bool,
     stats: Arc<EngineStats>,
-    admission: Admission,
+    admission: AdmissionPolicies,
 }
 
 /// Loads the model, sizes the KV pool and starts the engine thread.
@@ -168,17 +188,13 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         .max_model_len
         .unwrap_or(mc.max_context)
         .min(mc.max_context);
-    let (compute, num_blocks) = Compute::place(&model, &cfg, max_model_len)?;
-    if num_blocks == 0
-        || cfg.block_size == 0
-        || cfg.max_num_seqs == 0
-        || cfg.max_num_batched_tokens == 0
-    {
-        return Err(EngineError::Config(format!(
-            "KV cache of {} MiB holds no block of {} tokens; raise kv_cache_mib",
-            cfg.kv_cache_mib, cfg.block_size
-        )));
+    if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
+        return Err(EngineError::Config(
+            "block_size, max_num_seqs and max_num_batched_tokens must be at least 1".into(),
+        ));
     }
+    let runner = Runner::place(&model.weights, &cfg.runner_config(max_model_len))?;
+    let num_blocks = runner.num_blocks();
     let mut sched = Scheduler::new(SchedulerConfig {
         max_num_batched_tokens: cfg.max_num_batched_tokens,
         max_num_seqs: cfg.max_num_seqs,
@@ -189,7 +205,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
     });
     let stats = Arc::new(EngineStats::default());
     stats.kv_blocks_total.store(num_blocks as u64, Relaxed);
-    let admission = Admission::new(cfg.policy.clone(), &mut sched, &stats.sched);
+    let admission = AdmissionPolicies::new(cfg.policy.clone(), &mut sched, &stats.sched);
     let (tx, rx) = std::sync::mpsc::channel();
     let name = model_name(&cfg.model);
     let info = ModelInfo {
@@ -205,8 +221,9 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
     let eos = model.tokenizer.eos_ids.clone();
     // The cache holds one block more than the scheduler hands out: the replays' scratch block.
     let engine = EngineLoop {
-        model,
-        compute,
+        runner,
+        tokenizer: model.tokenizer,
+        vocab_size: info.config.vocab_size,
         scratch_block: num_blocks as u32,
         sched,
         live: HashMap::new(),
@@ -246,7 +263,7 @@ fn model_name(path: &std::path::Path) -> String {
 /// A stop token contributes no text; a stop string ends the text right before it; any other
 /// end releases everything still held back.
 fn output_text(
-    live: &mut Live,
+    live: &mut RequestState,
     tok: &Tokenizer,
     finish: Option<FinishReason>,
 ) -> kr_model::Result<(String, Option<FinishReason>)> {
@@ -393,12 +410,13 @@ impl EngineLoop {
         self.stats
             .prompt_tokens
             .fetch_add(prompt.len() as u64, Relaxed);
-        let live = Live {
+        let live = RequestState {
             events,
             sampler: Sampler::new(params.clone(), &prompt),
             detok: IncrementalDecoder::new(prompt.len()),
             stops: StopMatcher::new(&params.stop),
             queued_since: Some(Instant::now()),
+            cached_prompt_tokens: 0,
             prompt_lp: prompt_logprobs.map(|n| PromptLogprobs {
                 top_n: n as usize,
                 next: 0,
@@ -429,8 +447,13 @@ impl EngineLoop {
         }
         let t0 = Instant::now();
         for s in &plan.seqs {
-            if let Some(since) = self.live.get_mut(&s.id).and_then(|l| l.queued_since.take()) {
+            let Some(live) = self.live.get_mut(&s.id) else {
+                continue;
+            };
+            if let Some(since) = live.queued_since.take() {
                 self.stats.queue_seconds.observe(t0 - since);
+                // A request's first chunk starts where its cached prefix ends.
+                live.cached_prompt_tokens = s.start;
             }
         }
         self.replay_prompt_gaps(&plan);
@@ -440,12 +463,12 @@ impl EngineLoop {
                 return self.run_overlapped(plan, rows, &ids, &meta, &draws, t0);
             }
             Some(draws) => self
-                .compute
+                .runner
                 .forward_sampled(&ids, &meta, &draws)
                 .map(|tokens| self.record_device_tokens(&plan, &rows, tokens)),
             None => self
-                .compute
-                .forward(&self.model, &ids, &meta)
+                .runner
+                .forward(&ids, &meta)
                 .map(|mut logits| self.use_rows(&plan, &rows, &mut logits)),
         };
         match outcome {
@@ -488,7 +511,7 @@ impl EngineLoop {
     }
 
     /// A step the device could not run: its requests end with the error, the engine goes on.
-    fn fail_step(&mut self, plan: &kr_core::StepPlan, error: &str) {
+    fn fail_step(&mut self, plan: &kr_core::StepPlan, error: &EngineError) {
         tracing::error!("step failed: {error}");
         for s in &plan.seqs {
             if let Some(live) = self.live.remove(&s.id) {
@@ -503,8 +526,8 @@ impl EngineLoop {
     /// Each sampled row's device parameters (drawing its uniform number), when the whole step
     /// can sample on the device: a GPU, no prompt-logprob rows, and no request that needs its
     /// logits on the host. `None` leaves every generator untouched.
-    fn device_draws(&mut self, plan: &StepPlan, rows: &[RowUse]) -> Option<Vec<DeviceDraw>> {
-        if !self.compute.samples_on_device() {
+    fn device_draws(&mut self, plan: &StepPlan, rows: &[RowUse]) -> Option<Vec<RowSampling>> {
+        if !self.runner.samples_on_device() {
             return None;
         }
         let mut seqs = Vec::with_capacity(rows.len());
@@ -558,7 +581,7 @@ impl EngineLoop {
         rows: &[RowUse],
         logits: &mut [f32],
     ) -> (Vec<u32>, Vec<Option<TokenLogprobs>>) {
-        let vocab = self.model.config().vocab_size;
+        let vocab = self.vocab_size;
         let mut sampled = Vec::with_capacity(plan.num_sampled());
         let mut logprobs = Vec::with_capacity(plan.num_sampled());
         for (u, row) in rows.iter().zip(logits.chunks_exact_mut(vocab)) {
@@ -598,10 +621,10 @@ impl EngineLoop {
                 let to = (from + piece).min(end);
                 let (ids, meta) =
                     replay_batch(&live.ids, from..to, &s.block_table, bs, self.scratch_block);
-                let Ok(logits) = self.compute.forward(&self.model, &ids, &meta) else {
+                let Ok(logits) = self.runner.forward(&ids, &meta) else {
                     return; // the step that follows fails the same way and reports it
                 };
-                let vocab = self.model.config().vocab_size;
+                let vocab = self.vocab_size;
                 for (j, row) in logits.chunks_exact(vocab).enumerate() {
                     live.record_prompt_row(from + j, row);
                 }
@@ -616,7 +639,7 @@ impl EngineLoop {
             return;
         };
         live.ids.push(u.token);
-        let (text, finish) = match output_text(live, &self.model.tokenizer, u.finish) {
+        let (text, finish) = match output_text(live, &self.tokenizer, u.finish) {
             Ok(out) => out,
             Err(e) => {
                 let _ = live.events.send(Event::Error(e.to_string()));
@@ -637,7 +660,7 @@ impl EngineLoop {
             let usage = Usage {
                 prompt_tokens: live.prompt_len,
                 completion_tokens: live.ids.len() - live.prompt_len,
-                cached_prompt_tokens: 0,
+                cached_prompt_tokens: live.cached_prompt_tokens,
             };
             let _ = live.events.send(Event::Finished { reason, usage });
             self.sched.finish(u.id);

@@ -14,9 +14,10 @@ pub enum EngineError {
     Stopped,
     #[error("invalid engine configuration: {0}")]
     Config(String),
-    /// The requested device cannot be used (no GPU, a missing library, out of memory).
-    #[error("{0}")]
-    Device(String),
+    /// The device failed or cannot be used (no GPU, a missing library, out of memory, a
+    /// failed step).
+    #[error(transparent)]
+    Device(#[from] kr_cuda::CudaError),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -5,7 +5,7 @@ use crate::engine::Command;
 use crate::error::{EngineError, Result};
 use crate::sampler::TokenLogprobs;
 use crate::stats::EngineStats;
-use kr_core::sampling::MAX_TOP_LOGPROBS;
+use crate::validate::{RequestDraft, ValidatedRequest};
 use kr_core::{FinishReason, PolicyConfig, Priority, RequestId, SamplingParams};
 use kr_model::{ChatMessage, ChatTemplate, ModelConfig, Tokenizer};
 use std::pin::Pin;
@@ -39,7 +39,7 @@ pub struct RequestOptions {
     /// alternatives (0..=20); see [`Event::Token::prompt_logprobs`]. Costs a logit row per
     /// prompt token, and a prompt prefix found in the prefix cache is recomputed for it.
     pub prompt_logprobs: Option<u32>,
-    /// Scheduling priority (SPEC S5): urgent requests skip any admission window; waiting
+    /// Scheduling priority: urgent requests skip any admission window; waiting
     /// requests start by priority, aged while they wait.
     pub priority: Priority,
 }
@@ -133,52 +133,39 @@ impl EngineHandle {
         }
     }
 
-    /// Validates and queues a request. The returned stream yields its events; dropping it
-    /// before the end aborts the request and frees its KV blocks.
+    /// Tokenises, validates and queues a request. The returned stream yields its events;
+    /// dropping it before the end aborts the request and frees its KV blocks.
     pub fn submit(&self, req: GenerateRequest) -> Result<RequestStream> {
         self.submit_with(req, RequestOptions::default())
     }
 
-    /// [`EngineHandle::submit`] with options (prompt logprobs, priority).
+    /// [`EngineHandle::submit`] with options (prompt logprobs, priority): tokenises the
+    /// prompt, validates the request ([`EngineHandle::validate`], no cap beyond the
+    /// model's) and queues it.
     pub fn submit_with(&self, req: GenerateRequest, opts: RequestOptions) -> Result<RequestStream> {
-        req.params.validate(self.info.config.vocab_size)?;
-        if let Some(n) = opts.prompt_logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
-            return Err(kr_core::CoreError::InvalidParam {
-                param: "prompt_logprobs",
-                value: n.to_string(),
-                allowed: format!("0..={MAX_TOP_LOGPROBS}"),
-            }
-            .into());
-        }
-        let prompt = self.tokenize_prompt(&req.prompt)?;
-        if let Some(&bad) = prompt
-            .iter()
-            .find(|&&t| t as usize >= self.info.config.vocab_size)
-        {
-            return Err(kr_core::CoreError::InvalidParam {
-                param: "prompt",
-                value: bad.to_string(),
-                allowed: format!("token ids 0..{}", self.info.config.vocab_size),
-            }
-            .into());
-        }
-        if prompt.is_empty() || prompt.len() >= self.info.max_model_len {
-            return Err(kr_core::CoreError::PromptTooLong {
-                prompt_tokens: prompt.len(),
-                max_model_len: self.info.max_model_len,
-            }
-            .into());
-        }
+        let draft = RequestDraft {
+            prompt: self.tokenize_prompt(&req.prompt)?,
+            max_tokens: Some(req.params.max_tokens),
+            params: req.params,
+            options: opts,
+        };
+        self.submit_validated(self.validate(draft, u32::MAX)?)
+    }
+
+    /// Queues a request [`EngineHandle::validate`] accepted. The returned stream yields its
+    /// events; dropping it before the end aborts the request and frees its KV blocks.
+    pub fn submit_validated(&self, req: ValidatedRequest) -> Result<RequestStream> {
+        debug_assert!(req.params.validate(self.info.config.vocab_size).is_ok());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let prompt_len = prompt.len();
+        let prompt_len = req.prompt.len();
         self.inbox
             .send(Command::Add {
                 id,
-                prompt,
+                prompt: req.prompt,
                 params: req.params,
-                prompt_logprobs: opts.prompt_logprobs,
-                priority: opts.priority,
+                prompt_logprobs: req.options.prompt_logprobs,
+                priority: req.options.priority,
                 events: tx,
             })
             .map_err(|_| EngineError::Stopped)?;

@@ -135,10 +135,7 @@ fn from_weights(
     tok: std::result::Result<Tokenizer, EngineError>,
 ) -> ModelSummary {
     let norms = w.layers.len() * 2 * w.config.hidden_size + w.final_norm.len();
-    let mats = w
-        .layers
-        .iter()
-        .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+    let mats = w.layer_matrices();
     let mut n_tensors = 2 + 2 * w.layers.len();
     let mut params = norms + w.embedding.rows * w.embedding.cols;
     for m in mats.chain(w.lm_head.as_ref()) {

@@ -1,23 +1,23 @@
-//! kr-engine: the engine library applications embed (SPEC E8).
+//! kr-engine: the engine library applications embed.
 //!
 //! [`start`] loads a model and runs the engine loop on its own thread; the returned
 //! [`EngineHandle`] submits requests and gets a [`RequestStream`] of [`Event`]s back.
 //! Dropping a stream aborts its request and frees its KV blocks.
 
 mod admission;
-mod compute;
+mod batch;
 mod engine;
 mod error;
 mod handle;
 mod histogram;
 mod inspect;
 mod model;
-mod runner;
+pub mod runner;
 pub mod sampler;
 mod stats;
 pub mod stop;
+mod validate;
 
-pub use compute::{DTypeChoice, DeviceChoice};
 pub use engine::{start, EngineConfig};
 pub use error::{EngineError, Result};
 pub use handle::{
@@ -26,7 +26,10 @@ pub use handle::{
 pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub use inspect::{inspect_model, ModelSummary, TokenizerSummary};
 pub use kr_core::policy::{AdaptiveConfig, LatencyConfig, WindowLevel};
-pub use kr_core::{FinishReason, PolicyConfig, Priority, SamplingParams};
+pub use kr_core::{CoreError, FinishReason, PolicyConfig, Priority, SamplingParams};
 pub use kr_model::ChatMessage;
-pub use model::{load_model, LoadedModel, BUILTIN_MODEL, RANDOM_PREFIX};
+pub use kr_model::{AttnMeta, ModelConfig, ModelError, ModelWeights, RowSampling, SeqAttn};
+pub use model::{load_model, random_weights, LoadedModel, BUILTIN_MODEL, RANDOM_PREFIX};
+pub use runner::{tuning_switches, DTypeChoice, DeviceChoice, Runner, RunnerConfig, TuningSwitch};
 pub use stats::{EngineStats, SchedStats, StatsSnapshot, StepPercentiles};
+pub use validate::{RequestDraft, ValidatedRequest};

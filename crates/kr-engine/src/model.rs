@@ -1,23 +1,22 @@
-//! Loading a model into a ready-to-run decoder, tokenizer and chat template: GGUF files,
-//! Hugging Face directories (config.json + safetensors), llama2.c checkpoints (`.bin`,
-//! tokenizer beside it), and the built-in stories260K.
+//! Loading a model's weights, tokenizer and chat template: GGUF files, Hugging Face
+//! directories (config.json + safetensors), llama2.c checkpoints (`.bin`, tokenizer beside
+//! it), the built-in stories260K, and random weights of a published shape. Placing the
+//! weights on a device is the runner's job (`runner/`).
 
 use crate::error::{EngineError, Result};
-use kr_cpu::CpuBackend;
 use kr_model::gguf::GgufFile;
 use kr_model::gguf_model::weights_from_gguf;
 use kr_model::hf;
 use kr_model::llama2c;
-use kr_model::{ChatTemplate, Decoder, ModelConfig, ModelError, ModelWeights, Tokenizer};
+use kr_model::{ChatTemplate, ModelConfig, ModelError, ModelWeights, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Everything the engine needs about one loaded model.
 pub struct LoadedModel {
     pub path: PathBuf,
-    pub decoder: Decoder<CpuBackend>,
-    /// The weights as loaded (memory-mapped or shared, so keeping them costs no copy); a GPU
-    /// backend uploads from here.
+    /// The weights as loaded (memory-mapped or shared, so keeping them costs no copy); the
+    /// runner places them on its device.
     pub weights: ModelWeights,
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Option<Arc<ChatTemplate>>,
@@ -26,7 +25,7 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     pub fn config(&self) -> &ModelConfig {
-        &self.decoder.config
+        &self.weights.config
     }
 }
 
@@ -142,12 +141,7 @@ pub const RANDOM_PREFIX: &str = "random:";
 /// Random bf16 weights of `arch`'s shape with that family's tokenizer from ../shared/models
 /// (or `$KR_TOKENIZER`, a tokenizer.json).
 fn load_random(path: &Path, arch: &str) -> Result<LoadedModel> {
-    let config = kr_model::random::arch_config(arch).ok_or_else(|| {
-        EngineError::Config(format!(
-            "unknown --arch '{arch}'; known: {}",
-            kr_model::random::ARCHES.join(", ")
-        ))
-    })?;
+    let config = arch_config(arch)?;
     let family = if arch.starts_with("llama") {
         "tokenizer-llama3"
     } else {
@@ -165,6 +159,27 @@ fn load_random(path: &Path, arch: &str) -> Result<LoadedModel> {
     Ok(assemble(path, &weights, tokenizer, None))
 }
 
+/// The published shape called `arch` (see `kr_model::random::ARCHES`).
+fn arch_config(arch: &str) -> Result<ModelConfig> {
+    kr_model::random::arch_config(arch).ok_or_else(|| {
+        EngineError::Config(format!(
+            "unknown --arch '{arch}'; known: {}",
+            kr_model::random::ARCHES.join(", ")
+        ))
+    })
+}
+
+/// Seeded random weights of `arch`'s shape (bf16 matrices, or f32 with `f32`) without a
+/// tokenizer: what benchmarks that feed token ids need.
+pub fn random_weights(arch: &str, f32: bool, seed: u64) -> Result<ModelWeights> {
+    let config = arch_config(arch)?;
+    let ty = match f32 {
+        true => kr_model::quant::GgmlType::F32,
+        false => kr_model::quant::GgmlType::BF16,
+    };
+    Ok(kr_model::random::random_weights(&config, ty, seed))
+}
+
 fn assemble(
     path: &Path,
     weights: &ModelWeights,
@@ -174,7 +189,6 @@ fn assemble(
     LoadedModel {
         path: path.to_path_buf(),
         weight_bytes: weights.weight_bytes(),
-        decoder: Decoder::new(CpuBackend, weights),
         weights: weights.clone(),
         tokenizer: Arc::new(tokenizer),
         chat_template,

@@ -1,4 +1,4 @@
-//! Overlapped decode steps (SPEC P2): while the GPU runs step N, the engine plans step N+1
+//! Overlapped decode steps: while the GPU runs step N, the engine plans step N+1
 //! ([`kr_core::Scheduler::schedule_ahead`]), launches it with its input ids fed on the device
 //! from step N's tokens, and only then waits for step N's tokens and emits them. The GPU
 //! never waits for the host between such steps.
@@ -15,10 +15,9 @@
 //!   that could reuse the block.
 
 use super::EngineLoop;
-use crate::runner::RowUse;
-use crate::sampler::DeviceDraw;
+use crate::batch::RowUse;
 use kr_core::StepPlan;
-use kr_model::AttnMeta;
+use kr_model::{AttnMeta, RowSampling};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::TryRecvError;
 use std::time::Instant;
@@ -39,10 +38,10 @@ impl EngineLoop {
         rows: Vec<RowUse>,
         ids: &[u32],
         meta: &AttnMeta,
-        draws: &[DeviceDraw],
+        draws: &[RowSampling],
         t0: Instant,
     ) {
-        if let Err(e) = self.compute.launch_sampled(ids, meta, draws, false) {
+        if let Err(e) = self.runner.launch_sampled(ids, meta, draws, false) {
             return self.fail_step(&plan, &e);
         }
         let mut current = InFlight {
@@ -53,12 +52,12 @@ impl EngineLoop {
         let mut previous_done = t0;
         loop {
             let next = self.launch_ahead(&current.plan);
-            let tokens = match self.compute.collect_sampled() {
+            let tokens = match self.runner.collect_sampled() {
                 Ok(t) => t,
                 Err(e) => {
                     self.fail_step(&current.plan, &e);
                     if let Some(n) = next {
-                        let _ = self.compute.collect_sampled();
+                        let _ = self.runner.collect_sampled();
                         self.fail_step(&n.plan, &e);
                     }
                     return;
@@ -98,7 +97,7 @@ impl EngineLoop {
         let (ids, meta, rows) = self.batch(&plan);
         // Always there: the rows are decode rows of requests that sampled on the device.
         let draws = self.device_draws(&plan, &rows)?;
-        match self.compute.launch_sampled(&ids, &meta, &draws, true) {
+        match self.runner.launch_sampled(&ids, &meta, &draws, true) {
             Ok(()) => {
                 self.stats.overlapped_steps.fetch_add(1, Relaxed);
                 Some(InFlight {

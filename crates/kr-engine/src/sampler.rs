@@ -1,10 +1,11 @@
-//! Per-request token sampling (SPEC E6): logit bias, repetition / presence / frequency
+//! Per-request token sampling: logit bias, repetition / presence / frequency
 //! penalties, greedy or temperature + top-k + top-p + min-p, and logprobs.
 //!
 //! Invariant: a request's sampler draws exactly one uniform number from its own seeded RNG
 //! per sampled token, so the same seed gives the same tokens whatever else is batched.
 
 use kr_core::SamplingParams;
+use kr_model::RowSampling;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{HashMap, HashSet};
@@ -15,17 +16,6 @@ pub struct TokenLogprobs {
     pub logprob: f32,
     /// `(token id, logprob)`, most likely first.
     pub top: Vec<(u32, f32)>,
-}
-
-/// One token's sampling parameters for a device backend (temperature 0 means greedy).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct DeviceDraw {
-    pub temperature: f32,
-    pub top_k: u32,
-    pub top_p: f32,
-    pub min_p: f32,
-    /// In [0, 1), from the request's seeded generator.
-    pub uniform: f32,
 }
 
 pub struct Sampler {
@@ -84,12 +74,12 @@ impl Sampler {
 
     /// The next token's parameters for the device sampler, drawing this token's one uniform
     /// number from the request's generator (none for greedy, as on the host).
-    pub fn device_draw(&mut self) -> DeviceDraw {
+    pub fn device_draw(&mut self) -> RowSampling {
         let p = &self.params;
         if p.is_greedy() {
-            return DeviceDraw::default();
+            return RowSampling::greedy();
         }
-        DeviceDraw {
+        RowSampling {
             temperature: p.temperature,
             top_k: p.top_k,
             top_p: p.top_p,

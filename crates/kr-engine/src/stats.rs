@@ -1,5 +1,5 @@
 //! Engine counters shared lock-free between the engine thread and its handles, and the
-//! scheduler statistics (SPEC S7): window, latency controller, batch sizes, step times.
+//! scheduler statistics: window, latency controller, batch sizes, step times.
 
 use crate::histogram::{Histogram, HistogramSnapshot};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -23,7 +23,7 @@ pub struct EngineStats {
     pub requests_aborted: AtomicU64,
     /// Tokens chosen by a device sampler (only ids crossed from the GPU).
     pub device_sampled_tokens: AtomicU64,
-    /// Steps launched while the step before was still on the device (SPEC P2).
+    /// Steps launched while the step before was still on the device.
     pub overlapped_steps: AtomicU64,
     /// Wall time of each engine step (model forward and sampling).
     pub step_seconds: Histogram,
@@ -180,7 +180,7 @@ impl StepRing {
     }
 }
 
-/// What the scheduler policies publish (SPEC S7); the engine thread writes.
+/// What the scheduler policies publish; the engine thread writes.
 #[derive(Debug, Default)]
 pub struct SchedStats {
     /// The admission window in force, in nanoseconds (0 = off).

@@ -1,4 +1,4 @@
-//! Stop strings matched across token boundaries (SPEC E7).
+//! Stop strings matched across token boundaries.
 //!
 //! Invariant: text is released only when no stop string can still begin inside it, so the
 //! client never sees any part of a stop string; at most `longest stop - 1` bytes are held.

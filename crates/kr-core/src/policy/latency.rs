@@ -1,5 +1,5 @@
-//! The latency controller (SPEC S4): tunes the maximum batch (running sequences) from an
-//! EMA of the engine's step time against a p99 target, after the original's auto-tuner.
+//! The latency controller: tunes the maximum batch (running sequences) from an
+//! EMA of the engine's step time against a p99 target, after mlx-serving's auto-tuner.
 //!
 //! Every `interval` steps the EMA is compared with the target: above it (missed), the
 //! maximum batch is halved, never below `min_batch`; at or below it (met), it grows by one,
@@ -12,10 +12,10 @@
 
 use std::time::Duration;
 
-/// Settings of the latency controller; the defaults are the original's.
+/// Settings of the latency controller; the defaults are mlx-serving's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatencyConfig {
-    /// The step-time target (the original's `p99_threshold_ms`).
+    /// The step-time target (mlx-serving's `p99_threshold_ms`).
     pub target: Duration,
     pub min_batch: usize,
     pub max_batch: usize,

@@ -1,4 +1,4 @@
-//! Scheduler policies (SPEC S1–S5) around the token-budget [`crate::Scheduler`]: when to
+//! Scheduler policies around the token-budget [`crate::Scheduler`]: when to
 //! admit waiting requests (fast path, fixed or adaptive admission window, urgent requests),
 //! how large the running batch may be (latency controller) and in which order waiting
 //! requests start (priorities with aging, applied inside the scheduler).

@@ -1,4 +1,4 @@
-//! Request priorities (SPEC S5) and aging.
+//! Request priorities and aging.
 //!
 //! A request has a base [`Priority`]; while it waits, aging raises its effective rank by one
 //! level per `aging_step` of waiting, without a cap. So a waiting request eventually outranks

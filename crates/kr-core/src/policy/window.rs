@@ -1,4 +1,4 @@
-//! The adaptive admission window (SPEC S3), after the original's AdaptiveWindowController.
+//! The adaptive admission window, after mlx-serving's AdaptiveWindowController.
 //!
 //! Each engine turn samples the queue depth into an exponential moving average; the EMA
 //! picks a target level (depth <= `low_depth` → low window, <= `medium_depth` → medium, else
@@ -33,7 +33,7 @@ impl WindowLevel {
     }
 }
 
-/// Settings of the adaptive window; the defaults are the original's.
+/// Settings of the adaptive window; the defaults are mlx-serving's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdaptiveConfig {
     /// EMA depth at or below which the low window is used.

@@ -1,227 +1,218 @@
-//! Where the engine's steps run: the CPU backend with its KV cache, or a [`CudaModel`] (which
-//! owns its cache and decode graphs). `--device auto` picks CUDA when the driver loads and a
-//! GPU is present; `--device cuda` without one is an error naming what is missing.
+//! The model runner: a loaded model placed on its device with its KV cache, executing one
+//! packed batch at a time. The engine loop, `run`, `serve` and every benchmark go through
+//! it; nothing above kr-engine touches a backend.
 //!
-//! Invariant: the KV pool the scheduler manages has exactly the blocks of the chosen cache.
+//! - [`Runner::place`] puts the weights on the configured device (`auto` picks CUDA when
+//!   the driver loads and a GPU is present; `cuda` without one is an error naming what is
+//!   missing) and sizes the KV cache;
+//! - [`Runner::forward`] returns logits rows to the host (the CPU path, prompt logprobs);
+//! - [`Runner::launch_sampled`] / [`Runner::collect_sampled`] sample on the device, so only
+//!   token ids come back, and let the next step start before this one's tokens are read.
+//!
+//! Invariants: the KV pool the scheduler manages has exactly [`Runner::num_blocks`] blocks;
+//! the cache holds one block more (index `num_blocks`), the scratch block prompt-logprob
+//! replays write to. Errors are typed ([`EngineError`]); a failed step leaves the runner
+//! usable for the next one.
 
-use crate::engine::EngineConfig;
+mod cuda;
+mod device;
+
+pub use cuda::{GpuMarks, GpuProbes};
+pub use device::{DTypeChoice, DeviceChoice};
+
 use crate::error::{EngineError, Result};
-use crate::model::LoadedModel;
-use crate::sampler::DeviceDraw;
-use kr_cpu::CpuKvCache;
-use kr_cuda::{CudaModel, CudaModelOptions, DType, RowSampling};
-use kr_model::AttnMeta;
+use kr_cpu::{CpuBackend, CpuKvCache};
+use kr_cuda::CudaModel;
+use kr_model::{AttnMeta, Decoder, ModelConfig, ModelWeights, RowSampling};
 
-/// `--device`: where to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    Auto,
-    Cpu,
-    Cuda(usize),
+/// Where and how to place a model (the device half of [`crate::EngineConfig`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerConfig {
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+    /// Memory for the KV cache on the CPU, in MiB (a GPU sizes its cache from
+    /// `gpu_memory_fraction`).
+    pub kv_cache_mib: usize,
+    pub block_size: usize,
+    /// Exact number of KV blocks the scheduler may use, overriding the sizing (tests).
+    pub num_kv_blocks: Option<usize>,
+    /// Largest batch in tokens and in sequences (sizes the GPU workspace).
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+    pub max_model_len: usize,
+    /// On CUDA: the share of GPU memory for weights, KV cache and workspace together.
+    pub gpu_memory_fraction: f64,
+    /// On CUDA: replay decode steps from captured graphs.
+    pub cuda_graphs: bool,
 }
 
-impl std::str::FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| format!("unknown device '{s}'; use auto, cpu, cuda or cuda:N")),
-        }
-    }
+/// The CPU backend: the decoder in f32 and its paged KV cache.
+pub struct CpuRunner {
+    decoder: Decoder<CpuBackend>,
+    cache: CpuKvCache,
 }
 
-/// `--dtype`: the compute type on the GPU (the CPU backend always computes in f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DTypeChoice {
-    Auto,
-    F32,
-    Bf16,
-    F16,
-}
-
-impl std::str::FromStr for DTypeChoice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "f32" | "float32" => Ok(Self::F32),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            "f16" | "float16" => Ok(Self::F16),
-            _ => Err(format!("unknown dtype '{s}'; use auto, f32, bf16 or f16")),
-        }
-    }
-}
-
-pub(crate) enum Compute {
-    Cpu(CpuKvCache),
+/// A model placed on a device, ready to run batches.
+pub enum Runner {
+    Cpu(Box<CpuRunner>),
     Cuda(Box<CudaModel>),
 }
 
-impl Compute {
-    /// Places the model on the configured device; returns it with the number of KV blocks the
-    /// scheduler may hand out. The cache holds one block more (index = that number): the
-    /// scratch block prompt-logprob replays write to.
-    pub(crate) fn place(
-        model: &LoadedModel,
-        cfg: &EngineConfig,
-        max_model_len: usize,
-    ) -> Result<(Self, usize)> {
-        let device = match cfg.device {
-            DeviceChoice::Auto if kr_cuda::probe(0).is_ok() => DeviceChoice::Cuda(0),
-            DeviceChoice::Auto => DeviceChoice::Cpu,
-            d => d,
+impl Runner {
+    /// Places `weights` on the configured device.
+    pub fn place(weights: &ModelWeights, cfg: &RunnerConfig) -> Result<Self> {
+        let runner = match cfg.device.resolve() {
+            DeviceChoice::Cuda(ordinal) => Self::Cuda(Box::new(cuda::load(weights, cfg, ordinal)?)),
+            _ => Self::Cpu(Box::new(place_cpu(weights, cfg)?)),
         };
-        match device {
-            DeviceChoice::Cuda(ordinal) => {
-                let m = CudaModel::load(&model.weights, cuda_options(cfg, ordinal, max_model_len)?)
-                    .map_err(|e| EngineError::Device(e.to_string()))?;
-                let blocks = m.num_blocks.saturating_sub(1);
-                tracing::info!(
-                    "model on {} ({:?}), {blocks} KV blocks",
-                    m.backend().gpu.info.name,
-                    m.backend().dtype
-                );
-                Ok((Self::Cuda(Box::new(m)), blocks))
-            }
-            _ => {
-                if matches!(cfg.dtype, DTypeChoice::Bf16 | DTypeChoice::F16) {
-                    return Err(EngineError::Config(
-                        "the CPU backend computes in f32; use --dtype auto or f32 with --device cpu"
-                            .into(),
-                    ));
-                }
-                let mc = model.config();
-                let blocks = cfg.num_kv_blocks.unwrap_or(
-                    (cfg.kv_cache_mib << 20) / (mc.kv_bytes_per_token() * cfg.block_size.max(1)),
-                );
-                Ok((
-                    Self::Cpu(model.decoder.new_kv_cache(blocks + 1, cfg.block_size)),
-                    blocks,
-                ))
-            }
+        if runner.num_blocks() == 0 {
+            return Err(EngineError::Config(format!(
+                "a KV cache of {} MiB holds no block of {} tokens; raise kv_cache_mib",
+                cfg.kv_cache_mib, cfg.block_size
+            )));
+        }
+        tracing::info!(
+            "model on {}, {} KV blocks",
+            runner.describe(),
+            runner.num_blocks()
+        );
+        Ok(runner)
+    }
+
+    /// KV blocks the scheduler may hand out (the cache holds one more: the scratch block).
+    pub fn num_blocks(&self) -> usize {
+        match self {
+            Self::Cpu(c) => c.cache.layout.num_blocks.saturating_sub(1),
+            Self::Cuda(m) => m.num_blocks.saturating_sub(1),
         }
     }
 
-    /// Logits of `meta.logit_rows` for one packed batch.
-    pub(crate) fn forward(
-        &mut self,
-        model: &LoadedModel,
-        ids: &[u32],
-        meta: &AttnMeta,
-    ) -> std::result::Result<Vec<f32>, String> {
+    pub fn config(&self) -> &ModelConfig {
         match self {
-            Self::Cpu(cache) => Ok(model.decoder.forward(ids, meta, cache)),
-            Self::Cuda(m) => m.forward(ids, meta).map_err(|e| e.to_string()),
+            Self::Cpu(c) => &c.decoder.config,
+            Self::Cuda(m) => m.config(),
+        }
+    }
+
+    /// The device in words: `cpu (f32)`, `NVIDIA H100 80GB HBM3 (Bf16)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Cpu(_) => "cpu (f32)".into(),
+            Self::Cuda(m) => format!("{} ({:?})", m.backend().gpu.info.name, m.backend().dtype),
+        }
+    }
+
+    /// Logits of `meta.logit_rows` for one packed batch, row-major `[rows, vocab]`.
+    pub fn forward(&mut self, ids: &[u32], meta: &AttnMeta) -> Result<Vec<f32>> {
+        match self {
+            Self::Cpu(c) => Ok(c.decoder.forward(ids, meta, &mut c.cache)),
+            Self::Cuda(m) => Ok(m.forward(ids, meta)?),
         }
     }
 
     /// Whether steps can sample on the device (only token ids come back).
-    pub(crate) fn samples_on_device(&self) -> bool {
+    pub fn samples_on_device(&self) -> bool {
         matches!(self, Self::Cuda(_))
     }
 
-    /// One token per `meta.logit_rows` entry, chosen on the device with `draws` (in that
+    /// One token per `meta.logit_rows` entry, chosen on the device with `rows` (in that
     /// order). On the CPU there is nothing to gain: the caller samples the logits itself.
-    pub(crate) fn forward_sampled(
+    pub fn forward_sampled(
         &mut self,
         ids: &[u32],
         meta: &AttnMeta,
-        draws: &[DeviceDraw],
-    ) -> std::result::Result<Vec<u32>, String> {
-        self.launch_sampled(ids, meta, draws, false)?;
+        rows: &[RowSampling],
+    ) -> Result<Vec<u32>> {
+        if let Self::Cuda(m) = self {
+            m.no_steps_outstanding()?;
+        }
+        self.launch_sampled(ids, meta, rows, false)?;
         self.collect_sampled()
     }
 
-    /// Starts a step like [`Compute::forward_sampled`] without waiting for its tokens
-    /// ([`Compute::collect_sampled`] returns them). With `feed`, the device takes the step's
-    /// input ids from the tokens of the step launched just before (one per id).
-    pub(crate) fn launch_sampled(
+    /// Starts a step like [`Runner::forward_sampled`] without waiting for its tokens
+    /// ([`Runner::collect_sampled`] returns them; at most two steps are out). With `feed`,
+    /// the device takes the step's input ids from the tokens of the step launched just
+    /// before (one per id).
+    pub fn launch_sampled(
         &mut self,
         ids: &[u32],
         meta: &AttnMeta,
-        draws: &[DeviceDraw],
+        rows: &[RowSampling],
         feed: bool,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<()> {
         match self {
-            Self::Cpu(_) => Err("sampling on the device needs a GPU".into()),
-            Self::Cuda(m) => {
-                let rows: Vec<RowSampling> = draws
-                    .iter()
-                    .map(|d| RowSampling {
-                        temperature: d.temperature,
-                        top_k: d.top_k,
-                        top_p: d.top_p,
-                        min_p: d.min_p,
-                        uniform: d.uniform,
-                    })
-                    .collect();
-                m.launch_sampled(ids, meta, &rows, feed)
-                    .map_err(|e| e.to_string())
-            }
+            Self::Cpu(_) => Err(no_device_sampling()),
+            Self::Cuda(m) => Ok(m.launch_sampled(ids, meta, rows, feed)?),
         }
     }
 
-    /// The tokens of the oldest step started by [`Compute::launch_sampled`].
-    pub(crate) fn collect_sampled(&mut self) -> std::result::Result<Vec<u32>, String> {
+    /// The tokens of the oldest step started by [`Runner::launch_sampled`].
+    pub fn collect_sampled(&mut self) -> Result<Vec<u32>> {
         match self {
-            Self::Cpu(_) => Err("sampling on the device needs a GPU".into()),
-            Self::Cuda(m) => m.collect_sampled().map_err(|e| e.to_string()),
+            Self::Cpu(_) => Err(no_device_sampling()),
+            Self::Cuda(m) => Ok(m.collect_sampled()?),
+        }
+    }
+
+    /// Turns CUDA graphs for decode steps on or off (no effect on the CPU).
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        if let Self::Cuda(m) = self {
+            m.options.cuda_graphs = on;
+        }
+    }
+
+    /// The device measurements benchmarks report (bandwidth, GEMM peak, per-kernel time);
+    /// `None` on the CPU.
+    pub fn gpu_probes(&mut self) -> Option<GpuProbes<'_>> {
+        match self {
+            Self::Cpu(_) => None,
+            Self::Cuda(m) => Some(GpuProbes::new(m)),
         }
     }
 }
 
-fn cuda_options(
-    cfg: &EngineConfig,
-    ordinal: usize,
-    max_model_len: usize,
-) -> Result<CudaModelOptions> {
-    let dtype = match cfg.dtype {
-        DTypeChoice::F32 => DType::F32,
-        DTypeChoice::Auto | DTypeChoice::Bf16 => DType::Bf16,
-        DTypeChoice::F16 => {
-            return Err(EngineError::Config(
-                "--dtype f16 is not implemented on CUDA yet; use bf16 (same size) or f32".into(),
-            ))
-        }
-    };
-    if !(cfg.gpu_memory_fraction > 0.0 && cfg.gpu_memory_fraction <= 1.0) {
-        return Err(EngineError::Config(format!(
-            "gpu_memory_fraction must be in (0, 1], got {}",
-            cfg.gpu_memory_fraction
-        )));
-    }
-    Ok(CudaModelOptions {
-        ordinal,
-        dtype,
-        gpu_memory_fraction: cfg.gpu_memory_fraction,
-        block_size: cfg.block_size,
-        max_num_batched_tokens: cfg.max_num_batched_tokens,
-        max_num_seqs: cfg.max_num_seqs,
-        max_model_len,
-        num_kv_blocks: cfg.num_kv_blocks.map(|n| n + 1),
-        cuda_graphs: cfg.cuda_graphs,
-    })
+/// A GPU tuning switch (an environment variable read by the CUDA backend) and its value
+/// in this process.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TuningSwitch {
+    pub name: &'static str,
+    /// The value set in the environment; `None` means the default is in force.
+    pub value: Option<String>,
+    pub default: &'static str,
+    pub allowed: &'static str,
+    pub effect: &'static str,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Every GPU tuning switch with its value in this process's environment.
+pub fn tuning_switches() -> Vec<TuningSwitch> {
+    kr_cuda::tuning::SWITCHES
+        .iter()
+        .map(|s| TuningSwitch {
+            name: s.name,
+            value: kr_cuda::tuning::value(s.name),
+            default: s.default,
+            allowed: s.allowed,
+            effect: s.effect,
+        })
+        .collect()
+}
 
-    #[test]
-    fn device_and_dtype_names() {
-        assert_eq!("cuda:1".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(1)));
-        assert_eq!("cuda".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(0)));
-        assert!("gpu"
-            .parse::<DeviceChoice>()
-            .unwrap_err()
-            .contains("auto, cpu, cuda"));
-        assert_eq!("bfloat16".parse::<DTypeChoice>(), Ok(DTypeChoice::Bf16));
-        assert!("int4".parse::<DTypeChoice>().is_err());
+fn no_device_sampling() -> EngineError {
+    EngineError::Config("sampling on the device needs a GPU".into())
+}
+
+fn place_cpu(weights: &ModelWeights, cfg: &RunnerConfig) -> Result<CpuRunner> {
+    if matches!(cfg.dtype, DTypeChoice::Bf16 | DTypeChoice::F16) {
+        return Err(EngineError::Config(
+            "the CPU backend computes in f32; use --dtype auto or f32 with --device cpu".into(),
+        ));
     }
+    let per_block = weights.config.kv_bytes_per_token() * cfg.block_size.max(1);
+    let blocks = cfg
+        .num_kv_blocks
+        .unwrap_or((cfg.kv_cache_mib << 20) / per_block);
+    let decoder = Decoder::new(CpuBackend, weights);
+    let cache = decoder.new_kv_cache(blocks + 1, cfg.block_size);
+    Ok(CpuRunner { decoder, cache })
 }
