@@ -1,4 +1,4 @@
-//! /admin/config (SPEC A5, C2): GET answers the effective config with the source of each
+//! /admin/config: GET answers the effective config with the source of each
 //! value; PATCH takes a JSON object of runtime-safe keys, validates every one and applies
 //! them all at once, or none (400 naming the key). SIGHUP re-reads the config file.
 

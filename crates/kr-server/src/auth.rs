@@ -1,4 +1,4 @@
-//! Optional API keys (SPEC A9): when any is configured, every route but the probes needs
+//! Optional API keys: when any is configured, every route but the probes needs
 //! `Authorization: Bearer <key>`; keys are compared in constant time; 401 JSON otherwise.
 
 use crate::error::ApiError;
@@ -51,7 +51,7 @@ fn bearer(req: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Guards /admin/* (SPEC A5/A9): with an admin key, only that key (401 otherwise); without
+/// Guards /admin/*: with an admin key, only that key (401 otherwise); without
 /// one, open when no API key is set, and disabled (403) when API keys are set.
 pub async fn require_admin(
     State(state): State<AppState>,

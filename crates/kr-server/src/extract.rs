@@ -1,6 +1,6 @@
 //! Request bodies: a JSON extractor whose every failure is a 4xx JSON error naming the
 //! problem (oversized body → 413; invalid UTF-8, malformed JSON, wrong types → 400 with the
-//! path of the offending field as `param`), plus the unknown-field policy (SPEC A11).
+//! path of the offending field as `param`), plus the unknown-field policy.
 
 use crate::error::{ApiError, OllamaError};
 use crate::state::AppState;

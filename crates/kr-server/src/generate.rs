@@ -1,5 +1,6 @@
 //! What every generating route shares, whatever its dialect: tokenising off the async
-//! threads, the context and `max_tokens` checks, admission, submitting `n` engine requests
+//! threads, validating through the engine (one set of checks and messages for every API,
+//! each field named as that API calls it), admission, submitting `n` engine requests
 //! (seeds `seed + i`), metrics per request, and collecting a request's output.
 //!
 //! Cancellation: a [`Tracked`] owns its engine `RequestStream`; when the client goes away
@@ -12,8 +13,8 @@ use crate::state::{AppState, Permit};
 use futures_util::Stream;
 use kr_engine::sampler::TokenLogprobs;
 use kr_engine::{
-    Event, FinishReason, GenerateRequest, Prompt, RequestOptions, RequestStream, SamplingParams,
-    Usage,
+    CoreError, EngineError, Event, FinishReason, Prompt, RequestDraft, RequestOptions,
+    RequestStream, SamplingParams, Usage,
 };
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -28,108 +29,107 @@ pub async fn tokenize(state: &AppState, prompt: Prompt) -> Result<Vec<u32>> {
     })
 }
 
-/// Checks the prompt against the context window and settles `max_tokens`: a request that
-/// names none gets what fits (at most the server's cap).
-pub fn max_tokens(
-    state: &AppState,
-    requested: Option<u32>,
-    prompt_param: &'static str,
-    prompt_len: usize,
-) -> Result<u32> {
-    let ctx = state.engine.info().max_model_len;
-    if prompt_len == 0 {
-        return Err(ApiError::bad(prompt_param, "the prompt is empty"));
+/// What an API calls the engine's request fields, for its error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldNames {
+    /// `prompt` or `messages`.
+    pub prompt: &'static str,
+    /// `max_tokens` (OpenAI) or `num_predict` (Ollama).
+    pub max_tokens: &'static str,
+}
+
+impl FieldNames {
+    pub const COMPLETIONS: Self = Self {
+        prompt: "prompt",
+        max_tokens: "max_tokens",
+    };
+    pub const CHAT: Self = Self {
+        prompt: "messages",
+        max_tokens: "max_tokens",
+    };
+    pub const OLLAMA_GENERATE: Self = Self {
+        prompt: "prompt",
+        max_tokens: "num_predict",
+    };
+    pub const OLLAMA_CHAT: Self = Self {
+        prompt: "messages",
+        max_tokens: "num_predict",
+    };
+
+    /// The engine's validation error in this API's words: the same message, with the
+    /// field named as the client sent it.
+    fn error(self, e: EngineError) -> ApiError {
+        let rename = |param: &'static str| match param {
+            "prompt" => self.prompt,
+            "max_tokens" => self.max_tokens,
+            other => other,
+        };
+        match e {
+            EngineError::Core(CoreError::InvalidParam {
+                param,
+                value,
+                allowed,
+            }) => ApiError::from(CoreError::InvalidParam {
+                param: rename(param),
+                value,
+                allowed,
+            }),
+            EngineError::Core(e @ CoreError::PromptTooLong { .. }) => ApiError::BadRequest {
+                message: e.to_string(),
+                param: Some(self.prompt.into()),
+                code: Some("context_length_exceeded"),
+            },
+            EngineError::Core(e @ CoreError::EmptyPrompt) => {
+                ApiError::bad(self.prompt, e.to_string())
+            }
+            other => other.into(),
+        }
     }
-    if prompt_len >= ctx {
-        return Err(ApiError::BadRequest {
-            message: format!("the prompt has {prompt_len} tokens but the context window is {ctx}"),
-            param: Some(prompt_param.into()),
-            code: Some("context_length_exceeded"),
-        });
-    }
-    // A request must fit the context window and the whole KV pool.
-    let info = state.engine.info();
-    let pool = info.num_kv_blocks * info.block_size;
-    let fits = (ctx - prompt_len).min(pool.saturating_sub(prompt_len));
-    if fits == 0 {
-        return Err(ApiError::BadRequest {
-            message: format!("the prompt has {prompt_len} tokens but the KV cache holds {pool}"),
-            param: Some(prompt_param.into()),
-            code: Some("context_length_exceeded"),
-        });
-    }
-    let room = u32::try_from(fits).unwrap_or(u32::MAX);
+}
+
+/// A job: `n` choices of each prompt, with the client's sampling values and `max_tokens`
+/// (`None`: what fits, at most the server's cap).
+pub struct Job<'a> {
+    pub prompts: &'a [Vec<u32>],
+    pub params: &'a SamplingParams,
+    pub max_tokens: Option<u32>,
+    pub n: usize,
+    pub options: RequestOptions,
+    pub fields: FieldNames,
+}
+
+/// Validates every request of `job` through the engine (nothing is queued unless all
+/// pass), admits them, and submits them; choice `k` of a prompt gets seed `seed + k`. Each
+/// goes at the priority of the `X-Priority` header ([`crate::priority`]).
+pub fn launch(state: &AppState, arrived: Instant, job: Job<'_>) -> Result<Vec<Tracked>> {
     let cap = state.cfg().max_tokens_cap;
-    match requested {
-        None => Ok(room.min(cap)),
-        Some(0) => Err(ApiError::bad("max_tokens", "max_tokens must be at least 1")),
-        Some(m) if m > cap => Err(ApiError::bad(
-            "max_tokens",
-            format!("max_tokens {m} exceeds this server's limit of {cap}"),
-        )),
-        Some(m) if m > room => Err(ApiError::BadRequest {
-            message: format!(
-                "prompt ({prompt_len} tokens) plus max_tokens ({m}) exceeds the context window \
-                 of {ctx} or the KV cache of {pool} tokens"
-            ),
-            param: Some("max_tokens".into()),
-            code: Some("context_length_exceeded"),
-        }),
-        Some(m) => Ok(m),
+    let options = RequestOptions {
+        priority: crate::priority::current(),
+        ..job.options
+    };
+    let mut requests = Vec::with_capacity(job.prompts.len() * job.n);
+    for prompt in job.prompts {
+        for k in 0..job.n as u64 {
+            let mut params = job.params.clone();
+            params.seed = params.seed.map(|s| s.wrapping_add(k));
+            let draft = RequestDraft {
+                prompt: prompt.clone(),
+                params,
+                max_tokens: job.max_tokens,
+                options: options.clone(),
+            };
+            let valid = state.engine.validate(draft, cap);
+            requests.push(valid.map_err(|e| job.fields.error(e))?);
+        }
     }
-}
-
-/// Admits and submits `n` requests per prompt; request `k` of a prompt gets seed `seed + k`.
-/// Each goes at the priority of the `X-Priority` header ([`crate::priority`]).
-pub fn launch(
-    state: &AppState,
-    arrived: Instant,
-    prompts: &[Vec<u32>],
-    params: &SamplingParams,
-    n: usize,
-) -> Result<Vec<Tracked>> {
-    launch_with(
-        state,
-        arrived,
-        prompts,
-        params,
-        n,
-        &RequestOptions::default(),
-    )
-}
-
-/// [`launch`] with engine request options (prompt logprobs).
-pub fn launch_with(
-    state: &AppState,
-    arrived: Instant,
-    prompts: &[Vec<u32>],
-    params: &SamplingParams,
-    n: usize,
-    opts: &RequestOptions,
-) -> Result<Vec<Tracked>> {
-    params.validate(state.engine.info().config.vocab_size)?;
     let permits = state
-        .admission
-        .try_acquire(prompts.len() * n)
+        .permits
+        .try_acquire(requests.len())
         .inspect_err(|_| state.metrics.count(Outcome::Rejected))?;
     let mut out = Vec::with_capacity(permits.len());
-    let jobs = prompts
-        .iter()
-        .flat_map(|p| (0..n as u64).map(move |k| (p, k)));
-    for ((prompt, k), permit) in jobs.zip(permits) {
-        let mut params = params.clone();
-        params.seed = params.seed.map(|s| s.wrapping_add(k));
-        let req = GenerateRequest {
-            prompt: Prompt::Tokens(prompt.clone()),
-            params,
-        };
-        let opts = RequestOptions {
-            priority: crate::priority::current(),
-            ..opts.clone()
-        };
-        let stream = state.engine.submit_with(req, opts)?;
+    for (req, permit) in requests.into_iter().zip(permits) {
         out.push(Tracked {
-            stream,
+            stream: state.engine.submit_validated(req)?,
             metrics: state.clone(),
             arrived,
             last_token: None,

@@ -1,4 +1,4 @@
-//! kr-server: the HTTP face of the engine (SPEC A1–A11), built on axum.
+//! kr-server: the HTTP face of the engine, built on axum.
 //!
 //! The server knows the engine only through [`kr_engine::EngineHandle`]; it never sees a
 //! backend. Every route is a thin adapter: parse the wire type (a 4xx JSON error naming the
@@ -13,7 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
-pub mod gen;
+pub mod generate;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;

@@ -1,4 +1,4 @@
-//! Prometheus text exposition (SPEC C3), written by hand: engine counters and gauges come
+//! Prometheus text exposition, written by hand: engine counters and gauges come
 //! from an [`kr_engine::EngineStats`] snapshot at scrape time; request latencies (TTFT,
 //! inter-token, end-to-end) are measured here, in the server, as clients see them.
 

@@ -1,18 +1,18 @@
-//! The Ollama dialect (SPEC A2): /api/generate and /api/chat (NDJSON streams by default,
+//! The Ollama dialect: /api/generate and /api/chat (NDJSON streams by default,
 //! one object with `stream: false`), /api/tags, /api/show, /api/ps, /api/version.
 //! `options` map onto `SamplingParams` with Ollama's defaults (temperature 0.8, top_k 40,
 //! top_p 0.9, repeat_penalty 1.1); errors are `{"error": "..."}`.
 
 use crate::error::{ApiError, OllamaError};
 use crate::extract::{check_unknown, OllamaJson};
-use crate::gen::{self, Completion, TokenOut};
+use crate::generate::{self, Completion, FieldNames, Job, TokenOut};
 use crate::state::AppState;
 use crate::stream::{event_response, ndjson, Encoder};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kr_engine::{ChatMessage, FinishReason, Prompt, SamplingParams, Usage};
+use kr_engine::{ChatMessage, FinishReason, Prompt, RequestOptions, SamplingParams, Usage};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -84,15 +84,10 @@ fn to_params(
     opts: &Options,
 ) -> std::result::Result<(SamplingParams, Option<u32>), ApiError> {
     check_unknown(state, &opts.extra)?;
+    // -1 and -2 mean "as many as fit"; any other value is checked by the engine.
     let num_predict = match opts.num_predict {
         None | Some(-1) | Some(-2) => None,
-        Some(n) if n > 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
-        Some(n) => {
-            return Err(ApiError::bad(
-                "options.num_predict",
-                format!("invalid value {n} for `num_predict`: allowed -1, -2 or at least 1"),
-            ))
-        }
+        Some(n) => Some(u32::try_from(n.max(0)).unwrap_or(u32::MAX)),
     };
     let p = SamplingParams {
         temperature: opts.temperature.unwrap_or(0.8),
@@ -119,11 +114,21 @@ async fn run(
     stream: bool,
     chat: bool,
 ) -> Result<Response> {
-    let (mut params, num_predict) = to_params(&state, &opts.unwrap_or_default())?;
-    let ids = gen::tokenize(&state, prompt).await?;
-    let param = if chat { "messages" } else { "prompt" };
-    params.max_tokens = gen::max_tokens(&state, num_predict, param, ids.len())?;
-    let streams = gen::launch(&state, arrived, &[ids], &params, 1)?;
+    let (params, num_predict) = to_params(&state, &opts.unwrap_or_default())?;
+    let ids = generate::tokenize(&state, prompt).await?;
+    let fields = match chat {
+        true => FieldNames::OLLAMA_CHAT,
+        false => FieldNames::OLLAMA_GENERATE,
+    };
+    let job = Job {
+        prompts: &[ids],
+        params: &params,
+        max_tokens: num_predict,
+        n: 1,
+        options: RequestOptions::default(),
+        fields,
+    };
+    let streams = generate::launch(&state, arrived, job)?;
     let enc = NdjsonEncoder {
         model,
         chat,
@@ -134,7 +139,7 @@ async fn run(
         let pacing = state.pacing(false, arrived);
         return Ok(event_response(streams, enc, pacing, "application/x-ndjson"));
     }
-    let mut outs = gen::collect_within(&state, arrived, streams).await?;
+    let mut outs = generate::collect_within(&state, arrived, streams).await?;
     let c: Completion = outs
         .pop()
         .ok_or_else(|| ApiError::Internal("no output".into()))?;
@@ -231,7 +236,7 @@ impl NdjsonEncoder {
             "model": self.model,
             "created_at": rfc3339_now(),
             "done": true,
-            "done_reason": gen::finish_str(reason),
+            "done_reason": generate::finish_str(reason),
             "total_duration": ns(now - self.arrived),
             "load_duration": 0,
             "prompt_eval_count": usage.prompt_tokens,

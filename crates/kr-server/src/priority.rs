@@ -1,6 +1,6 @@
-//! Per-request priority (SPEC S5) from the `X-Priority` header, handled in this one place:
+//! Per-request priority from the `X-Priority` header, handled in this one place:
 //! a middleware parses the header (400 naming it on a bad value) and runs the rest of the
-//! request inside a task-local scope, so [`current`] gives [`crate::gen::launch`] the
+//! request inside a task-local scope, so [`current`] gives [`crate::generate::launch`] the
 //! priority without any handler knowing about it.
 //!
 //! Invariant: a request without the header is `normal`, exactly as before priorities.

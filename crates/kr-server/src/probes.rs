@@ -1,4 +1,4 @@
-//! Probes and metrics (SPEC A4): /health (the process answers), /ready (a model is loaded),
+//! Probes and metrics: /health (the process answers), /ready (a model is loaded),
 //! /metrics (Prometheus text), and the JSON 404 for unknown routes.
 
 use crate::error::ApiError;
@@ -23,7 +23,7 @@ pub async fn ready(State(state): State<AppState>) -> Json<Value> {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let text = state
         .metrics
-        .render(state.engine.stats(), state.admission.in_flight());
+        .render(state.engine.stats(), state.permits.in_flight());
     (
         [(
             header::CONTENT_TYPE,

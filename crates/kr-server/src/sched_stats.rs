@@ -1,4 +1,4 @@
-//! Scheduler statistics (SPEC S7): `GET /v1/scheduler/stats` as JSON and the matching
+//! Scheduler statistics: `GET /v1/scheduler/stats` as JSON and the matching
 //! `kr_scheduler_*` / `kr_batch_size` series of /metrics. Everything is read from the
 //! engine's lock-free stats at request time; the settings come from the effective config.
 

@@ -1,6 +1,6 @@
 //! Shared server state: the engine handle, the configuration, metrics and admission control.
 //!
-//! Admission: every engine request holds a [`Permit`] for its whole life. At most
+//! Permits: every engine request holds a [`Permit`] for its whole life. At most
 //! `max_running + max_queue` permits exist; past that a request is refused with 429 before
 //! anything reaches the engine, so the engine's waiting queue stays bounded.
 
@@ -113,14 +113,14 @@ impl Default for ServerConfig {
 
 /// Counts requests in flight in the server.
 #[derive(Debug)]
-pub struct Admission {
+pub struct RequestPermits {
     in_flight: AtomicUsize,
     capacity: AtomicUsize,
 }
 
 /// One admitted engine request; releases its slot on drop.
 #[derive(Debug)]
-pub struct Permit(Arc<Admission>);
+pub struct Permit(Arc<RequestPermits>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -128,7 +128,7 @@ impl Drop for Permit {
     }
 }
 
-impl Admission {
+impl RequestPermits {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
@@ -159,16 +159,16 @@ impl Admission {
 }
 
 /// The settings in force: swapped whole, so a reader sees one consistent version.
-struct Live {
+struct SettingsInForce {
     cfg: Arc<ServerConfig>,
     effective: Effective,
 }
 
 pub struct Inner {
     pub engine: EngineHandle,
-    live: RwLock<Live>,
+    live: RwLock<SettingsInForce>,
     pub metrics: Metrics,
-    pub admission: Arc<Admission>,
+    pub permits: Arc<RequestPermits>,
     /// Every prompt tokenisation goes through it (coalesced into batch encodes).
     pub tokenizer: TokenizeBatcher,
     /// Unix time the server started (the `created` of /v1/models).
@@ -193,7 +193,7 @@ pub fn unix_now() -> u64 {
 
 impl Inner {
     pub fn new(engine: EngineHandle, cfg: ServerConfig) -> AppState {
-        let admission = Admission::new(cfg.max_running + cfg.max_queue);
+        let permits = RequestPermits::new(cfg.max_running + cfg.max_queue);
         // A resolved config brings its scheduler policies; without one the engine keeps
         // those it was started with.
         if let Some(e) = &cfg.effective {
@@ -207,12 +207,12 @@ impl Inner {
         let tokenizer = TokenizeBatcher::new(engine.clone(), metrics.tokenize.clone());
         Arc::new(Inner {
             engine,
-            live: RwLock::new(Live {
+            live: RwLock::new(SettingsInForce {
                 cfg: Arc::new(cfg),
                 effective,
             }),
             metrics,
-            admission,
+            permits,
             tokenizer,
             started: unix_now(),
         })
@@ -235,7 +235,7 @@ impl Inner {
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
         let mut cfg = (*live.cfg).clone();
         cfg.apply(&next.config);
-        self.admission.set_capacity(cfg.max_running + cfg.max_queue);
+        self.permits.set_capacity(cfg.max_running + cfg.max_queue);
         if next.config.policy() != live.effective.config.policy() {
             push_policy(&self.engine, &next.config);
         }

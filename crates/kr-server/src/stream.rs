@@ -11,7 +11,7 @@
 //! Coalescing: request `i`'s tokens are held in a run until it has `interval` tokens or its
 //! first token has waited `max_hold`; a request's end or error sends what is held.
 
-use crate::gen::{TokenOut, Tracked};
+use crate::generate::{TokenOut, Tracked};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};

@@ -1,8 +1,8 @@
-//! POST /tokenize and /detokenize (SPEC A3), vLLM's shapes: `{prompt | messages}` →
+//! POST /tokenize and /detokenize, vLLM's shapes: `{prompt | messages}` →
 //! `{tokens, count, max_model_len}`; `{tokens}` → `{prompt}`.
 //!
 //! Every prompt the server tokenises (these routes and the generating ones) goes through
-//! one [`TokenizeBatcher`], the original's request multiplexer: requests queue in a
+//! one [`TokenizeBatcher`], mlx-serving's request multiplexer: requests queue in a
 //! channel; one worker task takes whatever is waiting (up to [`MAX_BATCH`]) and encodes it
 //! with one batch call on the blocking pool, then answers each. There is no waiting
 //! window: a lone request is encoded at once, and requests that arrive while a batch is
@@ -12,7 +12,7 @@
 
 use crate::error::{ApiError, Result};
 use crate::extract::{check_unknown, ApiJson};
-use crate::gen;
+use crate::generate;
 use crate::openai::chat::MessageIn;
 use crate::state::AppState;
 use axum::extract::State;
@@ -201,7 +201,7 @@ pub async fn tokenize(
             ))
         }
     };
-    let ids = gen::tokenize(&state, prompt).await?;
+    let ids = generate::tokenize(&state, prompt).await?;
     Ok(Json(json!({
         "count": ids.len(),
         "max_model_len": state.engine.info().max_model_len,

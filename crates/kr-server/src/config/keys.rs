@@ -1,4 +1,4 @@
-//! The key table of the config schema (SPEC C1): every key's name, whether it is
+//! The key table of the config schema: every key's name, whether it is
 //! runtime-safe (may change while serving), its allowed range, and how a text value is
 //! parsed into [`Config`] and read back as JSON.
 
@@ -95,6 +95,48 @@ pub static KEYS: &[Key] = &[
         get: |c| json!(c.model),
     },
     Key {
+        name: "device",
+        runtime_safe: false,
+        range: "auto, cpu, cuda or cuda:N (auto: CUDA when a GPU and its driver are present)",
+        set: |c, v| Ok(c.device = v.parse()?),
+        get: |c| json!(c.device.to_string()),
+    },
+    Key {
+        name: "dtype",
+        runtime_safe: false,
+        range: "auto, f32 or bf16 (the GPU's compute type; the CPU computes in f32)",
+        set: |c, v| Ok(c.dtype = v.parse()?),
+        get: |c| json!(c.dtype.to_string()),
+    },
+    Key {
+        name: "gpu_memory_fraction",
+        runtime_safe: false,
+        range: "0.05..=1 (share of GPU memory for weights, KV cache and workspace)",
+        set: |c, v| Ok(c.gpu_memory_fraction = float(v, 0.05, 1.0)?),
+        get: |c| json!(c.gpu_memory_fraction),
+    },
+    Key {
+        name: "cuda_graphs",
+        runtime_safe: false,
+        range: "true or false (replay decode steps from CUDA graphs)",
+        set: |c, v| Ok(c.cuda_graphs = boolean(v)?),
+        get: |c| json!(c.cuda_graphs),
+    },
+    Key {
+        name: "overlap_steps",
+        runtime_safe: false,
+        range: "true or false (launch decode step N+1 before step N's tokens are read)",
+        set: |c, v| Ok(c.overlap_steps = boolean(v)?),
+        get: |c| json!(c.overlap_steps),
+    },
+    Key {
+        name: "threads",
+        runtime_safe: false,
+        range: "0..=1024 CPU worker threads (0 = one per core)",
+        set: |c, v| Ok(c.threads = int(v, 0usize, 1024)?),
+        get: |c| json!(c.threads),
+    },
+    Key {
         name: "kv_cache_mib",
         runtime_safe: false,
         range: "1..=1048576",
@@ -107,6 +149,13 @@ pub static KEYS: &[Key] = &[
         range: "0..=16777216 (0 = the model's)",
         set: |c, v| Ok(c.max_model_len = int(v, 0usize, 1 << 24)?),
         get: |c| json!(c.max_model_len),
+    },
+    Key {
+        name: "api_key_file",
+        runtime_safe: false,
+        range: "a readable file of API keys, one a line (empty = none)",
+        set: |c, v| Ok(c.api_key_file = v.trim().to_string()),
+        get: |c| json!(c.api_key_file),
     },
     Key {
         name: "max_running",
@@ -164,7 +213,7 @@ pub static KEYS: &[Key] = &[
         set: |c, v| Ok(c.stream_interval_ms = int(v, 0u64, 60_000)?),
         get: |c| json!(c.stream_interval_ms),
     },
-    // Scheduler policies (SPEC S1–S6); all applied live to the engine.
+    // Scheduler policies; all applied live to the engine.
     Key {
         name: "fast_path",
         runtime_safe: true,
@@ -286,7 +335,7 @@ pub static KEYS: &[Key] = &[
     },
 ];
 
-/// The original system's environment names accepted as aliases (SPEC C1); a
+/// The environment names of the system kr-serve reimplements, accepted as aliases; a
 /// `KR_SERVE_<KEY>` variable wins over its alias.
 pub static ENV_ALIASES: &[(&str, &str)] = &[
     ("MLX_GPU_SCHEDULER_WINDOW_MS", "scheduler_window_ms"),

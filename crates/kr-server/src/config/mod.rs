@@ -1,4 +1,4 @@
-//! One config schema for `kr-serve serve` (SPEC C1/C2).
+//! The one config schema of kr-serve: every setting of the server and the engine.
 //!
 //! A value comes from, highest first: a flag, env `KR_SERVE_<KEY>`, the YAML file
 //! (`--config FILE`), a preset (`preset:` in the file, env `KR_SERVE_PRESET` or
@@ -8,22 +8,34 @@
 
 pub mod keys;
 
-use kr_engine::{AdaptiveConfig, LatencyConfig, PolicyConfig};
+use kr_engine::{
+    AdaptiveConfig, DTypeChoice, DeviceChoice, EngineConfig, LatencyConfig, PolicyConfig,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use keys::{key, Key, ENV_ALIASES, KEYS};
 
-/// Every serve setting, with its default.
+/// Every setting of the server and the engine, with its default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub host: String,
     pub port: u16,
     pub model: String,
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+    /// On CUDA: the share of GPU memory for weights, KV cache and workspace.
+    pub gpu_memory_fraction: f64,
+    pub cuda_graphs: bool,
+    pub overlap_steps: bool,
+    /// CPU worker threads; 0 = one per core.
+    pub threads: usize,
     pub kv_cache_mib: usize,
     /// 0 = the model's context length.
     pub max_model_len: usize,
+    /// File of accepted API keys, one a line; empty = none.
+    pub api_key_file: String,
     pub max_running: usize,
     pub max_queue: usize,
     pub max_body_bytes: usize,
@@ -62,8 +74,15 @@ impl Default for Config {
             host: "127.0.0.1".into(),
             port: 8080,
             model: kr_engine::BUILTIN_MODEL.into(),
+            device: DeviceChoice::Auto,
+            dtype: DTypeChoice::Auto,
+            gpu_memory_fraction: 0.9,
+            cuda_graphs: true,
+            overlap_steps: true,
+            threads: 0,
             kv_cache_mib: 1024,
             max_model_len: 0,
+            api_key_file: String::new(),
             max_running: 64,
             max_queue: 256,
             max_body_bytes: 4 << 20,
@@ -98,6 +117,24 @@ fn ms(v: f64) -> std::time::Duration {
 }
 
 impl Config {
+    /// The engine's configuration: model, device, sizes and scheduler policies. The engine
+    /// runs as many sequences as the server admits to run (`max_running`, also the ceiling
+    /// of the latency controller).
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            kv_cache_mib: self.kv_cache_mib,
+            max_num_seqs: self.max_running,
+            max_model_len: (self.max_model_len > 0).then_some(self.max_model_len),
+            device: self.device,
+            dtype: self.dtype,
+            gpu_memory_fraction: self.gpu_memory_fraction,
+            cuda_graphs: self.cuda_graphs,
+            overlap_steps: self.overlap_steps,
+            policy: self.policy(),
+            ..EngineConfig::new(&self.model)
+        }
+    }
+
     /// The engine's scheduler policies these settings ask for.
     pub fn policy(&self) -> PolicyConfig {
         let adaptive = self.adaptive_window.then(|| AdaptiveConfig {
@@ -207,7 +244,7 @@ pub struct Inputs {
 }
 
 /// The `KR_SERVE_<KEY>` variables (and `KR_SERVE_PRESET`) of the process environment,
-/// plus the original's `MLX_*` aliases ([`ENV_ALIASES`]) of keys not set by their own name.
+/// plus mlx-serving's `MLX_*` aliases ([`ENV_ALIASES`]) of keys not set by their own name.
 pub fn env_vars() -> Vec<(String, String)> {
     env_vars_from(|name| std::env::var(name).ok())
 }

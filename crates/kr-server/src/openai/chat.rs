@@ -5,14 +5,14 @@
 use super::{check_request, new_id, openai_request, usage_json};
 use crate::error::{ApiError, Result};
 use crate::extract::ApiJson;
-use crate::gen::{self, TokenOut};
+use crate::generate::{self, FieldNames, Job, TokenOut};
 use crate::state::{unix_now, AppState};
 use crate::stream::{event_response, sse, Encoder};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kr_engine::{ChatMessage, FinishReason, Prompt, Usage};
+use kr_engine::{ChatMessage, FinishReason, Prompt, RequestOptions, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -149,10 +149,16 @@ pub async fn chat_completions(
     let n = common.n()?;
     let mut params = common.to_params()?;
     params.logprobs = logprobs_param(req.logprobs, req.top_logprobs)?;
-    let prompt = gen::tokenize(&state, Prompt::Chat(messages)).await?;
-    let asked = req.max_completion_tokens.or(req.max_tokens);
-    params.max_tokens = gen::max_tokens(&state, asked, "messages", prompt.len())?;
-    let streams = gen::launch(&state, arrived, &[prompt], &params, n)?;
+    let prompt = generate::tokenize(&state, Prompt::Chat(messages)).await?;
+    let job = Job {
+        prompts: &[prompt],
+        params: &params,
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        n,
+        options: RequestOptions::default(),
+        fields: FieldNames::CHAT,
+    };
+    let streams = generate::launch(&state, arrived, job)?;
     let meta = json!({
         "id": new_id("chatcmpl"),
         "created": unix_now(),
@@ -170,7 +176,7 @@ pub async fn chat_completions(
         let pacing = state.pacing(true, arrived);
         return Ok(event_response(streams, enc, pacing, "text/event-stream"));
     }
-    let outs = gen::collect_within(&state, arrived, streams).await?;
+    let outs = generate::collect_within(&state, arrived, streams).await?;
     let choices: Vec<Value> = outs
         .iter()
         .enumerate()
@@ -187,7 +193,7 @@ pub async fn chat_completions(
                 "index": i,
                 "message": {"role": "assistant", "content": c.text},
                 "logprobs": lp,
-                "finish_reason": gen::finish_str(c.finish),
+                "finish_reason": generate::finish_str(c.finish),
             })
         })
         .collect();
@@ -195,7 +201,7 @@ pub async fn chat_completions(
     let mut body = meta;
     body["object"] = "chat.completion".into();
     body["choices"] = choices.into();
-    body["usage"] = usage_json(&gen::total_usage(&usages, n));
+    body["usage"] = usage_json(&generate::total_usage(&usages, n));
     Ok(Json(body).into_response())
 }
 
@@ -249,7 +255,7 @@ impl Encoder for ChatEncoder {
             self.usage.resize(index + 1, Usage::default());
         }
         self.usage[index] = usage;
-        let reason = gen::finish_str(reason).into();
+        let reason = generate::finish_str(reason).into();
         vec![self.chunk(index, json!({}), Value::Null, reason)]
     }
 
@@ -265,7 +271,7 @@ impl Encoder for ChatEncoder {
             let mut c = self.meta.clone();
             c["object"] = "chat.completion.chunk".into();
             c["choices"] = json!([]);
-            c["usage"] = usage_json(&gen::total_usage(&self.usage, self.n));
+            c["usage"] = usage_json(&generate::total_usage(&self.usage, self.n));
             out.push(sse(&c));
         }
         out.push(Bytes::from_static(b"data: [DONE]\n\n"));

@@ -12,7 +12,7 @@
 use super::{check_request, new_id, openai_request, usage_json};
 use crate::error::{ApiError, Result};
 use crate::extract::ApiJson;
-use crate::gen::{self, TokenOut};
+use crate::generate::{self, FieldNames, Job, TokenOut};
 use crate::state::{unix_now, AppState};
 use crate::stream::{event_response, sse, Encoder};
 use axum::body::Bytes;
@@ -92,7 +92,11 @@ async fn prepare(state: &AppState, ps: Vec<Prompt>) -> Result<(Vec<Vec<u32>>, Ve
             Prompt::Tokens(t) => state.engine.tokenizer().decode(t).unwrap_or_default(),
             Prompt::Chat(_) => String::new(),
         };
-        ids.push(gen::tokenize(state, p).await.map_err(as_prompt_error)?);
+        ids.push(
+            generate::tokenize(state, p)
+                .await
+                .map_err(as_prompt_error)?,
+        );
         texts.push(text);
     }
     Ok((ids, texts))
@@ -139,20 +143,23 @@ pub async fn completions(
     let mut params = common.to_params()?;
     params.logprobs = req.logprobs;
     let (ids, texts) = prepare(&state, prompts(req.prompt)?).await?;
-    let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
-    let shortest = ids.iter().map(Vec::len).min().unwrap_or(0);
     let echo = req.echo.unwrap_or(false);
     let asked = req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     // `echo` with `max_tokens: 0`: run the prefill (for prompt logprobs) and one token.
     let only = echo && asked == 0;
-    gen::max_tokens(&state, None, "prompt", shortest)?;
-    params.max_tokens =
-        gen::max_tokens(&state, Some(asked.max(u32::from(only))), "prompt", longest)?;
-    let opts = RequestOptions {
-        prompt_logprobs: req.logprobs.filter(|_| echo),
-        ..Default::default()
+    let prompt_logprobs = req.logprobs.filter(|_| echo);
+    let job = Job {
+        prompts: &ids,
+        params: &params,
+        max_tokens: Some(asked.max(u32::from(only))),
+        n,
+        options: RequestOptions {
+            prompt_logprobs,
+            ..Default::default()
+        },
+        fields: FieldNames::COMPLETIONS,
     };
-    let streams = gen::launch_with(&state, arrived, &ids, &params, n, &opts)?;
+    let streams = generate::launch(&state, arrived, job)?;
     // Choice `i` belongs to prompt `i / n`.
     let prompt_of = |i: usize| i / n;
     let echo = Echo {
@@ -168,7 +175,7 @@ pub async fn completions(
         ids: (0..streams.len())
             .map(|i| ids[prompt_of(i)].clone())
             .collect(),
-        scored: opts.prompt_logprobs.is_some(),
+        scored: prompt_logprobs.is_some(),
         only,
     };
     let meta = json!({"id": new_id("cmpl"), "object": "text_completion", "created": unix_now(), "model": req.model});
@@ -178,7 +185,7 @@ pub async fn completions(
         let pacing = state.pacing(true, arrived);
         return Ok(event_response(streams, enc, pacing, "text/event-stream"));
     }
-    let outs = gen::collect_within(&state, arrived, streams).await?;
+    let outs = generate::collect_within(&state, arrived, streams).await?;
     let with_lp = params.logprobs.is_some();
     Ok(Json(completion_body(&state, meta, &outs, &echo, with_lp, n)).into_response())
 }
@@ -187,7 +194,7 @@ pub async fn completions(
 fn completion_body(
     state: &AppState,
     meta: Value,
-    outs: &[gen::Completion],
+    outs: &[generate::Completion],
     echo: &Echo,
     with_lp: bool,
     n: usize,
@@ -218,7 +225,7 @@ fn completion_body(
                 "index": i,
                 "text": format!("{}{gen_text}", echo.texts[i]),
                 "logprobs": lp,
-                "finish_reason": gen::finish_str(finish),
+                "finish_reason": generate::finish_str(finish),
             })
         })
         .collect();
@@ -235,7 +242,7 @@ fn completion_body(
         .collect();
     let mut body = meta;
     body["choices"] = choices.into();
-    body["usage"] = usage_json(&gen::total_usage(&usages, n));
+    body["usage"] = usage_json(&generate::total_usage(&usages, n));
     body
 }
 
@@ -398,7 +405,7 @@ impl Encoder for CompletionEncoder {
             reason
         };
         self.usage[index] = usage;
-        out.push(self.chunk(index, "", Value::Null, gen::finish_str(reason).into()));
+        out.push(self.chunk(index, "", Value::Null, generate::finish_str(reason).into()));
         out
     }
 
@@ -413,7 +420,7 @@ impl Encoder for CompletionEncoder {
         if self.include_usage {
             let mut c = self.meta.clone();
             c["choices"] = json!([]);
-            c["usage"] = usage_json(&gen::total_usage(&self.usage, self.n));
+            c["usage"] = usage_json(&generate::total_usage(&self.usage, self.n));
             out.push(sse(&c));
         }
         out.push(Bytes::from_static(b"data: [DONE]\n\n"));

@@ -1,4 +1,4 @@
-//! The OpenAI dialect (SPEC A1): /v1/chat/completions, /v1/completions, /v1/models.
+//! The OpenAI dialect: /v1/chat/completions, /v1/completions, /v1/models.
 //! Wire types are thin adapters over one internal request (`SamplingParams` + prompts).
 
 pub mod chat;
