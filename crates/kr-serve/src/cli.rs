@@ -223,32 +223,34 @@ pub struct BenchPlotArgs {
     pub out_prefix: PathBuf,
 }
 
-/// Engine sizing flags shared by every command that loads a model.
+/// Engine flags shared by every command that loads a model. Each flag named like a config
+/// key sets that key (highest precedence; see `kr-serve config`), so its value is checked
+/// by the key table, with the key's range in the error.
 #[derive(Args, Clone)]
 pub struct EngineArgs {
-    /// Model: a GGUF file, a llama2.c .bin checkpoint (tokenizer beside it), or
-    /// `builtin:stories260K` (the default: a 1 MiB story model built into the binary).
+    /// Model: a GGUF file, a Hugging Face directory, a llama2.c .bin checkpoint (tokenizer
+    /// beside it), or `builtin:stories260K` (the default: a 1 MiB story model built in).
     #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Memory for the KV cache in MiB [default: 1024].
+    pub model: Option<String>,
+    /// Memory for the KV cache on the CPU in MiB [default: 1024].
     #[arg(long)]
-    pub kv_cache_mib: Option<usize>,
+    pub kv_cache_mib: Option<String>,
     /// Context limit (default: the model's).
     #[arg(long)]
-    pub max_model_len: Option<usize>,
+    pub max_model_len: Option<String>,
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
-    pub threads: Option<usize>,
+    pub threads: Option<String>,
     /// Where to run: auto (CUDA when a GPU and its driver are present, else CPU), cpu,
-    /// cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: kr_engine::DeviceChoice,
-    /// Compute type on the GPU: auto (bf16), f32, bf16 or f16 (the CPU computes in f32).
-    #[arg(long, default_value = "auto")]
-    pub dtype: kr_engine::DTypeChoice,
-    /// Share of GPU memory for weights, KV cache and workspace (0-1].
-    #[arg(long, default_value_t = 0.9)]
-    pub gpu_memory_fraction: f64,
+    /// cuda or cuda:N [default: auto].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Compute type on the GPU: auto (bf16), f32 or bf16 (the CPU computes in f32).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Share of GPU memory for weights, KV cache and workspace (0.05-1) [default: 0.9].
+    #[arg(long)]
+    pub gpu_memory_fraction: Option<String>,
     /// Run every decode step eagerly instead of replaying CUDA graphs.
     #[arg(long)]
     pub no_cuda_graphs: bool,
@@ -262,18 +264,6 @@ pub struct EngineArgs {
     /// With --random-weights: llama-3.1-8b, llama-3.2-1b, qwen2.5-7b or qwen2.5-0.5b.
     #[arg(long)]
     pub arch: Option<String>,
-}
-
-impl EngineArgs {
-    /// The model to load: `--model`, or the built-in one.
-    pub fn model_path(&self) -> PathBuf {
-        if let (true, Some(arch)) = (self.random_weights, &self.arch) {
-            return PathBuf::from(format!("{}{arch}", kr_engine::RANDOM_PREFIX));
-        }
-        self.model
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(kr_engine::BUILTIN_MODEL))
-    }
 }
 
 #[derive(Args)]
@@ -359,36 +349,36 @@ pub struct ServeArgs {
     pub host: Option<String>,
     /// Port to listen on (0 picks a free one) [default: 8080].
     #[arg(long)]
-    pub port: Option<u16>,
+    pub port: Option<String>,
     /// Requests allowed to wait beyond the running batch; more get 429 [default: 256].
     #[arg(long)]
-    pub max_queue: Option<usize>,
+    pub max_queue: Option<String>,
     /// Requests run at once (the engine's batch limit) [default: 64].
     #[arg(long)]
-    pub max_running: Option<usize>,
+    pub max_running: Option<String>,
     /// Largest request body in bytes [default: 4194304].
     #[arg(long)]
-    pub max_body_bytes: Option<usize>,
+    pub max_body_bytes: Option<String>,
     /// Largest `max_tokens` a request may ask for (and the default) [default: 4096].
     #[arg(long)]
-    pub max_tokens_cap: Option<u32>,
+    pub max_tokens_cap: Option<String>,
     /// Require `Authorization: Bearer KEY` (repeatable; also env KR_SERVE_API_KEY).
     #[arg(long)]
     pub api_key: Vec<String>,
     /// File of accepted API keys, one per line (`#` starts a comment).
     #[arg(long)]
-    pub api_key_file: Option<PathBuf>,
+    pub api_key_file: Option<String>,
     /// Key for /admin/* (also env KR_SERVE_ADMIN_KEY). Without it /admin is open when no
     /// API key is set and disabled (403) when API keys are set.
     #[arg(long)]
     pub admin_key: Option<String>,
     /// Longest a request may run, in seconds (0 = no limit) [default: 0].
     #[arg(long)]
-    pub request_timeout: Option<f64>,
+    pub request_timeout: Option<String>,
     /// Send streamed tokens in runs of N (1 = every token) [default: 1].
     #[arg(long)]
-    pub stream_interval: Option<usize>,
+    pub stream_interval: Option<String>,
     /// Reject unknown request fields with 400 instead of ignoring them.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub strict: Option<bool>,
+    pub strict: Option<String>,
 }

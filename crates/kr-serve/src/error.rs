@@ -24,7 +24,7 @@ pub enum CliError {
 impl CliError {
     pub fn hint(&self) -> Option<String> {
         use kr_engine::EngineError as E;
-        use kr_model::ModelError as M;
+        use kr_engine::ModelError as M;
         match self {
             CliError::Engine(E::Model(M::Io { .. })) => Some(
                 "check the --model path; models in the repo's tests live under ../shared/models/"

@@ -3,14 +3,14 @@
 //! model file. Errors are printed once, here, with a hint.
 
 mod bench;
-mod bench_gpu;
 mod cli;
 mod error;
 mod models;
 mod run;
 mod serve;
+mod settings;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use cli::{BenchCommand, Cli, Command, ModelsCommand};
 
 fn main() {
@@ -21,17 +21,21 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The config keys given as flags, the env and the config file: resolved by the commands
+    // that load a model.
+    let inputs = settings::inputs(settings::leaf(&matches));
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
-        Command::Serve(args) => serve::serve(args),
-        Command::Config(args) => serve::print_config(args),
+        Command::Run(args) => run::run(args, &inputs),
+        Command::Serve(args) => serve::serve(args, inputs),
+        Command::Config(args) => serve::print_config(args, &inputs),
         Command::Bench {
             command: BenchCommand::Engine(args),
-        } => bench::bench_engine(args),
+        } => bench::bench_engine(args, &inputs),
         Command::Bench {
             command: BenchCommand::Overhead(args),
-        } => bench::overhead::bench_overhead(args),
+        } => bench::overhead::bench_overhead(args, &inputs),
         Command::Bench {
             command: BenchCommand::Serve(args),
         } => bench::serve::bench_serve(args),

@@ -1,51 +1,22 @@
 //! `kr-serve run`: one prompt, streamed to stdout; timings to stderr.
 
-use crate::cli::{EngineArgs, RunArgs};
+use crate::cli::RunArgs;
 use crate::error::{CliError, Result};
-use kr_engine::{
-    ChatMessage, EngineConfig, EngineHandle, Event, GenerateRequest, Prompt, SamplingParams,
-};
+use kr_engine::{ChatMessage, EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
+use kr_server::config::{Config, Inputs};
 use std::io::Write;
 use std::time::Instant;
 
-/// Starts an engine from the shared flags.
-pub fn start_engine(args: &EngineArgs) -> Result<EngineHandle> {
-    start_engine_with(args, |_| {})
+/// Starts an engine from the resolved config.
+pub fn start_engine(c: &Config) -> Result<EngineHandle> {
+    crate::settings::apply_process_settings(c);
+    Ok(kr_engine::start(c.engine_config())?)
 }
 
-/// [`start_engine`] with a last say on the engine config (`serve` sets the running cap and
-/// the scheduler policies from its config).
-pub fn start_engine_with(
-    args: &EngineArgs,
-    tweak: impl FnOnce(&mut EngineConfig),
-) -> Result<EngineHandle> {
-    if let Some(n) = args.threads {
-        if n == 0 {
-            return Err(CliError::Usage("--threads must be at least 1".into()));
-        }
-        // Only fails if the pool was already built, which cannot happen before this call.
-        let _ = rayon_threads(n);
-    }
-    let mut cfg = EngineConfig::new(args.model_path());
-    cfg.kv_cache_mib = args.kv_cache_mib.unwrap_or(1024);
-    cfg.max_model_len = args.max_model_len;
-    cfg.device = args.device;
-    cfg.dtype = args.dtype;
-    cfg.gpu_memory_fraction = args.gpu_memory_fraction;
-    cfg.cuda_graphs = !args.no_cuda_graphs;
-    cfg.overlap_steps = !args.no_overlap;
-    tweak(&mut cfg);
-    Ok(kr_engine::start(cfg)?)
-}
-
-fn rayon_threads(n: usize) -> std::result::Result<(), String> {
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    Ok(())
-}
-
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(args: RunArgs, inputs: &Inputs) -> Result<()> {
     let t0 = Instant::now();
-    let engine = start_engine(&args.engine)?;
+    let eff = crate::settings::resolve(inputs)?;
+    let engine = start_engine(&eff.config)?;
     let load = t0.elapsed();
     let prompt = if args.raw || !engine.has_chat_template() {
         Prompt::Text(args.prompt.clone())

@@ -1,86 +1,44 @@
 //! `kr-serve serve`: loads the model, then serves the HTTP APIs (kr-server) until SIGINT or
 //! SIGTERM, after which it stops accepting, lets in-flight requests finish and exits 0.
 
-use crate::cli::{ConfigArgs, EngineArgs, ServeArgs};
+use crate::cli::{ConfigArgs, ServeArgs};
 use crate::error::{CliError, Result};
-use crate::run::start_engine_with;
-use kr_server::config::{self, Effective, Inputs};
+use crate::run::start_engine;
+use crate::settings::resolve;
+use kr_server::config::{Config, Inputs};
 use kr_server::ServerConfig;
-use std::path::PathBuf;
-
-/// The config inputs of the command line: its flags, the env, the `--config` file.
-fn inputs(args: &ServeArgs) -> Inputs {
-    let e = &args.engine;
-    let flags: [(&str, Option<String>); 13] = [
-        ("preset", args.preset.clone()),
-        ("host", args.host.clone()),
-        ("port", args.port.map(|v| v.to_string())),
-        ("model", e.model.as_ref().map(|p| p.display().to_string())),
-        ("kv_cache_mib", e.kv_cache_mib.map(|v| v.to_string())),
-        ("max_model_len", e.max_model_len.map(|v| v.to_string())),
-        ("max_running", args.max_running.map(|v| v.to_string())),
-        ("max_queue", args.max_queue.map(|v| v.to_string())),
-        ("max_body_bytes", args.max_body_bytes.map(|v| v.to_string())),
-        ("max_tokens_cap", args.max_tokens_cap.map(|v| v.to_string())),
-        (
-            "stream_interval",
-            args.stream_interval.map(|v| v.to_string()),
-        ),
-        (
-            "request_timeout",
-            args.request_timeout.map(|v| v.to_string()),
-        ),
-        ("strict", args.strict.map(|v| v.to_string())),
-    ];
-    Inputs {
-        flags: flags
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v?)))
-            .collect(),
-        env: config::env_vars(),
-        file: args.config.clone(),
-    }
-}
-
-fn resolve(args: &ServeArgs) -> Result<(Effective, Inputs)> {
-    let inputs = inputs(args);
-    let eff = config::resolve(&inputs).map_err(|e| CliError::Usage(e.to_string()))?;
-    Ok((eff, inputs))
-}
 
 /// `kr-serve config`: the effective config and the source of each value.
-pub fn print_config(args: ConfigArgs) -> Result<()> {
-    let (eff, _) = resolve(&args.serve)?;
+pub fn print_config(args: ConfigArgs, inputs: &Inputs) -> Result<()> {
+    let eff = resolve(inputs)?;
+    let switches = kr_engine::tuning_switches();
     if args.json {
-        println!("{:#}", eff.to_json());
-    } else {
-        print!("{}", eff.to_table());
+        let mut out = eff.to_json();
+        out["gpu_tuning_env"] = serde_json::json!(switches);
+        println!("{out:#}");
+        return Ok(());
+    }
+    print!("{}", eff.to_table());
+    println!(
+        "\nGPU tuning switches (environment; read by the CUDA backend, see docs/gpu-tuning.md):"
+    );
+    for s in switches {
+        let (value, source) = match &s.value {
+            Some(v) => (v.as_str(), "env"),
+            None => (s.default, "default"),
+        };
+        println!("{:<29} {:<36} {source:<8} {}", s.name, value, s.allowed);
     }
     Ok(())
 }
 
-pub fn serve(args: ServeArgs) -> Result<()> {
-    let (eff, inputs) = resolve(&args)?;
+pub fn serve(args: ServeArgs, inputs: Inputs) -> Result<()> {
+    let eff = resolve(&inputs)?;
     let c = &eff.config;
-    let model = if args.engine.random_weights {
-        args.engine.model_path()
-    } else {
-        PathBuf::from(&c.model)
-    };
-    let engine_args = EngineArgs {
-        model: Some(model),
-        kv_cache_mib: Some(c.kv_cache_mib),
-        max_model_len: (c.max_model_len > 0).then_some(c.max_model_len),
-        ..args.engine.clone()
-    };
-    // The engine runs as many sequences as the server admits to run (max_running; also
-    // the ceiling of the latency controller) under the configured scheduler policies.
-    let engine = start_engine_with(&engine_args, |e| {
-        e.max_num_seqs = c.max_running;
-        e.policy = c.policy();
-    })?;
+    let api_keys = api_keys(&args, c)?;
+    let engine = start_engine(c)?;
     let cfg = ServerConfig {
-        api_keys: api_keys(&args)?,
+        api_keys,
         admin_key: args
             .admin_key
             .clone()
@@ -115,17 +73,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     result
 }
 
-/// Keys from `--api-key`, `--api-key-file` and env `KR_SERVE_API_KEY`; none means no auth.
-fn api_keys(args: &ServeArgs) -> Result<Vec<String>> {
+/// Keys from `--api-key`, env `KR_SERVE_API_KEY` and the `api_key_file` key; none means
+/// no auth.
+fn api_keys(args: &ServeArgs, c: &Config) -> Result<Vec<String>> {
     let mut keys = args.api_key.clone();
     keys.extend(std::env::var("KR_SERVE_API_KEY").ok());
-    if let Some(path) = &args.api_key_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            CliError::Usage(format!(
-                "cannot read --api-key-file {}: {e}",
-                path.display()
-            ))
-        })?;
+    if !c.api_key_file.is_empty() {
+        let path = &c.api_key_file;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Usage(format!("cannot read api_key_file {path}: {e}")))?;
         let lines = text.lines().map(str::trim);
         keys.extend(
             lines

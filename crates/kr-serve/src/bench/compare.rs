@@ -1,4 +1,4 @@
-//! `kr-serve bench compare OLD.json NEW.json --tolerance 5%`: the regression gate (SPEC B4).
+//! `kr-serve bench compare OLD.json NEW.json --tolerance 5%`: the regression gate.
 //!
 //! Each report is flattened into named metrics that say which way is better (throughput
 //! up, latency down). A metric regresses when NEW is worse than OLD by more than the

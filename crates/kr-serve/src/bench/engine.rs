@@ -3,11 +3,13 @@
 //! a warm-up request, the median of `repeat` runs. Writes a JSON report with the machine,
 //! the commit and the command line. Never asserts timings.
 
+use super::stats::median;
 use super::{build_commit, commit, machine};
 use crate::cli::BenchEngineArgs;
 use crate::error::{CliError, Result};
 use crate::run::start_engine;
-use kr_engine::{EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
+use kr_engine::{DeviceChoice, EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
+use kr_server::config::Inputs;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -93,16 +95,11 @@ fn run_batch(
     Ok((start, timings))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-pub fn bench_engine(args: BenchEngineArgs) -> Result<()> {
+pub fn bench_engine(args: BenchEngineArgs, inputs: &Inputs) -> Result<()> {
     if args.repeat == 0
         || args.batch_sizes.is_empty()
         || args.batch_sizes.contains(&0)
@@ -113,10 +110,11 @@ pub fn bench_engine(args: BenchEngineArgs) -> Result<()> {
                 .into(),
         ));
     }
-    if crate::bench_gpu::wants_gpu(args.engine.device) {
-        return crate::bench_gpu::bench_engine_gpu(args);
+    let c = crate::settings::resolve(inputs)?.config;
+    if c.device.resolve() != DeviceChoice::Cpu {
+        return super::gpu::bench_engine_gpu(args, &c);
     }
-    let engine = start_engine(&args.engine)?;
+    let engine = start_engine(&c)?;
     let vocab = engine.info().config.vocab_size;
     let mut seed = args.seed * 1_000_003;
     let mut next_prompt = |len| {
@@ -130,7 +128,7 @@ pub fn bench_engine(args: BenchEngineArgs) -> Result<()> {
         let (start, t) = run_batch(&engine, vec![next_prompt(args.prefill_tokens)], 1)?;
         prefill.push(secs(t[0].first_token - start));
     }
-    let ttft = median(prefill);
+    let ttft = median(&prefill).unwrap_or(f64::NAN);
     eprintln!(
         "prefill {} tokens: TTFT {:.1} ms, {:.1} tokens/s",
         args.prefill_tokens,
@@ -153,16 +151,16 @@ pub fn bench_engine(args: BenchEngineArgs) -> Result<()> {
             rates.push(generated as f64 / secs(end - decode_start).max(1e-9));
             ttfts.push(secs(decode_start - start));
         }
-        let tps = median(rates);
+        let tps = median(&rates).unwrap_or(f64::NAN);
         eprintln!(
             "batch {b:>3}: decode {tps:.1} tokens/s ({:.1} per sequence)",
             tps / b as f64
         );
-        decode.push(json!({"batch_size": b, "decode_tokens_per_s": tps, "per_sequence_tokens_per_s": tps / b as f64, "ms_per_step": 1e3 * b as f64 / tps, "ttft_all_prompts_ms": median(ttfts) * 1e3}));
+        decode.push(json!({"batch_size": b, "decode_tokens_per_s": tps, "per_sequence_tokens_per_s": tps / b as f64, "ms_per_step": 1e3 * b as f64 / tps, "ttft_all_prompts_ms": median(&ttfts).unwrap_or(f64::NAN) * 1e3}));
     }
     let report = json!({
         "benchmark": "engine",
-        "model": args.engine.model_path().display().to_string(),
+        "model": c.model,
         "device": "cpu",
         "machine": machine(),
         "commit": build_commit(),

@@ -1,4 +1,4 @@
-//! `kr-serve bench …`: benchmarks that write JSON reports (SPEC B1, B2, B4).
+//! `kr-serve bench …`: benchmarks that write JSON reports.
 //!
 //! - `engine` ([`engine`]): offline throughput of the in-process engine.
 //! - `overhead` ([`overhead`]): the same prompts through the engine and through the HTTP
@@ -13,6 +13,7 @@ pub mod client;
 pub mod compare;
 pub mod dataset;
 pub mod engine;
+pub mod gpu;
 pub mod overhead;
 pub mod plot;
 pub mod report;

@@ -1,5 +1,5 @@
 //! `kr-serve bench overhead`: what the HTTP server costs over the in-process engine
-//! (SPEC B1, the original's 50-question benchmark).
+//! (mlx-serving's 50-question benchmark).
 //!
 //! One engine serves both sides: the "engine" side submits through `EngineHandle`, the
 //! "http" side posts streaming `/v1/chat/completions` requests to kr-server, started in
@@ -21,6 +21,7 @@ use crate::cli::BenchOverheadArgs;
 use crate::error::{CliError, Result};
 use crate::run::start_engine;
 use kr_engine::{ChatMessage, EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
+use kr_server::config::Inputs;
 use serde_json::{json, Value};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -89,7 +90,7 @@ struct Ctx {
     seed: u64,
 }
 
-pub fn bench_overhead(args: BenchOverheadArgs) -> Result<()> {
+pub fn bench_overhead(args: BenchOverheadArgs, inputs: &Inputs) -> Result<()> {
     if args.repeat == 0
         || args.concurrency.is_empty()
         || args.concurrency.contains(&0)
@@ -108,7 +109,8 @@ pub fn bench_overhead(args: BenchOverheadArgs) -> Result<()> {
         )
         .unwrap_or_default(),
     };
-    let engine = start_engine(&args.engine)?;
+    let c = crate::settings::resolve(inputs)?.config;
+    let engine = start_engine(&c)?;
     if !engine.has_chat_template() {
         eprintln!("note: the model has no chat template; both sides send the question as raw text (/v1/completions)");
     }
@@ -130,7 +132,7 @@ pub fn bench_overhead(args: BenchOverheadArgs) -> Result<()> {
         "benchmark": "overhead",
         "overhead_percent": worst,
         "overhead_definition": "per concurrency level: median over repeats of (http total time / engine total time - 1) * 100; top level: the largest of the levels",
-        "model": args.engine.model_path().display().to_string(),
+        "model": c.model,
         "machine": machine(),
         "commit": build_commit(),
         "checkout_commit": commit(),

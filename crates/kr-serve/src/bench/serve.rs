@@ -1,4 +1,4 @@
-//! `kr-serve bench serve`: a load generator for any OpenAI-compatible server (SPEC B2).
+//! `kr-serve bench serve`: a load generator for any OpenAI-compatible server.
 //!
 //! For each concurrency level: a few warm-up requests (not measured), then the workload,
 //! sent at a seeded Poisson rate (or all at once) with at most `concurrency` requests in
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The questions of the original 50-question benchmark (the default workload).
+/// The questions of mlx-serving's 50-question benchmark (the default workload).
 pub const QUESTIONS_50: &str = include_str!("../../assets/questions-50.txt");
 
 /// The workload the flags describe.
