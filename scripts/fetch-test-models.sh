@@ -14,7 +14,7 @@
 # is downloaded once; a MEMBER starting with "*/" may sit under any top-level folder.
 #
 # The files fetched are exactly those the tests use:
-#   smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf  kr-engine, kr-server, kr-serve
+#   smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf  kr-engine, kr-http, kr-serve
 #                               end-to-end tests; kr-cuda tests/smollm2.rs
 #   stories260K/stories260K.bin, tok512.bin                      kr-engine tests/stories260k.rs,
 #                               kr-serve tests/builtin_model.rs (the tokenizer sits beside it)

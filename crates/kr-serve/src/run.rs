@@ -3,7 +3,7 @@
 use crate::cli::RunArgs;
 use crate::error::{CliError, Result};
 use kr_engine::{ChatMessage, EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
-use kr_server::config::{Config, Inputs};
+use kr_http::config::{Config, Inputs};
 use std::io::Write;
 use std::time::Instant;
 

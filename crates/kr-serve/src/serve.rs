@@ -1,12 +1,12 @@
-//! `kr-serve serve`: loads the model, then serves the HTTP APIs (kr-server) until SIGINT or
+//! `kr-serve serve`: loads the model, then serves the HTTP APIs (kr-http) until SIGINT or
 //! SIGTERM, after which it stops accepting, lets in-flight requests finish and exits 0.
 
 use crate::cli::{ConfigArgs, ServeArgs};
 use crate::error::{CliError, Result};
 use crate::run::start_engine;
 use crate::settings::resolve;
-use kr_server::config::{Config, Inputs};
-use kr_server::ServerConfig;
+use kr_http::config::{Config, Inputs};
+use kr_http::ServerConfig;
 
 /// `kr-serve config`: the effective config and the source of each value.
 pub fn print_config(args: ConfigArgs, inputs: &Inputs) -> Result<()> {
@@ -64,7 +64,7 @@ pub fn serve(args: ServeArgs, inputs: Inputs) -> Result<()> {
             "kr-serve ready: serving {} on http://{local} (OpenAI /v1, Ollama /api)",
             engine.info().name
         );
-        kr_server::serve(listener, engine.clone(), cfg, kr_server::shutdown_signal())
+        kr_http::serve(listener, engine.clone(), cfg, kr_http::shutdown_signal())
             .await
             .map_err(|e| CliError::Generation(format!("the HTTP server failed: {e}")))
     });

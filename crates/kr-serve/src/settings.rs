@@ -1,12 +1,12 @@
 //! The one path from the command line to typed configs: the flags named like config keys
 //! (read generically from clap's matches, as typed), env `KR_SERVE_<KEY>` and the
-//! `--config` file are resolved once by kr-server's key table into a [`Config`]; the
+//! `--config` file are resolved once by kr-http's key table into a [`Config`]; the
 //! engine's and the server's typed configs are derived from that, never from the flags.
 
 use crate::error::{CliError, Result};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
-use kr_server::config::{self, Config, Effective, Inputs};
+use kr_http::config::{self, Config, Effective, Inputs};
 use std::path::PathBuf;
 
 /// The matches of the innermost subcommand (`bench engine` → the `engine` matches).

@@ -1,4 +1,4 @@
-//! `kr-serve bench serve | compare | plot` as a user runs them, against a kr-server started
+//! `kr-serve bench serve | compare | plot` as a user runs them, against a kr-http started
 //! in this test process on 127.0.0.1:0 with the built-in stories260K model (fast).
 
 use serde_json::Value;
@@ -10,7 +10,7 @@ const FIXTURE: &str = concat!(
     "/tests/fixtures/sharegpt_sample.json"
 );
 
-/// Starts kr-server with the built-in model on a free port; returns its URL and model name.
+/// Starts kr-http with the built-in model on a free port; returns its URL and model name.
 fn start_server() -> (String, String) {
     let engine = kr_engine::start(kr_engine::EngineConfig::new(kr_engine::BUILTIN_MODEL))
         .expect("builtin model loads");
@@ -27,10 +27,10 @@ fn start_server() -> (String, String) {
                 .await
                 .expect("bind");
             tx.send(listener.local_addr().expect("addr")).expect("send");
-            let _ = kr_server::serve(
+            let _ = kr_http::serve(
                 listener,
                 engine,
-                kr_server::ServerConfig::default(),
+                kr_http::ServerConfig::default(),
                 std::future::pending(),
             )
             .await;

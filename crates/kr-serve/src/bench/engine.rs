@@ -9,7 +9,7 @@ use crate::cli::BenchEngineArgs;
 use crate::error::{CliError, Result};
 use crate::run::start_engine;
 use kr_engine::{DeviceChoice, EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
-use kr_server::config::Inputs;
+use kr_http::config::Inputs;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -11,7 +11,7 @@ use super::{build_commit, commit, machine};
 use crate::cli::BenchEngineArgs;
 use crate::error::Result;
 use kr_engine::{AttnMeta, DTypeChoice, EngineConfig, ModelWeights, RowSampling, Runner, SeqAttn};
-use kr_server::config::Config;
+use kr_http::config::Config;
 use serde_json::{json, Value};
 use std::time::Instant;
 

@@ -2,7 +2,7 @@
 //! (mlx-serving's 50-question benchmark).
 //!
 //! One engine serves both sides: the "engine" side submits through `EngineHandle`, the
-//! "http" side posts streaming `/v1/chat/completions` requests to kr-server, started in
+//! "http" side posts streaming `/v1/chat/completions` requests to kr-http, started in
 //! this process on 127.0.0.1:0, over real loopback TCP with reqwest. Both sides send the
 //! same user messages (the engine renders the chat template in both cases), greedy, the
 //! same seeds, `ignore_eos` and the same `max_tokens`, from the same async runtime with
@@ -21,7 +21,7 @@ use crate::cli::BenchOverheadArgs;
 use crate::error::{CliError, Result};
 use crate::run::start_engine;
 use kr_engine::{ChatMessage, EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
-use kr_server::config::Inputs;
+use kr_http::config::Inputs;
 use serde_json::{json, Value};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -166,10 +166,10 @@ async fn measure(
         .local_addr()
         .map_err(|e| CliError::Bench(format!("no local address: {e}")))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(kr_server::serve(
+    let server = tokio::spawn(kr_http::serve(
         listener,
         engine.clone(),
-        kr_server::ServerConfig::default(),
+        kr_http::ServerConfig::default(),
         async {
             let _ = stop_rx.await;
         },
@@ -385,7 +385,7 @@ async fn engine_request(engine: &EngineHandle, sample: &Sample, seed: u64, t0: I
     } else {
         Prompt::Text(sample.prompt.clone())
     };
-    // What kr-server builds from {"temperature": 0, "seed", "ignore_eos": true, "max_tokens"}.
+    // What kr-http builds from {"temperature": 0, "seed", "ignore_eos": true, "max_tokens"}.
     let params = SamplingParams {
         temperature: 0.0,
         seed: Some(seed),

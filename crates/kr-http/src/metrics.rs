@@ -85,7 +85,7 @@ impl Metrics {
                 s.kv_blocks_total,
             ),
             (
-                "kr_server_requests_in_flight",
+                "kr_http_requests_in_flight",
                 "Engine requests admitted by the server and not yet ended.",
                 in_flight as u64,
             ),
@@ -219,7 +219,7 @@ mod tests {
         m.ttft.observe(Duration::from_millis(30));
         let text = m.render(&EngineStats::default(), 2);
         assert!(text.contains("kr_requests_total{outcome=\"stop\"} 1\n"));
-        assert!(text.contains("kr_server_requests_in_flight 2\n"));
+        assert!(text.contains("kr_http_requests_in_flight 2\n"));
         assert!(text.contains("kr_time_to_first_token_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("kr_time_to_first_token_seconds_bucket{le=\"0.05\"} 2\n"));
         assert!(text.contains("kr_time_to_first_token_seconds_count 2\n"));

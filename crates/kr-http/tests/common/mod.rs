@@ -6,7 +6,7 @@
 pub mod test_models;
 
 use kr_engine::{EngineConfig, EngineHandle};
-use kr_server::ServerConfig;
+use kr_http::ServerConfig;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -61,7 +61,7 @@ pub fn spawn_on(
             .build()?;
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(listener)?;
-            kr_server::serve(l, engine, cfg, async {
+            kr_http::serve(l, engine, cfg, async {
                 let _ = rx.await;
             })
             .await

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{engine, smollm2, spawn, MODEL};
-use kr_server::ServerConfig;
+use kr_http::ServerConfig;
 use serde_json::{json, Value};
 
 fn chat(max_tokens: u32) -> Value {
@@ -105,7 +105,7 @@ async fn admin_key_guards_admin_routes() {
 /// still win over a changed file, so flag > env > file holds after a reload.
 #[test]
 fn reload_keeps_flag_over_env_over_file() {
-    use kr_server::config::{resolve, Inputs, Source};
+    use kr_http::config::{resolve, Inputs, Source};
     let path = std::env::temp_dir().join(format!("kr-cfg-reload-{}.yaml", std::process::id()));
     let write = |text: &str| std::fs::write(&path, text).expect("write config file");
     write("max_queue: 5\nmax_tokens_cap: 50\nstream_interval: 3\n");

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use kr_server::ServerConfig;
+use kr_http::ServerConfig;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -135,16 +135,16 @@ async fn a_client_that_stops_reading_slows_neither_the_engine_nor_others() {
     let m = wait_metrics(&base, Duration::from_secs(300), done).await;
     assert!(done(&m), "the engine did not finish the stalled request");
     assert_eq!(
-        metric(&m, "kr_server_requests_in_flight"),
+        metric(&m, "kr_http_requests_in_flight"),
         Some(1.0),
         "the body should still be stalled (else the test wrote too little to fill the buffers)"
     );
     // The client goes away: its response body is dropped and the permit comes back.
     drop(stalled);
     let m = wait_metrics(&base, Duration::from_secs(30), |m| {
-        metric(m, "kr_server_requests_in_flight") == Some(0.0)
+        metric(m, "kr_http_requests_in_flight") == Some(0.0)
     })
     .await;
-    assert_eq!(metric(&m, "kr_server_requests_in_flight"), Some(0.0));
+    assert_eq!(metric(&m, "kr_http_requests_in_flight"), Some(0.0));
     server.join().expect("clean shutdown");
 }

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use futures_util::StreamExt;
-use kr_server::ServerConfig;
+use kr_http::ServerConfig;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,7 @@ async fn dropped_stream_frees_its_blocks_within_a_second() {
         "took {:?}",
         t0.elapsed()
     );
-    assert_eq!(metric(&page, "kr_server_requests_in_flight"), Some(0.0));
+    assert_eq!(metric(&page, "kr_http_requests_in_flight"), Some(0.0));
     assert_eq!(
         metric(&page, "kr_requests_total{outcome=\"cancelled\"}"),
         Some(1.0)

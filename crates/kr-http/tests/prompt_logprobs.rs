@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use kr_server::ServerConfig;
+use kr_http::ServerConfig;
 use serde_json::{json, Value};
 
 /// Logprobs of the same rows computed in different batches agree to this (the CPU kernels

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use kr_server::ServerConfig;
+use kr_http::ServerConfig;
 use serde_json::{json, Value};
 
 /// (body, expected status, expected `param` if any)

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use kr_server::ServerConfig;
+use kr_http::ServerConfig;
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -1,4 +1,4 @@
-//! kr-server: the HTTP face of the engine, built on axum.
+//! kr-http: the HTTP face of the engine, built on axum.
 //!
 //! The server knows the engine only through [`kr_engine::EngineHandle`]; it never sees a
 //! backend. Every route is a thin adapter: parse the wire type (a 4xx JSON error naming the

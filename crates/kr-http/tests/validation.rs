@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use kr_engine::{ChatMessage, EngineHandle, GenerateRequest, Prompt, SamplingParams};
-use kr_server::ServerConfig;
+use kr_http::ServerConfig;
 use serde_json::{json, Value};
 
 const QUESTION: &str = "What is the capital of France?";

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{engine, get, metric, smollm2, spawn, MODEL};
-use kr_server::ServerConfig;
+use kr_http::ServerConfig;
 use serde_json::{json, Value};
 
 fn chat() -> Value {

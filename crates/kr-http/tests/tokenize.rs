@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use kr_engine::{ChatMessage, Prompt};
-use kr_server::ServerConfig;
+use kr_http::ServerConfig;
 use serde_json::{json, Value};
 
 fn ids(v: &Value) -> Vec<u32> {
