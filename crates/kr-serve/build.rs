@@ -1,10 +1,15 @@
 //! Records the git commit HEAD pointed at when the binary was built (`KR_BUILD_COMMIT`), so a
 //! benchmark run on another machine, whose checkout may be stale or absent, reports which
 //! code actually ran. Reruns when HEAD or a branch moves; "unknown" outside a git checkout.
+//! Also marks the tests that need the real models as ignored when they are absent (see
+//! tests/support/models_cfg.rs).
 
 use std::process::Command;
 
+include!("../../tests/support/models_cfg.rs");
+
 fn main() {
+    declare_test_models_cfg();
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)

@@ -6,7 +6,11 @@
 //! Included by every test crate that needs them:
 //! `#[path = "../../../tests/support/test_models.rs"] mod test_models;`
 //! and used as `let Some(model) = test_models::path(test_models::SMOLLM2) else { return };`:
-//! without the file the test prints one `skipped: …` line on stderr and returns.
+//! without the file the test prints one `skipped: …` line on stderr and returns. Tests
+//! whose first step is that check also carry
+//! `#[cfg_attr(no_test_models, ignore = "…")]`: the crate's build.rs
+//! (`models_cfg.rs`) sets that cfg when the models are absent, so `cargo test` reports
+//! them as ignored rather than passed.
 //! `.ci/run` requires the models, so CI never skips.
 #![allow(dead_code)]
 

@@ -30,6 +30,10 @@ fn batched(engine: &kr_engine::EngineHandle, reqs: Vec<(Prompt, SamplingParams)>
     streams.iter_mut().map(collect).collect()
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn greedy_and_seeded_outputs_are_identical_alone_and_batched() {
     let Some(_) = smollm2() else { return };
@@ -65,6 +69,10 @@ fn greedy_and_seeded_outputs_are_identical_alone_and_batched() {
     wait_for_blocks(&engine, 0);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn outputs_survive_preemption_and_every_block_returns() {
     let Some(_) = smollm2() else { return };
@@ -90,6 +98,10 @@ fn outputs_survive_preemption_and_every_block_returns() {
     wait_for_blocks(&engine, 0);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn aborted_stopped_and_finished_requests_free_their_blocks() {
     let Some(_) = smollm2() else { return };
@@ -130,6 +142,10 @@ fn aborted_stopped_and_finished_requests_free_their_blocks() {
     assert_eq!(engine.stats().snapshot().fast_path, 3);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn invalid_input_is_a_clear_error() {
     let Some(_) = smollm2() else { return };

@@ -35,16 +35,28 @@ fn check(name: &str) {
     assert_eq!(ours, r["rendered"][name].as_str().unwrap(), "{name}");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn llama3_template_matches_transformers() {
     check("tokenizer-llama3");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn qwen3_template_matches_transformers() {
     check("tokenizer-qwen3");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn phi3_template_matches_transformers() {
     check("tokenizer-phi-3");

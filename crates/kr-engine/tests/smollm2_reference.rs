@@ -40,6 +40,10 @@ fn floats(v: &Value) -> Vec<f32> {
         .collect()
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn greedy_chat_answers_paris() {
     let Some(_) = smollm2() else { return };
@@ -56,6 +60,10 @@ fn greedy_chat_answers_paris() {
     assert_eq!(out.ids, vec![504, 3575, 282, 4649, 314, 7042, 30, 2]);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn tokenizer_and_template_match_transformers() {
     let Some(path) = smollm2() else { return };
@@ -106,6 +114,10 @@ fn max_error(ours: &[f32], every: usize, reference: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn logits_match_transformers_within_tolerance() {
     let Some(path) = smollm2() else { return };
@@ -144,6 +156,10 @@ fn logits_match_transformers_within_tolerance() {
     eprintln!("max |logit - transformers| over all compared ids: {worst:.5}");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn greedy_continuations_match_transformers() {
     let Some(_) = smollm2() else { return };

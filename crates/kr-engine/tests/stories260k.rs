@@ -34,6 +34,10 @@ fn greedy(model: PathBuf, prompt: &str, max_tokens: u32) -> (String, FinishReaso
     panic!("stream ended without Finished")
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn llama2c_file_matches_llama2c_greedy_output_from_bos() {
     let Some(model) = test_models::path(test_models::STORIES260K) else {
@@ -45,6 +49,10 @@ fn llama2c_file_matches_llama2c_greedy_output_from_bos() {
     assert_eq!(text, REFERENCE);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn llama2c_file_continues_a_prompt_like_llama2c() {
     let Some(model) = test_models::path(test_models::STORIES260K) else {

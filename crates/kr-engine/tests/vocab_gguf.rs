@@ -78,26 +78,46 @@ fn check(name: &str) {
     }
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn gpt2() {
     check("gpt-2");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn llama_bpe() {
     check("llama-bpe");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn qwen2() {
     check("qwen2");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn llama_spm() {
     check("llama-spm");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn phi3() {
     check("phi-3");
@@ -120,16 +140,28 @@ fn check_json(dir_name: &str, name: &str) {
     );
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn llama3_tokenizer_json_equals_its_gguf_vocab() {
     check_json("tokenizer-llama3", "llama-bpe");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn qwen3_tokenizer_json_equals_the_qwen2_gguf_vocab() {
     check_json("tokenizer-qwen3", "qwen2");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn phi3_tokenizer_json_equals_its_gguf_vocab() {
     check_json("tokenizer-phi-3", "phi-3");

@@ -13,6 +13,10 @@ fn chat(max_tokens: u32) -> Value {
            "messages": [{"role": "user", "content": "Hi"}]})
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_changes_a_limit_live_and_an_invalid_patch_changes_nothing() {
     let Some(_) = smollm2() else { return };
@@ -60,6 +64,10 @@ async fn patch_changes_a_limit_live_and_an_invalid_patch_changes_nothing() {
     server.join().unwrap();
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_key_guards_admin_routes() {
     let Some(_) = smollm2() else { return };

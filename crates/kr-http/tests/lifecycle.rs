@@ -22,6 +22,10 @@ fn idle(page: &str) -> bool {
         && metric(page, "kr_requests_running") == Some(0.0)
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn dropped_stream_frees_its_blocks_within_a_second() {
     let Some(_) = smollm2() else { return };
@@ -58,6 +62,10 @@ async fn dropped_stream_frees_its_blocks_within_a_second() {
     );
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn dropped_non_stream_request_frees_its_blocks() {
     let Some(_) = smollm2() else { return };
@@ -83,6 +91,10 @@ async fn dropped_non_stream_request_frees_its_blocks() {
     );
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn graceful_shutdown_finishes_the_stream_and_refuses_new_connections() {
     let Some(_) = smollm2() else { return };
@@ -119,6 +131,10 @@ async fn graceful_shutdown_finishes_the_stream_and_refuses_new_connections() {
     server.join().expect("server exits cleanly");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn keep_alive_comments_do_not_disturb_the_stream() {
     let Some(_) = smollm2() else { return };
@@ -148,6 +164,10 @@ async fn keep_alive_comments_do_not_disturb_the_stream() {
     assert_eq!(events.last(), Some(&json!("[DONE]")));
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn coalesced_stream_sends_runs_of_tokens_with_their_logprobs() {
     let Some(_) = smollm2() else { return };

@@ -60,6 +60,10 @@ fn bad_cases() -> Vec<(Vec<u8>, u16, Option<&'static str>)> {
     ]
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn bad_input_is_a_4xx_json_and_a_running_stream_finishes_intact() {
     let Some(_) = smollm2() else { return };
@@ -115,6 +119,10 @@ async fn bad_input_is_a_4xx_json_and_a_running_stream_finishes_intact() {
     assert_eq!(get(&base, "/health").await.0, 200);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn overload_gets_429_with_retry_after_and_accepted_requests_complete() {
     let Some(_) = smollm2() else { return };
@@ -171,6 +179,10 @@ async fn overload_gets_429_with_retry_after_and_accepted_requests_complete() {
     );
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn strict_mode_and_api_key() {
     let Some(_) = smollm2() else { return };
@@ -222,6 +234,10 @@ async fn strict_mode_and_api_key() {
     assert_eq!(get(&base, "/metrics").await.0, 401);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn requests_past_the_time_limit_end_with_504_or_an_error_event() {
     let Some(_) = smollm2() else { return };

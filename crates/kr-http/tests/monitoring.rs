@@ -69,6 +69,10 @@ fn dashboard_exprs() -> Vec<String> {
         .collect()
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_rules_and_dashboard_use_only_exported_metrics() {
     let Some(_) = smollm2() else { return };

@@ -4,6 +4,10 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn chat_non_stream_answers_paris() {
     let Some(_) = smollm2() else { return };
@@ -19,6 +23,10 @@ async fn chat_non_stream_answers_paris() {
     assert!(v["created_at"].as_str().unwrap().ends_with('Z'));
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn generate_streams_ndjson_equal_to_the_whole() {
     let Some(_) = smollm2() else { return };
@@ -54,6 +62,10 @@ async fn generate_streams_ndjson_equal_to_the_whole() {
     assert_eq!(v["eval_count"], last["eval_count"]);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn model_listing_endpoints() {
     let Some(_) = smollm2() else { return };
@@ -84,6 +96,10 @@ async fn model_listing_endpoints() {
     assert!(err["error"].as_str().unwrap().contains("messages"));
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn tokenize_roundtrip() {
     let Some(_) = smollm2() else { return };
@@ -105,6 +121,10 @@ async fn tokenize_roundtrip() {
     assert!(v["count"].as_u64().unwrap() > 3);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn probes_and_metric_names() {
     let Some(_) = smollm2() else { return };

@@ -14,6 +14,10 @@ fn content(v: &Value, i: usize) -> String {
         .to_string()
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn greedy_chat_answers_paris() {
     let Some(_) = smollm2() else { return };
@@ -31,6 +35,10 @@ async fn greedy_chat_answers_paris() {
     );
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn stream_concatenates_to_the_non_streamed_text() {
     let Some(_) = smollm2() else { return };
@@ -66,6 +74,10 @@ async fn stream_concatenates_to_the_non_streamed_text() {
     assert_eq!(chunks.last().unwrap()["choices"], json!([]));
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn same_seed_same_text_different_seeds_differ() {
     let Some(_) = smollm2() else { return };
@@ -85,6 +97,10 @@ async fn same_seed_same_text_different_seeds_differ() {
     assert_ne!(a, run(8).await);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn n_two_gives_two_choices_seeded_apart() {
     let Some(_) = smollm2() else { return };
@@ -111,6 +127,10 @@ async fn n_two_gives_two_choices_seeded_apart() {
     assert_eq!(content(&v, 1), content(&one, 0));
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn stop_ends_output_before_the_stop_string() {
     let Some(_) = smollm2() else { return };
@@ -134,6 +154,10 @@ async fn stop_ends_output_before_the_stop_string() {
     assert_eq!(content(&v, 0), "The capital of ");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn chat_logprobs_are_consistent() {
     let Some(_) = smollm2() else { return };
@@ -167,6 +191,10 @@ async fn chat_logprobs_are_consistent() {
     assert!(text.starts_with("The capital"), "{text}");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn completions_stream_and_logprobs() {
     let Some(_) = smollm2() else { return };
@@ -205,6 +233,10 @@ async fn completions_stream_and_logprobs() {
     );
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn models_lists_the_loaded_model() {
     let Some(_) = smollm2() else { return };

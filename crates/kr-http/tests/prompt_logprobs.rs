@@ -136,6 +136,10 @@ async fn teacher_forcing(base: &str) -> Value {
     echo
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn echoed_prompt_logprobs_match_generation_logprobs_with_and_without_prefix_cache() {
     let Some(_) = smollm2() else { return };
@@ -168,6 +172,10 @@ async fn echoed_prompt_logprobs_match_generation_logprobs_with_and_without_prefi
     server.join().expect("clean shutdown");
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn echo_with_max_tokens_zero_answers_the_scored_prompt_alone() {
     let Some(_) = smollm2() else { return };
@@ -221,6 +229,10 @@ async fn echo_with_max_tokens_zero_answers_the_scored_prompt_alone() {
     assert!(plain["choices"][0]["logprobs"].is_null());
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn streamed_echo_carries_the_prompt_logprobs_in_its_first_chunk() {
     let Some(_) = smollm2() else { return };
@@ -266,6 +278,10 @@ async fn streamed_echo_carries_the_prompt_logprobs_in_its_first_chunk() {
 /// the prompt row of that position when the reference's greedy token is appended: the
 /// logprob differences equal the logit differences. (The reference's other rows hold only
 /// every 64th id, and a log-softmax needs the whole row, so they are not comparable.)
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn prompt_rows_agree_with_transformers_reference_logits() {
     let Some(_) = smollm2() else { return };

@@ -20,6 +20,10 @@ async fn stats(base: &str) -> Value {
     serde_json::from_str(&body).expect("json")
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_server_starts_at_once_and_reports_scheduler_stats() {
     let Some(_) = smollm2() else { return };
@@ -84,6 +88,10 @@ async fn idle_server_starts_at_once_and_reports_scheduler_stats() {
     assert!(page.contains("kr_batch_size_bucket{le=\"1\"}"));
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_priority_reaches_the_engine_and_a_bad_one_is_named() {
     let Some(_) = smollm2() else { return };
@@ -128,6 +136,10 @@ async fn x_priority_reaches_the_engine_and_a_bad_one_is_named() {
         .contains("urgent"));
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_changes_the_scheduler_policies_live() {
     let Some(_) = smollm2() else { return };

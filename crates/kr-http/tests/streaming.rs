@@ -17,6 +17,10 @@ fn text_chunks(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn a_time_limit_flushes_runs_that_the_token_count_would_hold() {
     let Some(_) = smollm2() else { return };
@@ -91,6 +95,10 @@ async fn small_buffer_listener() -> std::net::TcpListener {
         .expect("std listener")
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn a_client_that_stops_reading_slows_neither_the_engine_nor_others() {
     let Some(_) = smollm2() else { return };

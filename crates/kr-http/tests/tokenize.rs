@@ -29,6 +29,10 @@ fn prompt(i: usize) -> (Value, Prompt) {
     }
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn concurrent_tokenize_calls_are_coalesced_and_each_answer_is_exact() {
     let Some(_) = smollm2() else { return };

@@ -42,6 +42,10 @@ async fn ollama_error(base: &str, options: Value) -> (u16, String) {
     (status, v["error"].as_str().unwrap_or_default().to_string())
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn an_invalid_value_gets_one_message_in_every_api() {
     let Some(_) = smollm2() else { return };
@@ -86,6 +90,10 @@ async fn an_invalid_value_gets_one_message_in_every_api() {
     drop(server);
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[tokio::test]
 async fn cached_tokens_count_the_prefix_cache_hit() {
     let Some(_) = smollm2() else { return };

@@ -29,6 +29,10 @@ fn run(model: Option<&str>) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn llama2c_file_prints_the_llama2c_reference() {
     let Some(stories) = test_models::path(test_models::STORIES260K) else {
@@ -43,6 +47,10 @@ fn builtin_default_prints_the_llama2c_reference() {
     assert_eq!(run(None), format!("{REFERENCE}\n"));
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn a_llama2c_file_without_its_tokenizer_names_what_was_looked_for() {
     let Some(stories) = test_models::path(test_models::STORIES260K) else {

@@ -18,6 +18,10 @@ fn kr_serve(args: &[&str]) -> std::process::Output {
         .expect("binary runs")
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn run_prints_the_answer_on_stdout_and_stats_on_stderr() {
     let Some(smollm2) = smollm2() else { return };
@@ -71,6 +75,10 @@ fn bad_flags_and_files_give_a_message_and_a_hint() {
     );
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn bench_engine_writes_a_json_report() {
     let Some(smollm2) = smollm2() else { return };

@@ -31,6 +31,10 @@ fn start_stream(addr: &str, key: &str) -> std::net::TcpStream {
     s
 }
 
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
 #[test]
 fn serve_answers_and_exits_zero_on_sigterm() {
     let Some(smollm2) = test_models::path(test_models::SMOLLM2) else {
