@@ -28,7 +28,7 @@ use kr_core::{
     FinishReason, RequestId, SamplingParams, ScheduledSeq, Scheduler, SchedulerConfig, SeqUpdate,
     StepPlan,
 };
-use kr_model::{IncrementalDecoder, RowSampling, Tokenizer};
+use kr_model::{ChatTemplate, IncrementalDecoder, RowSampling, TemplateLimits, Tokenizer};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -62,6 +62,8 @@ pub struct EngineConfig {
     pub overlap_steps: bool,
     /// Scheduler policies (fast path, admission window, latency controller, aging).
     pub policy: PolicyConfig,
+    /// The sandbox limits of chat-template rendering.
+    pub template_limits: TemplateLimits,
 }
 
 impl EngineConfig {
@@ -81,6 +83,7 @@ impl EngineConfig {
             cuda_graphs: true,
             overlap_steps: true,
             policy: PolicyConfig::default(),
+            template_limits: TemplateLimits::default(),
         }
     }
 
@@ -217,7 +220,14 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         weight_bytes: model.weight_bytes,
     };
     let tokenizer = model.tokenizer.clone();
-    let template = model.chat_template.clone();
+    let template = match &model.chat_template {
+        Some(t) => Some(Arc::new(sandboxed_template(
+            t,
+            &cfg.template_limits,
+            &info.name,
+        )?)),
+        None => None,
+    };
     let eos = model.tokenizer.eos_ids.clone();
     // The cache holds one block more than the scheduler hands out: the replays' scratch block.
     let engine = EngineLoop {
@@ -246,6 +256,20 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         stats,
         next_id: Arc::new(AtomicU64::new(1)),
     })
+}
+
+/// The model's chat template under `limits`, checked on a one-message conversation: a
+/// template that fails is reported now (chat requests then get the same error).
+fn sandboxed_template(
+    t: &ChatTemplate,
+    limits: &TemplateLimits,
+    model: &str,
+) -> Result<ChatTemplate> {
+    let t = t.relimited(limits.clone())?;
+    if let Err(e) = t.check() {
+        tracing::warn!("model {model}: its chat template fails on a one-message conversation: {e}");
+    }
+    Ok(t)
 }
 
 /// The name the APIs serve a model under: its file stem, or the whole path for

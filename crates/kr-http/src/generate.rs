@@ -13,7 +13,7 @@ use crate::state::{AppState, Permit};
 use futures_util::Stream;
 use kr_engine::sampler::TokenLogprobs;
 use kr_engine::{
-    CoreError, EngineError, Event, FinishReason, Prompt, RequestDraft, RequestOptions,
+    CoreError, EngineError, Event, FinishReason, ModelError, Prompt, RequestDraft, RequestOptions,
     RequestStream, SamplingParams, Usage,
 };
 use std::pin::Pin;
@@ -24,7 +24,11 @@ use std::time::Instant;
 /// one batch encode on the blocking pool (see `tokenize.rs`).
 pub async fn tokenize(state: &AppState, prompt: Prompt) -> Result<Vec<u32>> {
     state.tokenizer.tokenize(prompt).await.map_err(|e| match e {
-        kr_engine::EngineError::Model(m) => ApiError::bad("messages", m.to_string()),
+        EngineError::Model(m @ ModelError::TemplateLimit(_)) => ApiError::bad(
+            "messages",
+            format!("model `{}`: {m}", state.engine.info().name),
+        ),
+        EngineError::Model(m) => ApiError::bad("messages", m.to_string()),
         other => other.into(),
     })
 }

@@ -36,11 +36,17 @@ pub struct TokenizeCounters {
 
 type Reply = oneshot::Sender<kr_engine::Result<Vec<u32>>>;
 
+/// Text to encode, and whether BOS goes first.
+struct EncodeJob {
+    text: String,
+    bos: bool,
+}
+
 /// Coalesces concurrent tokenisations into batch encodes (see the module header).
 pub struct TokenizeBatcher {
     engine: EngineHandle,
     /// Started on first use, from inside the runtime.
-    tx: OnceLock<mpsc::UnboundedSender<(Prompt, Reply)>>,
+    tx: OnceLock<mpsc::UnboundedSender<(EncodeJob, Reply)>>,
     counters: Arc<TokenizeCounters>,
 }
 
@@ -53,15 +59,30 @@ impl TokenizeBatcher {
         }
     }
 
-    /// Tokenises `prompt` (rendering the chat template), batched with whatever else waits.
+    /// Tokenises `prompt`, batched with whatever else waits. A conversation is rendered
+    /// first, on its own blocking task, so a slow chat template (bounded by its sandbox
+    /// limits) delays only its own request, never a batch.
     pub async fn tokenize(&self, prompt: Prompt) -> kr_engine::Result<Vec<u32>> {
+        let job = match prompt {
+            Prompt::Tokens(ids) => return Ok(ids),
+            Prompt::Text(text) => EncodeJob {
+                bos: self.engine.tokenizer().add_bos,
+                text,
+            },
+            Prompt::Chat(messages) => {
+                let e = self.engine.clone();
+                tokio::task::spawn_blocking(move || chat_text(&e, &messages))
+                    .await
+                    .map_err(|e| EngineError::Config(format!("template task failed: {e}")))??
+            }
+        };
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(worker(self.engine.clone(), rx, self.counters.clone()));
             tx
         });
         let (reply, answer) = oneshot::channel();
-        tx.send((prompt, reply)).map_err(|_| EngineError::Stopped)?;
+        tx.send((job, reply)).map_err(|_| EngineError::Stopped)?;
         answer.await.map_err(|_| EngineError::Stopped)?
     }
 }
@@ -70,7 +91,7 @@ impl TokenizeBatcher {
 /// ends when the batcher is dropped.
 async fn worker(
     engine: EngineHandle,
-    mut rx: mpsc::UnboundedReceiver<(Prompt, Reply)>,
+    mut rx: mpsc::UnboundedReceiver<(EncodeJob, Reply)>,
     counters: Arc<TokenizeCounters>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -83,9 +104,9 @@ async fn worker(
         }
         counters.batches.fetch_add(1, Relaxed);
         counters.requests.fetch_add(batch.len() as u64, Relaxed);
-        let (prompts, replies): (Vec<Prompt>, Vec<Reply>) = batch.into_iter().unzip();
+        let (jobs, replies): (Vec<EncodeJob>, Vec<Reply>) = batch.into_iter().unzip();
         let e = engine.clone();
-        let results = tokio::task::spawn_blocking(move || encode_all(&e, prompts)).await;
+        let results = tokio::task::spawn_blocking(move || encode_all(&e, jobs)).await;
         match results {
             Ok(results) => {
                 for (reply, r) in replies.into_iter().zip(results) {
@@ -104,39 +125,29 @@ async fn worker(
 
 /// A conversation's text and whether BOS goes first, as `EngineHandle::tokenize_prompt`
 /// does it (BOS only when the template did not write it).
-fn chat_text(engine: &EngineHandle, messages: &[ChatMessage]) -> kr_engine::Result<(String, bool)> {
+fn chat_text(engine: &EngineHandle, messages: &[ChatMessage]) -> kr_engine::Result<EncodeJob> {
     let tk = engine.tokenizer();
     let text = engine.render_chat(messages)?;
     let bos_in_text = tk
         .bos_id
         .and_then(|b| tk.id_to_token(b))
         .is_some_and(|b| text.starts_with(&b));
-    Ok((text, tk.add_bos && !bos_in_text))
+    Ok(EncodeJob {
+        bos: tk.add_bos && !bos_in_text,
+        text,
+    })
 }
 
 /// Encodes a batch: one batch call per BOS setting; if a batch call fails, each prompt of
 /// it is encoded alone so that only the bad one gets the error.
-fn encode_all(engine: &EngineHandle, prompts: Vec<Prompt>) -> Vec<kr_engine::Result<Vec<u32>>> {
+fn encode_all(engine: &EngineHandle, jobs: Vec<EncodeJob>) -> Vec<kr_engine::Result<Vec<u32>>> {
     let tk = engine.tokenizer();
-    let mut out = Vec::with_capacity(prompts.len());
+    let mut out: Vec<kr_engine::Result<Vec<u32>>> = Vec::with_capacity(jobs.len());
     // groups[bos]: (index in `out`, text) of the prompts encoded with that BOS setting.
     let mut groups: [Vec<(usize, String)>; 2] = [Vec::new(), Vec::new()];
-    for (i, p) in prompts.into_iter().enumerate() {
-        let text = match p {
-            Prompt::Tokens(ids) => {
-                out.push(Ok(ids));
-                continue;
-            }
-            Prompt::Text(t) => Ok((t, tk.add_bos)),
-            Prompt::Chat(m) => chat_text(engine, &m),
-        };
-        match text {
-            Ok((t, bos)) => {
-                groups[usize::from(bos)].push((i, t));
-                out.push(Ok(Vec::new()));
-            }
-            Err(e) => out.push(Err(e)),
-        }
+    for (i, job) in jobs.into_iter().enumerate() {
+        groups[usize::from(job.bos)].push((i, job.text));
+        out.push(Ok(Vec::new()));
     }
     for (bos, group) in groups.iter().enumerate() {
         let bos = bos == 1;

@@ -1,9 +1,21 @@
 //! Jinja chat templates rendered the way Hugging Face's `apply_chat_template` does, with
-//! minijinja plus Python-compatible string methods (`.strip()`, `.startswith()` …).
+//! minijinja plus Python-compatible string methods (`.strip()`, `.startswith()` …), in a
+//! sandbox: a template is code from the model file, so every render runs on its own
+//! thread under [`TemplateLimits`] — fuel (instructions), recursion depth, output bytes,
+//! memory (see `template_budget.rs`) and wall-clock time.
+//!
+//! Invariants: a render returns within `timeout` (plus one poll interval) whatever the
+//! template does; a template that exhausted its memory budget once is disabled for good
+//! (its thread stays parked holding at most that budget), and later renders fail at once
+//! with the reason.
 
 use crate::error::{ModelError, Result};
+use crate::template_budget::Budget;
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,46 +33,228 @@ impl ChatMessage {
     }
 }
 
+/// What one render may use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateLimits {
+    /// Template instructions per render.
+    pub fuel: u64,
+    /// Nesting depth of loops, conditions, macro calls and includes.
+    pub recursion_limit: usize,
+    /// Bytes of rendered text.
+    pub max_output_bytes: usize,
+    /// Bytes the rendering thread may allocate (enforced where `BudgetedAllocator` is the
+    /// global allocator).
+    pub max_memory_bytes: usize,
+    /// Wall-clock time per render.
+    pub timeout: Duration,
+}
+
+impl Default for TemplateLimits {
+    fn default() -> Self {
+        Self {
+            fuel: 5_000_000,
+            recursion_limit: 100,
+            max_output_bytes: 16 << 20,
+            max_memory_bytes: 256 << 20,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// A compiled chat template and the special-token strings it may reference.
 pub struct ChatTemplate {
-    env: Environment<'static>,
+    source: String,
+    env: Arc<Environment<'static>>,
     bos_token: String,
     eos_token: String,
+    limits: TemplateLimits,
+    /// Why the template no longer renders (it broke a budget it cannot be trusted with).
+    disabled: Arc<OnceLock<String>>,
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
 }
 
+/// Collects rendered text, failing once it passes `limit` bytes.
+struct BoundedText {
+    text: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for BoundedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn compile(source: &str, limits: &TemplateLimits) -> Result<Environment<'static>> {
+    let mut env = Environment::new();
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_fuel(Some(limits.fuel));
+    env.set_recursion_limit(limits.recursion_limit);
+    env.add_template_owned("chat", source.to_string())
+        .map_err(|e| ModelError::Template(e.to_string()))?;
+    Ok(env)
+}
+
 impl ChatTemplate {
+    /// Compiles `source` with the default limits.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
-        let mut env = Environment::new();
-        minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", raise_exception);
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.add_template_owned("chat", source.to_string())
-            .map_err(|e| ModelError::Template(e.to_string()))?;
+        Self::with_limits(source, bos_token, eos_token, TemplateLimits::default())
+    }
+
+    pub fn with_limits(
+        source: &str,
+        bos_token: &str,
+        eos_token: &str,
+        limits: TemplateLimits,
+    ) -> Result<Self> {
         Ok(Self {
-            env,
+            source: source.to_string(),
+            env: Arc::new(compile(source, &limits)?),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            limits,
+            disabled: Arc::new(OnceLock::new()),
         })
     }
 
-    /// Renders a conversation, optionally opening the assistant's turn.
+    pub fn limits(&self) -> &TemplateLimits {
+        &self.limits
+    }
+
+    /// The same template under other limits.
+    pub fn relimited(&self, limits: TemplateLimits) -> Result<Self> {
+        Self::with_limits(&self.source, &self.bos_token, &self.eos_token, limits)
+    }
+
+    /// Renders a one-message conversation: a template that cannot is reported at load.
+    pub fn check(&self) -> Result<()> {
+        self.render(&[ChatMessage::new("user", "Hello")], true)
+            .map(|_| ())
+    }
+
+    /// Renders a conversation, optionally opening the assistant's turn, in the sandbox.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        if let Some(why) = self.disabled.get() {
+            return Err(ModelError::TemplateLimit(why.clone()));
+        }
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job = RenderJob {
+            env: self.env.clone(),
+            ctx: minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token,
+                eos_token => self.eos_token,
+            },
+            limits: self.limits.clone(),
+        };
+        let flag = exceeded.clone();
+        std::thread::Builder::new()
+            .name("chat-template".into())
+            .spawn(move || {
+                let budget = Budget::enter(job.limits.max_memory_bytes, flag);
+                let out = job.run();
+                drop(budget);
+                let _ = tx.send(out);
+            })
+            .map_err(|e| ModelError::Template(format!("cannot start a render thread: {e}")))?;
+        self.wait(&rx, &exceeded)
+    }
+
+    /// Waits for the render thread's answer, watching its memory flag and the clock.
+    fn wait(
+        &self,
+        rx: &std::sync::mpsc::Receiver<Result<String>>,
+        exceeded: &AtomicBool,
+    ) -> Result<String> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let deadline = Instant::now() + self.limits.timeout;
+        loop {
+            let poll =
+                Duration::from_millis(10).min(deadline.saturating_duration_since(Instant::now()));
+            match rx.recv_timeout(poll) {
+                Ok(out) => return out,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(ModelError::Template("the render thread failed".into()))
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if exceeded.load(Ordering::SeqCst) {
+                let why = format!(
+                    "the chat template used more than its memory budget of {} MiB; it is disabled for this model",
+                    self.limits.max_memory_bytes >> 20
+                );
+                let _ = self.disabled.set(why.clone());
+                return Err(ModelError::TemplateLimit(why));
+            }
+            if Instant::now() >= deadline {
+                return Err(ModelError::TemplateLimit(format!(
+                    "the chat template did not finish within its time limit of {} ms",
+                    self.limits.timeout.as_millis()
+                )));
+            }
+        }
+    }
+}
+
+/// One render, moved onto its own thread.
+struct RenderJob {
+    env: Arc<Environment<'static>>,
+    ctx: Value,
+    limits: TemplateLimits,
+}
+
+impl RenderJob {
+    fn run(mut self) -> Result<String> {
+        let ctx = std::mem::take(&mut self.ctx);
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| ModelError::Template(e.to_string()))?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
-        })
-        .map_err(|e| ModelError::Template(format!("{e:#}")))
+        let mut out = BoundedText {
+            text: Vec::new(),
+            limit: self.limits.max_output_bytes,
+        };
+        if let Err(e) = tmpl.render_captured_to(ctx, &mut out) {
+            return Err(self.explain(e));
+        }
+        String::from_utf8(out.text).map_err(|e| ModelError::Template(e.to_string()))
+    }
+
+    /// A render error in words, naming the limit it hit, if any.
+    fn explain(&self, e: Error) -> ModelError {
+        let l = &self.limits;
+        match e.kind() {
+            ErrorKind::OutOfFuel => ModelError::TemplateLimit(format!(
+                "the chat template ran more than its {} instructions",
+                l.fuel
+            )),
+            // The only write that fails is the one past the output limit.
+            ErrorKind::WriteFailure => ModelError::TemplateLimit(format!(
+                "the chat template wrote more than its output limit of {} bytes",
+                l.max_output_bytes
+            )),
+            _ if e.to_string().contains("recursion limit") => ModelError::TemplateLimit(format!(
+                "the chat template nested deeper than its limit of {}",
+                l.recursion_limit
+            )),
+            _ => ModelError::Template(format!("{e:#}")),
+        }
     }
 }

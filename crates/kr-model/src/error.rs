@@ -46,6 +46,9 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    /// The chat template broke one of its sandbox limits (fuel, depth, output, memory, time).
+    #[error("{0}")]
+    TemplateLimit(String),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -21,13 +21,15 @@ pub mod quant;
 pub mod random;
 pub mod safetensors;
 pub mod spm;
+pub mod template_budget;
 pub mod tokenizer;
 pub mod weights;
 
 pub use backend::{AttnMeta, Backend, KvLayout, Rope, RowSampling, SeqAttn};
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, TemplateLimits};
 pub use config::{ModelConfig, RopeStyle};
 pub use decoder::Decoder;
 pub use error::{ModelError, Result};
+pub use template_budget::BudgetedAllocator;
 pub use tokenizer::{IncrementalDecoder, Tokenizer};
 pub use weights::{ModelWeights, RawTensor};

@@ -11,6 +11,11 @@ mod serve;
 mod settings;
 
 use clap::{CommandFactory, FromArgMatches};
+
+/// Chat templates render under a memory budget this allocator enforces (kr_model's
+/// `template_budget`); every other thread is charged nothing.
+#[global_allocator]
+static ALLOCATOR: kr_engine::BudgetedAllocator = kr_engine::BudgetedAllocator;
 use cli::{BenchCommand, Cli, Command, ModelsCommand};
 
 fn main() {

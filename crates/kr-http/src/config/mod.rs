@@ -10,6 +10,7 @@ pub mod keys;
 
 use kr_engine::{
     AdaptiveConfig, DTypeChoice, DeviceChoice, EngineConfig, LatencyConfig, PolicyConfig,
+    TemplateLimits,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -36,6 +37,12 @@ pub struct Config {
     pub max_model_len: usize,
     /// File of accepted API keys, one a line; empty = none.
     pub api_key_file: String,
+    /// Chat-template sandbox: instructions, output MiB, memory MiB and milliseconds per
+    /// render.
+    pub template_fuel: u64,
+    pub template_max_output_mib: usize,
+    pub template_max_memory_mib: usize,
+    pub template_timeout_ms: u64,
     pub max_running: usize,
     pub max_queue: usize,
     pub max_body_bytes: usize,
@@ -83,6 +90,10 @@ impl Default for Config {
             kv_cache_mib: 1024,
             max_model_len: 0,
             api_key_file: String::new(),
+            template_fuel: 5_000_000,
+            template_max_output_mib: 16,
+            template_max_memory_mib: 256,
+            template_timeout_ms: 5000,
             max_running: 64,
             max_queue: 256,
             max_body_bytes: 4 << 20,
@@ -131,6 +142,13 @@ impl Config {
             cuda_graphs: self.cuda_graphs,
             overlap_steps: self.overlap_steps,
             policy: self.policy(),
+            template_limits: TemplateLimits {
+                fuel: self.template_fuel,
+                max_output_bytes: self.template_max_output_mib << 20,
+                max_memory_bytes: self.template_max_memory_mib << 20,
+                timeout: std::time::Duration::from_millis(self.template_timeout_ms),
+                ..TemplateLimits::default()
+            },
             ..EngineConfig::new(&self.model)
         }
     }

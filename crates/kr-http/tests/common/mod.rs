@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 running on its own thread and runtime, and small HTTP helpers.
 #![allow(dead_code)]
 
+pub mod template;
 #[path = "../../../../tests/support/test_models.rs"]
 pub mod test_models;
 
