@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 
 /// Most alternatives a request may ask for with `logprobs` (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: u32 = 20;
+/// Most stop strings a request may give, and the longest one in bytes.
+pub const MAX_STOP_STRINGS: usize = 16;
+pub const MAX_STOP_BYTES: usize = 1024;
+/// Most `logit_bias` entries and stop token ids a request may give.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+pub const MAX_STOP_TOKEN_IDS: usize = 256;
 
 /// How one request chooses its next token and when it stops.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +93,25 @@ fn invalid(param: &'static str, v: impl std::fmt::Display, allowed: &str) -> Cor
 }
 
 impl SamplingParams {
+    /// The lists of a request against their bounds (each named in the error).
+    fn check_counts(&self) -> Result<(), CoreError> {
+        let count = |param, n: usize, max: usize| match n > max {
+            true => Err(invalid(param, format!("{n} entries"), &format!("at most {max}"))),
+            false => Ok(()),
+        };
+        count("stop", self.stop.len(), MAX_STOP_STRINGS)?;
+        count("logit_bias", self.logit_bias.len(), MAX_LOGIT_BIAS)?;
+        count("stop_token_ids", self.stop_token_ids.len(), MAX_STOP_TOKEN_IDS)?;
+        match self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            Some(s) => Err(invalid(
+                "stop",
+                format!("a string of {} bytes", s.len()),
+                &format!("strings of at most {MAX_STOP_BYTES} bytes"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Greedy decoding with the given token limit.
     pub fn greedy(max_tokens: u32) -> Self {
         Self {
@@ -150,6 +175,7 @@ impl SamplingParams {
                 return Err(invalid("logprobs", n, "0..=20"));
             }
         }
+        self.check_counts()?;
         let id_range = format!("token ids 0..{vocab_size}");
         for &(id, bias) in &self.logit_bias {
             if id as usize >= vocab_size {

@@ -114,8 +114,11 @@ pub(crate) enum Command {
         events: UnboundedSender<Event>,
     },
     Abort(RequestId),
+    /// Ends every request with `Event::Error(reason)` and frees its blocks.
+    AbortAll(String),
     SetPolicy(PolicyConfig),
-    Shutdown,
+    /// Stops the engine thread; `done` hears the KV blocks still in use, once stopped.
+    Shutdown(Option<std::sync::mpsc::Sender<u64>>),
 }
 
 /// Output-side state of one live request.
@@ -399,8 +402,15 @@ impl EngineLoop {
                 events,
             } => self.add(id, prompt, params, prompt_logprobs, priority, events),
             Command::Abort(id) => self.abort(id),
+            Command::AbortAll(reason) => self.abort_all(&reason),
             Command::SetPolicy(cfg) => self.admission.set(cfg, &mut self.sched, &self.stats.sched),
-            Command::Shutdown => return false,
+            Command::Shutdown(done) => {
+                self.publish_gauges();
+                if let Some(done) = done {
+                    let _ = done.send(self.sched.pool().num_used() as u64);
+                }
+                return false;
+            }
         }
         true
     }
@@ -450,6 +460,17 @@ impl EngineLoop {
             ids: prompt,
         };
         self.live.insert(id, live);
+    }
+
+    /// Ends every live request with an error event (shutdown past its deadline).
+    fn abort_all(&mut self, reason: &str) {
+        for (id, live) in std::mem::take(&mut self.live) {
+            let _ = live.events.send(Event::Error(reason.to_string()));
+            if self.sched.finish(id) {
+                self.stats.requests_aborted.fetch_add(1, Relaxed);
+            }
+        }
+        self.publish_gauges();
     }
 
     fn abort(&mut self, id: RequestId) {

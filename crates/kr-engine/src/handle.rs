@@ -187,7 +187,22 @@ impl EngineHandle {
 
     /// Asks the engine thread to finish its work and exit.
     pub fn shutdown(&self) {
-        let _ = self.inbox.send(Command::Shutdown);
+        let _ = self.inbox.send(Command::Shutdown(None));
+    }
+
+    /// Ends every request in the engine: each stream gets `Event::Error(reason)` and its
+    /// KV blocks are freed.
+    pub fn abort_all(&self, reason: &str) {
+        let _ = self.inbox.send(Command::AbortAll(reason.to_string()));
+    }
+
+    /// Stops the engine after the commands already sent (aborts of dropped streams
+    /// included) and waits up to `timeout` for it: the KV blocks still in use when it
+    /// stopped, `None` if it did not stop in time.
+    pub fn shutdown_and_wait(&self, timeout: std::time::Duration) -> Option<u64> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.inbox.send(Command::Shutdown(Some(tx))).ok()?;
+        rx.recv_timeout(timeout).ok()
     }
 }
 

@@ -26,6 +26,8 @@ pub enum ApiError {
     },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive within {limit:?} (body_read_timeout)")]
+    BodyTimeout { limit: std::time::Duration },
     #[error("the server is at capacity ({capacity} requests running or queued); retry later")]
     Overloaded { capacity: usize },
     #[error("missing or invalid API key; send `Authorization: Bearer <key>`")]
@@ -64,6 +66,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -75,9 +78,9 @@ impl ApiError {
 
     fn kind(&self) -> &'static str {
         match self {
-            ApiError::BadRequest { .. } | ApiError::PayloadTooLarge { .. } => {
-                "invalid_request_error"
-            }
+            ApiError::BadRequest { .. }
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::BodyTimeout { .. } => "invalid_request_error",
             ApiError::NotFound { .. } => "not_found_error",
             ApiError::Overloaded { .. } => "rate_limit_error",
             ApiError::Unauthorized => "authentication_error",
@@ -93,6 +96,7 @@ impl ApiError {
             ApiError::BadRequest { param, code, .. } => (param.clone(), *code),
             ApiError::NotFound { param, code, .. } => (param.map(String::from), Some(code)),
             ApiError::PayloadTooLarge { .. } => (None, Some("payload_too_large")),
+            ApiError::BodyTimeout { .. } => (None, Some("body_timeout")),
             ApiError::Overloaded { .. } => (None, Some("server_overloaded")),
             ApiError::Unauthorized => (None, Some("invalid_api_key")),
             ApiError::Timeout { .. } => (None, Some("timeout")),

@@ -46,8 +46,15 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// The request body, within `max_body_bytes` and `body_read_timeout` (408 when a client
+/// sends it too slowly).
 async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, state).await.map_err(|r| {
+    let limit = state.cfg().body_read_timeout;
+    let read = tokio::time::timeout(limit, Bytes::from_request(req, state)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::BodyTimeout { limit });
+    };
+    read.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
                 limit: state.cfg().max_body_bytes,

@@ -33,6 +33,21 @@ pub async fn tokenize(state: &AppState, prompt: Prompt) -> Result<Vec<u32>> {
     })
 }
 
+/// Most messages a conversation may have.
+pub const MAX_MESSAGES: usize = 4096;
+
+/// The number of messages against [`MAX_MESSAGES`] (and not none).
+pub fn check_message_count(n: usize) -> Result<()> {
+    match n {
+        0 => Err(ApiError::bad("messages", "`messages` must not be empty")),
+        n if n > MAX_MESSAGES => Err(ApiError::bad(
+            "messages",
+            format!("`messages` has {n} entries; at most {MAX_MESSAGES} are allowed"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What an API calls the engine's request fields, for its error messages.
 #[derive(Debug, Clone, Copy)]
 pub struct FieldNames {

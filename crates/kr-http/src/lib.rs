@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod generate;
+pub mod listen;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
@@ -75,8 +76,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown` resolves, then stops accepting connections and
-/// waits for in-flight requests (streams included) to finish.
+/// Serves on `listener` until `shutdown` resolves, then stops accepting connections, lets
+/// in-flight requests (streams included) finish until the shutdown deadline and cancels
+/// the rest (see `listen.rs`).
 pub async fn serve(
     listener: TcpListener,
     engine: EngineHandle,
@@ -91,15 +93,13 @@ pub async fn serve(
     }
     #[cfg(not(unix))]
     let _ = inputs;
-    // Streamed tokens are small writes: with Nagle's algorithm on, each waits for the
-    // client's (delayed, up to 40 ms) ACK of the previous one, which inflated TTFT and
-    // bunched tokens. Measured by `kr-serve bench overhead` (docs/benchmarks.md).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.cfg().conn.clone();
+    let engine = state.engine.clone();
+    let at_deadline = move || {
+        engine
+            .abort_all("the server shut down: this request was cancelled at the shutdown deadline")
+    };
+    listen::serve_connections(listener, router(state), limits, shutdown, at_deadline).await
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -198,9 +198,7 @@ pub async fn chat(
     let arrived = Instant::now();
     check_unknown(&state, &req.extra)?;
     state.check_model(&req.model)?;
-    if req.messages.is_empty() {
-        return Err(ApiError::bad("messages", "`messages` must not be empty").into());
-    }
+    generate::check_message_count(req.messages.len())?;
     let msgs = req
         .messages
         .iter()

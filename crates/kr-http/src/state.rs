@@ -6,6 +6,7 @@
 
 use crate::config::{Config, Effective, Inputs};
 use crate::error::ApiError;
+use crate::listen::ConnLimits;
 use crate::metrics::Metrics;
 use crate::tokenize::TokenizeBatcher;
 use kr_engine::EngineHandle;
@@ -45,14 +46,27 @@ pub struct ServerConfig {
     pub effective: Option<Effective>,
     /// What the config was resolved from, re-read on SIGHUP when it names a file.
     pub inputs: Option<Inputs>,
+    /// Connection limits and the shutdown deadline.
+    pub conn: ConnLimits,
+    /// Longest a request body may take to arrive.
+    pub body_read_timeout: Duration,
 }
 
 impl ServerConfig {
     /// The server settings of `c` (the engine's are taken elsewhere).
     pub fn from_config(c: &Config) -> Self {
+        let secs = Duration::from_secs_f64;
         let mut s = Self {
             max_body_bytes: c.max_body_bytes,
             max_running: c.max_running,
+            conn: ConnLimits {
+                max_connections: c.max_connections,
+                header_read_timeout: secs(c.header_read_timeout),
+                max_header_bytes: c.max_header_bytes,
+                max_headers: c.max_headers,
+                shutdown_timeout: secs(c.shutdown_timeout),
+            },
+            body_read_timeout: secs(c.body_read_timeout),
             ..Self::default()
         };
         s.apply(c);
@@ -107,6 +121,8 @@ impl Default for ServerConfig {
             admin_key: None,
             effective: None,
             inputs: None,
+            conn: ConnLimits::default(),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `kr-serve serve`: loads the model, then serves the HTTP APIs (kr-http) until SIGINT or
-//! SIGTERM, after which it stops accepting, lets in-flight requests finish and exits 0.
+//! SIGTERM, after which it stops accepting, lets in-flight requests finish until
+//! `shutdown_timeout`, cancels the rest (freeing their KV blocks) and exits 0.
 
 use crate::cli::{ConfigArgs, ServeArgs};
 use crate::error::{CliError, Result};
@@ -68,8 +69,13 @@ pub fn serve(args: ServeArgs, inputs: Inputs) -> Result<()> {
             .await
             .map_err(|e| CliError::Generation(format!("the HTTP server failed: {e}")))
     });
-    engine.shutdown();
-    eprintln!("kr-serve stopped");
+    // Cancelled requests' aborts reach the engine before its stop, so their blocks are
+    // free when it reports.
+    match engine.shutdown_and_wait(std::time::Duration::from_secs(10)) {
+        Some(blocks) => eprintln!("kr-serve stopped (KV blocks in use: {blocks})"),
+        None => eprintln!("kr-serve stopped (the engine did not stop within 10 s)"),
+    }
+    drop(rt);
     result
 }
 

@@ -93,3 +93,151 @@ fn serve_answers_and_exits_zero_on_sigterm() {
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_file(keys);
 }
+
+/// A server process, killed if a test ends (or fails) without waiting for it.
+struct ServerProcess(std::process::Child);
+
+impl ServerProcess {
+    fn sigterm(&self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().expect("exit status")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `kr-serve serve` on a free port with `args` and `env`; returns the process, its
+/// address and its remaining stderr lines.
+fn spawn_server(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    ServerProcess,
+    String,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kr-serve"))
+        .arg("serve")
+        .args(args)
+        .args(["--port", "0"])
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("http://"))
+        .expect("a ready line with the URL");
+    let addr = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("address")
+        .to_string();
+    (ServerProcess(child), addr, lines)
+}
+
+/// Whether the server closed `s` within `within` (EOF or reset while reading).
+fn closed_within(s: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn half_sent_requests_and_idle_connections_are_closed_and_do_not_block_others() {
+    let env = [("KR_SERVE_HEADER_READ_TIMEOUT", "1")];
+    let (mut child, addr, _lines) = spawn_server(&[], &env);
+    // 200 clients that send half their headers and stall.
+    let mut stalled: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+            write!(s, "GET /health HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").expect("write");
+            s
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    let health = http_get(&addr, "/health", "");
+    assert!(health.contains(" 200 "), "{health}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Each stalled connection is closed once its header time is up (1 s).
+    for s in stalled.iter_mut().take(5) {
+        assert!(closed_within(s, std::time::Duration::from_secs(3)));
+    }
+    // An idle keep-alive connection is closed the same way.
+    let mut idle = std::net::TcpStream::connect(&addr).expect("connect");
+    write!(idle, "GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("write");
+    let mut first = [0u8; 256];
+    let n = idle.read(&mut first).expect("the response");
+    assert!(String::from_utf8_lossy(&first[..n]).contains(" 200 "));
+    assert!(closed_within(&mut idle, std::time::Duration::from_secs(3)));
+    child.sigterm();
+    assert_eq!(child.wait().code(), Some(0));
+}
+
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
+#[test]
+fn sigterm_with_a_stalled_stream_exits_zero_by_the_deadline_with_its_blocks_freed() {
+    let Some(smollm2) = test_models::path(test_models::SMOLLM2) else {
+        return;
+    };
+    let model = smollm2.to_string_lossy().into_owned();
+    let env = [("KR_SERVE_SHUTDOWN_TIMEOUT", "2")];
+    let (mut child, addr, lines) = spawn_server(&["--model", &model, "--kv-cache-mib", "64"], &env);
+    // A long stream whose client reads the first bytes and then nothing more.
+    let body = r#"{"model":"SmolLM2-135M-Instruct.Q4_1","stream":true,"max_tokens":1000,"ignore_eos":true,"messages":[{"role":"user","content":"Count to a thousand."}]}"#;
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut first = [0u8; 64];
+    let n = stream.read(&mut first).expect("first bytes");
+    assert!(String::from_utf8_lossy(&first[..n]).contains(" 200 "));
+    let t0 = std::time::Instant::now();
+    child.sigterm();
+    let status = child.wait();
+    let took = t0.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "exit took {took:?}"
+    );
+    let stderr: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("kr-serve stopped (KV blocks in use: 0)")),
+        "{stderr:?}"
+    );
+    drop(stream);
+}

@@ -64,9 +64,7 @@ impl MessageIn {
 }
 
 fn to_messages(msgs: &[MessageIn]) -> Result<Vec<ChatMessage>> {
-    if msgs.is_empty() {
-        return Err(ApiError::bad("messages", "`messages` must not be empty"));
-    }
+    generate::check_message_count(msgs.len())?;
     msgs.iter()
         .enumerate()
         .map(|(i, m)| {
