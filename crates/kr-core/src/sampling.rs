@@ -96,12 +96,20 @@ impl SamplingParams {
     /// The lists of a request against their bounds (each named in the error).
     fn check_counts(&self) -> Result<(), CoreError> {
         let count = |param, n: usize, max: usize| match n > max {
-            true => Err(invalid(param, format!("{n} entries"), &format!("at most {max}"))),
+            true => Err(invalid(
+                param,
+                format!("{n} entries"),
+                &format!("at most {max}"),
+            )),
             false => Ok(()),
         };
         count("stop", self.stop.len(), MAX_STOP_STRINGS)?;
         count("logit_bias", self.logit_bias.len(), MAX_LOGIT_BIAS)?;
-        count("stop_token_ids", self.stop_token_ids.len(), MAX_STOP_TOKEN_IDS)?;
+        count(
+            "stop_token_ids",
+            self.stop_token_ids.len(),
+            MAX_STOP_TOKEN_IDS,
+        )?;
         match self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
             Some(s) => Err(invalid(
                 "stop",
