@@ -64,7 +64,11 @@ pub struct TensorInfo {
     pub size: usize,
 }
 
+/// Most dimensions a GGUF tensor has (ggml's GGML_MAX_DIMS).
+const MAX_DIMS: usize = 4;
+
 impl TensorInfo {
+    /// Elements of the tensor (checked not to overflow when the file was opened).
     pub fn num_elements(&self) -> usize {
         self.dims.iter().product()
     }
@@ -207,6 +211,14 @@ impl GgufFile {
         for _ in 0..n_tensors {
             let name = c.string()?;
             let n_dims = c.u32()? as usize;
+            if n_dims > MAX_DIMS {
+                return Err(ModelError::Truncated {
+                    path: path.to_path_buf(),
+                    what: format!(
+                        "tensor '{name}' has {n_dims} dimensions; GGUF allows {MAX_DIMS}"
+                    ),
+                });
+            }
             let dims = (0..n_dims)
                 .map(|_| c.u64().map(|d| d as usize))
                 .collect::<Result<Vec<_>>>()?;
@@ -242,7 +254,14 @@ impl GgufFile {
                 tensor: name.clone(),
                 ggml_type: ty_id,
             })?;
-            let n: usize = dims.iter().product();
+            let overflow = || ModelError::Truncated {
+                path: path.to_path_buf(),
+                what: format!("tensor '{name}': its dimensions {dims:?} or offset {rel} overflow"),
+            };
+            let n = dims
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(overflow)?;
             if n % ty.block_elems() != 0 {
                 return Err(ModelError::Truncated {
                     path: path.to_path_buf(),
@@ -251,12 +270,15 @@ impl GgufFile {
                     ),
                 });
             }
-            let size = n / ty.block_elems() * ty.block_bytes();
-            let offset = data_start + rel;
-            if offset.checked_add(size).is_none_or(|end| end > file_len) {
+            let size = (n / ty.block_elems())
+                .checked_mul(ty.block_bytes())
+                .ok_or_else(overflow)?;
+            let offset = data_start.checked_add(rel).ok_or_else(overflow)?;
+            let end = offset.checked_add(size).ok_or_else(overflow)?;
+            if end > file_len {
                 return Err(ModelError::Truncated {
                     path: path.to_path_buf(),
-                    what: format!("tensor '{name}' needs bytes {offset}..{} but the file has {file_len} bytes", offset + size),
+                    what: format!("tensor '{name}' needs bytes {offset}..{end} but the file has {file_len} bytes"),
                 });
             }
             tensors.insert(

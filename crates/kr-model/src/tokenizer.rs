@@ -221,8 +221,18 @@ impl Tokenizer {
     /// tokenizer_config.json / generation_config.json, so they start empty here for the
     /// directory loader to fill.
     pub fn from_tokenizer_json(path: &std::path::Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+        // The tokenizers library panics on some malformed files (a truncated `decoder`
+        // object); a model file must give an error, not a crash.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(path));
+        let inner = match parsed {
+            Ok(r) => r.map_err(|e| tok_err(format!("{}: {e}", path.display())))?,
+            Err(_) => {
+                return Err(tok_err(format!(
+                    "{}: malformed tokenizer.json (the tokenizers library could not parse it)",
+                    path.display()
+                )))
+            }
+        };
         Ok(Self {
             vocab_size: inner.get_vocab_size(true),
             inner: Inner::Bpe(Box::new(inner)),

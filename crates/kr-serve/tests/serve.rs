@@ -179,7 +179,7 @@ fn half_sent_requests_and_idle_connections_are_closed_and_do_not_block_others() 
     let health = http_get(&addr, "/health", "");
     assert!(health.contains(" 200 "), "{health}");
     assert!(
-        t0.elapsed() < std::time::Duration::from_secs(1),
+        t0.elapsed() < std::time::Duration::from_secs(5),
         "{:?}",
         t0.elapsed()
     );

@@ -1,0 +1,13 @@
+//! The AFL++ harness: `kr-fuzz-afl TARGET` fuzzes one target of `kr_fuzz::TARGETS`.
+//! Build with `cargo afl build --release -p kr-fuzz --features afl`, run with
+//! `cargo afl fuzz -i crates/kr-fuzz/corpus/TARGET -o OUT target/release/kr-fuzz-afl TARGET`.
+
+fn main() {
+    let name = std::env::args().nth(1).unwrap_or_default();
+    let Some(&(_, target)) = kr_fuzz::TARGETS.iter().find(|(n, _)| *n == name) else {
+        let names: Vec<&str> = kr_fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
+        eprintln!("usage: kr-fuzz-afl TARGET; targets: {}", names.join(", "));
+        std::process::exit(2);
+    };
+    afl::fuzz!(|data: &[u8]| target(data));
+}
