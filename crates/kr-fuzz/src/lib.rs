@@ -21,8 +21,13 @@ pub const TARGETS: [(&str, fn(&[u8])); 6] = [
     ("http", http),
 ];
 
-/// A scratch directory of this thread (targets write their input there as a file).
+/// A scratch directory of this thread (targets write their input there as a file);
+/// `KR_FUZZ_SCRATCH` names a fixed one (the AFL++ harness forks a process per input).
 fn scratch() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KR_FUZZ_SCRATCH") {
+        let _ = std::fs::create_dir_all(&dir);
+        return PathBuf::from(dir);
+    }
     let id = format!("{:?}", std::thread::current().id());
     let digits: String = id.chars().filter(char::is_ascii_digit).collect();
     let dir = std::env::temp_dir().join(format!("kr-fuzz-{}-{digits}", std::process::id()));

@@ -42,27 +42,17 @@ fn serve_answers_and_exits_zero_on_sigterm() {
     };
     let keys = std::env::temp_dir().join(format!("kr-serve-keys-{}", std::process::id()));
     std::fs::write(&keys, "# API keys\nk1\n\nk2\n").expect("key file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kr-serve"))
-        .args(["serve", "--model"])
-        .arg(&smollm2)
-        .args(["--port", "0", "--kv-cache-mib", "64"])
-        .arg("--api-key-file")
-        .arg(&keys)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary runs");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("http://"))
-        .expect("a ready line with the URL");
-    let addr = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("address")
-        .to_string();
+    let model = smollm2.to_string_lossy().into_owned();
+    let key_file = keys.to_string_lossy().into_owned();
+    let args = [
+        "--model",
+        &model,
+        "--kv-cache-mib",
+        "64",
+        "--api-key-file",
+        &key_file,
+    ];
+    let (mut child, addr, _lines) = spawn_server(&args, &[]);
     let status = |resp: &str| resp.split_whitespace().nth(1).unwrap_or("").to_string();
     let health = http_get(&addr, "/health", "");
     assert_eq!(status(&health), "200", "{health}");
@@ -73,11 +63,7 @@ fn serve_answers_and_exits_zero_on_sigterm() {
     let mut first = [0u8; 64];
     let n = stream.read(&mut first).expect("first bytes");
     assert!(String::from_utf8_lossy(&first[..n]).contains(" 200 "));
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
+    child.sigterm();
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
         std::net::TcpStream::connect(&addr).is_err(),
@@ -89,8 +75,7 @@ fn serve_answers_and_exits_zero_on_sigterm() {
         .expect("the stream finishes");
     assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
     assert!(rest.contains("data: [DONE]"), "{rest}");
-    let status = child.wait().expect("exit status");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(child.wait().code(), Some(0));
     let _ = std::fs::remove_file(keys);
 }
 

@@ -1,6 +1,12 @@
 //! The AFL++ harness: `kr-fuzz-afl TARGET` fuzzes one target of `kr_fuzz::TARGETS`.
 //! Build with `cargo afl build --release -p kr-fuzz --features afl`, run with
-//! `cargo afl fuzz -i crates/kr-fuzz/corpus/TARGET -o OUT target/release/kr-fuzz-afl TARGET`.
+//! `KR_FUZZ_SCRATCH=/tmp/kr-fuzz-TARGET cargo afl fuzz -t 5000 -i crates/kr-fuzz/corpus/TARGET -o OUT
+//! target/release/kr-fuzz-afl TARGET`.
+
+/// The allocator the server binary runs with, so templates meet their memory budget here
+/// too.
+#[global_allocator]
+static ALLOCATOR: kr_model::BudgetedAllocator = kr_model::BudgetedAllocator;
 
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_default();
