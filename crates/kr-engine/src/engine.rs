@@ -28,7 +28,9 @@ use kr_core::{
     FinishReason, RequestId, SamplingParams, ScheduledSeq, Scheduler, SchedulerConfig, SeqUpdate,
     StepPlan,
 };
-use kr_model::{ChatTemplate, IncrementalDecoder, RowSampling, TemplateLimits, Tokenizer};
+use kr_model::{
+    ChatTemplate, IncrementalDecoder, RenderSandbox, RowSampling, TemplateLimits, Tokenizer,
+};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -64,6 +66,8 @@ pub struct EngineConfig {
     pub policy: PolicyConfig,
     /// The sandbox limits of chat-template rendering.
     pub template_limits: TemplateLimits,
+    /// Where chat templates render; `None`: on a thread of this process.
+    pub template_sandbox: Option<Arc<dyn RenderSandbox>>,
 }
 
 impl EngineConfig {
@@ -84,6 +88,7 @@ impl EngineConfig {
             overlap_steps: true,
             policy: PolicyConfig::default(),
             template_limits: TemplateLimits::default(),
+            template_sandbox: None,
         }
     }
 
@@ -224,11 +229,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
     };
     let tokenizer = model.tokenizer.clone();
     let template = match &model.chat_template {
-        Some(t) => Some(Arc::new(sandboxed_template(
-            t,
-            &cfg.template_limits,
-            &info.name,
-        )?)),
+        Some(t) => Some(Arc::new(sandboxed_template(t, &cfg, &info.name)?)),
         None => None,
     };
     let eos = model.tokenizer.eos_ids.clone();
@@ -263,12 +264,8 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
 
 /// The model's chat template under `limits`, checked on a one-message conversation: a
 /// template that fails is reported now (chat requests then get the same error).
-fn sandboxed_template(
-    t: &ChatTemplate,
-    limits: &TemplateLimits,
-    model: &str,
-) -> Result<ChatTemplate> {
-    let t = t.relimited(limits.clone())?;
+fn sandboxed_template(t: &ChatTemplate, cfg: &EngineConfig, model: &str) -> Result<ChatTemplate> {
+    let t = t.relimited(cfg.template_limits.clone(), cfg.template_sandbox.clone())?;
     if let Err(e) = t.check() {
         tracing::warn!("model {model}: its chat template fails on a one-message conversation: {e}");
     }

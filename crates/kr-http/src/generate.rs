@@ -24,7 +24,9 @@ use std::time::Instant;
 /// one batch encode on the blocking pool (see `tokenize.rs`).
 pub async fn tokenize(state: &AppState, prompt: Prompt) -> Result<Vec<u32>> {
     state.tokenizer.tokenize(prompt).await.map_err(|e| match e {
-        EngineError::Model(m @ ModelError::TemplateLimit(_)) => ApiError::bad(
+        EngineError::Model(
+            m @ (ModelError::TemplateLimit(_) | ModelError::TemplateDisabled(_)),
+        ) => ApiError::bad(
             "messages",
             format!("model `{}`: {m}", state.engine.info().name),
         ),

@@ -34,7 +34,7 @@ impl ChatMessage {
 }
 
 /// What one render may use.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TemplateLimits {
     /// Template instructions per render.
     pub fuel: u64,
@@ -61,6 +61,40 @@ impl Default for TemplateLimits {
     }
 }
 
+/// Stack of a render thread.
+const RENDER_STACK_BYTES: usize = 64 << 20;
+
+/// Where renders run when not on a thread of this process: somewhere a crash of the
+/// template engine (a stack overflow aborts the whole process) cannot take the caller
+/// down. `kr-serve` renders in a child process.
+pub trait RenderSandbox: Send + Sync + std::fmt::Debug {
+    fn render(&self, job: &RenderJobSpec) -> Result<String>;
+}
+
+/// Everything one render needs, for a sandbox elsewhere.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenderJobSpec {
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+    pub limits: TemplateLimits,
+    pub messages: Vec<ChatMessage>,
+    pub add_generation_prompt: bool,
+}
+
+impl RenderJobSpec {
+    /// Renders on a thread of this process (what a sandbox process does inside).
+    pub fn render_here(&self) -> Result<String> {
+        ChatTemplate::with_limits(
+            &self.source,
+            &self.bos_token,
+            &self.eos_token,
+            self.limits.clone(),
+        )?
+        .render(&self.messages, self.add_generation_prompt)
+    }
+}
+
 /// A compiled chat template and the special-token strings it may reference.
 pub struct ChatTemplate {
     source: String,
@@ -70,6 +104,8 @@ pub struct ChatTemplate {
     limits: TemplateLimits,
     /// Why the template no longer renders (it broke a budget it cannot be trusted with).
     disabled: Arc<OnceLock<String>>,
+    /// Where renders run; `None`: on a thread of this process.
+    sandbox: Option<Arc<dyn RenderSandbox>>,
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
@@ -104,6 +140,9 @@ fn compile(source: &str, limits: &TemplateLimits) -> Result<Environment<'static>
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_fuel(Some(limits.fuel));
+    // No source excerpts in errors: the excerpt code of minijinja 2.24 underflows on some
+    // spans (found by fuzzing), and a message needs only the error itself.
+    env.set_debug(false);
     env.set_recursion_limit(limits.recursion_limit);
     env.add_template_owned("chat", source.to_string())
         .map_err(|e| ModelError::Template(e.to_string()))?;
@@ -129,6 +168,7 @@ impl ChatTemplate {
             eos_token: eos_token.to_string(),
             limits,
             disabled: Arc::new(OnceLock::new()),
+            sandbox: None,
         })
     }
 
@@ -136,9 +176,15 @@ impl ChatTemplate {
         &self.limits
     }
 
-    /// The same template under other limits.
-    pub fn relimited(&self, limits: TemplateLimits) -> Result<Self> {
-        Self::with_limits(&self.source, &self.bos_token, &self.eos_token, limits)
+    /// The same template under other limits, rendered in `sandbox` when given.
+    pub fn relimited(
+        &self,
+        limits: TemplateLimits,
+        sandbox: Option<Arc<dyn RenderSandbox>>,
+    ) -> Result<Self> {
+        let mut t = Self::with_limits(&self.source, &self.bos_token, &self.eos_token, limits)?;
+        t.sandbox = sandbox;
+        Ok(t)
     }
 
     /// Renders a one-message conversation: a template that cannot is reported at load.
@@ -150,8 +196,31 @@ impl ChatTemplate {
     /// Renders a conversation, optionally opening the assistant's turn, in the sandbox.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         if let Some(why) = self.disabled.get() {
-            return Err(ModelError::TemplateLimit(why.clone()));
+            return Err(ModelError::TemplateDisabled(why.clone()));
         }
+        let out = match &self.sandbox {
+            Some(sandbox) => sandbox.render(&RenderJobSpec {
+                source: self.source.clone(),
+                bos_token: self.bos_token.clone(),
+                eos_token: self.eos_token.clone(),
+                limits: self.limits.clone(),
+                messages: messages.to_vec(),
+                add_generation_prompt,
+            }),
+            None => self.render_on_thread(messages, add_generation_prompt),
+        };
+        if let Err(ModelError::TemplateDisabled(why)) = &out {
+            let _ = self.disabled.set(why.clone());
+        }
+        out
+    }
+
+    /// Renders on a thread of this process, under the limits.
+    fn render_on_thread(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let exceeded = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let job = RenderJob {
@@ -167,6 +236,9 @@ impl ChatTemplate {
         let flag = exceeded.clone();
         std::thread::Builder::new()
             .name("chat-template".into())
+            // Deep expressions recurse in minijinja's parser and evaluator beyond what a
+            // 2 MiB thread stack holds (found by fuzzing); the stack is reserved, not used.
+            .stack_size(RENDER_STACK_BYTES)
             .spawn(move || {
                 let budget = Budget::enter(job.limits.max_memory_bytes, flag);
                 let out = job.run();
@@ -200,8 +272,7 @@ impl ChatTemplate {
                     "the chat template used more than its memory budget of {} MiB; it is disabled for this model",
                     self.limits.max_memory_bytes >> 20
                 );
-                let _ = self.disabled.set(why.clone());
-                return Err(ModelError::TemplateLimit(why));
+                return Err(ModelError::TemplateDisabled(why));
             }
             if Instant::now() >= deadline {
                 return Err(ModelError::TemplateLimit(format!(
@@ -254,7 +325,7 @@ impl RenderJob {
                 "the chat template nested deeper than its limit of {}",
                 l.recursion_limit
             )),
-            _ => ModelError::Template(format!("{e:#}")),
+            _ => ModelError::Template(e.to_string()),
         }
     }
 }

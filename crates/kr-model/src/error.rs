@@ -46,9 +46,13 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
-    /// The chat template broke one of its sandbox limits (fuel, depth, output, memory, time).
+    /// The chat template broke one of its sandbox limits (fuel, depth, output, time).
     #[error("{0}")]
     TemplateLimit(String),
+    /// The chat template cannot be trusted again (over its memory budget, or it crashed
+    /// its sandbox process): it is disabled for the model.
+    #[error("{0}")]
+    TemplateDisabled(String),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

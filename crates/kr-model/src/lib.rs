@@ -26,7 +26,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use backend::{AttnMeta, Backend, KvLayout, Rope, RowSampling, SeqAttn};
-pub use chat::{ChatMessage, ChatTemplate, TemplateLimits};
+pub use chat::{ChatMessage, ChatTemplate, RenderJobSpec, RenderSandbox, TemplateLimits};
 pub use config::{ModelConfig, RopeStyle};
 pub use decoder::Decoder;
 pub use error::{ModelError, Result};

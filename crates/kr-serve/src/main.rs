@@ -9,6 +9,7 @@ mod models;
 mod run;
 mod serve;
 mod settings;
+mod template_sandbox;
 
 use clap::{CommandFactory, FromArgMatches};
 
@@ -19,6 +20,9 @@ static ALLOCATOR: kr_engine::BudgetedAllocator = kr_engine::BudgetedAllocator;
 use cli::{BenchCommand, Cli, Command, ModelsCommand};
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(template_sandbox::SUBCOMMAND) {
+        template_sandbox::child_main();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KR_SERVE_LOG")

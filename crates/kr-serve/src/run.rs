@@ -7,10 +7,15 @@ use kr_http::config::{Config, Inputs};
 use std::io::Write;
 use std::time::Instant;
 
-/// Starts an engine from the resolved config.
+/// Starts an engine from the resolved config; chat templates render in a child process
+/// unless `template_sandbox` is `thread`.
 pub fn start_engine(c: &Config) -> Result<EngineHandle> {
     crate::settings::apply_process_settings(c);
-    Ok(kr_engine::start(c.engine_config())?)
+    let mut cfg = c.engine_config();
+    if c.template_sandbox == "process" {
+        cfg.template_sandbox = Some(std::sync::Arc::new(crate::template_sandbox::ProcessSandbox));
+    }
+    Ok(kr_engine::start(cfg)?)
 }
 
 pub fn run(args: RunArgs, inputs: &Inputs) -> Result<()> {

@@ -186,6 +186,16 @@ pub static KEYS: &[Key] = &[
         get: |c| json!(c.template_timeout_ms),
     },
     Key {
+        name: "template_sandbox",
+        runtime_safe: false,
+        range: "process (a child process per render: a crashing template ends only it) or thread",
+        set: |c, v| match v.trim() {
+            t @ ("process" | "thread") => Ok(c.template_sandbox = t.to_string()),
+            _ => Err(String::new()),
+        },
+        get: |c| json!(c.template_sandbox),
+    },
+    Key {
         name: "max_connections",
         runtime_safe: false,
         range: "1..=1000000 open connections (more are closed at once)",

@@ -43,6 +43,8 @@ pub struct Config {
     pub template_max_output_mib: usize,
     pub template_max_memory_mib: usize,
     pub template_timeout_ms: u64,
+    /// Where templates render: `process` (a child process per render) or `thread`.
+    pub template_sandbox: String,
     /// Connection limits (see `listen.rs`); times in seconds.
     pub max_connections: usize,
     pub header_read_timeout: f64,
@@ -102,6 +104,7 @@ impl Default for Config {
             template_max_output_mib: 16,
             template_max_memory_mib: 256,
             template_timeout_ms: 5000,
+            template_sandbox: "process".into(),
             max_connections: 1024,
             header_read_timeout: 10.0,
             max_header_bytes: 64 << 10,

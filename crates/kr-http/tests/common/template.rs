@@ -4,35 +4,19 @@
 use super::*;
 use kr_engine::TemplateLimits;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+#[path = "../../../../tests/support/gguf_template.rs"]
+mod gguf_template;
 use std::time::{Duration, Instant};
 
 pub const MEMORY_BUDGET: usize = 64 << 20;
 pub const TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// A copy of the GGUF at `src` whose chat template is `template`. The metadata grows by a
-/// multiple of 256 bytes (padding in a Jinja comment), so the tensor data stays aligned.
-pub fn with_template(src: &Path, template: &str, name: &str) -> PathBuf {
-    let bytes = std::fs::read(src).expect("read the GGUF");
-    let key = b"tokenizer.chat_template";
-    let at = bytes
-        .windows(key.len())
-        .position(|w| w == key)
-        .expect("the GGUF has a chat template");
-    let len_at = at + key.len() + 4; // after the key: u32 type (string), u64 length
-    let old_len = u64::from_le_bytes(bytes[len_at..len_at + 8].try_into().unwrap()) as usize;
-    let mut t = format!("{template}{{#");
-    while (t.len() + 2) % 256 != old_len % 256 {
-        t.push(' ');
-    }
-    t.push_str("#}");
-    let mut out = bytes[..len_at].to_vec();
-    out.extend_from_slice(&(t.len() as u64).to_le_bytes());
-    out.extend_from_slice(t.as_bytes());
-    out.extend_from_slice(&bytes[len_at + 8 + old_len..]);
-    let path = std::env::temp_dir().join(format!("{}.gguf", model_name(name)));
-    std::fs::write(&path, out).expect("write the GGUF");
-    path
+/// A copy of the SmolLM2 GGUF whose chat template is `template`, named for test `name`.
+pub fn with_template(template: &str, name: &str) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("{}.gguf", model_name(name)));
+    gguf_template::with_template(&smollm2_path(), template, &out)
 }
 
 /// The name the server gives the GGUF of test `name`.
@@ -42,7 +26,7 @@ pub fn model_name(name: &str) -> String {
 
 /// A server over SmolLM2 with `template`, under tight sandbox limits; the GGUF's path.
 pub fn server_with(template: &str, name: &str) -> (Server, PathBuf) {
-    let gguf = with_template(&smollm2_path(), template, name);
+    let gguf = with_template(template, name);
     let mut cfg = kr_engine::EngineConfig::new(&gguf);
     cfg.kv_cache_mib = 64;
     cfg.template_limits = TemplateLimits {
