@@ -133,6 +133,7 @@ impl From<EngineError> for ApiError {
                 param: Some("messages".into()),
                 code: Some("context_length_exceeded"),
             },
+            EngineError::Core(CoreError::EmptyPrompt) => ApiError::bad("prompt", e.to_string()),
             EngineError::NoChatTemplate => ApiError::bad("messages", e.to_string()),
             EngineError::Stopped => ApiError::Unavailable,
             other => ApiError::Internal(other.to_string()),

@@ -25,11 +25,14 @@ use std::time::Instant;
 pub async fn tokenize(state: &AppState, prompt: Prompt) -> Result<Vec<u32>> {
     state.tokenizer.tokenize(prompt).await.map_err(|e| match e {
         EngineError::Model(
-            m @ (ModelError::TemplateLimit(_) | ModelError::TemplateDisabled(_)),
+            m @ (ModelError::TemplateLimit(_)
+            | ModelError::TemplateDisabled(_)
+            | ModelError::TemplateMemory(_)),
         ) => ApiError::bad(
             "messages",
             format!("model `{}`: {m}", state.engine.info().name),
         ),
+        EngineError::Model(m @ ModelError::TemplateSandbox(_)) => ApiError::Internal(m.to_string()),
         EngineError::Model(m) => ApiError::bad("messages", m.to_string()),
         other => other.into(),
     })

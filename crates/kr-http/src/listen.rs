@@ -64,7 +64,7 @@ pub async fn serve_connections(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
     tokio::pin!(shutdown);
     loop {

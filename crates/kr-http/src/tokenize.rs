@@ -45,6 +45,9 @@ struct EncodeJob {
 /// Coalesces concurrent tokenisations into batch encodes (see the module header).
 pub struct TokenizeBatcher {
     engine: EngineHandle,
+    /// Chat renders at once (each may take a child process and its time limit); more
+    /// wait their turn.
+    renders: Arc<tokio::sync::Semaphore>,
     /// Started on first use, from inside the runtime.
     tx: OnceLock<mpsc::UnboundedSender<(EncodeJob, Reply)>>,
     counters: Arc<TokenizeCounters>,
@@ -52,8 +55,10 @@ pub struct TokenizeBatcher {
 
 impl TokenizeBatcher {
     pub fn new(engine: EngineHandle, counters: Arc<TokenizeCounters>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             engine,
+            renders: Arc::new(tokio::sync::Semaphore::new(cores.max(2))),
             tx: OnceLock::new(),
             counters,
         }
@@ -70,6 +75,11 @@ impl TokenizeBatcher {
                 text,
             },
             Prompt::Chat(messages) => {
+                let _turn = self
+                    .renders
+                    .acquire()
+                    .await
+                    .map_err(|_| EngineError::Stopped)?;
                 let e = self.engine.clone();
                 tokio::task::spawn_blocking(move || chat_text(&e, &messages))
                     .await

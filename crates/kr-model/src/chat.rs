@@ -4,7 +4,8 @@
 //! thread under [`TemplateLimits`] — fuel (instructions), recursion depth, output bytes,
 //! memory (see `template_budget.rs`) and wall-clock time.
 //!
-//! Invariants: a render returns within `timeout` (plus one poll interval) whatever the
+//! Invariants: on a thread, a render returns within `timeout` (plus one poll interval; the
+//! process sandbox of the binary adds a second) whatever the
 //! template does; a template that exhausted its memory budget once is disabled for good
 //! (its thread stays parked holding at most that budget), and later renders fail at once
 //! with the reason.
@@ -83,7 +84,9 @@ pub struct RenderJobSpec {
 }
 
 impl RenderJobSpec {
-    /// Renders on a thread of this process (what a sandbox process does inside).
+    /// Renders on a thread of this process (what a sandbox process does inside). Going
+    /// over the memory budget is [`ModelError::TemplateMemory`]: the caller decides whether
+    /// the template can be trusted again.
     pub fn render_here(&self) -> Result<String> {
         ChatTemplate::with_limits(
             &self.source,
@@ -91,7 +94,7 @@ impl RenderJobSpec {
             &self.eos_token,
             self.limits.clone(),
         )?
-        .render(&self.messages, self.add_generation_prompt)
+        .render_on_thread(&self.messages, self.add_generation_prompt)
     }
 }
 
@@ -207,7 +210,14 @@ impl ChatTemplate {
                 messages: messages.to_vec(),
                 add_generation_prompt,
             }),
-            None => self.render_on_thread(messages, add_generation_prompt),
+            // On a thread of this process a render over its memory budget stays parked
+            // holding it, so the template cannot be run again.
+            None => match self.render_on_thread(messages, add_generation_prompt) {
+                Err(ModelError::TemplateMemory(m)) => Err(ModelError::TemplateDisabled(format!(
+                    "{m}; it is disabled for this model"
+                ))),
+                other => other,
+            },
         };
         if let Err(ModelError::TemplateDisabled(why)) = &out {
             let _ = self.disabled.set(why.clone());
@@ -225,12 +235,10 @@ impl ChatTemplate {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let job = RenderJob {
             env: self.env.clone(),
-            ctx: minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token,
-                eos_token => self.eos_token,
-            },
+            messages: messages.to_vec(),
+            add_generation_prompt,
+            bos_token: self.bos_token.clone(),
+            eos_token: self.eos_token.clone(),
             limits: self.limits.clone(),
         };
         let flag = exceeded.clone();
@@ -268,11 +276,10 @@ impl ChatTemplate {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if exceeded.load(Ordering::SeqCst) {
-                let why = format!(
-                    "the chat template used more than its memory budget of {} MiB; it is disabled for this model",
+                return Err(ModelError::TemplateMemory(format!(
+                    "the chat template used more than its memory budget of {} MiB",
                     self.limits.max_memory_bytes >> 20
-                );
-                return Err(ModelError::TemplateDisabled(why));
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(ModelError::TemplateLimit(format!(
@@ -284,16 +291,24 @@ impl ChatTemplate {
     }
 }
 
-/// One render, moved onto its own thread.
+/// One render, moved onto its own thread (its context is built there, inside the budget).
 struct RenderJob {
     env: Arc<Environment<'static>>,
-    ctx: Value,
+    messages: Vec<ChatMessage>,
+    add_generation_prompt: bool,
+    bos_token: String,
+    eos_token: String,
     limits: TemplateLimits,
 }
 
 impl RenderJob {
-    fn run(mut self) -> Result<String> {
-        let ctx = std::mem::take(&mut self.ctx);
+    fn run(self) -> Result<String> {
+        let ctx = minijinja::context! {
+            messages => self.messages,
+            add_generation_prompt => self.add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        };
         let tmpl = self
             .env
             .get_template("chat")

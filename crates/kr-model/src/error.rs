@@ -49,10 +49,16 @@ pub enum ModelError {
     /// The chat template broke one of its sandbox limits (fuel, depth, output, time).
     #[error("{0}")]
     TemplateLimit(String),
-    /// The chat template cannot be trusted again (over its memory budget, or it crashed
-    /// its sandbox process): it is disabled for the model.
+    /// The chat template cannot be trusted again (over its memory budget on a thread of
+    /// the server, or it crashed its sandbox process): it is disabled for the model.
     #[error("{0}")]
     TemplateDisabled(String),
+    /// A render went over its memory budget.
+    #[error("{0}")]
+    TemplateMemory(String),
+    /// The sandbox that renders templates failed (not the template's fault).
+    #[error("{0}")]
+    TemplateSandbox(String),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

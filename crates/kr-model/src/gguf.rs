@@ -143,6 +143,14 @@ impl<'a> Cursor<'a> {
             8 => Value::Str(self.string()?),
             9 => {
                 let inner = self.u32()?;
+                if inner == 9 {
+                    // llama.cpp writes no nested arrays; reading them would recurse once
+                    // per level, a few bytes of file each.
+                    return Err(ModelError::Truncated {
+                        path: self.path.to_path_buf(),
+                        what: "a nested metadata array (GGUF files have none)".into(),
+                    });
+                }
                 let n = self.len()?;
                 let mut items = Vec::with_capacity(n.min(1 << 20));
                 for _ in 0..n {

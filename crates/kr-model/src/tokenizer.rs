@@ -192,6 +192,18 @@ fn spm_from_gguf(
     ))
 }
 
+/// Runs a call into the `tokenizers` library, turning its error, or a panic (it panics on
+/// some malformed vocabularies, found by fuzzing), into an error: a model file must never
+/// crash the engine thread.
+fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> std::result::Result<T, E>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| tok_err(e.to_string())),
+        Err(_) => Err(tok_err(
+            "the tokenizers library failed on this input".to_string(),
+        )),
+    }
+}
+
 impl Tokenizer {
     /// Builds the tokenizer stored in a GGUF file's metadata: `gpt2` (byte-level BPE with
     /// merges) or `llama` (SentencePiece with scores and byte fallback).
@@ -269,7 +281,8 @@ impl Tokenizer {
         }
         match &self.inner {
             Inner::Bpe(t) => {
-                ids.extend_from_slice(t.encode_fast(text, false).map_err(tok_err)?.get_ids())
+                let enc = guarded(|| t.encode_fast(text, false))?;
+                ids.extend_from_slice(enc.get_ids())
             }
             Inner::Spm(v) => ids.extend(v.encode(text, true)),
         }
@@ -287,9 +300,7 @@ impl Tokenizer {
             Inner::Bpe(t) if t.get_padding().is_some() => {
                 texts.iter().map(|s| self.encode(s, add_bos)).collect()
             }
-            Inner::Bpe(t) => Ok(t
-                .encode_batch_fast(texts.to_vec(), false)
-                .map_err(tok_err)?
+            Inner::Bpe(t) => Ok(guarded(|| t.encode_batch_fast(texts.to_vec(), false))?
                 .iter()
                 .map(|e| with_bos(e.get_ids()))
                 .collect()),
@@ -300,7 +311,7 @@ impl Tokenizer {
     /// Decodes ids to text, dropping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match &self.inner {
-            Inner::Bpe(t) => t.decode(ids, true).map_err(tok_err),
+            Inner::Bpe(t) => guarded(|| t.decode(ids, true)),
             Inner::Spm(v) => Ok(v.decode(ids, true)),
         }
     }
@@ -308,7 +319,7 @@ impl Tokenizer {
     /// The text of one token as stored in the vocabulary (for logprob displays).
     pub fn token_text(&self, id: u32) -> String {
         match &self.inner {
-            Inner::Bpe(t) => t.decode(&[id], false).unwrap_or_default(),
+            Inner::Bpe(t) => guarded(|| t.decode(&[id], false)).unwrap_or_default(),
             Inner::Spm(v) => v.decode(&[id], false),
         }
     }

@@ -2,7 +2,7 @@
 
 use crate::cli::RunArgs;
 use crate::error::{CliError, Result};
-use kr_engine::{ChatMessage, EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
+use kr_engine::{ChatMessage, EngineHandle, Event, Prompt, RequestDraft, SamplingParams};
 use kr_http::config::{Config, Inputs};
 use std::io::Write;
 use std::time::Instant;
@@ -40,7 +40,15 @@ pub fn run(args: RunArgs, inputs: &Inputs) -> Result<()> {
         ..SamplingParams::default()
     };
     let t1 = Instant::now();
-    let mut stream = engine.submit(GenerateRequest { prompt, params })?;
+    // On the terminal --max-tokens is an upper bound: a prompt near the context gets what
+    // fits rather than an error.
+    let draft = RequestDraft {
+        prompt: engine.tokenize_prompt(&prompt)?,
+        max_tokens: None,
+        params,
+        options: Default::default(),
+    };
+    let mut stream = engine.submit_validated(engine.validate(draft, args.max_tokens)?)?;
     let mut out = std::io::stdout().lock();
     let mut first: Option<f64> = None;
     while let Some(ev) = stream.next_blocking() {

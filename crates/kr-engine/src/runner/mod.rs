@@ -209,6 +209,12 @@ fn place_cpu(weights: &ModelWeights, cfg: &RunnerConfig) -> Result<CpuRunner> {
         ));
     }
     let per_block = weights.config.kv_bytes_per_token() * cfg.block_size.max(1);
+    if per_block == 0 {
+        return Err(EngineError::Config(
+            "the model's config gives no KV cache per token (zero layers, KV heads or head size)"
+                .into(),
+        ));
+    }
     let blocks = cfg
         .num_kv_blocks
         .unwrap_or((cfg.kv_cache_mib << 20) / per_block);

@@ -104,7 +104,7 @@ pub static KEYS: &[Key] = &[
     Key {
         name: "dtype",
         runtime_safe: false,
-        range: "auto, f32 or bf16 (the GPU's compute type; the CPU computes in f32)",
+        range: "auto, f32 or bf16 (the GPU's compute type; the CPU computes in f32; f16 parses but is not implemented on CUDA yet)",
         set: |c, v| Ok(c.dtype = v.parse()?),
         get: |c| json!(c.dtype.to_string()),
     },

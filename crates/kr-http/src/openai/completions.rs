@@ -26,6 +26,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
+/// Most prompts one completions request may carry.
+const MAX_PROMPTS: usize = 256;
+
 /// OpenAI's default `max_tokens` for legacy completions.
 const DEFAULT_MAX_TOKENS: u32 = 16;
 
@@ -59,6 +62,15 @@ fn prompts(p: PromptIn) -> Result<Vec<Prompt>> {
     };
     if out.is_empty() {
         return Err(ApiError::bad("prompt", "`prompt` must not be empty"));
+    }
+    if out.len() > MAX_PROMPTS {
+        return Err(ApiError::bad(
+            "prompt",
+            format!(
+                "`prompt` has {} entries; at most {MAX_PROMPTS} are allowed",
+                out.len()
+            ),
+        ));
     }
     Ok(out)
 }
