@@ -205,61 +205,72 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         ));
     }
     let runner = Runner::place(&model.weights, &cfg.runner_config(max_model_len))?;
-    let num_blocks = runner.num_blocks();
-    let mut sched = Scheduler::new(SchedulerConfig {
-        max_num_batched_tokens: cfg.max_num_batched_tokens,
-        max_num_seqs: cfg.max_num_seqs,
-        block_size: cfg.block_size,
-        num_blocks,
-        max_model_len,
-        enable_prefix_caching: cfg.enable_prefix_caching,
-    });
-    let stats = Arc::new(EngineStats::default());
-    stats.kv_blocks_total.store(num_blocks as u64, Relaxed);
-    let admission = AdmissionPolicies::new(cfg.policy.clone(), &mut sched, &stats.sched);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let name = model_name(&cfg.model);
     let info = ModelInfo {
-        name,
+        name: model_name(&cfg.model),
         config: mc,
         max_model_len,
-        num_kv_blocks: num_blocks,
+        num_kv_blocks: runner.num_blocks(),
         block_size: cfg.block_size,
         weight_bytes: model.weight_bytes,
     };
-    let tokenizer = model.tokenizer.clone();
     let template = match &model.chat_template {
         Some(t) => Some(Arc::new(sandboxed_template(t, &cfg, &info.name)?)),
         None => None,
     };
-    let eos = model.tokenizer.eos_ids.clone();
-    // The cache holds one block more than the scheduler hands out: the replays' scratch block.
-    let engine = EngineLoop {
-        runner,
-        tokenizer: model.tokenizer,
-        vocab_size: info.config.vocab_size,
-        scratch_block: num_blocks as u32,
-        sched,
-        live: HashMap::new(),
-        eos,
-        inbox: rx,
-        deferred: None,
-        overlap_steps: cfg.overlap_steps,
-        stats: stats.clone(),
-        admission,
-    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = EngineLoop::new(&cfg, &info, runner, model.tokenizer.clone(), rx);
+    let stats = engine.stats.clone();
     std::thread::Builder::new()
         .name("kr-engine".into())
         .spawn(move || engine.run())
         .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
     Ok(EngineHandle {
         inbox: tx,
-        tokenizer,
+        tokenizer: model.tokenizer,
         template,
         info: Arc::new(info),
         stats,
         next_id: Arc::new(AtomicU64::new(1)),
     })
+}
+
+impl EngineLoop {
+    /// The loop of a placed model: its scheduler over the runner's KV blocks (the cache
+    /// holds one more, the replays' scratch block), policies and statistics.
+    fn new(
+        cfg: &EngineConfig,
+        info: &ModelInfo,
+        runner: Runner,
+        tokenizer: Arc<Tokenizer>,
+        inbox: Receiver<Command>,
+    ) -> Self {
+        let num_blocks = info.num_kv_blocks;
+        let mut sched = Scheduler::new(SchedulerConfig {
+            max_num_batched_tokens: cfg.max_num_batched_tokens,
+            max_num_seqs: cfg.max_num_seqs,
+            block_size: cfg.block_size,
+            num_blocks,
+            max_model_len: info.max_model_len,
+            enable_prefix_caching: cfg.enable_prefix_caching,
+        });
+        let stats = Arc::new(EngineStats::default());
+        stats.kv_blocks_total.store(num_blocks as u64, Relaxed);
+        let admission = AdmissionPolicies::new(cfg.policy.clone(), &mut sched, &stats.sched);
+        Self {
+            runner,
+            eos: tokenizer.eos_ids.clone(),
+            tokenizer,
+            vocab_size: info.config.vocab_size,
+            scratch_block: num_blocks as u32,
+            sched,
+            live: HashMap::new(),
+            inbox,
+            deferred: None,
+            overlap_steps: cfg.overlap_steps,
+            stats,
+            admission,
+        }
+    }
 }
 
 /// The model's chat template under `limits`, checked on a one-message conversation: a

@@ -186,27 +186,7 @@ impl GgufFile {
             pos: 0,
             path,
         };
-        let magic: [u8; 4] = c
-            .take(4)
-            .map_err(|_| ModelError::NotGguf {
-                path: path.to_path_buf(),
-                magic: [0; 4],
-            })?
-            .try_into()
-            .expect("4");
-        if &magic != b"GGUF" {
-            return Err(ModelError::NotGguf {
-                path: path.to_path_buf(),
-                magic,
-            });
-        }
-        let version = c.u32()?;
-        if !(2..=3).contains(&version) {
-            return Err(ModelError::GgufVersion {
-                path: path.to_path_buf(),
-                version,
-            });
-        }
+        Self::check_magic_and_version(&mut c, path)?;
         let n_tensors = c.len()?;
         let n_kv = c.len()?;
         let mut metadata = HashMap::new();
@@ -215,7 +195,53 @@ impl GgufFile {
             let ty = c.u32()?;
             metadata.insert(key, c.value(ty)?);
         }
-        let mut raw = Vec::with_capacity(n_tensors);
+        let raw = Self::tensor_directory(&mut c, path, n_tensors)?;
+        let alignment = metadata
+            .get("general.alignment")
+            .and_then(Value::as_u64)
+            .unwrap_or(32)
+            .max(1) as usize;
+        let data_start = c.pos.div_ceil(alignment) * alignment;
+        let tensors = Self::tensor_infos(path, raw, data_start, map.len())?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            metadata,
+            tensors,
+            map: Arc::new(map),
+        })
+    }
+
+    fn check_magic_and_version(c: &mut Cursor<'_>, path: &Path) -> Result<()> {
+        let not_gguf = |magic| ModelError::NotGguf {
+            path: path.to_path_buf(),
+            magic,
+        };
+        let magic: [u8; 4] = c
+            .take(4)
+            .map_err(|_| not_gguf([0; 4]))?
+            .try_into()
+            .expect("4");
+        if &magic != b"GGUF" {
+            return Err(not_gguf(magic));
+        }
+        let version = c.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(ModelError::GgufVersion {
+                path: path.to_path_buf(),
+                version,
+            });
+        }
+        Ok(())
+    }
+
+    /// The tensor directory as written: `(name, dims, type id, offset in the data)`.
+    fn tensor_directory(
+        c: &mut Cursor<'_>,
+        path: &Path,
+        n_tensors: usize,
+    ) -> Result<Vec<(String, Vec<usize>, u32, usize)>> {
+        // Reserve for what the file could hold, not what its header claims.
+        let mut raw = Vec::with_capacity(n_tensors.min(1 << 16));
         for _ in 0..n_tensors {
             let name = c.string()?;
             let n_dims = c.u32()? as usize;
@@ -234,19 +260,7 @@ impl GgufFile {
             let offset = c.u64()? as usize;
             raw.push((name, dims, ty, offset));
         }
-        let alignment = metadata
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(32)
-            .max(1) as usize;
-        let data_start = c.pos.div_ceil(alignment) * alignment;
-        let tensors = Self::tensor_infos(path, raw, data_start, map.len())?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            metadata,
-            tensors,
-            map: Arc::new(map),
-        })
+        Ok(raw)
     }
 
     fn tensor_infos(
