@@ -2,11 +2,12 @@
 //! keys of `--api-key-file`; on SIGTERM during a stream it refuses new connections, lets
 //! the stream finish and exits 0.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
 
+mod server_process;
 #[path = "../../../tests/support/test_models.rs"]
 mod test_models;
+use server_process::spawn_server;
 
 fn http_get(addr: &str, path: &str, key: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
@@ -77,60 +78,6 @@ fn serve_answers_and_exits_zero_on_sigterm() {
     assert!(rest.contains("data: [DONE]"), "{rest}");
     assert_eq!(child.wait().code(), Some(0));
     let _ = std::fs::remove_file(keys);
-}
-
-/// A server process, killed if a test ends (or fails) without waiting for it.
-struct ServerProcess(std::process::Child);
-
-impl ServerProcess {
-    fn sigterm(&self) {
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    }
-
-    fn wait(&mut self) -> std::process::ExitStatus {
-        self.0.wait().expect("exit status")
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `kr-serve serve` on a free port with `args` and `env`; returns the process, its
-/// address and its remaining stderr lines.
-fn spawn_server(
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (
-    ServerProcess,
-    String,
-    std::io::Lines<BufReader<std::process::ChildStderr>>,
-) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kr-serve"))
-        .arg("serve")
-        .args(args)
-        .args(["--port", "0"])
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary runs");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("http://"))
-        .expect("a ready line with the URL");
-    let addr = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("address")
-        .to_string();
-    (ServerProcess(child), addr, lines)
 }
 
 /// Whether the server closed `s` within `within` (EOF or reset while reading).

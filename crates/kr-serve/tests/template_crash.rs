@@ -3,11 +3,12 @@
 //! render's child process: the server answers a 400 naming the model, keeps serving, and
 //! exits 0 on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
 
 #[path = "../../../tests/support/gguf_template.rs"]
 mod gguf_template;
+mod server_process;
+use server_process::spawn_server;
 #[path = "../../../tests/support/test_models.rs"]
 mod test_models;
 
@@ -38,34 +39,15 @@ fn a_template_that_crashes_the_engine_gets_a_400_and_the_server_lives() {
     let gguf = std::env::temp_dir().join(format!("{name}.gguf"));
     let cyclic = "{% set ns = namespace(n=0) %}{% set ns.n = (ns, 1) %}{{ ns.n }}";
     gguf_template::with_template(&smollm2, cyclic, &gguf);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kr-serve"))
-        .args(["serve", "--port", "0", "--kv-cache-mib", "64", "--model"])
-        .arg(&gguf)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary runs");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("http://"));
-    let addr = ready
-        .as_deref()
-        .and_then(|l| l.split("http://").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .map(str::to_string);
-    let Some(addr) = addr else {
-        let _ = child.kill();
-        panic!("the server did not start with a crashing template");
-    };
+    let model = gguf.to_string_lossy().into_owned();
+    let args = ["--kv-cache-mib", "64", "--model", &model];
+    let (mut child, addr, _lines) = spawn_server(&args, &[]);
     let chat = format!(r#"{{"model":"{name}","messages":[{{"role":"user","content":"hi"}}]}}"#);
     let answer = post(&addr, "/v1/chat/completions", &chat);
     let raw = format!(r#"{{"model":"{name}","prompt":"Paris is","max_tokens":2}}"#);
     let served = post(&addr, "/v1/completions", &raw);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().expect("exit status");
+    child.sigterm();
+    let status = child.wait();
     let _ = std::fs::remove_file(&gguf);
     assert!(answer.contains(" 400 "), "{answer}");
     assert!(answer.contains(&format!("model `{name}`")), "{answer}");
