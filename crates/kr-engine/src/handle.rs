@@ -120,17 +120,22 @@ impl EngineHandle {
             Prompt::Tokens(ids) => Ok(ids.clone()),
             Prompt::Text(text) => Ok(self.tokenizer.encode(text, self.tokenizer.add_bos)?),
             Prompt::Chat(messages) => {
-                let text = self.render_chat(messages)?;
-                let bos_in_text = self
-                    .tokenizer
-                    .bos_id
-                    .and_then(|b| self.tokenizer.id_to_token(b))
-                    .is_some_and(|b| text.starts_with(&b));
-                Ok(self
-                    .tokenizer
-                    .encode(&text, self.tokenizer.add_bos && !bos_in_text)?)
+                let (text, bos) = self.chat_text(messages)?;
+                Ok(self.tokenizer.encode(&text, bos)?)
             }
         }
+    }
+
+    /// A conversation rendered through the chat template, and whether BOS goes before it
+    /// when encoding: only when the model wants one and the template did not write it.
+    pub fn chat_text(&self, messages: &[ChatMessage]) -> Result<(String, bool)> {
+        let text = self.render_chat(messages)?;
+        let tk = &self.tokenizer;
+        let bos_in_text = tk
+            .bos_id
+            .and_then(|b| tk.id_to_token(b))
+            .is_some_and(|b| text.starts_with(&b));
+        Ok((text, tk.add_bos && !bos_in_text))
     }
 
     /// Tokenises, validates and queues a request. The returned stream yields its events;

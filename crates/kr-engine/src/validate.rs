@@ -31,16 +31,6 @@ pub struct ValidatedRequest {
     pub(crate) options: RequestOptions,
 }
 
-impl ValidatedRequest {
-    pub fn prompt(&self) -> &[u32] {
-        &self.prompt
-    }
-
-    pub fn params(&self) -> &SamplingParams {
-        &self.params
-    }
-}
-
 fn invalid(param: &'static str, value: impl ToString, allowed: String) -> CoreError {
     CoreError::InvalidParam {
         param,
@@ -50,16 +40,6 @@ fn invalid(param: &'static str, value: impl ToString, allowed: String) -> CoreEr
 }
 
 impl EngineHandle {
-    /// Most tokens a prompt of `prompt_len` tokens leaves room for: the rest of the context
-    /// window and of the KV pool (0 when the prompt alone does not fit).
-    pub fn room_after(&self, prompt_len: usize) -> usize {
-        let info = &self.info;
-        let pool = info.num_kv_blocks * info.block_size;
-        info.max_model_len
-            .saturating_sub(prompt_len)
-            .min(pool.saturating_sub(prompt_len))
-    }
-
     /// Checks `draft` against the model and `max_tokens_cap` (the most tokens a request may
     /// ask for, and the default when it names none).
     pub fn validate(&self, draft: RequestDraft, max_tokens_cap: u32) -> Result<ValidatedRequest> {
@@ -101,7 +81,9 @@ impl EngineHandle {
             }
             .into());
         }
-        let room = u32::try_from(self.room_after(prompt_len)).unwrap_or(u32::MAX);
+        // What is left of both the context window and the pool (the prompt fits in both).
+        let left = (info.max_model_len - prompt_len).min(pool - prompt_len);
+        let room = u32::try_from(left).unwrap_or(u32::MAX);
         let most = room.min(cap);
         let why = match cap < room {
             true => "the server's limit".to_string(),

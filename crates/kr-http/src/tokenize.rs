@@ -134,18 +134,10 @@ async fn worker(
 }
 
 /// A conversation's text and whether BOS goes first, as `EngineHandle::tokenize_prompt`
-/// does it (BOS only when the template did not write it).
+/// encodes it.
 fn chat_text(engine: &EngineHandle, messages: &[ChatMessage]) -> kr_engine::Result<EncodeJob> {
-    let tk = engine.tokenizer();
-    let text = engine.render_chat(messages)?;
-    let bos_in_text = tk
-        .bos_id
-        .and_then(|b| tk.id_to_token(b))
-        .is_some_and(|b| text.starts_with(&b));
-    Ok(EncodeJob {
-        bos: tk.add_bos && !bos_in_text,
-        text,
-    })
+    let (text, bos) = engine.chat_text(messages)?;
+    Ok(EncodeJob { text, bos })
 }
 
 /// Encodes a batch: one batch call per BOS setting; if a batch call fails, each prompt of

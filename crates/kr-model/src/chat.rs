@@ -175,10 +175,6 @@ impl ChatTemplate {
         })
     }
 
-    pub fn limits(&self) -> &TemplateLimits {
-        &self.limits
-    }
-
     /// The same template under other limits, rendered in `sandbox` when given.
     pub fn relimited(
         &self,

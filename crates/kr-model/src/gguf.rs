@@ -64,6 +64,9 @@ pub struct TensorInfo {
     pub size: usize,
 }
 
+/// One tensor of the directory as written: name, dims, type id, offset in the data.
+type DirectoryEntry = (String, Vec<usize>, u32, usize);
+
 /// Most dimensions a GGUF tensor has (ggml's GGML_MAX_DIMS).
 const MAX_DIMS: usize = 4;
 
@@ -239,7 +242,7 @@ impl GgufFile {
         c: &mut Cursor<'_>,
         path: &Path,
         n_tensors: usize,
-    ) -> Result<Vec<(String, Vec<usize>, u32, usize)>> {
+    ) -> Result<Vec<DirectoryEntry>> {
         // Reserve for what the file could hold, not what its header claims.
         let mut raw = Vec::with_capacity(n_tensors.min(1 << 16));
         for _ in 0..n_tensors {
@@ -265,7 +268,7 @@ impl GgufFile {
 
     fn tensor_infos(
         path: &Path,
-        raw: Vec<(String, Vec<usize>, u32, usize)>,
+        raw: Vec<DirectoryEntry>,
         data_start: usize,
         file_len: usize,
     ) -> Result<HashMap<String, TensorInfo>> {

@@ -91,11 +91,6 @@ impl<'a> GpuProbes<'a> {
         Ok(GpuMarks(self.model.event_marks(n)?))
     }
 
-    /// Waits until the GPU has run everything queued.
-    pub fn synchronize(&self) -> Result<()> {
-        Ok(self.model.backend().gpu.synchronize()?)
-    }
-
     /// Device allocations since loading or the last reset (steps must make none).
     pub fn allocations_since_load(&self) -> u64 {
         self.model.allocations_since_load()

@@ -110,8 +110,10 @@ pub fn bench_engine(args: BenchEngineArgs, inputs: &Inputs) -> Result<()> {
                 .into(),
         ));
     }
-    let c = crate::settings::resolve(inputs)?.config;
-    if c.device.resolve() != DeviceChoice::Cpu {
+    let mut c = crate::settings::resolve(inputs)?.config;
+    // Probe for a GPU once; the runner then places on the resolved device.
+    c.device = c.device.resolve();
+    if c.device != DeviceChoice::Cpu {
         return super::gpu::bench_engine_gpu(args, &c);
     }
     let engine = start_engine(&c)?;
