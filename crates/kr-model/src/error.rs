@@ -15,11 +15,13 @@ pub enum ModelError {
     GgufVersion { path: PathBuf, version: u32 },
     #[error("{path} is truncated or corrupt: {what}")]
     Truncated { path: PathBuf, what: String },
-    #[error("{path}: tensor '{tensor}' has type {ggml_type}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)")]
+    #[error("{path}: tensor '{tensor}' has type {ggml_type}, which is not supported (supported: {supported}); re-quantise the file to one of these, e.g. `llama-quantize --allow-requantize IN.gguf OUT.gguf Q4_K_M`")]
     UnsupportedType {
         path: PathBuf,
         tensor: String,
-        ggml_type: u32,
+        /// The type's GGML name and id, e.g. "IQ2_XXS (id 16)".
+        ggml_type: String,
+        supported: String,
     },
     #[error("{path}: missing tensor '{tensor}'")]
     MissingTensor { path: PathBuf, tensor: String },

@@ -277,7 +277,8 @@ impl GgufFile {
             let ty = GgmlType::from_id(ty_id).ok_or_else(|| ModelError::UnsupportedType {
                 path: path.to_path_buf(),
                 tensor: name.clone(),
-                ggml_type: ty_id,
+                ggml_type: ggml_type_label(ty_id),
+                supported: GgmlType::supported_names(),
             })?;
             let overflow = || ModelError::Truncated {
                 path: path.to_path_buf(),
@@ -370,5 +371,20 @@ impl GgufFile {
                 path: self.path.clone(),
                 tensor: name.to_string(),
             })
+    }
+}
+
+/// GGML's name for type id `id` (including types kr-serve does not read) and the id.
+fn ggml_type_label(id: u32) -> String {
+    const NAMES: [&str; 41] = [
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
+        "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+        "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8",
+        "IQ4_NL_8_8", "MXFP4", "NVFP4",
+    ];
+    match NAMES.get(id as usize) {
+        Some(name) => format!("{name} (id {id})"),
+        None => format!("unknown type id {id}"),
     }
 }
