@@ -13,6 +13,7 @@ use crate::gemm::{GemmType, Lt};
 use crate::meta::{pack, tile_q, used_ranges, MetaLayout, StepCounts};
 use crate::pool::{FirstFit, SharedPool};
 use cudarc::driver::LaunchConfig;
+use kr_model::quant::GgmlType;
 use kr_model::{AttnMeta, Backend, KvLayout, RawTensor, Rope, RopeStyle};
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
@@ -148,6 +149,9 @@ pub struct CudaBackend {
     norm_slots: Cell<norm_fold::NormSlots>,
     /// `KR_CUDA_FOLD_NORMS` (default on).
     fold_norms: bool,
+    /// Where quantised weights are decoded for a GEMM of more tokens than the GEMV takes (see
+    /// `backend::quant`); sized while loading.
+    dequant_scratch: RefCell<Option<DeviceBuffer>>,
     error: RefCell<Option<CudaError>>,
 }
 
@@ -175,16 +179,18 @@ pub(crate) mod gemv_mma;
 mod launch;
 mod norm_fold;
 mod profile;
+mod quant;
 mod sample;
 mod step_slots;
 mod weights;
 pub use attention::{DecodeKernels, DECODE_TILES_KERNELS, MMA_KERNEL_NAMES};
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
 pub use gemv_mma::GEMV_MMA_KERNEL_NAMES;
+pub use quant::QUANT_KERNELS;
 pub use sample::RowSampling;
 pub use step_slots::SampledTokens;
 use weights::WeightArena;
-pub use weights::{arena_size, CudaWeight};
+pub use weights::{arena_size, device_bytes, CudaWeight};
 
 fn grid1(blocks: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
@@ -275,6 +281,7 @@ impl CudaBackend {
             norm_sums,
             norm_slots: Cell::new(norm_fold::NormSlots::default()),
             fold_norms: norm_fold::fold_norms_wanted(),
+            dequant_scratch: RefCell::new(None),
             error: RefCell::new(None),
         })
     }
@@ -341,10 +348,23 @@ impl CudaBackend {
         self.meta_dev.ptr + 4 * word as u64
     }
 
-    /// Device copy of a weight in the compute dtype.
     /// `y[t, rows] = x[t, cols] · w[rows, cols]ᵀ` on cuBLASLt (`y +=` where `accumulate`).
     #[allow(clippy::too_many_arguments)]
     fn gemm(&self, y: u64, x: u64, w: u64, t: usize, rows: usize, cols: usize, accumulate: bool) {
+        self.gemm_strided(y, x, w, (t, rows, cols), rows, accumulate);
+    }
+
+    /// As [`Self::gemm`], with rows of `y` `ldy` elements apart (`w` a slice of the rows of a
+    /// matrix with `ldy` rows).
+    fn gemm_strided(
+        &self,
+        y: u64,
+        x: u64,
+        w: u64,
+        (t, rows, cols): (usize, usize, usize),
+        ldy: usize,
+        accumulate: bool,
+    ) {
         if self.error.borrow().is_none() {
             let timing = self.profile_begin();
             let r = self.lt.matmul(
@@ -354,6 +374,7 @@ impl CudaBackend {
                 x,
                 w,
                 (t, rows, cols),
+                ldy,
                 accumulate,
             );
             self.profile_end("cublaslt_gemm", timing);
@@ -372,6 +393,10 @@ impl CudaBackend {
         bias: Option<&CudaVector>,
         accumulate: bool,
     ) {
+        if w.quant.is_some() {
+            self.quant_project_into(y, x, w, bias, accumulate);
+            return;
+        }
         if self.mma_linear_into(y, x, w, bias, accumulate) {
             return;
         }
@@ -487,8 +512,8 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
-    fn folds_norm_gains(&self) -> bool {
-        true
+    fn folds_norm_gains(&self, ty: GgmlType) -> bool {
+        !quant::keeps_encoded(ty)
     }
 
     fn load_weight(&self, t: &RawTensor) -> CudaWeight {
@@ -618,6 +643,9 @@ impl Backend for CudaBackend {
         w: [&CudaWeight; 3],
         bias: [Option<&CudaVector>; 3],
     ) -> [CudaTensor; 3] {
+        if quant::any_encoded(&w) {
+            return self.linear_qkv(&self.rms_norm(x, gain, eps), w, bias);
+        }
         let norm = self.folded_norm(x, gain, eps);
         norm.and_then(|n| self.fused_qkv(x, w, bias, Some(n)))
             .unwrap_or_else(|| self.linear_qkv(&self.rms_norm(x, gain, eps), w, bias))
@@ -631,6 +659,9 @@ impl Backend for CudaBackend {
         w_gate: &CudaWeight,
         w_up: &CudaWeight,
     ) -> CudaTensor {
+        if quant::any_encoded(&[w_gate, w_up]) {
+            return self.linear_gate_up(&self.rms_norm(x, gain, eps), w_gate, w_up);
+        }
         let norm = self.folded_norm(x, gain, eps);
         norm.and_then(|n| self.fused_gate_up(x, w_gate, w_up, Some(n)))
             .unwrap_or_else(|| self.linear_gate_up(&self.rms_norm(x, gain, eps), w_gate, w_up))
@@ -642,6 +673,9 @@ impl Backend for CudaBackend {
         w: [&CudaWeight; 3],
         bias: [Option<&CudaVector>; 3],
     ) -> [CudaTensor; 3] {
+        if quant::any_encoded(&w) {
+            return [0, 1, 2].map(|i| self.linear(x, w[i], bias[i]));
+        }
         self.mma_qkv(x, w, bias)
             .or_else(|| self.fused_qkv(x, w, bias, None))
             .or_else(|| self.packed_qkv(x, w, bias))
@@ -649,6 +683,9 @@ impl Backend for CudaBackend {
     }
 
     fn linear_gate_up(&self, x: &CudaTensor, w_gate: &CudaWeight, w_up: &CudaWeight) -> CudaTensor {
+        if quant::any_encoded(&[w_gate, w_up]) {
+            return self.silu_mul(&self.linear(x, w_gate, None), &self.linear(x, w_up, None));
+        }
         let fused = self.mma_gate_up(x, w_gate, w_up);
         fused
             .or_else(|| self.fused_gate_up(x, w_gate, w_up, None))

@@ -14,14 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// The kernels as one NVRTC program: shared types and helpers first, then attention, the
-/// tensor-core GEMV (which uses attention's mma helper), sampling.
+/// tensor-core GEMV (which uses attention's mma helper), sampling, quantised weights.
 const KERNEL_SOURCE: &str = concat!(
     include_str!("../kernels/kernels.cu"),
     include_str!("../kernels/attention.cu"),
     include_str!("../kernels/decode_attention.cu"),
     include_str!("../kernels/decode_tiles.cu"),
     include_str!("../kernels/gemv_mma.cu"),
-    include_str!("../kernels/sample.cu")
+    include_str!("../kernels/sample.cu"),
+    include_str!("../kernels/quant.cu")
 );
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
@@ -143,7 +144,8 @@ impl Gpu {
             .iter()
             .chain(&crate::backend::GEMV_QKV_KERNELS)
             .chain(&crate::backend::GEMV_GATE_UP_KERNELS)
-            .chain(crate::backend::DECODE_TILES_KERNELS.as_flattened());
+            .chain(crate::backend::DECODE_TILES_KERNELS.as_flattened())
+            .chain(crate::backend::QUANT_KERNELS.iter().flat_map(|(_, k)| k));
         let all = both
             .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
             .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")))

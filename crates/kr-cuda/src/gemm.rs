@@ -36,7 +36,7 @@ unsafe impl Send for Plan {}
 pub struct Lt {
     handle: sys::cublasLtHandle_t,
     workspace: DeviceBuffer,
-    plans: Mutex<HashMap<(usize, usize, usize, GemmType), Plan>>,
+    plans: Mutex<HashMap<(usize, usize, usize, usize, GemmType), Plan>>,
 }
 
 // SAFETY: see Plan; the handle is used under the plans mutex.
@@ -64,7 +64,8 @@ impl Lt {
 
     /// `y = x · wᵀ` (`y += x · wᵀ` where `accumulate`, in place: cuBLASLt allows C = D with
     /// one layout) for `(t, rows, cols)`: `t` rows of `cols` inputs and `rows` outputs, all
-    /// device pointers.
+    /// device pointers; each row of `y` starts `ldy` elements after the previous one (`rows`
+    /// for a whole product, more when `w` is a slice of a larger matrix's rows).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -74,15 +75,16 @@ impl Lt {
         x: u64,
         w: u64,
         (t, rows, cols): (usize, usize, usize),
+        ldy: usize,
         accumulate: bool,
     ) -> Result<()> {
         let mut plans = self
             .plans
             .lock()
             .map_err(|_| CudaError::Unsupported("a poisoned cuBLASLt plan cache".into()))?;
-        let key = (t, rows, cols, ty);
+        let key = (t, rows, cols, ldy, ty);
         if !plans.contains_key(&key) {
-            let plan = self.plan(ty, t, rows, cols)?;
+            let plan = self.plan(ty, (t, rows, cols), ldy)?;
             plans.insert(key, plan);
         }
         let p = &plans[&key];
@@ -111,7 +113,7 @@ impl Lt {
         .map_err(blas("matmul"))
     }
 
-    fn plan(&self, ty: GemmType, t: usize, rows: usize, cols: usize) -> Result<Plan> {
+    fn plan(&self, ty: GemmType, (t, rows, cols): (usize, usize, usize), ldy: usize) -> Result<Plan> {
         let dt = match ty {
             GemmType::F32 => sys::cudaDataType_t::CUDA_R_32F,
             GemmType::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,
@@ -137,7 +139,7 @@ impl Lt {
         let layout = |r, c, ld| result::create_matrix_layout(dt, r, c, ld);
         let a = layout(cols, rows, cols as i64).map_err(blas("layout of W"))?;
         let b = layout(cols, t, cols as i64).map_err(blas("layout of x"))?;
-        let c = layout(rows, t, rows as i64).map_err(blas("layout of y"))?;
+        let c = layout(rows, t, ldy as i64).map_err(blas("layout of y"))?;
         let pref = result::create_matmul_pref().map_err(blas("creating a preference"))?;
         let ws = self.workspace.bytes as u64;
         // SAFETY: live handles and a live u64 attribute; pref is destroyed once below.

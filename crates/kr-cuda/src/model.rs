@@ -71,9 +71,11 @@ fn workspace_bytes(c: &ModelConfig, tokens: usize, seqs: usize, elem: usize) -> 
     2 * tokens * per_token * elem + 2 * logits + (64 << 20)
 }
 
-/// Bytes of the weight arena: every matrix in the compute dtype, each aligned.
-fn arena_bytes(w: &ModelWeights, elem: usize) -> usize {
-    let size = |t: &kr_model::RawTensor| crate::backend::arena_size(t.rows * t.cols * elem);
+/// Bytes of the weight arena: every matrix as the device stores it, each aligned.
+fn arena_bytes(w: &ModelWeights, dtype: DType) -> usize {
+    let size = |t: &kr_model::RawTensor| {
+        crate::backend::arena_size(crate::backend::device_bytes(t, dtype))
+    };
     let layers: usize = w.layer_matrices().map(size).sum();
     layers + size(&w.embedding) + w.lm_head.as_ref().map_or(0, size)
 }
@@ -98,7 +100,7 @@ impl CudaModel {
             heads_per_kv: c.num_heads / c.num_kv_heads,
         };
         let backend = CudaBackend::new(gpu.clone(), opts.dtype, limits)?;
-        backend.reserve_weights(arena_bytes(weights, opts.dtype.size()))?;
+        backend.reserve_weights(arena_bytes(weights, opts.dtype))?;
         let decoder = Decoder::new(backend, weights);
         decoder
             .backend()

@@ -94,6 +94,7 @@ impl CudaModel {
                 x.ptr,
                 w.ptr,
                 (tokens, rows, cols),
+                rows,
                 false,
             )?;
             be.gpu.synchronize()?;

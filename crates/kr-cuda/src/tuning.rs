@@ -38,6 +38,12 @@ pub static SWITCHES: &[Switch] = &[
         effect: "32-column blocks a warp loads before its mma",
     },
     Switch {
+        name: "KR_CUDA_DEQUANT_CHUNK_MIB",
+        default: "16",
+        allowed: "1..=4096",
+        effect: "rows of a quantised weight decoded per GEMM of more than 8 tokens (MiB)",
+    },
+    Switch {
         name: "KR_CUDA_FOLD_NORMS",
         default: "1",
         allowed: "0 (off), 1",

@@ -4,6 +4,8 @@
 //! weights on a device is the runner's job (`runner/`).
 
 use crate::error::{EngineError, Result};
+use kr_model::quant::GgmlType;
+use kr_model::random::Storage;
 use kr_model::gguf::GgufFile;
 use kr_model::gguf_model::weights_from_gguf;
 use kr_model::hf;
@@ -135,13 +137,14 @@ fn load_builtin(path: &Path) -> Result<LoadedModel> {
     Ok(assemble(path, &weights, tokenizer, None))
 }
 
-/// Model path prefix of random weights of a published shape: `random:llama-3.1-8b`.
+/// Model path prefix of random weights of a published shape: `random:llama-3.1-8b`, with an
+/// optional storage after a colon: `random:llama-3.1-8b:q4_k_m` (see [`random_weights`]).
 pub const RANDOM_PREFIX: &str = "random:";
 
-/// Random bf16 weights of `arch`'s shape with that family's tokenizer from ../shared/models
-/// (or `$KR_TOKENIZER`, a tokenizer.json).
+/// Random weights of `arch`'s shape (bf16 unless `arch` names a storage) with that family's
+/// tokenizer from ../shared/models (or `$KR_TOKENIZER`, a tokenizer.json).
 fn load_random(path: &Path, arch: &str) -> Result<LoadedModel> {
-    let config = arch_config(arch)?;
+    let (config, storage) = random_spec(arch, false)?;
     let family = if arch.starts_with("llama") {
         "tokenizer-llama3"
     } else {
@@ -155,7 +158,7 @@ fn load_random(path: &Path, arch: &str) -> Result<LoadedModel> {
                 .join("tokenizer.json")
         });
     let tokenizer = Tokenizer::from_tokenizer_json(&tok_path)?;
-    let weights = kr_model::random::random_weights(&config, kr_model::quant::GgmlType::BF16, 0);
+    let weights = kr_model::random::random_weights_stored(&config, storage, 0);
     Ok(assemble(path, &weights, tokenizer, None))
 }
 
@@ -169,15 +172,31 @@ fn arch_config(arch: &str) -> Result<ModelConfig> {
     })
 }
 
-/// Seeded random weights of `arch`'s shape (bf16 matrices, or f32 with `f32`) without a
-/// tokenizer: what benchmarks that feed token ids need.
+/// Seeded random weights of `arch`'s shape without a tokenizer: what benchmarks that feed
+/// token ids need. `arch` is a shape, optionally followed by `:STORAGE` (`q4_k_m`, `q8_0`, any
+/// GGUF type name); without one the matrices are bf16, or f32 with `f32`.
 pub fn random_weights(arch: &str, f32: bool, seed: u64) -> Result<ModelWeights> {
-    let config = arch_config(arch)?;
-    let ty = match f32 {
-        true => kr_model::quant::GgmlType::F32,
-        false => kr_model::quant::GgmlType::BF16,
+    let (config, storage) = random_spec(arch, f32)?;
+    Ok(kr_model::random::random_weights_stored(&config, storage, seed))
+}
+
+/// The shape and storage `arch` names (`SHAPE` or `SHAPE:STORAGE`).
+fn random_spec(arch: &str, f32: bool) -> Result<(ModelConfig, Storage)> {
+    let (shape, storage) = match arch.split_once(':') {
+        Some((shape, name)) => {
+            let storage = Storage::parse(name).ok_or_else(|| {
+                EngineError::Config(format!(
+                    "unknown weight storage '{name}' in --arch {arch}; known: q4_k_m, f32, \
+                     bf16 or a GGUF type ({})",
+                    GgmlType::supported_names()
+                ))
+            })?;
+            (shape, storage)
+        }
+        None if f32 => (arch, Storage::Uniform(GgmlType::F32)),
+        None => (arch, Storage::Uniform(GgmlType::BF16)),
     };
-    Ok(kr_model::random::random_weights(&config, ty, seed))
+    Ok((arch_config(shape)?, storage))
 }
 
 fn assemble(

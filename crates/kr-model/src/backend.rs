@@ -104,9 +104,9 @@ pub trait Backend: Send {
     /// Whether the decoder should fold each RMSNorm's gain into the projections that read the
     /// norm (their weights loaded with [`RawTensor::with_column_gain`], the gain then all ones),
     /// so that the backend may fuse a gain-less norm into those projections
-    /// ([`Self::rms_norm_qkv`], [`Self::rms_norm_gate_up`]). Only for backends that keep
-    /// weights as plain floats: folding dequantises.
-    fn folds_norm_gains(&self) -> bool {
+    /// ([`Self::rms_norm_qkv`], [`Self::rms_norm_gate_up`]). Only for weights of type `ty`
+    /// that the backend keeps as plain floats: folding dequantises.
+    fn folds_norm_gains(&self, _ty: crate::quant::GgmlType) -> bool {
         false
     }
     fn new_kv_cache(&self, layout: KvLayout) -> Self::KvCache;

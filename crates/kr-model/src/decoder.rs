@@ -175,7 +175,8 @@ fn load_after_norm<B: Backend, const N: usize>(
     gain: &[f32],
     weights: [&RawTensor; N],
 ) -> (B::Vector, [B::Weight; N]) {
-    if backend.folds_norm_gains() && gain.iter().any(|&g| g != 1.0) {
+    let folds = weights.iter().all(|t| backend.folds_norm_gains(t.ty));
+    if folds && gain.iter().any(|&g| g != 1.0) {
         let folded = weights.map(|t| backend.load_weight(&t.with_column_gain(gain)));
         (backend.load_vector(&vec![1.0; gain.len()]), folded)
     } else {

@@ -63,21 +63,75 @@ pub fn arch_config(arch: &str) -> Option<ModelConfig> {
     })
 }
 
+/// How random weights are stored: one type for every matrix, or the mix llama.cpp's
+/// quantiser writes for a `Q4_K_M` file (Q6_K for the output matrix and for `attn_v` and
+/// `ffn_down` in the first and last eighth of the layers and every third layer between,
+/// Q4_K elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    Uniform(GgmlType),
+    Q4KM,
+}
+
+impl Storage {
+    /// `f32`, `bf16`, a GGUF type name (`q8_0`, `q4_k`, …) or `q4_k_m`.
+    pub fn parse(name: &str) -> Option<Self> {
+        let upper = name.to_ascii_uppercase();
+        if upper == "Q4_K_M" {
+            return Some(Self::Q4KM);
+        }
+        GgmlType::ALL
+            .into_iter()
+            .find(|t| t.name() == upper && *t != GgmlType::F16)
+            .map(Self::Uniform)
+    }
+
+    /// The type of matrix `name` (`blk.N.attn_v`, `output`, …) of a model of `layers` layers.
+    fn type_of(self, name: &str, layers: usize) -> GgmlType {
+        match self {
+            Self::Uniform(t) => t,
+            Self::Q4KM => {
+                let layer = name
+                    .strip_prefix("blk.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|i| i.parse::<usize>().ok());
+                let more_bits = |i: usize| {
+                    i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2
+                };
+                let wide = name == "output"
+                    || ((name.ends_with(".attn_v") || name.ends_with(".ffn_down"))
+                        && layer.is_some_and(more_bits));
+                if wide {
+                    GgmlType::Q6K
+                } else {
+                    GgmlType::Q4K
+                }
+            }
+        }
+    }
+}
+
 /// Weights of `config` filled with seeded noise of standard deviation ~0.02 (norms are 1),
-/// stored as `ty` (F32 or BF16). Qwen2 shapes get q/k/v biases, as the real models have.
+/// stored as `ty`. Qwen2 shapes get q/k/v biases, as the real models have.
 pub fn random_weights(config: &ModelConfig, ty: GgmlType, seed: u64) -> ModelWeights {
+    random_weights_stored(config, Storage::Uniform(ty), seed)
+}
+
+/// As [`random_weights`], each matrix stored as `storage` says. Quantised matrices are random
+/// blocks (see [`encoded_noise`]), so every backend decodes the same values.
+pub fn random_weights_stored(config: &ModelConfig, storage: Storage, seed: u64) -> ModelWeights {
     let (h, kv) = (config.hidden_size, config.num_kv_heads * config.head_dim);
     let q = config.num_heads * config.head_dim;
     let mut n = 0u64;
     let mut mat = |name: String, rows: usize, cols: usize| {
         n += 1;
-        noise_tensor(
-            &name,
-            ty,
-            rows,
-            cols,
-            seed.wrapping_mul(1_000_003).wrapping_add(n),
-        )
+        let ty = storage.type_of(&name, config.num_layers);
+        let seed = seed.wrapping_mul(1_000_003).wrapping_add(n);
+        if ty.is_quantized() {
+            encoded_noise(&name, ty, rows, cols, seed)
+        } else {
+            noise_tensor(&name, ty, rows, cols, seed)
+        }
     };
     let bias = config.architecture == "qwen2";
     let layers = (0..config.num_layers)
@@ -131,6 +185,52 @@ fn noise_tensor(name: &str, ty: GgmlType, rows: usize, cols: usize, seed: u64) -
     }
 }
 
+/// A `rows × cols` tensor of random blocks of `ty` (`cols` a multiple of its block size): random
+/// bits, except the f16 scale fields, which are set so that the values have a standard
+/// deviation of about 0.02 (random bits there would give infinities and NaNs).
+pub fn encoded_noise(name: &str, ty: GgmlType, rows: usize, cols: usize, seed: u64) -> RawTensor {
+    assert_eq!(cols % ty.block_elems(), 0, "{name}: cols not whole blocks");
+    let bb = ty.block_bytes();
+    let mut bytes = vec![0u8; ty.bytes_for(rows * cols)];
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let chunk = (bytes.len() / bb).div_ceil(threads).max(1) * bb;
+    // Values are linear in the scale fields: draw them in ±[0.5, 1), measure the spread on the
+    // first blocks, then scale every field by 0.02 / spread.
+    let fill = |part: &mut [u8], c: usize, k: f32| {
+        fill_noise(part, 1, seed ^ ((c as u64 + 1) << 40));
+        let mut x = seed.wrapping_add(c as u64) | 1;
+        for block in part.chunks_exact_mut(bb) {
+            for &off in ty.scale_fields() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = 0.5 + (x >> 40) as f32 / (1u64 << 25) as f32;
+                let v = if x & 1 == 0 { u } else { -u };
+                block[off..off + 2].copy_from_slice(&half::f16::from_f32(v * k).to_le_bytes());
+            }
+        }
+    };
+    let sample_blocks = (bytes.len() / bb).min(64);
+    let mut sample = bytes[..sample_blocks * bb].to_vec();
+    fill(&mut sample, 0, 1.0);
+    let mut values = vec![0f32; sample_blocks * ty.block_elems()];
+    crate::quant::dequantize(ty, &sample, &mut values);
+    let spread = (values.iter().map(|v| v * v).sum::<f32>() / values.len() as f32).sqrt();
+    let k = 0.02 / spread.max(1e-6);
+    std::thread::scope(|s| {
+        for (c, part) in bytes.chunks_mut(chunk).enumerate() {
+            s.spawn(move || fill(part, c, k));
+        }
+    });
+    RawTensor {
+        name: name.into(),
+        ty,
+        rows,
+        cols,
+        bytes: TensorBytes::Owned(Arc::new(bytes)),
+    }
+}
+
 fn fill_noise(out: &mut [u8], elem: usize, seed: u64) {
     let mut x = seed | 1;
     for v in out.chunks_exact_mut(elem) {
@@ -139,7 +239,9 @@ fn fill_noise(out: &mut [u8], elem: usize, seed: u64) {
         x ^= x << 17;
         let u = (x >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
         let f = (u - 0.5) * 0.07;
-        if elem == 4 {
+        if elem == 1 {
+            v[0] = (x >> 32) as u8;
+        } else if elem == 4 {
             v.copy_from_slice(&f.to_le_bytes());
         } else {
             v.copy_from_slice(&half::bf16::from_f32(f).to_le_bytes());
@@ -184,5 +286,28 @@ mod tests {
             mean_sq.sqrt()
         );
         assert!(a.layers[0].q_bias.is_some());
+    }
+
+    #[test]
+    fn encoded_noise_has_the_wanted_spread_and_q4_k_m_its_mix() {
+        for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
+            let t = encoded_noise("w", ty, 16, 512, 3);
+            let v = t.to_f32();
+            let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+            assert!(v.iter().all(|x| x.is_finite()), "{}", ty.name());
+            assert!((0.01..0.04).contains(&std), "{}: std {std}", ty.name());
+        }
+        let mut c = arch_config("llama-3.2-1b").unwrap();
+        (c.vocab_size, c.hidden_size, c.intermediate_size) = (256, 256, 512);
+        (c.num_heads, c.num_kv_heads, c.head_dim) = (4, 2, 64);
+        let w = random_weights_stored(&c, Storage::parse("q4_k_m").unwrap(), 1);
+        assert_eq!(w.layers[0].wv.ty, GgmlType::Q6K);
+        assert_eq!(w.layers[1].wv.ty, GgmlType::Q6K);
+        assert_eq!(w.layers[2].wv.ty, GgmlType::Q4K);
+        assert_eq!(w.layers[4].wv.ty, GgmlType::Q6K);
+        assert_eq!(w.layers[0].wq.ty, GgmlType::Q4K);
+        assert_eq!(w.layers[15].w_down.ty, GgmlType::Q6K);
+        assert_eq!(Storage::parse("Q8_0"), Some(Storage::Uniform(GgmlType::Q8_0)));
+        assert_eq!(Storage::parse("q9"), None);
     }
 }

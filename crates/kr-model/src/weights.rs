@@ -166,13 +166,24 @@ impl ModelWeights {
             + self.lm_head.as_ref().map_or(0, bytes)
     }
 
-    /// Bytes of weights one decode step reads when every matrix is stored with
-    /// `elem_size`-byte elements: every layer's matrices and the output projection (the
-    /// embedding table when tied; otherwise the table is only gathered from, a row a token).
+    /// Bytes of weights one decode step reads when float matrices are stored with
+    /// `elem_size`-byte elements and quantised ones as encoded: every layer's matrices and the
+    /// output projection (the embedding table when tied; otherwise the table is only gathered
+    /// from, a row a token).
     pub fn decode_bytes(&self, elem_size: usize) -> usize {
+        let bytes = |t: &RawTensor| match t.ty.is_quantized() {
+            true => t.bytes.as_slice().len(),
+            false => t.rows * t.cols * elem_size,
+        };
+        let layers: usize = self.layer_matrices().map(bytes).sum();
+        layers + bytes(self.lm_head.as_ref().unwrap_or(&self.embedding))
+    }
+
+    /// Values of the matrices [`Self::decode_bytes`] counts (a step's multiply-adds per token).
+    pub fn decode_params(&self) -> usize {
         let elems = |t: &RawTensor| t.rows * t.cols;
         let layers: usize = self.layer_matrices().map(elems).sum();
-        (layers + elems(self.lm_head.as_ref().unwrap_or(&self.embedding))) * elem_size
+        layers + elems(self.lm_head.as_ref().unwrap_or(&self.embedding))
     }
 }
 

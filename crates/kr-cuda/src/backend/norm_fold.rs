@@ -68,6 +68,10 @@ impl CudaBackend {
     /// The rows of `table` for `ids`: the step's first operation. Where the step folds its norms
     /// the kernel also starts the norm sums (slot 0 for the embedding rows, the rest zeroed).
     pub(super) fn embed_rows(&self, table: &CudaWeight, ids: &[u32]) -> CudaTensor {
+        if table.quant.is_some() {
+            self.disarm_norm_slots();
+            return self.quant_embed(table, ids);
+        }
         let mut out = self.alloc(ids.len(), table.cols);
         let (o, t, idp, cols) = (
             out.ptr,
@@ -112,7 +116,10 @@ impl CudaBackend {
     ) -> bool {
         let slots = self.norm_slots.get();
         // Armed slots mean the step's embed passed `folds_norms_for`; only `a`'s width is new.
-        let fits = slots.tokens == a.rows && slots.next < NORM_SUM_SLOTS && w.cols == a.cols;
+        let fits = slots.tokens == a.rows
+            && slots.next < NORM_SUM_SLOTS
+            && w.cols == a.cols
+            && w.quant.is_none();
         if !fits || !self.gemv_applies(a.rows, a.cols) {
             return false;
         }

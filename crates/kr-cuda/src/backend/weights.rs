@@ -1,10 +1,12 @@
-//! Weights on the device: each matrix converted to the compute dtype and placed in one arena,
-//! back to back in load order, so that matrices loaded one after another (wq|wk|wv,
-//! w_gate|w_up) can run as one GEMM.
+//! Weights on the device: each float matrix converted to the compute dtype, each quantised one
+//! kept as the file encodes it (`backend::quant`), placed in one arena back to back in load
+//! order, so that matrices loaded one after another (wq|wk|wv, w_gate|w_up) can run as one
+//! GEMM.
 //!
 //! Invariant: every weight starts at a multiple of WEIGHT_ALIGN bytes, so two weights are
 //! adjacent exactly when the second starts at the first's end rounded up to it.
 
+use super::quant::keeps_encoded;
 use super::{CudaBackend, DType};
 use crate::device::DeviceBuffer;
 use crate::error::Result;
@@ -21,6 +23,18 @@ pub struct CudaWeight {
     _mem: Arc<DeviceBuffer>,
     pub rows: usize,
     pub cols: usize,
+    /// The GGUF block type of an encoded weight; `None`: the compute dtype.
+    pub quant: Option<GgmlType>,
+}
+
+/// Bytes `t` takes on the device in `dtype`: its encoded bytes for a type kept encoded, else
+/// one element of the dtype per value.
+pub fn device_bytes(t: &RawTensor, dtype: DType) -> usize {
+    if keeps_encoded(t.ty) {
+        t.bytes.as_slice().len()
+    } else {
+        t.rows * t.cols * dtype.size()
+    }
 }
 
 /// One allocation that the weights are placed in back to back, in load order.
@@ -44,6 +58,12 @@ impl CudaBackend {
         let mem = Arc::new(self.gpu.alloc(bytes)?);
         *self.weights.borrow_mut() = Some(WeightArena { mem, used: 0 });
         Ok(())
+    }
+
+    /// Bytes of the weight arena filled so far (every weight of a loaded model: the arena is
+    /// sized for them), alignment included.
+    pub fn weight_arena_bytes(&self) -> usize {
+        self.weights.borrow().as_ref().map_or(0, |a| a.used)
     }
 
     /// Uploads one weight into the arena when it fits, else into its own buffer.
@@ -73,6 +93,9 @@ impl CudaBackend {
     }
 
     fn weight_bytes(&self, t: &RawTensor) -> Vec<u8> {
+        if keeps_encoded(t.ty) {
+            return t.bytes.as_slice().to_vec();
+        }
         match (t.ty, self.dtype) {
             (GgmlType::BF16, DType::Bf16) | (GgmlType::F32, DType::F32) => {
                 t.bytes.as_slice().to_vec()
@@ -86,8 +109,12 @@ impl CudaBackend {
         }
     }
 
-    /// Uploads `t` in the compute dtype (into the arena when it fits).
+    /// Uploads `t` in the compute dtype, or encoded (into the arena when it fits).
     pub(super) fn new_weight(&self, t: &RawTensor) -> CudaWeight {
+        let quant = keeps_encoded(t.ty).then_some(t.ty);
+        if quant.is_some() {
+            self.record(self.size_dequant_scratch(t.rows, t.cols));
+        }
         let bytes = self.weight_bytes(t);
         let (ptr, mem) = self.place_weight(&bytes).unwrap_or_else(|e| {
             self.record(Err(e));
@@ -99,6 +126,7 @@ impl CudaBackend {
             _mem: mem,
             rows: t.rows,
             cols: t.cols,
+            quant,
         }
     }
 }

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 
 mod attention;
 mod kernels;
+mod quant;
 
 /// Fails the test unless GPU 0 is usable (the tests are ignored unless asked for).
 fn require_gpu() {

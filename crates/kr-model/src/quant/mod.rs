@@ -148,6 +148,19 @@ impl GgmlType {
         }
     }
 
+    /// Byte offsets of a block's f16 scale (and min) fields: every value of the block is
+    /// linear in them.
+    pub fn scale_fields(self) -> &'static [usize] {
+        match self {
+            Self::F32 | Self::F16 | Self::BF16 => &[],
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 | Self::IQ4NL | Self::IQ4XS => &[0],
+            Self::Q4_1 | Self::Q5_1 | Self::Q4K | Self::Q5K => &[0, 2],
+            Self::Q2K => &[80, 82],
+            Self::Q3K => &[108],
+            Self::Q6K => &[208],
+        }
+    }
+
     /// Whether values are stored as integers with block scales (not plain floats).
     pub fn is_quantized(self) -> bool {
         self.block_elems() > 1

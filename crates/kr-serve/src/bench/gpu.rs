@@ -318,7 +318,8 @@ fn prefill(runner: &mut Runner, spec: &Spec, params: f64) -> Result<(f64, Value)
 }
 
 /// Runs the whole benchmark and returns the report's `results` object.
-fn measure(runner: &mut Runner, spec: &Spec, weight_bytes: usize) -> Result<Value> {
+fn measure(runner: &mut Runner, spec: &Spec, weights: &WeightSizes) -> Result<Value> {
+    let weight_bytes = weights.decode_bytes;
     let c = runner.config().clone();
     let p = probes(runner)?;
     let (device, (dtype, elem)) = (p.device_name(), p.dtype());
@@ -329,7 +330,7 @@ fn measure(runner: &mut Runner, spec: &Spec, weight_bytes: usize) -> Result<Valu
     ttft(runner, spec.prefill_tokens)?;
     let warm = (spec.prompt_tokens, 4);
     decode_run(runner, 1, warm, Stepping::Overlapped, RowSampling::greedy())?;
-    let (ttft_s, prefill) = prefill(runner, spec, weight_bytes as f64 / elem as f64)?;
+    let (ttft_s, prefill) = prefill(runner, spec, weights.decode_params as f64)?;
     let gemv_bw = probes(runner)?.gemv_bandwidth()?;
     let kernels = kernel_breakdown(runner, spec.prompt_tokens)?;
     let kernel_sum_us: f64 = kernels.iter().map(|k| k.2).sum();
@@ -367,6 +368,13 @@ fn measure(runner: &mut Runner, spec: &Spec, weight_bytes: usize) -> Result<Valu
     }))
 }
 
+/// What one decode step reads: bytes (quantised matrices as encoded, floats in the compute
+/// dtype) and the number of values they hold.
+struct WeightSizes {
+    decode_bytes: usize,
+    decode_params: usize,
+}
+
 /// The weights to benchmark: random ones of the shape `random:ARCH` names (seeded with
 /// `--seed`, no tokenizer needed), or the model file's.
 fn weights(model: &str, cfg: &EngineConfig, seed: u64) -> Result<ModelWeights> {
@@ -386,7 +394,10 @@ fn weights(model: &str, cfg: &EngineConfig, seed: u64) -> Result<ModelWeights> {
 pub fn bench_engine_gpu(args: BenchEngineArgs, c: &Config) -> Result<()> {
     let mut cfg = c.engine_config();
     let weights = weights(&c.model, &cfg, args.seed)?;
-    let weight_bytes = weights.decode_bytes(if cfg.dtype == DTypeChoice::F32 { 4 } else { 2 });
+    let sizes = WeightSizes {
+        decode_bytes: weights.decode_bytes(if cfg.dtype == DTypeChoice::F32 { 4 } else { 2 }),
+        decode_params: weights.decode_params(),
+    };
     let max_batch = args.batch_sizes.iter().copied().max().unwrap_or(1);
     let max_len = (args.prompt_tokens + args.gen_tokens as usize + 64).max(2048 + 16);
     cfg.max_num_batched_tokens = args.prefill_tokens.max(2048);
@@ -403,7 +414,7 @@ pub fn bench_engine_gpu(args: BenchEngineArgs, c: &Config) -> Result<()> {
         repeat: args.repeat,
     };
     eprintln!("measuring …");
-    let results = measure(&mut runner, &spec, weight_bytes)?;
+    let results = measure(&mut runner, &spec, &sizes)?;
     let report = json!({
         "benchmark": "engine",
         "model": c.model,

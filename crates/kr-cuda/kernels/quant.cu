@@ -1,0 +1,388 @@
+// ---- Quantised weights: GGUF block types read as the file stores them ----
+// A weight row is `cols / elems` blocks of `bytes` bytes (QT<Q>, Q the GGML type id). Every type
+// is read in units of 32 consecutive elements: `qdecode32<Q>(block, s, v)` gives elements
+// 32s .. 32s + 31 of a block, scales applied (the layouts are those of ggml-quants.c; the CPU's
+// kr-model/src/quant decoders, checked against gguf-py, spell out the same element order).
+// Rows start 16-byte aligned in the weight arena; inside a row a block is only as aligned as
+// its size allows (2 bytes for Q4_0, Q5_0, Q8_0, IQ4_NL, Q3_K and Q6_K), so those types read
+// 16-bit halves.
+typedef unsigned char u8;
+typedef unsigned short u16;
+
+template <int Q> struct QT;
+template <> struct QT<2> { static constexpr int bytes = 18, elems = 32; };    // Q4_0
+template <> struct QT<3> { static constexpr int bytes = 20, elems = 32; };    // Q4_1
+template <> struct QT<6> { static constexpr int bytes = 22, elems = 32; };    // Q5_0
+template <> struct QT<7> { static constexpr int bytes = 24, elems = 32; };    // Q5_1
+template <> struct QT<8> { static constexpr int bytes = 34, elems = 32; };    // Q8_0
+template <> struct QT<10> { static constexpr int bytes = 84, elems = 256; };  // Q2_K
+template <> struct QT<11> { static constexpr int bytes = 110, elems = 256; }; // Q3_K
+template <> struct QT<12> { static constexpr int bytes = 144, elems = 256; }; // Q4_K
+template <> struct QT<13> { static constexpr int bytes = 176, elems = 256; }; // Q5_K
+template <> struct QT<14> { static constexpr int bytes = 210, elems = 256; }; // Q6_K
+template <> struct QT<20> { static constexpr int bytes = 18, elems = 32; };   // IQ4_NL
+template <> struct QT<23> { static constexpr int bytes = 136, elems = 256; }; // IQ4_XS
+
+__device__ __forceinline__ float h2f(u16 h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+__device__ __forceinline__ float f16_at(const u8* p) { return h2f(__ldg((const u16*)p)); }
+__device__ __forceinline__ u32 ld_a2(const u8* p) {
+  const u16* h = (const u16*)p;
+  return (u32)__ldg(h) | ((u32)__ldg(h + 1) << 16);
+}
+__device__ __forceinline__ u32 ld_a4(const u8* p) { return __ldg((const u32*)p); }
+// 32 bits at p, 4-byte aligned when A is 4, else 2-byte aligned.
+template <int A> __device__ __forceinline__ u32 ld_word(const u8* p) {
+  return A >= 4 ? ld_a4(p) : ld_a2(p);
+}
+
+// The IQ4 code book (kr-model's IQ4_VALUES) as signed bytes, chosen with byte permutes so that
+// lanes indexing different entries do not serialise on a table in memory.
+__device__ __forceinline__ float iq4_value(u32 n) {
+  const u32 lo = __byte_perm(0xbfad9881u /* -127 -104 -83 -65 */, 0xf6eaddcfu /* -49 -35 -22 -10 */, n & 7);
+  const u32 hi = __byte_perm(0x26190d01u /* 1 13 25 38 */, 0x71594535u /* 53 69 89 113 */, n & 7);
+  return (float)(signed char)((n & 8 ? hi : lo) & 0xffu);
+}
+
+// 16 bytes of nibbles at p: element i (< 16) is the low nibble of byte i, element 16 + i the
+// high nibble; v = q * d + m.
+template <int A>
+__device__ __forceinline__ void nibbles32(const u8* p, float d, float m, float* v) {
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const u32 w = ld_word<A>(p + 4 * k);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const u32 b = (w >> (8 * j)) & 0xffu;
+      v[4 * k + j] = fmaf((float)(b & 15u), d, m);
+      v[16 + 4 * k + j] = fmaf((float)(b >> 4), d, m);
+    }
+  }
+}
+
+// As nibbles32 with a fifth bit per element (bit i of qh): v = q * d + m.
+template <int A>
+__device__ __forceinline__ void five_bits32(const u8* p, u32 qh, float d, float m, float* v) {
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const u32 w = ld_word<A>(p + 4 * k);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int i = 4 * k + j;
+      const u32 b = (w >> (8 * j)) & 0xffu;
+      v[i] = fmaf((float)((b & 15u) | (((qh >> i) & 1u) << 4)), d, m);
+      v[16 + i] = fmaf((float)((b >> 4) | (((qh >> (16 + i)) & 1u) << 4)), d, m);
+    }
+  }
+}
+
+// The 6-bit scale and min of sub-block j of a Q4_K / Q5_K block's 12 scale bytes.
+__device__ __forceinline__ void scale_min_k4(const u8* sc, int j, float* s, float* m) {
+  if (j < 4) {
+    *s = (float)(__ldg(sc + j) & 63);
+    *m = (float)(__ldg(sc + j + 4) & 63);
+  } else {
+    const u32 a = __ldg(sc + j + 4), lo = __ldg(sc + j - 4), hi = __ldg(sc + j);
+    *s = (float)((a & 15u) | ((lo >> 6) << 4));
+    *m = (float)((a >> 4) | ((hi >> 6) << 4));
+  }
+}
+
+template <int Q> __device__ __forceinline__ void qdecode32(const u8* b, int s, float* v);
+
+template <> __device__ __forceinline__ void qdecode32<2>(const u8* b, int, float* v) {
+  const float d = f16_at(b);
+  nibbles32<2>(b + 2, d, -8.f * d, v);
+}
+template <> __device__ __forceinline__ void qdecode32<3>(const u8* b, int, float* v) {
+  nibbles32<4>(b + 4, f16_at(b), f16_at(b + 2), v);
+}
+template <> __device__ __forceinline__ void qdecode32<6>(const u8* b, int, float* v) {
+  const float d = f16_at(b);
+  five_bits32<2>(b + 6, ld_a2(b + 2), d, -16.f * d, v);
+}
+template <> __device__ __forceinline__ void qdecode32<7>(const u8* b, int, float* v) {
+  five_bits32<4>(b + 8, ld_a4(b + 4), f16_at(b), f16_at(b + 2), v);
+}
+template <> __device__ __forceinline__ void qdecode32<8>(const u8* b, int, float* v) {
+  const float d = f16_at(b);
+#pragma unroll
+  for (int k = 0; k < 8; k++) {
+    const u32 w = ld_a2(b + 2 + 4 * k);
+#pragma unroll
+    for (int j = 0; j < 4; j++) v[4 * k + j] = (float)(signed char)((w >> (8 * j)) & 0xffu) * d;
+  }
+}
+template <> __device__ __forceinline__ void qdecode32<20>(const u8* b, int, float* v) {
+  const float d = f16_at(b);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const u32 w = ld_a2(b + 2 + 4 * k);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const u32 q = (w >> (8 * j)) & 0xffu;
+      v[4 * k + j] = iq4_value(q & 15u) * d;
+      v[16 + 4 * k + j] = iq4_value(q >> 4) * d;
+    }
+  }
+}
+// Q2_K: scales[16] (scale | min << 4), qs[64], d, dmin; element 32s + i is bits 2(s%4).. of
+// qs[32(s/4) + i], its sub-block of 16 is 2s + i/16.
+template <> __device__ __forceinline__ void qdecode32<10>(const u8* b, int s, float* v) {
+  const float d = f16_at(b + 80), dmin = f16_at(b + 82);
+  const u8* qs = b + 16 + 32 * (s >> 2);
+  const int sh = 2 * (s & 3);
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const u32 sc = __ldg(b + 2 * s + half);
+    const float dl = d * (float)(sc & 15u), ml = dmin * (float)(sc >> 4);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const u32 w = ld_a4(qs + 16 * half + 4 * k);
+#pragma unroll
+      for (int j = 0; j < 4; j++) v[16 * half + 4 * k + j] = dl * (float)((w >> (8 * j + sh)) & 3u) - ml;
+    }
+  }
+}
+// Q3_K: hmask[32], qs[64], scales[12], d; element 32s + i takes bits 2(s%4).. of qs[32(s/4) + i]
+// and bit s of hmask[i] (clear: minus 4); sub-block 2s + i/16 has a signed 6-bit scale.
+__device__ __forceinline__ float q3_k_scale(const u8* sc, int i) {
+  const u32 lo = (__ldg(sc + (i & 7)) >> (4 * (i >> 3))) & 15u;
+  const u32 hi = (__ldg(sc + 8 + (i & 3)) >> (2 * (i >> 2))) & 3u;
+  return (float)((int)(lo | (hi << 4)) - 32);
+}
+template <> __device__ __forceinline__ void qdecode32<11>(const u8* b, int s, float* v) {
+  const float d = f16_at(b + 108);
+  const u8* qs = b + 32 + 32 * (s >> 2);
+  const int sh = 2 * (s & 3);
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const float dl = d * q3_k_scale(b + 96, 2 * s + half);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const int i0 = 16 * half + 4 * k;
+      const u32 w = ld_a2(qs + i0), h = ld_a2(b + i0);
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int q = (int)((w >> (8 * j + sh)) & 3u) - (((h >> (8 * j + s)) & 1u) ? 0 : 4);
+        v[i0 + j] = dl * (float)q;
+      }
+    }
+  }
+}
+// Q4_K: d, dmin, scales[12], qs[128]; element 32s + i is nibble s%2 of qs[32(s/2) + i].
+template <> __device__ __forceinline__ void qdecode32<12>(const u8* b, int s, float* v) {
+  float sc, mn;
+  scale_min_k4(b + 4, s, &sc, &mn);
+  const float d = f16_at(b) * sc, m = f16_at(b + 2) * mn;
+  const uint4* qs = (const uint4*)(b + 16 + 32 * (s >> 1));
+  const int sh = 4 * (s & 1);
+#pragma unroll
+  for (int k = 0; k < 2; k++) {
+    const uint4 q = __ldg(qs + k);
+    const u32 w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int e = 0; e < 16; e++) v[16 * k + e] = fmaf((float)((w[e >> 2] >> (8 * (e & 3) + sh)) & 15u), d, -m);
+  }
+}
+// Q5_K: d, dmin, scales[12], qh[32], qs[128]; as Q4_K plus bit s of qh[i] as the fifth bit.
+template <> __device__ __forceinline__ void qdecode32<13>(const u8* b, int s, float* v) {
+  float sc, mn;
+  scale_min_k4(b + 4, s, &sc, &mn);
+  const float d = f16_at(b) * sc, m = f16_at(b + 2) * mn;
+  const u8* qs = b + 48 + 32 * (s >> 1);
+  const int sh = 4 * (s & 1);
+#pragma unroll
+  for (int k = 0; k < 8; k++) {
+    const u32 w = ld_a4(qs + 4 * k), h = ld_a4(b + 16 + 4 * k);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const u32 q = ((w >> (8 * j + sh)) & 15u) | (((h >> (8 * j + s)) & 1u) << 4);
+      v[4 * k + j] = fmaf((float)q, d, -m);
+    }
+  }
+}
+// Q6_K: ql[128], qh[64], scales[16] (signed), d; element 32s + i (s = 4h + t) takes nibble t/2
+// of ql[64h + 32(t%2) + i] and bits 2t.. of qh[32h + i] as bits 4 and 5, minus 32.
+template <> __device__ __forceinline__ void qdecode32<14>(const u8* b, int s, float* v) {
+  const float d = f16_at(b + 208);
+  const int h = s >> 2, t = s & 3;
+  const u8* ql = b + 64 * h + 32 * (t & 1);
+  const u8* qh = b + 128 + 32 * h;
+  const int sl = 4 * (t >> 1), sh = 2 * t;
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const float dl = d * (float)(signed char)__ldg(b + 192 + 2 * s + half);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const int i0 = 16 * half + 4 * k;
+      const u32 w = ld_a2(ql + i0), hb = ld_a2(qh + i0);
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int q = (int)(((w >> (8 * j + sl)) & 15u) | (((hb >> (8 * j + sh)) & 3u) << 4)) - 32;
+        v[i0 + j] = dl * (float)q;
+      }
+    }
+  }
+}
+// IQ4_XS: d, scales_h (u16), scales_l[4], qs[128]; sub-block s has the signed 6-bit scale
+// (nibble s%2 of scales_l[s/2]) | (bits 2s.. of scales_h) << 4, minus 32; its element 16n + j
+// is nibble n of qs[16s + j], an index into the code book.
+template <> __device__ __forceinline__ void qdecode32<23>(const u8* b, int s, float* v) {
+  const u32 lo = (__ldg(b + 4 + (s >> 1)) >> (4 * (s & 1))) & 15u;
+  const u32 hi = (__ldg((const u16*)(b + 2)) >> (2 * s)) & 3u;
+  const float dl = f16_at(b) * (float)((int)(lo | (hi << 4)) - 32);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const u32 w = ld_a4(b + 8 + 16 * s + 4 * k);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const u32 q = (w >> (8 * j)) & 0xffu;
+      v[4 * k + j] = dl * iq4_value(q & 15u);
+      v[16 + 4 * k + j] = dl * iq4_value(q >> 4);
+    }
+  }
+}
+
+// Unit u (32 elements) of a row of type Q.
+template <int Q>
+__device__ __forceinline__ void qdecode_unit(const u8* row, int u, float* v) {
+  constexpr int per = QT<Q>::elems / 32;
+  qdecode32<Q>(row + (u64)(u / per) * QT<Q>::bytes, u % per, v);
+}
+
+template <int Q> __device__ __forceinline__ u64 qrow_bytes(int cols) {
+  return (u64)(cols / QT<Q>::elems) * QT<Q>::bytes;
+}
+
+// The dot product of 32 decoded weights with 32 activations of T at x (16-byte aligned).
+__device__ __forceinline__ float dot32(const float* v, const bf16_t* x) {
+  const uint4* xv = (const uint4*)x;
+  float s = 0.f;
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    float xf[8];
+    unpack16(__ldg(xv + k), xf, bf16_t());
+#pragma unroll
+    for (int e = 0; e < 8; e++) s = fmaf(v[8 * k + e], xf[e], s);
+  }
+  return s;
+}
+__device__ __forceinline__ float dot32(const float* v, const float* x) {
+  const float4* xv = (const float4*)x;
+  float s = 0.f;
+#pragma unroll
+  for (int k = 0; k < 8; k++) {
+    const float4 a = __ldg(xv + k);
+    s = fmaf(v[4 * k], a.x, s); s = fmaf(v[4 * k + 1], a.y, s);
+    s = fmaf(v[4 * k + 2], a.z, s); s = fmaf(v[4 * k + 3], a.w, s);
+  }
+  return s;
+}
+
+// Stores 32 floats as T at dst (16-byte aligned).
+__device__ __forceinline__ void store32(bf16_t* dst, const float* v) {
+  uint4* o = (uint4*)dst;
+#pragma unroll
+  for (int k = 0; k < 4; k++)
+    o[k] = make_uint4(pack_bf16x2(v[8 * k], v[8 * k + 1]), pack_bf16x2(v[8 * k + 2], v[8 * k + 3]),
+                      pack_bf16x2(v[8 * k + 4], v[8 * k + 5]), pack_bf16x2(v[8 * k + 6], v[8 * k + 7]));
+}
+__device__ __forceinline__ void store32(float* dst, const float* v) {
+  float4* o = (float4*)dst;
+#pragma unroll
+  for (int k = 0; k < 8; k++) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+}
+
+// y[t, r] = x[t] · w[r] (+ bias[r]; + y[t, r] where `accumulate`) for nt <= 8 tokens: one warp
+// per weight row, its lanes taking 32-element units in turn, so each weight is read and decoded
+// once for all tokens. Grid: rows / 8 blocks of 256 threads (rounded up).
+template <typename T, int Q>
+__device__ void qgemv_impl(T* y, const T* x, const u8* w, const float* bias, int rows, int cols,
+                           int nt, int accumulate) {
+  PDL_ENTRY();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = blockIdx.x * 8 + warp;
+  if (r >= rows) return;
+  const u8* wr = w + (u64)r * qrow_bytes<Q>(cols);
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  for (int u = lane; u < cols / 32; u += 32) {
+    float v[32];
+    qdecode_unit<Q>(wr, u, v);
+#pragma unroll
+    for (int t = 0; t < 8; t++)
+      if (t < nt) acc[t] += dot32(v, x + (u64)t * cols + 32 * u);
+  }
+#pragma unroll
+  for (int t = 0; t < 8; t++) {
+    if (t >= nt) break;
+    const float s = warp_sum(acc[t]);
+    if (lane == 0) {
+      const u64 at = (u64)t * rows + r;
+      const float out = s + (bias ? bias[r] : 0.f);
+      y[at] = from_f<T>(accumulate ? out + to_f(y[at]) : out);
+    }
+  }
+}
+
+// out[i, :] = row i of w decoded to T, for the `units / (cols / 32)` rows at w (a chunk of a
+// matrix, for a GEMM that reads it next). Grid-stride over 32-element units.
+template <typename T, int Q>
+__device__ void qdequant_impl(T* out, const u8* w, int cols, u64 units) {
+  PDL_ENTRY();
+  const int per_row = cols / 32;
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < units; i += (u64)gridDim.x * blockDim.x) {
+    const u64 row = i / per_row;
+    const int u = (int)(i % per_row);
+    float v[32];
+    qdecode_unit<Q>(w + row * qrow_bytes<Q>(cols), u, v);
+    store32(out + row * cols + 32 * u, v);
+  }
+}
+
+// out[b, :] = row ids[b] of the table, decoded (one block per id).
+template <typename T, int Q>
+__device__ void qembed_impl(T* out, const u8* table, const u32* ids, int cols) {
+  PDL_ENTRY();
+  const u8* wr = table + (u64)ids[blockIdx.x] * qrow_bytes<Q>(cols);
+  for (int u = threadIdx.x; u < cols / 32; u += blockDim.x) {
+    float v[32];
+    qdecode_unit<Q>(wr, u, v);
+    store32(out + (u64)blockIdx.x * cols + 32 * u, v);
+  }
+}
+
+#define QKERNELS(T, S, Q, NAME)                                                                    \
+  extern "C" __global__ void __launch_bounds__(256) qgemv_##NAME##_##S(                           \
+      T* y, const T* x, const u8* w, const float* bias, int rows, int cols, int nt,                \
+      int accumulate) {                                                                            \
+    qgemv_impl<T, Q>(y, x, w, bias, rows, cols, nt, accumulate);                                   \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256) qdequant_##NAME##_##S(T* out, const u8* w,    \
+                                                                         int cols, u64 units) {    \
+    qdequant_impl<T, Q>(out, w, cols, units);                                                      \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256) qembed_##NAME##_##S(                          \
+      T* out, const u8* table, const u32* ids, int cols) {                                         \
+    qembed_impl<T, Q>(out, table, ids, cols);                                                      \
+  }
+
+#define QKERNELS_ALL(T, S)      \
+  QKERNELS(T, S, 2, q4_0)       \
+  QKERNELS(T, S, 3, q4_1)       \
+  QKERNELS(T, S, 6, q5_0)       \
+  QKERNELS(T, S, 7, q5_1)       \
+  QKERNELS(T, S, 8, q8_0)       \
+  QKERNELS(T, S, 10, q2_k)      \
+  QKERNELS(T, S, 11, q3_k)      \
+  QKERNELS(T, S, 12, q4_k)      \
+  QKERNELS(T, S, 13, q5_k)      \
+  QKERNELS(T, S, 14, q6_k)      \
+  QKERNELS(T, S, 20, iq4_nl)    \
+  QKERNELS(T, S, 23, iq4_xs)
+
+QKERNELS_ALL(float, f32)
+QKERNELS_ALL(bf16_t, bf16)

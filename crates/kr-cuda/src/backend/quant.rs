@@ -1,0 +1,148 @@
+//! Quantised weights on the GPU (`kernels/quant.cu`): matrices in GGUF block types stay in
+//! GPU memory as the file stores them (a Q4_K_M 8B model takes ~5 GB, not 15).
+//!
+//! - up to 8 tokens: `qgemv_*` decodes each weight once, in registers, for all tokens;
+//! - more tokens (prefill, large decode batches): `qdequant_*` decodes a chunk of rows into a
+//!   scratch buffer small enough to stay in L2 (`KR_CUDA_DEQUANT_CHUNK_MIB`, default 16), and
+//!   cuBLASLt multiplies it into the matching slice of the output's columns;
+//! - embedding rows: `qembed_*` decodes the rows of the step's ids.
+//!
+//! Invariants: a quantised [`CudaWeight`] holds the encoded rows back to back (`quant` names
+//! the type) and is never passed to the dense kernels: the fused and tensor-core paths are
+//! skipped for it, and the norm before it is not folded into it (`keeps_encoded`). The scratch
+//! buffer is sized while loading, so steps allocate nothing.
+
+use super::{elementwise, grid1, CudaBackend, CudaTensor, CudaVector, CudaWeight};
+use crate::error::{driver, Result};
+use kr_model::quant::GgmlType;
+
+/// Kernels per quantised type: GEMV, dequantise-rows and embed (each for f32 and bf16).
+pub const QUANT_KERNELS: [(GgmlType, [&str; 3]); 12] = [
+    (GgmlType::Q4_0, ["qgemv_q4_0", "qdequant_q4_0", "qembed_q4_0"]),
+    (GgmlType::Q4_1, ["qgemv_q4_1", "qdequant_q4_1", "qembed_q4_1"]),
+    (GgmlType::Q5_0, ["qgemv_q5_0", "qdequant_q5_0", "qembed_q5_0"]),
+    (GgmlType::Q5_1, ["qgemv_q5_1", "qdequant_q5_1", "qembed_q5_1"]),
+    (GgmlType::Q8_0, ["qgemv_q8_0", "qdequant_q8_0", "qembed_q8_0"]),
+    (GgmlType::Q2K, ["qgemv_q2_k", "qdequant_q2_k", "qembed_q2_k"]),
+    (GgmlType::Q3K, ["qgemv_q3_k", "qdequant_q3_k", "qembed_q3_k"]),
+    (GgmlType::Q4K, ["qgemv_q4_k", "qdequant_q4_k", "qembed_q4_k"]),
+    (GgmlType::Q5K, ["qgemv_q5_k", "qdequant_q5_k", "qembed_q5_k"]),
+    (GgmlType::Q6K, ["qgemv_q6_k", "qdequant_q6_k", "qembed_q6_k"]),
+    (GgmlType::IQ4NL, ["qgemv_iq4_nl", "qdequant_iq4_nl", "qembed_iq4_nl"]),
+    (GgmlType::IQ4XS, ["qgemv_iq4_xs", "qdequant_iq4_xs", "qembed_iq4_xs"]),
+];
+
+/// Tokens the quantised GEMV takes (its accumulators per lane).
+const QGEMV_MAX_TOKENS: usize = 8;
+
+/// The three kernels of `ty`, `None` for the float types.
+fn kernels(ty: GgmlType) -> Option<[&'static str; 3]> {
+    QUANT_KERNELS.iter().find(|(t, _)| *t == ty).map(|(_, k)| *k)
+}
+
+/// Whether weights of `ty` stay encoded on the GPU (every quantised type; floats are converted
+/// to the compute dtype).
+pub fn keeps_encoded(ty: GgmlType) -> bool {
+    kernels(ty).is_some()
+}
+
+/// Whether any of `w` is stored encoded (the fused dense paths then do not apply).
+pub(super) fn any_encoded(w: &[&CudaWeight]) -> bool {
+    w.iter().any(|w| w.quant.is_some())
+}
+
+/// Bytes of the dequantisation chunk: `KR_CUDA_DEQUANT_CHUNK_MIB` (1..=4096), default 16.
+fn chunk_bytes() -> usize {
+    let mib = crate::tuning::value("KR_CUDA_DEQUANT_CHUNK_MIB")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|m| (1..=4096).contains(m))
+        .unwrap_or(16);
+    mib << 20
+}
+
+/// Rows of a `rows × cols` matrix decoded per chunk with `elem`-byte elements (at least one).
+fn chunk_rows(rows: usize, cols: usize, elem: usize) -> usize {
+    (chunk_bytes() / (cols * elem)).clamp(1, rows)
+}
+
+impl CudaBackend {
+    /// Grows the dequantisation scratch buffer to hold a chunk of `t` (at load time).
+    pub(super) fn size_dequant_scratch(&self, rows: usize, cols: usize) -> Result<()> {
+        let elem = self.dtype.size();
+        let need = chunk_rows(rows, cols, elem) * cols * elem;
+        let mut scratch = self.dequant_scratch.borrow_mut();
+        if scratch.as_ref().is_none_or(|b| b.bytes < need) {
+            *scratch = None;
+            *scratch = Some(self.gpu.alloc(need)?);
+        }
+        Ok(())
+    }
+
+    /// `y = x · wᵀ (+ bias)` (`y +=` where `accumulate`) for an encoded `w`.
+    pub(super) fn quant_project_into(
+        &self,
+        y: u64,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        bias: Option<&CudaVector>,
+        accumulate: bool,
+    ) {
+        let Some([gemv, dequant, _]) = w.quant.and_then(kernels) else {
+            return;
+        };
+        if x.rows <= QGEMV_MAX_TOKENS {
+            let (xp, wp, bp) = (x.ptr, w.ptr, bias.map_or(0u64, |b| b.buf.ptr));
+            let (rows, cols, nt) = (w.rows as i32, w.cols as i32, x.rows as i32);
+            let acc = i32::from(accumulate);
+            let cfg = grid1(w.rows.div_ceil(8), 256);
+            launch!(self, gemv, cfg, y, xp, wp, bp, rows, cols, nt, acc);
+            return;
+        }
+        self.dequant_gemm(y, x, w, dequant, accumulate);
+        if let Some(b) = bias {
+            let (bp, c, n) = (b.buf.ptr, w.rows as i32, (x.rows * w.rows) as u64);
+            launch!(self, "add_bias", elementwise(x.rows * w.rows), y, bp, c, n);
+        }
+    }
+
+    /// `y = x · wᵀ` chunk by chunk of `w`'s rows: decode the chunk into the scratch buffer, then
+    /// one GEMM into the chunk's columns of `y`.
+    fn dequant_gemm(&self, y: u64, x: &CudaTensor, w: &CudaWeight, dequant: &'static str, acc: bool) {
+        let Some(scratch) = self.dequant_scratch.borrow().as_ref().map(|b| b.ptr) else {
+            self.record(Err(crate::CudaError::Unsupported(
+                "a quantised weight was loaded without a dequantisation buffer".into(),
+            )));
+            return;
+        };
+        let elem = self.dtype.size();
+        let (rows, cols) = (w.rows, w.cols);
+        let step = chunk_rows(rows, cols, elem);
+        let row_bytes = w.bytes / rows;
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = step.min(rows - r0);
+            let (out, src, c) = (scratch, w.ptr + (r0 * row_bytes) as u64, cols as i32);
+            let units = (n * cols / 32) as u64;
+            launch!(self, dequant, elementwise(units as usize), out, src, c, units);
+            let y0 = y + (r0 * elem) as u64;
+            self.gemm_strided(y0, x.ptr, scratch, (x.rows, n, cols), rows, acc);
+            r0 += n;
+        }
+    }
+
+    /// The rows of an encoded `table` for the step's ids, decoded.
+    pub(super) fn quant_embed(&self, table: &CudaWeight, ids: &[u32]) -> CudaTensor {
+        let out = self.alloc(ids.len(), table.cols);
+        let Some([_, _, embed]) = table.quant.and_then(kernels) else {
+            return out;
+        };
+        let (o, t, idp, cols) = (
+            out.ptr,
+            table.ptr,
+            self.meta_ptr(self.meta_layout.offsets().ids),
+            table.cols as i32,
+        );
+        launch!(self, embed, grid1(ids.len(), 256), o, t, idp, cols);
+        out
+    }
+}
