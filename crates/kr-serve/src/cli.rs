@@ -81,6 +81,11 @@ pub enum BenchCommand {
         after_help = "Example:\n  kr-serve bench plot kr-serve.json llama-server.json --out-prefix docs/img/serve"
     )]
     Plot(BenchPlotArgs),
+    /// Perplexity of a model on a text, computed as llama.cpp's llama-perplexity does.
+    #[command(
+        after_help = "Example:\n  kr-serve bench perplexity --model SmolLM2-135M-Instruct.Q4_1.gguf --text docs/texts/sherlock.txt --ctx 256 --out ppl.json"
+    )]
+    Perplexity(BenchPerplexityArgs),
 }
 
 /// The workloads `bench serve` can send.
@@ -321,6 +326,24 @@ pub struct BenchEngineArgs {
     pub repeat: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+#[derive(Args)]
+pub struct BenchPerplexityArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// The text to score (UTF-8; at least two contexts' worth of tokens).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens per chunk (llama-perplexity's -c); the second half of each is scored.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Score at most this many chunks (llama-perplexity's --chunks).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Write the JSON report here (default: print it).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]

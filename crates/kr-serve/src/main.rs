@@ -54,6 +54,9 @@ fn main() {
         Command::Bench {
             command: BenchCommand::Plot(args),
         } => bench::plot::bench_plot(args),
+        Command::Bench {
+            command: BenchCommand::Perplexity(args),
+        } => bench::perplexity::bench_perplexity(args, &inputs),
         Command::Models {
             command: ModelsCommand::Inspect(args),
         } => models::inspect(args),

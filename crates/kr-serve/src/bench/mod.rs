@@ -5,6 +5,7 @@
 //!   server in one process; the server's cost as a percentage.
 //! - `serve` ([`serve`]): a load generator for any OpenAI-compatible server.
 //! - `compare` ([`compare`]): a regression gate over two reports.
+//! - `perplexity` ([`perplexity`]): a model's perplexity on a text, as llama-perplexity computes it.
 //!
 //! Invariants: benchmarks never assert timings; every report records the machine, the
 //! commit, the command line and the load average, so numbers can be judged later.
@@ -15,6 +16,7 @@ pub mod dataset;
 pub mod engine;
 pub mod gpu;
 pub mod overhead;
+pub mod perplexity;
 pub mod plot;
 pub mod report;
 pub mod serve;
