@@ -247,16 +247,47 @@ template <> __device__ __forceinline__ void qdecode32<23>(const u8* b, int s, fl
   }
 }
 
-// Unit u (32 elements) of a row of type Q.
-template <int Q>
-__device__ __forceinline__ void qdecode_unit(const u8* row, int u, float* v) {
-  constexpr int per = QT<Q>::elems / 32;
-  qdecode32<Q>(row + (u64)(u / per) * QT<Q>::bytes, u % per, v);
-}
+// The decoders the kernels are templated on: `row_bytes(cols, group)` and `unit(row, u, group,
+// v)` (elements 32u .. 32u + 31 of a row). `group` is the MLX group size (unused by GGUF types).
+template <int Q> struct Gguf {
+  static __device__ __forceinline__ u64 row_bytes(int cols, int) {
+    return (u64)(cols / QT<Q>::elems) * QT<Q>::bytes;
+  }
+  static __device__ __forceinline__ void unit(const u8* row, int u, int, float* v) {
+    constexpr int per = QT<Q>::elems / 32;
+    qdecode32<Q>(row + (u64)(u / per) * QT<Q>::bytes, u % per, v);
+  }
+};
 
-template <int Q> __device__ __forceinline__ u64 qrow_bytes(int cols) {
-  return (u64)(cols / QT<Q>::elems) * QT<Q>::bytes;
+// MLX affine groups, interleaved at load as [scale][bias][group * BITS / 8 bytes]: element j
+// of a group is byte j (8 bits) or nibble j % 2 of byte j / 2 (4 bits); value scale * q + bias.
+// SCALE: 0 f16, 1 bf16, 2 f32 (the checkpoint's float type). Blocks are 4-byte aligned.
+template <int SCALE> __device__ __forceinline__ float mlx_scale(const u8* p) {
+  if (SCALE == 2) return __ldg((const float*)p);
+  const u16 h = __ldg((const u16*)p);
+  return SCALE == 0 ? h2f(h) : __uint_as_float((u32)h << 16);
 }
+template <int BITS, int SCALE> struct Mlx {
+  static constexpr int ss = SCALE == 2 ? 4 : 2;
+  static __device__ __forceinline__ u64 row_bytes(int cols, int group) {
+    return (u64)(cols / group) * (2 * ss + group * BITS / 8);
+  }
+  static __device__ __forceinline__ void unit(const u8* row, int u, int group, float* v) {
+    const int e = 32 * u;
+    const u8* b = row + (u64)(e / group) * (2 * ss + group * BITS / 8);
+    const float s = mlx_scale<SCALE>(b), bias = mlx_scale<SCALE>(b + ss);
+    const u8* q = b + 2 * ss + (e % group) * BITS / 8;
+#pragma unroll
+    for (int k = 0; k < BITS; k++) {
+      const u32 w = ld_a4(q + 4 * k);
+#pragma unroll
+      for (int j = 0; j < 32 / BITS; j++) {
+        const u32 x = (w >> (BITS * j)) & ((1u << BITS) - 1u);
+        v[(32 / BITS) * k + j] = fmaf((float)x, s, bias);
+      }
+    }
+  }
+};
 
 // The dot product of 32 decoded weights with 32 activations of T at x (16-byte aligned).
 __device__ __forceinline__ float dot32(const float* v, const bf16_t* x) {
@@ -300,18 +331,18 @@ __device__ __forceinline__ void store32(float* dst, const float* v) {
 // y[t, r] = x[t] · w[r] (+ bias[r]; + y[t, r] where `accumulate`) for nt <= 8 tokens: one warp
 // per weight row, its lanes taking 32-element units in turn, so each weight is read and decoded
 // once for all tokens. Grid: rows / 8 blocks of 256 threads (rounded up).
-template <typename T, int Q>
+template <typename T, typename D>
 __device__ void qgemv_impl(T* y, const T* x, const u8* w, const float* bias, int rows, int cols,
-                           int nt, int accumulate) {
+                           int nt, int accumulate, int group) {
   PDL_ENTRY();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + warp;
   if (r >= rows) return;
-  const u8* wr = w + (u64)r * qrow_bytes<Q>(cols);
+  const u8* wr = w + (u64)r * D::row_bytes(cols, group);
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   for (int u = lane; u < cols / 32; u += 32) {
     float v[32];
-    qdecode_unit<Q>(wr, u, v);
+    D::unit(wr, u, group, v);
 #pragma unroll
     for (int t = 0; t < 8; t++)
       if (t < nt) acc[t] += dot32(v, x + (u64)t * cols + 32 * u);
@@ -330,59 +361,73 @@ __device__ void qgemv_impl(T* y, const T* x, const u8* w, const float* bias, int
 
 // out[i, :] = row i of w decoded to T, for the `units / (cols / 32)` rows at w (a chunk of a
 // matrix, for a GEMM that reads it next). Grid-stride over 32-element units.
-template <typename T, int Q>
-__device__ void qdequant_impl(T* out, const u8* w, int cols, u64 units) {
+template <typename T, typename D>
+__device__ void qdequant_impl(T* out, const u8* w, int cols, u64 units, int group) {
   PDL_ENTRY();
   const int per_row = cols / 32;
   for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < units; i += (u64)gridDim.x * blockDim.x) {
     const u64 row = i / per_row;
     const int u = (int)(i % per_row);
     float v[32];
-    qdecode_unit<Q>(w + row * qrow_bytes<Q>(cols), u, v);
+    D::unit(w + row * D::row_bytes(cols, group), u, group, v);
     store32(out + row * cols + 32 * u, v);
   }
 }
 
 // out[b, :] = row ids[b] of the table, decoded (one block per id).
-template <typename T, int Q>
-__device__ void qembed_impl(T* out, const u8* table, const u32* ids, int cols) {
+template <typename T, typename D>
+__device__ void qembed_impl(T* out, const u8* table, const u32* ids, int cols, int group) {
   PDL_ENTRY();
-  const u8* wr = table + (u64)ids[blockIdx.x] * qrow_bytes<Q>(cols);
+  const u8* wr = table + (u64)ids[blockIdx.x] * D::row_bytes(cols, group);
   for (int u = threadIdx.x; u < cols / 32; u += blockDim.x) {
     float v[32];
-    qdecode_unit<Q>(wr, u, v);
+    D::unit(wr, u, group, v);
     store32(out + (u64)blockIdx.x * cols + 32 * u, v);
   }
 }
 
-#define QKERNELS(T, S, Q, NAME)                                                                    \
+#define QKERNELS(T, S, D, NAME)                                                                    \
   extern "C" __global__ void __launch_bounds__(256) qgemv_##NAME##_##S(                           \
       T* y, const T* x, const u8* w, const float* bias, int rows, int cols, int nt,                \
-      int accumulate) {                                                                            \
-    qgemv_impl<T, Q>(y, x, w, bias, rows, cols, nt, accumulate);                                   \
+      int accumulate, int group) {                                                                 \
+    qgemv_impl<T, D>(y, x, w, bias, rows, cols, nt, accumulate, group);                            \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(256) qdequant_##NAME##_##S(T* out, const u8* w,    \
-                                                                         int cols, u64 units) {    \
-    qdequant_impl<T, Q>(out, w, cols, units);                                                      \
+  extern "C" __global__ void __launch_bounds__(256) qdequant_##NAME##_##S(                        \
+      T* out, const u8* w, int cols, u64 units, int group) {                                       \
+    qdequant_impl<T, D>(out, w, cols, units, group);                                               \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(256) qembed_##NAME##_##S(                          \
-      T* out, const u8* table, const u32* ids, int cols) {                                         \
-    qembed_impl<T, Q>(out, table, ids, cols);                                                      \
+      T* out, const u8* table, const u32* ids, int cols, int group) {                              \
+    qembed_impl<T, D>(out, table, ids, cols, group);                                               \
   }
 
-#define QKERNELS_ALL(T, S)      \
-  QKERNELS(T, S, 2, q4_0)       \
-  QKERNELS(T, S, 3, q4_1)       \
-  QKERNELS(T, S, 6, q5_0)       \
-  QKERNELS(T, S, 7, q5_1)       \
-  QKERNELS(T, S, 8, q8_0)       \
-  QKERNELS(T, S, 10, q2_k)      \
-  QKERNELS(T, S, 11, q3_k)      \
-  QKERNELS(T, S, 12, q4_k)      \
-  QKERNELS(T, S, 13, q5_k)      \
-  QKERNELS(T, S, 14, q6_k)      \
-  QKERNELS(T, S, 20, iq4_nl)    \
-  QKERNELS(T, S, 23, iq4_xs)
+#define QKERNELS_ALL(T, S)              \
+  QKERNELS(T, S, Gguf<2>, q4_0)         \
+  QKERNELS(T, S, Gguf<3>, q4_1)         \
+  QKERNELS(T, S, Gguf<6>, q5_0)         \
+  QKERNELS(T, S, Gguf<7>, q5_1)         \
+  QKERNELS(T, S, Gguf<8>, q8_0)         \
+  QKERNELS(T, S, Gguf<10>, q2_k)        \
+  QKERNELS(T, S, Gguf<11>, q3_k)        \
+  QKERNELS(T, S, Gguf<12>, q4_k)        \
+  QKERNELS(T, S, Gguf<13>, q5_k)        \
+  QKERNELS(T, S, Gguf<14>, q6_k)        \
+  QKERNELS(T, S, Gguf<20>, iq4_nl)      \
+  QKERNELS(T, S, Gguf<23>, iq4_xs)      \
+  QKERNELS(T, S, MLX_4_F16, mlx4_f16)   \
+  QKERNELS(T, S, MLX_4_BF16, mlx4_bf16) \
+  QKERNELS(T, S, MLX_4_F32, mlx4_f32)   \
+  QKERNELS(T, S, MLX_8_F16, mlx8_f16)   \
+  QKERNELS(T, S, MLX_8_BF16, mlx8_bf16) \
+  QKERNELS(T, S, MLX_8_F32, mlx8_f32)
+
+// Template arguments with commas cannot go through a macro argument.
+typedef Mlx<4, 0> MLX_4_F16;
+typedef Mlx<4, 1> MLX_4_BF16;
+typedef Mlx<4, 2> MLX_4_F32;
+typedef Mlx<8, 0> MLX_8_F16;
+typedef Mlx<8, 1> MLX_8_BF16;
+typedef Mlx<8, 2> MLX_8_F32;
 
 QKERNELS_ALL(float, f32)
 QKERNELS_ALL(bf16_t, bf16)

@@ -145,7 +145,7 @@ impl Gpu {
             .chain(&crate::backend::GEMV_QKV_KERNELS)
             .chain(&crate::backend::GEMV_GATE_UP_KERNELS)
             .chain(crate::backend::DECODE_TILES_KERNELS.as_flattened())
-            .chain(crate::backend::QUANT_KERNELS.iter().flat_map(|(_, k)| k));
+            .chain(crate::backend::QUANT_KERNELS.as_flattened());
         let all = both
             .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
             .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")))

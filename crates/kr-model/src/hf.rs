@@ -200,6 +200,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<HfModel> {
     let cfg_path = dir.join("config.json");
     let cfg = read_json(&cfg_path)?.ok_or_else(|| missing(&cfg_path))?;
     let config = config_from_json(&cfg, &cfg_path)?;
+    check_quantization(&cfg, &cfg_path)?;
     let weights = weights_from_dir(dir, config)?;
     let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let gen_cfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
@@ -210,6 +211,35 @@ pub fn load_hf_dir(dir: &Path) -> Result<HfModel> {
         tokenizer,
         chat_template,
     })
+}
+
+/// MLX checkpoints name their quantisation in `quantization` (and `quantization_config`);
+/// kr-serve reads the affine mode (the default) and rejects others by name.
+fn check_quantization(cfg: &Value, path: &Path) -> Result<()> {
+    for key in ["quantization", "quantization_config"] {
+        let q = &cfg[key];
+        if q.is_null() {
+            continue;
+        }
+        if let Some(method) = q["quant_method"].as_str() {
+            return Err(ModelError::Metadata {
+                path: path.to_path_buf(),
+                key: format!("{key}.quant_method = \"{method}\""),
+                expected: "an MLX affine checkpoint (`mlx_lm.convert -q`) or unquantised weights",
+            });
+        }
+        match q["mode"].as_str() {
+            None | Some("affine") => {}
+            Some(mode) => {
+                return Err(ModelError::Metadata {
+                    path: path.to_path_buf(),
+                    key: format!("{key}.mode = \"{mode}\""),
+                    expected: "\"affine\" (MLX's 4- and 8-bit groups)",
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn missing(path: &Path) -> ModelError {

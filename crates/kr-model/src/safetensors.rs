@@ -1,9 +1,12 @@
 //! The safetensors files of a Hugging Face model directory: one `model.safetensors`, or the
 //! shards listed by `model.safetensors.index.json`. Every file is memory-mapped and its
-//! tensors are borrowed from the map as [`RawTensor`]s (F32, F16, BF16 only).
+//! tensors are borrowed from the map as [`RawTensor`]s (F32, F16, BF16). A matrix `X.weight`
+//! with `X.scales` and `X.biases` beside it is MLX-quantised (uint32-packed integers): its bits
+//! and group size follow from the shapes, and the three are interleaved into one owned tensor
+//! (see `quant::mlx`).
 
 use crate::error::{ModelError, Result};
-use crate::quant::GgmlType;
+use crate::quant::{GgmlType, MlxAffine, ScaleType};
 use crate::weights::{RawTensor, TensorBytes};
 use ::safetensors::{Dtype, SafeTensors};
 use memmap2::Mmap;
@@ -117,6 +120,11 @@ impl SafetensorsSet {
 
     /// The tensor `name` as a `rows × cols` matrix (a 1-D tensor is `1 × len`).
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<RawTensor> {
+        if let Some(prefix) = name.strip_suffix(".weight") {
+            if self.contains(&format!("{prefix}.scales")) {
+                return self.mlx_matrix(prefix, rows, cols);
+            }
+        }
         let e = self
             .tensors
             .get(name)
@@ -162,6 +170,72 @@ impl SafetensorsSet {
         })
     }
 
+    /// The bytes of entry `e`.
+    fn bytes(&self, e: &Entry) -> &[u8] {
+        &self.files[e.file].1[e.offset..e.offset + e.len]
+    }
+
+    /// An entry that must exist, with its 2-D shape.
+    fn entry_2d(&self, name: &str) -> Result<(&Entry, usize, usize)> {
+        let e = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+            path: self.path_of(name),
+            tensor: name.to_string(),
+        })?;
+        match e.shape[..] {
+            [r, c] => Ok((e, r, c)),
+            _ => Err(ModelError::Shape {
+                path: self.path_of(name),
+                tensor: name.to_string(),
+                expected: vec![0, 0],
+                actual: e.shape.clone(),
+            }),
+        }
+    }
+
+    /// The MLX-quantised matrix `prefix.{weight,scales,biases}` as `rows × cols`.
+    fn mlx_matrix(&self, prefix: &str, rows: usize, cols: usize) -> Result<RawTensor> {
+        let name = format!("{prefix}.weight");
+        let bad = |what: String| ModelError::Truncated {
+            path: self.path_of(&name),
+            what: format!("MLX-quantised tensor '{name}': {what}"),
+        };
+        let (w, w_rows, words) = self.entry_2d(&name)?;
+        let (s, s_rows, groups) = self.entry_2d(&format!("{prefix}.scales"))?;
+        let (b, b_rows, b_groups) = self.entry_2d(&format!("{prefix}.biases"))?;
+        if w.dtype != Dtype::U32 || w_rows != rows || s_rows != rows || b_rows != rows {
+            return Err(bad(format!(
+                "expected {rows} rows of uint32 with scales and biases of {rows} rows, found {:?} \
+                 {:?}, scales {:?}, biases {:?}",
+                w.dtype, w.shape, s.shape, b.shape
+            )));
+        }
+        let scale = match s.dtype {
+            Dtype::F16 => ScaleType::F16,
+            Dtype::BF16 => ScaleType::BF16,
+            Dtype::F32 => ScaleType::F32,
+            other => return Err(bad(format!("scales of type {other:?}"))),
+        };
+        let bits = words * 32 / cols;
+        let group = if groups > 0 { cols / groups } else { 0 };
+        let enc = MlxAffine::new(bits, group, scale)
+            .filter(|_| words * 32 == bits * cols && group * groups == cols)
+            .filter(|_| b.dtype == s.dtype && b_groups == groups)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{cols} columns packed in {words} words with {groups} groups give {bits} bits \
+                     in groups of {group}; supported: 4 or 8 bits in groups of 32, 64 or 128"
+                ))
+            })?;
+        let bytes = enc.interleave(self.bytes(w), self.bytes(s), self.bytes(b), rows, cols);
+        Ok(RawTensor {
+            name,
+            ty: GgmlType::Mlx(enc),
+            rows,
+            cols,
+            bytes: TensorBytes::Owned(Arc::new(bytes)),
+        })
+    }
+
     /// A 1-D tensor decoded to f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         Ok(self.matrix(name, 1, len)?.to_f32())
@@ -173,5 +247,55 @@ impl SafetensorsSet {
         } else {
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::safetensors::tensor::TensorView;
+
+    /// A directory with one safetensors file of the given (name, dtype, shape, bytes).
+    fn dir_with(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "kr-st-{}-{}",
+            std::process::id(),
+            tensors[0].2[1]
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).expect("view")))
+            .collect();
+        let bytes = ::safetensors::serialize(views, None).expect("serialize");
+        std::fs::write(dir.join("model.safetensors"), bytes).expect("write");
+        dir
+    }
+
+    fn mlx_tensors(words: usize, groups: usize) -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
+        vec![
+            ("w.weight", Dtype::U32, vec![2, words], vec![0x21; 2 * words * 4]),
+            ("w.scales", Dtype::F32, vec![2, groups], 0.5f32.to_le_bytes().repeat(2 * groups)),
+            ("w.biases", Dtype::F32, vec![2, groups], (-1f32).to_le_bytes().repeat(2 * groups)),
+        ]
+    }
+
+    #[test]
+    fn mlx_groups_are_interleaved_and_decode() {
+        let dir = dir_with(&mlx_tensors(8, 2));
+        let set = SafetensorsSet::open_dir(&dir).expect("open");
+        let t = set.matrix("w.weight", 2, 64).expect("4-bit, groups of 32");
+        assert_eq!(t.ty.name(), "MLX 4-bit");
+        // Every byte 0x21: element 2k is 1, element 2k + 1 is 2; value 0.5 q - 1.
+        let v = t.to_f32();
+        assert_eq!(&v[..4], &[-0.5, 0.0, -0.5, 0.0]);
+    }
+
+    #[test]
+    fn unsupported_mlx_bits_name_the_tensor() {
+        let dir = dir_with(&mlx_tensors(6, 2));
+        let set = SafetensorsSet::open_dir(&dir).expect("open");
+        let e = set.matrix("w.weight", 2, 64).unwrap_err().to_string();
+        assert!(e.contains("'w.weight'") && e.contains("3 bits"), "{e}");
     }
 }

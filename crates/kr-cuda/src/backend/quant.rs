@@ -14,30 +14,62 @@
 
 use super::{elementwise, grid1, CudaBackend, CudaTensor, CudaVector, CudaWeight};
 use crate::error::{driver, Result};
-use kr_model::quant::GgmlType;
+use kr_model::quant::{GgmlType, ScaleType};
 
-/// Kernels per quantised type: GEMV, dequantise-rows and embed (each for f32 and bf16).
-pub const QUANT_KERNELS: [(GgmlType, [&str; 3]); 12] = [
-    (GgmlType::Q4_0, ["qgemv_q4_0", "qdequant_q4_0", "qembed_q4_0"]),
-    (GgmlType::Q4_1, ["qgemv_q4_1", "qdequant_q4_1", "qembed_q4_1"]),
-    (GgmlType::Q5_0, ["qgemv_q5_0", "qdequant_q5_0", "qembed_q5_0"]),
-    (GgmlType::Q5_1, ["qgemv_q5_1", "qdequant_q5_1", "qembed_q5_1"]),
-    (GgmlType::Q8_0, ["qgemv_q8_0", "qdequant_q8_0", "qembed_q8_0"]),
-    (GgmlType::Q2K, ["qgemv_q2_k", "qdequant_q2_k", "qembed_q2_k"]),
-    (GgmlType::Q3K, ["qgemv_q3_k", "qdequant_q3_k", "qembed_q3_k"]),
-    (GgmlType::Q4K, ["qgemv_q4_k", "qdequant_q4_k", "qembed_q4_k"]),
-    (GgmlType::Q5K, ["qgemv_q5_k", "qdequant_q5_k", "qembed_q5_k"]),
-    (GgmlType::Q6K, ["qgemv_q6_k", "qdequant_q6_k", "qembed_q6_k"]),
-    (GgmlType::IQ4NL, ["qgemv_iq4_nl", "qdequant_iq4_nl", "qembed_iq4_nl"]),
-    (GgmlType::IQ4XS, ["qgemv_iq4_xs", "qdequant_iq4_xs", "qembed_iq4_xs"]),
+/// Kernels per encoding (GGUF types by name, MLX by bits and scale type): GEMV,
+/// dequantise-rows and embed, each compiled for f32 and bf16.
+pub const QUANT_KERNELS: [[&str; 3]; 18] = [
+    ["qgemv_q4_0", "qdequant_q4_0", "qembed_q4_0"],
+    ["qgemv_q4_1", "qdequant_q4_1", "qembed_q4_1"],
+    ["qgemv_q5_0", "qdequant_q5_0", "qembed_q5_0"],
+    ["qgemv_q5_1", "qdequant_q5_1", "qembed_q5_1"],
+    ["qgemv_q8_0", "qdequant_q8_0", "qembed_q8_0"],
+    ["qgemv_q2_k", "qdequant_q2_k", "qembed_q2_k"],
+    ["qgemv_q3_k", "qdequant_q3_k", "qembed_q3_k"],
+    ["qgemv_q4_k", "qdequant_q4_k", "qembed_q4_k"],
+    ["qgemv_q5_k", "qdequant_q5_k", "qembed_q5_k"],
+    ["qgemv_q6_k", "qdequant_q6_k", "qembed_q6_k"],
+    ["qgemv_iq4_nl", "qdequant_iq4_nl", "qembed_iq4_nl"],
+    ["qgemv_iq4_xs", "qdequant_iq4_xs", "qembed_iq4_xs"],
+    ["qgemv_mlx4_f16", "qdequant_mlx4_f16", "qembed_mlx4_f16"],
+    ["qgemv_mlx4_bf16", "qdequant_mlx4_bf16", "qembed_mlx4_bf16"],
+    ["qgemv_mlx4_f32", "qdequant_mlx4_f32", "qembed_mlx4_f32"],
+    ["qgemv_mlx8_f16", "qdequant_mlx8_f16", "qembed_mlx8_f16"],
+    ["qgemv_mlx8_bf16", "qdequant_mlx8_bf16", "qembed_mlx8_bf16"],
+    ["qgemv_mlx8_f32", "qdequant_mlx8_f32", "qembed_mlx8_f32"],
 ];
 
 /// Tokens the quantised GEMV takes (its accumulators per lane).
 const QGEMV_MAX_TOKENS: usize = 8;
 
-/// The three kernels of `ty`, `None` for the float types.
-fn kernels(ty: GgmlType) -> Option<[&'static str; 3]> {
-    QUANT_KERNELS.iter().find(|(t, _)| *t == ty).map(|(_, k)| *k)
+/// The three kernels of `ty` and the group size they take (MLX; 0 for GGUF types), `None` for
+/// the float types.
+fn kernels(ty: GgmlType) -> Option<([&'static str; 3], i32)> {
+    let gguf = |i: usize| Some((QUANT_KERNELS[i], 0));
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => None,
+        GgmlType::Q4_0 => gguf(0),
+        GgmlType::Q4_1 => gguf(1),
+        GgmlType::Q5_0 => gguf(2),
+        GgmlType::Q5_1 => gguf(3),
+        GgmlType::Q8_0 => gguf(4),
+        GgmlType::Q2K => gguf(5),
+        GgmlType::Q3K => gguf(6),
+        GgmlType::Q4K => gguf(7),
+        GgmlType::Q5K => gguf(8),
+        GgmlType::Q6K => gguf(9),
+        GgmlType::IQ4NL => gguf(10),
+        GgmlType::IQ4XS => gguf(11),
+        GgmlType::Mlx(m) => {
+            let scale = match m.scale {
+                ScaleType::F16 => 0,
+                ScaleType::BF16 => 1,
+                ScaleType::F32 => 2,
+            };
+            let bits = if m.bits == 4 { 0 } else { 3 };
+            Some((QUANT_KERNELS[12 + bits + scale], i32::from(m.group)))
+        }
+    }
 }
 
 /// Whether weights of `ty` stay encoded on the GPU (every quantised type; floats are converted
@@ -87,7 +119,7 @@ impl CudaBackend {
         bias: Option<&CudaVector>,
         accumulate: bool,
     ) {
-        let Some([gemv, dequant, _]) = w.quant.and_then(kernels) else {
+        let Some(([gemv, dequant, _], group)) = w.quant.and_then(kernels) else {
             return;
         };
         if x.rows <= QGEMV_MAX_TOKENS {
@@ -95,10 +127,10 @@ impl CudaBackend {
             let (rows, cols, nt) = (w.rows as i32, w.cols as i32, x.rows as i32);
             let acc = i32::from(accumulate);
             let cfg = grid1(w.rows.div_ceil(8), 256);
-            launch!(self, gemv, cfg, y, xp, wp, bp, rows, cols, nt, acc);
+            launch!(self, gemv, cfg, y, xp, wp, bp, rows, cols, nt, acc, group);
             return;
         }
-        self.dequant_gemm(y, x, w, dequant, accumulate);
+        self.dequant_gemm(y, x, w, (dequant, group), accumulate);
         if let Some(b) = bias {
             let (bp, c, n) = (b.buf.ptr, w.rows as i32, (x.rows * w.rows) as u64);
             launch!(self, "add_bias", elementwise(x.rows * w.rows), y, bp, c, n);
@@ -107,7 +139,14 @@ impl CudaBackend {
 
     /// `y = x · wᵀ` chunk by chunk of `w`'s rows: decode the chunk into the scratch buffer, then
     /// one GEMM into the chunk's columns of `y`.
-    fn dequant_gemm(&self, y: u64, x: &CudaTensor, w: &CudaWeight, dequant: &'static str, acc: bool) {
+    fn dequant_gemm(
+        &self,
+        y: u64,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        (dequant, group): (&'static str, i32),
+        acc: bool,
+    ) {
         let Some(scratch) = self.dequant_scratch.borrow().as_ref().map(|b| b.ptr) else {
             self.record(Err(crate::CudaError::Unsupported(
                 "a quantised weight was loaded without a dequantisation buffer".into(),
@@ -123,7 +162,7 @@ impl CudaBackend {
             let n = step.min(rows - r0);
             let (out, src, c) = (scratch, w.ptr + (r0 * row_bytes) as u64, cols as i32);
             let units = (n * cols / 32) as u64;
-            launch!(self, dequant, elementwise(units as usize), out, src, c, units);
+            launch!(self, dequant, elementwise(units as usize), out, src, c, units, group);
             let y0 = y + (r0 * elem) as u64;
             self.gemm_strided(y0, x.ptr, scratch, (x.rows, n, cols), rows, acc);
             r0 += n;
@@ -133,7 +172,7 @@ impl CudaBackend {
     /// The rows of an encoded `table` for the step's ids, decoded.
     pub(super) fn quant_embed(&self, table: &CudaWeight, ids: &[u32]) -> CudaTensor {
         let out = self.alloc(ids.len(), table.cols);
-        let Some([_, _, embed]) = table.quant.and_then(kernels) else {
+        let Some(([_, _, embed], group)) = table.quant.and_then(kernels) else {
             return out;
         };
         let (o, t, idp, cols) = (
@@ -142,7 +181,7 @@ impl CudaBackend {
             self.meta_ptr(self.meta_layout.offsets().ids),
             table.cols as i32,
         );
-        launch!(self, embed, grid1(ids.len(), 256), o, t, idp, cols);
+        launch!(self, embed, grid1(ids.len(), 256), o, t, idp, cols, group);
         out
     }
 }

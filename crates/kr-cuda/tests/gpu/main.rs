@@ -233,6 +233,32 @@ fn hf_tiny(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The input ids and the logits at every position (flattened) of a directory's
+/// reference.json.
+fn reference_logits(dir: &std::path::Path) -> (Vec<u32>, Vec<f32>) {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).expect("ref"))
+            .expect("json");
+    let ids = r["input_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_u64().expect("id") as u32)
+        .collect();
+    let logits = r["logits"]
+        .as_array()
+        .expect("logits")
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .expect("row")
+                .iter()
+                .map(|v| v.as_f64().expect("f") as f32)
+        })
+        .collect();
+    (ids, logits)
+}
+
 /// Logits at every position of `ids` (one prefill step).
 fn all_logits(m: &mut CudaModel, ids: &[u32]) -> Vec<f32> {
     let n = ids.len();
@@ -262,27 +288,7 @@ fn hf_tiny_models_match_transformers() {
         ] {
             let dir = hf_tiny(&format!("{arch}-{variant}"));
             let m = kr_model::hf::load_hf_dir(&dir).expect("hf-tiny model");
-            let r: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(dir.join("reference.json")).expect("ref"),
-            )
-            .expect("json");
-            let ids: Vec<u32> = r["input_ids"]
-                .as_array()
-                .expect("ids")
-                .iter()
-                .map(|v| v.as_u64().expect("id") as u32)
-                .collect();
-            let want: Vec<f32> = r["logits"]
-                .as_array()
-                .expect("logits")
-                .iter()
-                .flat_map(|row| {
-                    row.as_array()
-                        .expect("row")
-                        .iter()
-                        .map(|v| v.as_f64().expect("f") as f32)
-                })
-                .collect();
+            let (ids, want) = reference_logits(&dir);
             let mut gpu = CudaModel::load(&m.weights, options(dtype, 64, false)).expect("load");
             let e = max_diff(&all_logits(&mut gpu, &ids), &want);
             println!("hf-tiny {arch}-{variant} computed in {dtype:?}: max |logit error| = {e:.2e}");

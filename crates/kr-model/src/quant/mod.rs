@@ -4,6 +4,7 @@
 //!
 //! - [`blocks`]: the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL);
 //! - [`kquants`]: the 256-element super-block types (Q2_K … Q6_K, IQ4_XS);
+//! - [`mlx`]: MLX's affine 4- and 8-bit groups, interleaved into blocks at load;
 //! - `avx2`: vector decoders of Q4_0, Q4_1 and Q8_0 (the CPU's hot types).
 //!
 //! Invariant: `dequantize` is given whole blocks (`src.len()` a multiple of `block_bytes`,
@@ -11,6 +12,7 @@
 
 mod blocks;
 mod kquants;
+pub mod mlx;
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -21,8 +23,9 @@ mod avx2;
 mod tests;
 
 use half::{bf16, f16};
+pub use mlx::{MlxAffine, ScaleType};
 
-/// The encodings kr-serve reads, with their GGML type ids.
+/// The encodings kr-serve reads: GGUF's (with their GGML type ids) and MLX's affine groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
@@ -40,6 +43,8 @@ pub enum GgmlType {
     Q6K,
     IQ4NL,
     IQ4XS,
+    /// MLX affine groups (safetensors checkpoints only; no GGML id).
+    Mlx(MlxAffine),
 }
 
 /// Elements of a K-quant super-block.
@@ -70,7 +75,8 @@ impl GgmlType {
         Self::BF16,
     ];
 
-    /// GGML's id of this type (as stored in a GGUF tensor entry).
+    /// GGML's id of this type (as stored in a GGUF tensor entry); MLX groups, which GGUF has
+    /// not, get 1000 + bits.
     pub fn id(self) -> u32 {
         match self {
             Self::F32 => 0,
@@ -88,6 +94,7 @@ impl GgmlType {
             Self::IQ4NL => 20,
             Self::IQ4XS => 23,
             Self::BF16 => 30,
+            Self::Mlx(m) => 1000 + m.bits as u32,
         }
     }
 
@@ -106,6 +113,7 @@ impl GgmlType {
             Self::F32 | Self::F16 | Self::BF16 => 1,
             Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::IQ4NL => 32,
             Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K | Self::IQ4XS => QK_K,
+            Self::Mlx(m) => m.group as usize,
         }
     }
 
@@ -125,6 +133,7 @@ impl GgmlType {
             Self::Q5K => 176,
             Self::Q6K => 210,
             Self::IQ4XS => 136,
+            Self::Mlx(m) => m.block_bytes(),
         }
     }
 
@@ -145,6 +154,8 @@ impl GgmlType {
             Self::Q6K => "Q6_K",
             Self::IQ4NL => "IQ4_NL",
             Self::IQ4XS => "IQ4_XS",
+            Self::Mlx(m) if m.bits == 4 => "MLX 4-bit",
+            Self::Mlx(_) => "MLX 8-bit",
         }
     }
 
@@ -152,7 +163,7 @@ impl GgmlType {
     /// linear in them.
     pub fn scale_fields(self) -> &'static [usize] {
         match self {
-            Self::F32 | Self::F16 | Self::BF16 => &[],
+            Self::F32 | Self::F16 | Self::BF16 | Self::Mlx(_) => &[],
             Self::Q4_0 | Self::Q5_0 | Self::Q8_0 | Self::IQ4NL | Self::IQ4XS => &[0],
             Self::Q4_1 | Self::Q5_1 | Self::Q4K | Self::Q5K => &[0, 2],
             Self::Q2K => &[80, 82],
@@ -203,6 +214,14 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
             target_feature = "fma"
         ))]
         GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => avx2::dequantize(ty, src, dst),
+        GgmlType::Mlx(m) => {
+            for (b, d) in src
+                .chunks_exact(m.block_bytes())
+                .zip(dst.chunks_exact_mut(m.group as usize))
+            {
+                m.decode_block(b, d);
+            }
+        }
         _ => {
             let decode = block_decoder(ty);
             for (b, d) in src
@@ -230,8 +249,8 @@ fn block_decoder(ty: GgmlType) -> fn(&[u8], &mut [f32]) {
         GgmlType::Q5K => kquants::q5_k,
         GgmlType::Q6K => kquants::q6_k,
         GgmlType::IQ4XS => kquants::iq4_xs,
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
-            unreachable!("{} is not a block type", ty.name())
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Mlx(_) => {
+            unreachable!("{} has no GGML block decoder", ty.name())
         }
     }
 }
