@@ -51,7 +51,18 @@ pub fn dir() -> PathBuf {
 /// `rel` inside the models folder, whether or not it is there (for tests that already
 /// checked with [`path`], or that need a path that does not exist).
 pub fn file(rel: &str) -> PathBuf {
+    exact_cpu_products();
     dir().join(rel)
+}
+
+/// Selects the CPU's exact f32 products (`KR_CPU_EXACT_MATMUL=1`, inherited by the servers
+/// the tests spawn): the outputs these tests assert (transformers' greedy text, golden
+/// answers) are those of the exact path. The 8-bit activation path, the CPU's default, moves
+/// logits by a few hundredths, enough to flip a near tie in a 135M model's first token; it
+/// has tests of its own (kr-cpu's bound test, kr-engine's `cpu_int8.rs`).
+pub fn exact_cpu_products() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var("KR_CPU_EXACT_MATMUL", "1"));
 }
 
 /// `rel` inside the models folder if it is there; otherwise prints one line on stderr (even

@@ -7,6 +7,7 @@
 //! is bit-identical alone and batched. `linear` therefore never switches algorithm by `m`.
 
 mod kernels;
+pub mod q8dot;
 mod qdot;
 
 use kernels::{dot, dot4};
@@ -55,8 +56,21 @@ pub struct CpuBackend;
 const ROWS_PER_TASK: usize = 16;
 
 impl CpuBackend {
+    /// `y = x · wᵀ (+ bias)` on the exact f32 path (`exact`) or, where the weight type has
+    /// one, the 8-bit activation path ([`q8dot`]); [`Backend::linear`] picks by
+    /// [`q8dot::exact`].
+    pub fn linear_path(x: &Mat, w: &RawTensor, bias: Option<&Vec<f32>>, exact: bool) -> Mat {
+        let mut y = Self::matmul_t(x, w, exact);
+        if let Some(b) = bias {
+            for row in y.data.chunks_exact_mut(y.cols) {
+                row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+            }
+        }
+        y
+    }
+
     /// `y[m, n] = x[m, k] · w[n, k]ᵀ`, computed as `yᵀ` in tasks of `ROWS_PER_TASK` weight rows.
-    fn matmul_t(x: &Mat, w: &RawTensor) -> Mat {
+    fn matmul_t(x: &Mat, w: &RawTensor, exact: bool) -> Mat {
         let (m, k, n) = (x.rows, x.cols, w.rows);
         assert_eq!(
             k, w.cols,
@@ -64,6 +78,18 @@ impl CpuBackend {
             w.name, w.cols
         );
         let mut yt = vec![0f32; n * m];
+        if !exact && q8dot::applies(w.ty) {
+            let acts = q8dot::quantize(x);
+            let (rb, bytes) = (w.row_bytes(), w.bytes.as_slice());
+            yt.par_chunks_mut(ROWS_PER_TASK * m)
+                .enumerate()
+                .for_each(|(task, out)| {
+                    let j0 = task * ROWS_PER_TASK;
+                    let rows = &bytes[j0 * rb..(j0 + out.len() / m) * rb];
+                    q8dot::matmul_rows(w.ty, rows, &acts, out);
+                });
+            return Self::transpose_back(m, n, yt);
+        }
         if qdot::supports(w.ty) {
             let sums = qdot::block_sums(x);
             let (rb, bytes) = (w.row_bytes(), w.bytes.as_slice());
@@ -212,13 +238,7 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &Mat, w: &RawTensor, bias: Option<&Vec<f32>>) -> Mat {
-        let mut y = Self::matmul_t(x, w);
-        if let Some(b) = bias {
-            for row in y.data.chunks_exact_mut(y.cols) {
-                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-            }
-        }
-        y
+        Self::linear_path(x, w, bias, q8dot::exact())
     }
 
     fn head_rms_norm(&self, x: &mut Mat, w: &Vec<f32>, head_dim: usize, eps: f32) {

@@ -194,7 +194,7 @@ fn quantised_linear_matches_decoded_weights_and_is_batch_invariant() {
         let w = random_blocks(&mut rng, ty, n, k);
         let wf = w.to_f32();
         let x = Mat::new(m, k, random(&mut rng, m * k));
-        let y = CpuBackend.linear(&x, &w, None);
+        let y = CpuBackend::linear_path(&x, &w, None, true);
         for i in 0..m {
             for j in 0..n {
                 let naive: f32 = (0..k).map(|c| x.data[i * k + c] * wf[j * k + c]).sum();
@@ -204,8 +204,73 @@ fn quantised_linear_matches_decoded_weights_and_is_batch_invariant() {
                     y.data[i * n + j]
                 );
             }
-            let alone = CpuBackend.linear(&Mat::new(1, k, x.row(i).to_vec()), &w, None);
+            let alone = CpuBackend::linear_path(&Mat::new(1, k, x.row(i).to_vec()), &w, None, true);
             assert_eq!(alone.data, y.row(i), "{ty:?} row {i} alone vs batched");
+        }
+    }
+}
+
+/// The 8-bit activation path against the exact one on every type it takes. Its only error is
+/// rounding each input to `dx · qx` (at most `dx / 2`, `dx` = its block's max / 127), so
+/// `|y8 - y| <= Σ_j |w_j| · dx_j / 2` (plus f32 rounding); checked output by output, with
+/// batch invariance.
+#[test]
+fn int8_activation_path_is_within_the_rounding_bound_of_the_exact_path() {
+    use kr_model::quant::GgmlType;
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (m, k, n) = (6, 512, 19);
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+        assert!(q8dot::applies(ty), "{ty:?}");
+        let w = kr_model::random::encoded_noise("w", ty, n, k, rng.random());
+        let wf = w.to_f32();
+        let x = Mat::new(m, k, random(&mut rng, m * k));
+        let exact = CpuBackend::linear_path(&x, &w, None, true);
+        let int8 = CpuBackend::linear_path(&x, &w, None, false);
+        let mut worst = 0f32;
+        for i in 0..m {
+            let xr = x.row(i);
+            let dx: Vec<f32> = xr
+                .chunks_exact(32)
+                .map(|b| b.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0)
+                .collect();
+            for j in 0..n {
+                let bound: f32 = (0..k).map(|c| wf[j * k + c].abs() * dx[c / 32] / 2.0).sum();
+                let (a, b) = (int8.data[i * n + j], exact.data[i * n + j]);
+                assert!(
+                    (a - b).abs() <= bound + 1e-5 * (1.0 + b.abs()),
+                    "{ty:?} ({i},{j}): int8 {a} exact {b} bound {bound}"
+                );
+                worst = worst.max((a - b).abs() / bound.max(1e-12));
+            }
+            let alone = CpuBackend::linear_path(&Mat::new(1, k, xr.to_vec()), &w, None, false);
+            assert_eq!(alone.data, int8.row(i), "{ty:?} row {i} alone vs batched");
+        }
+        println!("{ty:?}: worst error {:.0}% of the bound", 100.0 * worst);
+    }
+}
+
+/// Timing of one product on each path (not a check: `cargo test --release -p kr-cpu -- --ignored
+/// --nocapture linear_speed`).
+#[test]
+#[ignore = "timing only"]
+fn linear_speed() {
+    use kr_model::quant::GgmlType;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (k, n) = (2048, 8192);
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+        let w = kr_model::random::encoded_noise("w", ty, n, k, 1);
+        for m in [1, 4] {
+            let x = Mat::new(m, k, random(&mut rng, m * k));
+            for exact in [true, false] {
+                let t0 = std::time::Instant::now();
+                let reps = 20;
+                for _ in 0..reps {
+                    std::hint::black_box(CpuBackend::linear_path(&x, &w, None, exact));
+                }
+                let s = t0.elapsed().as_secs_f64() / reps as f64;
+                let gbs = w.bytes.as_slice().len() as f64 / s / 1e9;
+                println!("{ty:?} m={m} exact={exact}: {:.2} ms, {gbs:.1} GB/s of weights", s * 1e3);
+            }
         }
     }
 }

@@ -7,7 +7,8 @@ use crate::error::{EngineError, Result};
 use crate::model::BUILTIN_MODEL;
 use kr_model::gguf::GgufFile;
 use kr_model::gguf_model::config_from_gguf;
-use kr_model::{llama2c, ModelConfig, ModelWeights, Tokenizer};
+use kr_model::quant::GgmlType;
+use kr_model::{llama2c, ModelConfig, ModelWeights, RawTensor, Tokenizer};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +36,9 @@ pub struct ModelSummary {
     pub tensor_types: BTreeMap<String, usize>,
     /// Bytes of all weights as stored (what the CPU backend keeps in memory).
     pub weight_bytes: u64,
+    /// Bytes of weights on a GPU computing in bf16 (quantised matrices stay encoded, float
+    /// matrices become bf16, norms f32).
+    pub gpu_weight_bytes: u64,
     /// f32 K and V over all layers.
     pub kv_bytes_per_token: u64,
     /// Weights plus a KV cache for one sequence of the full context.
@@ -103,6 +107,7 @@ fn summary(
         parameters,
         tensor_types: BTreeMap::new(),
         weight_bytes,
+        gpu_weight_bytes: weight_bytes,
         tokenizer: None,
         chat_template: false,
         problems: vec![],
@@ -115,6 +120,14 @@ fn inspect_gguf(path: &Path) -> Result<ModelSummary> {
     let parameters = f.tensors.values().map(|t| t.num_elements() as u64).sum();
     let bytes = f.tensors.values().map(|t| t.size as u64).sum();
     let mut s = summary(path, "gguf", config, parameters, bytes);
+    s.gpu_weight_bytes = f
+        .tensors
+        .values()
+        .map(|t| match t.dims.len() {
+            1 => 4 * t.num_elements() as u64,
+            _ => gpu_bytes(t.ty, t.num_elements(), t.size),
+        })
+        .sum();
     for t in f.tensors.values() {
         *s.tensor_types.entry(t.ty.name().to_string()).or_default() += 1;
     }
@@ -135,25 +148,35 @@ fn from_weights(
     tok: std::result::Result<Tokenizer, EngineError>,
 ) -> ModelSummary {
     let norms = w.layers.len() * 2 * w.config.hidden_size + w.final_norm.len();
-    let mats = w.layer_matrices();
-    let mut n_tensors = 2 + 2 * w.layers.len();
-    let mut params = norms + w.embedding.rows * w.embedding.cols;
-    for m in mats.chain(w.lm_head.as_ref()) {
-        params += m.rows * m.cols;
-        n_tensors += 1;
+    let mats: Vec<&RawTensor> = std::iter::once(&w.embedding)
+        .chain(w.layer_matrices())
+        .chain(w.lm_head.as_ref())
+        .collect();
+    let params = norms + mats.iter().map(|m| m.rows * m.cols).sum::<usize>();
+    let stored = 4 * norms + mats.iter().map(|m| m.bytes.as_slice().len()).sum::<usize>();
+    let mut s = summary(path, "llama2.c", w.config.clone(), params as u64, stored as u64);
+    s.gpu_weight_bytes = 4 * norms as u64
+        + mats
+            .iter()
+            .map(|m| gpu_bytes(m.ty, m.rows * m.cols, m.bytes.as_slice().len()))
+            .sum::<u64>();
+    s.tensor_types.insert("F32".into(), 1 + 2 * w.layers.len());
+    for m in mats {
+        *s.tensor_types.entry(m.ty.name().to_string()).or_default() += 1;
     }
-    // llama2.c stores (and we keep) everything as f32.
-    let mut s = summary(
-        path,
-        "llama2.c",
-        w.config.clone(),
-        params as u64,
-        4 * params as u64,
-    );
-    s.tensor_types.insert("F32".into(), n_tensors);
     match tok {
         Ok(t) => s.tokenizer = Some(tokenizer_summary(&t)),
         Err(e) => s.problems.push(e.to_string()),
     }
     s
+}
+
+/// Bytes a matrix of `n` values stored as `ty` in `stored` bytes takes on a GPU in bf16:
+/// quantised types stay encoded, floats become bf16.
+fn gpu_bytes(ty: GgmlType, n: usize, stored: usize) -> u64 {
+    if ty.is_quantized() {
+        stored as u64
+    } else {
+        2 * n as u64
+    }
 }

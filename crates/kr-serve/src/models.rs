@@ -73,7 +73,14 @@ fn table(s: &ModelSummary) -> Vec<(&'static str, String)> {
         ),
         ("context", format!("{} tokens", c.max_context)),
         ("tensor types", types.join(", ")),
-        ("weights", mib(s.weight_bytes)),
+        (
+            "weights",
+            format!(
+                "{} as stored (CPU), {} on a GPU in bf16",
+                mib(s.weight_bytes),
+                mib(s.gpu_weight_bytes)
+            ),
+        ),
         (
             "KV cache",
             format!(

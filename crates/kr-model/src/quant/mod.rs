@@ -23,6 +23,7 @@ mod avx2;
 mod tests;
 
 use half::{bf16, f16};
+pub use kquants::scale_min_k4;
 pub use mlx::{MlxAffine, ScaleType};
 
 /// The encodings kr-serve reads: GGUF's (with their GGML type ids) and MLX's affine groups.

@@ -1,0 +1,351 @@
+//! Linear layers over quantised weights with 8-bit activations and integer dot products, the
+//! CPU's default for Q4_0, Q4_1, Q8_0, Q4_K and Q6_K (the types of Q4_0, Q8_0 and Q4_K_M files).
+//!
+//! Each row of the input is quantised per 32 values: `x ≈ dx · qx` with `dx = max|x| / 127` and
+//! `qx` in -127..=127 (round to nearest). Every weight type is read in units of 32 values of the
+//! form `d · q + m` with integer `q` (Q4_K: `d` = super-scale × 6-bit scale, `m` = −dmin × min;
+//! Q6_K: two 16-value halves with their own int8 scales, applied in the integer domain), so one
+//! unit against one input block is `d·dx·Σ q·qx + m·dx·Σ qx`, with `Σ q·qx` from
+//! `vpmaddubsw` / `vpmaddwd` (AVX2) in i32, exactly.
+//!
+//! Canonical computation of one output (batch invariance): per unit `b` in order,
+//! `acc[b % 2] = fma(f32(Σ q·qx as i32x8), d·dx, acc[b % 2])` and
+//! `bias[b % 2] += m·dx·Σqx`; result `hsum(acc[0] + acc[1]) + (bias[0] + bias[1])`. Up to four
+//! input rows share one decode of each weight unit; a row's arithmetic is the same alone or
+//! grouped.
+//!
+//! Error: the activation rounding is at most `dx / 2` per value (0.4% of the block's largest
+//! value), as in llama.cpp's CPU kernels; `KR_CPU_EXACT_MATMUL=1` (or [`set_exact`]) selects
+//! the f32 path of [`crate::qdot`] and the dequantising path instead.
+
+use crate::Mat;
+use kr_model::quant::GgmlType;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+/// The input rows quantised per 32 values.
+pub struct Q8Acts {
+    /// Values per row.
+    pub k: usize,
+    /// `qx`, row-major (`rows × k`).
+    pub q: Vec<i8>,
+    /// `dx` per block of 32.
+    pub d: Vec<f32>,
+    /// `dx · Σ qx` per block of 32.
+    pub sum: Vec<f32>,
+    /// `Σ qx` per half-block of 16 (Q6_K's sub-blocks).
+    pub half: Vec<i32>,
+}
+
+/// Quantises every row of `x` (`x.cols` a multiple of 32).
+pub fn quantize(x: &Mat) -> Q8Acts {
+    let blocks = x.data.len() / 32;
+    let mut a = Q8Acts {
+        k: x.cols,
+        q: vec![0; x.data.len()],
+        d: Vec::with_capacity(blocks),
+        sum: Vec::with_capacity(blocks),
+        half: Vec::with_capacity(2 * blocks),
+    };
+    for (xb, qb) in x.data.chunks_exact(32).zip(a.q.chunks_exact_mut(32)) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even() as i8;
+        }
+        let h0: i32 = qb[..16].iter().map(|&q| q as i32).sum();
+        let h1: i32 = qb[16..].iter().map(|&q| q as i32).sum();
+        a.d.push(d);
+        a.sum.push(d * (h0 + h1) as f32);
+        a.half.extend([h0, h1]);
+    }
+    a
+}
+
+const UNSET: u8 = 0;
+const INT8: u8 = 1;
+const EXACT: u8 = 2;
+static MODE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Chooses the exact f32 path (`true`) or the 8-bit activation path (`false`) for every later
+/// product in this process (tests compare both).
+pub fn set_exact(exact: bool) {
+    MODE.store(if exact { EXACT } else { INT8 }, Relaxed);
+}
+
+/// Whether products use the exact f32 path: [`set_exact`], else `KR_CPU_EXACT_MATMUL=1`.
+pub fn exact() -> bool {
+    match MODE.load(Relaxed) {
+        UNSET => {
+            let on = std::env::var("KR_CPU_EXACT_MATMUL").is_ok_and(|v| v.trim() == "1");
+            MODE.store(if on { EXACT } else { INT8 }, Relaxed);
+            on
+        }
+        m => m == EXACT,
+    }
+}
+
+/// Whether products with weights of `ty` can take this path on this build.
+pub fn applies(ty: GgmlType) -> bool {
+    cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )) && matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K
+    )
+}
+
+/// `out[r * m + i] = x_i · w_r` for the `out.len() / m` encoded rows in `rows`.
+pub fn matmul_rows(ty: GgmlType, rows: &[u8], x: &Q8Acts, out: &mut [f32]) {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    avx2::matmul_rows(ty, rows, x, out);
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    unreachable!(
+        "q8dot::applies is false without AVX2: {ty:?} {} {} {}",
+        rows.len(),
+        x.k,
+        out.len()
+    );
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod avx2 {
+    use super::{GgmlType, Q8Acts};
+    use crate::kernels::hsum;
+    use kr_model::quant::f16_at;
+    use kr_model::quant::scale_min_k4;
+    use std::arch::x86_64::*;
+
+    /// One unit of 32 weights: integers (unsigned, or signed for Q8_0), `d`, `m`, and for Q6_K
+    /// the two half scales.
+    struct Unit {
+        w: __m256i,
+        d: f32,
+        m: f32,
+        halves: Option<(i16, i16)>,
+    }
+
+    /// 16 bytes of nibbles at `p`: lanes 0..16 the low nibbles, 16..32 the high ones.
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        let b = _mm_loadu_si128(p as *const __m128i);
+        let m4 = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(b, m4);
+        let hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    const Q4_0: u32 = 2;
+    const Q4_1: u32 = 3;
+    const Q8_0: u32 = 8;
+    const Q4_K: u32 = 12;
+    const Q6_K: u32 = 14;
+
+    /// Bytes per block and 32-value units per block of type `T`, known at compile time.
+    const fn layout(t: u32) -> (usize, usize) {
+        match t {
+            Q4_0 => (18, 1),
+            Q4_1 => (20, 1),
+            Q8_0 => (34, 1),
+            Q4_K => (144, 8),
+            _ => (210, 8),
+        }
+    }
+
+    /// Unit `s` (32 values) of the block at `b` of type `T` (a GGML id).
+    #[inline(always)]
+    unsafe fn unit<const T: u32>(b: &[u8], s: usize) -> Unit {
+        let p = b.as_ptr();
+        let m4 = _mm256_set1_epi8(0x0f);
+        match T {
+            Q4_0 => {
+                let d = f16_at(b, 0);
+                Unit { w: nibbles(p.add(2)), d, m: -8.0 * d, halves: None }
+            }
+            Q4_1 => Unit {
+                w: nibbles(p.add(4)),
+                d: f16_at(b, 0),
+                m: f16_at(b, 2),
+                halves: None,
+            },
+            Q8_0 => Unit {
+                w: _mm256_loadu_si256(p.add(2) as *const __m256i),
+                d: f16_at(b, 0),
+                m: 0.0,
+                halves: None,
+            },
+            Q4_K => {
+                let v = _mm256_loadu_si256(p.add(16 + 32 * (s / 2)) as *const __m256i);
+                let w = if s % 2 == 0 { v } else { _mm256_srli_epi16(v, 4) };
+                let (sc, mn) = scale_min_k4(s, &b[4..16]);
+                Unit {
+                    w: _mm256_and_si256(w, m4),
+                    d: f16_at(b, 0) * sc as f32,
+                    m: -f16_at(b, 2) * mn as f32,
+                    halves: None,
+                }
+            }
+            _ => {
+                // Q6_K: low four bits from ql, high two from qh.
+                let (h, t) = (s / 4, s % 4);
+                let ql = _mm256_loadu_si256(p.add(64 * h + 32 * (t % 2)) as *const __m256i);
+                let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
+                let lo = _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (t / 2) as i32)), m4);
+                let hi = _mm256_and_si256(
+                    _mm256_sll_epi16(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)), _mm_cvtsi32_si128(4)),
+                    _mm256_set1_epi8(0x30),
+                );
+                let sc = |i: usize| b[192 + 2 * s + i] as i8 as i16;
+                Unit {
+                    w: _mm256_or_si256(lo, hi),
+                    d: f16_at(b, 208),
+                    m: 0.0,
+                    halves: Some((sc(0), sc(1))),
+                }
+            }
+        }
+    }
+
+    /// `Σ w·qx` of one unit against one input block, as eight i32 partial sums (Q6_K: each
+    /// half already times its scale).
+    #[inline(always)]
+    unsafe fn dot<const T: u32>(u: &Unit, x: __m256i) -> __m256i {
+        let p16 = if T == Q8_0 {
+            _mm256_maddubs_epi16(_mm256_sign_epi8(u.w, u.w), _mm256_sign_epi8(x, u.w))
+        } else {
+            _mm256_maddubs_epi16(u.w, x)
+        };
+        let scales = match u.halves {
+            Some((s0, s1)) => _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0)),
+            None => _mm256_set1_epi16(1),
+        };
+        _mm256_madd_epi16(p16, scales)
+    }
+
+    /// Rows of one group: their quantised values, block scales and sums.
+    struct Rows<'a, const R: usize> {
+        q: [&'a [i8]; R],
+        d: [&'a [f32]; R],
+        sum: [&'a [f32]; R],
+        half: [&'a [i32]; R],
+    }
+
+    /// Unit `b` (of the whole row) against `R` input rows.
+    #[inline(always)]
+    unsafe fn unit_step<const R: usize, const T: u32>(
+        u: &Unit,
+        b: usize,
+        xs: &Rows<R>,
+        acc: &mut [__m256; R],
+        bias: &mut [f32; R],
+    ) {
+        for r in 0..R {
+            let x = _mm256_loadu_si256(xs.q[r].as_ptr().add(32 * b) as *const __m256i);
+            let p = _mm256_cvtepi32_ps(dot::<T>(u, x));
+            let dx = *xs.d[r].get_unchecked(b);
+            acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(u.d * dx), acc[r]);
+            bias[r] += match u.halves {
+                // Q6_K integers are stored plus 32: subtract 32 · scale · Σqx per half.
+                Some((s0, s1)) => {
+                    let h = xs.half[r].get_unchecked(2 * b..2 * b + 2);
+                    -32.0 * u.d * dx * (s0 as i32 * h[0] + s1 as i32 * h[1]) as f32
+                }
+                None => u.m * *xs.sum[r].get_unchecked(b),
+            };
+        }
+    }
+
+    /// `R` input rows against one encoded weight row (the canonical computation). Even and odd
+    /// units use separate accumulators (two dependency chains), kept in registers.
+    #[inline(always)]
+    unsafe fn rows_dot<const R: usize, const T: u32>(w: &[u8], xs: &Rows<R>) -> [f32; R] {
+        let (bb, per) = const { layout(T) };
+        let units = w.len() / bb * per;
+        let unit_at = |b: usize| unit::<T>(w.get_unchecked(b / per * bb..), b % per);
+        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+        let (mut bias0, mut bias1) = ([0f32; R], [0f32; R]);
+        let mut b = 0;
+        while b + 1 < units {
+            unit_step::<R, T>(&unit_at(b), b, xs, &mut acc0, &mut bias0);
+            unit_step::<R, T>(&unit_at(b + 1), b + 1, xs, &mut acc1, &mut bias1);
+            b += 2;
+        }
+        if b < units {
+            unit_step::<R, T>(&unit_at(b), b, xs, &mut acc0, &mut bias0);
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum(acc0[r], acc1[r]) + (bias0[r] + bias1[r]);
+        }
+        out
+    }
+
+    pub fn matmul_rows(ty: GgmlType, rows: &[u8], x: &Q8Acts, out: &mut [f32]) {
+        match ty {
+            GgmlType::Q4_0 => matmul_rows_of::<Q4_0>(rows, x, out),
+            GgmlType::Q4_1 => matmul_rows_of::<Q4_1>(rows, x, out),
+            GgmlType::Q8_0 => matmul_rows_of::<Q8_0>(rows, x, out),
+            GgmlType::Q4K => matmul_rows_of::<Q4_K>(rows, x, out),
+            GgmlType::Q6K => matmul_rows_of::<Q6_K>(rows, x, out),
+            _ => unreachable!("q8dot::applies is false for {}", ty.name()),
+        }
+    }
+
+    fn matmul_rows_of<const T: u32>(rows: &[u8], x: &Q8Acts, out: &mut [f32]) {
+        let ty = GgmlType::from_id(T).unwrap_or(GgmlType::Q8_0);
+        let k = x.k;
+        let m = x.q.len() / k;
+        let (nb, rb) = (k / 32, ty.bytes_for(k));
+        assert!(
+            k % ty.block_elems() == 0 && rows.len() == out.len() / m * rb,
+            "q8dot: shapes disagree"
+        );
+        let group = |i: usize, n: usize| -> Vec<usize> { (i..i + n).collect() };
+        let mut i = 0;
+        while i < m {
+            let n = (m - i).min(4);
+            let idx = group(i, n);
+            // SAFETY: AVX2/FMA are enabled at compile time; every input row holds `k` values
+            // and `nb` blocks of scales, every weight row `rb` bytes of whole blocks (asserted).
+            if n == 4 {
+                let xs = Rows::<4> {
+                    q: [0, 1, 2, 3].map(|j| &x.q[idx[j] * k..(idx[j] + 1) * k]),
+                    d: [0, 1, 2, 3].map(|j| &x.d[idx[j] * nb..(idx[j] + 1) * nb]),
+                    sum: [0, 1, 2, 3].map(|j| &x.sum[idx[j] * nb..(idx[j] + 1) * nb]),
+                    half: [0, 1, 2, 3].map(|j| &x.half[idx[j] * 2 * nb..(idx[j] + 1) * 2 * nb]),
+                };
+                for (r, w) in rows.chunks_exact(rb).enumerate() {
+                    let v = unsafe { rows_dot::<4, T>(w, &xs) };
+                    out[r * m + i..r * m + i + 4].copy_from_slice(&v);
+                }
+            } else {
+                for &g in &idx {
+                    let xs = Rows::<1> {
+                        q: [&x.q[g * k..(g + 1) * k]],
+                        d: [&x.d[g * nb..(g + 1) * nb]],
+                        sum: [&x.sum[g * nb..(g + 1) * nb]],
+                        half: [&x.half[g * 2 * nb..(g + 1) * 2 * nb]],
+                    };
+                    for (r, w) in rows.chunks_exact(rb).enumerate() {
+                        out[r * m + g] = unsafe { rows_dot::<1, T>(w, &xs) }[0];
+                    }
+                }
+            }
+            i += n;
+        }
+    }
+}
