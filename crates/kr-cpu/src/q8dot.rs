@@ -1,9 +1,11 @@
 //! Linear layers over quantised weights with 8-bit activations and integer dot products, the
-//! CPU's default for Q4_0, Q4_1, Q8_0, Q4_K and Q6_K (the types of Q4_0, Q8_0 and Q4_K_M files).
+//! CPU's default for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, IQ4_NL and IQ4_XS (the types of Q4_0, Q8_0,
+//! Q4_K_M and IQ4_XS files).
 //!
 //! Each row of the input is quantised per 32 values: `x ≈ dx · qx` with `dx = max|x| / 127` and
 //! `qx` in -127..=127 (round to nearest). Every weight type is read in units of 32 values of the
 //! form `d · q + m` with integer `q` (Q4_K: `d` = super-scale × 6-bit scale, `m` = −dmin × min;
+//! IQ4: `q` looked up in the int8 code book with a byte shuffle;
 //! Q6_K: two 16-value halves with their own int8 scales, applied in the integer domain), so one
 //! unit against one input block is `d·dx·Σ q·qx + m·dx·Σ qx`, with `Σ q·qx` from
 //! `vpmaddubsw` / `vpmaddwd` (AVX2) in i32, exactly.
@@ -93,7 +95,13 @@ pub fn applies(ty: GgmlType) -> bool {
         target_feature = "fma"
     )) && matches!(
         ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q8_0
+            | GgmlType::Q4K
+            | GgmlType::Q6K
+            | GgmlType::IQ4NL
+            | GgmlType::IQ4XS
     )
 }
 
@@ -130,7 +138,7 @@ mod avx2 {
     use kr_model::quant::scale_min_k4;
     use std::arch::x86_64::*;
 
-    /// One unit of 32 weights: integers (unsigned, or signed for Q8_0), `d`, `m`, and for Q6_K
+    /// One unit of 32 weights: integers (unsigned, or signed for Q8_0 and IQ4), `d`, `m`, and for Q6_K
     /// the two half scales.
     struct Unit {
         w: __m256i,
@@ -154,6 +162,20 @@ mod avx2 {
     const Q8_0: u32 = 8;
     const Q4_K: u32 = 12;
     const Q6_K: u32 = 14;
+    const IQ4_NL: u32 = 20;
+    const IQ4_XS: u32 = 23;
+
+    /// Whether type `T`'s integers are signed (multiplied with the sign trick).
+    const fn signed(t: u32) -> bool {
+        matches!(t, Q8_0 | IQ4_NL | IQ4_XS)
+    }
+
+    /// 16 nibbles at `p` as indices into the IQ4 code book, the values as signed bytes.
+    #[inline(always)]
+    unsafe fn iq4(p: *const u8) -> __m256i {
+        let book = _mm_loadu_si128(kr_model::quant::IQ4_VALUES.as_ptr() as *const __m128i);
+        _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(book), nibbles(p))
+    }
 
     /// Bytes per block and 32-value units per block of type `T`, known at compile time.
     const fn layout(t: u32) -> (usize, usize) {
@@ -162,6 +184,8 @@ mod avx2 {
             Q4_1 => (20, 1),
             Q8_0 => (34, 1),
             Q4_K => (144, 8),
+            IQ4_NL => (18, 1),
+            IQ4_XS => (136, 8),
             _ => (210, 8),
         }
     }
@@ -199,6 +223,22 @@ mod avx2 {
                     halves: None,
                 }
             }
+            IQ4_NL => Unit {
+                w: iq4(p.add(2)),
+                d: f16_at(b, 0),
+                m: 0.0,
+                halves: None,
+            },
+            IQ4_XS => {
+                let lo = (b[4 + s / 2] >> (4 * (s % 2))) & 0x0f;
+                let hi = ((u16::from_le_bytes([b[2], b[3]]) >> (2 * s)) & 3) as u8;
+                Unit {
+                    w: iq4(p.add(8 + 16 * s)),
+                    d: f16_at(b, 0) * ((lo | (hi << 4)) as i32 - 32) as f32,
+                    m: 0.0,
+                    halves: None,
+                }
+            }
             _ => {
                 // Q6_K: low four bits from ql, high two from qh.
                 let (h, t) = (s / 4, s % 4);
@@ -224,7 +264,7 @@ mod avx2 {
     /// half already times its scale).
     #[inline(always)]
     unsafe fn dot<const T: u32>(u: &Unit, x: __m256i) -> __m256i {
-        let p16 = if T == Q8_0 {
+        let p16 = if const { signed(T) } {
             _mm256_maddubs_epi16(_mm256_sign_epi8(u.w, u.w), _mm256_sign_epi8(x, u.w))
         } else {
             _mm256_maddubs_epi16(u.w, x)
@@ -301,6 +341,8 @@ mod avx2 {
             GgmlType::Q8_0 => matmul_rows_of::<Q8_0>(rows, x, out),
             GgmlType::Q4K => matmul_rows_of::<Q4_K>(rows, x, out),
             GgmlType::Q6K => matmul_rows_of::<Q6_K>(rows, x, out),
+            GgmlType::IQ4NL => matmul_rows_of::<IQ4_NL>(rows, x, out),
+            GgmlType::IQ4XS => matmul_rows_of::<IQ4_XS>(rows, x, out),
             _ => unreachable!("q8dot::applies is false for {}", ty.name()),
         }
     }

@@ -179,6 +179,7 @@ pub(crate) mod gemv_mma;
 mod launch;
 mod norm_fold;
 mod profile;
+mod project;
 mod quant;
 mod sample;
 mod step_slots;
@@ -346,70 +347,6 @@ impl CudaBackend {
 
     fn meta_ptr(&self, word: usize) -> u64 {
         self.meta_dev.ptr + 4 * word as u64
-    }
-
-    /// `y[t, rows] = x[t, cols] · w[rows, cols]ᵀ` on cuBLASLt (`y +=` where `accumulate`).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, y: u64, x: u64, w: u64, t: usize, rows: usize, cols: usize, accumulate: bool) {
-        self.gemm_strided(y, x, w, (t, rows, cols), rows, accumulate);
-    }
-
-    /// As [`Self::gemm`], with rows of `y` `ldy` elements apart (`w` a slice of the rows of a
-    /// matrix with `ldy` rows).
-    fn gemm_strided(
-        &self,
-        y: u64,
-        x: u64,
-        w: u64,
-        (t, rows, cols): (usize, usize, usize),
-        ldy: usize,
-        accumulate: bool,
-    ) {
-        if self.error.borrow().is_none() {
-            let timing = self.profile_begin();
-            let r = self.lt.matmul(
-                &self.gpu,
-                self.dtype.gemm(),
-                y,
-                x,
-                w,
-                (t, rows, cols),
-                ldy,
-                accumulate,
-            );
-            self.profile_end("cublaslt_gemm", timing);
-            self.record(r);
-        }
-    }
-
-    /// `y = x · wᵀ (+ bias)` (`y +=` where `accumulate`) into `y`, which holds `x.rows × w.rows`
-    /// values: tensor cores for 2..=8 bf16 tokens, else the CUDA-core GEMV up to 8 tokens,
-    /// else cuBLASLt (beta = 1 to accumulate) and a bias kernel.
-    fn project_into(
-        &self,
-        y: u64,
-        x: &CudaTensor,
-        w: &CudaWeight,
-        bias: Option<&CudaVector>,
-        accumulate: bool,
-    ) {
-        if w.quant.is_some() {
-            self.quant_project_into(y, x, w, bias, accumulate);
-            return;
-        }
-        if self.mma_linear_into(y, x, w, bias, accumulate) {
-            return;
-        }
-        let (t, rows, cols) = (x.rows, w.rows, w.cols);
-        if self.gemv_applies(t, cols) {
-            self.gemv(y, x, w, bias, accumulate, 0);
-            return;
-        }
-        self.gemm(y, x.ptr, w.ptr, t, rows, cols, accumulate);
-        if let Some(b) = bias {
-            let (bp, c, n) = (b.buf.ptr, rows as i32, (t * rows) as u64);
-            launch!(self, "add_bias", elementwise(t * rows), y, bp, c, n);
-        }
     }
 
     /// A tensor holding `data` (`rows × cols`, f32 on the host), converted to the dtype.

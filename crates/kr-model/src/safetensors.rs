@@ -216,7 +216,7 @@ impl SafetensorsSet {
             other => return Err(bad(format!("scales of type {other:?}"))),
         };
         let bits = words * 32 / cols;
-        let group = if groups > 0 { cols / groups } else { 0 };
+        let group = cols.checked_div(groups).unwrap_or(0);
         let enc = MlxAffine::new(bits, group, scale)
             .filter(|_| words * 32 == bits * cols && group * groups == cols)
             .filter(|_| b.dtype == s.dtype && b_groups == groups)

@@ -23,8 +23,10 @@ mod attention;
 mod kernels;
 mod quant;
 
-/// Fails the test unless GPU 0 is usable (the tests are ignored unless asked for).
+/// Fails the test unless GPU 0 is usable (the tests are ignored unless asked for). Also
+/// selects the CPU backend's exact f32 products, the reference the GPU is compared with.
 fn require_gpu() {
+    kr_cpu::q8dot::set_exact(true);
     match kr_cuda::probe(0) {
         Ok(info) => eprintln!("GPU: {} ({} MiB)", info.name, info.total_memory >> 20),
         Err(e) => panic!("this test needs an NVIDIA GPU; kr_cuda::probe(0) failed: {e}"),
