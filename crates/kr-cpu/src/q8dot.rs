@@ -1,12 +1,12 @@
 //! Linear layers over quantised weights with 8-bit activations and integer dot products, the
-//! CPU's default for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, IQ4_NL and IQ4_XS (the types of Q4_0, Q8_0,
-//! Q4_K_M and IQ4_XS files).
+//! CPU's default for every GGUF block type (MLX groups take the exact path).
 //!
 //! Each row of the input is quantised per 32 values: `x ≈ dx · qx` with `dx = max|x| / 127` and
 //! `qx` in -127..=127 (round to nearest). Every weight type is read in units of 32 values of the
 //! form `d · q + m` with integer `q` (Q4_K: `d` = super-scale × 6-bit scale, `m` = −dmin × min;
 //! IQ4: `q` looked up in the int8 code book with a byte shuffle;
-//! Q6_K: two 16-value halves with their own int8 scales, applied in the integer domain), so one
+//! Q2_K, Q3_K, Q6_K: two 16-value halves with their own integer scales, applied in the integer
+//! domain, and offsets or mins per half), so one
 //! unit against one input block is `d·dx·Σ q·qx + m·dx·Σ qx`, with `Σ q·qx` from
 //! `vpmaddubsw` / `vpmaddwd` (AVX2) in i32, exactly.
 //!
@@ -93,16 +93,8 @@ pub fn applies(ty: GgmlType) -> bool {
         target_arch = "x86_64",
         target_feature = "avx2",
         target_feature = "fma"
-    )) && matches!(
-        ty,
-        GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q8_0
-            | GgmlType::Q4K
-            | GgmlType::Q6K
-            | GgmlType::IQ4NL
-            | GgmlType::IQ4XS
-    )
+    )) && ty.is_quantized()
+        && !matches!(ty, GgmlType::Mlx(_))
 }
 
 /// `out[r * m + i] = x_i · w_r` for the `out.len() / m` encoded rows in `rows`.
@@ -138,13 +130,49 @@ mod avx2 {
     use kr_model::quant::scale_min_k4;
     use std::arch::x86_64::*;
 
-    /// One unit of 32 weights: integers (unsigned, or signed for Q8_0 and IQ4), `d`, `m`, and for Q6_K
-    /// the two half scales.
+    /// One unit of 32 weights: integers (unsigned, or signed for Q8_0 and IQ4), `d`, `m`, and for
+    /// the 16-value sub-block types (Q2_K, Q3_K, Q6_K) each half's integer scale and the
+    /// multiple of `dx · Σqx` of that half added to the result (their offsets and mins).
     struct Unit {
         w: __m256i,
         d: f32,
         m: f32,
-        halves: Option<(i16, i16)>,
+        halves: Option<Halves>,
+    }
+
+    struct Halves {
+        scale: (i16, i16),
+        bias: (f32, f32),
+    }
+
+    /// Bytes where bit `i` of `bits` is set become 0x10, the others 0 (the fifth bit of the Q5
+    /// types, lane `i` for element `i`).
+    #[inline(always)]
+    unsafe fn fifth_bits(bits: u32) -> __m256i {
+        let v = _mm256_set1_epi32(bits as i32);
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(v, spread), mask), mask);
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    }
+
+    /// Bytes of `v` whose bit `bit` is set become `to`, the others 0.
+    #[inline(always)]
+    unsafe fn bit_to(v: __m256i, bit: usize, to: i8) -> __m256i {
+        let m = _mm256_set1_epi8((1u8 << bit) as i8);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, m), m);
+        _mm256_and_si256(set, _mm256_set1_epi8(to))
+    }
+
+    /// Two-bit fields `2 · shift ..` of 32 bytes at `p`.
+    #[inline(always)]
+    unsafe fn crumbs(p: *const u8, shift: usize) -> __m256i {
+        let v = _mm256_loadu_si256(p as *const __m256i);
+        let v = _mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * shift as i32));
+        _mm256_and_si256(v, _mm256_set1_epi8(3))
     }
 
     /// 16 bytes of nibbles at `p`: lanes 0..16 the low nibbles, 16..32 the high ones.
@@ -164,6 +192,11 @@ mod avx2 {
     const Q6_K: u32 = 14;
     const IQ4_NL: u32 = 20;
     const IQ4_XS: u32 = 23;
+    const Q5_0: u32 = 6;
+    const Q5_1: u32 = 7;
+    const Q2_K: u32 = 10;
+    const Q3_K: u32 = 11;
+    const Q5_K: u32 = 13;
 
     /// Whether type `T`'s integers are signed (multiplied with the sign trick).
     const fn signed(t: u32) -> bool {
@@ -186,6 +219,11 @@ mod avx2 {
             Q4_K => (144, 8),
             IQ4_NL => (18, 1),
             IQ4_XS => (136, 8),
+            Q5_0 => (22, 1),
+            Q5_1 => (24, 1),
+            Q2_K => (84, 8),
+            Q3_K => (110, 8),
+            Q5_K => (176, 8),
             _ => (210, 8),
         }
     }
@@ -223,6 +261,68 @@ mod avx2 {
                     halves: None,
                 }
             }
+            Q5_0 => {
+                let d = f16_at(b, 0);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let w = _mm256_or_si256(nibbles(p.add(6)), fifth_bits(qh));
+                Unit { w, d, m: -16.0 * d, halves: None }
+            }
+            Q5_1 => {
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                Unit {
+                    w: _mm256_or_si256(nibbles(p.add(8)), fifth_bits(qh)),
+                    d: f16_at(b, 0),
+                    m: f16_at(b, 2),
+                    halves: None,
+                }
+            }
+            Q5_K => {
+                let v = _mm256_loadu_si256(p.add(48 + 32 * (s / 2)) as *const __m256i);
+                let lo = if s % 2 == 0 { v } else { _mm256_srli_epi16(v, 4) };
+                let qh = _mm256_loadu_si256(p.add(16) as *const __m256i);
+                let (sc, mn) = scale_min_k4(s, &b[4..16]);
+                Unit {
+                    w: _mm256_or_si256(_mm256_and_si256(lo, m4), bit_to(qh, s, 0x10)),
+                    d: f16_at(b, 0) * sc as f32,
+                    m: -f16_at(b, 2) * mn as f32,
+                    halves: None,
+                }
+            }
+            Q2_K => {
+                // 16-value sub-blocks 2s, 2s + 1: scale in the low nibble, min in the high one.
+                let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+                let (k0, k1) = (b[2 * s], b[2 * s + 1]);
+                Unit {
+                    w: crumbs(p.add(16 + 32 * (s / 4)), s % 4),
+                    d,
+                    m: 0.0,
+                    halves: Some(Halves {
+                        scale: ((k0 & 15) as i16, (k1 & 15) as i16),
+                        bias: (-dmin * (k0 >> 4) as f32, -dmin * (k1 >> 4) as f32),
+                    }),
+                }
+            }
+            Q3_K => {
+                // Stored as low two bits + 4 · high bit, value minus 4; signed 6-bit scales.
+                let d = f16_at(b, 108);
+                let hm = _mm256_loadu_si256(p as *const __m256i);
+                let w = _mm256_or_si256(crumbs(p.add(32 + 32 * (s / 4)), s % 4), bit_to(hm, s, 4));
+                let sc = |i: usize| {
+                    let lo = (b[96 + i % 8] >> (4 * (i / 8))) & 15;
+                    let hi = (b[104 + i % 4] >> (2 * (i / 4))) & 3;
+                    (lo | (hi << 4)) as i16 - 32
+                };
+                let (s0, s1) = (sc(2 * s), sc(2 * s + 1));
+                Unit {
+                    w,
+                    d,
+                    m: 0.0,
+                    halves: Some(Halves {
+                        scale: (s0, s1),
+                        bias: (-4.0 * d * s0 as f32, -4.0 * d * s1 as f32),
+                    }),
+                }
+            }
             IQ4_NL => Unit {
                 w: iq4(p.add(2)),
                 d: f16_at(b, 0),
@@ -250,11 +350,16 @@ mod avx2 {
                     _mm256_set1_epi8(0x30),
                 );
                 let sc = |i: usize| b[192 + 2 * s + i] as i8 as i16;
+                let d = f16_at(b, 208);
                 Unit {
                     w: _mm256_or_si256(lo, hi),
-                    d: f16_at(b, 208),
+                    d,
                     m: 0.0,
-                    halves: Some((sc(0), sc(1))),
+                    // Stored plus 32: subtract 32 · d · scale per half.
+                    halves: Some(Halves {
+                        scale: (sc(0), sc(1)),
+                        bias: (-32.0 * d * sc(0) as f32, -32.0 * d * sc(1) as f32),
+                    }),
                 }
             }
         }
@@ -269,8 +374,8 @@ mod avx2 {
         } else {
             _mm256_maddubs_epi16(u.w, x)
         };
-        let scales = match u.halves {
-            Some((s0, s1)) => _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0)),
+        let scales = match &u.halves {
+            Some(h) => _mm256_set_m128i(_mm_set1_epi16(h.scale.1), _mm_set1_epi16(h.scale.0)),
             None => _mm256_set1_epi16(1),
         };
         _mm256_madd_epi16(p16, scales)
@@ -298,11 +403,10 @@ mod avx2 {
             let p = _mm256_cvtepi32_ps(dot::<T>(u, x));
             let dx = *xs.d[r].get_unchecked(b);
             acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(u.d * dx), acc[r]);
-            bias[r] += match u.halves {
-                // Q6_K integers are stored plus 32: subtract 32 · scale · Σqx per half.
-                Some((s0, s1)) => {
+            bias[r] += match &u.halves {
+                Some(hv) => {
                     let h = xs.half[r].get_unchecked(2 * b..2 * b + 2);
-                    -32.0 * u.d * dx * (s0 as i32 * h[0] + s1 as i32 * h[1]) as f32
+                    dx * (hv.bias.0 * h[0] as f32 + hv.bias.1 * h[1] as f32)
                 }
                 None => u.m * *xs.sum[r].get_unchecked(b),
             };
@@ -342,6 +446,11 @@ mod avx2 {
             GgmlType::Q4K => matmul_rows_of::<Q4_K>(rows, x, out),
             GgmlType::Q6K => matmul_rows_of::<Q6_K>(rows, x, out),
             GgmlType::IQ4NL => matmul_rows_of::<IQ4_NL>(rows, x, out),
+            GgmlType::Q5_0 => matmul_rows_of::<Q5_0>(rows, x, out),
+            GgmlType::Q5_1 => matmul_rows_of::<Q5_1>(rows, x, out),
+            GgmlType::Q2K => matmul_rows_of::<Q2_K>(rows, x, out),
+            GgmlType::Q3K => matmul_rows_of::<Q3_K>(rows, x, out),
+            GgmlType::Q5K => matmul_rows_of::<Q5_K>(rows, x, out),
             GgmlType::IQ4XS => matmul_rows_of::<IQ4_XS>(rows, x, out),
             _ => unreachable!("q8dot::applies is false for {}", ty.name()),
         }

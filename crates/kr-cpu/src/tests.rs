@@ -219,16 +219,7 @@ fn int8_activation_path_is_within_the_rounding_bound_of_the_exact_path() {
     use kr_model::quant::GgmlType;
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let (m, k, n) = (6, 512, 19);
-    let types = [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4K,
-        GgmlType::Q6K,
-        GgmlType::IQ4NL,
-        GgmlType::IQ4XS,
-    ];
-    for ty in types {
+    for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
         assert!(q8dot::applies(ty), "{ty:?}");
         let w = kr_model::random::encoded_noise("w", ty, n, k, rng.random());
         let wf = w.to_f32();
