@@ -126,7 +126,6 @@ pub fn matmul_rows(ty: GgmlType, rows: &[u8], x: &Q8Acts, out: &mut [f32]) {
 mod avx2 {
     use super::{GgmlType, Q8Acts};
     use crate::kernels::hsum;
-    use kr_model::quant::f16_at;
     use kr_model::quant::scale_min_k4;
     use std::arch::x86_64::*;
 
@@ -173,6 +172,13 @@ mod avx2 {
         let v = _mm256_loadu_si256(p as *const __m256i);
         let v = _mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * shift as i32));
         _mm256_and_si256(v, _mm256_set1_epi8(3))
+    }
+
+    /// The little-endian f16 at byte `off` of `p`, as f32 (F16C).
+    #[inline(always)]
+    unsafe fn half_at(p: *const u8, off: usize) -> f32 {
+        let h = (p.add(off) as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
     }
 
     /// 16 bytes of nibbles at `p`: lanes 0..16 the low nibbles, 16..32 the high ones.
@@ -230,49 +236,51 @@ mod avx2 {
 
     /// Unit `s` (32 values) of the block at `b` of type `T` (a GGML id).
     #[inline(always)]
-    unsafe fn unit<const T: u32>(b: &[u8], s: usize) -> Unit {
-        let p = b.as_ptr();
+    ///
+    /// # Safety
+    /// `p` must point at a whole block of type `T`.
+    unsafe fn unit<const T: u32>(p: *const u8, s: usize) -> Unit {
         let m4 = _mm256_set1_epi8(0x0f);
         match T {
             Q4_0 => {
-                let d = f16_at(b, 0);
+                let d = half_at(p, 0);
                 Unit { w: nibbles(p.add(2)), d, m: -8.0 * d, halves: None }
             }
             Q4_1 => Unit {
                 w: nibbles(p.add(4)),
-                d: f16_at(b, 0),
-                m: f16_at(b, 2),
+                d: half_at(p, 0),
+                m: half_at(p, 2),
                 halves: None,
             },
             Q8_0 => Unit {
                 w: _mm256_loadu_si256(p.add(2) as *const __m256i),
-                d: f16_at(b, 0),
+                d: half_at(p, 0),
                 m: 0.0,
                 halves: None,
             },
             Q4_K => {
                 let v = _mm256_loadu_si256(p.add(16 + 32 * (s / 2)) as *const __m256i);
                 let w = if s % 2 == 0 { v } else { _mm256_srli_epi16(v, 4) };
-                let (sc, mn) = scale_min_k4(s, &b[4..16]);
+                let (sc, mn) = scale_min_k4(s, std::slice::from_raw_parts(p.add(4), 12));
                 Unit {
                     w: _mm256_and_si256(w, m4),
-                    d: f16_at(b, 0) * sc as f32,
-                    m: -f16_at(b, 2) * mn as f32,
+                    d: half_at(p, 0) * sc as f32,
+                    m: -half_at(p, 2) * mn as f32,
                     halves: None,
                 }
             }
             Q5_0 => {
-                let d = f16_at(b, 0);
-                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let d = half_at(p, 0);
+                let qh = (p.add(2) as *const u32).read_unaligned();
                 let w = _mm256_or_si256(nibbles(p.add(6)), fifth_bits(qh));
                 Unit { w, d, m: -16.0 * d, halves: None }
             }
             Q5_1 => {
-                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                let qh = (p.add(4) as *const u32).read_unaligned();
                 Unit {
                     w: _mm256_or_si256(nibbles(p.add(8)), fifth_bits(qh)),
-                    d: f16_at(b, 0),
-                    m: f16_at(b, 2),
+                    d: half_at(p, 0),
+                    m: half_at(p, 2),
                     halves: None,
                 }
             }
@@ -280,18 +288,18 @@ mod avx2 {
                 let v = _mm256_loadu_si256(p.add(48 + 32 * (s / 2)) as *const __m256i);
                 let lo = if s % 2 == 0 { v } else { _mm256_srli_epi16(v, 4) };
                 let qh = _mm256_loadu_si256(p.add(16) as *const __m256i);
-                let (sc, mn) = scale_min_k4(s, &b[4..16]);
+                let (sc, mn) = scale_min_k4(s, std::slice::from_raw_parts(p.add(4), 12));
                 Unit {
                     w: _mm256_or_si256(_mm256_and_si256(lo, m4), bit_to(qh, s, 0x10)),
-                    d: f16_at(b, 0) * sc as f32,
-                    m: -f16_at(b, 2) * mn as f32,
+                    d: half_at(p, 0) * sc as f32,
+                    m: -half_at(p, 2) * mn as f32,
                     halves: None,
                 }
             }
             Q2_K => {
                 // 16-value sub-blocks 2s, 2s + 1: scale in the low nibble, min in the high one.
-                let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
-                let (k0, k1) = (b[2 * s], b[2 * s + 1]);
+                let (d, dmin) = (half_at(p, 80), half_at(p, 82));
+                let (k0, k1) = (*p.add(2 * s), *p.add(2 * s + 1));
                 Unit {
                     w: crumbs(p.add(16 + 32 * (s / 4)), s % 4),
                     d,
@@ -304,12 +312,12 @@ mod avx2 {
             }
             Q3_K => {
                 // Stored as low two bits + 4 · high bit, value minus 4; signed 6-bit scales.
-                let d = f16_at(b, 108);
+                let d = half_at(p, 108);
                 let hm = _mm256_loadu_si256(p as *const __m256i);
                 let w = _mm256_or_si256(crumbs(p.add(32 + 32 * (s / 4)), s % 4), bit_to(hm, s, 4));
                 let sc = |i: usize| {
-                    let lo = (b[96 + i % 8] >> (4 * (i / 8))) & 15;
-                    let hi = (b[104 + i % 4] >> (2 * (i / 4))) & 3;
+                    let lo = (*p.add(96 + i % 8) >> (4 * (i / 8))) & 15;
+                    let hi = (*p.add(104 + i % 4) >> (2 * (i / 4))) & 3;
                     (lo | (hi << 4)) as i16 - 32
                 };
                 let (s0, s1) = (sc(2 * s), sc(2 * s + 1));
@@ -325,16 +333,16 @@ mod avx2 {
             }
             IQ4_NL => Unit {
                 w: iq4(p.add(2)),
-                d: f16_at(b, 0),
+                d: half_at(p, 0),
                 m: 0.0,
                 halves: None,
             },
             IQ4_XS => {
-                let lo = (b[4 + s / 2] >> (4 * (s % 2))) & 0x0f;
-                let hi = ((u16::from_le_bytes([b[2], b[3]]) >> (2 * s)) & 3) as u8;
+                let lo = (*p.add(4 + s / 2) >> (4 * (s % 2))) & 0x0f;
+                let hi = (((p.add(2) as *const u16).read_unaligned() >> (2 * s)) & 3) as u8;
                 Unit {
                     w: iq4(p.add(8 + 16 * s)),
-                    d: f16_at(b, 0) * ((lo | (hi << 4)) as i32 - 32) as f32,
+                    d: half_at(p, 0) * ((lo | (hi << 4)) as i32 - 32) as f32,
                     m: 0.0,
                     halves: None,
                 }
@@ -349,8 +357,8 @@ mod avx2 {
                     _mm256_sll_epi16(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)), _mm_cvtsi32_si128(4)),
                     _mm256_set1_epi8(0x30),
                 );
-                let sc = |i: usize| b[192 + 2 * s + i] as i8 as i16;
-                let d = f16_at(b, 208);
+                let sc = |i: usize| *p.add(192 + 2 * s + i) as i8 as i16;
+                let d = half_at(p, 208);
                 Unit {
                     w: _mm256_or_si256(lo, hi),
                     d,
@@ -419,7 +427,7 @@ mod avx2 {
     unsafe fn rows_dot<const R: usize, const T: u32>(w: &[u8], xs: &Rows<R>) -> [f32; R] {
         let (bb, per) = const { layout(T) };
         let units = w.len() / bb * per;
-        let unit_at = |b: usize| unit::<T>(w.get_unchecked(b / per * bb..), b % per);
+        let unit_at = |b: usize| unit::<T>(w.as_ptr().add(b / per * bb), b % per);
         let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
         let (mut bias0, mut bias1) = ([0f32; R], [0f32; R]);
         let mut b = 0;
