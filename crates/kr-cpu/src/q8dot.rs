@@ -244,7 +244,12 @@ mod avx2 {
         match T {
             Q4_0 => {
                 let d = half_at(p, 0);
-                Unit { w: nibbles(p.add(2)), d, m: -8.0 * d, halves: None }
+                Unit {
+                    w: nibbles(p.add(2)),
+                    d,
+                    m: -8.0 * d,
+                    halves: None,
+                }
             }
             Q4_1 => Unit {
                 w: nibbles(p.add(4)),
@@ -260,7 +265,11 @@ mod avx2 {
             },
             Q4_K => {
                 let v = _mm256_loadu_si256(p.add(16 + 32 * (s / 2)) as *const __m256i);
-                let w = if s % 2 == 0 { v } else { _mm256_srli_epi16(v, 4) };
+                let w = if s % 2 == 0 {
+                    v
+                } else {
+                    _mm256_srli_epi16(v, 4)
+                };
                 let (sc, mn) = scale_min_k4(s, std::slice::from_raw_parts(p.add(4), 12));
                 Unit {
                     w: _mm256_and_si256(w, m4),
@@ -273,7 +282,12 @@ mod avx2 {
                 let d = half_at(p, 0);
                 let qh = (p.add(2) as *const u32).read_unaligned();
                 let w = _mm256_or_si256(nibbles(p.add(6)), fifth_bits(qh));
-                Unit { w, d, m: -16.0 * d, halves: None }
+                Unit {
+                    w,
+                    d,
+                    m: -16.0 * d,
+                    halves: None,
+                }
             }
             Q5_1 => {
                 let qh = (p.add(4) as *const u32).read_unaligned();
@@ -286,7 +300,11 @@ mod avx2 {
             }
             Q5_K => {
                 let v = _mm256_loadu_si256(p.add(48 + 32 * (s / 2)) as *const __m256i);
-                let lo = if s % 2 == 0 { v } else { _mm256_srli_epi16(v, 4) };
+                let lo = if s % 2 == 0 {
+                    v
+                } else {
+                    _mm256_srli_epi16(v, 4)
+                };
                 let qh = _mm256_loadu_si256(p.add(16) as *const __m256i);
                 let (sc, mn) = scale_min_k4(s, std::slice::from_raw_parts(p.add(4), 12));
                 Unit {
@@ -352,9 +370,15 @@ mod avx2 {
                 let (h, t) = (s / 4, s % 4);
                 let ql = _mm256_loadu_si256(p.add(64 * h + 32 * (t % 2)) as *const __m256i);
                 let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
-                let lo = _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (t / 2) as i32)), m4);
+                let lo = _mm256_and_si256(
+                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (t / 2) as i32)),
+                    m4,
+                );
                 let hi = _mm256_and_si256(
-                    _mm256_sll_epi16(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)), _mm_cvtsi32_si128(4)),
+                    _mm256_sll_epi16(
+                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)),
+                        _mm_cvtsi32_si128(4),
+                    ),
                     _mm256_set1_epi8(0x30),
                 );
                 let sc = |i: usize| *p.add(192 + 2 * s + i) as i8 as i16;

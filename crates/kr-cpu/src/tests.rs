@@ -269,7 +269,10 @@ fn linear_speed() {
                 }
                 let s = t0.elapsed().as_secs_f64() / reps as f64;
                 let gbs = w.bytes.as_slice().len() as f64 / s / 1e9;
-                println!("{ty:?} m={m} exact={exact}: {:.2} ms, {gbs:.1} GB/s of weights", s * 1e3);
+                println!(
+                    "{ty:?} m={m} exact={exact}: {:.2} ms, {gbs:.1} GB/s of weights",
+                    s * 1e3
+                );
             }
         }
     }

@@ -3,7 +3,7 @@
 // is read in units of 32 consecutive elements: `qdecode32<Q>(block, s, v)` gives elements
 // 32s .. 32s + 31 of a block, scales applied (the layouts are those of ggml-quants.c; the CPU's
 // kr-model/src/quant decoders, checked against gguf-py, spell out the same element order).
-// Rows start 16-byte aligned in the weight arena; inside a row a block is only as aligned as
+// Rows start 256-byte aligned in the weight arena; inside a row a block is only as aligned as
 // its size allows (2 bytes for Q4_0, Q5_0, Q8_0, IQ4_NL, Q3_K and Q6_K), so those types read
 // 16-bit halves.
 typedef unsigned char u8;

@@ -113,7 +113,12 @@ impl Lt {
         .map_err(blas("matmul"))
     }
 
-    fn plan(&self, ty: GemmType, (t, rows, cols): (usize, usize, usize), ldy: usize) -> Result<Plan> {
+    fn plan(
+        &self,
+        ty: GemmType,
+        (t, rows, cols): (usize, usize, usize),
+        ldy: usize,
+    ) -> Result<Plan> {
         let dt = match ty {
             GemmType::F32 => sys::cudaDataType_t::CUDA_R_32F,
             GemmType::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,

@@ -40,7 +40,7 @@ pub static SWITCHES: &[Switch] = &[
     Switch {
         name: "KR_CUDA_DEQUANT_CHUNK_MIB",
         default: "16",
-        allowed: "1..=4096",
+        allowed: "1..=1024",
         effect: "rows of a quantised weight decoded per GEMM of more than 8 tokens (MiB)",
     },
     Switch {

@@ -154,7 +154,13 @@ fn from_weights(
         .collect();
     let params = norms + mats.iter().map(|m| m.rows * m.cols).sum::<usize>();
     let stored = 4 * norms + mats.iter().map(|m| m.bytes.as_slice().len()).sum::<usize>();
-    let mut s = summary(path, "llama2.c", w.config.clone(), params as u64, stored as u64);
+    let mut s = summary(
+        path,
+        "llama2.c",
+        w.config.clone(),
+        params as u64,
+        stored as u64,
+    );
     s.gpu_weight_bytes = 4 * norms as u64
         + mats
             .iter()

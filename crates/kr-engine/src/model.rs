@@ -4,12 +4,12 @@
 //! weights on a device is the runner's job (`runner/`).
 
 use crate::error::{EngineError, Result};
-use kr_model::quant::GgmlType;
-use kr_model::random::Storage;
 use kr_model::gguf::GgufFile;
 use kr_model::gguf_model::weights_from_gguf;
 use kr_model::hf;
 use kr_model::llama2c;
+use kr_model::quant::GgmlType;
+use kr_model::random::Storage;
 use kr_model::{ChatTemplate, ModelConfig, ModelError, ModelWeights, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -177,7 +177,9 @@ fn arch_config(arch: &str) -> Result<ModelConfig> {
 /// GGUF type name); without one the matrices are bf16, or f32 with `f32`.
 pub fn random_weights(arch: &str, f32: bool, seed: u64) -> Result<ModelWeights> {
     let (config, storage) = random_spec(arch, f32)?;
-    Ok(kr_model::random::random_weights_stored(&config, storage, seed))
+    Ok(kr_model::random::random_weights_stored(
+        &config, storage, seed,
+    ))
 }
 
 /// The shape and storage `arch` names (`SHAPE` or `SHAPE:STORAGE`).

@@ -33,17 +33,22 @@ fn int8_logits_stay_close_to_the_exact_path_and_greedy_text_agrees() {
     let exact = logits_at(&model, &ids, &rows);
     kr_cpu::q8dot::set_exact(false);
     let int8 = logits_at(&model, &ids, &rows);
-    let argmax = |r: &[f32]| {
-        (0..r.len()).fold(0, |b, j| if r[j] > r[b] { j } else { b })
-    };
+    let argmax = |r: &[f32]| (0..r.len()).fold(0, |b, j| if r[j] > r[b] { j } else { b });
     let mut worst = 0f32;
     for (e, i) in exact.iter().zip(&int8) {
         let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = e.iter().zip(i).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let d = e
+            .iter()
+            .zip(i)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert_eq!(argmax(e), argmax(i), "top token differs");
         worst = worst.max(d / scale);
     }
-    println!("max |int8 - exact| logit: {:.1}% of the largest |logit|", 100.0 * worst);
+    println!(
+        "max |int8 - exact| logit: {:.1}% of the largest |logit|",
+        100.0 * worst
+    );
     assert!(worst > 0.0, "the int8 path must be the one measured");
     assert!(worst <= 0.08, "{worst}");
 

@@ -95,9 +95,8 @@ impl Storage {
                     .strip_prefix("blk.")
                     .and_then(|r| r.split('.').next())
                     .and_then(|i| i.parse::<usize>().ok());
-                let more_bits = |i: usize| {
-                    i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2
-                };
+                let more_bits =
+                    |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2;
                 let wide = name == "output"
                     || ((name.ends_with(".attn_v") || name.ends_with(".ffn_down"))
                         && layer.is_some_and(more_bits));
@@ -307,7 +306,10 @@ mod tests {
         assert_eq!(w.layers[4].wv.ty, GgmlType::Q6K);
         assert_eq!(w.layers[0].wq.ty, GgmlType::Q4K);
         assert_eq!(w.layers[15].w_down.ty, GgmlType::Q6K);
-        assert_eq!(Storage::parse("Q8_0"), Some(Storage::Uniform(GgmlType::Q8_0)));
+        assert_eq!(
+            Storage::parse("Q8_0"),
+            Some(Storage::Uniform(GgmlType::Q8_0))
+        );
         assert_eq!(Storage::parse("q9"), None);
     }
 }

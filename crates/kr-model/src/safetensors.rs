@@ -177,10 +177,13 @@ impl SafetensorsSet {
 
     /// An entry that must exist, with its 2-D shape.
     fn entry_2d(&self, name: &str) -> Result<(&Entry, usize, usize)> {
-        let e = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path_of(name),
-            tensor: name.to_string(),
-        })?;
+        let e = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.path_of(name),
+                tensor: name.to_string(),
+            })?;
         match e.shape[..] {
             [r, c] => Ok((e, r, c)),
             _ => Err(ModelError::Shape {
@@ -257,15 +260,17 @@ mod tests {
 
     /// A directory with one safetensors file of the given (name, dtype, shape, bytes).
     fn dir_with(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "kr-st-{}-{}",
-            std::process::id(),
-            tensors[0].2[1]
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("kr-st-{}-{}", std::process::id(), tensors[0].2[1]));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let views: Vec<(String, TensorView)> = tensors
             .iter()
-            .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).expect("view")))
+            .map(|(n, d, s, b)| {
+                (
+                    n.to_string(),
+                    TensorView::new(*d, s.clone(), b).expect("view"),
+                )
+            })
             .collect();
         let bytes = ::safetensors::serialize(views, None).expect("serialize");
         std::fs::write(dir.join("model.safetensors"), bytes).expect("write");
@@ -274,9 +279,24 @@ mod tests {
 
     fn mlx_tensors(words: usize, groups: usize) -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
         vec![
-            ("w.weight", Dtype::U32, vec![2, words], vec![0x21; 2 * words * 4]),
-            ("w.scales", Dtype::F32, vec![2, groups], 0.5f32.to_le_bytes().repeat(2 * groups)),
-            ("w.biases", Dtype::F32, vec![2, groups], (-1f32).to_le_bytes().repeat(2 * groups)),
+            (
+                "w.weight",
+                Dtype::U32,
+                vec![2, words],
+                vec![0x21; 2 * words * 4],
+            ),
+            (
+                "w.scales",
+                Dtype::F32,
+                vec![2, groups],
+                0.5f32.to_le_bytes().repeat(2 * groups),
+            ),
+            (
+                "w.biases",
+                Dtype::F32,
+                vec![2, groups],
+                (-1f32).to_le_bytes().repeat(2 * groups),
+            ),
         ]
     }
 

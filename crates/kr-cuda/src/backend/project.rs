@@ -11,7 +11,16 @@ use crate::error::driver;
 impl CudaBackend {
     /// `y[t, rows] = x[t, cols] · w[rows, cols]ᵀ` on cuBLASLt (`y +=` where `accumulate`).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemm(&self, y: u64, x: u64, w: u64, t: usize, rows: usize, cols: usize, accumulate: bool) {
+    pub(super) fn gemm(
+        &self,
+        y: u64,
+        x: u64,
+        w: u64,
+        t: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
         self.gemm_strided(y, x, w, (t, rows, cols), rows, accumulate);
     }
 

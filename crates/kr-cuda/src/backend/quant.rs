@@ -83,18 +83,28 @@ pub(super) fn any_encoded(w: &[&CudaWeight]) -> bool {
     w.iter().any(|w| w.quant.is_some())
 }
 
-/// Bytes of the dequantisation chunk: `KR_CUDA_DEQUANT_CHUNK_MIB` (1..=4096), default 16.
+/// Bytes of the dequantisation chunk: `KR_CUDA_DEQUANT_CHUNK_MIB` (1..=1024), default 16,
+/// read once (the scratch buffer is sized with it at load).
 fn chunk_bytes() -> usize {
-    let mib = crate::tuning::value("KR_CUDA_DEQUANT_CHUNK_MIB")
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|m| (1..=4096).contains(m))
-        .unwrap_or(16);
-    mib << 20
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        let mib = crate::tuning::value("KR_CUDA_DEQUANT_CHUNK_MIB")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|m| (1..=1024).contains(m))
+            .unwrap_or(16);
+        mib << 20
+    })
 }
 
-/// Rows of a `rows × cols` matrix decoded per chunk with `elem`-byte elements (at least one).
+/// Output rows a chunk's GEMM writes must start 256-byte aligned (cuBLASLt's default
+/// assumption for its pointers): a multiple of this many rows does for f32 and bf16.
+const CHUNK_ROW_ALIGN: usize = 128;
+
+/// Rows of a `rows × cols` matrix decoded per chunk with `elem`-byte elements: a multiple of
+/// [`CHUNK_ROW_ALIGN`] (at least one such multiple), or all rows.
 fn chunk_rows(rows: usize, cols: usize, elem: usize) -> usize {
-    (chunk_bytes() / (cols * elem)).clamp(1, rows)
+    let fit = chunk_bytes() / (cols * elem).max(1) / CHUNK_ROW_ALIGN * CHUNK_ROW_ALIGN;
+    fit.max(CHUNK_ROW_ALIGN).min(rows.max(1))
 }
 
 impl CudaBackend {
@@ -162,7 +172,16 @@ impl CudaBackend {
             let n = step.min(rows - r0);
             let (out, src, c) = (scratch, w.ptr + (r0 * row_bytes) as u64, cols as i32);
             let units = (n * cols / 32) as u64;
-            launch!(self, dequant, elementwise(units as usize), out, src, c, units, group);
+            launch!(
+                self,
+                dequant,
+                elementwise(units as usize),
+                out,
+                src,
+                c,
+                units,
+                group
+            );
             let y0 = y + (r0 * elem) as u64;
             self.gemm_strided(y0, x.ptr, scratch, (x.rows, n, cols), rows, acc);
             r0 += n;

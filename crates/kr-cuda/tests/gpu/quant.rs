@@ -12,8 +12,8 @@ use kr_model::random::{encoded_noise, random_weights_stored, Storage};
 const TOKENS: [usize; 4] = [1, 5, 8, 40];
 
 /// Every quantised type, every path: `linear` with a bias and `linear_add`, on a matrix of
-/// more rows than one dequantisation chunk holds (17,000 × 512 is 17 MB in f32 and in bf16 >
-/// 16 MiB, so the GEMM path takes two chunks and writes a strided slice of the output).
+/// more rows than one dequantisation chunk holds (17,000 × 512 takes three 16 MiB chunks in
+/// f32 and two in bf16, so the GEMM path writes strided slices of the output).
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
 fn quantised_projections_match_cpu_for_every_type() {
@@ -46,7 +46,11 @@ fn quantised_projections_match_cpu_for_every_type() {
                 g.linear_add(&mut gr, &gx, &gw);
                 c.linear_add(&mut cr, &cx, &cw);
                 let e = max_diff(&g.to_host(&gr), &cr.data) / scale;
-                assert!(e <= tol, "{} {dtype:?} {n} tokens: linear_add {e}", ty.name());
+                assert!(
+                    e <= tol,
+                    "{} {dtype:?} {n} tokens: linear_add {e}",
+                    ty.name()
+                );
             }
             assert!(g.take_error().is_none(), "{}", ty.name());
         }
@@ -69,7 +73,10 @@ fn quantised_models_match_cpu_backend() {
             let mut gpu = CudaModel::load(&w, options(dtype, 40, graphs)).expect("load");
             let (on_gpu, stored) = (gpu.backend().weight_arena_bytes(), w.weight_bytes());
             println!("{storage:?}: {on_gpu} bytes of weights on the GPU, {stored} in the file");
-            assert!(on_gpu < stored + 256 * 24, "{storage:?}: {on_gpu} on the GPU, {stored} stored");
+            assert!(
+                on_gpu < stored + 256 * 24,
+                "{storage:?}: {on_gpu} on the GPU, {stored} stored"
+            );
             let mut worst = 0f32;
             for (ids, meta) in Script::steps(w.config.vocab_size) {
                 let want = cpu.forward(&ids, &meta, &mut cpu_cache);

@@ -86,7 +86,14 @@ impl MlxAffine {
 
     /// Interleaves a checkpoint's `rows` rows of packed integers (`cols · bits / 8` bytes each),
     /// scales and biases (`cols / group` values each, `scale.size()` bytes a value) into blocks.
-    pub fn interleave(self, packed: &[u8], scales: &[u8], biases: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    pub fn interleave(
+        self,
+        packed: &[u8],
+        scales: &[u8],
+        biases: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Vec<u8> {
         let groups = rows * cols / self.group as usize;
         let (ss, pb) = (self.scale.size(), self.packed_bytes());
         let mut out = Vec::with_capacity(groups * self.block_bytes());

@@ -10,15 +10,15 @@
 //! Invariant: `dequantize` is given whole blocks (`src.len()` a multiple of `block_bytes`,
 //! `dst.len()` the matching number of elements); callers slice rows on block boundaries.
 
-mod blocks;
-mod kquants;
-pub mod mlx;
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 ))]
 mod avx2;
+mod blocks;
+mod kquants;
+pub mod mlx;
 #[cfg(test)]
 mod tests;
 

@@ -15,8 +15,8 @@
 use super::{build_commit, command_line, commit, emit_json, machine, unix_time};
 use crate::cli::BenchPerplexityArgs;
 use crate::error::{CliError, Result};
-use kr_http::config::Inputs;
 use kr_engine::{load_model, AttnMeta, Runner, SeqAttn};
+use kr_http::config::Inputs;
 use serde_json::json;
 use std::time::Instant;
 
@@ -96,9 +96,8 @@ pub fn bench_perplexity(args: BenchPerplexityArgs, inputs: &Inputs) -> Result<()
     if ctx < 16 {
         return Err(CliError::Usage("--ctx must be at least 16 tokens".into()));
     }
-    let text = std::fs::read_to_string(&args.text).map_err(|e| {
-        CliError::Usage(format!("--text {}: {e}", args.text.display()))
-    })?;
+    let text = std::fs::read_to_string(&args.text)
+        .map_err(|e| CliError::Usage(format!("--text {}: {e}", args.text.display())))?;
     let mut c = crate::settings::resolve(inputs)?.config;
     c.device = c.device.resolve();
     let model = load_model(std::path::Path::new(&c.model))?;
