@@ -76,7 +76,7 @@ fn table(s: &ModelSummary) -> Vec<(&'static str, String)> {
         (
             "weights",
             format!(
-                "{} as stored (CPU), {} on a GPU in bf16",
+                "{} as stored (CPU), {} on a GPU (float matrices as bf16)",
                 mib(s.weight_bytes),
                 mib(s.gpu_weight_bytes)
             ),
