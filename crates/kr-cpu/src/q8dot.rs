@@ -234,13 +234,24 @@ mod avx2 {
         }
     }
 
-    /// Unit `s` (32 values) of the block at `b` of type `T` (a GGML id).
-    #[inline(always)]
+    /// Unit `s` (32 values) of the block at `p` of type `T` (a GGML id).
     ///
     /// # Safety
     /// `p` must point at a whole block of type `T`.
+    #[inline(always)]
     unsafe fn unit<const T: u32>(p: *const u8, s: usize) -> Unit {
-        let m4 = _mm256_set1_epi8(0x0f);
+        match T {
+            Q4_K | Q5_K => unit_k4::<T>(p, s),
+            Q2_K | Q3_K => unit_halves::<T>(p, s),
+            Q6_K => unit_q6_k(p, s),
+            IQ4_XS => unit_iq4_xs(p, s),
+            _ => unit_32::<T>(p),
+        }
+    }
+
+    /// The 32-value block types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL.
+    #[inline(always)]
+    unsafe fn unit_32<const T: u32>(p: *const u8) -> Unit {
         match T {
             Q4_0 => {
                 let d = half_at(p, 0);
@@ -257,27 +268,6 @@ mod avx2 {
                 m: half_at(p, 2),
                 halves: None,
             },
-            Q8_0 => Unit {
-                w: _mm256_loadu_si256(p.add(2) as *const __m256i),
-                d: half_at(p, 0),
-                m: 0.0,
-                halves: None,
-            },
-            Q4_K => {
-                let v = _mm256_loadu_si256(p.add(16 + 32 * (s / 2)) as *const __m256i);
-                let w = if s % 2 == 0 {
-                    v
-                } else {
-                    _mm256_srli_epi16(v, 4)
-                };
-                let (sc, mn) = scale_min_k4(s, std::slice::from_raw_parts(p.add(4), 12));
-                Unit {
-                    w: _mm256_and_si256(w, m4),
-                    d: half_at(p, 0) * sc as f32,
-                    m: -half_at(p, 2) * mn as f32,
-                    halves: None,
-                }
-            }
             Q5_0 => {
                 let d = half_at(p, 0);
                 let qh = (p.add(2) as *const u32).read_unaligned();
@@ -298,7 +288,42 @@ mod avx2 {
                     halves: None,
                 }
             }
-            Q5_K => {
+            Q8_0 => Unit {
+                w: _mm256_loadu_si256(p.add(2) as *const __m256i),
+                d: half_at(p, 0),
+                m: 0.0,
+                halves: None,
+            },
+            _ => Unit {
+                w: iq4(p.add(2)),
+                d: half_at(p, 0),
+                m: 0.0,
+                halves: None,
+            },
+        }
+    }
+
+    /// Q4_K and Q5_K: sub-block `s` of 32 with a 6-bit scale and min.
+    #[inline(always)]
+    unsafe fn unit_k4<const T: u32>(p: *const u8, s: usize) -> Unit {
+        let m4 = _mm256_set1_epi8(0x0f);
+        match T {
+            Q4_K => {
+                let v = _mm256_loadu_si256(p.add(16 + 32 * (s / 2)) as *const __m256i);
+                let w = if s % 2 == 0 {
+                    v
+                } else {
+                    _mm256_srli_epi16(v, 4)
+                };
+                let (sc, mn) = scale_min_k4(s, std::slice::from_raw_parts(p.add(4), 12));
+                Unit {
+                    w: _mm256_and_si256(w, m4),
+                    d: half_at(p, 0) * sc as f32,
+                    m: -half_at(p, 2) * mn as f32,
+                    halves: None,
+                }
+            }
+            _ => {
                 let v = _mm256_loadu_si256(p.add(48 + 32 * (s / 2)) as *const __m256i);
                 let lo = if s % 2 == 0 {
                     v
@@ -314,6 +339,58 @@ mod avx2 {
                     halves: None,
                 }
             }
+        }
+    }
+
+    /// IQ4_XS: sub-block `s` with its signed 6-bit scale.
+    #[inline(always)]
+    unsafe fn unit_iq4_xs(p: *const u8, s: usize) -> Unit {
+        let lo = (*p.add(4 + s / 2) >> (4 * (s % 2))) & 0x0f;
+        let hi = (((p.add(2) as *const u16).read_unaligned() >> (2 * s)) & 3) as u8;
+        Unit {
+            w: iq4(p.add(8 + 16 * s)),
+            d: half_at(p, 0) * ((lo | (hi << 4)) as i32 - 32) as f32,
+            m: 0.0,
+            halves: None,
+        }
+    }
+
+    /// Q6_K: ql nibbles and two qh bits, minus 32; two sub-blocks of 16 with int8 scales.
+    #[inline(always)]
+    unsafe fn unit_q6_k(p: *const u8, s: usize) -> Unit {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let (h, t) = (s / 4, s % 4);
+        let ql = _mm256_loadu_si256(p.add(64 * h + 32 * (t % 2)) as *const __m256i);
+        let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
+        let lo = _mm256_and_si256(
+            _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (t / 2) as i32)),
+            m4,
+        );
+        let hi = _mm256_and_si256(
+            _mm256_sll_epi16(
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)),
+                _mm_cvtsi32_si128(4),
+            ),
+            _mm256_set1_epi8(0x30),
+        );
+        let sc = |i: usize| *p.add(192 + 2 * s + i) as i8 as i16;
+        let d = half_at(p, 208);
+        Unit {
+            w: _mm256_or_si256(lo, hi),
+            d,
+            m: 0.0,
+            // Stored plus 32: subtract 32 · d · scale per half.
+            halves: Some(Halves {
+                scale: (sc(0), sc(1)),
+                bias: (-32.0 * d * sc(0) as f32, -32.0 * d * sc(1) as f32),
+            }),
+        }
+    }
+
+    /// Q2_K and Q3_K: two sub-blocks of 16 with their own integer scales.
+    #[inline(always)]
+    unsafe fn unit_halves<const T: u32>(p: *const u8, s: usize) -> Unit {
+        match T {
             Q2_K => {
                 // 16-value sub-blocks 2s, 2s + 1: scale in the low nibble, min in the high one.
                 let (d, dmin) = (half_at(p, 80), half_at(p, 82));
@@ -349,51 +426,7 @@ mod avx2 {
                     }),
                 }
             }
-            IQ4_NL => Unit {
-                w: iq4(p.add(2)),
-                d: half_at(p, 0),
-                m: 0.0,
-                halves: None,
-            },
-            IQ4_XS => {
-                let lo = (*p.add(4 + s / 2) >> (4 * (s % 2))) & 0x0f;
-                let hi = (((p.add(2) as *const u16).read_unaligned() >> (2 * s)) & 3) as u8;
-                Unit {
-                    w: iq4(p.add(8 + 16 * s)),
-                    d: half_at(p, 0) * ((lo | (hi << 4)) as i32 - 32) as f32,
-                    m: 0.0,
-                    halves: None,
-                }
-            }
-            _ => {
-                // Q6_K: low four bits from ql, high two from qh.
-                let (h, t) = (s / 4, s % 4);
-                let ql = _mm256_loadu_si256(p.add(64 * h + 32 * (t % 2)) as *const __m256i);
-                let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
-                let lo = _mm256_and_si256(
-                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (t / 2) as i32)),
-                    m4,
-                );
-                let hi = _mm256_and_si256(
-                    _mm256_sll_epi16(
-                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)),
-                        _mm_cvtsi32_si128(4),
-                    ),
-                    _mm256_set1_epi8(0x30),
-                );
-                let sc = |i: usize| *p.add(192 + 2 * s + i) as i8 as i16;
-                let d = half_at(p, 208);
-                Unit {
-                    w: _mm256_or_si256(lo, hi),
-                    d,
-                    m: 0.0,
-                    // Stored plus 32: subtract 32 · d · scale per half.
-                    halves: Some(Halves {
-                        scale: (sc(0), sc(1)),
-                        bias: (-32.0 * d * sc(0) as f32, -32.0 * d * sc(1) as f32),
-                    }),
-                }
-            }
+            _ => unreachable!("unit_halves takes Q2_K and Q3_K"),
         }
     }
 

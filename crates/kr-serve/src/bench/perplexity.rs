@@ -15,7 +15,7 @@
 use super::{build_commit, command_line, commit, emit_json, machine, unix_time};
 use crate::cli::BenchPerplexityArgs;
 use crate::error::{CliError, Result};
-use kr_engine::{load_model, AttnMeta, Runner, SeqAttn};
+use kr_engine::{load_model, AttnMeta, LoadedModel, Runner, SeqAttn};
 use kr_http::config::Inputs;
 use serde_json::json;
 use std::time::Instant;
@@ -91,29 +91,36 @@ fn score_chunk(runner: &mut Runner, window: &[u32], budget: usize, nll: &mut Nll
 
 const BLOCK: usize = 16;
 
+/// The text's tokens (BOS first where the model adds one) and that BOS; at least two
+/// contexts' worth, else a usage error saying how many there are.
+fn text_tokens(args: &BenchPerplexityArgs, model: &LoadedModel) -> Result<(Vec<u32>, Option<u32>)> {
+    let text = std::fs::read_to_string(&args.text)
+        .map_err(|e| CliError::Usage(format!("--text {}: {e}", args.text.display())))?;
+    let tok = &model.tokenizer;
+    let tokens = tok
+        .encode(&text, tok.add_bos)
+        .map_err(kr_engine::EngineError::from)?;
+    if tokens.len() < 2 * args.ctx {
+        return Err(CliError::Usage(format!(
+            "{} tokenises to {} tokens; a context of {} needs at least {} (two chunks)",
+            args.text.display(),
+            tokens.len(),
+            args.ctx,
+            2 * args.ctx
+        )));
+    }
+    Ok((tokens, tok.bos_id.filter(|_| tok.add_bos)))
+}
+
 pub fn bench_perplexity(args: BenchPerplexityArgs, inputs: &Inputs) -> Result<()> {
     let ctx = args.ctx;
     if ctx < 16 {
         return Err(CliError::Usage("--ctx must be at least 16 tokens".into()));
     }
-    let text = std::fs::read_to_string(&args.text)
-        .map_err(|e| CliError::Usage(format!("--text {}: {e}", args.text.display())))?;
     let mut c = crate::settings::resolve(inputs)?.config;
     c.device = c.device.resolve();
     let model = load_model(std::path::Path::new(&c.model))?;
-    let tok = &model.tokenizer;
-    let mut tokens = tok
-        .encode(&text, tok.add_bos)
-        .map_err(kr_engine::EngineError::from)?;
-    let bos = tok.bos_id.filter(|_| tok.add_bos);
-    if tokens.len() < 2 * ctx {
-        return Err(CliError::Usage(format!(
-            "{} tokenises to {} tokens; a context of {ctx} needs at least {} (two chunks)",
-            args.text.display(),
-            tokens.len(),
-            2 * ctx
-        )));
-    }
+    let (mut tokens, bos) = text_tokens(&args, &model)?;
     let chunks = (tokens.len() / ctx).min(args.chunks.unwrap_or(usize::MAX));
     let mut cfg = c.engine_config();
     cfg.max_num_seqs = ctx / 2 + 1;
