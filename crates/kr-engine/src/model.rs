@@ -187,10 +187,15 @@ fn random_spec(arch: &str, f32: bool) -> Result<(ModelConfig, Storage)> {
     let (shape, storage) = match arch.split_once(':') {
         Some((shape, name)) => {
             let storage = Storage::parse(name).ok_or_else(|| {
+                let types: Vec<&str> = GgmlType::ALL
+                    .into_iter()
+                    .filter(|t| t.is_quantized())
+                    .map(GgmlType::name)
+                    .collect();
                 EngineError::Config(format!(
                     "unknown weight storage '{name}' in --arch {arch}; known: q4_k_m, f32, \
-                     bf16 or a GGUF type ({})",
-                    GgmlType::supported_names()
+                     bf16 or a quantised GGUF type ({})",
+                    types.join(", ")
                 ))
             })?;
             (shape, storage)
