@@ -80,26 +80,16 @@ impl CpuBackend {
         let mut yt = vec![0f32; n * m];
         if !exact && q8dot::applies(w.ty) {
             let acts = q8dot::quantize(x);
-            let (rb, bytes) = (w.row_bytes(), w.bytes.as_slice());
-            yt.par_chunks_mut(ROWS_PER_TASK * m)
-                .enumerate()
-                .for_each(|(task, out)| {
-                    let j0 = task * ROWS_PER_TASK;
-                    let rows = &bytes[j0 * rb..(j0 + out.len() / m) * rb];
-                    q8dot::matmul_rows(w.ty, rows, &acts, out);
-                });
+            Self::each_row_task(w, m, &mut yt, |rows, out| {
+                q8dot::matmul_rows(w.ty, rows, &acts, out)
+            });
             return Self::transpose_back(m, n, yt);
         }
         if qdot::supports(w.ty) {
             let sums = qdot::block_sums(x);
-            let (rb, bytes) = (w.row_bytes(), w.bytes.as_slice());
-            yt.par_chunks_mut(ROWS_PER_TASK * m)
-                .enumerate()
-                .for_each(|(task, out)| {
-                    let j0 = task * ROWS_PER_TASK;
-                    let rows = &bytes[j0 * rb..(j0 + out.len() / m) * rb];
-                    qdot::matmul_rows(w.ty, rows, x, &sums, out);
-                });
+            Self::each_row_task(w, m, &mut yt, |rows, out| {
+                qdot::matmul_rows(w.ty, rows, x, &sums, out)
+            });
             return Self::transpose_back(m, n, yt);
         }
         yt.par_chunks_mut(ROWS_PER_TASK * m)
@@ -114,6 +104,23 @@ impl CpuBackend {
                 mul_rows(x, &scratch[..nr * k], k, out);
             });
         Self::transpose_back(m, n, yt)
+    }
+
+    /// Runs `f(encoded rows, their outputs)` over `w`'s rows in tasks of `ROWS_PER_TASK` on
+    /// all cores; `yt` holds `m` outputs per weight row.
+    fn each_row_task(
+        w: &RawTensor,
+        m: usize,
+        yt: &mut [f32],
+        f: impl Fn(&[u8], &mut [f32]) + Sync,
+    ) {
+        let (rb, bytes) = (w.row_bytes(), w.bytes.as_slice());
+        yt.par_chunks_mut(ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let j0 = task * ROWS_PER_TASK;
+                f(&bytes[j0 * rb..(j0 + out.len() / m) * rb], out);
+            });
     }
 
     /// `yᵀ [n, m]` back to `y [m, n]`.

@@ -32,11 +32,14 @@ struct Plan {
 // (the plan map is behind a mutex).
 unsafe impl Send for Plan {}
 
+/// What a plan is made for: tokens, rows, cols, the output's row stride, element type.
+type PlanKey = (usize, usize, usize, usize, GemmType);
+
 /// A cuBLASLt handle, its workspace and the plans made so far.
 pub struct Lt {
     handle: sys::cublasLtHandle_t,
     workspace: DeviceBuffer,
-    plans: Mutex<HashMap<(usize, usize, usize, usize, GemmType), Plan>>,
+    plans: Mutex<HashMap<PlanKey, Plan>>,
 }
 
 // SAFETY: see Plan; the handle is used under the plans mutex.

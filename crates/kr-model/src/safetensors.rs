@@ -125,13 +125,7 @@ impl SafetensorsSet {
                 return self.mlx_matrix(prefix, rows, cols);
             }
         }
-        let e = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.path_of(name),
-                tensor: name.to_string(),
-            })?;
+        let e = self.entry(name)?;
         let expected = if rows == 1 {
             vec![cols]
         } else {
@@ -175,15 +169,19 @@ impl SafetensorsSet {
         &self.files[e.file].1[e.offset..e.offset + e.len]
     }
 
-    /// An entry that must exist, with its 2-D shape.
-    fn entry_2d(&self, name: &str) -> Result<(&Entry, usize, usize)> {
-        let e = self
-            .tensors
+    /// The entry `name`, or an error naming the tensor and its file.
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.tensors
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor {
                 path: self.path_of(name),
                 tensor: name.to_string(),
-            })?;
+            })
+    }
+
+    /// An entry that must exist, with its 2-D shape.
+    fn entry_2d(&self, name: &str) -> Result<(&Entry, usize, usize)> {
+        let e = self.entry(name)?;
         match e.shape[..] {
             [r, c] => Ok((e, r, c)),
             _ => Err(ModelError::Shape {

@@ -76,6 +76,12 @@ impl CudaBackend {
             return;
         }
         self.gemm(y, x.ptr, w.ptr, t, rows, cols, accumulate);
+        self.add_bias(y, bias, t, rows);
+    }
+
+    /// `y[t, r] += bias[r]` for `t` rows of `rows` outputs (after a cuBLASLt product, which
+    /// has no bias epilogue here); nothing without a bias.
+    pub(super) fn add_bias(&self, y: u64, bias: Option<&CudaVector>, t: usize, rows: usize) {
         if let Some(b) = bias {
             let (bp, c, n) = (b.buf.ptr, rows as i32, (t * rows) as u64);
             launch!(self, "add_bias", elementwise(t * rows), y, bp, c, n);

@@ -141,10 +141,7 @@ impl CudaBackend {
             return;
         }
         self.dequant_gemm(y, x, w, (dequant, group), accumulate);
-        if let Some(b) = bias {
-            let (bp, c, n) = (b.buf.ptr, w.rows as i32, (x.rows * w.rows) as u64);
-            launch!(self, "add_bias", elementwise(x.rows * w.rows), y, bp, c, n);
-        }
+        self.add_bias(y, bias, x.rows, w.rows);
     }
 
     /// `y = x · wᵀ` chunk by chunk of `w`'s rows: decode the chunk into the scratch buffer, then
