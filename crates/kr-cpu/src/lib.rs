@@ -7,12 +7,15 @@
 //! is bit-identical alone and batched. `linear` therefore never switches algorithm by `m`.
 
 mod kernels;
+pub mod packed;
 pub mod q8dot;
 mod qdot;
+pub mod vnni;
 
 use kernels::{dot, dot4};
 use kr_model::{AttnMeta, Backend, KvLayout, RawTensor, Rope, RopeStyle};
 use rayon::prelude::*;
+use std::sync::{Arc, OnceLock};
 
 /// A row-major 2-D f32 matrix of activations.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +51,37 @@ impl CpuKvCache {
     }
 }
 
+/// A weight on the CPU: the file's tensor (embedding rows, the exact path, the AVX2 path) and,
+/// made on first use where this CPU has AVX-512 VNNI and the type has one, its
+/// [`packed::Packed`] copy for the [`vnni`] kernels (lazily, so an embedding table that is
+/// never multiplied is never copied). `KR_CPU_REPACK=0` turns the packed copy off.
+#[derive(Clone)]
+pub struct CpuWeight {
+    pub raw: RawTensor,
+    packed: Arc<OnceLock<Option<packed::Packed>>>,
+}
+
+impl CpuWeight {
+    pub fn new(raw: RawTensor) -> Self {
+        Self {
+            raw,
+            packed: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The packed copy, made now if this is its first use; `None` where there is none.
+    fn packed(&self) -> Option<&packed::Packed> {
+        self.packed
+            .get_or_init(|| {
+                let off = std::env::var("KR_CPU_REPACK").is_ok_and(|v| v.trim() == "0");
+                (!off && vnni::available() && q8dot::applies(self.raw.ty))
+                    .then(|| packed::pack(&self.raw))
+                    .flatten()
+            })
+            .as_ref()
+    }
+}
+
 /// The CPU backend. Stateless: threads come from rayon's global pool.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuBackend;
@@ -60,13 +94,18 @@ impl CpuBackend {
     /// one, the 8-bit activation path ([`q8dot`]); [`Backend::linear`] picks by
     /// [`q8dot::exact`].
     pub fn linear_path(x: &Mat, w: &RawTensor, bias: Option<&Vec<f32>>, exact: bool) -> Mat {
-        let mut y = Self::matmul_t(x, w, exact);
-        if let Some(b) = bias {
-            for row in y.data.chunks_exact_mut(y.cols) {
-                row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
-            }
-        }
-        y
+        add_bias(Self::matmul_t(x, w, exact), bias)
+    }
+
+    /// `y = x · wᵀ (+ bias)` on the packed 8-bit path ([`vnni`]).
+    pub fn linear_packed(x: &Mat, w: &packed::Packed, bias: Option<&Vec<f32>>) -> Mat {
+        assert_eq!(
+            x.cols, w.cols,
+            "linear: input has {} features, weight expects {}",
+            x.cols, w.cols
+        );
+        let y = vnni::matmul(w, &q8dot::quantize(x));
+        add_bias(Mat::new(x.rows, w.rows, y), bias)
     }
 
     /// `y[m, n] = x[m, k] · w[n, k]ᵀ`, computed as `yᵀ` in tasks of `ROWS_PER_TASK` weight rows.
@@ -138,6 +177,15 @@ impl CpuBackend {
     }
 }
 
+fn add_bias(mut y: Mat, bias: Option<&Vec<f32>>) -> Mat {
+    if let Some(b) = bias {
+        for row in y.data.chunks_exact_mut(y.cols) {
+            row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+        }
+    }
+    y
+}
+
 /// `out[r * m + i] = dot(x_i, w_r)` for the decoded weight rows `w` (each `k` long).
 fn mul_rows(x: &Mat, w: &[f32], k: usize, out: &mut [f32]) {
     let m = x.rows;
@@ -192,7 +240,7 @@ fn rope_row(row: &mut [f32], head_dim: usize, pos: u32, rope: &Rope) {
 
 impl Backend for CpuBackend {
     type Tensor = Mat;
-    type Weight = RawTensor;
+    type Weight = CpuWeight;
     type Vector = Vec<f32>;
     type KvCache = CpuKvCache;
 
@@ -200,8 +248,8 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn load_weight(&self, t: &RawTensor) -> RawTensor {
-        t.clone()
+    fn load_weight(&self, t: &RawTensor) -> CpuWeight {
+        CpuWeight::new(t.clone())
     }
 
     fn load_vector(&self, v: &[f32]) -> Vec<f32> {
@@ -217,7 +265,8 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn embed(&self, table: &RawTensor, ids: &[u32]) -> Mat {
+    fn embed(&self, table: &CpuWeight, ids: &[u32]) -> Mat {
+        let table = &table.raw;
         let d = table.cols;
         let mut out = Mat::zeros(ids.len(), d);
         for (row, &id) in out.data.chunks_exact_mut(d).zip(ids) {
@@ -244,8 +293,12 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn linear(&self, x: &Mat, w: &RawTensor, bias: Option<&Vec<f32>>) -> Mat {
-        Self::linear_path(x, w, bias, q8dot::exact())
+    fn linear(&self, x: &Mat, w: &CpuWeight, bias: Option<&Vec<f32>>) -> Mat {
+        let exact = q8dot::exact();
+        match w.packed().filter(|_| !exact) {
+            Some(p) => Self::linear_packed(x, p, bias),
+            None => Self::linear_path(x, &w.raw, bias, exact),
+        }
     }
 
     fn head_rms_norm(&self, x: &mut Mat, w: &Vec<f32>, head_dim: usize, eps: f32) {

@@ -15,7 +15,7 @@ fn linear_matches_naive_and_is_batch_invariant() {
     let (m, k, n) = (7, 70, 37);
     let x = Mat::new(m, k, random(&mut rng, m * k));
     let wdata = random(&mut rng, n * k);
-    let w = RawTensor::from_f32("w", n, k, &wdata);
+    let w = CpuBackend.load_weight(&RawTensor::from_f32("w", n, k, &wdata));
     let y = CpuBackend.linear(&x, &w, None);
     for i in 0..m {
         for j in 0..n {
@@ -249,6 +249,49 @@ fn int8_activation_path_is_within_the_rounding_bound_of_the_exact_path() {
     }
 }
 
+/// The packed AVX-512 VNNI path ([`vnni`]) against the AVX2 8-bit path: both multiply the same
+/// 8-bit activations by the same integers, so they differ only in f32 rounding order (per unit
+/// one product `d · dx` and one fused add): within `1e-5 · Σ|w·x|`. Rows not a multiple of 16
+/// (padding), four-token tiles and single tokens, batch invariance.
+#[test]
+fn packed_vnni_path_matches_the_avx2_int8_path() {
+    use kr_model::quant::GgmlType;
+    if !vnni::available() {
+        eprintln!("SKIPPED packed_vnni_path_matches_the_avx2_int8_path: no AVX-512 VNNI here");
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let (m, k, n) = (7, 512, 37);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ] {
+        let w = kr_model::random::encoded_noise("w", ty, n, k, rng.random());
+        let p = packed::pack(&w).expect("packs");
+        let wf = w.to_f32();
+        let x = Mat::new(m, k, random(&mut rng, m * k));
+        let avx2 = CpuBackend::linear_path(&x, &w, None, false);
+        let vn = CpuBackend::linear_packed(&x, &p, None);
+        for i in 0..m {
+            for j in 0..n {
+                let mag: f32 = (0..k)
+                    .map(|c| (wf[j * k + c] * x.data[i * k + c]).abs())
+                    .sum();
+                let (a, b) = (vn.data[i * n + j], avx2.data[i * n + j]);
+                assert!(
+                    (a - b).abs() <= 1e-5 * mag,
+                    "{ty:?} ({i},{j}): vnni {a} avx2 {b}"
+                );
+            }
+            let alone = CpuBackend::linear_packed(&Mat::new(1, k, x.row(i).to_vec()), &p, None);
+            assert_eq!(alone.data, vn.row(i), "{ty:?} row {i} alone vs batched");
+        }
+    }
+}
+
 /// Timing of one product on each path (not a check: `cargo test --release -p kr-cpu -- --ignored
 /// --nocapture linear_speed`).
 #[test]
@@ -261,16 +304,23 @@ fn linear_speed() {
         let w = kr_model::random::encoded_noise("w", ty, n, k, 1);
         for m in [1, 4] {
             let x = Mat::new(m, k, random(&mut rng, m * k));
-            for exact in [true, false] {
+            let packed = packed::pack(&w).filter(|_| vnni::available());
+            for path in ["exact", "avx2", "vnni"] {
+                let run = || match path {
+                    "vnni" => packed
+                        .as_ref()
+                        .map(|p| CpuBackend::linear_packed(&x, p, None)),
+                    _ => Some(CpuBackend::linear_path(&x, &w, None, path == "exact")),
+                };
                 let t0 = std::time::Instant::now();
                 let reps = 20;
                 for _ in 0..reps {
-                    std::hint::black_box(CpuBackend::linear_path(&x, &w, None, exact));
+                    std::hint::black_box(run());
                 }
                 let s = t0.elapsed().as_secs_f64() / reps as f64;
                 let gbs = w.bytes.as_slice().len() as f64 / s / 1e9;
                 println!(
-                    "{ty:?} m={m} exact={exact}: {:.2} ms, {gbs:.1} GB/s of weights",
+                    "{ty:?} m={m} {path}: {:.2} ms, {gbs:.1} GB/s of weights",
                     s * 1e3
                 );
             }
