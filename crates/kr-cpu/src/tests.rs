@@ -299,10 +299,13 @@ fn packed_vnni_path_matches_the_avx2_int8_path() {
 fn linear_speed() {
     use kr_model::quant::GgmlType;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let (k, n) = (2048, 8192);
+    let (k, n) = (
+        2048,
+        std::env::var("KR_SPEED_ROWS").map_or(8192, |v| v.parse().unwrap_or(8192)),
+    );
     for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
         let w = kr_model::random::encoded_noise("w", ty, n, k, 1);
-        for m in [1, 4] {
+        for m in [1, 4, 64] {
             let x = Mat::new(m, k, random(&mut rng, m * k));
             let packed = packed::pack(&w).filter(|_| vnni::available());
             for path in ["exact", "avx2", "vnni"] {
@@ -326,4 +329,28 @@ fn linear_speed() {
             }
         }
     }
+}
+
+/// Activation quantisation: every value `round_ties_even(x / dx)` in place (the vector path
+/// keeps element order), exact halves rounded to even, and the half-block sums.
+#[test]
+fn activation_quantisation_rounds_to_nearest_even_in_order() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut data = random(&mut rng, 3 * 64);
+    // Block 0: max 127 so dx = 1 and these are exact ties.
+    data[..6].copy_from_slice(&[127.0, 2.5, -3.5, 0.5, -0.5, 1.5]);
+    let x = Mat::new(3, 64, data);
+    let a = q8dot::quantize(&x);
+    for (b, xb) in x.data.chunks_exact(32).enumerate() {
+        let d = xb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        let want: Vec<i8> = xb
+            .iter()
+            .map(|v| (v * (1.0 / d)).round_ties_even() as i8)
+            .collect();
+        assert_eq!(&a.q[32 * b..32 * b + 32], &want[..], "block {b}");
+        assert_eq!(a.d[b], d);
+        let h0: i32 = want[..16].iter().map(|&q| q as i32).sum();
+        assert_eq!(a.half[2 * b], h0);
+    }
+    assert_eq!(&a.q[..6], &[127, 2, -4, 0, 0, 2]);
 }

@@ -31,6 +31,9 @@ pub fn available() -> bool {
     })
 }
 
+/// Tokens multiplied per decoded weight unit.
+const TILE: usize = 4;
+
 /// Activation bytes kept in L2 while every weight group streams past them.
 const TOKEN_BLOCK_BYTES: usize = 256 * 1024;
 
@@ -40,7 +43,7 @@ pub fn matmul(w: &Packed, x: &Q8Acts) -> Vec<f32> {
     let (k, n) = (w.cols, w.rows);
     assert_eq!(x.k, k, "vnni: {} input features for {k}", x.k);
     let m = x.q.len() / k;
-    let block = (TOKEN_BLOCK_BYTES / k).max(4) / 4 * 4;
+    let block = (TOKEN_BLOCK_BYTES / k).max(TILE) / TILE * TILE;
     let mut y = vec![0f32; m * n];
     let mut gy = Vec::new();
     let mut t0 = 0;
@@ -65,13 +68,13 @@ pub fn matmul(w: &Packed, x: &Q8Acts) -> Vec<f32> {
 /// Group `g` against tokens `t0 ..` (`out.len() / 16` of them), four at a time.
 fn group_tokens(w: &Packed, g: usize, x: &Q8Acts, t0: usize, out: &mut [f32]) {
     let grp = w.group(g);
-    let mut tiles = out.chunks_exact_mut(4 * ROWS);
+    let mut tiles = out.chunks_exact_mut(TILE * ROWS);
     let mut t = t0;
     for tile in &mut tiles {
-        let toks = [0, 1, 2, 3].map(|i| Tok::of(x, t + i));
+        let toks: [Tok; TILE] = std::array::from_fn(|i| Tok::of(x, t + i));
         // SAFETY: `available()` was asserted; `grp` is one whole group of `w.ty` for `x.k`.
-        unsafe { dispatch::<4>(w.ty, grp, x.k, &toks, tile) };
-        t += 4;
+        unsafe { dispatch::<TILE>(w.ty, grp, x.k, &toks, tile) };
+        t += TILE;
     }
     for one in tiles.into_remainder().chunks_exact_mut(ROWS) {
         let toks = [Tok::of(x, t)];
