@@ -3,8 +3,6 @@
 //! Invariant: `dot` and each lane of `dot4` perform the same operations in the same order,
 //! so a value does not depend on which of the two computed it (batch invariance).
 
-use kr_model::KvLayout;
-
 const LANES: usize = 16;
 
 #[allow(dead_code)]
@@ -171,51 +169,5 @@ mod portable {
             out[r] = s;
         }
         out
-    }
-}
-
-/// Causal attention of one query row (all heads) over the first `ctx` cached tokens.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_row(
-    q: &[f32],
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-    ctx: usize,
-    table: &[u32],
-    kc: &[f32],
-    vc: &[f32],
-    l: &KvLayout,
-    num_heads: usize,
-) {
-    let (hd, kvh) = (l.head_dim, l.num_kv_heads);
-    let group = num_heads / kvh;
-    let width = kvh * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let slot =
-        |p: usize| (table[p / l.block_size] as usize * l.block_size + p % l.block_size) * width;
-    scores.resize(ctx, 0.0);
-    for h in 0..num_heads {
-        let kv_off = (h / group) * hd;
-        let qh = &q[h * hd..(h + 1) * hd];
-        let mut max = f32::NEG_INFINITY;
-        for (p, s) in scores.iter_mut().enumerate() {
-            let o = slot(p) + kv_off;
-            *s = dot(qh, &kc[o..o + hd]) * scale;
-            max = max.max(*s);
-        }
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let oh = &mut out[h * hd..(h + 1) * hd];
-        oh.fill(0.0);
-        for (p, &s) in scores.iter().enumerate() {
-            let o = slot(p) + kv_off;
-            let wgt = s / sum;
-            for (acc, &v) in oh.iter_mut().zip(&vc[o..o + hd]) {
-                *acc = wgt.mul_add(v, *acc);
-            }
-        }
     }
 }

@@ -6,6 +6,7 @@
 //! floating-point operations whatever the batch size or composition, so a request's output
 //! is bit-identical alone and batched. `linear` therefore never switches algorithm by `m`.
 
+mod attention;
 mod kernels;
 pub mod packed;
 pub mod q8dot;
@@ -346,24 +347,22 @@ impl Backend for CpuBackend {
             .flat_map(|(i, s)| std::iter::repeat_n(i, s.q_len))
             .collect();
         let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-        out.data
-            .par_chunks_mut(q.cols)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (row, o)| {
+        out.data.par_chunks_mut(q.cols).enumerate().for_each_init(
+            attention::Scratch::default,
+            |scratch, (row, o)| {
                 let s = &meta.seqs[row_seq[row]];
                 let pos = s.ctx_len - s.q_len + (row - s.q_start);
-                kernels::attend_row(
-                    q.row(row),
-                    o,
-                    scores,
-                    pos + 1,
-                    &s.block_table,
+                let ctx = attention::RowCtx {
+                    ctx: pos + 1,
+                    table: &s.block_table,
                     kc,
                     vc,
-                    &cache.layout,
+                    layout: &cache.layout,
                     num_heads,
-                );
-            });
+                };
+                attention::attend_row(q.row(row), o, scratch, &ctx);
+            },
+        );
         out
     }
 

@@ -58,10 +58,18 @@ fn naive_attention(
     out
 }
 
+/// Head sizes for the vector path (8, 64 + 8, 2 × 64 + 8: whole and partial register chunks)
+/// and the per-key fallback (12); 9 and 20 keys (whole and partial blocks of 8).
 #[test]
 fn paged_attention_matches_dense_with_ragged_batch_and_scattered_blocks() {
+    for (hd, cached) in [(8, 6), (8, 17), (12, 17), (72, 17), (136, 6)] {
+        check_paged_attention(hd, cached);
+    }
+}
+
+fn check_paged_attention(hd: usize, cached_a: usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let (heads, kvh, hd, bs) = (4, 2, 8, 4);
+    let (heads, kvh, bs) = (4, 2, 4);
     let layout = KvLayout {
         num_layers: 1,
         num_blocks: 16,
@@ -70,9 +78,12 @@ fn paged_attention_matches_dense_with_ragged_batch_and_scattered_blocks() {
         head_dim: hd,
     };
     let mut cache = CpuBackend.new_kv_cache(layout);
-    // Sequence A: 6 cached + 3 new tokens in blocks [9, 2, 14]; sequence B: 1 decode token
+    // Sequence A: `cached_a` cached + 3 new tokens in blocks [9, 2, 14, 7, 11]; sequence B: 1 decode token
     // at position 4 in blocks [5, 0] (block ids with holes and out of order).
-    let seqs = [(vec![9u32, 2, 14], 6usize, 3usize), (vec![5, 0], 4, 1)];
+    let seqs = [
+        (vec![9u32, 2, 14, 7, 11], cached_a, 3usize),
+        (vec![5, 0], 4, 1),
+    ];
     let width = kvh * hd;
     let mut all_k: Vec<Vec<Vec<f32>>> = Vec::new();
     let mut all_v: Vec<Vec<Vec<f32>>> = Vec::new();
@@ -130,7 +141,7 @@ fn paged_attention_matches_dense_with_ragged_batch_and_scattered_blocks() {
             let want =
                 naive_attention(q.row(row), &all_k[s][..=p], &all_v[s][..=p], heads, kvh, hd);
             for (a, b) in out.row(row).iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "seq {s} pos {p}: {a} vs {b}");
+                assert!((a - b).abs() < 1e-5, "hd {hd} seq {s} pos {p}: {a} vs {b}");
             }
             row += 1;
         }
