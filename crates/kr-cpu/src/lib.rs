@@ -52,6 +52,12 @@ impl CpuKvCache {
     }
 }
 
+/// Runs `f` (a whole forward step) on a worker of rayon's pool, so the step's many parallel
+/// loops split work among workers directly instead of each waking the pool from outside.
+pub fn run_in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// A weight on the CPU: the file's tensor (embedding rows, the exact path, the AVX2 path) and,
 /// made on first use where this CPU has AVX-512 VNNI and the type has one, its
 /// [`packed::Packed`] copy for the [`vnni`] kernels (lazily, so an embedding table that is

@@ -3,10 +3,11 @@
 //! up to four tokens per decoded weight unit, chosen at run time ([`available`]).
 //!
 //! Canonical computation of one output (batch invariance): per 32-value unit in order, the
-//! integer sum of its first 16 products plus that of its last 16, offset and scaled in i32 as
-//! the type defines (Q4_0: `− 8 Σqx`, Q8_0: `− 128 Σqx`, Q4_K: `× scale`, Q6_K: per half
-//! `(· − 32 Σqx) × scale`), converted to f32 and added with one fused multiply-add by
-//! `d · dx`; Q4_1 and Q4_K then add their mins times `dx Σqx` with a second one. A token's
+//! integer sum of its first 16 products plus that of its last 16, offset in i32 as the type
+//! defines (Q4_0: `− 8 Σqx`, Q8_0: `− 128 Σqx`), converted to f32 and added with one fused
+//! multiply-add by `d · dx` (Q4_K: `d` = super-scale × sub-scale); Q4_1 adds its min times
+//! `dx Σqx` with a second one, Q4_K subtracts `dmin · min · dx Σqx`; Q6_K adds each half
+//! `(Σ − 32 Σqx)` times `d · scale · dx`. A token's
 //! sequence is the same alone and in any tile, so outputs are bit-identical across batch sizes.
 //! It differs from [`crate::q8dot`]'s AVX2 order only in rounding.
 
@@ -43,6 +44,15 @@ pub fn matmul(w: &Packed, x: &Q8Acts) -> Vec<f32> {
     let (k, n) = (w.cols, w.rows);
     assert_eq!(x.k, k, "vnni: {} input features for {k}", x.k);
     let m = x.q.len() / k;
+    if m == 1 {
+        // One token: the group outputs are the row outputs, padded to whole groups.
+        let mut y = vec![0f32; w.groups() * ROWS];
+        y.par_chunks_mut(ROWS)
+            .enumerate()
+            .for_each(|(g, out)| group_tokens(w, g, x, 0, out));
+        y.truncate(n);
+        return y;
+    }
     let block = (TOKEN_BLOCK_BYTES / k).max(TILE) / TILE * TILE;
     let mut y = vec![0f32; m * n];
     let mut gy = Vec::new();
@@ -240,7 +250,8 @@ mod avx512 {
         store(&acc, out);
     }
 
-    /// Q4_K: super-block f16 `d`, `dmin`; per unit 6-bit scale and min.
+    /// Q4_K: super-block f16 `d`, `dmin`; per unit 6-bit scale and min, turned into the unit's
+    /// f32 `d · scale` and `dmin · min` once for all tokens (exact: 11 × 6 bits).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
     pub unsafe fn q4_k<const T: usize>(grp: &[u8], k: usize, toks: &[Tok; T], out: &mut [f32]) {
         let (ub, sh) = (unit_bytes(GgmlType::Q4K), super_header_bytes(GgmlType::Q4K));
@@ -250,27 +261,40 @@ mod avx512 {
             let (dd, dmin) = (halfs_at(sp), halfs_at(sp.add(32)));
             for j in 0..8 {
                 let p = sp.add(sh + j * ub);
-                let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i));
-                let mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
-                    p.add(16) as *const __m128i
-                )));
+                let d = _mm512_mul_ps(dd, bytes_as_f32(p));
+                let m = _mm512_mul_ps(dmin, bytes_as_f32(p.add(16)));
                 let w = nibble_quads(p.add(32));
                 let u = 8 * s + j;
                 for t in 0..T {
                     let tok = &toks[t];
                     let (a, b) = halves(&w, tok.q.as_ptr().add(32 * u));
-                    let i = _mm512_mullo_epi32(_mm512_add_epi32(a, b), sc);
                     let dx = _mm512_set1_ps(*tok.d.get_unchecked(u));
-                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dd, dx), acc[t]);
-                    let ms = _mm512_mul_ps(dmin, _mm512_set1_ps(*tok.sum.get_unchecked(u)));
-                    acc[t] = _mm512_fnmadd_ps(mn, ms, acc[t]);
+                    let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, b));
+                    acc[t] = _mm512_fmadd_ps(i, _mm512_mul_ps(d, dx), acc[t]);
+                    let ms = _mm512_mul_ps(m, _mm512_set1_ps(*tok.sum.get_unchecked(u)));
+                    acc[t] = _mm512_sub_ps(acc[t], ms);
                 }
             }
         }
         store(&acc, out);
     }
 
-    /// Q6_K: super-block f16 `d`; per 16 values an int8 scale; weights stored plus 32.
+    /// 16 unsigned bytes at `p` as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn bytes_as_f32(p: *const u8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)))
+    }
+
+    /// 16 signed bytes at `p` as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn signed_bytes_as_f32(p: *const u8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+    }
+
+    /// Q6_K: super-block f16 `d`; per 16 values an int8 scale (`d · scale` exact in f32);
+    /// weights stored plus 32.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
     pub unsafe fn q6_k<const T: usize>(grp: &[u8], k: usize, toks: &[Tok; T], out: &mut [f32]) {
         let (ub, sh) = (unit_bytes(GgmlType::Q6K), super_header_bytes(GgmlType::Q6K));
@@ -280,8 +304,8 @@ mod avx512 {
             let dd = halfs_at(sp);
             for j in 0..8 {
                 let p = sp.add(sh + j * ub);
-                let sc0 = _mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i));
-                let sc1 = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(16) as *const __m128i));
+                let d0 = _mm512_mul_ps(dd, signed_bytes_as_f32(p));
+                let d1 = _mm512_mul_ps(dd, signed_bytes_as_f32(p.add(16)));
                 let w = q6_quads(p.add(32));
                 let u = 8 * s + j;
                 for t in 0..T {
@@ -291,13 +315,11 @@ mod avx512 {
                         *tok.half.get_unchecked(2 * u),
                         *tok.half.get_unchecked(2 * u + 1),
                     );
-                    let a =
-                        _mm512_mullo_epi32(_mm512_sub_epi32(a, _mm512_set1_epi32(32 * h0)), sc0);
-                    let b =
-                        _mm512_mullo_epi32(_mm512_sub_epi32(b, _mm512_set1_epi32(32 * h1)), sc1);
+                    let a = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, _mm512_set1_epi32(32 * h0)));
+                    let b = _mm512_cvtepi32_ps(_mm512_sub_epi32(b, _mm512_set1_epi32(32 * h1)));
                     let dx = _mm512_set1_ps(*tok.d.get_unchecked(u));
-                    let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, b));
-                    acc[t] = _mm512_fmadd_ps(i, _mm512_mul_ps(dd, dx), acc[t]);
+                    acc[t] = _mm512_fmadd_ps(a, _mm512_mul_ps(d0, dx), acc[t]);
+                    acc[t] = _mm512_fmadd_ps(b, _mm512_mul_ps(d1, dx), acc[t]);
                 }
             }
         }

@@ -105,7 +105,9 @@ impl Runner {
     /// Logits of `meta.logit_rows` for one packed batch, row-major `[rows, vocab]`.
     pub fn forward(&mut self, ids: &[u32], meta: &AttnMeta) -> Result<Vec<f32>> {
         match self {
-            Self::Cpu(c) => Ok(c.decoder.forward(ids, meta, &mut c.cache)),
+            Self::Cpu(c) => Ok(kr_cpu::run_in_pool(|| {
+                c.decoder.forward(ids, meta, &mut c.cache)
+            })),
             Self::Cuda(m) => Ok(m.forward(ids, meta)?),
         }
     }
