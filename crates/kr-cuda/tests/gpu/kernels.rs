@@ -143,8 +143,8 @@ fn residual_adds_norms_and_long_rows_match_cpu() {
             );
         }
         for (name, (gw, cw)) in [("o", &o), ("wide", &wide)] {
-            let (ga, ca) = up(rows, cw.cols, 6);
-            let (mut gr, mut cr) = up(rows, cw.rows, 7);
+            let (ga, ca) = up(rows, cw.raw.cols, 6);
+            let (mut gr, mut cr) = up(rows, cw.raw.rows, 7);
             g.linear_add(&mut gr, &ga, gw);
             c.linear_add(&mut cr, &ca, cw);
             check(&format!("linear_add {name} {rows}"), &gr, &cr);
@@ -204,13 +204,13 @@ fn bf16_projections_match_cpu_for_every_token_count() {
             &ggu,
             &c.linear_gate_up(&cx, &gate.1, &up.1),
         );
-        let residual = bf16_values(t * o.1.rows, 60 + t as u64);
-        let mut gr = g.upload_tensor(t, o.1.rows, &residual);
-        let mut cr = kr_cpu::Mat::new(t, o.1.rows, residual);
-        let a = bf16_values(t * o.1.cols, 80 + t as u64);
+        let residual = bf16_values(t * o.1.raw.rows, 60 + t as u64);
+        let mut gr = g.upload_tensor(t, o.1.raw.rows, &residual);
+        let mut cr = kr_cpu::Mat::new(t, o.1.raw.rows, residual);
+        let a = bf16_values(t * o.1.raw.cols, 80 + t as u64);
         let (ga, ca) = (
-            g.upload_tensor(t, o.1.cols, &a),
-            kr_cpu::Mat::new(t, o.1.cols, a),
+            g.upload_tensor(t, o.1.raw.cols, &a),
+            kr_cpu::Mat::new(t, o.1.raw.cols, a),
         );
         g.linear_add(&mut gr, &ga, &o.0);
         c.linear_add(&mut cr, &ca, &o.1);
