@@ -341,6 +341,10 @@ pub struct BenchPerplexityArgs {
     /// Score at most this many chunks (llama-perplexity's --chunks).
     #[arg(long)]
     pub chunks: Option<usize>,
+    /// Also compare every scored distribution with the log-probs llama-perplexity saved with
+    /// `--kl-divergence-base FILE` (same text and -c): KL divergence, top-token agreement.
+    #[arg(long)]
+    pub kl_divergence_base: Option<PathBuf>,
     /// Write the JSON report here (default: print it).
     #[arg(long)]
     pub out: Option<PathBuf>,

@@ -15,6 +15,7 @@ pub mod compare;
 pub mod dataset;
 pub mod engine;
 pub mod gpu;
+pub mod kld;
 pub mod overhead;
 pub mod perplexity;
 pub mod plot;

@@ -12,6 +12,7 @@
 //! Invariant: the text must hold at least two chunks (llama.cpp's rule). Nothing is sampled:
 //! logits come back as f32 and the log-softmax is taken in f64.
 
+use super::kld::{KlBase, Kld};
 use super::{build_commit, command_line, commit, emit_json, machine, unix_time};
 use crate::cli::BenchPerplexityArgs;
 use crate::error::{CliError, Result};
@@ -56,8 +57,14 @@ impl Nll {
 }
 
 /// Scores one chunk: evaluates `window` in steps of at most `budget` tokens and adds the NLL of
-/// every token after position `ctx / 2`.
-fn score_chunk(runner: &mut Runner, window: &[u32], budget: usize, nll: &mut Nll) -> Result<()> {
+/// every token after position `ctx / 2` (and its KL divergence from `kl`'s base).
+fn score_chunk(
+    runner: &mut Runner,
+    window: &[u32],
+    budget: usize,
+    nll: &mut Nll,
+    mut kl: Option<&mut (KlBase, Kld)>,
+) -> Result<()> {
     let ctx = window.len();
     let first = ctx / 2;
     let block_table: Vec<u32> = (0..ctx.div_ceil(BLOCK) as u32).collect();
@@ -83,6 +90,9 @@ fn score_chunk(runner: &mut Runner, window: &[u32], budget: usize, nll: &mut Nll
         let vocab = logits.len() / meta.logit_rows.len().max(1);
         for (row, &r) in logits.chunks_exact(vocab.max(1)).zip(&meta.logit_rows) {
             nll.add(row, window[done + r + 1]);
+            if let Some((base, kld)) = kl.as_deref_mut() {
+                kld.add(row, base)?;
+            }
         }
         done += n;
     }
@@ -121,7 +131,16 @@ pub fn bench_perplexity(args: BenchPerplexityArgs, inputs: &Inputs) -> Result<()
     c.device = c.device.resolve();
     let model = load_model(std::path::Path::new(&c.model))?;
     let (mut tokens, bos) = text_tokens(&args, &model)?;
-    let chunks = (tokens.len() / ctx).min(args.chunks.unwrap_or(usize::MAX));
+    let mut chunks = (tokens.len() / ctx).min(args.chunks.unwrap_or(usize::MAX));
+    let mut kl = match &args.kl_divergence_base {
+        Some(path) => {
+            let base = KlBase::open(path, ctx)?;
+            base.check(&tokens, model.weights.config.vocab_size)?;
+            chunks = chunks.min(base.chunks);
+            Some((base, Kld::default()))
+        }
+        None => None,
+    };
     let mut cfg = c.engine_config();
     cfg.max_num_seqs = ctx / 2 + 1;
     cfg.cuda_graphs = false;
@@ -135,7 +154,7 @@ pub fn bench_perplexity(args: BenchPerplexityArgs, inputs: &Inputs) -> Result<()
         if let Some(b) = bos {
             window[0] = b;
         }
-        score_chunk(&mut runner, window, budget, &mut nll)?;
+        score_chunk(&mut runner, window, budget, &mut nll, kl.as_mut())?;
         eprint!("[{}]{:.4},", i + 1, nll.ppl());
     }
     eprintln!();
@@ -147,6 +166,9 @@ pub fn bench_perplexity(args: BenchPerplexityArgs, inputs: &Inputs) -> Result<()
         chunks,
         nll.count
     );
+    if let Some((_, k)) = &kl {
+        eprintln!("Against the KL base: {}", k.report());
+    }
     let report = json!({
         "benchmark": "perplexity",
         "model": c.model,
@@ -159,6 +181,7 @@ pub fn bench_perplexity(args: BenchPerplexityArgs, inputs: &Inputs) -> Result<()
         "add_bos": bos.is_some(),
         "perplexity": nll.ppl(),
         "perplexity_error": nll.ppl_error(),
+        "kl_divergence": kl.as_ref().map(|(_, k)| k.report()),
         "seconds": secs,
         "machine": machine(),
         "commit": commit(),

@@ -1,0 +1,64 @@
+# Random-weight Llama GGUF (bf16 matrices, f32 norms) with a real Llama-3 vocab copied from a
+# llama.cpp vocab GGUF, so llama.cpp and kr-serve load the very same file.
+# (../shared/peers/make_random_gguf.py, extended: STD=0.25 in the environment draws larger
+# weights, so that a random model's next-token distributions are peaked and a wrong weight
+# decoder changes perplexity visibly; the default 0.02 gives nearly uniform logits.)
+import os
+import sys, time, numpy as np
+try:
+    import torch
+except ImportError:
+    torch = None
+gguf_py, vocab_path, out, preset = sys.argv[1:5]
+sys.path.insert(0, gguf_py)
+import gguf
+P = {
+ "llama-3.1-8b": dict(hidden=4096, layers=32, ffn=14336, heads=32, kv=8, tied=False),
+ "llama-3.2-1b": dict(hidden=2048, layers=16, ffn=8192, heads=32, kv=8, tied=True),
+ "tiny": dict(hidden=256, layers=2, ffn=512, heads=4, kv=2, tied=False),
+}[preset]
+r = gguf.GGUFReader(vocab_path)
+w = gguf.GGUFWriter(out, "llama")
+vocab = None
+for f in r.fields.values():
+    if not f.name.startswith("tokenizer."):
+        continue
+    t = f.types[0]; sub = f.types[-1] if t == gguf.GGUFValueType.ARRAY else None
+    v = f.contents()
+    if f.name == "tokenizer.ggml.tokens": vocab = len(v)
+    w.add_key_value(f.name, v, t, sub_type=sub)
+h, hd = P["hidden"], P["hidden"] // P["heads"]
+w.add_context_length(131072); w.add_embedding_length(h); w.add_block_count(P["layers"])
+w.add_feed_forward_length(P["ffn"]); w.add_head_count(P["heads"]); w.add_head_count_kv(P["kv"])
+w.add_rope_freq_base(500000.0); w.add_layer_norm_rms_eps(1e-5); w.add_rope_dimension_count(hd)
+w.add_vocab_size(vocab); w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
+STD = float(os.environ.get("STD", "0.02"))
+rng = np.random.default_rng(0)
+if torch is not None and torch.cuda.is_available():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    def bf16(rows, cols):
+        x = (torch.randn(rows, cols, generator=g, device="cuda") * STD).to(torch.bfloat16)
+        return x.view(torch.int16).cpu().numpy().view(np.uint16)
+else:
+    def bf16(rows, cols):
+        x = rng.standard_normal((rows, cols), dtype=np.float32) * STD
+        return (x.view(np.uint32) >> 16).astype(np.uint16)
+def mat(name, rows, cols):
+    w.add_tensor(name, bf16(rows, cols), raw_shape=(rows, cols), raw_dtype=gguf.GGMLQuantizationType.BF16)
+def norm(name):
+    w.add_tensor(name, np.ones(h, dtype=np.float32))
+t0 = time.time()
+mat("token_embd.weight", vocab, h)
+for i in range(P["layers"]):
+    b = f"blk.{i}."
+    norm(b + "attn_norm.weight")
+    mat(b + "attn_q.weight", h, h); mat(b + "attn_k.weight", P["kv"] * hd, h)
+    mat(b + "attn_v.weight", P["kv"] * hd, h); mat(b + "attn_output.weight", h, h)
+    norm(b + "ffn_norm.weight")
+    mat(b + "ffn_gate.weight", P["ffn"], h); mat(b + "ffn_up.weight", P["ffn"], h)
+    mat(b + "ffn_down.weight", h, P["ffn"])
+norm("output_norm.weight")
+if not P["tied"]:
+    mat("output.weight", vocab, h)
+w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+print(f"{out}: vocab {vocab}, {time.time()-t0:.1f} s")
