@@ -59,12 +59,16 @@ fn assert_encodes(tok: &Tokenizer, cases: &[(String, Vec<u32>)], what: &str) {
     );
 }
 
-fn check(name: &str) {
+/// Checks vocab `name` against llama.cpp's vectors; `add_bos` is what llama.cpp does for a
+/// file without `tokenizer.ggml.add_bos_token` (these files have none): SentencePiece and the
+/// Llama 3 pre-tokenizer add BOS, other byte-level BPE vocabularies do not.
+fn check(name: &str, add_bos: bool) {
     let Some(path) = test_models::path(&format!("vocab-gguf/ggml-vocab-{name}.gguf")) else {
         return;
     };
     let file = GgufFile::open(&path).expect("vocab GGUF opens");
     let tok = Tokenizer::from_gguf(&file).expect("tokenizer builds");
+    assert_eq!(tok.add_bos, add_bos, "{name}: adds BOS");
     let cases = vectors(name);
     assert_encodes(&tok, &cases, name);
     // Decoding gives the text back (SentencePiece: minus the space prefix it added).
@@ -84,7 +88,7 @@ fn check(name: &str) {
 )]
 #[test]
 fn gpt2() {
-    check("gpt-2");
+    check("gpt-2", false);
 }
 
 #[cfg_attr(
@@ -93,7 +97,7 @@ fn gpt2() {
 )]
 #[test]
 fn llama_bpe() {
-    check("llama-bpe");
+    check("llama-bpe", true);
 }
 
 #[cfg_attr(
@@ -102,7 +106,7 @@ fn llama_bpe() {
 )]
 #[test]
 fn qwen2() {
-    check("qwen2");
+    check("qwen2", false);
 }
 
 #[cfg_attr(
@@ -111,7 +115,7 @@ fn qwen2() {
 )]
 #[test]
 fn llama_spm() {
-    check("llama-spm");
+    check("llama-spm", true);
 }
 
 #[cfg_attr(
@@ -120,7 +124,7 @@ fn llama_spm() {
 )]
 #[test]
 fn phi3() {
-    check("phi-3");
+    check("phi-3", true);
 }
 
 /// Ids from `models/DIR/tokenizer.json` against the expected ids of vocab `name`.

@@ -204,6 +204,24 @@ fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> std::result::Result<T, E
     }
 }
 
+/// Whether a byte-level BPE vocabulary with pre-tokenizer `pre` adds BOS when the file has no
+/// `tokenizer.ggml.add_bos_token` (llama.cpp's defaults: Llama 3's and a few others do).
+fn bpe_adds_bos_by_default(pre: &str) -> bool {
+    matches!(
+        pre,
+        "llama-v3"
+            | "llama-bpe"
+            | "falcon3"
+            | "falcon-h1"
+            | "pixtral"
+            | "midm-2.0"
+            | "lfm2"
+            | "jina-v5-nano"
+            | "tekken"
+            | "chameleon"
+    )
+}
+
 impl Tokenizer {
     /// Builds the tokenizer stored in a GGUF file's metadata: `gpt2` (byte-level BPE with
     /// merges) or `llama` (SentencePiece with scores and byte fallback).
@@ -213,7 +231,11 @@ impl Tokenizer {
         let types = token_types(f, tokens.len());
         let vocab_size = tokens.len();
         let (inner, (bos_id, eos_ids, add_bos)) = match model.as_str() {
-            "gpt2" => (Inner::Bpe(Box::new(bpe_from_gguf(f, &tokens, &types)?)), special_ids(f, false)),
+            "gpt2" => {
+                let pre = f.get_str("tokenizer.ggml.pre").unwrap_or_default();
+                let ids = special_ids(f, bpe_adds_bos_by_default(pre));
+                (Inner::Bpe(Box::new(bpe_from_gguf(f, &tokens, &types)?)), ids)
+            }
             "llama" => {
                 let ids = special_ids(f, true);
                 (Inner::Spm(Box::new(spm_from_gguf(f, tokens, &types, ids.0)?)), ids)

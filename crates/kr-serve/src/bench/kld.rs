@@ -3,7 +3,8 @@
 //! on the same text and context — either engine on the same file (do the two engines compute
 //! the same model?) or a reference file against a quantised one (what does quantising cost?).
 //!
-//! The file (llama.cpp's format): `i32 n_vocab`, `i32 n_chunk`, `i32 tokens[n_chunk · ctx]`,
+//! The file (llama.cpp's format): the 8 bytes `_logits_`, `u32 ctx`, `i32 n_vocab`,
+//! `i32 n_chunk`, `i32 tokens[n_chunk · ctx]`,
 //! then for every scored token `f32 scale`, `f32 min_log_prob` and `nv − 4` `u16` values `q`
 //! with `nv = 2 ⌈n_vocab / 2⌉ + 4`: `log p_i = min_log_prob + scale · q_i` (the log-probs down
 //! to 16 nats under the top one, 16-bit resolution; `q = 0` at or below that floor).
@@ -30,18 +31,31 @@ fn bad(path: &str, what: String) -> CliError {
 }
 
 impl KlBase {
-    /// Reads the header and tokens; `ctx` must be the base's context (tokens / chunks).
+    /// Reads the header and tokens; `ctx` must be the base's context.
     pub fn open(path: &Path, ctx: usize) -> Result<Self> {
         let name = path.display().to_string();
         let file = std::fs::File::open(path).map_err(|e| bad(&name, e.to_string()))?;
         let mut r = BufReader::new(file);
+        let mut magic = [0u8; 8];
+        if r.read_exact(&mut magic).is_err() || &magic != b"_logits_" {
+            return Err(bad(
+                &name,
+                "not a file of llama-perplexity --kl-divergence-base (no _logits_ header)".into(),
+            ));
+        }
         let mut word = || -> Result<i32> {
             let mut b = [0u8; 4];
             r.read_exact(&mut b)
                 .map_err(|e| bad(&name, format!("header: {e}")))?;
             Ok(i32::from_le_bytes(b))
         };
-        let (vocab, chunks) = (word()?, word()?);
+        let (base_ctx, vocab, chunks) = (word()?, word()?, word()?);
+        if base_ctx as usize != ctx {
+            return Err(bad(
+                &name,
+                format!("written with -c {base_ctx}; pass --ctx {base_ctx}"),
+            ));
+        }
         if !(1..=1 << 24).contains(&vocab) || !(1..=1 << 20).contains(&chunks) {
             return Err(bad(
                 &name,
@@ -185,7 +199,8 @@ mod tests {
             .fold(f32::MAX, |m, &v| m.min(v))
             .max(max - 16.0);
         let scale = (max - min_logit) / 65535.0;
-        let mut bytes = Vec::new();
+        let mut bytes = b"_logits_".to_vec();
+        bytes.extend((ctx as u32).to_le_bytes());
         bytes.extend((vocab as i32).to_le_bytes());
         bytes.extend(1i32.to_le_bytes());
         for t in 0..ctx as i32 {
@@ -199,6 +214,7 @@ mod tests {
         bytes.extend([0u8; 2]); // nv rounds the vocabulary up to even
         let path = std::env::temp_dir().join(format!("kr-kld-{}.bin", std::process::id()));
         std::fs::write(&path, &bytes).unwrap();
+        assert!(KlBase::open(&path, ctx + 1).is_err(), "other context");
         let mut base = KlBase::open(&path, ctx).unwrap();
         assert_eq!(
             (base.vocab, base.chunks, base.tokens.clone()),
