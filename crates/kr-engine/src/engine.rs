@@ -116,6 +116,7 @@ pub(crate) enum Command {
         params: SamplingParams,
         prompt_logprobs: Option<u32>,
         priority: Priority,
+        grammar: Option<Box<crate::grammar::Grammar>>,
         events: UnboundedSender<Event>,
     },
     Abort(RequestId),
@@ -231,6 +232,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         info: Arc::new(info),
         stats,
         next_id: Arc::new(AtomicU64::new(1)),
+        grammars: Arc::default(),
     })
 }
 
@@ -407,8 +409,16 @@ impl EngineLoop {
                 params,
                 prompt_logprobs,
                 priority,
+                grammar,
                 events,
-            } => self.add(id, prompt, params, prompt_logprobs, priority, events),
+            } => self.add(
+                id,
+                prompt,
+                params,
+                (prompt_logprobs, priority),
+                grammar,
+                events,
+            ),
             Command::Abort(id) => self.abort(id),
             Command::AbortAll(reason) => self.abort_all(&reason),
             Command::SetPolicy(cfg) => self.admission.set(cfg, &mut self.sched, &self.stats.sched),
@@ -428,8 +438,8 @@ impl EngineLoop {
         id: RequestId,
         prompt: Vec<u32>,
         params: SamplingParams,
-        prompt_logprobs: Option<u32>,
-        priority: Priority,
+        (prompt_logprobs, priority): (Option<u32>, Priority),
+        grammar: Option<Box<crate::grammar::Grammar>>,
         events: UnboundedSender<Event>,
     ) {
         let mut stop_ids = params.stop_token_ids.clone();
@@ -454,7 +464,7 @@ impl EngineLoop {
             .fetch_add(prompt.len() as u64, Relaxed);
         let live = RequestState {
             events,
-            sampler: Sampler::new(params.clone(), &prompt),
+            sampler: Sampler::new(params.clone(), &prompt).with_grammar(grammar),
             detok: IncrementalDecoder::new(prompt.len()),
             stops: StopMatcher::new(&params.stop),
             queued_since: Some(Instant::now()),

@@ -10,6 +10,13 @@ pub enum EngineError {
     UnsupportedFormat { path: String },
     #[error("the model has no chat template; send a raw prompt instead")]
     NoChatTemplate,
+    /// A request's constraint (JSON schema, regex, grammar, choices) the grammar engine
+    /// cannot compile; `field` is the request field it came from.
+    #[error("{field}: {message}")]
+    Grammar {
+        field: &'static str,
+        message: String,
+    },
     #[error("the engine has stopped")]
     Stopped,
     #[error("invalid engine configuration: {0}")]

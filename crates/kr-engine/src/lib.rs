@@ -8,6 +8,7 @@ mod admission;
 mod batch;
 mod engine;
 mod error;
+pub mod grammar;
 mod handle;
 mod histogram;
 mod inspect;
@@ -20,6 +21,7 @@ mod validate;
 
 pub use engine::{start, EngineConfig};
 pub use error::{EngineError, Result};
+pub use grammar::{CompiledGrammar, Constraint, ConstraintKind, GrammarCompiler};
 pub use handle::{
     EngineHandle, Event, GenerateRequest, ModelInfo, Prompt, RequestOptions, RequestStream, Usage,
 };

@@ -4,6 +4,7 @@
 //! Invariant: a request's sampler draws exactly one uniform number from its own seeded RNG
 //! per sampled token, so the same seed gives the same tokens whatever else is batched.
 
+use crate::grammar::Grammar;
 use kr_core::SamplingParams;
 use kr_model::RowSampling;
 use rand::{Rng, SeedableRng};
@@ -23,6 +24,8 @@ pub struct Sampler {
     rng: ChaCha8Rng,
     seen: HashSet<u32>,
     output_counts: HashMap<u32, u32>,
+    /// The request's output constraint: applied last, so only tokens it allows are drawn.
+    grammar: Option<Box<Grammar>>,
 }
 
 impl Sampler {
@@ -39,12 +42,22 @@ impl Sampler {
             params,
             seen,
             output_counts: HashMap::new(),
+            grammar: None,
         }
+    }
+
+    /// Holds the output to `grammar` (none: unconstrained).
+    pub fn with_grammar(mut self, grammar: Option<Box<Grammar>>) -> Self {
+        self.grammar = grammar;
+        self
     }
 
     /// Picks the next token from `logits` (modified in place) and records it.
     pub fn sample(&mut self, logits: &mut [f32]) -> (u32, Option<TokenLogprobs>) {
         self.apply_penalties(logits);
+        if let Some(g) = &mut self.grammar {
+            g.mask(logits);
+        }
         let token = if self.params.is_greedy() {
             argmax(logits)
         } else {
@@ -58,6 +71,9 @@ impl Sampler {
             self.seen.insert(token);
         }
         *self.output_counts.entry(token).or_default() += 1;
+        if let Some(g) = &mut self.grammar {
+            g.accept(token);
+        }
         (token, logprobs)
     }
 
@@ -65,7 +81,8 @@ impl Sampler {
     /// this request needs them on the host (logprobs, penalties, logit bias).
     pub fn device_samplable(&self) -> bool {
         let p = &self.params;
-        p.logprobs.is_none()
+        self.grammar.is_none()
+            && p.logprobs.is_none()
             && p.logit_bias.is_empty()
             && p.repetition_penalty == 1.0
             && p.presence_penalty == 0.0
@@ -94,6 +111,9 @@ impl Sampler {
             self.seen.insert(token);
         }
         *self.output_counts.entry(token).or_default() += 1;
+        if let Some(g) = &mut self.grammar {
+            g.accept(token);
+        }
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {

@@ -7,6 +7,7 @@
 //! renames it at its edge.
 
 use crate::error::Result;
+use crate::grammar::CompiledGrammar;
 use crate::handle::{EngineHandle, RequestOptions};
 use kr_core::sampling::MAX_TOP_LOGPROBS;
 use kr_core::{CoreError, SamplingParams};
@@ -29,6 +30,7 @@ pub struct ValidatedRequest {
     pub(crate) prompt: Vec<u32>,
     pub(crate) params: SamplingParams,
     pub(crate) options: RequestOptions,
+    pub(crate) grammar: Option<CompiledGrammar>,
 }
 
 fn invalid(param: &'static str, value: impl ToString, allowed: String) -> CoreError {
@@ -59,10 +61,23 @@ impl EngineHandle {
         {
             return Err(invalid("prompt_logprobs", n, format!("0..={MAX_TOP_LOGPROBS}")).into());
         }
+        let grammar = match &draft.options.constraint {
+            None => None,
+            Some(_) if params.ignore_eos => {
+                return Err(invalid(
+                    "ignore_eos",
+                    true,
+                    "false with a constrained output (it ends where the grammar does)".into(),
+                )
+                .into())
+            }
+            Some(c) => Some(self.grammar_compiler()?.compile(c)?),
+        };
         Ok(ValidatedRequest {
             prompt,
             params,
             options: draft.options,
+            grammar,
         })
     }
 

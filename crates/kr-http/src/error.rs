@@ -135,6 +135,7 @@ impl From<EngineError> for ApiError {
             },
             EngineError::Core(CoreError::EmptyPrompt) => ApiError::bad("prompt", e.to_string()),
             EngineError::NoChatTemplate => ApiError::bad("messages", e.to_string()),
+            EngineError::Grammar { field, .. } => ApiError::bad(field, e.to_string()),
             EngineError::Stopped => ApiError::Unavailable,
             other => ApiError::Internal(other.to_string()),
         }

@@ -12,7 +12,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kr_engine::{ChatMessage, FinishReason, Prompt, RequestOptions, SamplingParams, Usage};
+use kr_engine::{
+    ChatMessage, Constraint, ConstraintKind, FinishReason, Prompt, RequestOptions, SamplingParams,
+    Usage,
+};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -104,16 +107,42 @@ fn to_params(
     Ok((p, num_predict))
 }
 
-/// Runs one request and answers NDJSON (streaming) or one JSON object.
-async fn run(
-    state: AppState,
-    arrived: Instant,
+/// One Ollama generate or chat request, as [`run`] takes it.
+struct RunSpec {
     model: String,
     prompt: Prompt,
-    opts: Option<Options>,
+    options: Option<Options>,
+    format: Option<Value>,
     stream: bool,
     chat: bool,
-) -> Result<Response> {
+}
+
+/// Ollama `format`: `"json"` (any JSON object) or a JSON schema; `""`/absent: free text.
+fn format_constraint(format: Option<&Value>) -> std::result::Result<Option<Constraint>, ApiError> {
+    let c = |k| Ok(Some(Constraint::new("format", k)));
+    match format {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => c(ConstraintKind::JsonObject),
+        Some(v @ Value::Object(_)) => c(ConstraintKind::JsonSchema(v.clone())),
+        Some(other) => Err(ApiError::bad(
+            "format",
+            format!("invalid value {other} for `format`: allowed \"json\" or a JSON schema object"),
+        )),
+    }
+}
+
+/// Runs one request and answers NDJSON (streaming) or one JSON object.
+async fn run(state: AppState, arrived: Instant, spec: RunSpec) -> Result<Response> {
+    let RunSpec {
+        model,
+        prompt,
+        options: opts,
+        format,
+        stream,
+        chat,
+    } = spec;
+    let constraint = format_constraint(format.as_ref())?;
     let (params, num_predict) = to_params(&state, &opts.unwrap_or_default())?;
     let ids = generate::tokenize(&state, prompt).await?;
     let fields = match chat {
@@ -125,7 +154,10 @@ async fn run(
         params: &params,
         max_tokens: num_predict,
         n: 1,
-        options: RequestOptions::default(),
+        options: RequestOptions {
+            constraint,
+            ..RequestOptions::default()
+        },
         fields,
     };
     let streams = generate::launch(&state, arrived, job)?;
@@ -178,16 +210,15 @@ pub async fn generate(
         Prompt::Chat(msgs)
     };
     let stream = req.stream.unwrap_or(true);
-    run(
-        state,
-        arrived,
-        req.model,
+    let spec = RunSpec {
+        model: req.model,
         prompt,
-        req.options,
+        options: req.options,
+        format: req.format,
         stream,
-        false,
-    )
-    .await
+        chat: false,
+    };
+    run(state, arrived, spec).await
 }
 
 /// POST /api/chat
@@ -205,16 +236,15 @@ pub async fn chat(
         .map(|m| ChatMessage::new(&m.role, &m.content))
         .collect();
     let stream = req.stream.unwrap_or(true);
-    run(
-        state,
-        arrived,
-        req.model,
-        Prompt::Chat(msgs),
-        req.options,
+    let spec = RunSpec {
+        model: req.model,
+        prompt: Prompt::Chat(msgs),
+        options: req.options,
+        format: req.format,
         stream,
-        true,
-    )
-    .await
+        chat: true,
+    };
+    run(state, arrived, spec).await
 }
 
 /// NDJSON lines of an Ollama generate or chat stream.

@@ -329,6 +329,23 @@ impl SpmVocab {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The bytes token `id` stands for in output text (`▁` as a space, byte pieces as their
+    /// byte) and whether it is a control, unknown or unused token; `None` past the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Option<(Vec<u8>, bool)> {
+        let kind = self.kind(id)?;
+        let piece = &self.pieces[id as usize];
+        Some(match kind {
+            TokenKind::Byte => match parse_byte_piece(piece) {
+                Some(b) => (vec![b], false),
+                None => (piece.as_bytes().to_vec(), false),
+            },
+            TokenKind::Control | TokenKind::Unknown | TokenKind::Unused => {
+                (piece.as_bytes().to_vec(), true)
+            }
+            _ => (piece.replace(SPACE, " ").into_bytes(), false),
+        })
+    }
+
     /// The `<0xXX>` piece name of a byte (for building vocabularies).
     pub fn byte_piece(b: u8) -> String {
         byte_piece(b)

@@ -204,6 +204,47 @@ fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> std::result::Result<T, E
     }
 }
 
+/// The bytes of a BPE vocabulary piece: byte-level pieces map each character back to its byte
+/// (GPT-2's printable stand-ins); other BPE vocabularies (SentencePiece-style, byte fallback)
+/// use `▁` for a space and `<0xXX>` for raw bytes.
+fn bpe_piece_bytes(piece: &str, byte_level: bool) -> Vec<u8> {
+    if byte_level {
+        return piece.chars().map(byte_level_char_to_byte).collect();
+    }
+    if let Some(b) = piece
+        .strip_prefix("<0x")
+        .and_then(|h| h.strip_suffix('>'))
+        .filter(|h| h.len() == 2)
+        .and_then(|h| u8::from_str_radix(h, 16).ok())
+    {
+        return vec![b];
+    }
+    piece.replace('\u{2581}', " ").into_bytes()
+}
+
+/// GPT-2's byte-to-character table, inverted: printable Latin-1 bytes stand for themselves,
+/// the other 68 bytes for the characters U+0100.. in byte order.
+fn byte_level_char_to_byte(c: char) -> u8 {
+    static TABLE: std::sync::OnceLock<[u8; 512]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let printable = |b: u32| {
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b)
+        };
+        let mut t = [b'?'; 512];
+        let mut next = 256;
+        for b in 0u32..256 {
+            if printable(b) {
+                t[b as usize] = b as u8;
+            } else {
+                t[next] = b as u8;
+                next += 1;
+            }
+        }
+        t
+    });
+    table.get(c as usize).copied().unwrap_or(b'?')
+}
+
 /// Whether a byte-level BPE vocabulary with pre-tokenizer `pre` adds BOS when the file has no
 /// `tokenizer.ggml.add_bos_token` (llama.cpp's defaults: Llama 3's and a few others do).
 fn bpe_adds_bos_by_default(pre: &str) -> bool {
@@ -343,6 +384,27 @@ impl Tokenizer {
         match &self.inner {
             Inner::Bpe(t) => guarded(|| t.decode(&[id], false)).unwrap_or_default(),
             Inner::Spm(v) => v.decode(&[id], false),
+        }
+    }
+
+    /// The exact bytes token `id` adds to output text (a byte-level BPE token's bytes, a
+    /// SentencePiece piece with `▁` as a space, a byte token's byte) and whether it is a special
+    /// token (control and added special tokens, never part of text); `None` past the
+    /// vocabulary. For grammars, which must know what every token spells.
+    pub fn token_bytes(&self, id: u32) -> Option<(Vec<u8>, bool)> {
+        match &self.inner {
+            Inner::Spm(v) => v.token_bytes(id),
+            Inner::Bpe(t) => {
+                if let Some(added) = t.get_added_tokens_decoder().get(&id) {
+                    return Some((added.content.clone().into_bytes(), added.special));
+                }
+                let piece = t.id_to_token(id)?;
+                let byte_level = matches!(
+                    t.get_decoder(),
+                    Some(tokenizers::DecoderWrapper::ByteLevel(_))
+                );
+                Some((bpe_piece_bytes(&piece, byte_level), false))
+            }
         }
     }
 

@@ -153,7 +153,10 @@ pub async fn chat_completions(
         params: &params,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         n,
-        options: RequestOptions::default(),
+        options: RequestOptions {
+            constraint: common.constraint()?,
+            ..RequestOptions::default()
+        },
         fields: FieldNames::CHAT,
     };
     let streams = generate::launch(&state, arrived, job)?;

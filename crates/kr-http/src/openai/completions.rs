@@ -167,6 +167,7 @@ pub async fn completions(
         n,
         options: RequestOptions {
             prompt_logprobs,
+            constraint: common.constraint()?,
             ..Default::default()
         },
         fields: FieldNames::COMPLETIONS,

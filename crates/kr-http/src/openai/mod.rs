@@ -9,7 +9,7 @@ use crate::extract::check_unknown;
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::Json;
-use kr_engine::SamplingParams;
+use kr_engine::{Constraint, ConstraintKind, SamplingParams};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -46,6 +46,8 @@ pub struct CommonFields {
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub ignore_eos: Option<bool>,
+    pub response_format: Option<Value>,
+    pub structured_outputs: Option<Value>,
 }
 
 /// Declares an OpenAI request struct with its own fields plus the shared sampling fields
@@ -68,6 +70,8 @@ macro_rules! openai_request {
             pub min_p: Option<f32>,
             pub repetition_penalty: Option<f32>,
             pub ignore_eos: Option<bool>,
+            pub response_format: Option<serde_json::Value>,
+            pub structured_outputs: Option<serde_json::Value>,
             pub stream: Option<bool>,
             pub stream_options: Option<crate::openai::StreamOptions>,
             pub user: Option<String>,
@@ -89,6 +93,8 @@ macro_rules! openai_request {
                     min_p: self.min_p,
                     repetition_penalty: self.repetition_penalty,
                     ignore_eos: self.ignore_eos,
+                    response_format: self.response_format.clone(),
+                    structured_outputs: self.structured_outputs.clone(),
                 }
             }
         }
@@ -129,6 +135,20 @@ impl CommonFields {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             ..d
         })
+    }
+
+    /// The output constraint: OpenAI `response_format` or the `structured_outputs`
+    /// extension (not both).
+    pub fn constraint(&self) -> Result<Option<Constraint>> {
+        match (&self.response_format, &self.structured_outputs) {
+            (Some(_), Some(_)) => Err(ApiError::bad(
+                "structured_outputs",
+                "send `response_format` or `structured_outputs`, not both",
+            )),
+            (Some(rf), None) => response_format(rf),
+            (None, Some(so)) => structured_outputs(so).map(Some),
+            (None, None) => Ok(None),
+        }
     }
 
     /// `n`, checked: 1..=MAX_N.
@@ -189,4 +209,64 @@ pub fn usage_json(u: &kr_engine::Usage) -> Value {
         "total_tokens": u.prompt_tokens + u.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens},
     })
+}
+
+/// OpenAI `response_format`: `{"type": "text"}`, `{"type": "json_object"}` or
+/// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
+fn response_format(rf: &Value) -> Result<Option<Constraint>> {
+    const F: &str = "response_format";
+    let kind = rf.get("type").and_then(Value::as_str);
+    let c = |k| Ok(Some(Constraint::new(F, k)));
+    match kind {
+        Some("text") => Ok(None),
+        Some("json_object") => c(ConstraintKind::JsonObject),
+        Some("json_schema") => {
+            let schema = rf.pointer("/json_schema/schema").ok_or_else(|| {
+                ApiError::bad(
+                    "response_format.json_schema.schema",
+                    "`json_schema` needs a `schema` object",
+                )
+            })?;
+            c(ConstraintKind::JsonSchema(schema.clone()))
+        }
+        _ => Err(ApiError::bad(
+            "response_format.type",
+            format!(
+                "invalid value {} for `response_format.type`: allowed text, json_object, json_schema",
+                rf.get("type").unwrap_or(&Value::Null)
+            ),
+        )),
+    }
+}
+
+/// The `structured_outputs` extension (vLLM's): exactly one of `json` (a schema),
+/// `json_object: true`, `regex`, `choice` (a list of strings) or `grammar` (Lark).
+fn structured_outputs(so: &Value) -> Result<Constraint> {
+    const F: &str = "structured_outputs";
+    let allowed = "one of json (a JSON schema), json_object (true), regex (a string), choice (a list of strings), grammar (a Lark grammar)";
+    let obj = so
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .ok_or_else(|| ApiError::bad(F, format!("`structured_outputs` takes {allowed}")))?;
+    let (key, v) = obj.iter().next().ok_or_else(|| ApiError::bad(F, allowed))?;
+    let wrong = |what: &str| ApiError::bad(format!("{F}.{key}"), format!("`{key}` must be {what}"));
+    let kind = match key.as_str() {
+        "json" => ConstraintKind::JsonSchema(v.clone()),
+        "json_object" if v == &Value::Bool(true) => ConstraintKind::JsonObject,
+        "json_object" => return Err(wrong("true")),
+        "regex" => ConstraintKind::Regex(v.as_str().ok_or_else(|| wrong("a string"))?.into()),
+        "grammar" => ConstraintKind::Lark(v.as_str().ok_or_else(|| wrong("a string"))?.into()),
+        "choice" => ConstraintKind::Choice(
+            v.as_array()
+                .and_then(|a| a.iter().map(|s| s.as_str().map(String::from)).collect())
+                .ok_or_else(|| wrong("a list of strings"))?,
+        ),
+        other => {
+            return Err(ApiError::bad(
+                F,
+                format!("unknown key `{other}` in `structured_outputs`: allowed {allowed}"),
+            ))
+        }
+    };
+    Ok(Constraint::new(F, kind))
 }
