@@ -48,10 +48,12 @@ impl Constraint {
 
     fn top_level(&self) -> std::result::Result<TopLevelGrammar, String> {
         Ok(match &self.kind {
-            ConstraintKind::JsonSchema(s) => TopLevelGrammar::from_json_schema(s.clone()),
-            ConstraintKind::JsonObject => {
-                TopLevelGrammar::from_json_schema(serde_json::json!({"type": "object"}))
+            ConstraintKind::JsonSchema(s) => {
+                TopLevelGrammar::from_json_schema(bounded_whitespace(s))
             }
+            ConstraintKind::JsonObject => TopLevelGrammar::from_json_schema(bounded_whitespace(
+                &serde_json::json!({"type": "object"}),
+            )),
             ConstraintKind::Regex(r) => TopLevelGrammar::from_regex(r),
             ConstraintKind::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
             ConstraintKind::Choice(c) => {
@@ -65,6 +67,42 @@ impl Constraint {
                 TopLevelGrammar::from_lark(format!("start: {}", alts.join(" | ")))
             }
         })
+    }
+}
+
+/// Whitespace JSON output may put between tokens, unless the schema sets its own
+/// (`x-guidance`): nothing, one space, or a newline and up to 20 spaces or tabs of indentation
+/// (llama.cpp's JSON grammar rule). Unbounded whitespace, the engine's default, lets a small
+/// model fill `max_tokens` with newlines instead of closing the object.
+const JSON_WHITESPACE: &str = r"(?:[ ]|\n[ \t]{0,20})?";
+
+fn bounded_whitespace(schema: &serde_json::Value) -> serde_json::Value {
+    let mut s = schema.clone();
+    close_objects(&mut s);
+    if let Some(obj) = s.as_object_mut() {
+        obj.entry("x-guidance")
+            .or_insert_with(|| serde_json::json!({"whitespace_pattern": JSON_WHITESPACE}));
+    }
+    s
+}
+
+/// Objects that list `properties` and do not say `additionalProperties` get
+/// `additionalProperties: false`, at every depth: the listed properties only, as llama.cpp's
+/// (Ollama's) and vLLM's grammars read a schema. JSON Schema itself would allow any other
+/// property, which lets a model add properties until `max_tokens`.
+fn close_objects(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(obj) => {
+            if obj.contains_key("properties") && !obj.contains_key("additionalProperties") {
+                obj.insert(
+                    "additionalProperties".into(),
+                    serde_json::Value::Bool(false),
+                );
+            }
+            obj.values_mut().for_each(close_objects);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
     }
 }
 

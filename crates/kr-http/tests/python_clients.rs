@@ -21,15 +21,17 @@ fn python() -> Option<PathBuf> {
     ok.then_some(p)
 }
 
-#[test]
-fn official_python_clients_work_unmodified() {
+/// Runs `tests/python/SCRIPT BASE MODEL` against a fresh server on SmolLM2.
+fn run_script(script: &str) {
     let Some(py) = python() else {
         eprintln!("skipped: no Python with `openai` and `ollama` (set KR_PYTHON or run .ci/run)");
         return;
     };
     let Some(_) = smollm2() else { return };
     let server = spawn(engine(|_| {}), ServerConfig::default());
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/clients.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let out = Command::new(py)
         .arg(script)
         .args([&server.base, MODEL])
@@ -42,4 +44,16 @@ fn official_python_clients_work_unmodified() {
         String::from_utf8_lossy(&out.stderr)
     );
     server.join().expect("server stops");
+}
+
+#[test]
+fn official_python_clients_work_unmodified() {
+    run_script("clients.py");
+}
+
+/// `parse(response_format=PydanticModel)` for ten schemas, streamed and not; `json_object`,
+/// the `structured_outputs` extension, Ollama `format`, an uncompilable schema's 400.
+#[test]
+fn structured_outputs_through_the_official_clients() {
+    run_script("structured.py");
 }
