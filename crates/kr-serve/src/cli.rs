@@ -326,6 +326,11 @@ pub struct BenchEngineArgs {
     pub repeat: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Hold every decode request's output to this JSON schema (structured outputs); the
+    /// requests then stop at end-of-sequence instead of ignoring it, so use a schema that
+    /// outlasts --gen-tokens (e.g. an array with a large minItems).
+    #[arg(long)]
+    pub json_schema: Option<PathBuf>,
 }
 
 #[derive(Args)]

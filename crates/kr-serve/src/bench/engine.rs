@@ -8,7 +8,10 @@ use super::{build_commit, commit, machine};
 use crate::cli::BenchEngineArgs;
 use crate::error::{CliError, Result};
 use crate::run::start_engine;
-use kr_engine::{DeviceChoice, EngineHandle, Event, GenerateRequest, Prompt, SamplingParams};
+use kr_engine::{
+    Constraint, ConstraintKind, DeviceChoice, EngineHandle, Event, GenerateRequest, Prompt,
+    RequestOptions, SamplingParams,
+};
 use kr_http::config::Inputs;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -41,20 +44,26 @@ fn run_batch(
     engine: &EngineHandle,
     prompts: Vec<Vec<u32>>,
     max_tokens: u32,
+    constraint: Option<&Constraint>,
 ) -> Result<(Instant, Vec<Timing>)> {
     let params = SamplingParams {
         max_tokens,
-        ignore_eos: true,
+        ignore_eos: constraint.is_none(),
         ..SamplingParams::greedy(max_tokens)
+    };
+    let opts = RequestOptions {
+        constraint: constraint.cloned(),
+        ..RequestOptions::default()
     };
     let start = Instant::now();
     let streams = prompts
         .into_iter()
         .map(|p| {
-            engine.submit(GenerateRequest {
+            let req = GenerateRequest {
                 prompt: Prompt::Tokens(p),
                 params: params.clone(),
-            })
+            };
+            engine.submit_with(req, opts.clone())
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let timings = std::thread::scope(|s| {
@@ -95,6 +104,20 @@ fn run_batch(
     Ok((start, timings))
 }
 
+/// `--json-schema`: the schema file as a constraint.
+fn json_schema(args: &BenchEngineArgs) -> Result<Option<Constraint>> {
+    let Some(path) = &args.json_schema else {
+        return Ok(None);
+    };
+    let bad = |e: String| CliError::Usage(format!("--json-schema {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let schema = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    Ok(Some(Constraint::new(
+        "json_schema",
+        ConstraintKind::JsonSchema(schema),
+    )))
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -110,10 +133,16 @@ pub fn bench_engine(args: BenchEngineArgs, inputs: &Inputs) -> Result<()> {
                 .into(),
         ));
     }
+    let constraint = json_schema(&args)?;
     let mut c = crate::settings::resolve(inputs)?.config;
     // Probe for a GPU once; the runner then places on the resolved device.
     c.device = c.device.resolve();
     if c.device != DeviceChoice::Cpu {
+        if constraint.is_some() {
+            return Err(CliError::Usage(
+                "--json-schema is measured on the CPU engine only (the GPU bench drives the runner directly)".into(),
+            ));
+        }
         return super::gpu::bench_engine_gpu(args, &c);
     }
     let engine = start_engine(&c)?;
@@ -124,10 +153,10 @@ pub fn bench_engine(args: BenchEngineArgs, inputs: &Inputs) -> Result<()> {
         random_prompt(seed, len, vocab)
     };
     eprintln!("warm-up …");
-    run_batch(&engine, vec![next_prompt(16)], 8)?;
+    run_batch(&engine, vec![next_prompt(16)], 8, constraint.as_ref())?;
     let mut prefill = Vec::new();
     for _ in 0..args.repeat {
-        let (start, t) = run_batch(&engine, vec![next_prompt(args.prefill_tokens)], 1)?;
+        let (start, t) = run_batch(&engine, vec![next_prompt(args.prefill_tokens)], 1, None)?;
         prefill.push(secs(t[0].first_token - start));
     }
     let ttft = median(&prefill).unwrap_or(f64::NAN);
@@ -146,6 +175,7 @@ pub fn bench_engine(args: BenchEngineArgs, inputs: &Inputs) -> Result<()> {
                 &engine,
                 (0..b).map(|_| next_prompt(args.prompt_tokens)).collect(),
                 args.gen_tokens,
+                constraint.as_ref(),
             )?;
             let decode_start = t.iter().map(|x| x.first_token).max().unwrap_or(start);
             let end = t.iter().map(|x| x.end).max().unwrap_or(start);
@@ -169,7 +199,7 @@ pub fn bench_engine(args: BenchEngineArgs, inputs: &Inputs) -> Result<()> {
         "checkout_commit": commit(),
         "command": crate::bench::command_line(),
         "unix_time": crate::bench::unix_time(),
-        "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "prefill_tokens": args.prefill_tokens, "repeat": args.repeat, "seed": args.seed, "ignore_eos": true, "threads": rayon_threads()},
+        "settings": {"prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens, "prefill_tokens": args.prefill_tokens, "repeat": args.repeat, "seed": args.seed, "ignore_eos": constraint.is_none(), "json_schema": args.json_schema, "threads": rayon_threads()},
         "prefill": {"tokens": args.prefill_tokens, "ttft_ms": ttft * 1e3, "tokens_per_s": args.prefill_tokens as f64 / ttft},
         "decode": decode,
     });
