@@ -8,7 +8,7 @@ use crate::sampler::TokenLogprobs;
 use crate::stats::EngineStats;
 use crate::validate::{RequestDraft, ValidatedRequest};
 use kr_core::{FinishReason, PolicyConfig, Priority, RequestId, SamplingParams};
-use kr_model::{ChatMessage, ChatTemplate, ModelConfig, Tokenizer};
+use kr_model::{ChatContext, ChatMessage, ChatTemplate, ModelConfig, Tokenizer};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -23,6 +23,8 @@ pub enum Prompt {
     Text(String),
     /// A conversation rendered through the model's chat template.
     Chat(Vec<ChatMessage>),
+    /// A conversation rendered with tools and extra template variables.
+    Conversation(Vec<ChatMessage>, ChatContext),
     /// Token ids, used as given.
     Tokens(Vec<u32>),
 }
@@ -127,8 +129,13 @@ impl EngineHandle {
 
     /// Renders a conversation with the model's chat template, opening the assistant turn.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.render_chat_with(messages, &ChatContext::default())
+    }
+
+    /// [`EngineHandle::render_chat`] with tools and extra template variables.
+    pub fn render_chat_with(&self, messages: &[ChatMessage], ctx: &ChatContext) -> Result<String> {
         let t = self.template.as_ref().ok_or(EngineError::NoChatTemplate)?;
-        Ok(t.render(messages, true)?)
+        Ok(t.render_with(messages, true, ctx)?)
     }
 
     /// Turns a prompt into token ids.
@@ -140,13 +147,26 @@ impl EngineHandle {
                 let (text, bos) = self.chat_text(messages)?;
                 Ok(self.tokenizer.encode(&text, bos)?)
             }
+            Prompt::Conversation(messages, ctx) => {
+                let (text, bos) = self.chat_text_with(messages, ctx)?;
+                Ok(self.tokenizer.encode(&text, bos)?)
+            }
         }
     }
 
     /// A conversation rendered through the chat template, and whether BOS goes before it
     /// when encoding: only when the model wants one and the template did not write it.
     pub fn chat_text(&self, messages: &[ChatMessage]) -> Result<(String, bool)> {
-        let text = self.render_chat(messages)?;
+        self.chat_text_with(messages, &ChatContext::default())
+    }
+
+    /// [`EngineHandle::chat_text`] with tools and extra template variables.
+    pub fn chat_text_with(
+        &self,
+        messages: &[ChatMessage],
+        ctx: &ChatContext,
+    ) -> Result<(String, bool)> {
+        let text = self.render_chat_with(messages, ctx)?;
         let tk = &self.tokenizer;
         let bos_in_text = tk
             .bos_id

@@ -30,7 +30,9 @@ pub use inspect::{inspect_model, ModelSummary, TokenizerSummary};
 pub use kr_core::policy::{AdaptiveConfig, LatencyConfig, WindowLevel};
 pub use kr_core::{CoreError, FinishReason, PolicyConfig, Priority, SamplingParams};
 pub use kr_model::{AttnMeta, ModelConfig, ModelError, ModelWeights, RowSampling, SeqAttn};
-pub use kr_model::{BudgetedAllocator, ChatMessage, RenderJobSpec, RenderSandbox, TemplateLimits};
+pub use kr_model::{
+    BudgetedAllocator, ChatContext, ChatMessage, RenderJobSpec, RenderSandbox, TemplateLimits,
+};
 pub use model::{load_model, random_weights, LoadedModel, BUILTIN_MODEL, RANDOM_PREFIX};
 pub use runner::{tuning_switches, DTypeChoice, DeviceChoice, Runner, RunnerConfig, TuningSwitch};
 pub use stats::{EngineStats, SchedStats, StatsSnapshot, StepPercentiles};

@@ -5,7 +5,7 @@
 //! tests/reference/hf-tiny/chat_templates.json, made by scripts/make_hf_tiny_models.py.
 
 use kr_model::hf_tokenizer::chat_template_from_dir;
-use kr_model::ChatMessage;
+use kr_model::{ChatContext, ChatMessage};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -60,4 +60,38 @@ fn qwen3_template_matches_transformers() {
 #[test]
 fn phi3_template_matches_transformers() {
     check("tokenizer-phi-3");
+}
+
+/// Qwen3's template with a `tools` list, assistant `tool_calls` and tool results, and with
+/// `enable_thinking: false` (a template variable): exactly transformers' text
+/// (tests/reference/hf-tiny/chat_templates_tools.json, scripts/make_tool_template_fixtures.py).
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
+#[test]
+fn qwen3_template_with_tools_and_kwargs_matches_transformers() {
+    let name = "tokenizer-qwen3";
+    let Some(config) = test_models::path(&format!("{name}/tokenizer_config.json")) else {
+        return;
+    };
+    let r = read(root().join("tests/reference/hf-tiny/chat_templates_tools.json"));
+    let messages: Vec<ChatMessage> = serde_json::from_value(r["messages"].clone()).unwrap();
+    let template = chat_template_from_dir(&test_models::file(name), &read(config))
+        .unwrap()
+        .expect("a chat template");
+    let ctx = ChatContext {
+        tools: Some(r["tools"].clone()),
+        ..ChatContext::default()
+    };
+    let ours = template.render_with(&messages, true, &ctx).unwrap();
+    assert_eq!(ours, r["rendered"]["tools"].as_str().unwrap());
+    let mut kwargs = serde_json::Map::new();
+    kwargs.insert("enable_thinking".into(), Value::Bool(false));
+    let ctx = ChatContext {
+        tools: None,
+        kwargs,
+    };
+    let ours = template.render_with(&messages[..2], true, &ctx).unwrap();
+    assert_eq!(ours, r["rendered"]["no_thinking"].as_str().unwrap());
 }

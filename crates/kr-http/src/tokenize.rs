@@ -75,13 +75,17 @@ impl TokenizeBatcher {
                 text,
             },
             Prompt::Chat(messages) => {
+                return Box::pin(self.tokenize(Prompt::Conversation(messages, Default::default())))
+                    .await
+            }
+            Prompt::Conversation(messages, ctx) => {
                 let _turn = self
                     .renders
                     .acquire()
                     .await
                     .map_err(|_| EngineError::Stopped)?;
                 let e = self.engine.clone();
-                tokio::task::spawn_blocking(move || chat_text(&e, &messages))
+                tokio::task::spawn_blocking(move || chat_text(&e, &messages, &ctx))
                     .await
                     .map_err(|e| EngineError::Config(format!("template task failed: {e}")))??
             }
@@ -135,8 +139,12 @@ async fn worker(
 
 /// A conversation's text and whether BOS goes first, as `EngineHandle::tokenize_prompt`
 /// encodes it.
-fn chat_text(engine: &EngineHandle, messages: &[ChatMessage]) -> kr_engine::Result<EncodeJob> {
-    let (text, bos) = engine.chat_text(messages)?;
+fn chat_text(
+    engine: &EngineHandle,
+    messages: &[ChatMessage],
+    ctx: &kr_engine::ChatContext,
+) -> kr_engine::Result<EncodeJob> {
+    let (text, bos) = engine.chat_text_with(messages, ctx)?;
     Ok(EncodeJob { text, bos })
 }
 

@@ -18,11 +18,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// One chat message.
+/// One chat message. The tool fields appear to the template only when set, as in
+/// Hugging Face's message dicts: an assistant's `tool_calls` (`[{"type": "function",
+/// "function": {"name", "arguments": {…}}, "id"}]`, arguments as an object) and a tool
+/// result's `tool_call_id` and `name`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -30,8 +39,22 @@ impl ChatMessage {
         Self {
             role: role.to_string(),
             content: content.to_string(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
+}
+
+/// What a render sees besides the messages: the request's `tools` (function definitions, as
+/// the template's `tools` variable) and `chat_template_kwargs` (extra variables such as
+/// `enable_thinking`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<serde_json::Value>,
+    #[serde(default)]
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What one render may use.
@@ -81,6 +104,8 @@ pub struct RenderJobSpec {
     pub limits: TemplateLimits,
     pub messages: Vec<ChatMessage>,
     pub add_generation_prompt: bool,
+    #[serde(default)]
+    pub context: ChatContext,
 }
 
 impl RenderJobSpec {
@@ -94,7 +119,7 @@ impl RenderJobSpec {
             &self.eos_token,
             self.limits.clone(),
         )?
-        .render_on_thread(&self.messages, self.add_generation_prompt)
+        .render_on_thread(&self.messages, self.add_generation_prompt, &self.context)
     }
 }
 
@@ -113,6 +138,63 @@ pub struct ChatTemplate {
 
 fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+/// JSON the way transformers' templates write it (`json.dumps(x, ensure_ascii=False)`): keys
+/// in their order, `", "` and `": "` between items, or `indent` spaces per level.
+fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let f = serde_json::ser::PrettyFormatter::with_indent(&pad);
+            serde::Serialize::serialize(
+                &value,
+                &mut serde_json::Serializer::with_formatter(&mut out, f),
+            )
+        }
+        None => serde::Serialize::serialize(
+            &value,
+            &mut serde_json::Serializer::with_formatter(&mut out, PySeparators),
+        ),
+    };
+    written.map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    Ok(Value::from_safe_string(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+/// Python's default JSON separators.
+struct PySeparators;
+
+impl serde_json::ser::Formatter for PySeparators {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
 }
 
 /// Collects rendered text, failing once it passes `limit` bytes.
@@ -140,6 +222,7 @@ fn compile(source: &str, limits: &TemplateLimits) -> Result<Environment<'static>
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
+    env.add_filter("tojson", tojson);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_fuel(Some(limits.fuel));
@@ -194,6 +277,16 @@ impl ChatTemplate {
 
     /// Renders a conversation, optionally opening the assistant's turn, in the sandbox.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &ChatContext::default())
+    }
+
+    /// [`ChatTemplate::render`] with tools and extra template variables.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        context: &ChatContext,
+    ) -> Result<String> {
         if let Some(why) = self.disabled.get() {
             return Err(ModelError::TemplateDisabled(why.clone()));
         }
@@ -205,10 +298,11 @@ impl ChatTemplate {
                 limits: self.limits.clone(),
                 messages: messages.to_vec(),
                 add_generation_prompt,
+                context: context.clone(),
             }),
             // On a thread of this process a render over its memory budget stays parked
             // holding it, so the template cannot be run again.
-            None => match self.render_on_thread(messages, add_generation_prompt) {
+            None => match self.render_on_thread(messages, add_generation_prompt, context) {
                 Err(ModelError::TemplateMemory(m)) => Err(ModelError::TemplateDisabled(format!(
                     "{m}; it is disabled for this model"
                 ))),
@@ -226,6 +320,7 @@ impl ChatTemplate {
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+        context: &ChatContext,
     ) -> Result<String> {
         let exceeded = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -233,6 +328,7 @@ impl ChatTemplate {
             env: self.env.clone(),
             messages: messages.to_vec(),
             add_generation_prompt,
+            context: context.clone(),
             bos_token: self.bos_token.clone(),
             eos_token: self.eos_token.clone(),
             limits: self.limits.clone(),
@@ -292,6 +388,7 @@ struct RenderJob {
     env: Arc<Environment<'static>>,
     messages: Vec<ChatMessage>,
     add_generation_prompt: bool,
+    context: ChatContext,
     bos_token: String,
     eos_token: String,
     limits: TemplateLimits,
@@ -299,11 +396,15 @@ struct RenderJob {
 
 impl RenderJob {
     fn run(self) -> Result<String> {
+        // Extra variables first: the fixed ones win over a kwarg of the same name.
+        let extra = Value::from_serialize(&self.context.kwargs);
         let ctx = minijinja::context! {
             messages => self.messages,
             add_generation_prompt => self.add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
+            tools => self.context.tools,
+            ..extra
         };
         let tmpl = self
             .env

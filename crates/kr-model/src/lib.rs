@@ -26,7 +26,9 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use backend::{AttnMeta, Backend, KvLayout, Rope, RowSampling, SeqAttn};
-pub use chat::{ChatMessage, ChatTemplate, RenderJobSpec, RenderSandbox, TemplateLimits};
+pub use chat::{
+    ChatContext, ChatMessage, ChatTemplate, RenderJobSpec, RenderSandbox, TemplateLimits,
+};
 pub use config::{ModelConfig, RopeStyle};
 pub use decoder::Decoder;
 pub use error::{ModelError, Result};

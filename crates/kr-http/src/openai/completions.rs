@@ -102,7 +102,7 @@ async fn prepare(state: &AppState, ps: Vec<Prompt>) -> Result<(Vec<Vec<u32>>, Ve
         let text = match &p {
             Prompt::Text(t) => t.clone(),
             Prompt::Tokens(t) => state.engine.tokenizer().decode(t).unwrap_or_default(),
-            Prompt::Chat(_) => String::new(),
+            Prompt::Chat(_) | Prompt::Conversation(..) => String::new(),
         };
         ids.push(
             generate::tokenize(state, p)
