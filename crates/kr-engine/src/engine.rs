@@ -68,6 +68,8 @@ pub struct EngineConfig {
     pub template_limits: TemplateLimits,
     /// Where chat templates render; `None`: on a thread of this process.
     pub template_sandbox: Option<Arc<dyn RenderSandbox>>,
+    /// A Jinja chat template file used instead of the model's own.
+    pub chat_template_file: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -89,6 +91,7 @@ impl EngineConfig {
             policy: PolicyConfig::default(),
             template_limits: TemplateLimits::default(),
             template_sandbox: None,
+            chat_template_file: None,
         }
     }
 
@@ -214,9 +217,13 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         block_size: cfg.block_size,
         weight_bytes: model.weight_bytes,
     };
-    let template = match &model.chat_template {
-        Some(t) => Some(Arc::new(sandboxed_template(t, &cfg, &info.name)?)),
-        None => None,
+    let template = match (&cfg.chat_template_file, &model.chat_template) {
+        (Some(path), _) => {
+            let t = template_from_file(path, &model.tokenizer)?;
+            Some(Arc::new(sandboxed_template(&t, &cfg, &info.name)?))
+        }
+        (None, Some(t)) => Some(Arc::new(sandboxed_template(t, &cfg, &info.name)?)),
+        (None, None) => None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let engine = EngineLoop::new(&cfg, &info, runner, model.tokenizer.clone(), rx);
@@ -283,6 +290,20 @@ fn sandboxed_template(t: &ChatTemplate, cfg: &EngineConfig, model: &str) -> Resu
         tracing::warn!("model {model}: its chat template fails on a one-message conversation: {e}");
     }
     Ok(t)
+}
+
+/// `--chat-template FILE`: a Jinja template with the model's BOS and EOS strings.
+fn template_from_file(path: &std::path::Path, tok: &Tokenizer) -> Result<ChatTemplate> {
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        EngineError::Config(format!("cannot read chat template {}: {e}", path.display()))
+    })?;
+    let text = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
+    ChatTemplate::new(
+        &source,
+        &text(tok.bos_id),
+        &text(tok.eos_ids.first().copied()),
+    )
+    .map_err(|e| EngineError::Config(format!("chat template {}: {e}", path.display())))
 }
 
 /// The name the APIs serve a model under: its file stem, or the whole path for

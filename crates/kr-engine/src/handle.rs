@@ -127,6 +127,11 @@ impl EngineHandle {
         self.template.is_some()
     }
 
+    /// The chat template's Jinja source (to recognise its tool-call format).
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.template.as_deref().map(ChatTemplate::source)
+    }
+
     /// Renders a conversation with the model's chat template, opening the assistant turn.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
         self.render_chat_with(messages, &ChatContext::default())

@@ -269,6 +269,11 @@ impl ChatTemplate {
         Ok(t)
     }
 
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Renders a one-message conversation: a template that cannot is reported at load.
     pub fn check(&self) -> Result<()> {
         self.render(&[ChatMessage::new("user", "Hello")], true)

@@ -400,6 +400,9 @@ pub struct ServeArgs {
     /// File of accepted API keys, one per line (`#` starts a comment).
     #[arg(long)]
     pub api_key_file: Option<String>,
+    /// A Jinja chat template file to use instead of the model's own.
+    #[arg(long)]
+    pub chat_template: Option<String>,
     /// Key for /admin/* (also env KR_SERVE_ADMIN_KEY). Without it /admin is open when no
     /// API key is set and disabled (403) when API keys are set.
     #[arg(long)]

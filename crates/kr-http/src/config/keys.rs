@@ -158,6 +158,13 @@ pub static KEYS: &[Key] = &[
         get: |c| json!(c.api_key_file),
     },
     Key {
+        name: "chat_template",
+        runtime_safe: false,
+        range: "a Jinja chat template file used instead of the model's (empty = the model's)",
+        set: |c, v| Ok(c.chat_template = v.trim().to_string()),
+        get: |c| json!(c.chat_template),
+    },
+    Key {
         name: "template_fuel",
         runtime_safe: false,
         range: "1000..=1000000000 chat-template instructions per render",

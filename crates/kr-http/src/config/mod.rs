@@ -37,6 +37,8 @@ pub struct Config {
     pub max_model_len: usize,
     /// File of accepted API keys, one a line; empty = none.
     pub api_key_file: String,
+    /// A Jinja chat template file used instead of the model's (empty: the model's).
+    pub chat_template: String,
     /// Chat-template sandbox: instructions, output MiB, memory MiB and milliseconds per
     /// render.
     pub template_fuel: u64,
@@ -100,6 +102,7 @@ impl Default for Config {
             kv_cache_mib: 1024,
             max_model_len: 0,
             api_key_file: String::new(),
+            chat_template: String::new(),
             template_fuel: 5_000_000,
             template_max_output_mib: 16,
             template_max_memory_mib: 256,
@@ -166,6 +169,8 @@ impl Config {
                 timeout: std::time::Duration::from_millis(self.template_timeout_ms),
                 ..TemplateLimits::default()
             },
+            chat_template_file: (!self.chat_template.is_empty())
+                .then(|| self.chat_template.clone().into()),
             ..EngineConfig::new(&self.model)
         }
     }
