@@ -76,7 +76,9 @@ impl Constraint {
 /// model fill `max_tokens` with newlines instead of closing the object.
 const JSON_WHITESPACE: &str = r"(?:[ ]|\n[ \t]{0,20})?";
 
-fn bounded_whitespace(schema: &serde_json::Value) -> serde_json::Value {
+/// A schema with the server's defaults: closed objects ([`close_objects`]) and bounded
+/// whitespace, unless it sets its own (`x-guidance`).
+pub fn bounded_whitespace(schema: &serde_json::Value) -> serde_json::Value {
     let mut s = schema.clone();
     close_objects(&mut s);
     if let Some(obj) = s.as_object_mut() {

@@ -24,6 +24,7 @@ pub mod sched_stats;
 pub mod state;
 pub mod stream;
 pub mod tokenize;
+pub mod tools;
 
 pub use error::ApiError;
 pub use state::{AppState, ServerConfig};

@@ -23,12 +23,17 @@ fn python() -> Option<PathBuf> {
 
 /// Runs `tests/python/SCRIPT BASE MODEL` against a fresh server on SmolLM2.
 fn run_script(script: &str) {
+    run_script_with(script, |_| {});
+}
+
+/// [`run_script`] with the engine configured by `f`.
+fn run_script_with(script: &str, f: impl FnOnce(&mut kr_engine::EngineConfig)) {
     let Some(py) = python() else {
         eprintln!("skipped: no Python with `openai` and `ollama` (set KR_PYTHON or run .ci/run)");
         return;
     };
     let Some(_) = smollm2() else { return };
-    let server = spawn(engine(|_| {}), ServerConfig::default());
+    let server = spawn(engine(f), ServerConfig::default());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
@@ -56,4 +61,19 @@ fn official_python_clients_work_unmodified() {
 #[test]
 fn structured_outputs_through_the_official_clients() {
     run_script("structured.py");
+}
+
+/// Tool calls (`tool_choice` required and named, streamed and not, a round trip) on SmolLM2
+/// with Qwen3's chat template (`--chat-template`), whose tool format is `<tool_call>` blocks.
+#[test]
+fn tool_calls_through_the_official_client() {
+    let Some(config) = common::test_models::path("tokenizer-qwen3/tokenizer_config.json") else {
+        return;
+    };
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config).expect("reads")).expect("JSON");
+    let path = std::env::temp_dir().join(format!("kr-qwen3-template-{}.jinja", std::process::id()));
+    std::fs::write(&path, cfg["chat_template"].as_str().expect("a template")).expect("writes");
+    run_script_with("tools.py", |c| c.chat_template_file = Some(path.clone()));
+    std::fs::remove_file(&path).ok();
 }

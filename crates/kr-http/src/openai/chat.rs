@@ -8,11 +8,12 @@ use crate::extract::ApiJson;
 use crate::generate::{self, FieldNames, Job, TokenOut};
 use crate::state::{unix_now, AppState};
 use crate::stream::{event_response, sse, Encoder};
+use crate::tools::{self, ToolCall, ToolFormat};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kr_engine::{ChatMessage, FinishReason, Prompt, RequestOptions, Usage};
+use kr_engine::{ChatContext, ChatMessage, FinishReason, Prompt, RequestOptions, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -25,6 +26,10 @@ openai_request! {
         pub max_completion_tokens: Option<u32>,
         pub logprobs: Option<bool>,
         pub top_logprobs: Option<u32>,
+        pub tools: Option<Vec<Value>>,
+        pub tool_choice: Option<Value>,
+        pub parallel_tool_calls: Option<bool>,
+        pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     }
 }
 
@@ -33,6 +38,12 @@ pub struct MessageIn {
     pub role: String,
     #[serde(default)]
     pub content: Option<ContentIn>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,8 +112,100 @@ fn to_messages(msgs: &[MessageIn]) -> Result<Vec<ChatMessage>> {
                     s
                 }
             };
-            Ok(ChatMessage::new(role, &content))
+            let mut msg = ChatMessage::new(role, &content);
+            msg.tool_calls = m.tool_calls.as_ref().map(|c| template_tool_calls(c));
+            msg.tool_call_id = m.tool_call_id.clone();
+            msg.name = m.name.clone();
+            Ok(msg)
         })
+        .collect()
+}
+
+/// An assistant's `tool_calls` as templates read them: `function.arguments` as an object
+/// (OpenAI sends a JSON string), as transformers' callers pass them.
+fn template_tool_calls(calls: &[Value]) -> Value {
+    calls
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            if let Some(args) = c.pointer_mut("/function/arguments") {
+                if let Some(parsed) = args
+                    .as_str()
+                    .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                {
+                    *args = parsed;
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+/// What a request's tools change: the template's context, the format to parse the reply in
+/// (`None`: no tools), and the grammar that forces a call (`required` or a named function).
+struct ToolSetup {
+    ctx: ChatContext,
+    format: Option<ToolFormat>,
+    forced: Option<kr_engine::Constraint>,
+}
+
+fn tool_setup(state: &AppState, req: &ChatRequest) -> Result<ToolSetup> {
+    let ctx = ChatContext {
+        tools: None,
+        kwargs: req.chat_template_kwargs.clone().unwrap_or_default(),
+    };
+    let tools = req.tools.as_deref().unwrap_or_default();
+    let choice = req.tool_choice.as_ref();
+    if tools.is_empty() || choice.and_then(Value::as_str) == Some("none") {
+        return Ok(ToolSetup {
+            ctx,
+            format: None,
+            forced: None,
+        });
+    }
+    let funcs = tools::check_tools(tools)?;
+    let format = state
+        .engine
+        .chat_template_source()
+        .and_then(ToolFormat::detect)
+        .ok_or_else(|| {
+            ApiError::bad("tools", "this model's chat template does not support tools")
+        })?;
+    let parallel = req.parallel_tool_calls.unwrap_or(true);
+    let forced = match choice {
+        None => None,
+        Some(Value::String(s)) if s == "auto" => None,
+        Some(Value::String(s)) if s == "required" => {
+            Some(tools::forced_calls(format, &funcs, parallel))
+        }
+        Some(v) => {
+            let name = v.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::bad("tool_choice", "allowed \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}")
+            })?;
+            let f = funcs.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                ApiError::bad(
+                    "tool_choice",
+                    format!("tool_choice names `{name}`, which is not in `tools`"),
+                )
+            })?;
+            Some(tools::forced_calls(format, std::slice::from_ref(f), false))
+        }
+    };
+    Ok(ToolSetup {
+        ctx: ChatContext {
+            tools: Some(Value::Array(tools.to_vec())),
+            ..ctx
+        },
+        format: Some(format),
+        forced,
+    })
+}
+
+/// The OpenAI `tool_calls` list of parsed calls.
+fn tool_calls_json(calls: &[ToolCall]) -> Value {
+    calls
+        .iter()
+        .map(|c| json!({"id": new_id("call"), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
         .collect()
 }
 
@@ -147,14 +250,24 @@ pub async fn chat_completions(
     let n = common.n()?;
     let mut params = common.to_params()?;
     params.logprobs = logprobs_param(req.logprobs, req.top_logprobs)?;
-    let prompt = generate::tokenize(&state, Prompt::Chat(messages)).await?;
+    let setup = tool_setup(&state, &req)?;
+    let constraint = match (common.constraint()?, setup.forced) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "tool_choice",
+                "a forced tool call cannot be combined with `response_format`",
+            ))
+        }
+        (a, b) => a.or(b),
+    };
+    let prompt = generate::tokenize(&state, Prompt::Conversation(messages, setup.ctx)).await?;
     let job = Job {
         prompts: &[prompt],
         params: &params,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         n,
         options: RequestOptions {
-            constraint: common.constraint()?,
+            constraint,
             ..RequestOptions::default()
         },
         fields: FieldNames::CHAT,
@@ -173,6 +286,8 @@ pub async fn chat_completions(
             include_usage,
             usage: Vec::new(),
             n,
+            tools: setup.format,
+            held: vec![None; n],
         };
         let pacing = state.pacing(true, arrived);
         return Ok(event_response(streams, enc, pacing, "text/event-stream"));
@@ -190,11 +305,23 @@ pub async fn chat_completions(
                     .collect();
                 json!({ "content": content })
             });
+            let (content, calls) = match setup.format {
+                Some(f) => tools::parse(f, &c.text),
+                None => (c.text.clone(), Vec::new()),
+            };
+            let (message, finish) = match calls.is_empty() {
+                true => (json!({"role": "assistant", "content": content}), generate::finish_str(c.finish)),
+                false => {
+                    let content = (!content.is_empty()).then_some(content);
+                    let m = json!({"role": "assistant", "content": content, "tool_calls": tool_calls_json(&calls)});
+                    (m, "tool_calls")
+                }
+            };
             json!({
                 "index": i,
-                "message": {"role": "assistant", "content": c.text},
+                "message": message,
                 "logprobs": lp,
-                "finish_reason": generate::finish_str(c.finish),
+                "finish_reason": finish,
             })
         })
         .collect();
@@ -213,9 +340,41 @@ struct ChatEncoder {
     include_usage: bool,
     usage: Vec<Usage>,
     n: usize,
+    /// The tool-call format when the request has tools.
+    tools: Option<ToolFormat>,
+    /// Per choice: text held back since a tool call may have begun.
+    held: Vec<Option<String>>,
 }
 
 impl ChatEncoder {
+    /// With tools, the part of `text` to send now; the rest is held until the call (or not)
+    /// is complete. Text is held from where a tool call's start marker begins, or could.
+    fn release(&mut self, index: usize, text: String) -> String {
+        let Some(format) = self.tools else {
+            return text;
+        };
+        if let Some(h) = self.held.get_mut(index).and_then(Option::as_mut) {
+            h.push_str(&text);
+            return String::new();
+        }
+        let marker = format.start_marker();
+        let at = text.find(marker).or_else(|| {
+            (1..marker.len())
+                .rev()
+                .find(|&k| text.ends_with(&marker[..k]))
+                .map(|k| text.len() - k)
+        });
+        match at {
+            Some(i) => {
+                if let Some(slot) = self.held.get_mut(index) {
+                    *slot = Some(text[i..].to_string());
+                }
+                text[..i].to_string()
+            }
+            None => text,
+        }
+    }
+
     fn chunk(&self, index: usize, delta: Value, logprobs: Value, finish: Value) -> Bytes {
         let mut c = self.meta.clone();
         c["object"] = "chat.completion.chunk".into();
@@ -241,6 +400,7 @@ impl Encoder for ChatEncoder {
             .filter_map(|t| logprob_entry(&self.state, t))
             .collect();
         let text: String = toks.iter().map(|t| t.text.as_str()).collect();
+        let text = self.release(index, text);
         if text.is_empty() && entries.is_empty() {
             return Vec::new();
         }
@@ -256,8 +416,43 @@ impl Encoder for ChatEncoder {
             self.usage.resize(index + 1, Usage::default());
         }
         self.usage[index] = usage;
-        let reason = generate::finish_str(reason).into();
-        vec![self.chunk(index, json!({}), Value::Null, reason)]
+        let mut out = Vec::new();
+        let mut reason = generate::finish_str(reason);
+        if let (Some(format), Some(held)) =
+            (self.tools, self.held.get_mut(index).and_then(Option::take))
+        {
+            let (content, calls) = tools::parse(format, &held);
+            if !content.is_empty() {
+                out.push(self.chunk(
+                    index,
+                    json!({ "content": content }),
+                    Value::Null,
+                    Value::Null,
+                ));
+            }
+            if !calls.is_empty() {
+                let deltas: Vec<Value> = tool_calls_json(&calls)
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let mut c = c.clone();
+                        c["index"] = i.into();
+                        c
+                    })
+                    .collect();
+                out.push(self.chunk(
+                    index,
+                    json!({ "tool_calls": deltas }),
+                    Value::Null,
+                    Value::Null,
+                ));
+                reason = "tool_calls";
+            }
+        }
+        out.push(self.chunk(index, json!({}), Value::Null, reason.into()));
+        out
     }
 
     fn error(&mut self, _index: usize, message: &str) -> Vec<Bytes> {

@@ -1,0 +1,282 @@
+//! Tool calling: the request's `tools` checked, the format the model's chat template asks
+//! for recognised, the model's output parsed into OpenAI `tool_calls`, and `tool_choice`
+//! `required` or a named function turned into a grammar so the call always parses.
+//!
+//! Formats (what each family's template tells the model to write):
+//! - Hermes (Qwen2.5, Qwen3, Hermes): `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`,
+//!   one block per call;
+//! - Llama 3.1+: a JSON object `{"name": …, "parameters": {…}}` as the whole reply, after an
+//!   optional `<|python_tag|>`;
+//! - Mistral: `[TOOL_CALLS]` then a JSON list of `{"name": …, "arguments": {…}}`.
+//!
+//! Invariant: a parsed call's `arguments` is a JSON object serialised as a string (OpenAI's
+//! wire form); text that does not parse stays content.
+
+use crate::error::{ApiError, Result};
+use kr_engine::{Constraint, ConstraintKind};
+use serde_json::{json, Value};
+
+/// How a model writes its tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolFormat {
+    Hermes,
+    Llama3Json,
+    Mistral,
+}
+
+impl ToolFormat {
+    /// The format a chat template teaches, from its source; `None` if it knows no tools.
+    pub fn detect(template: &str) -> Option<Self> {
+        if template.contains("<tool_call>") {
+            Some(Self::Hermes)
+        } else if template.contains("[TOOL_CALLS]") {
+            Some(Self::Mistral)
+        } else if template.contains("<|python_tag|>") || template.contains("\"parameters\": ") {
+            Some(Self::Llama3Json)
+        } else {
+            None
+        }
+    }
+
+    /// Where a tool call begins in the output (text before it is content).
+    pub fn start_marker(self) -> &'static str {
+        match self {
+            Self::Hermes => "<tool_call>",
+            Self::Mistral => "[TOOL_CALLS]",
+            Self::Llama3Json => "{",
+        }
+    }
+}
+
+/// One call parsed from the output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    /// A JSON object, serialised.
+    pub arguments: String,
+}
+
+/// A call object `{"name", "arguments"|"parameters"}` with an object of arguments.
+fn call_of(v: &Value) -> Option<ToolCall> {
+    let name = v.get("name")?.as_str()?.to_string();
+    let args = v.get("arguments").or_else(|| v.get("parameters"))?;
+    let args = match args {
+        Value::String(s) => serde_json::from_str::<Value>(s).ok()?,
+        other => other.clone(),
+    };
+    args.is_object().then(|| ToolCall {
+        name,
+        arguments: args.to_string(),
+    })
+}
+
+/// Splits `text` into content and the tool calls written in `format`. Nothing is taken as a
+/// call unless it parses whole.
+pub fn parse(format: ToolFormat, text: &str) -> (String, Vec<ToolCall>) {
+    let none = || (text.to_string(), Vec::new());
+    match format {
+        ToolFormat::Hermes => {
+            let Some(start) = text.find("<tool_call>") else {
+                return none();
+            };
+            let mut calls = Vec::new();
+            let mut rest = &text[start..];
+            while let Some(body) = rest.strip_prefix("<tool_call>") {
+                let Some(end) = body.find("</tool_call>") else {
+                    return none();
+                };
+                let Some(call) = serde_json::from_str(body[..end].trim())
+                    .ok()
+                    .as_ref()
+                    .and_then(call_of)
+                else {
+                    return none();
+                };
+                calls.push(call);
+                rest = body[end + "</tool_call>".len()..].trim_start();
+            }
+            if !rest.trim().is_empty() {
+                return none();
+            }
+            (text[..start].trim_end().to_string(), calls)
+        }
+        ToolFormat::Mistral => {
+            let Some(start) = text.find("[TOOL_CALLS]") else {
+                return none();
+            };
+            let list = text[start + "[TOOL_CALLS]".len()..].trim();
+            match serde_json::from_str::<Value>(list) {
+                Ok(Value::Array(items)) => {
+                    match items.iter().map(call_of).collect::<Option<Vec<_>>>() {
+                        Some(calls) if !calls.is_empty() => {
+                            (text[..start].trim_end().to_string(), calls)
+                        }
+                        _ => none(),
+                    }
+                }
+                _ => none(),
+            }
+        }
+        ToolFormat::Llama3Json => {
+            let body = text
+                .trim_start()
+                .trim_start_matches("<|python_tag|>")
+                .trim();
+            let parsed: Option<Vec<ToolCall>> =
+                serde_json::from_str::<Value>(body)
+                    .ok()
+                    .and_then(|v| match v {
+                        Value::Array(items) => items.iter().map(call_of).collect(),
+                        obj => call_of(&obj).map(|c| vec![c]),
+                    });
+            match parsed {
+                Some(calls) if !calls.is_empty() => (String::new(), calls),
+                _ => none(),
+            }
+        }
+    }
+}
+
+/// The request's `tools`, checked: each `{"type": "function", "function": {"name", …}}`.
+/// Returns the function definitions (name, parameters schema).
+pub fn check_tools(tools: &[Value]) -> Result<Vec<(String, Value)>> {
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let bad =
+                |what: &str| ApiError::bad(format!("tools[{i}]"), format!("tools[{i}] {what}"));
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(bad("must have `type: \"function\"`"));
+            }
+            let f = t
+                .get("function")
+                .ok_or_else(|| bad("needs a `function` object"))?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| bad("needs `function.name`"))?;
+            let params = f
+                .get("parameters")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            if !params.is_object() {
+                return Err(bad("`function.parameters` must be a JSON schema object"));
+            }
+            Ok((name.to_string(), params))
+        })
+        .collect()
+}
+
+/// The grammar for `tool_choice` `required` (any of `funcs`; when `parallel`, up to one call
+/// per function) or a named function (just that one): calls in `format`, arguments held to
+/// each function's parameters schema.
+pub fn forced_calls(format: ToolFormat, funcs: &[(String, Value)], parallel: bool) -> Constraint {
+    let key = match format {
+        ToolFormat::Llama3Json => "parameters",
+        _ => "arguments",
+    };
+    let one_of: Vec<Value> = funcs
+        .iter()
+        .map(|(name, params)| {
+            json!({"type": "object", "properties": {"name": {"const": name}, key: params},
+                   "required": ["name", key], "additionalProperties": false})
+        })
+        .collect();
+    let call = kr_engine::grammar::bounded_whitespace(&json!({"anyOf": one_of}));
+    // Parallel calls: up to one per tool (at most 4), as nested optionals, so a model that
+    // would repeat calls forever still ends.
+    let extra = if parallel {
+        funcs.len().clamp(1, 4) - 1
+    } else {
+        0
+    };
+    let more = |sep: &str, item: &str| {
+        (0..extra).fold(String::new(), |inner, _| {
+            format!("({sep:?} {item} {inner})?")
+        })
+    };
+    let lark = match format {
+        ToolFormat::Hermes => format!(
+            "start: block {}\nblock: \"<tool_call>\\n\" call \"\\n</tool_call>\"",
+            more("\n", "block")
+        ),
+        ToolFormat::Mistral => format!(
+            "start: \"[TOOL_CALLS] [\" call {} \"]\"",
+            more(", ", "call")
+        ),
+        ToolFormat::Llama3Json => "start: call".to_string(),
+    };
+    let lark = format!("{lark}\ncall: %json {call}");
+    Constraint::new("tool_choice", ConstraintKind::Lark(lark))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_family_and_leaves_other_text_alone() {
+        let (content, calls) = parse(
+            ToolFormat::Hermes,
+            "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>",
+        );
+        assert_eq!(content, "Let me check.");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].name, "get_weather");
+        assert_eq!(calls[0].arguments, r#"{"city":"Paris"}"#);
+        let (_, calls) = parse(
+            ToolFormat::Llama3Json,
+            "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Rome\"}}",
+        );
+        assert_eq!(
+            calls,
+            vec![ToolCall {
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Rome"}"#.into()
+            }]
+        );
+        let (content, calls) = parse(
+            ToolFormat::Mistral,
+            "[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\", \"arguments\": \"{\\\"y\\\": 2}\"}]",
+        );
+        assert_eq!((content.as_str(), calls.len()), ("", 2));
+        assert_eq!(calls[1].arguments, r#"{"y":2}"#);
+        // Not calls: plain text, a broken block, JSON that is not a call.
+        for (f, text) in [
+            (ToolFormat::Hermes, "The weather is fine."),
+            (
+                ToolFormat::Hermes,
+                "<tool_call>\n{\"name\": \"x\", \"arguments\": {\n</tool_call>",
+            ),
+            (ToolFormat::Llama3Json, "{\"answer\": 42}"),
+            (ToolFormat::Mistral, "[TOOL_CALLS] nothing"),
+        ] {
+            let (content, calls) = parse(f, text);
+            assert!(calls.is_empty() && content == text, "{f:?} {text}");
+        }
+    }
+
+    #[test]
+    fn detects_formats_and_checks_tools() {
+        assert_eq!(
+            ToolFormat::detect("... <tool_call> ..."),
+            Some(ToolFormat::Hermes)
+        );
+        assert_eq!(
+            ToolFormat::detect("{{ '[TOOL_CALLS]' }}"),
+            Some(ToolFormat::Mistral)
+        );
+        assert_eq!(
+            ToolFormat::detect("<|python_tag|>"),
+            Some(ToolFormat::Llama3Json)
+        );
+        assert_eq!(ToolFormat::detect("{{ messages }}"), None);
+        let ok = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+        assert_eq!(check_tools(ok.as_array().unwrap()).unwrap()[0].0, "f");
+        let bad = json!([{"type": "function", "function": {"description": "no name"}}]);
+        let e = check_tools(bad.as_array().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("tools[0]"), "{e}");
+    }
+}
