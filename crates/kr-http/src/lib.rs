@@ -20,6 +20,7 @@ pub mod ollama;
 pub mod openai;
 pub mod priority;
 pub mod probes;
+pub mod reasoning;
 pub mod sched_stats;
 pub mod state;
 pub mod stream;

@@ -6,6 +6,7 @@ use super::{check_request, new_id, openai_request, usage_json};
 use crate::error::{ApiError, Result};
 use crate::extract::ApiJson;
 use crate::generate::{self, FieldNames, Job, TokenOut};
+use crate::reasoning;
 use crate::state::{unix_now, AppState};
 use crate::stream::{event_response, sse, Encoder};
 use crate::tools::{self, ToolCall, ToolFormat};
@@ -201,6 +202,20 @@ fn tool_setup(state: &AppState, req: &ChatRequest) -> Result<ToolSetup> {
     })
 }
 
+/// For a template whose models think in `<think>` blocks: whether the prompt already opened
+/// one (`Some(opened)`); `None` for other templates.
+fn thinking_mode(state: &AppState, prompt: &[u32]) -> Option<bool> {
+    let thinks = state
+        .engine
+        .chat_template_source()
+        .is_some_and(reasoning::template_thinks);
+    thinks.then(|| {
+        let tail = &prompt[prompt.len().saturating_sub(8)..];
+        let text = state.engine.tokenizer().decode(tail).unwrap_or_default();
+        reasoning::prompt_opens(&text)
+    })
+}
+
 /// The OpenAI `tool_calls` list of parsed calls.
 fn tool_calls_json(calls: &[ToolCall]) -> Value {
     calls
@@ -261,6 +276,7 @@ pub async fn chat_completions(
         (a, b) => a.or(b),
     };
     let prompt = generate::tokenize(&state, Prompt::Conversation(messages, setup.ctx)).await?;
+    let thinking = thinking_mode(&state, &prompt);
     let job = Job {
         prompts: &[prompt],
         params: &params,
@@ -288,6 +304,7 @@ pub async fn chat_completions(
             n,
             tools: setup.format,
             held: vec![None; n],
+            splitters: thinking.map(|opened| vec![reasoning::Splitter::new(opened); n]),
         };
         let pacing = state.pacing(true, arrived);
         return Ok(event_response(streams, enc, pacing, "text/event-stream"));
@@ -305,9 +322,13 @@ pub async fn chat_completions(
                     .collect();
                 json!({ "content": content })
             });
+            let (reasoning, text) = match thinking {
+                Some(opened) => reasoning::split(&c.text, opened),
+                None => (None, c.text.clone()),
+            };
             let (content, calls) = match setup.format {
-                Some(f) => tools::parse(f, &c.text),
-                None => (c.text.clone(), Vec::new()),
+                Some(f) => tools::parse(f, &text),
+                None => (text, Vec::new()),
             };
             let (message, finish) = match calls.is_empty() {
                 true => (json!({"role": "assistant", "content": content}), generate::finish_str(c.finish)),
@@ -317,6 +338,10 @@ pub async fn chat_completions(
                     (m, "tool_calls")
                 }
             };
+            let mut message = message;
+            if let Some(r) = reasoning {
+                message["reasoning_content"] = r.into();
+            }
             json!({
                 "index": i,
                 "message": message,
@@ -344,6 +369,8 @@ struct ChatEncoder {
     tools: Option<ToolFormat>,
     /// Per choice: text held back since a tool call may have begun.
     held: Vec<Option<String>>,
+    /// Per choice, for a template that thinks: reasoning apart from content.
+    splitters: Option<Vec<reasoning::Splitter>>,
 }
 
 impl ChatEncoder {
@@ -400,18 +427,83 @@ impl Encoder for ChatEncoder {
             .filter_map(|t| logprob_entry(&self.state, t))
             .collect();
         let text: String = toks.iter().map(|t| t.text.as_str()).collect();
+        let (thought, text) = match self.splitters.as_mut().and_then(|s| s.get_mut(index)) {
+            Some(s) => s.push(&text),
+            None => (String::new(), text),
+        };
+        let mut out = Vec::new();
+        if !thought.is_empty() {
+            out.push(self.chunk(
+                index,
+                json!({ "reasoning_content": thought }),
+                Value::Null,
+                Value::Null,
+            ));
+        }
         let text = self.release(index, text);
         if text.is_empty() && entries.is_empty() {
-            return Vec::new();
+            return out;
         }
         let lp = match entries.is_empty() {
             true => Value::Null,
             false => json!({ "content": entries }),
         };
-        vec![self.chunk(index, json!({ "content": text }), lp, Value::Null)]
+        out.push(self.chunk(index, json!({ "content": text }), lp, Value::Null));
+        out
     }
 
     fn finish(&mut self, index: usize, reason: FinishReason, usage: Usage) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        if let Some((thought, text)) = self
+            .splitters
+            .as_mut()
+            .and_then(|s| s.get_mut(index))
+            .map(|s| s.finish())
+        {
+            if !thought.is_empty() {
+                out.push(self.chunk(
+                    index,
+                    json!({ "reasoning_content": thought }),
+                    Value::Null,
+                    Value::Null,
+                ));
+            }
+            let text = self.release(index, text);
+            if !text.is_empty() {
+                out.push(self.chunk(index, json!({ "content": text }), Value::Null, Value::Null));
+            }
+        }
+        out.extend(self.finish_calls(index, reason, usage));
+        out
+    }
+
+    fn error(&mut self, _index: usize, message: &str) -> Vec<Bytes> {
+        vec![sse(&json!({"error": {
+            "message": message, "type": "server_error", "param": null, "code": null,
+        }}))]
+    }
+
+    fn end(&mut self) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        if self.include_usage {
+            let mut c = self.meta.clone();
+            c["object"] = "chat.completion.chunk".into();
+            c["choices"] = json!([]);
+            c["usage"] = usage_json(&generate::total_usage(&self.usage, self.n));
+            out.push(sse(&c));
+        }
+        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        out
+    }
+
+    fn keep_alive(&self) -> Option<Bytes> {
+        Some(Bytes::from_static(b": keep-alive\n\n"))
+    }
+}
+
+impl ChatEncoder {
+    /// The end of choice `index`: its usage, the tool calls held back (if any), the finish chunk.
+    fn finish_calls(&mut self, index: usize, reason: FinishReason, usage: Usage) -> Vec<Bytes> {
         if self.usage.len() <= index {
             self.usage.resize(index + 1, Usage::default());
         }
@@ -453,28 +545,5 @@ impl Encoder for ChatEncoder {
         }
         out.push(self.chunk(index, json!({}), Value::Null, reason.into()));
         out
-    }
-
-    fn error(&mut self, _index: usize, message: &str) -> Vec<Bytes> {
-        vec![sse(&json!({"error": {
-            "message": message, "type": "server_error", "param": null, "code": null,
-        }}))]
-    }
-
-    fn end(&mut self) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        if self.include_usage {
-            let mut c = self.meta.clone();
-            c["object"] = "chat.completion.chunk".into();
-            c["choices"] = json!([]);
-            c["usage"] = usage_json(&generate::total_usage(&self.usage, self.n));
-            out.push(sse(&c));
-        }
-        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        out
-    }
-
-    fn keep_alive(&self) -> Option<Bytes> {
-        Some(Bytes::from_static(b": keep-alive\n\n"))
     }
 }
