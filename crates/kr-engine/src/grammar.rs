@@ -6,7 +6,8 @@
 //! [`GrammarCompiler`] is built once per model (the vocabulary as byte strings, special tokens
 //! marked so no grammar admits them); [`GrammarCompiler::compile`] checks a request's
 //! [`Constraint`] when it is validated, so a schema the engine cannot compile is a 400; the
-//! engine starts a [`Grammar`] per request from it.
+//! engine starts a [`Grammar`] per request from it, which computes each next-token mask on
+//! rayon's pool as soon as the previous token is accepted (overlapping the forward pass).
 //!
 //! Invariant: a [`Grammar`] only ever admits tokens its matcher allows; when the grammar is
 //! complete it admits only end-of-sequence, so the request ends there.
@@ -199,28 +200,68 @@ impl std::fmt::Debug for CompiledGrammar {
 impl CompiledGrammar {
     /// A fresh matcher for one request.
     pub fn start(&self) -> Grammar {
-        Grammar {
-            matcher: self.matcher.deep_clone(),
-            eos: self.eos.clone(),
-        }
+        Grammar::new(self.matcher.deep_clone(), self.eos.clone())
     }
 }
 
-/// One request's position in its grammar.
+/// The next token's mask: `None` allows only end-of-sequence (the grammar is complete, or
+/// failed).
+type NextMask = Option<toktrie::SimpleVob>;
+
+/// One request's position in its grammar. After each accepted token the next mask is
+/// computed on rayon's pool while the forward pass runs (on a GPU the host is free then);
+/// [`Grammar::mask`] waits for it only if it is not done yet.
 pub struct Grammar {
-    matcher: Matcher,
+    state: MatchState,
     eos: Vec<u32>,
 }
 
+enum MatchState {
+    /// The matcher, its next mask not computed yet.
+    Idle(Box<Matcher>),
+    /// The matcher is away computing the next mask.
+    Computing(std::sync::mpsc::Receiver<(Box<Matcher>, NextMask)>),
+    /// Transient, while switching states (never observed).
+    Gone,
+}
+
+fn next_mask(m: &mut Matcher) -> NextMask {
+    if m.is_stopped() {
+        None
+    } else {
+        m.compute_mask().ok()
+    }
+}
+
 impl Grammar {
+    fn new(matcher: Matcher, eos: Vec<u32>) -> Self {
+        let mut g = Self {
+            state: MatchState::Gone,
+            eos,
+        };
+        g.compute_ahead(Box::new(matcher));
+        g
+    }
+
+    /// The matcher back and the next token's mask.
+    fn take_mask(&mut self) -> Option<(Box<Matcher>, NextMask)> {
+        match std::mem::replace(&mut self.state, MatchState::Gone) {
+            MatchState::Idle(mut m) => {
+                let mask = next_mask(&mut m);
+                Some((m, mask))
+            }
+            MatchState::Computing(rx) => rx.recv().ok(),
+            MatchState::Gone => None,
+        }
+    }
+
     /// Sets every logit the grammar does not allow next to −∞ (all but end-of-sequence once
     /// the grammar is complete). An internal grammar error allows only end-of-sequence.
     pub fn mask(&mut self, logits: &mut [f32]) {
-        let mask = if self.matcher.is_stopped() {
-            None
-        } else {
-            self.matcher.compute_mask().ok()
+        let Some((m, mask)) = self.take_mask() else {
+            return self.only_eos(logits);
         };
+        self.state = MatchState::Idle(m);
         match mask {
             Some(m) => {
                 let words = m.as_slice();
@@ -251,12 +292,33 @@ impl Grammar {
         }
     }
 
-    /// Advances past the sampled token (end-of-sequence included).
+    /// Advances past the sampled token (end-of-sequence included) and starts computing the
+    /// next mask in the background.
     pub fn accept(&mut self, token: u32) {
-        if !self.matcher.is_stopped() {
+        let mut m = match std::mem::replace(&mut self.state, MatchState::Gone) {
+            MatchState::Idle(m) => m,
+            // Accepted without a mask asked for in between: the pending one is stale.
+            MatchState::Computing(rx) => match rx.recv() {
+                Ok((m, _)) => m,
+                Err(_) => return,
+            },
+            MatchState::Gone => return,
+        };
+        if !m.is_stopped() {
             // A token the mask allowed always consumes; an error leaves the matcher stopped,
             // which then allows only end-of-sequence.
-            let _ = self.matcher.consume_token(token);
+            let _ = m.consume_token(token);
         }
+        self.compute_ahead(m);
+    }
+
+    /// Starts computing `m`'s next mask on rayon's pool.
+    fn compute_ahead(&mut self, mut m: Box<Matcher>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rayon::spawn(move || {
+            let mask = next_mask(&mut m);
+            let _ = tx.send((m, mask));
+        });
+        self.state = MatchState::Computing(rx);
     }
 }
