@@ -6,15 +6,18 @@
 use crate::error::{ApiError, OllamaError};
 use crate::extract::{check_unknown, OllamaJson};
 use crate::generate::{self, Completion, FieldNames, Job, TokenOut};
+use crate::openai::chat::thinking_mode;
+use crate::reasoning;
 use crate::state::AppState;
 use crate::stream::{event_response, ndjson, Encoder};
+use crate::tools::{self, ToolFormat};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kr_engine::{
-    ChatMessage, Constraint, ConstraintKind, FinishReason, Prompt, RequestOptions, SamplingParams,
-    Usage,
+    ChatContext, ChatMessage, Constraint, ConstraintKind, FinishReason, Prompt, RequestOptions,
+    SamplingParams, Usage,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -73,6 +76,92 @@ pub struct MessageIn {
     pub role: String,
     #[serde(default)]
     pub content: String,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
+    #[serde(default)]
+    pub tool_name: Option<String>,
+    #[serde(default)]
+    pub thinking: Option<String>,
+}
+
+impl MessageIn {
+    /// The message for the template: Ollama's tool calls (`{"function": {"name",
+    /// "arguments": {…}}}`) in the OpenAI shape templates read, a tool result's name.
+    fn to_chat(&self) -> ChatMessage {
+        let mut m = ChatMessage::new(&self.role, &self.content);
+        m.tool_calls = self.tool_calls.as_ref().map(|calls| {
+            calls
+                .iter()
+                .map(|c| json!({"type": "function", "function": c.get("function").cloned().unwrap_or(Value::Null)}))
+                .collect()
+        });
+        m.name = self.tool_name.clone();
+        m
+    }
+}
+
+/// What `tools` and `think` change for an Ollama chat: the template's context, the tool
+/// format to parse the reply in, whether the template thinks.
+struct ChatExtras {
+    ctx: ChatContext,
+    tools: Option<ToolFormat>,
+}
+
+fn chat_extras(
+    state: &AppState,
+    tools: Option<&Value>,
+    think: Option<&Value>,
+) -> Result<ChatExtras> {
+    let mut ctx = ChatContext::default();
+    if let Some(Value::Bool(t)) = think {
+        ctx.kwargs.insert("enable_thinking".into(), Value::Bool(*t));
+    }
+    let list = match tools {
+        None | Some(Value::Null) => return Ok(ChatExtras { ctx, tools: None }),
+        Some(Value::Array(l)) if l.is_empty() => return Ok(ChatExtras { ctx, tools: None }),
+        Some(Value::Array(l)) => l,
+        Some(_) => return Err(ApiError::bad("tools", "`tools` must be a list").into()),
+    };
+    tools::check_tools(list)?;
+    let format = state
+        .engine
+        .chat_template_source()
+        .and_then(ToolFormat::detect)
+        .ok_or_else(|| {
+            ApiError::bad("tools", "this model's chat template does not support tools")
+        })?;
+    ctx.tools = Some(Value::Array(list.clone()));
+    Ok(ChatExtras {
+        ctx,
+        tools: Some(format),
+    })
+}
+
+/// The reply as an Ollama chat message: content, `thinking` (templates that think) and
+/// `tool_calls` with their arguments as objects.
+fn reply_message(text: &str, tools: Option<ToolFormat>, thinking: Option<bool>) -> Value {
+    let (thought, text) = match thinking {
+        Some(opened) => reasoning::split(text, opened),
+        None => (None, text.to_string()),
+    };
+    let (content, calls) = match tools {
+        Some(f) => tools::parse(f, &text),
+        None => (text, Vec::new()),
+    };
+    let mut m = json!({"role": "assistant", "content": content});
+    if let Some(t) = thought {
+        m["thinking"] = t.into();
+    }
+    if !calls.is_empty() {
+        m["tool_calls"] = calls
+            .iter()
+            .map(|c| {
+                let args: Value = serde_json::from_str(&c.arguments).unwrap_or(Value::Null);
+                json!({"function": {"name": c.name, "arguments": args}})
+            })
+            .collect();
+    }
+    m
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +204,8 @@ struct RunSpec {
     format: Option<Value>,
     stream: bool,
     chat: bool,
+    /// Chat with tools: the format to parse the reply in.
+    tools: Option<ToolFormat>,
 }
 
 /// Ollama `format`: `"json"` (any JSON object) or a JSON schema; `""`/absent: free text.
@@ -141,10 +232,12 @@ async fn run(state: AppState, arrived: Instant, spec: RunSpec) -> Result<Respons
         format,
         stream,
         chat,
+        tools,
     } = spec;
     let constraint = format_constraint(format.as_ref())?;
     let (params, num_predict) = to_params(&state, &opts.unwrap_or_default())?;
     let ids = generate::tokenize(&state, prompt).await?;
+    let thinking = chat.then(|| thinking_mode(&state, &ids)).flatten();
     let fields = match chat {
         true => FieldNames::OLLAMA_CHAT,
         false => FieldNames::OLLAMA_GENERATE,
@@ -166,6 +259,9 @@ async fn run(state: AppState, arrived: Instant, spec: RunSpec) -> Result<Respons
         chat,
         arrived,
         first: None,
+        tools,
+        thinking,
+        held: String::new(),
     };
     if stream {
         let pacing = state.pacing(false, arrived);
@@ -178,7 +274,7 @@ async fn run(state: AppState, arrived: Instant, spec: RunSpec) -> Result<Respons
     let first = c.tokens.first().map(|_| arrived);
     let mut body = NdjsonEncoder { first, ..enc }.done_object(c.finish, c.usage);
     body[if chat { "message" } else { "response" }] = if chat {
-        json!({"role": "assistant", "content": c.text})
+        reply_message(&c.text, tools, thinking)
     } else {
         json!(c.text)
     };
@@ -217,6 +313,7 @@ pub async fn generate(
         format: req.format,
         stream,
         chat: false,
+        tools: None,
     };
     run(state, arrived, spec).await
 }
@@ -230,19 +327,17 @@ pub async fn chat(
     check_unknown(&state, &req.extra)?;
     state.check_model(&req.model)?;
     generate::check_message_count(req.messages.len())?;
-    let msgs = req
-        .messages
-        .iter()
-        .map(|m| ChatMessage::new(&m.role, &m.content))
-        .collect();
+    let msgs = req.messages.iter().map(MessageIn::to_chat).collect();
+    let extras = chat_extras(&state, req.tools.as_ref(), req.think.as_ref())?;
     let stream = req.stream.unwrap_or(true);
     let spec = RunSpec {
         model: req.model,
-        prompt: Prompt::Chat(msgs),
+        prompt: Prompt::Conversation(msgs, extras.ctx),
         options: req.options,
         format: req.format,
         stream,
         chat: true,
+        tools: extras.tools,
     };
     run(state, arrived, spec).await
 }
@@ -253,6 +348,10 @@ struct NdjsonEncoder {
     chat: bool,
     arrived: Instant,
     first: Option<Instant>,
+    /// With tools or thinking, the reply is held and sent whole in the final line.
+    tools: Option<ToolFormat>,
+    thinking: Option<bool>,
+    held: String,
 }
 
 impl NdjsonEncoder {
@@ -279,6 +378,10 @@ impl Encoder for NdjsonEncoder {
     fn tokens(&mut self, _index: usize, toks: &[TokenOut]) -> Vec<Bytes> {
         self.first.get_or_insert_with(Instant::now);
         let text: String = toks.iter().map(|t| t.text.as_str()).collect();
+        if self.chat && (self.tools.is_some() || self.thinking.is_some()) {
+            self.held.push_str(&text);
+            return Vec::new();
+        }
         if text.is_empty() {
             return Vec::new();
         }
@@ -294,7 +397,8 @@ impl Encoder for NdjsonEncoder {
     fn finish(&mut self, _index: usize, reason: FinishReason, usage: Usage) -> Vec<Bytes> {
         let mut line = self.done_object(reason, usage);
         if self.chat {
-            line["message"] = json!({"role": "assistant", "content": ""});
+            let held = std::mem::take(&mut self.held);
+            line["message"] = reply_message(&held, self.tools, self.thinking);
         } else {
             line["response"] = json!("");
         }

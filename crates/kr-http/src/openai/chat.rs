@@ -204,7 +204,7 @@ fn tool_setup(state: &AppState, req: &ChatRequest) -> Result<ToolSetup> {
 
 /// For a template whose models think in `<think>` blocks: whether the prompt already opened
 /// one (`Some(opened)`); `None` for other templates.
-fn thinking_mode(state: &AppState, prompt: &[u32]) -> Option<bool> {
+pub(crate) fn thinking_mode(state: &AppState, prompt: &[u32]) -> Option<bool> {
     let thinks = state
         .engine
         .chat_template_source()

@@ -93,4 +93,20 @@ for chunk in c.chat.completions.create(stream=True, **kw):
         parts["content"] += ch.delta.content or ""
         parts["reasoning_content"] += (ch.delta.model_extra or {}).get("reasoning_content") or ""
 assert parts == {"reasoning_content": reasoning, "content": m.content}, (parts, m)
+# Ollama: tools in the request and tool calls and results in the history (Ollama has no
+# tool_choice: what the model answers is parsed, calls or not), streamed and not.
+import ollama
+
+o = ollama.Client(host=BASE)
+hist = [{"role": "user", "content": "Time in Tokyo please."},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_time", "arguments": {"city": "Tokyo"}}}]},
+        {"role": "tool", "tool_name": "get_time", "content": "09:30"}]
+for stream in (False, True):
+    opts = {"temperature": 0, "num_predict": 40}
+    r = o.chat(model=MODEL, messages=hist, tools=TOOLS, options=opts, stream=stream)
+    last = list(r)[-1] if stream else r
+    assert last.done, last
+    for call in last.message.tool_calls or []:
+        assert call.function.name in PARAMS and isinstance(call.function.arguments, dict), call
 print("ok")
