@@ -73,68 +73,51 @@ fn call_of(v: &Value) -> Option<ToolCall> {
 /// Splits `text` into content and the tool calls written in `format`. Nothing is taken as a
 /// call unless it parses whole.
 pub fn parse(format: ToolFormat, text: &str) -> (String, Vec<ToolCall>) {
-    let none = || (text.to_string(), Vec::new());
-    match format {
-        ToolFormat::Hermes => {
-            let Some(start) = text.find("<tool_call>") else {
-                return none();
-            };
-            let mut calls = Vec::new();
-            let mut rest = &text[start..];
-            while let Some(body) = rest.strip_prefix("<tool_call>") {
-                let Some(end) = body.find("</tool_call>") else {
-                    return none();
-                };
-                let Some(call) = serde_json::from_str(body[..end].trim())
-                    .ok()
-                    .as_ref()
-                    .and_then(call_of)
-                else {
-                    return none();
-                };
-                calls.push(call);
-                rest = body[end + "</tool_call>".len()..].trim_start();
-            }
-            if !rest.trim().is_empty() {
-                return none();
-            }
-            (text[..start].trim_end().to_string(), calls)
-        }
-        ToolFormat::Mistral => {
-            let Some(start) = text.find("[TOOL_CALLS]") else {
-                return none();
-            };
-            let list = text[start + "[TOOL_CALLS]".len()..].trim();
-            match serde_json::from_str::<Value>(list) {
-                Ok(Value::Array(items)) => {
-                    match items.iter().map(call_of).collect::<Option<Vec<_>>>() {
-                        Some(calls) if !calls.is_empty() => {
-                            (text[..start].trim_end().to_string(), calls)
-                        }
-                        _ => none(),
-                    }
-                }
-                _ => none(),
-            }
-        }
-        ToolFormat::Llama3Json => {
-            let body = text
-                .trim_start()
-                .trim_start_matches("<|python_tag|>")
-                .trim();
-            let parsed: Option<Vec<ToolCall>> =
-                serde_json::from_str::<Value>(body)
-                    .ok()
-                    .and_then(|v| match v {
-                        Value::Array(items) => items.iter().map(call_of).collect(),
-                        obj => call_of(&obj).map(|c| vec![c]),
-                    });
-            match parsed {
-                Some(calls) if !calls.is_empty() => (String::new(), calls),
-                _ => none(),
-            }
-        }
+    let found = match format {
+        ToolFormat::Hermes => parse_hermes(text),
+        ToolFormat::Mistral => parse_mistral(text),
+        ToolFormat::Llama3Json => parse_llama3(text),
+    };
+    found.unwrap_or_else(|| (text.to_string(), Vec::new()))
+}
+
+/// `<tool_call>{…}</tool_call>` blocks, nothing but whitespace after the first.
+fn parse_hermes(text: &str) -> Option<(String, Vec<ToolCall>)> {
+    let start = text.find("<tool_call>")?;
+    let mut calls = Vec::new();
+    let mut rest = &text[start..];
+    while let Some(body) = rest.strip_prefix("<tool_call>") {
+        let end = body.find("</tool_call>")?;
+        calls.push(call_of(&serde_json::from_str(body[..end].trim()).ok()?)?);
+        rest = body[end + "</tool_call>".len()..].trim_start();
     }
+    rest.trim()
+        .is_empty()
+        .then(|| (text[..start].trim_end().to_string(), calls))
+}
+
+/// `[TOOL_CALLS]` and a JSON list of calls.
+fn parse_mistral(text: &str) -> Option<(String, Vec<ToolCall>)> {
+    let start = text.find("[TOOL_CALLS]")?;
+    let list = text[start + "[TOOL_CALLS]".len()..].trim();
+    let Value::Array(items) = serde_json::from_str::<Value>(list).ok()? else {
+        return None;
+    };
+    let calls = items.iter().map(call_of).collect::<Option<Vec<_>>>()?;
+    (!calls.is_empty()).then(|| (text[..start].trim_end().to_string(), calls))
+}
+
+/// The whole reply one call object (or a list), after an optional `<|python_tag|>`.
+fn parse_llama3(text: &str) -> Option<(String, Vec<ToolCall>)> {
+    let body = text
+        .trim_start()
+        .trim_start_matches("<|python_tag|>")
+        .trim();
+    let calls = match serde_json::from_str::<Value>(body).ok()? {
+        Value::Array(items) => items.iter().map(call_of).collect::<Option<Vec<_>>>()?,
+        obj => vec![call_of(&obj)?],
+    };
+    (!calls.is_empty()).then(|| (String::new(), calls))
 }
 
 /// The request's `tools`, checked: each `{"type": "function", "function": {"name", …}}`.

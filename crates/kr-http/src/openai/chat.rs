@@ -216,6 +216,53 @@ pub(crate) fn thinking_mode(state: &AppState, prompt: &[u32]) -> Option<bool> {
     })
 }
 
+/// The request's output constraint: `response_format` / `structured_outputs`, or the
+/// grammar of a forced tool call, not both.
+fn one_constraint(
+    format: Option<kr_engine::Constraint>,
+    forced: Option<kr_engine::Constraint>,
+) -> Result<Option<kr_engine::Constraint>> {
+    match (format, forced) {
+        (Some(_), Some(_)) => Err(ApiError::bad(
+            "tool_choice",
+            "a forced tool call cannot be combined with `response_format`",
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// A finished choice as the assistant message (content, `reasoning_content`, `tool_calls`)
+/// and its finish reason (`tool_calls` when it called tools).
+fn reply_message(
+    c: &generate::Completion,
+    thinking: Option<bool>,
+    format: Option<ToolFormat>,
+) -> (Value, &'static str) {
+    let (reasoning, text) = match thinking {
+        Some(opened) => reasoning::split(&c.text, opened),
+        None => (None, c.text.clone()),
+    };
+    let (content, calls) = match format {
+        Some(f) => tools::parse(f, &text),
+        None => (text, Vec::new()),
+    };
+    let (mut message, finish) = match calls.is_empty() {
+        true => (
+            json!({"role": "assistant", "content": content}),
+            generate::finish_str(c.finish),
+        ),
+        false => {
+            let content = (!content.is_empty()).then_some(content);
+            let m = json!({"role": "assistant", "content": content, "tool_calls": tool_calls_json(&calls)});
+            (m, "tool_calls")
+        }
+    };
+    if let Some(r) = reasoning {
+        message["reasoning_content"] = r.into();
+    }
+    (message, finish)
+}
+
 /// The OpenAI `tool_calls` list of parsed calls.
 fn tool_calls_json(calls: &[ToolCall]) -> Value {
     calls
@@ -266,15 +313,7 @@ pub async fn chat_completions(
     let mut params = common.to_params()?;
     params.logprobs = logprobs_param(req.logprobs, req.top_logprobs)?;
     let setup = tool_setup(&state, &req)?;
-    let constraint = match (common.constraint()?, setup.forced) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad(
-                "tool_choice",
-                "a forced tool call cannot be combined with `response_format`",
-            ))
-        }
-        (a, b) => a.or(b),
-    };
+    let constraint = one_constraint(common.constraint()?, setup.forced)?;
     let prompt = generate::tokenize(&state, Prompt::Conversation(messages, setup.ctx)).await?;
     let thinking = thinking_mode(&state, &prompt);
     let job = Job {
@@ -322,32 +361,8 @@ pub async fn chat_completions(
                     .collect();
                 json!({ "content": content })
             });
-            let (reasoning, text) = match thinking {
-                Some(opened) => reasoning::split(&c.text, opened),
-                None => (None, c.text.clone()),
-            };
-            let (content, calls) = match setup.format {
-                Some(f) => tools::parse(f, &text),
-                None => (text, Vec::new()),
-            };
-            let (message, finish) = match calls.is_empty() {
-                true => (json!({"role": "assistant", "content": content}), generate::finish_str(c.finish)),
-                false => {
-                    let content = (!content.is_empty()).then_some(content);
-                    let m = json!({"role": "assistant", "content": content, "tool_calls": tool_calls_json(&calls)});
-                    (m, "tool_calls")
-                }
-            };
-            let mut message = message;
-            if let Some(r) = reasoning {
-                message["reasoning_content"] = r.into();
-            }
-            json!({
-                "index": i,
-                "message": message,
-                "logprobs": lp,
-                "finish_reason": finish,
-            })
+            let (message, finish) = reply_message(c, thinking, setup.format);
+            json!({"index": i, "message": message, "logprobs": lp, "finish_reason": finish})
         })
         .collect();
     let usages: Vec<Usage> = outs.iter().map(|c| c.usage).collect();
