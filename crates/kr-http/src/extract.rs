@@ -88,17 +88,49 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OllamaJson<T> {
 /// Fields a request carried that this server does not know: rejected in strict mode
 /// (400 naming the first one), otherwise logged and ignored.
 pub fn check_unknown(state: &AppState, extra: &Map<String, Value>) -> Result<(), ApiError> {
+    check_unknown_in(state, "", extra)
+}
+
+/// [`check_unknown`] for the fields of a nested object at `path` (e.g. `messages[2]`).
+pub fn check_unknown_in(
+    state: &AppState,
+    path: &str,
+    extra: &Map<String, Value>,
+) -> Result<(), ApiError> {
     let Some(first) = extra.keys().next() else {
         return Ok(());
     };
     if state.cfg().strict {
+        let name = match path.is_empty() {
+            true => first.clone(),
+            false => format!("{path}.{first}"),
+        };
         return Err(ApiError::BadRequest {
-            message: format!("unknown or unsupported field `{first}` (strict mode)"),
-            param: Some(first.clone()),
+            message: format!("unknown or unsupported field `{name}` (strict mode)"),
+            param: Some(name),
             code: Some("unknown_field"),
         });
     }
     let names: Vec<&String> = extra.keys().collect();
-    tracing::warn!(fields = ?names, "ignoring unknown request fields");
+    tracing::warn!(fields = ?names, path, "ignoring unknown request fields");
     Ok(())
+}
+
+/// The keys of the JSON object `v` at `path` outside `allowed`, as [`check_unknown_in`]
+/// treats them (nothing to check when `v` is not an object).
+pub fn check_keys(
+    state: &AppState,
+    path: &str,
+    v: &Value,
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    let Some(obj) = v.as_object() else {
+        return Ok(());
+    };
+    let extra: Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| !allowed.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    check_unknown_in(state, path, &extra)
 }

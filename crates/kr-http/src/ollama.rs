@@ -4,7 +4,7 @@
 //! top_p 0.9, repeat_penalty 1.1); errors are `{"error": "..."}`.
 
 use crate::error::{ApiError, OllamaError};
-use crate::extract::{check_unknown, OllamaJson};
+use crate::extract::{check_unknown, check_unknown_in, OllamaJson};
 use crate::generate::{self, Completion, FieldNames, Job, TokenOut};
 use crate::openai::chat::thinking_mode;
 use crate::reasoning;
@@ -82,6 +82,8 @@ pub struct MessageIn {
     pub tool_name: Option<String>,
     #[serde(default)]
     pub thinking: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl MessageIn {
@@ -98,6 +100,21 @@ impl MessageIn {
         m.name = self.tool_name.clone();
         m
     }
+}
+
+/// `--strict`: `keep_alive` is accepted (Ollama clients send it) but this server keeps its
+/// one model loaded whatever it says, so strict mode refuses it.
+fn check_honoured(
+    state: &AppState,
+    keep_alive: Option<&Value>,
+) -> std::result::Result<(), ApiError> {
+    if state.cfg().strict && keep_alive.is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::bad(
+            "keep_alive",
+            "`keep_alive` is accepted but not honoured: the model stays loaded (strict mode)",
+        ));
+    }
+    Ok(())
 }
 
 /// What `tools` and `think` change for an Ollama chat: the template's context, the tool
@@ -288,6 +305,7 @@ pub async fn generate(
 ) -> Result<Response> {
     let arrived = Instant::now();
     check_unknown(&state, &req.extra)?;
+    check_honoured(&state, req.keep_alive.as_ref())?;
     state.check_model(&req.model)?;
     let text = req.prompt.unwrap_or_default();
     if text.is_empty() {
@@ -327,6 +345,10 @@ pub async fn chat(
     check_unknown(&state, &req.extra)?;
     state.check_model(&req.model)?;
     generate::check_message_count(req.messages.len())?;
+    for (i, m) in req.messages.iter().enumerate() {
+        check_unknown_in(&state, &format!("messages[{i}]"), &m.extra)?;
+    }
+    check_honoured(&state, req.keep_alive.as_ref())?;
     let msgs = req.messages.iter().map(MessageIn::to_chat).collect();
     let extras = chat_extras(&state, req.tools.as_ref(), req.think.as_ref())?;
     let stream = req.stream.unwrap_or(true);

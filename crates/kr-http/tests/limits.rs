@@ -269,3 +269,61 @@ async fn requests_past_the_time_limit_end_with_504_or_an_error_event() {
     assert_eq!(metric(&page, "kr_kv_blocks_used"), Some(0.0), "{page}");
     assert_eq!(get(&base, "/health").await.0, 200);
 }
+
+/// `--strict` also refuses unknown fields inside messages, tools and `response_format`, and
+/// Ollama's `keep_alive` (accepted, not honoured): a 400 naming the nested field.
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
+#[tokio::test]
+async fn strict_mode_names_nested_and_unhonoured_fields() {
+    let Some(_) = smollm2() else { return };
+    let cfg = ServerConfig {
+        strict: true,
+        ..ServerConfig::default()
+    };
+    let server = spawn(engine(|_| {}), cfg);
+    let url = format!("{}/v1/chat/completions", server.base);
+    let tool = json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "colour": 1}});
+    let cases = [
+        (
+            json!({"max_tokens": 2, "messages": [{"role": "user", "content": "Hi", "mood": "x"}]}),
+            "messages[0].mood",
+        ),
+        (
+            json!({"max_tokens": 2, "tools": [tool]}),
+            "tools[0].function.colour",
+        ),
+        (
+            json!({"max_tokens": 2, "response_format": {"type": "json_object", "extra": true}}),
+            "response_format.extra",
+        ),
+    ];
+    for (extra, param) in cases {
+        let r = client()
+            .post(&url)
+            .json(&chat_body("Hi", extra))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{param}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], param);
+    }
+    let body = json!({"model": MODEL, "prompt": "Hi", "stream": false, "keep_alive": "5m"});
+    let r = client()
+        .post(format!("{}/api/generate", server.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("keep_alive"));
+    // Known nested fields pass.
+    let body = chat_body(
+        "Hi",
+        json!({"max_tokens": 2, "response_format": {"type": "text"}}),
+    );
+    let r = client().post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

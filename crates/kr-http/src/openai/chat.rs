@@ -4,7 +4,7 @@
 
 use super::{check_request, new_id, openai_request, usage_json};
 use crate::error::{ApiError, Result};
-use crate::extract::ApiJson;
+use crate::extract::{check_keys, check_unknown_in, ApiJson};
 use crate::generate::{self, FieldNames, Job, TokenOut};
 use crate::reasoning;
 use crate::state::{unix_now, AppState};
@@ -45,6 +45,8 @@ pub struct MessageIn {
     pub tool_call_id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +62,8 @@ pub struct PartIn {
     pub kind: String,
     #[serde(default)]
     pub text: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 impl MessageIn {
@@ -120,6 +124,31 @@ fn to_messages(msgs: &[MessageIn]) -> Result<Vec<ChatMessage>> {
             Ok(msg)
         })
         .collect()
+}
+
+/// `--strict`: unknown fields inside messages, content parts, tools and `response_format`.
+fn check_nested(state: &AppState, req: &ChatRequest) -> Result<()> {
+    for (i, m) in req.messages.iter().enumerate() {
+        check_unknown_in(state, &format!("messages[{i}]"), &m.extra)?;
+        if let Some(ContentIn::Parts(parts)) = &m.content {
+            for (j, p) in parts.iter().enumerate() {
+                check_unknown_in(state, &format!("messages[{i}].content[{j}]"), &p.extra)?;
+            }
+        }
+    }
+    for (i, t) in req.tools.iter().flatten().enumerate() {
+        check_keys(state, &format!("tools[{i}]"), t, &["type", "function"])?;
+        let f = t.get("function").unwrap_or(&Value::Null);
+        let allowed = ["name", "description", "parameters", "strict"];
+        check_keys(state, &format!("tools[{i}].function"), f, &allowed)?;
+    }
+    if let Some(rf) = &req.response_format {
+        check_keys(state, "response_format", rf, &["type", "json_schema"])?;
+        let js = rf.get("json_schema").unwrap_or(&Value::Null);
+        let allowed = ["name", "description", "schema", "strict"];
+        check_keys(state, "response_format.json_schema", js, &allowed)?;
+    }
+    Ok(())
 }
 
 /// An assistant's `tool_calls` as templates read them: `function.arguments` as an object
@@ -307,6 +336,7 @@ pub async fn chat_completions(
 ) -> Result<Response> {
     let arrived = Instant::now();
     check_request(&state, &req.model, &req.extra)?;
+    check_nested(&state, &req)?;
     let messages = to_messages(&req.messages)?;
     let common = req.common();
     let n = common.n()?;
