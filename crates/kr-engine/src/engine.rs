@@ -119,7 +119,7 @@ pub(crate) enum Command {
         params: SamplingParams,
         prompt_logprobs: Option<u32>,
         priority: Priority,
-        grammar: Option<Box<crate::grammar::Grammar>>,
+        grammar: Option<crate::grammar::CompiledGrammar>,
         events: UnboundedSender<Event>,
     },
     Abort(RequestId),
@@ -460,7 +460,7 @@ impl EngineLoop {
         prompt: Vec<u32>,
         params: SamplingParams,
         (prompt_logprobs, priority): (Option<u32>, Priority),
-        grammar: Option<Box<crate::grammar::Grammar>>,
+        grammar: Option<crate::grammar::CompiledGrammar>,
         events: UnboundedSender<Event>,
     ) {
         let mut stop_ids = params.stop_token_ids.clone();
@@ -485,7 +485,10 @@ impl EngineLoop {
             .fetch_add(prompt.len() as u64, Relaxed);
         let live = RequestState {
             events,
-            sampler: Sampler::new(params.clone(), &prompt).with_grammar(grammar),
+            sampler: Sampler::new(params.clone(), &prompt).with_grammar(
+                // Ahead of the forward pass only where the host is idle during it (a GPU).
+                grammar.map(|g| Box::new(g.start(self.runner.samples_on_device()))),
+            ),
             detok: IncrementalDecoder::new(prompt.len()),
             stops: StopMatcher::new(&params.stop),
             queued_since: Some(Instant::now()),

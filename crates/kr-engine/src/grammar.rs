@@ -6,8 +6,9 @@
 //! [`GrammarCompiler`] is built once per model (the vocabulary as byte strings, special tokens
 //! marked so no grammar admits them); [`GrammarCompiler::compile`] checks a request's
 //! [`Constraint`] when it is validated, so a schema the engine cannot compile is a 400; the
-//! engine starts a [`Grammar`] per request from it, which computes each next-token mask on
-//! rayon's pool as soon as the previous token is accepted (overlapping the forward pass).
+//! engine starts a [`Grammar`] per request from it, which on a GPU computes each next-token
+//! mask on rayon's pool as soon as the previous token is accepted (overlapping the forward
+//! pass) and on the CPU when the sampler asks.
 //!
 //! Invariant: a [`Grammar`] only ever admits tokens its matcher allows; when the grammar is
 //! complete it admits only end-of-sequence, so the request ends there.
@@ -198,9 +199,11 @@ impl std::fmt::Debug for CompiledGrammar {
 }
 
 impl CompiledGrammar {
-    /// A fresh matcher for one request.
-    pub fn start(&self) -> Grammar {
-        Grammar::new(self.matcher.deep_clone(), self.eos.clone())
+    /// A fresh matcher for one request; `ahead`: compute each next mask in the background
+    /// as soon as a token is accepted (worth it where the host idles during the forward
+    /// pass, on a GPU; on the CPU the pass uses every core and the hand-off only costs).
+    pub fn start(&self, ahead: bool) -> Grammar {
+        Grammar::new(self.matcher.deep_clone(), self.eos.clone(), ahead)
     }
 }
 
@@ -208,12 +211,13 @@ impl CompiledGrammar {
 /// failed).
 type NextMask = Option<toktrie::SimpleVob>;
 
-/// One request's position in its grammar. After each accepted token the next mask is
-/// computed on rayon's pool while the forward pass runs (on a GPU the host is free then);
-/// [`Grammar::mask`] waits for it only if it is not done yet.
+/// One request's position in its grammar. With `ahead`, after each accepted token the next
+/// mask is computed on rayon's pool while the forward pass runs and [`Grammar::mask`] waits
+/// for it only if it is not done yet; without, [`Grammar::mask`] computes it.
 pub struct Grammar {
     state: MatchState,
     eos: Vec<u32>,
+    ahead: bool,
 }
 
 enum MatchState {
@@ -234,12 +238,15 @@ fn next_mask(m: &mut Matcher) -> NextMask {
 }
 
 impl Grammar {
-    fn new(matcher: Matcher, eos: Vec<u32>) -> Self {
+    fn new(matcher: Matcher, eos: Vec<u32>, ahead: bool) -> Self {
         let mut g = Self {
-            state: MatchState::Gone,
+            state: MatchState::Idle(Box::new(matcher)),
             eos,
+            ahead,
         };
-        g.compute_ahead(Box::new(matcher));
+        if let MatchState::Idle(m) = std::mem::replace(&mut g.state, MatchState::Gone) {
+            g.compute_ahead(m);
+        }
         g
     }
 
@@ -312,8 +319,13 @@ impl Grammar {
         self.compute_ahead(m);
     }
 
-    /// Starts computing `m`'s next mask on rayon's pool.
+    /// Starts computing `m`'s next mask on rayon's pool (or leaves it for [`Grammar::mask`]
+    /// when not computing ahead).
     fn compute_ahead(&mut self, mut m: Box<Matcher>) {
+        if !self.ahead {
+            self.state = MatchState::Idle(m);
+            return;
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         rayon::spawn(move || {
             let mask = next_mask(&mut m);

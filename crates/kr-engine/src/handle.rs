@@ -213,7 +213,7 @@ impl EngineHandle {
                 params: req.params,
                 prompt_logprobs: req.options.prompt_logprobs,
                 priority: req.options.priority,
-                grammar: req.grammar.map(|g| Box::new(g.start())),
+                grammar: req.grammar,
                 events: tx,
             })
             .map_err(|_| EngineError::Stopped)?;

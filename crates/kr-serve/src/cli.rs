@@ -326,9 +326,10 @@ pub struct BenchEngineArgs {
     pub repeat: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Hold every decode request's output to this JSON schema (structured outputs); the
-    /// requests then stop at end-of-sequence instead of ignoring it, so use a schema that
-    /// outlasts --gen-tokens (e.g. an array with a large minItems).
+    /// Also measure decode with every request held to this JSON schema (structured outputs),
+    /// right after the unconstrained run of each batch size, through the engine on any
+    /// device. Those requests stop at end-of-sequence instead of ignoring it, so use a schema
+    /// that outlasts --gen-tokens (e.g. an array with a large minItems).
     #[arg(long)]
     pub json_schema: Option<PathBuf>,
 }
