@@ -38,13 +38,30 @@ impl ToolFormat {
         }
     }
 
-    /// Where a tool call begins in the output (text before it is content).
-    pub fn start_marker(self) -> &'static str {
+    /// What a tool call begins with in the output (text before it is content).
+    pub fn start_markers(self) -> &'static [&'static str] {
         match self {
-            Self::Hermes => "<tool_call>",
-            Self::Mistral => "[TOOL_CALLS]",
-            Self::Llama3Json => "{",
+            Self::Hermes => &["<tool_call>"],
+            Self::Mistral => &["[TOOL_CALLS]"],
+            Self::Llama3Json => &["<|python_tag|>", "{"],
         }
+    }
+
+    /// Where in `text` a call may begin: the first marker, or a marker's beginning at the
+    /// very end (more text may complete it).
+    pub fn call_start(self, text: &str) -> Option<usize> {
+        let markers = self.start_markers();
+        let whole = markers.iter().filter_map(|m| text.find(m)).min();
+        let partial = markers
+            .iter()
+            .filter_map(|m| {
+                (1..m.len())
+                    .rev()
+                    .find(|&k| text.ends_with(&m[..k]))
+                    .map(|k| text.len() - k)
+            })
+            .min();
+        whole.into_iter().chain(partial).min()
     }
 }
 
@@ -239,6 +256,16 @@ mod tests {
             let (content, calls) = parse(f, text);
             assert!(calls.is_empty() && content == text, "{f:?} {text}");
         }
+    }
+
+    #[test]
+    fn call_starts_are_found_whole_or_begun() {
+        assert_eq!(ToolFormat::Hermes.call_start("Sure.\n<tool_call>\n{"), Some(6));
+        assert_eq!(ToolFormat::Hermes.call_start("Sure.\n<tool_"), Some(6));
+        assert_eq!(ToolFormat::Hermes.call_start("Sure."), None);
+        assert_eq!(ToolFormat::Llama3Json.call_start("<|python_tag|>{\"name\""), Some(0));
+        assert_eq!(ToolFormat::Llama3Json.call_start("x <|pyth"), Some(2));
+        assert_eq!(ToolFormat::Mistral.call_start("a [TOOL_CALLS] ["), Some(2));
     }
 
     #[test]

@@ -23,11 +23,11 @@ fn python() -> Option<PathBuf> {
 
 /// Runs `tests/python/SCRIPT BASE MODEL` against a fresh server on SmolLM2.
 fn run_script(script: &str) {
-    run_script_with(script, |_| {});
+    run_script_with(script, &[], |_| {});
 }
 
 /// [`run_script`] with the engine configured by `f`.
-fn run_script_with(script: &str, f: impl FnOnce(&mut kr_engine::EngineConfig)) {
+fn run_script_with(script: &str, args: &[&str], f: impl FnOnce(&mut kr_engine::EngineConfig)) {
     let Some(py) = python() else {
         eprintln!("skipped: no Python with `openai` and `ollama` (set KR_PYTHON or run .ci/run)");
         return;
@@ -40,6 +40,7 @@ fn run_script_with(script: &str, f: impl FnOnce(&mut kr_engine::EngineConfig)) {
     let out = Command::new(py)
         .arg(script)
         .args([&server.base, MODEL])
+        .args(args)
         .output()
         .expect("python runs");
     assert!(
@@ -74,6 +75,27 @@ fn tool_calls_through_the_official_client() {
         serde_json::from_str(&std::fs::read_to_string(config).expect("reads")).expect("JSON");
     let path = std::env::temp_dir().join(format!("kr-qwen3-template-{}.jinja", std::process::id()));
     std::fs::write(&path, cfg["chat_template"].as_str().expect("a template")).expect("writes");
-    run_script_with("tools.py", |c| c.chat_template_file = Some(path.clone()));
+    run_script_with("tools.py", &[], |c| {
+        c.chat_template_file = Some(path.clone())
+    });
+    run_script_with("tool_formats.py", &["hermes"], |c| {
+        c.chat_template_file = Some(path.clone())
+    });
     std::fs::remove_file(&path).ok();
+}
+
+/// Hand-written replies in the Llama 3.1 JSON and Mistral formats (minimal templates in those
+/// formats, tests/python/templates), parsed whole and streamed.
+#[test]
+fn tool_call_formats_parse_whole_and_streamed() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/templates");
+    for (format, file) in [
+        ("llama3", "llama3-json-tools.jinja"),
+        ("mistral", "mistral-tools.jinja"),
+    ] {
+        let path = dir.join(file);
+        run_script_with("tool_formats.py", &[format], |c| {
+            c.chat_template_file = Some(path)
+        });
+    }
 }

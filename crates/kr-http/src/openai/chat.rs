@@ -429,14 +429,7 @@ impl ChatEncoder {
             h.push_str(&text);
             return String::new();
         }
-        let marker = format.start_marker();
-        let at = text.find(marker).or_else(|| {
-            (1..marker.len())
-                .rev()
-                .find(|&k| text.ends_with(&marker[..k]))
-                .map(|k| text.len() - k)
-        });
-        match at {
+        match format.call_start(&text) {
             Some(i) => {
                 if let Some(slot) = self.held.get_mut(index) {
                     *slot = Some(text[i..].to_string());
