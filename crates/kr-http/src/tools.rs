@@ -260,10 +260,16 @@ mod tests {
 
     #[test]
     fn call_starts_are_found_whole_or_begun() {
-        assert_eq!(ToolFormat::Hermes.call_start("Sure.\n<tool_call>\n{"), Some(6));
+        assert_eq!(
+            ToolFormat::Hermes.call_start("Sure.\n<tool_call>\n{"),
+            Some(6)
+        );
         assert_eq!(ToolFormat::Hermes.call_start("Sure.\n<tool_"), Some(6));
         assert_eq!(ToolFormat::Hermes.call_start("Sure."), None);
-        assert_eq!(ToolFormat::Llama3Json.call_start("<|python_tag|>{\"name\""), Some(0));
+        assert_eq!(
+            ToolFormat::Llama3Json.call_start("<|python_tag|>{\"name\""),
+            Some(0)
+        );
         assert_eq!(ToolFormat::Llama3Json.call_start("x <|pyth"), Some(2));
         assert_eq!(ToolFormat::Mistral.call_start("a [TOOL_CALLS] ["), Some(2));
     }
