@@ -95,18 +95,43 @@ pub fn bounded_whitespace(schema: &serde_json::Value) -> serde_json::Value {
 /// (Ollama's) and vLLM's grammars read a schema. JSON Schema itself would allow any other
 /// property, which lets a model add properties until `max_tokens`.
 fn close_objects(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(obj) => {
-            if obj.contains_key("properties") && !obj.contains_key("additionalProperties") {
-                obj.insert(
-                    "additionalProperties".into(),
-                    serde_json::Value::Bool(false),
-                );
+    use serde_json::Value;
+    let Value::Object(obj) = v else { return };
+    if obj.contains_key("properties") && !obj.contains_key("additionalProperties") {
+        obj.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    // Only into subschemas: never into `const`, `enum`, `default` or `examples` data.
+    const ONE: [&str; 10] = [
+        "items",
+        "additionalProperties",
+        "not",
+        "if",
+        "then",
+        "else",
+        "contains",
+        "propertyNames",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+    ];
+    const MAPS: [&str; 5] = [
+        "properties",
+        "$defs",
+        "definitions",
+        "patternProperties",
+        "dependentSchemas",
+    ];
+    const LISTS: [&str; 4] = ["anyOf", "oneOf", "allOf", "prefixItems"];
+    for (key, sub) in obj.iter_mut() {
+        match sub {
+            Value::Object(m) if MAPS.contains(&key.as_str()) => {
+                m.values_mut().for_each(close_objects)
             }
-            obj.values_mut().for_each(close_objects);
+            Value::Array(a) if LISTS.contains(&key.as_str()) || key == "items" => {
+                a.iter_mut().for_each(close_objects)
+            }
+            _ if ONE.contains(&key.as_str()) => close_objects(sub),
+            _ => {}
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(close_objects),
-        _ => {}
     }
 }
 
@@ -332,5 +357,40 @@ impl Grammar {
             let _ = tx.send((m, mask));
         });
         self.state = MatchState::Computing(rx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_close_in_subschemas_only() {
+        let mut s = serde_json::json!({
+            "properties": {
+                "a": {"properties": {"x": {"type": "integer"}}},
+                "properties": {"type": "string"},
+                "c": {"const": {"properties": 1}, "default": {"properties": 2}}
+            },
+            "anyOf": [{"properties": {"y": {}}}],
+            "$defs": {"d": {"properties": {}, "additionalProperties": true}}
+        });
+        close_objects(&mut s);
+        assert_eq!(s["additionalProperties"], false);
+        assert_eq!(s["properties"]["a"]["additionalProperties"], false);
+        assert_eq!(s["anyOf"][0]["additionalProperties"], false);
+        assert_eq!(
+            s["$defs"]["d"]["additionalProperties"], true,
+            "the schema's own word stays"
+        );
+        assert_eq!(
+            s["properties"]["c"]["const"],
+            serde_json::json!({"properties": 1})
+        );
+        assert_eq!(
+            s["properties"]["c"]["default"],
+            serde_json::json!({"properties": 2})
+        );
+        assert!(s["properties"].get("additionalProperties").is_none());
     }
 }

@@ -254,7 +254,10 @@ async fn run(state: AppState, arrived: Instant, spec: RunSpec) -> Result<Respons
     let constraint = format_constraint(format.as_ref())?;
     let (params, num_predict) = to_params(&state, &opts.unwrap_or_default())?;
     let ids = generate::tokenize(&state, prompt).await?;
-    let thinking = chat.then(|| thinking_mode(&state, &ids)).flatten();
+    let thinking = chat
+        .then(|| thinking_mode(&state, &ids))
+        .flatten()
+        .filter(|&opened| !opened || constraint.is_none());
     let fields = match chat {
         true => FieldNames::OLLAMA_CHAT,
         false => FieldNames::OLLAMA_GENERATE,

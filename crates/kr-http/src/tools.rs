@@ -38,30 +38,57 @@ impl ToolFormat {
         }
     }
 
-    /// What a tool call begins with in the output (text before it is content).
-    pub fn start_markers(self) -> &'static [&'static str] {
+    /// Where in `text` a call may begin (text before it is content): a Hermes or Mistral
+    /// marker, whole or begun at the very end; for Llama 3.1 (whose call is the whole reply)
+    /// and Mistral (whose `[TOOL_CALLS]` token may not reach the text), `text` itself when
+    /// it is the start of the reply (`at_start`) and opens like a call.
+    pub fn call_start(self, text: &str, at_start: bool) -> Option<usize> {
+        let t = text.trim_start();
+        let opens = |openers: &[&str]| {
+            t.is_empty() || openers.iter().any(|o| t.starts_with(o) || o.starts_with(t))
+        };
         match self {
-            Self::Hermes => &["<tool_call>"],
-            Self::Mistral => &["[TOOL_CALLS]"],
-            Self::Llama3Json => &["<|python_tag|>", "{"],
+            Self::Llama3Json => (at_start && opens(&["<|python_tag|>", "{", "["])).then_some(0),
+            Self::Mistral if at_start && opens(&["[TOOL_CALLS]", "["]) => Some(0),
+            Self::Mistral => marker_start(text, "[TOOL_CALLS]"),
+            Self::Hermes => marker_start(text, "<tool_call>"),
         }
     }
+}
 
-    /// Where in `text` a call may begin: the first marker, or a marker's beginning at the
-    /// very end (more text may complete it).
-    pub fn call_start(self, text: &str) -> Option<usize> {
-        let markers = self.start_markers();
-        let whole = markers.iter().filter_map(|m| text.find(m)).min();
-        let partial = markers
-            .iter()
-            .filter_map(|m| {
-                (1..m.len())
-                    .rev()
-                    .find(|&k| text.ends_with(&m[..k]))
-                    .map(|k| text.len() - k)
-            })
-            .min();
-        whole.into_iter().chain(partial).min()
+/// The first `marker` in `text`, or where it begins at the very end.
+fn marker_start(text: &str, marker: &str) -> Option<usize> {
+    text.find(marker).or_else(|| {
+        (1..marker.len())
+            .rev()
+            .find(|&k| text.ends_with(&marker[..k]))
+            .map(|k| text.len() - k)
+    })
+}
+
+/// A streamed reply's text, holding back from where a tool call may begin; text that turns
+/// out not to be a call is let go as soon as that is clear.
+#[derive(Debug, Clone, Default)]
+pub struct CallHold {
+    held: String,
+    sent: bool,
+}
+
+impl CallHold {
+    /// Takes the next text; returns what can be sent as content now.
+    pub fn push(&mut self, format: ToolFormat, text: &str) -> String {
+        self.held.push_str(text);
+        let cut = format
+            .call_start(&self.held, !self.sent)
+            .unwrap_or(self.held.len());
+        let out: String = self.held.drain(..cut).collect();
+        self.sent |= !out.trim().is_empty();
+        out
+    }
+
+    /// The end of the reply: what is still held (a call, or text to send).
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
     }
 }
 
@@ -113,10 +140,13 @@ fn parse_hermes(text: &str) -> Option<(String, Vec<ToolCall>)> {
         .then(|| (text[..start].trim_end().to_string(), calls))
 }
 
-/// `[TOOL_CALLS]` and a JSON list of calls.
+/// `[TOOL_CALLS]` and a JSON list of calls, or the list alone as the whole reply (the marker
+/// is a control token, which decoding drops).
 fn parse_mistral(text: &str) -> Option<(String, Vec<ToolCall>)> {
-    let start = text.find("[TOOL_CALLS]")?;
-    let list = text[start + "[TOOL_CALLS]".len()..].trim();
+    let (start, list) = match text.find("[TOOL_CALLS]") {
+        Some(s) => (s, text[s + "[TOOL_CALLS]".len()..].trim()),
+        None => (0, text.trim()),
+    };
     let Value::Array(items) = serde_json::from_str::<Value>(list).ok()? else {
         return None;
     };
@@ -202,10 +232,8 @@ pub fn forced_calls(format: ToolFormat, funcs: &[(String, Value)], parallel: boo
             "start: block {}\nblock: \"<tool_call>\\n\" call \"\\n</tool_call>\"",
             more("\n", "block")
         ),
-        ToolFormat::Mistral => format!(
-            "start: \"[TOOL_CALLS] [\" call {} \"]\"",
-            more(", ", "call")
-        ),
+        // The list alone: `[TOOL_CALLS]` is a control token, which a grammar cannot write.
+        ToolFormat::Mistral => format!("start: \"[\" call {} \"]\"", more(", ", "call")),
         ToolFormat::Llama3Json => "start: call".to_string(),
     };
     let lark = format!("{lark}\ncall: %json {call}");
@@ -260,18 +288,59 @@ mod tests {
 
     #[test]
     fn call_starts_are_found_whole_or_begun() {
+        let hermes = ToolFormat::Hermes;
+        assert_eq!(hermes.call_start("Sure.\n<tool_call>\n{", true), Some(6));
+        assert_eq!(hermes.call_start("Sure.\n<tool_", true), Some(6));
+        assert_eq!(hermes.call_start("Sure.", true), None);
+        let llama = ToolFormat::Llama3Json;
+        assert_eq!(llama.call_start("<|python_tag|>{\"name\"", true), Some(0));
+        assert_eq!(llama.call_start(" <|pyth", true), Some(0));
+        assert_eq!(llama.call_start("x {", true), None);
+        assert_eq!(llama.call_start("{", false), None);
         assert_eq!(
-            ToolFormat::Hermes.call_start("Sure.\n<tool_call>\n{"),
-            Some(6)
+            ToolFormat::Mistral.call_start("a [TOOL_CALLS] [", false),
+            Some(2)
         );
-        assert_eq!(ToolFormat::Hermes.call_start("Sure.\n<tool_"), Some(6));
-        assert_eq!(ToolFormat::Hermes.call_start("Sure."), None);
+        assert_eq!(ToolFormat::Mistral.call_start("[{\"na", true), Some(0));
+    }
+
+    /// Streamed text is let go as soon as it cannot be a call, and whole and streamed agree
+    /// on what the calls are, however the reply is cut.
+    #[test]
+    fn held_text_is_let_go_once_it_is_not_a_call() {
+        let stream = |f: ToolFormat, pieces: &[&str]| {
+            let mut h = CallHold::default();
+            let sent: Vec<String> = pieces.iter().map(|p| h.push(f, p)).collect();
+            (sent, h.finish())
+        };
+        let (sent, rest) = stream(ToolFormat::Hermes, &["if a <", "b then", " c"]);
         assert_eq!(
-            ToolFormat::Llama3Json.call_start("<|python_tag|>{\"name\""),
-            Some(0)
+            (sent.concat(), rest.as_str()),
+            ("if a <b then c".into(), "")
         );
-        assert_eq!(ToolFormat::Llama3Json.call_start("x <|pyth"), Some(2));
-        assert_eq!(ToolFormat::Mistral.call_start("a [TOOL_CALLS] ["), Some(2));
+        assert_eq!(
+            sent[1], "<b then",
+            "released as soon as `<b` is not a marker"
+        );
+        let (sent, rest) = stream(ToolFormat::Llama3Json, &["Sure: ", "{\"a\": 1}"]);
+        assert_eq!(
+            (sent.concat(), rest.as_str()),
+            ("Sure: {\"a\": 1}".into(), "")
+        );
+        let reply =
+            "[{\"name\": \"a\", \"parameters\": {}}, {\"name\": \"b\", \"parameters\": {}}]";
+        for cut in 1..reply.len() {
+            let (sent, rest) = stream(ToolFormat::Llama3Json, &[&reply[..cut], &reply[cut..]]);
+            assert_eq!(sent.concat(), "", "cut {cut}");
+            assert_eq!(
+                parse(ToolFormat::Llama3Json, &rest),
+                parse(ToolFormat::Llama3Json, reply)
+            );
+        }
+        assert_eq!(parse(ToolFormat::Llama3Json, reply).1.len(), 2);
+        let bare = "[{\"name\": \"a\", \"arguments\": {\"x\": 1}}]";
+        assert_eq!(parse(ToolFormat::Mistral, bare).1.len(), 1);
+        assert_eq!(stream(ToolFormat::Mistral, &[bare]).1, bare);
     }
 
     #[test]

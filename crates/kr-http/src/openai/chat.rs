@@ -345,7 +345,9 @@ pub async fn chat_completions(
     let setup = tool_setup(&state, &req)?;
     let constraint = one_constraint(common.constraint()?, setup.forced)?;
     let prompt = generate::tokenize(&state, Prompt::Conversation(messages, setup.ctx)).await?;
-    let thinking = thinking_mode(&state, &prompt);
+    // A grammar makes the reply start at once in its own form: a block the prompt opened is
+    // never closed, so nothing is reasoning then.
+    let thinking = thinking_mode(&state, &prompt).filter(|&opened| !opened || constraint.is_none());
     let job = Job {
         prompts: &[prompt],
         params: &params,
@@ -372,7 +374,7 @@ pub async fn chat_completions(
             usage: Vec::new(),
             n,
             tools: setup.format,
-            held: vec![None; n],
+            held: vec![tools::CallHold::default(); n],
             splitters: thinking.map(|opened| vec![reasoning::Splitter::new(opened); n]),
         };
         let pacing = state.pacing(true, arrived);
@@ -413,7 +415,7 @@ struct ChatEncoder {
     /// The tool-call format when the request has tools.
     tools: Option<ToolFormat>,
     /// Per choice: text held back since a tool call may have begun.
-    held: Vec<Option<String>>,
+    held: Vec<tools::CallHold>,
     /// Per choice, for a template that thinks: reasoning apart from content.
     splitters: Option<Vec<reasoning::Splitter>>,
 }
@@ -422,21 +424,9 @@ impl ChatEncoder {
     /// With tools, the part of `text` to send now; the rest is held until the call (or not)
     /// is complete. Text is held from where a tool call's start marker begins, or could.
     fn release(&mut self, index: usize, text: String) -> String {
-        let Some(format) = self.tools else {
-            return text;
-        };
-        if let Some(h) = self.held.get_mut(index).and_then(Option::as_mut) {
-            h.push_str(&text);
-            return String::new();
-        }
-        match format.call_start(&text) {
-            Some(i) => {
-                if let Some(slot) = self.held.get_mut(index) {
-                    *slot = Some(text[i..].to_string());
-                }
-                text[..i].to_string()
-            }
-            None => text,
+        match (self.tools, self.held.get_mut(index)) {
+            (Some(format), Some(hold)) => hold.push(format, &text),
+            _ => text,
         }
     }
 
@@ -548,9 +538,10 @@ impl ChatEncoder {
         self.usage[index] = usage;
         let mut out = Vec::new();
         let mut reason = generate::finish_str(reason);
-        if let (Some(format), Some(held)) =
-            (self.tools, self.held.get_mut(index).and_then(Option::take))
-        {
+        if let (Some(format), Some(held)) = (
+            self.tools,
+            self.held.get_mut(index).map(tools::CallHold::finish),
+        ) {
             let (content, calls) = tools::parse(format, &held);
             if !content.is_empty() {
                 out.push(self.chunk(
