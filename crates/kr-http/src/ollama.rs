@@ -309,6 +309,13 @@ pub async fn generate(
     let arrived = Instant::now();
     check_unknown(&state, &req.extra)?;
     check_honoured(&state, req.keep_alive.as_ref())?;
+    if state.cfg().strict && req.think.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::bad(
+            "think",
+            "`think` is honoured on /api/chat, not on /api/generate (strict mode)",
+        )
+        .into());
+    }
     state.check_model(&req.model)?;
     let text = req.prompt.unwrap_or_default();
     if text.is_empty() {
