@@ -51,9 +51,9 @@ impl Constraint {
     fn top_level(&self) -> std::result::Result<TopLevelGrammar, String> {
         Ok(match &self.kind {
             ConstraintKind::JsonSchema(s) => {
-                TopLevelGrammar::from_json_schema(bounded_whitespace(s))
+                TopLevelGrammar::from_json_schema(with_schema_defaults(s))
             }
-            ConstraintKind::JsonObject => TopLevelGrammar::from_json_schema(bounded_whitespace(
+            ConstraintKind::JsonObject => TopLevelGrammar::from_json_schema(with_schema_defaults(
                 &serde_json::json!({"type": "object"}),
             )),
             ConstraintKind::Regex(r) => TopLevelGrammar::from_regex(r),
@@ -80,7 +80,7 @@ const JSON_WHITESPACE: &str = r"(?:[ ]|\n[ \t]{0,20})?";
 
 /// A schema with the server's defaults: closed objects ([`close_objects`]) and bounded
 /// whitespace, unless it sets its own (`x-guidance`).
-pub fn bounded_whitespace(schema: &serde_json::Value) -> serde_json::Value {
+pub fn with_schema_defaults(schema: &serde_json::Value) -> serde_json::Value {
     let mut s = schema.clone();
     close_objects(&mut s);
     if let Some(obj) = s.as_object_mut() {
@@ -265,13 +265,11 @@ fn next_mask(m: &mut Matcher) -> NextMask {
 impl Grammar {
     fn new(matcher: Matcher, eos: Vec<u32>, ahead: bool) -> Self {
         let mut g = Self {
-            state: MatchState::Idle(Box::new(matcher)),
+            state: MatchState::Gone,
             eos,
             ahead,
         };
-        if let MatchState::Idle(m) = std::mem::replace(&mut g.state, MatchState::Gone) {
-            g.compute_ahead(m);
-        }
+        g.compute_ahead(Box::new(matcher));
         g
     }
 

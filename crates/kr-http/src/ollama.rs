@@ -140,13 +140,7 @@ fn chat_extras(
         Some(_) => return Err(ApiError::bad("tools", "`tools` must be a list").into()),
     };
     tools::check_tools(list)?;
-    let format = state
-        .engine
-        .chat_template_source()
-        .and_then(ToolFormat::detect)
-        .ok_or_else(|| {
-            ApiError::bad("tools", "this model's chat template does not support tools")
-        })?;
+    let format = tools::template_format(state.engine.chat_template_source())?;
     ctx.tools = Some(Value::Array(list.clone()));
     Ok(ChatExtras {
         ctx,

@@ -167,6 +167,14 @@ fn parse_llama3(text: &str) -> Option<(String, Vec<ToolCall>)> {
     (!calls.is_empty()).then(|| (String::new(), calls))
 }
 
+/// The tool format of a model's chat template (its source, if it has one), or the 400 for a
+/// request with tools to a model whose template knows none.
+pub fn template_format(template: Option<&str>) -> Result<ToolFormat> {
+    template
+        .and_then(ToolFormat::detect)
+        .ok_or_else(|| ApiError::bad("tools", "this model's chat template does not support tools"))
+}
+
 /// The request's `tools`, checked: each `{"type": "function", "function": {"name", …}}`.
 /// Returns the function definitions (name, parameters schema).
 pub fn check_tools(tools: &[Value]) -> Result<Vec<(String, Value)>> {
@@ -214,7 +222,7 @@ pub fn forced_calls(format: ToolFormat, funcs: &[(String, Value)], parallel: boo
                    "required": ["name", key], "additionalProperties": false})
         })
         .collect();
-    let call = kr_engine::grammar::bounded_whitespace(&json!({"anyOf": one_of}));
+    let call = kr_engine::grammar::with_schema_defaults(&json!({"anyOf": one_of}));
     // Parallel calls: up to one per tool (at most 4), as nested optionals, so a model that
     // would repeat calls forever still ends.
     let extra = if parallel {

@@ -194,13 +194,7 @@ fn tool_setup(state: &AppState, req: &ChatRequest) -> Result<ToolSetup> {
         });
     }
     let funcs = tools::check_tools(tools)?;
-    let format = state
-        .engine
-        .chat_template_source()
-        .and_then(ToolFormat::detect)
-        .ok_or_else(|| {
-            ApiError::bad("tools", "this model's chat template does not support tools")
-        })?;
+    let format = tools::template_format(state.engine.chat_template_source())?;
     let parallel = req.parallel_tool_calls.unwrap_or(true);
     let forced = match choice {
         None => None,
@@ -292,12 +286,14 @@ fn reply_message(
     (message, finish)
 }
 
+/// One parsed call as OpenAI writes it.
+fn tool_call_json(c: &ToolCall) -> Value {
+    json!({"id": new_id("call"), "type": "function", "function": {"name": c.name, "arguments": c.arguments}})
+}
+
 /// The OpenAI `tool_calls` list of parsed calls.
 fn tool_calls_json(calls: &[ToolCall]) -> Value {
-    calls
-        .iter()
-        .map(|c| json!({"id": new_id("call"), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-        .collect()
+    calls.iter().map(tool_call_json).collect()
 }
 
 /// `logprobs: true` (+ `top_logprobs` alternatives) → the engine's `logprobs`.
@@ -459,48 +455,19 @@ impl Encoder for ChatEncoder {
             Some(s) => s.push(&text),
             None => (String::new(), text),
         };
-        let mut out = Vec::new();
-        if !thought.is_empty() {
-            out.push(self.chunk(
-                index,
-                json!({ "reasoning_content": thought }),
-                Value::Null,
-                Value::Null,
-            ));
-        }
-        let text = self.release(index, text);
-        if text.is_empty() && entries.is_empty() {
-            return out;
-        }
-        let lp = match entries.is_empty() {
-            true => Value::Null,
-            false => json!({ "content": entries }),
-        };
-        out.push(self.chunk(index, json!({ "content": text }), lp, Value::Null));
-        out
+        self.text_deltas(index, thought, text, entries)
     }
 
     fn finish(&mut self, index: usize, reason: FinishReason, usage: Usage) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        if let Some((thought, text)) = self
+        let held = self
             .splitters
             .as_mut()
             .and_then(|s| s.get_mut(index))
-            .map(|s| s.finish())
-        {
-            if !thought.is_empty() {
-                out.push(self.chunk(
-                    index,
-                    json!({ "reasoning_content": thought }),
-                    Value::Null,
-                    Value::Null,
-                ));
-            }
-            let text = self.release(index, text);
-            if !text.is_empty() {
-                out.push(self.chunk(index, json!({ "content": text }), Value::Null, Value::Null));
-            }
-        }
+            .map(|s| s.finish());
+        let mut out = match held {
+            Some((thought, text)) => self.text_deltas(index, thought, text, Vec::new()),
+            None => Vec::new(),
+        };
         out.extend(self.finish_calls(index, reason, usage));
         out
     }
@@ -530,6 +497,36 @@ impl Encoder for ChatEncoder {
 }
 
 impl ChatEncoder {
+    /// A delta chunk without logprobs or finish reason.
+    fn delta(&self, index: usize, delta: Value) -> Bytes {
+        self.chunk(index, delta, Value::Null, Value::Null)
+    }
+
+    /// The chunks of new text: its reasoning, then its content (what tool-call holding lets
+    /// go) with its logprob `entries`.
+    fn text_deltas(
+        &mut self,
+        index: usize,
+        thought: String,
+        text: String,
+        entries: Vec<Value>,
+    ) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        if !thought.is_empty() {
+            out.push(self.delta(index, json!({ "reasoning_content": thought })));
+        }
+        let text = self.release(index, text);
+        if text.is_empty() && entries.is_empty() {
+            return out;
+        }
+        let lp = match entries.is_empty() {
+            true => Value::Null,
+            false => json!({ "content": entries }),
+        };
+        out.push(self.chunk(index, json!({ "content": text }), lp, Value::Null));
+        out
+    }
+
     /// The end of choice `index`: its usage, the tool calls held back (if any), the finish chunk.
     fn finish_calls(&mut self, index: usize, reason: FinishReason, usage: Usage) -> Vec<Bytes> {
         if self.usage.len() <= index {
@@ -544,31 +541,19 @@ impl ChatEncoder {
         ) {
             let (content, calls) = tools::parse(format, &held);
             if !content.is_empty() {
-                out.push(self.chunk(
-                    index,
-                    json!({ "content": content }),
-                    Value::Null,
-                    Value::Null,
-                ));
+                out.push(self.delta(index, json!({ "content": content })));
             }
             if !calls.is_empty() {
-                let deltas: Vec<Value> = tool_calls_json(&calls)
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let deltas: Vec<Value> = calls
+                    .iter()
                     .enumerate()
                     .map(|(i, c)| {
-                        let mut c = c.clone();
-                        c["index"] = i.into();
-                        c
+                        let mut d = tool_call_json(c);
+                        d["index"] = i.into();
+                        d
                     })
                     .collect();
-                out.push(self.chunk(
-                    index,
-                    json!({ "tool_calls": deltas }),
-                    Value::Null,
-                    Value::Null,
-                ));
+                out.push(self.delta(index, json!({ "tool_calls": deltas })));
                 reason = "tool_calls";
             }
         }
