@@ -88,3 +88,32 @@ pub fn path(rel: &str) -> Option<PathBuf> {
     let _ = std::io::stderr().write_all(line.as_bytes());
     None
 }
+
+/// A tiny random Qwen3 model directory for Qwen3's real tokenizer: the weights of
+/// tests/reference/qwen3-tiny (scripts/make_qwen3_tiny.py) linked beside the test models'
+/// `tokenizer-qwen3` files in a fresh temporary directory named after `tag`; with
+/// `pooling`, a sentence-transformers `1_Pooling/config.json` turning on
+/// `pooling_mode_<pooling>`. `None` (the skip line printed) without the test models.
+pub fn qwen3_tiny_dir(tag: &str, pooling: Option<&str>) -> Option<PathBuf> {
+    let tok = path("tokenizer-qwen3/tokenizer.json")?;
+    let weights = repo_root().join("tests/reference/qwen3-tiny");
+    let dir = std::env::temp_dir().join(format!("kr-qwen3-tiny-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let link = |from: &Path, name: &str| {
+        std::os::unix::fs::symlink(from, dir.join(name)).expect("a symlink in the temp dir")
+    };
+    link(&weights.join("config.json"), "config.json");
+    link(&weights.join("model.safetensors"), "model.safetensors");
+    link(&tok, "tokenizer.json");
+    link(
+        &tok.with_file_name("tokenizer_config.json"),
+        "tokenizer_config.json",
+    );
+    if let Some(mode) = pooling {
+        std::fs::create_dir_all(dir.join("1_Pooling")).expect("a directory");
+        let cfg = format!("{{\"word_embedding_dimension\": 16, \"pooling_mode_{mode}\": true}}");
+        std::fs::write(dir.join("1_Pooling/config.json"), cfg).expect("writes");
+    }
+    Some(dir)
+}

@@ -191,6 +191,23 @@ impl CudaModel {
         })
     }
 
+    /// Logits of `meta.logit_rows` and the final-normed hidden states of `hidden_rows`
+    /// (see `Decoder::forward_with_hidden`), both in f32; always eager (no graph).
+    pub fn forward_with_hidden(
+        &mut self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        hidden_rows: &[usize],
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.no_steps_outstanding()?;
+        self.last_sampled = None;
+        let out = self
+            .decoder
+            .forward_with_hidden(ids, meta, hidden_rows, &mut self.cache);
+        self.error()?;
+        Ok(out)
+    }
+
     /// The greedy token of each of `meta.logit_rows`, chosen on the GPU.
     pub fn forward_greedy(&mut self, ids: &[u32], meta: &AttnMeta) -> Result<Vec<u32>> {
         self.no_steps_outstanding()?;

@@ -1,9 +1,10 @@
 //! Turns a scheduler step plan into one packed model batch: token ids, attention metadata
 //! and what each logits row is for.
 //!
-//! Invariant: the logit rows of a batch are listed sequence after sequence, in plan order,
+//! Invariant: the row uses of a batch are listed sequence after sequence, in plan order,
 //! each sequence's prompt rows (ascending) before its sampled row, so the sampled rows come
-//! in the order `Scheduler::update` expects.
+//! in the order `Scheduler::update` expects. Every use but [`RowUse::Embed`] has its logits
+//! row, in the same order as the uses.
 
 use kr_core::{ScheduledSeq, StepPlan};
 use kr_model::{AttnMeta, SeqAttn};
@@ -16,15 +17,27 @@ pub enum RowUse {
     Sample(usize),
     /// The distribution after position `pos` of `plan.seqs[seq]`'s prompt (prompt logprobs).
     Prompt { seq: usize, pos: usize },
+    /// `plan.seqs[i]` is an embedding request whose prompt ends in this step: it takes a
+    /// placeholder token and has no logits row (its output is pooled hidden states).
+    Embed(usize),
+}
+
+/// What a sequence of the step wants besides its KV writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// Prompt positions whose logits rows are wanted (prompt logprobs).
+    pub prompt_rows: Range<usize>,
+    /// An embedding request: its end of prompt samples nothing.
+    pub embed: bool,
 }
 
 /// Packs the plan's tokens sequence after sequence and describes them for attention.
-/// `prompt_rows(s)` names the positions of `s` whose logits are wanted besides the sampled
-/// one (clamped to the positions this step computes).
+/// `wanted(s)` names the positions of `s` whose logits are wanted besides the sampled
+/// one (clamped to the positions this step computes), and whether it is an embedding.
 pub fn build_batch(
     plan: &StepPlan,
     block_size: usize,
-    prompt_rows: impl Fn(&ScheduledSeq) -> Range<usize>,
+    wanted: impl Fn(&ScheduledSeq) -> Wanted,
 ) -> (Vec<u32>, AttnMeta, Vec<RowUse>) {
     let n = plan.num_tokens();
     let mut ids = Vec::with_capacity(n);
@@ -50,14 +63,19 @@ pub fn build_batch(
             ctx_len: s.start + s.tokens.len(),
             block_table: s.block_table.clone(),
         });
-        let wanted = prompt_rows(s);
-        for pos in wanted.start.max(s.start)..wanted.end.min(s.start + s.tokens.len()) {
+        let w = wanted(s);
+        let rows = &w.prompt_rows;
+        for pos in rows.start.max(s.start)..rows.end.min(s.start + s.tokens.len()) {
             meta.logit_rows.push(q_start + pos - s.start);
             uses.push(RowUse::Prompt { seq: i, pos });
         }
-        if s.sample {
-            meta.logit_rows.push(ids.len() - 1);
-            uses.push(RowUse::Sample(i));
+        match (s.sample, w.embed) {
+            (true, true) => uses.push(RowUse::Embed(i)),
+            (true, false) => {
+                meta.logit_rows.push(ids.len() - 1);
+                uses.push(RowUse::Sample(i));
+            }
+            (false, _) => {}
         }
     }
     (ids, meta, uses)
@@ -116,7 +134,7 @@ mod tests {
             ],
             preempted: vec![],
         };
-        let (ids, meta, uses) = build_batch(&plan, 4, |_| 0..0);
+        let (ids, meta, uses) = build_batch(&plan, 4, |_| Wanted::default());
         assert_eq!(ids, vec![7, 8, 9]);
         assert_eq!(meta.positions, vec![3, 4, 0]);
         assert_eq!(meta.slot_mapping, vec![5 * 4 + 3, 2 * 4, 0]);
@@ -147,7 +165,10 @@ mod tests {
             preempted: vec![],
         };
         // Request 2 wants positions 2..6: only 4 and 5 are computed in this step.
-        let (_, meta, uses) = build_batch(&plan, 4, |s| if s.id == 2 { 2..6 } else { 0..0 });
+        let (_, meta, uses) = build_batch(&plan, 4, |s| Wanted {
+            prompt_rows: if s.id == 2 { 2..6 } else { 0..0 },
+            embed: false,
+        });
         assert_eq!(meta.logit_rows, vec![2, 3, 4]);
         assert_eq!(
             uses,
@@ -157,6 +178,27 @@ mod tests {
                 RowUse::Sample(1)
             ]
         );
+    }
+
+    #[test]
+    fn an_embedding_end_of_prompt_has_no_logits_row() {
+        let seq = |id, start| ScheduledSeq {
+            id,
+            start,
+            tokens: vec![1, 2],
+            block_table: vec![0, 1],
+            sample: true,
+        };
+        let plan = StepPlan {
+            seqs: vec![seq(1, 0), seq(2, 2)],
+            preempted: vec![],
+        };
+        let (_, meta, uses) = build_batch(&plan, 4, |s| Wanted {
+            prompt_rows: 0..0,
+            embed: s.id == 1,
+        });
+        assert_eq!(meta.logit_rows, vec![3]);
+        assert_eq!(uses, vec![RowUse::Embed(0), RowUse::Sample(1)]);
     }
 
     #[test]

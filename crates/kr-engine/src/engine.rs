@@ -14,7 +14,7 @@
 //!   token.
 
 use crate::admission::AdmissionPolicies;
-use crate::batch::{build_batch, replay_batch, RowUse};
+use crate::batch::{build_batch, replay_batch, RowUse, Wanted};
 use crate::error::{EngineError, Result};
 use crate::handle::{EngineHandle, Event, ModelInfo, Usage};
 use crate::model::load_model;
@@ -22,6 +22,7 @@ use crate::runner::{DTypeChoice, DeviceChoice, Runner, RunnerConfig};
 use crate::sampler::{token_logprobs, Sampler, TokenLogprobs};
 use crate::stats::EngineStats;
 use crate::stop::StopMatcher;
+use embed::{has_embed_rows, EmbedState, Pooling};
 use kr_core::policy::{Gate, PolicyConfig, Priority};
 use kr_core::scheduler::NewRequest;
 use kr_core::{
@@ -120,6 +121,8 @@ pub(crate) enum Command {
         prompt_logprobs: Option<u32>,
         priority: Priority,
         grammar: Option<crate::grammar::CompiledGrammar>,
+        /// An embedding request: pool the prompt's hidden states this way, generate nothing.
+        embed: Option<Pooling>,
         events: UnboundedSender<Event>,
     },
     Abort(RequestId),
@@ -145,6 +148,8 @@ struct RequestState {
     cached_prompt_tokens: usize,
     /// Prompt logprobs being gathered; taken when the first token is sent.
     prompt_lp: Option<PromptLogprobs>,
+    /// The pooling of an embedding request (`embed.rs`).
+    embed: Option<EmbedState>,
 }
 
 /// The prompt logprobs of one request, filled row by row as prefill chunks run.
@@ -216,6 +221,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         num_kv_blocks: runner.num_blocks(),
         block_size: cfg.block_size,
         weight_bytes: model.weight_bytes,
+        pooling: model.pooling,
     };
     let template = match (&cfg.chat_template_file, &model.chat_template) {
         (Some(path), _) => {
@@ -431,12 +437,13 @@ impl EngineLoop {
                 prompt_logprobs,
                 priority,
                 grammar,
+                embed,
                 events,
             } => self.add(
                 id,
                 prompt,
                 params,
-                (prompt_logprobs, priority),
+                (prompt_logprobs, priority, embed),
                 grammar,
                 events,
             ),
@@ -459,7 +466,7 @@ impl EngineLoop {
         id: RequestId,
         prompt: Vec<u32>,
         params: SamplingParams,
-        (prompt_logprobs, priority): (Option<u32>, Priority),
+        (prompt_logprobs, priority, embed): (Option<u32>, Priority, Option<Pooling>),
         grammar: Option<crate::grammar::CompiledGrammar>,
         events: UnboundedSender<Event>,
     ) {
@@ -498,6 +505,7 @@ impl EngineLoop {
                 next: 0,
                 rows: vec![None; prompt.len()],
             }),
+            embed: embed.map(|p| EmbedState::new(p, prompt.len())),
             prompt_len: prompt.len(),
             ids: prompt,
         };
@@ -544,7 +552,22 @@ impl EngineLoop {
             }
         }
         self.replay_prompt_gaps(&plan);
+        self.replay_embed_gaps(&plan);
         let (ids, meta, rows) = self.batch(&plan);
+        let hidden = self.hidden_rows(&plan, &meta);
+        if !hidden.is_empty() || has_embed_rows(&rows) {
+            let rows_at: Vec<usize> = hidden.iter().map(|h| h.row).collect();
+            let outcome = self.runner.forward_with_hidden(&ids, &meta, &rows_at).map(
+                |(mut logits, states)| {
+                    self.pool_rows(&plan, &hidden, &states);
+                    self.use_rows(&plan, &rows, &mut logits)
+                },
+            );
+            return match outcome {
+                Ok((sampled, logprobs)) => self.complete_step(&plan, &sampled, logprobs, t0),
+                Err(e) => self.fail_step(&plan, &e),
+            };
+        }
         let outcome = match self.device_draws(&plan, &rows) {
             Some(draws) if self.overlap_steps => {
                 return self.run_overlapped(plan, rows, &ids, &meta, &draws, t0);
@@ -567,8 +590,9 @@ impl EngineLoop {
     /// The packed batch of `plan` (see [`build_batch`]).
     fn batch(&self, plan: &StepPlan) -> (Vec<u32>, kr_model::AttnMeta, Vec<RowUse>) {
         let live = &self.live;
-        build_batch(plan, self.sched.config().block_size, |s| {
-            live.get(&s.id).map_or(0..0, |l| l.prompt_rows(s))
+        build_batch(plan, self.sched.config().block_size, |s| Wanted {
+            prompt_rows: live.get(&s.id).map_or(0..0, |l| l.prompt_rows(s)),
+            embed: live.get(&s.id).is_some_and(|l| l.embed.is_some()),
         })
     }
 
@@ -621,7 +645,7 @@ impl EngineLoop {
         for u in rows {
             match *u {
                 RowUse::Sample(i) => seqs.push(plan.seqs[i].id),
-                RowUse::Prompt { .. } => return None,
+                RowUse::Prompt { .. } | RowUse::Embed(_) => return None,
             }
         }
         let live = &self.live;
@@ -671,8 +695,16 @@ impl EngineLoop {
         let vocab = self.vocab_size;
         let mut sampled = Vec::with_capacity(plan.num_sampled());
         let mut logprobs = Vec::with_capacity(plan.num_sampled());
-        for (u, row) in rows.iter().zip(logits.chunks_exact_mut(vocab)) {
+        let mut logit_rows = logits.chunks_exact_mut(vocab);
+        for u in rows {
+            if let RowUse::Embed(_) = *u {
+                sampled.push(0); // a placeholder: `emit` sends the pooled vector instead
+                logprobs.push(None);
+                continue;
+            }
+            let Some(row) = logit_rows.next() else { break };
             match *u {
+                RowUse::Embed(_) => {}
                 RowUse::Sample(i) => {
                     let (tok, lp) = self
                         .live
@@ -725,6 +757,9 @@ impl EngineLoop {
         let Some(live) = self.live.get_mut(&u.id) else {
             return;
         };
+        if live.embed.is_some() {
+            return self.finish_embedding(u.id);
+        }
         live.ids.push(u.token);
         let (text, finish) = match output_text(live, &self.tokenizer, u.finish) {
             Ok(out) => out,
@@ -773,3 +808,6 @@ impl EngineLoop {
 
 #[path = "overlap.rs"]
 mod overlap;
+
+#[path = "embed.rs"]
+pub(crate) mod embed;

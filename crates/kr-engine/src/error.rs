@@ -19,6 +19,9 @@ pub enum EngineError {
     },
     #[error("the engine has stopped")]
     Stopped,
+    /// A request the engine accepted failed while it ran (the step's error, in words).
+    #[error("the request failed: {0}")]
+    Failed(String),
     #[error("invalid engine configuration: {0}")]
     Config(String),
     /// The device failed or cannot be used (no GPU, a missing library, out of memory, a

@@ -47,6 +47,9 @@ pub struct RequestOptions {
     pub priority: Priority,
     /// Output held to a JSON schema, regex, grammar or choice list ([`crate::grammar`]).
     pub constraint: Option<crate::grammar::Constraint>,
+    /// Make this an embedding request: the prompt runs with this pooling and the stream's
+    /// one event is [`Event::Embedding`] (the sampling parameters are not used).
+    pub embed: Option<crate::engine::embed::Pooling>,
 }
 
 /// Token counts of a finished request.
@@ -73,6 +76,9 @@ pub enum Event {
     },
     /// The last event of a successful request.
     Finished { reason: FinishReason, usage: Usage },
+    /// The only event of a successful embedding request ([`RequestOptions::embed`]): the
+    /// pooled, L2-normalised hidden state of the prompt.
+    Embedding { vector: Vec<f32>, usage: Usage },
     /// The request failed; no more events follow.
     Error(String),
 }
@@ -86,6 +92,8 @@ pub struct ModelInfo {
     pub num_kv_blocks: usize,
     pub block_size: usize,
     pub weight_bytes: usize,
+    /// How embedding requests pool the prompt's hidden states.
+    pub pooling: crate::engine::embed::Pooling,
 }
 
 /// A cheap, cloneable handle on a running engine.
@@ -199,6 +207,36 @@ impl EngineHandle {
         self.submit_validated(self.validate(draft, u32::MAX)?)
     }
 
+    /// An embedding request for `prompt` (the model's pooling; see [`RequestOptions::embed`]),
+    /// for [`EngineHandle::validate`]: it asks for one token, which is never sampled, so a
+    /// prompt fits when it leaves one slot of the context window.
+    pub fn embedding_draft(&self, prompt: Vec<u32>) -> RequestDraft {
+        RequestDraft {
+            prompt,
+            params: SamplingParams {
+                temperature: 0.0,
+                max_tokens: 1,
+                ..SamplingParams::default()
+            },
+            max_tokens: Some(1),
+            options: RequestOptions {
+                embed: Some(self.info.pooling),
+                ..RequestOptions::default()
+            },
+        }
+    }
+
+    /// Embeds `prompt` and waits: its pooled, L2-normalised hidden state and token counts.
+    pub async fn embed(&self, prompt: Vec<u32>) -> Result<(Vec<f32>, Usage)> {
+        let req = self.validate(self.embedding_draft(prompt), u32::MAX)?;
+        let mut stream = self.submit_validated(req)?;
+        match stream.next().await {
+            Some(Event::Embedding { vector, usage }) => Ok((vector, usage)),
+            Some(Event::Error(e)) => Err(EngineError::Failed(e)),
+            _ => Err(EngineError::Stopped),
+        }
+    }
+
     /// Queues a request [`EngineHandle::validate`] accepted. The returned stream yields its
     /// events; dropping it before the end aborts the request and frees its KV blocks.
     pub fn submit_validated(&self, req: ValidatedRequest) -> Result<RequestStream> {
@@ -214,6 +252,7 @@ impl EngineHandle {
                 prompt_logprobs: req.options.prompt_logprobs,
                 priority: req.options.priority,
                 grammar: req.grammar,
+                embed: req.options.embed,
                 events: tx,
             })
             .map_err(|_| EngineError::Stopped)?;

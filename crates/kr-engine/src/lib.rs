@@ -19,6 +19,7 @@ mod stats;
 pub mod stop;
 mod validate;
 
+pub use engine::embed::{normalize, Pooling};
 pub use engine::{start, EngineConfig};
 pub use error::{EngineError, Result};
 pub use grammar::{CompiledGrammar, Constraint, ConstraintKind, GrammarCompiler};

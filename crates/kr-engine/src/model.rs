@@ -3,6 +3,7 @@
 //! it), the built-in stories260K, and random weights of a published shape. Placing the
 //! weights on a device is the runner's job (`runner/`).
 
+use crate::engine::embed::Pooling;
 use crate::error::{EngineError, Result};
 use kr_model::gguf::GgufFile;
 use kr_model::gguf_model::weights_from_gguf;
@@ -23,6 +24,9 @@ pub struct LoadedModel {
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Option<Arc<ChatTemplate>>,
     pub weight_bytes: usize,
+    /// How embedding requests pool the hidden states (the model's own setting, else the
+    /// last token's state).
+    pub pooling: Pooling,
 }
 
 impl LoadedModel {
@@ -78,7 +82,54 @@ fn load_gguf(path: &Path) -> Result<LoadedModel> {
         )?)),
         None => None,
     };
-    Ok(assemble(path, &weights, tokenizer, chat_template))
+    let mut model = assemble(path, &weights, tokenizer, chat_template);
+    model.pooling = gguf_pooling(&file);
+    Ok(model)
+}
+
+/// GGUF's `{arch}.pooling_type` (llama.cpp: 1 mean, 2 cls, 3 last; none or absent: last).
+fn gguf_pooling(file: &GgufFile) -> Pooling {
+    let arch = file.get_str("general.architecture").unwrap_or("llama");
+    match file
+        .get(&format!("{arch}.pooling_type"))
+        .and_then(|v| v.as_u64())
+    {
+        Some(1) => Pooling::Mean,
+        Some(2) => Pooling::First,
+        _ => Pooling::Last,
+    }
+}
+
+/// The pooling of a sentence-transformers directory (`modules.json` naming a Pooling module,
+/// else `1_Pooling/config.json`); last-token when it has none or one kr-serve lacks (logged).
+fn hf_pooling(dir: &Path) -> Pooling {
+    let read = |p: PathBuf| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let module = read(dir.join("modules.json"))
+        .and_then(|m| {
+            m.as_array()?.iter().find_map(|e| {
+                let is_pooling = e["type"].as_str()?.ends_with(".Pooling");
+                is_pooling.then(|| e["path"].as_str().map(str::to_string))?
+            })
+        })
+        .unwrap_or_else(|| "1_Pooling".into());
+    let Some(cfg) = read(dir.join(&module).join("config.json")) else {
+        return Pooling::Last;
+    };
+    let on = |k: &str| cfg[k].as_bool() == Some(true);
+    match () {
+        _ if on("pooling_mode_lasttoken") => Pooling::Last,
+        _ if on("pooling_mode_mean_tokens") => Pooling::Mean,
+        _ if on("pooling_mode_cls_token") => Pooling::First,
+        _ => {
+            tracing::warn!(
+                "{}: a pooling mode kr-serve lacks (it pools last, mean or cls); using the last token",
+                dir.join(&module).join("config.json").display()
+            );
+            Pooling::Last
+        }
+    }
 }
 
 /// A Hugging Face model directory.
@@ -95,7 +146,9 @@ fn load_hf(dir: &Path) -> Result<LoadedModel> {
     }
     let m = hf::load_hf_dir(dir)?;
     let template = m.chat_template.map(Arc::new);
-    Ok(assemble(dir, &m.weights, m.tokenizer, template))
+    let mut model = assemble(dir, &m.weights, m.tokenizer, template);
+    model.pooling = hf_pooling(dir);
+    Ok(model)
 }
 
 /// A llama2.c checkpoint; its tokenizer is `tok{vocab}.bin` or `tokenizer.bin` beside it.
@@ -218,5 +271,6 @@ fn assemble(
         weights: weights.clone(),
         tokenizer: Arc::new(tokenizer),
         chat_template,
+        pooling: Pooling::default(),
     }
 }

@@ -42,6 +42,7 @@ fn finish(mut s: RequestStream) -> usize {
             Event::Token { .. } => n += 1,
             Event::Finished { .. } => return n,
             Event::Error(e) => panic!("request failed: {e}"),
+            Event::Embedding { .. } => panic!("an embedding event in a generation"),
         }
     }
     panic!("stream ended without Finished");

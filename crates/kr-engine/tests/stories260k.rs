@@ -29,6 +29,7 @@ fn greedy(model: PathBuf, prompt: &str, max_tokens: u32) -> (String, FinishReaso
             Event::Token { text: t, .. } => text.push_str(&t),
             Event::Finished { reason, usage } => return (text, reason, usage.prompt_tokens),
             Event::Error(e) => panic!("request failed: {e}"),
+            Event::Embedding { .. } => panic!("an embedding event in a generation"),
         }
     }
     panic!("stream ended without Finished")

@@ -205,6 +205,11 @@ impl Tracked {
                     FinishReason::Abort => Outcome::Cancelled,
                 });
             }
+            Some(Event::Embedding { .. }) => {
+                self.ended = true;
+                self.metrics().e2e.observe(now - self.arrived);
+                self.metrics().count(Outcome::Stop);
+            }
             Some(Event::Error(_)) => {
                 self.ended = true;
                 self.metrics().count(Outcome::Error);
@@ -291,11 +296,24 @@ pub async fn collect(mut t: Tracked) -> Result<Completion> {
                 })
             }
             Event::Error(e) => return Err(ApiError::Internal(format!("generation failed: {e}"))),
+            Event::Embedding { .. } => break,
         }
     }
     Err(ApiError::Internal(
         "the request ended without a result".into(),
     ))
+}
+
+/// Waits for an embedding request: its vector and token counts.
+pub async fn collect_embedding(mut t: Tracked) -> Result<(Vec<f32>, Usage)> {
+    use futures_util::StreamExt;
+    match t.next().await {
+        Some(Event::Embedding { vector, usage }) => Ok((vector, usage)),
+        Some(Event::Error(e)) => Err(ApiError::Internal(format!("embedding failed: {e}"))),
+        _ => Err(ApiError::Internal(
+            "the request ended without a result".into(),
+        )),
+    }
 }
 
 /// Waits for every request of a job, in order.
@@ -313,12 +331,22 @@ pub async fn collect_within(
     arrived: Instant,
     streams: Vec<Tracked>,
 ) -> Result<Vec<Completion>> {
+    within(state, arrived, collect_all(streams)).await?
+}
+
+/// `work` under the server's per-request time limit, counted from `arrived` (504 when it
+/// passes; `work` is dropped, which aborts its requests).
+pub async fn within<T>(
+    state: &AppState,
+    arrived: Instant,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T> {
     let Some(limit) = state.cfg().request_timeout else {
-        return collect_all(streams).await;
+        return Ok(work.await);
     };
-    tokio::time::timeout_at((arrived + limit).into(), collect_all(streams))
+    tokio::time::timeout_at((arrived + limit).into(), work)
         .await
-        .map_err(|_| ApiError::Timeout { limit })?
+        .map_err(|_| ApiError::Timeout { limit })
 }
 
 /// Token counts of a job: prompts counted once per prompt, completions summed.

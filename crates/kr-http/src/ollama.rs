@@ -104,7 +104,7 @@ impl MessageIn {
 
 /// `--strict`: `keep_alive` is accepted (Ollama clients send it) but this server keeps its
 /// one model loaded whatever it says, so strict mode refuses it.
-fn check_honoured(
+pub(crate) fn check_honoured(
     state: &AppState,
     keep_alive: Option<&Value>,
 ) -> std::result::Result<(), ApiError> {

@@ -138,6 +138,11 @@ impl<E: Encoder> BodyState<E> {
                 self.flush(i);
                 self.pending.extend(self.enc.finish(i, reason, usage));
             }
+            Some((i, Event::Embedding { .. })) => {
+                self.flush(i);
+                self.pending
+                    .extend(self.enc.error(i, "an embedding in a generation stream"));
+            }
             Some((i, Event::Error(msg))) => {
                 self.flush(i);
                 self.pending.extend(self.enc.error(i, &msg));

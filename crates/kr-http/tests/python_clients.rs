@@ -28,18 +28,29 @@ fn run_script(script: &str) {
 
 /// [`run_script`] with the engine configured by `f`.
 fn run_script_with(script: &str, args: &[&str], f: impl FnOnce(&mut kr_engine::EngineConfig)) {
+    let Some(_) = smollm2() else { return };
+    run_script_on(script, MODEL, args, f);
+}
+
+/// Runs `tests/python/SCRIPT BASE MODEL ARGS…` against a fresh server whose engine `f`
+/// configures (SmolLM2 unless it names another model).
+fn run_script_on(
+    script: &str,
+    model: &str,
+    args: &[&str],
+    f: impl FnOnce(&mut kr_engine::EngineConfig),
+) {
     let Some(py) = python() else {
         eprintln!("skipped: no Python with `openai` and `ollama` (set KR_PYTHON or run .ci/run)");
         return;
     };
-    let Some(_) = smollm2() else { return };
     let server = spawn(engine(f), ServerConfig::default());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
     let out = Command::new(py)
         .arg(script)
-        .args([&server.base, MODEL])
+        .args([server.base.as_str(), model])
         .args(args)
         .output()
         .expect("python runs");
@@ -84,6 +95,22 @@ fn tool_calls_through_the_official_client() {
     std::fs::remove_file(&path).ok();
 }
 
+/// The same tool round trip on a tiny random Qwen3 made with transformers, with Qwen3's real
+/// tokenizer and the chat template that comes with it (no `--chat-template`): random
+/// weights, so only the grammar keeps `required` and named calls valid.
+#[test]
+fn tool_calls_on_a_tiny_qwen3_with_its_own_template() {
+    let Some(dir) = common::test_models::qwen3_tiny_dir("tools", None) else {
+        return;
+    };
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a name")
+        .to_string();
+    run_script_on("tools.py", &name, &[], |c| c.model = dir.clone());
+}
+
 /// Hand-written replies in the Llama 3.1 JSON and Mistral formats (minimal templates in those
 /// formats, tests/python/templates), parsed whole and streamed.
 #[test]
@@ -98,4 +125,26 @@ fn tool_call_formats_parse_whole_and_streamed() {
             c.chat_template_file = Some(path)
         });
     }
+}
+
+/// `client.embeddings.create` (base64 and float, `dimensions`, token ids), Ollama's `embed`
+/// and `embeddings`, against transformers' vectors, on the tiny random Qwen3.
+#[test]
+fn embeddings_through_the_official_clients() {
+    let Some(dir) = common::test_models::qwen3_tiny_dir("clients", None) else {
+        return;
+    };
+    let reference = common::test_models::repo_root()
+        .join("tests/reference/qwen3-tiny/reference_embeddings.json");
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a name")
+        .to_string();
+    run_script_on(
+        "embeddings.py",
+        &name,
+        &[reference.to_str().expect("a UTF-8 path")],
+        |c| c.model = dir.clone(),
+    );
 }

@@ -99,11 +99,25 @@ impl<B: Backend> Decoder<B> {
     /// Runs one packed batch and returns the logits of `meta.logit_rows`, row-major
     /// `[logit_rows.len(), vocab_size]`.
     pub fn forward(&self, ids: &[u32], meta: &AttnMeta, cache: &mut B::KvCache) -> Vec<f32> {
+        self.forward_with_hidden(ids, meta, &[], cache).0
+    }
+
+    /// Like [`Self::forward`], and also the final-normed hidden states (the model's output
+    /// before the vocabulary projection: what embedding models pool) of `hidden_rows`,
+    /// row-major `[hidden_rows.len(), hidden_size]`.
+    pub fn forward_with_hidden(
+        &self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        hidden_rows: &[usize],
+        cache: &mut B::KvCache,
+    ) -> (Vec<f32>, Vec<f32>) {
         self.backend.begin_step(ids, meta);
-        match self.forward_device(ids, meta, cache) {
-            Some(logits) => self.backend.to_host(&logits),
-            None => Vec::new(),
-        }
+        let x = self.residual_stream(ids, meta, cache);
+        let host = |t: Option<B::Tensor>| t.map(|t| self.backend.to_host(&t)).unwrap_or_default();
+        let n = ids.len();
+        let hidden = host(self.final_rows(&x, hidden_rows, n));
+        (host(self.logits(&x, &meta.logit_rows, n)), hidden)
     }
 
     /// The step's operations after `begin_step`, leaving the logits of `meta.logit_rows` on the
@@ -115,8 +129,13 @@ impl<B: Backend> Decoder<B> {
         meta: &AttnMeta,
         cache: &mut B::KvCache,
     ) -> Option<B::Tensor> {
-        let (be, c) = (&self.backend, &self.config);
-        let eps = c.rms_norm_eps;
+        let x = self.residual_stream(ids, meta, cache);
+        self.logits(&x, &meta.logit_rows, ids.len())
+    }
+
+    /// Every layer over the batch: the residual stream after the last one.
+    fn residual_stream(&self, ids: &[u32], meta: &AttnMeta, cache: &mut B::KvCache) -> B::Tensor {
+        let (be, eps) = (&self.backend, self.config.rms_norm_eps);
         // `x` is the residual stream: each output projection adds into it (`linear_add`).
         let mut x = be.embed(&self.embedding, ids);
         for (i, l) in self.layers.iter().enumerate() {
@@ -125,18 +144,28 @@ impl<B: Backend> Decoder<B> {
             let act = be.rms_norm_gate_up(&x, &l.ffn_norm, eps, &l.w_gate, &l.w_up);
             be.linear_add(&mut x, &act, &l.w_down);
         }
-        // Only the sampled rows go through the final norm and the vocabulary projection.
-        if meta.logit_rows.is_empty() {
+        x
+    }
+
+    /// The final norm of `rows` of the residual stream `x` of `n` rows (`None` for no rows).
+    fn final_rows(&self, x: &B::Tensor, rows: &[usize], n: usize) -> Option<B::Tensor> {
+        let (be, eps) = (&self.backend, self.config.rms_norm_eps);
+        if rows.is_empty() {
             return None;
         }
-        let every_row_in_order = meta.logit_rows.iter().copied().eq(0..ids.len());
-        let h = if every_row_in_order {
-            be.rms_norm(&x, &self.final_norm, eps)
+        let every_row_in_order = rows.iter().copied().eq(0..n);
+        Some(if every_row_in_order {
+            be.rms_norm(x, &self.final_norm, eps)
         } else {
-            be.rms_norm(&be.gather_rows(&x, &meta.logit_rows), &self.final_norm, eps)
-        };
+            be.rms_norm(&be.gather_rows(x, rows), &self.final_norm, eps)
+        })
+    }
+
+    /// Logits of `rows`: only they go through the final norm and the vocabulary projection.
+    fn logits(&self, x: &B::Tensor, rows: &[usize], n: usize) -> Option<B::Tensor> {
+        let h = self.final_rows(x, rows, n)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        Some(be.linear(&h, head, None))
+        Some(self.backend.linear(&h, head, None))
     }
 
     /// Layer `layer`'s attention norm, q/k/v projections, RoPE and attention over the cache:

@@ -71,6 +71,7 @@ pub fn run(args: RunArgs, inputs: &Inputs) -> Result<()> {
                 return Ok(());
             }
             Event::Error(e) => return Err(CliError::Generation(e)),
+            Event::Embedding { .. } => break,
         }
     }
     Err(CliError::Generation(

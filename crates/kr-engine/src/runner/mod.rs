@@ -112,6 +112,23 @@ impl Runner {
         }
     }
 
+    /// Logits of `meta.logit_rows` and the final-normed hidden states of `hidden_rows`
+    /// (`[rows, hidden_size]`): the output embedding requests pool.
+    pub fn forward_with_hidden(
+        &mut self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        hidden_rows: &[usize],
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        match self {
+            Self::Cpu(c) => Ok(kr_cpu::run_in_pool(|| {
+                c.decoder
+                    .forward_with_hidden(ids, meta, hidden_rows, &mut c.cache)
+            })),
+            Self::Cuda(m) => Ok(m.forward_with_hidden(ids, meta, hidden_rows)?),
+        }
+    }
+
     /// Whether steps can sample on the device (only token ids come back).
     pub fn samples_on_device(&self) -> bool {
         matches!(self, Self::Cuda(_))

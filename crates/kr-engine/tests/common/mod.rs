@@ -52,6 +52,7 @@ pub fn collect(stream: &mut kr_engine::RequestStream) -> Output {
             }
             Event::Finished { reason, .. } => out.finish = Some(reason),
             Event::Error(e) => panic!("request failed: {e}"),
+            Event::Embedding { .. } => panic!("an embedding event in a generation"),
         }
     }
     out

@@ -1,5 +1,6 @@
 """Tool calls through the official `openai` client, unmodified, against kr-serve running
-SmolLM2 with Qwen3's chat template (its tool format: <tool_call> blocks).
+SmolLM2 with Qwen3's chat template, or a tiny random Qwen3 with its own (the tool format:
+<tool_call> blocks).
 
 `tool_choice` "required" and a named function: the arguments parse and match the schema
 every time, streamed and not; then a round trip (the assistant's tool_calls and the tool's
@@ -81,7 +82,7 @@ except openai.BadRequestError as e:
     assert e.status_code == 400 and "nope" in str(e), e
 # Reasoning apart from content (Qwen3's template thinks in <think> blocks); a regex makes
 # this small model write one. Streamed and whole agree.
-think = {"structured_outputs": {"regex": "<think>\n[a-z ]{1,30}\n</think>\n\n[A-Za-z0-9 ]{1,20}"}}
+think = {"structured_outputs": {"regex": "<think>\n[a-z]{1,10}( [a-z]{1,10}){0,3}\n</think>\n\n[A-Za-z0-9 ]{1,20}"}}
 kw = dict(model=MODEL, messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=60,
           temperature=0, extra_body=think)
 m = c.chat.completions.create(**kw).choices[0].message

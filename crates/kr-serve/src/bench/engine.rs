@@ -87,6 +87,7 @@ fn run_batch(
                                 })
                             }
                             Event::Error(e) => return Err(CliError::Generation(e)),
+                            Event::Embedding { .. } => break,
                         }
                     }
                     Err(CliError::Generation("stream ended early".into()))

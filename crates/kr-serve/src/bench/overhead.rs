@@ -424,6 +424,7 @@ async fn engine_request(engine: &EngineHandle, sample: &Sample, seed: u64, t0: I
                 out.error = Some(e);
                 return out;
             }
+            Event::Embedding { .. } => break,
         }
     }
     out.error = Some("the engine stopped before the request finished".into());
