@@ -22,6 +22,34 @@ pub enum CudaError {
 
 pub type Result<T> = std::result::Result<T, CudaError>;
 
+/// Driver results after which the CUDA context is corrupt: every later call fails.
+const FATAL_DRIVER_RESULTS: &[&str] = &[
+    "ILLEGAL_ADDRESS",
+    "ILLEGAL_INSTRUCTION",
+    "MISALIGNED_ADDRESS",
+    "INVALID_ADDRESS_SPACE",
+    "INVALID_PC",
+    "LAUNCH_FAILED",
+    "HARDWARE_STACK_ERROR",
+    "ECC_UNCORRECTABLE",
+    "ASSERT",
+    "DEVICE_UNAVAILABLE",
+    "CONTEXT_IS_DESTROYED",
+];
+
+impl CudaError {
+    /// Whether the device context is lost (illegal address, launch failure, ECC error…):
+    /// nothing on this GPU can run in this process any more.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            CudaError::Driver { message, .. } => {
+                FATAL_DRIVER_RESULTS.iter().any(|r| message.contains(r))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Attaches what was being done to a driver error.
 pub(crate) fn driver(context: &str) -> impl FnOnce(cudarc::driver::DriverError) -> CudaError + '_ {
     move |e| CudaError::Driver {

@@ -191,6 +191,13 @@ impl CudaModel {
         })
     }
 
+    /// Forgets steps launched and not collected (after a failed step: their tokens are not
+    /// wanted; the next step waits for the stream as any step does).
+    pub fn discard_outstanding(&mut self) {
+        self.outstanding.clear();
+        self.last_sampled = None;
+    }
+
     /// Logits of `meta.logit_rows` and the final-normed hidden states of `hidden_rows`
     /// (see `Decoder::forward_with_hidden`), both in f32; always eager (no graph).
     pub fn forward_with_hidden(

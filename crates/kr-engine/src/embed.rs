@@ -66,6 +66,10 @@ impl EmbedState {
         }
     }
 
+    pub(crate) fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
     /// Whether the pooling reads the hidden state of prompt position `pos`.
     fn reads(&self, pos: usize) -> bool {
         match self.pooling {

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
+use supervise::{Breaker, BreakerConfig, FaultHook, Retry};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// How to start an engine.
@@ -71,6 +72,13 @@ pub struct EngineConfig {
     pub template_sandbox: Option<Arc<dyn RenderSandbox>>,
     /// A Jinja chat template file used instead of the model's own.
     pub chat_template_file: Option<PathBuf>,
+    /// When failing steps stop new requests (`supervise.rs`).
+    pub breaker: BreakerConfig,
+    /// Exit the process on a fatal GPU error (the CUDA context is lost), so that it is
+    /// restarted; off, the engine fails every later step instead.
+    pub exit_on_fatal_device_error: bool,
+    /// Tests: makes chosen steps fail (called only with the `fault-injection` feature).
+    pub fault_hook: Option<FaultHook>,
 }
 
 impl EngineConfig {
@@ -93,6 +101,9 @@ impl EngineConfig {
             template_limits: TemplateLimits::default(),
             template_sandbox: None,
             chat_template_file: None,
+            breaker: BreakerConfig::default(),
+            exit_on_fatal_device_error: true,
+            fault_hook: None,
         }
     }
 
@@ -150,6 +161,8 @@ struct RequestState {
     prompt_lp: Option<PromptLogprobs>,
     /// The pooling of an embedding request (`embed.rs`).
     embed: Option<EmbedState>,
+    /// The request as first queued, until it has been retried once (`supervise.rs`).
+    retry: Retry,
 }
 
 /// The prompt logprobs of one request, filled row by row as prefill chunks run.
@@ -163,6 +176,20 @@ struct PromptLogprobs {
 }
 
 impl RequestState {
+    /// Back to the state of a request not yet scheduled (before a retry: no token was
+    /// produced, so only what its prompt's steps gathered is dropped).
+    fn restart(&mut self) {
+        self.queued_since = Some(Instant::now());
+        self.cached_prompt_tokens = 0;
+        if let Some(p) = &mut self.prompt_lp {
+            p.next = 0;
+            p.rows.iter_mut().for_each(|r| *r = None);
+        }
+        if let Some(e) = &mut self.embed {
+            *e = EmbedState::new(e.pooling(), self.prompt_len);
+        }
+    }
+
     /// Positions of `s`'s chunk whose logits the prompt logprobs still need.
     fn prompt_rows(&self, s: &ScheduledSeq) -> Range<usize> {
         match &self.prompt_lp {
@@ -198,6 +225,16 @@ struct EngineLoop {
     overlap_steps: bool,
     stats: Arc<EngineStats>,
     admission: AdmissionPolicies,
+    breaker: Arc<Breaker>,
+    /// The requests of the step being run (failed together if it panics).
+    in_step: Vec<RequestId>,
+    /// Requests of failed steps waiting to be queued again, one at a time, and the one
+    /// queued last until it has run a step (`supervise.rs`).
+    held_retries: std::collections::VecDeque<NewRequest>,
+    retrying: Option<RequestId>,
+    exit_on_fatal: bool,
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    fault_hook: Option<FaultHook>,
 }
 
 /// Loads the model, sizes the KV pool and starts the engine thread.
@@ -234,6 +271,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
     let (tx, rx) = std::sync::mpsc::channel();
     let engine = EngineLoop::new(&cfg, &info, runner, model.tokenizer.clone(), rx);
     let stats = engine.stats.clone();
+    let breaker = engine.breaker.clone();
     std::thread::Builder::new()
         .name("kr-engine".into())
         .spawn(move || engine.run())
@@ -246,6 +284,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         stats,
         next_id: Arc::new(AtomicU64::new(1)),
         grammars: Arc::default(),
+        breaker,
     })
 }
 
@@ -284,6 +323,12 @@ impl EngineLoop {
             overlap_steps: cfg.overlap_steps,
             stats,
             admission,
+            breaker: Arc::new(Breaker::new(cfg.breaker)),
+            in_step: Vec::new(),
+            held_retries: Default::default(),
+            retrying: None,
+            exit_on_fatal: cfg.exit_on_fatal_device_error,
+            fault_hook: cfg.fault_hook.clone(),
         }
     }
 }
@@ -354,6 +399,7 @@ impl EngineLoop {
     fn run(mut self) {
         loop {
             let mut fast = false;
+            self.release_retry();
             if self.sched.is_idle() {
                 let Some(cmd) = self.deferred.take().or_else(|| self.inbox.recv().ok()) else {
                     return;
@@ -390,7 +436,7 @@ impl EngineLoop {
                     None => return,
                 },
             };
-            self.step(admit);
+            self.supervised_step(admit);
             self.publish_gauges();
         }
     }
@@ -482,7 +528,7 @@ impl EngineLoop {
             priority,
             arrival: self.admission.now(),
         };
-        if let Err(e) = self.sched.add(req) {
+        if let Err(e) = self.sched.add(req.clone()) {
             let _ = events.send(Event::Error(e.to_string()));
             return;
         }
@@ -506,6 +552,7 @@ impl EngineLoop {
                 rows: vec![None; prompt.len()],
             }),
             embed: embed.map(|p| EmbedState::new(p, prompt.len())),
+            retry: Some(req),
             prompt_len: prompt.len(),
             ids: prompt,
         };
@@ -541,6 +588,7 @@ impl EngineLoop {
             return;
         }
         let t0 = Instant::now();
+        self.in_step = plan.seqs.iter().map(|s| s.id).collect();
         for s in &plan.seqs {
             let Some(live) = self.live.get_mut(&s.id) else {
                 continue;
@@ -554,6 +602,9 @@ impl EngineLoop {
         self.replay_prompt_gaps(&plan);
         self.replay_embed_gaps(&plan);
         let (ids, meta, rows) = self.batch(&plan);
+        if let Some(e) = self.injected_fault(&plan) {
+            return self.fail_step(&plan, &e);
+        }
         let hidden = self.hidden_rows(&plan, &meta);
         if !hidden.is_empty() || has_embed_rows(&rows) {
             let rows_at: Vec<usize> = hidden.iter().map(|h| h.row).collect();
@@ -606,6 +657,9 @@ impl EngineLoop {
         t0: Instant,
     ) {
         let updates = self.sched.update(plan, sampled);
+        self.breaker.step_succeeded();
+        self.publish_breaker();
+        self.step_ran(plan);
         let took = t0.elapsed();
         self.stats.step_seconds.observe(took);
         self.stats.sched.step_times.record(took);
@@ -621,17 +675,13 @@ impl EngineLoop {
         }
     }
 
-    /// A step the device could not run: its requests end with the error, the engine goes on.
+    /// A step the device could not run: its requests are retried or end with the error
+    /// (`supervise.rs`), the engine goes on.
     fn fail_step(&mut self, plan: &kr_core::StepPlan, error: &EngineError) {
         tracing::error!("step failed: {error}");
-        for s in &plan.seqs {
-            if let Some(live) = self.live.remove(&s.id) {
-                let _ = live
-                    .events
-                    .send(Event::Error(format!("the model step failed: {error}")));
-            }
-            self.sched.finish(s.id);
-        }
+        self.check_fatal(error);
+        let ids: Vec<RequestId> = plan.seqs.iter().map(|s| s.id).collect();
+        self.fail_requests(&ids, &format!("the model step failed: {error}"));
     }
 
     /// Each sampled row's device parameters (drawing its uniform number), when the whole step
@@ -811,3 +861,6 @@ mod overlap;
 
 #[path = "embed.rs"]
 pub(crate) mod embed;
+
+#[path = "supervise.rs"]
+pub(crate) mod supervise;

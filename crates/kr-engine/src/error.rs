@@ -19,6 +19,9 @@ pub enum EngineError {
     },
     #[error("the engine has stopped")]
     Stopped,
+    /// Steps keep failing: the circuit breaker refuses new requests for `retry_after`.
+    #[error("the engine is refusing new requests after repeated failed steps (circuit breaker open); retry in {retry_after:.1?}")]
+    CircuitOpen { retry_after: std::time::Duration },
     /// A request the engine accepted failed while it ran (the step's error, in words).
     #[error("the request failed: {0}")]
     Failed(String),
@@ -31,3 +34,10 @@ pub enum EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl EngineError {
+    /// A device error after which the GPU context is unusable (the process must restart).
+    pub fn is_fatal_device_error(&self) -> bool {
+        matches!(self, EngineError::Device(e) if e.is_fatal())
+    }
+}

@@ -105,6 +105,8 @@ pub struct EngineHandle {
     pub(crate) info: Arc<ModelInfo>,
     pub(crate) stats: Arc<EngineStats>,
     pub(crate) next_id: Arc<AtomicU64>,
+    /// Stops new requests while the engine's steps keep failing (`supervise.rs`).
+    pub(crate) breaker: Arc<crate::engine::supervise::Breaker>,
     /// The model's grammar compiler, built on the first constrained request.
     pub(crate) grammars: Arc<std::sync::OnceLock<Result<Arc<GrammarCompiler>, String>>>,
 }
@@ -241,6 +243,9 @@ impl EngineHandle {
     /// events; dropping it before the end aborts the request and frees its KV blocks.
     pub fn submit_validated(&self, req: ValidatedRequest) -> Result<RequestStream> {
         debug_assert!(req.params.validate(self.info.config.vocab_size).is_ok());
+        self.breaker
+            .admit()
+            .map_err(|retry_after| EngineError::CircuitOpen { retry_after })?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let prompt_len = req.prompt.len();
@@ -263,6 +268,11 @@ impl EngineHandle {
             done: false,
             prompt_len,
         })
+    }
+
+    /// The circuit breaker's state: `Open` while failing steps keep new requests out.
+    pub fn breaker_state(&self) -> crate::engine::supervise::BreakerState {
+        self.breaker.state()
     }
 
     /// Changes the scheduler policies live (window, latency controller, aging, fast path).

@@ -20,6 +20,7 @@ pub mod stop;
 mod validate;
 
 pub use engine::embed::{normalize, Pooling};
+pub use engine::supervise::{BreakerConfig, BreakerState, Fault, FaultHook, FATAL_EXIT_CODE};
 pub use engine::{start, EngineConfig};
 pub use error::{EngineError, Result};
 pub use grammar::{CompiledGrammar, Constraint, ConstraintKind, GrammarCompiler};

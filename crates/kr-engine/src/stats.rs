@@ -25,6 +25,13 @@ pub struct EngineStats {
     pub device_sampled_tokens: AtomicU64,
     /// Steps launched while the step before was still on the device.
     pub overlapped_steps: AtomicU64,
+    /// Steps that failed (a device error or a panic), engine-loop restarts after a panic,
+    /// and requests queued again after a failed step (`supervise.rs`).
+    pub step_failures: AtomicU64,
+    pub restarts: AtomicU64,
+    pub retries: AtomicU64,
+    /// The circuit breaker: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: AtomicU64,
     /// Wall time of each engine step (model forward and sampling).
     pub step_seconds: Histogram,
     /// Time from a request's arrival at the engine to its first scheduled step.
@@ -51,6 +58,10 @@ pub struct StatsSnapshot {
     pub requests_aborted: u64,
     pub device_sampled_tokens: u64,
     pub overlapped_steps: u64,
+    pub step_failures: u64,
+    pub restarts: u64,
+    pub retries: u64,
+    pub breaker_state: u64,
 }
 
 impl EngineStats {
@@ -71,6 +82,10 @@ impl EngineStats {
             requests_aborted: self.requests_aborted.load(Relaxed),
             device_sampled_tokens: self.device_sampled_tokens.load(Relaxed),
             overlapped_steps: self.overlapped_steps.load(Relaxed),
+            step_failures: self.step_failures.load(Relaxed),
+            restarts: self.restarts.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            breaker_state: self.breaker_state.load(Relaxed),
         }
     }
 }

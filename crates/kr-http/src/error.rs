@@ -36,6 +36,12 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the engine has stopped")]
     Unavailable,
+    /// The engine's circuit breaker is open (steps keep failing).
+    #[error("{message}")]
+    CircuitOpen {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("the request exceeded the server's time limit of {limit:?}")]
     Timeout { limit: std::time::Duration },
     #[error("internal error: {0}")]
@@ -70,7 +76,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -85,9 +91,10 @@ impl ApiError {
             ApiError::Overloaded { .. } => "rate_limit_error",
             ApiError::Unauthorized => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
-            ApiError::Unavailable | ApiError::Timeout { .. } | ApiError::Internal(_) => {
-                "server_error"
-            }
+            ApiError::Unavailable
+            | ApiError::CircuitOpen { .. }
+            | ApiError::Timeout { .. }
+            | ApiError::Internal(_) => "server_error",
         }
     }
 
@@ -100,6 +107,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => (None, Some("server_overloaded")),
             ApiError::Unauthorized => (None, Some("invalid_api_key")),
             ApiError::Timeout { .. } => (None, Some("timeout")),
+            ApiError::CircuitOpen { .. } => (None, Some("circuit_open")),
             _ => (None, None),
         }
     }
@@ -113,6 +121,10 @@ impl ApiError {
             }
             ApiError::Unauthorized => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::CircuitOpen { retry_after, .. } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             _ => {}
         }
@@ -137,6 +149,10 @@ impl From<EngineError> for ApiError {
             EngineError::NoChatTemplate => ApiError::bad("messages", e.to_string()),
             EngineError::Grammar { field, .. } => ApiError::bad(field, e.to_string()),
             EngineError::Stopped => ApiError::Unavailable,
+            EngineError::CircuitOpen { retry_after } => ApiError::CircuitOpen {
+                message: e.to_string(),
+                retry_after,
+            },
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -89,6 +89,11 @@ impl Metrics {
                 "Engine requests admitted by the server and not yet ended.",
                 in_flight as u64,
             ),
+            (
+                "kr_circuit_breaker_state",
+                "The engine's circuit breaker: 0 closed, 1 open, 2 half-open.",
+                s.breaker_state,
+            ),
         ];
         for (name, help, v) in gauges {
             scalar(&mut out, name, help, "gauge", v);
@@ -136,6 +141,21 @@ impl Metrics {
             ),
             ("kr_engine_steps_total", "Engine steps run.", s.steps),
             (
+                "kr_engine_step_failures_total",
+                "Engine steps that failed (a device error or a panic).",
+                s.step_failures,
+            ),
+            (
+                "kr_engine_restarts_total",
+                "Engine-loop restarts after a panic in a step.",
+                s.restarts,
+            ),
+            (
+                "kr_engine_retries_total",
+                "Requests queued again after a failed step, before their first token.",
+                s.retries,
+            ),
+            (
                 "kr_tokenize_batches_total",
                 "Batch encodes run by the tokenize batcher.",
                 self.tokenize.batches.load(Relaxed),
@@ -181,6 +201,32 @@ impl Metrics {
         }
         crate::sched_stats::render(&mut out, engine);
         out
+    }
+}
+
+/// The gauges an inference gateway's endpoint picker reads, under vLLM's names (Gateway API
+/// Inference Extension: queue length, KV-cache usage as a fraction, running requests).
+pub fn vllm_aliases(out: &mut String, model: &str, s: &kr_engine::StatsSnapshot) {
+    let kv = s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64;
+    let label = model.replace('\\', "\\\\").replace('"', "\\\"");
+    let series = [
+        (
+            "vllm:num_requests_waiting",
+            "Requests waiting to be scheduled.",
+            s.waiting as f64,
+        ),
+        (
+            "vllm:num_requests_running",
+            "Requests in the running batch.",
+            s.running as f64,
+        ),
+        ("vllm:gpu_cache_usage_perc", "KV-cache usage, 0 to 1.", kv),
+        ("vllm:kv_cache_usage_perc", "KV-cache usage, 0 to 1.", kv),
+    ];
+    for (name, help, v) in series {
+        let _ = writeln!(out, "# HELP {name} {help} (alias of a kr_ gauge)");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name}{{model_name=\"{label}\"}} {v}");
     }
 }
 

@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub api_keys: Vec<String>,
     /// Reject unknown request fields instead of ignoring them.
     pub strict: bool,
+    /// /metrics also exports vLLM-named queue and KV gauges (for inference gateways).
+    pub vllm_metrics: bool,
     /// Interval of SSE keep-alive comments while a stream has nothing to send.
     pub keep_alive: Duration,
     /// Streamed tokens are sent in runs of this many (1 = every token).
@@ -81,6 +83,7 @@ impl ServerConfig {
         self.stream_interval_time =
             (c.stream_interval_ms > 0).then(|| Duration::from_millis(c.stream_interval_ms));
         self.strict = c.strict;
+        self.vllm_metrics = c.vllm_metrics;
         self.request_timeout = (c.request_timeout > 0.0)
             .then(|| Duration::try_from_secs_f64(c.request_timeout).ok())
             .flatten();
@@ -99,6 +102,7 @@ impl ServerConfig {
             .stream_interval_time
             .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX));
         c.strict = self.strict;
+        c.vllm_metrics = self.vllm_metrics;
         c.request_timeout = self.request_timeout.map_or(0.0, |d| d.as_secs_f64());
         e
     }
@@ -113,6 +117,7 @@ impl Default for ServerConfig {
             max_tokens_cap: 4096,
             api_keys: Vec::new(),
             strict: false,
+            vllm_metrics: false,
             keep_alive: Duration::from_secs(15),
             stream_interval: 1,
             stream_interval_time: None,

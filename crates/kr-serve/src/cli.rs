@@ -417,4 +417,8 @@ pub struct ServeArgs {
     /// Reject unknown request fields with 400 instead of ignoring them.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub strict: Option<String>,
+    /// Also export the queue and KV-usage gauges under vLLM's names (`vllm:…`), for the
+    /// Gateway API Inference Extension's endpoint picker.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub vllm_metrics: Option<String>,
 }

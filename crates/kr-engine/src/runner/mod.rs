@@ -129,6 +129,13 @@ impl Runner {
         }
     }
 
+    /// Drops the device's launched-but-uncollected steps (after a failed step).
+    pub fn drop_in_flight(&mut self) {
+        if let Self::Cuda(m) = self {
+            m.discard_outstanding();
+        }
+    }
+
     /// Whether steps can sample on the device (only token ids come back).
     pub fn samples_on_device(&self) -> bool {
         matches!(self, Self::Cuda(_))

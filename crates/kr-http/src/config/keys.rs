@@ -294,6 +294,13 @@ pub static KEYS: &[Key] = &[
         get: |c| json!(c.strict),
     },
     Key {
+        name: "vllm_metrics",
+        runtime_safe: true,
+        range: "true or false",
+        set: |c, v| Ok(c.vllm_metrics = boolean(v)?),
+        get: |c| json!(c.vllm_metrics),
+    },
+    Key {
         name: "stream_interval_ms",
         runtime_safe: true,
         range: "0..=60000 ms (0 = runs wait for stream_interval tokens)",

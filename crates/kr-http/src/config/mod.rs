@@ -63,6 +63,9 @@ pub struct Config {
     /// Seconds; 0 = no limit.
     pub request_timeout: f64,
     pub strict: bool,
+    /// Also export the queue and KV-usage gauges under vLLM's names (`vllm:…`), which the
+    /// Gateway API Inference Extension's endpoint picker reads.
+    pub vllm_metrics: bool,
     /// Longest a streamed token is held back for coalescing, ms; 0 = no time limit.
     pub stream_interval_ms: u64,
     // Scheduler policies (see `Config::policy`).
@@ -121,6 +124,7 @@ impl Default for Config {
             stream_interval: 1,
             request_timeout: 0.0,
             strict: false,
+            vllm_metrics: false,
             stream_interval_ms: 0,
             fast_path: true,
             scheduler_window_ms: 0.0,
