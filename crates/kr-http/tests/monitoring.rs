@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{get, shared, smollm2};
+use common::{engine, get, shared, smollm2, spawn, MODEL};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -115,4 +115,36 @@ fn alert_rules_cover_queue_ttft_kv_and_errors() {
     ] {
         assert!(all.contains(needle), "no alert on {needle}");
     }
+}
+
+/// `vllm_metrics` adds the gauges the Gateway API Inference Extension's endpoint picker reads,
+/// under vLLM's names; off (the default), none appear. The HPA's metric is exported.
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_metric_aliases_follow_the_flag() {
+    let Some(_) = smollm2() else { return };
+    let plain = get(shared(), "/metrics").await.1;
+    assert!(!plain.contains("vllm:"), "aliases without the flag");
+    let hpa = repo_file("deploy/k8s/base/hpa.yaml");
+    assert!(hpa.contains("name: kr_requests_waiting"), "{hpa}");
+    assert!(exported(&plain).contains("kr_requests_waiting"));
+    let cfg = kr_http::ServerConfig {
+        vllm_metrics: true,
+        ..Default::default()
+    };
+    let server = spawn(engine(|_| {}), cfg);
+    let page = get(&server.base, "/metrics").await.1;
+    for name in [
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:gpu_cache_usage_perc",
+        "vllm:kv_cache_usage_perc",
+    ] {
+        let line = format!("{name}{{model_name=\"{MODEL}\"}} 0");
+        assert!(page.contains(&line), "{line} missing:\n{page}");
+    }
+    server.join().expect("server stops");
 }

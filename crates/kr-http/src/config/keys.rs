@@ -280,6 +280,20 @@ pub static KEYS: &[Key] = &[
         get: |c| json!(c.stream_interval),
     },
     Key {
+        name: "breaker_threshold",
+        runtime_safe: false,
+        range: "1..=1000 failed steps in a row",
+        set: |c, v| Ok(c.breaker_threshold = int(v, 1u32, 1000)?),
+        get: |c| json!(c.breaker_threshold),
+    },
+    Key {
+        name: "breaker_cooldown",
+        runtime_safe: false,
+        range: "0.1..=3600 seconds",
+        set: |c, v| Ok(c.breaker_cooldown = float(v, 0.1, 3600.0)?),
+        get: |c| json!(c.breaker_cooldown),
+    },
+    Key {
         name: "request_timeout",
         runtime_safe: true,
         range: "0..=86400 seconds (0 = no limit)",

@@ -63,6 +63,10 @@ pub struct Config {
     /// Seconds; 0 = no limit.
     pub request_timeout: f64,
     pub strict: bool,
+    /// Failed engine steps in a row that open the circuit breaker, and how long (seconds)
+    /// it refuses new requests before letting a probe in.
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: f64,
     /// Also export the queue and KV-usage gauges under vLLM's names (`vllm:…`), which the
     /// Gateway API Inference Extension's endpoint picker reads.
     pub vllm_metrics: bool,
@@ -125,6 +129,8 @@ impl Default for Config {
             request_timeout: 0.0,
             strict: false,
             vllm_metrics: false,
+            breaker_threshold: 5,
+            breaker_cooldown: 10.0,
             stream_interval_ms: 0,
             fast_path: true,
             scheduler_window_ms: 0.0,
@@ -175,6 +181,10 @@ impl Config {
             },
             chat_template_file: (!self.chat_template.is_empty())
                 .then(|| self.chat_template.clone().into()),
+            breaker: kr_engine::BreakerConfig {
+                threshold: self.breaker_threshold,
+                cooldown: std::time::Duration::from_secs_f64(self.breaker_cooldown),
+            },
             ..EngineConfig::new(&self.model)
         }
     }
