@@ -5,8 +5,11 @@
 //!
 //! Cancellation: a [`Tracked`] owns its engine `RequestStream`; when the client goes away
 //! axum drops the handler future or the response body, which drops the stream, which aborts
-//! the request in the engine and frees its KV blocks.
+//! the request in the engine and frees its KV blocks. A greedy or seeded request identical
+//! to one in flight joins it instead of running again (`coalesce.rs`); it is aborted when
+//! the last client sharing it goes away.
 
+use crate::coalesce::{Coalescer, Subscriber};
 use crate::error::{ApiError, Result};
 use crate::metrics::{Metrics, Outcome};
 use crate::state::{AppState, Permit};
@@ -136,6 +139,8 @@ pub fn launch(state: &AppState, arrived: Instant, job: Job<'_>) -> Result<Vec<Tr
         for k in 0..job.n as u64 {
             let mut params = job.params.clone();
             params.seed = params.seed.map(|s| s.wrapping_add(k));
+            let deterministic = params.temperature <= 0.0 || params.seed.is_some();
+            let key = Coalescer::key(deterministic, &(prompt, &params, job.max_tokens, &options));
             let draft = RequestDraft {
                 prompt: prompt.clone(),
                 params,
@@ -143,7 +148,7 @@ pub fn launch(state: &AppState, arrived: Instant, job: Job<'_>) -> Result<Vec<Tr
                 options: options.clone(),
             };
             let valid = state.engine.validate(draft, cap);
-            requests.push(valid.map_err(|e| job.fields.error(e))?);
+            requests.push((valid.map_err(|e| job.fields.error(e))?, key));
         }
     }
     let permits = state
@@ -151,9 +156,19 @@ pub fn launch(state: &AppState, arrived: Instant, job: Job<'_>) -> Result<Vec<Tr
         .try_acquire(requests.len())
         .inspect_err(|_| state.metrics.count(Outcome::Rejected))?;
     let mut out = Vec::with_capacity(permits.len());
-    for (req, permit) in requests.into_iter().zip(permits) {
+    for ((req, key), permit) in requests.into_iter().zip(permits) {
+        let stream = match key {
+            None => Source::Engine(state.engine.submit_validated(req)?),
+            Some(key) => match state.coalescer.join(&key) {
+                Some(sub) => Source::Shared(sub),
+                None => {
+                    let stream = state.engine.submit_validated(req)?;
+                    Source::Shared(state.coalescer.start(key, stream))
+                }
+            },
+        };
         out.push(Tracked {
-            stream: state.engine.submit_validated(req)?,
+            stream,
             metrics: state.clone(),
             arrived,
             last_token: None,
@@ -164,10 +179,16 @@ pub fn launch(state: &AppState, arrived: Instant, job: Job<'_>) -> Result<Vec<Tr
     Ok(out)
 }
 
+/// Where a request's events come from: its own engine request, or a generation it shares.
+enum Source {
+    Engine(RequestStream),
+    Shared(Subscriber),
+}
+
 /// An engine stream that records TTFT, inter-token and end-to-end latency and the outcome,
 /// and holds its admission permit until it ends or is dropped.
 pub struct Tracked {
-    stream: RequestStream,
+    stream: Source,
     metrics: AppState,
     arrived: Instant,
     last_token: Option<Instant>,
@@ -227,7 +248,11 @@ impl Stream for Tracked {
         if this.ended {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.stream).poll_next(cx) {
+        let polled = match &mut this.stream {
+            Source::Engine(s) => Pin::new(s).poll_next(cx),
+            Source::Shared(s) => Pin::new(s).poll_next(cx),
+        };
+        match polled {
             Poll::Ready(ev) => Poll::Ready(this.observe(ev)),
             Poll::Pending => Poll::Pending,
         }

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod coalesce;
 pub mod config;
 pub mod embeddings;
 pub mod error;

@@ -230,6 +230,11 @@ pub fn vllm_aliases(out: &mut String, model: &str, s: &kr_engine::StatsSnapshot)
     }
 }
 
+/// One unlabelled counter in the Prometheus text format.
+pub fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    scalar(out, name, help, "counter", v);
+}
+
 fn scalar(out: &mut String, name: &str, help: &str, kind: &str, v: u64) {
     let _ = writeln!(
         out,

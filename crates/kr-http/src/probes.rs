@@ -37,6 +37,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state
         .metrics
         .render(state.engine.stats(), state.permits.in_flight());
+    let joined = state
+        .coalescer
+        .joined
+        .load(std::sync::atomic::Ordering::Relaxed);
+    crate::metrics::counter(
+        &mut text,
+        "kr_coalesced_requests_total",
+        "Requests that joined an identical generation in flight instead of running again.",
+        joined,
+    );
     if state.cfg().vllm_metrics {
         let s = state.engine.stats().snapshot();
         crate::metrics::vllm_aliases(&mut text, state.model_name(), &s);

@@ -194,6 +194,8 @@ pub struct Inner {
     pub tokenizer: TokenizeBatcher,
     /// Unix time the server started (the `created` of /v1/models).
     pub started: u64,
+    /// Identical deterministic requests in flight share one generation.
+    pub coalescer: Arc<crate::coalesce::Coalescer>,
 }
 
 /// Cheap to clone; handed to every handler.
@@ -236,6 +238,7 @@ impl Inner {
             permits,
             tokenizer,
             started: unix_now(),
+            coalescer: Arc::default(),
         })
     }
 
