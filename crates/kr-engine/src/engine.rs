@@ -259,6 +259,7 @@ pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
         block_size: cfg.block_size,
         weight_bytes: model.weight_bytes,
         pooling: model.pooling,
+        device: runner.describe(),
     };
     let template = match (&cfg.chat_template_file, &model.chat_template) {
         (Some(path), _) => {

@@ -19,6 +19,23 @@ pub enum EngineError {
     },
     #[error("the engine has stopped")]
     Stopped,
+    /// A request named a model the server does not have.
+    #[error("model `{name}` does not exist; available: {available}")]
+    UnknownModel { name: String, available: String },
+    /// A model needs more memory than the whole budget.
+    #[error("model `{name}` needs {bytes} bytes, more than the memory budget of {budget} bytes")]
+    ModelTooLarge {
+        name: String,
+        bytes: u64,
+        budget: u64,
+    },
+    /// A model could not be loaded (or unloaded) because the models holding the memory are
+    /// all serving requests.
+    #[error("model `{name}` cannot be loaded or unloaded now: the memory is held by models serving requests (waited {waited:?}); retry later")]
+    ModelBusy {
+        name: String,
+        waited: std::time::Duration,
+    },
     /// Steps keep failing: the circuit breaker refuses new requests for `retry_after`.
     #[error("the engine is refusing new requests after repeated failed steps (circuit breaker open); retry in {retry_after:.1?}")]
     CircuitOpen { retry_after: std::time::Duration },

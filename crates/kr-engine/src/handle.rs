@@ -94,6 +94,8 @@ pub struct ModelInfo {
     pub weight_bytes: usize,
     /// How embedding requests pool the prompt's hidden states.
     pub pooling: crate::engine::embed::Pooling,
+    /// Where it runs, in words (`cpu (f32)`, the GPU's name and dtype).
+    pub device: String,
 }
 
 /// A cheap, cloneable handle on a running engine.
@@ -112,6 +114,11 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// Whether `other` is a handle on the same running engine.
+    pub fn same_engine(&self, other: &EngineHandle) -> bool {
+        Arc::ptr_eq(&self.info, &other.info)
+    }
+
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }

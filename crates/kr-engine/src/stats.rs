@@ -64,6 +64,31 @@ pub struct StatsSnapshot {
     pub breaker_state: u64,
 }
 
+impl StatsSnapshot {
+    /// The sum of two engines' counters and gauges (the breaker state: the worse).
+    pub fn add(&mut self, o: &StatsSnapshot) {
+        self.steps += o.steps;
+        self.fast_path += o.fast_path;
+        self.running += o.running;
+        self.waiting += o.waiting;
+        self.kv_blocks_used += o.kv_blocks_used;
+        self.kv_blocks_total += o.kv_blocks_total;
+        self.preemptions += o.preemptions;
+        self.prompt_tokens += o.prompt_tokens;
+        self.generation_tokens += o.generation_tokens;
+        self.prefix_query_tokens += o.prefix_query_tokens;
+        self.prefix_hit_tokens += o.prefix_hit_tokens;
+        self.requests_finished += o.requests_finished;
+        self.requests_aborted += o.requests_aborted;
+        self.device_sampled_tokens += o.device_sampled_tokens;
+        self.overlapped_steps += o.overlapped_steps;
+        self.step_failures += o.step_failures;
+        self.restarts += o.restarts;
+        self.retries += o.retries;
+        self.breaker_state = self.breaker_state.max(o.breaker_state);
+    }
+}
+
 impl EngineStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {

@@ -1,10 +1,13 @@
 //! /admin/config: GET answers the effective config with the source of each
 //! value; PATCH takes a JSON object of runtime-safe keys, validates every one and applies
 //! them all at once, or none (400 naming the key). SIGHUP re-reads the config file.
+//! /admin/models: GET lists every configured model and its state; POST
+//! /admin/models/{name}/load loads one (making room as a request would), POST
+//! /admin/models/{name}/unload unloads an idle one (409 while it serves requests).
 
 use crate::config::{ConfigError, Inputs};
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::Server as AppState;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::Json;
@@ -44,6 +47,45 @@ pub async fn patch_config(
     state.apply(next.clone());
     tracing::info!(keys = ?map.keys().collect::<Vec<_>>(), "config changed by PATCH /admin/config");
     Ok(Json(next.to_json()))
+}
+
+/// GET /admin/models
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let (loads, evictions) = state.pool.counters();
+    Json(serde_json::json!({
+        "budget_bytes": state.pool.budget(),
+        "loads": loads,
+        "evictions": evictions,
+        "models": state.pool.status(),
+    }))
+}
+
+/// POST /admin/models/{name}/load
+pub async fn load_model(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let loaded = state.model(&name, None).await?;
+    Ok(Json(
+        serde_json::json!({"model": loaded.model_name(), "loaded": true}),
+    ))
+}
+
+/// POST /admin/models/{name}/unload
+pub async fn unload_model(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = state.pool.clone();
+    let n = name.clone();
+    let was = tokio::task::spawn_blocking(move || pool.unload(&n))
+        .await
+        .map_err(|e| ApiError::Internal(format!("unload task failed: {e}")))?
+        .map_err(|e| match e {
+            kr_engine::EngineError::ModelBusy { .. } => ApiError::Conflict(e.to_string()),
+            other => other.into(),
+        })?;
+    Ok(Json(serde_json::json!({"model": name, "unloaded": was})))
 }
 
 /// Re-reads `inputs` (its file) and applies the runtime-safe keys; an invalid file is

@@ -2,7 +2,7 @@
 //! `Authorization: Bearer <key>`; keys are compared in constant time; 401 JSON otherwise.
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::Server as AppState;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;

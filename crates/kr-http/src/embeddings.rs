@@ -11,7 +11,7 @@
 use crate::error::{ApiError, OllamaError, Result};
 use crate::extract::{check_unknown, ApiJson, OllamaJson};
 use crate::generate::{self, FieldNames, Job};
-use crate::state::AppState;
+use crate::state::{AppState, Server};
 use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
@@ -151,11 +151,11 @@ fn prompt_tokens(vectors: &[(Vec<f32>, Usage)]) -> usize {
 
 /// POST /v1/embeddings
 pub async fn openai_embeddings(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     ApiJson(req): ApiJson<EmbeddingRequest>,
 ) -> Result<Json<Value>> {
     let arrived = Instant::now();
-    crate::openai::check_request(&state, &req.model, &req.extra)?;
+    let state = crate::openai::check_request(&server, &req.model, &req.extra).await?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -218,11 +218,11 @@ pub struct EmbedRequest {
 
 /// POST /api/embed
 pub async fn ollama_embed(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     OllamaJson(req): OllamaJson<EmbedRequest>,
 ) -> std::result::Result<Json<Value>, OllamaError> {
     let arrived = Instant::now();
-    check_ollama(&state, &req.model, &req.extra, req.keep_alive.as_ref())?;
+    let state = check_ollama(&server, &req.model, &req.extra, req.keep_alive.as_ref()).await?;
     let prompts = match req.input {
         OllamaInput::Text(t) => vec![Prompt::Text(t)],
         OllamaInput::Texts(v) => v.into_iter().map(Prompt::Text).collect(),
@@ -257,11 +257,11 @@ pub struct LegacyEmbeddingRequest {
 /// POST /api/embeddings (Ollama's older route: one prompt, `{embedding}`; an empty prompt
 /// gets an empty vector, as Ollama answers).
 pub async fn ollama_embeddings(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     OllamaJson(req): OllamaJson<LegacyEmbeddingRequest>,
 ) -> std::result::Result<Json<Value>, OllamaError> {
     let arrived = Instant::now();
-    check_ollama(&state, &req.model, &req.extra, req.keep_alive.as_ref())?;
+    let state = check_ollama(&server, &req.model, &req.extra, req.keep_alive.as_ref()).await?;
     if req.prompt.is_empty() {
         return Ok(Json(json!({"embedding": []})));
     }
@@ -277,15 +277,14 @@ pub async fn ollama_embeddings(
 
 /// The model, unknown fields and `keep_alive` of an Ollama embedding request. `options` are
 /// accepted and unused: no sampling happens.
-fn check_ollama(
-    state: &AppState,
+async fn check_ollama(
+    server: &Server,
     model: &str,
     extra: &Map<String, Value>,
     keep_alive: Option<&Value>,
-) -> Result<()> {
-    check_unknown(state, extra)?;
-    crate::ollama::check_honoured(state, keep_alive)?;
-    state.check_model(model)
+) -> Result<AppState> {
+    check_unknown(server, extra)?;
+    crate::ollama::model_for(server, model, keep_alive).await
 }
 
 #[cfg(test)]

@@ -34,12 +34,17 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
+    /// The request conflicts with the server's state (unloading a model in use).
+    #[error("{0}")]
+    Conflict(String),
     #[error("the engine has stopped")]
     Unavailable,
-    /// The engine's circuit breaker is open (steps keep failing).
+    /// Temporarily unable to serve (the engine's circuit breaker is open, or the memory a
+    /// model needs is held by busy models): 503 with `Retry-After`.
     #[error("{message}")]
-    CircuitOpen {
+    Busy {
         message: String,
+        code: &'static str,
         retry_after: std::time::Duration,
     },
     #[error("the request exceeded the server's time limit of {limit:?}")]
@@ -76,7 +81,8 @@ impl ApiError {
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Unavailable | ApiError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -91,8 +97,9 @@ impl ApiError {
             ApiError::Overloaded { .. } => "rate_limit_error",
             ApiError::Unauthorized => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
+            ApiError::Conflict(_) => "conflict_error",
             ApiError::Unavailable
-            | ApiError::CircuitOpen { .. }
+            | ApiError::Busy { .. }
             | ApiError::Timeout { .. }
             | ApiError::Internal(_) => "server_error",
         }
@@ -107,7 +114,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => (None, Some("server_overloaded")),
             ApiError::Unauthorized => (None, Some("invalid_api_key")),
             ApiError::Timeout { .. } => (None, Some("timeout")),
-            ApiError::CircuitOpen { .. } => (None, Some("circuit_open")),
+            ApiError::Busy { code, .. } => (None, Some(code)),
             _ => (None, None),
         }
     }
@@ -122,7 +129,7 @@ impl ApiError {
             ApiError::Unauthorized => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::CircuitOpen { retry_after, .. } => {
+            ApiError::Busy { retry_after, .. } => {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
@@ -149,9 +156,25 @@ impl From<EngineError> for ApiError {
             EngineError::NoChatTemplate => ApiError::bad("messages", e.to_string()),
             EngineError::Grammar { field, .. } => ApiError::bad(field, e.to_string()),
             EngineError::Stopped => ApiError::Unavailable,
-            EngineError::CircuitOpen { retry_after } => ApiError::CircuitOpen {
+            EngineError::CircuitOpen { retry_after } => ApiError::Busy {
                 message: e.to_string(),
+                code: "circuit_open",
                 retry_after,
+            },
+            EngineError::ModelBusy { .. } => ApiError::Busy {
+                message: e.to_string(),
+                code: "model_busy",
+                retry_after: std::time::Duration::from_secs(5),
+            },
+            EngineError::UnknownModel { .. } => ApiError::NotFound {
+                message: e.to_string(),
+                param: Some("model"),
+                code: "model_not_found",
+            },
+            EngineError::ModelTooLarge { .. } => ApiError::BadRequest {
+                message: e.to_string(),
+                param: Some("model".into()),
+                code: Some("model_too_large"),
             },
             other => ApiError::Internal(other.to_string()),
         }

@@ -3,7 +3,7 @@
 //! path of the offending field as `param`), plus the unknown-field policy.
 
 use crate::error::{ApiError, OllamaError};
-use crate::state::AppState;
+use crate::state::{Server, Shared};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -48,7 +48,7 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// The request body, within `max_body_bytes` and `body_read_timeout` (408 when a client
 /// sends it too slowly).
-async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+async fn read_body(req: Request, state: &Shared) -> Result<Bytes, ApiError> {
     let limit = state.cfg().body_read_timeout;
     let read = tokio::time::timeout(limit, Bytes::from_request(req, state)).await;
     let Ok(read) = read else {
@@ -69,17 +69,17 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     })
 }
 
-impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<Server> for ApiJson<T> {
     type Rejection = ApiError;
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &Server) -> Result<Self, ApiError> {
         let bytes = read_body(req, state).await?;
         Ok(ApiJson(parse_body(&bytes)?))
     }
 }
 
-impl<T: DeserializeOwned> FromRequest<AppState> for OllamaJson<T> {
+impl<T: DeserializeOwned> FromRequest<Server> for OllamaJson<T> {
     type Rejection = OllamaError;
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, OllamaError> {
+    async fn from_request(req: Request, state: &Server) -> Result<Self, OllamaError> {
         let bytes = read_body(req, state).await?;
         Ok(OllamaJson(parse_body(&bytes)?))
     }
@@ -87,13 +87,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OllamaJson<T> {
 
 /// Fields a request carried that this server does not know: rejected in strict mode
 /// (400 naming the first one), otherwise logged and ignored.
-pub fn check_unknown(state: &AppState, extra: &Map<String, Value>) -> Result<(), ApiError> {
+pub fn check_unknown(state: &Shared, extra: &Map<String, Value>) -> Result<(), ApiError> {
     check_unknown_in(state, "", extra)
 }
 
 /// [`check_unknown`] for the fields of a nested object at `path` (e.g. `messages[2]`).
 pub fn check_unknown_in(
-    state: &AppState,
+    state: &Shared,
     path: &str,
     extra: &Map<String, Value>,
 ) -> Result<(), ApiError> {
@@ -118,12 +118,7 @@ pub fn check_unknown_in(
 
 /// The keys of the JSON object `v` at `path` outside `allowed`, as [`check_unknown_in`]
 /// treats them (nothing to check when `v` is not an object).
-pub fn check_keys(
-    state: &AppState,
-    path: &str,
-    v: &Value,
-    allowed: &[&str],
-) -> Result<(), ApiError> {
+pub fn check_keys(state: &Shared, path: &str, v: &Value, allowed: &[&str]) -> Result<(), ApiError> {
     let Some(obj) = v.as_object() else {
         return Ok(());
     };

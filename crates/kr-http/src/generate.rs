@@ -140,7 +140,14 @@ pub fn launch(state: &AppState, arrived: Instant, job: Job<'_>) -> Result<Vec<Tr
             let mut params = job.params.clone();
             params.seed = params.seed.map(|s| s.wrapping_add(k));
             let deterministic = params.temperature <= 0.0 || params.seed.is_some();
-            let key = Coalescer::key(deterministic, &(prompt, &params, job.max_tokens, &options));
+            let parts = (
+                state.model_name(),
+                prompt,
+                &params,
+                job.max_tokens,
+                &options,
+            );
+            let key = Coalescer::key(deterministic, &parts);
             let draft = RequestDraft {
                 prompt: prompt.clone(),
                 params,

@@ -30,17 +30,17 @@ pub mod tokenize;
 pub mod tools;
 
 pub use error::ApiError;
-pub use state::{AppState, ServerConfig};
+pub use state::{AppState, Server, ServerConfig, Shared};
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use kr_engine::EngineHandle;
+use kr_engine::{EngineHandle, ModelPool};
 use std::future::Future;
 use tokio::net::TcpListener;
 
 /// Every route of the server over `state`.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: Server) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(openai::chat::chat_completions))
         .route("/v1/completions", post(openai::completions::completions))
@@ -69,6 +69,9 @@ pub fn router(state: AppState) -> Router {
             "/admin/config",
             get(admin::get_config).patch(admin::patch_config),
         )
+        .route("/admin/models", get(admin::models))
+        .route("/admin/models/{name}/load", post(admin::load_model))
+        .route("/admin/models/{name}/unload", post(admin::unload_model))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,
@@ -92,8 +95,27 @@ pub async fn serve(
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_models(listener, ModelPool::single(engine), cfg, shutdown).await
+}
+
+/// [`serve`] for the models of `pool` (loaded on first use, unloaded when their keep-alive
+/// runs out: checked every second).
+pub async fn serve_models(
+    listener: TcpListener,
+    pool: ModelPool,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let inputs = cfg.inputs.clone().filter(|i| i.file.is_some());
-    let state = state::Inner::new(engine, cfg);
+    let state = state::Shared::new(pool, cfg);
+    let sweeper = state.pool.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let pool = sweeper.clone();
+            let _ = tokio::task::spawn_blocking(move || pool.sweep()).await;
+        }
+    });
     #[cfg(unix)]
     if let Some(inputs) = inputs {
         tokio::spawn(admin::reload_on_sighup(state.clone(), inputs));
@@ -101,10 +123,13 @@ pub async fn serve(
     #[cfg(not(unix))]
     let _ = inputs;
     let limits = state.cfg().conn.clone();
-    let engine = state.engine.clone();
+    let pool = state.pool.clone();
     let at_deadline = move || {
-        engine
-            .abort_all("the server shut down: this request was cancelled at the shutdown deadline")
+        for (_, engine) in pool.loaded() {
+            engine.abort_all(
+                "the server shut down: this request was cancelled at the shutdown deadline",
+            );
+        }
     };
     listen::serve_connections(listener, router(state), limits, shutdown, at_deadline).await
 }

@@ -3,7 +3,9 @@
 //! inter-token, end-to-end) are measured here, in the server, as clients see them.
 
 use crate::tokenize::TokenizeCounters;
-use kr_engine::{EngineStats, Histogram, HistogramSnapshot};
+use kr_engine::{
+    EngineHandle, EngineStats, Histogram, HistogramSnapshot, ModelPool, ModelStatus, StatsSnapshot,
+};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -53,9 +55,15 @@ impl Metrics {
         self.outcomes[o as usize].fetch_add(1, Relaxed);
     }
 
-    /// Renders every series in the Prometheus text format.
-    pub fn render(&self, engine: &EngineStats, in_flight: usize) -> String {
-        let s = engine.snapshot();
+    /// Renders every series in the Prometheus text format: the engine series summed over
+    /// `engines` (the loaded models), their histograms and scheduler series of the first.
+    pub fn render(&self, engines: &[&EngineStats], in_flight: usize) -> String {
+        let mut s = StatsSnapshot::default();
+        for e in engines {
+            s.add(&e.snapshot());
+        }
+        let idle = EngineStats::default();
+        let engine = engines.first().copied().unwrap_or(&idle);
         let mut out = String::with_capacity(8192);
         out.push_str("# HELP kr_requests_total Requests by how they ended.\n");
         out.push_str("# TYPE kr_requests_total counter\n");
@@ -208,7 +216,7 @@ impl Metrics {
 /// Inference Extension: queue length, KV-cache usage as a fraction, running requests).
 pub fn vllm_aliases(out: &mut String, model: &str, s: &kr_engine::StatsSnapshot) {
     let kv = s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64;
-    let label = model.replace('\\', "\\\\").replace('"', "\\\"");
+    let label = label(model);
     let series = [
         (
             "vllm:num_requests_waiting",
@@ -228,6 +236,71 @@ pub fn vllm_aliases(out: &mut String, model: &str, s: &kr_engine::StatsSnapshot)
         let _ = writeln!(out, "# TYPE {name} gauge");
         let _ = writeln!(out, "{name}{{model_name=\"{label}\"}} {v}");
     }
+}
+
+/// Per-model series: loaded or not, memory, requests in flight; loads and evictions.
+pub fn models(out: &mut String, pool: &ModelPool, loaded: &[(String, EngineHandle)]) {
+    let status = pool.status();
+    let series: [(&str, &str, fn(&ModelStatus) -> u64); 3] = [
+        ("kr_model_loaded", "1 while the model is loaded.", |m| {
+            m.loaded as u64
+        }),
+        (
+            "kr_model_memory_bytes",
+            "Memory the model holds (weights and KV cache; the estimate while not loaded).",
+            |m| m.bytes,
+        ),
+        (
+            "kr_model_requests_active",
+            "Requests in flight on the model.",
+            |m| m.active as u64,
+        ),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for m in &status {
+            let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(&m.name), value(m));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kr_model_kv_blocks_used KV blocks in use, per loaded model."
+    );
+    let _ = writeln!(out, "# TYPE kr_model_kv_blocks_used gauge");
+    for (name, e) in loaded {
+        let used = e.stats().snapshot().kv_blocks_used;
+        let _ = writeln!(
+            out,
+            "kr_model_kv_blocks_used{{model=\"{}\"}} {used}",
+            label(name)
+        );
+    }
+    let (loads, evictions) = pool.counters();
+    counter(
+        out,
+        "kr_model_loads_total",
+        "Models loaded since start.",
+        loads,
+    );
+    counter(
+        out,
+        "kr_model_evictions_total",
+        "Idle models unloaded to make room for another.",
+        evictions,
+    );
+    scalar(
+        out,
+        "kr_model_memory_budget_bytes",
+        "The memory budget of the models.",
+        "gauge",
+        pool.budget(),
+    );
+}
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// One unlabelled counter in the Prometheus text format.
@@ -268,7 +341,7 @@ mod tests {
         m.count(Outcome::Stop);
         m.ttft.observe(Duration::from_millis(3));
         m.ttft.observe(Duration::from_millis(30));
-        let text = m.render(&EngineStats::default(), 2);
+        let text = m.render(&[&EngineStats::default()], 2);
         assert!(text.contains("kr_requests_total{outcome=\"stop\"} 1\n"));
         assert!(text.contains("kr_http_requests_in_flight 2\n"));
         assert!(text.contains("kr_time_to_first_token_seconds_bucket{le=\"0.005\"} 1\n"));

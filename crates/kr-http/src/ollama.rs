@@ -8,7 +8,7 @@ use crate::extract::{check_unknown, check_unknown_in, OllamaJson};
 use crate::generate::{self, Completion, FieldNames, Job, TokenOut};
 use crate::openai::chat::thinking_mode;
 use crate::reasoning;
-use crate::state::AppState;
+use crate::state::{AppState, Server, Shared};
 use crate::stream::{event_response, ndjson, Encoder};
 use crate::tools::{self, ToolFormat};
 use axum::body::Bytes;
@@ -16,8 +16,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kr_engine::{
-    ChatContext, ChatMessage, Constraint, ConstraintKind, FinishReason, Prompt, RequestOptions,
-    SamplingParams, Usage,
+    ChatContext, ChatMessage, Constraint, ConstraintKind, FinishReason, KeepAlive, ModelStatus,
+    Prompt, RequestOptions, SamplingParams, Usage,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -102,19 +102,19 @@ impl MessageIn {
     }
 }
 
-/// `--strict`: `keep_alive` is accepted (Ollama clients send it) but this server keeps its
-/// one model loaded whatever it says, so strict mode refuses it.
-pub(crate) fn check_honoured(
-    state: &AppState,
+/// The state of the model an Ollama request names, loaded first if need be; `keep_alive`
+/// (Ollama's forms: `"5m"`, seconds, `0` unloads after the request, `-1` keeps it) sets how
+/// long it stays loaded afterwards.
+pub(crate) async fn model_for(
+    server: &Server,
+    model: &str,
     keep_alive: Option<&Value>,
-) -> std::result::Result<(), ApiError> {
-    if state.cfg().strict && keep_alive.is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::bad(
-            "keep_alive",
-            "`keep_alive` is accepted but not honoured: the model stays loaded (strict mode)",
-        ));
-    }
-    Ok(())
+) -> std::result::Result<AppState, ApiError> {
+    let keep_alive = match keep_alive.filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => Some(KeepAlive::parse(v).map_err(|e| ApiError::bad("keep_alive", e))?),
+    };
+    server.model(model, keep_alive).await
 }
 
 /// What `tools` and `think` change for an Ollama chat: the template's context, the tool
@@ -297,20 +297,19 @@ async fn run(state: AppState, arrived: Instant, spec: RunSpec) -> Result<Respons
 
 /// POST /api/generate
 pub async fn generate(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     OllamaJson(req): OllamaJson<GenerateRequest>,
 ) -> Result<Response> {
     let arrived = Instant::now();
-    check_unknown(&state, &req.extra)?;
-    check_honoured(&state, req.keep_alive.as_ref())?;
-    if state.cfg().strict && req.think.as_ref().is_some_and(|v| !v.is_null()) {
+    check_unknown(&server, &req.extra)?;
+    if server.cfg().strict && req.think.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(ApiError::bad(
             "think",
             "`think` is honoured on /api/chat, not on /api/generate (strict mode)",
         )
         .into());
     }
-    state.check_model(&req.model)?;
+    let state = model_for(&server, &req.model, req.keep_alive.as_ref()).await?;
     let text = req.prompt.unwrap_or_default();
     if text.is_empty() {
         // Ollama's "load the model" request: nothing to generate.
@@ -342,17 +341,16 @@ pub async fn generate(
 
 /// POST /api/chat
 pub async fn chat(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     OllamaJson(req): OllamaJson<ChatRequest>,
 ) -> Result<Response> {
     let arrived = Instant::now();
-    check_unknown(&state, &req.extra)?;
-    state.check_model(&req.model)?;
+    check_unknown(&server, &req.extra)?;
     generate::check_message_count(req.messages.len())?;
     for (i, m) in req.messages.iter().enumerate() {
-        check_unknown_in(&state, &format!("messages[{i}]"), &m.extra)?;
+        check_unknown_in(&server, &format!("messages[{i}]"), &m.extra)?;
     }
-    check_honoured(&state, req.keep_alive.as_ref())?;
+    let state = model_for(&server, &req.model, req.keep_alive.as_ref()).await?;
     let msgs = req.messages.iter().map(MessageIn::to_chat).collect();
     let extras = chat_extras(&state, req.tools.as_ref(), req.think.as_ref())?;
     let stream = req.stream.unwrap_or(true);
@@ -440,42 +438,67 @@ impl Encoder for NdjsonEncoder {
     }
 }
 
-fn details(state: &AppState) -> Value {
-    let arch = &state.engine.info().config.architecture;
-    let name = state.model_name();
+fn details(name: &str, arch: &str) -> Value {
     let quant = name.rsplit_once('.').map_or("", |(_, q)| q);
     json!({"parent_model": "", "format": "gguf", "family": arch, "families": [arch], "parameter_size": "", "quantization_level": quant})
 }
 
-fn model_entry(state: &AppState) -> Value {
-    let name = state.model_name();
+fn model_entry(server: &Shared, m: &ModelStatus, arch: &str) -> Value {
     json!({
-        "name": name, "model": name, "modified_at": rfc3339(state.started, 0),
-        "size": state.engine.info().weight_bytes, "digest": "", "details": details(state),
+        "name": m.name, "model": m.name, "modified_at": rfc3339(server.started, 0),
+        "size": m.bytes, "digest": "", "details": details(&m.name, arch),
     })
 }
 
-/// GET /api/tags
-pub async fn tags(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "models": [model_entry(&state)] }))
+/// GET /api/tags: every configured model.
+pub async fn tags(State(server): State<Server>) -> Json<Value> {
+    let loaded = server.pool.loaded();
+    let arch = |name: &str| {
+        let e = loaded.iter().find(|(n, _)| n == name);
+        e.map_or(String::new(), |(_, e)| e.info().config.architecture.clone())
+    };
+    let models: Vec<Value> = server
+        .pool
+        .status()
+        .iter()
+        .map(|m| model_entry(&server, m, &arch(&m.name)))
+        .collect();
+    Json(json!({ "models": models }))
 }
 
-/// GET /api/ps: the loaded model stays loaded.
-pub async fn ps(State(state): State<AppState>) -> Json<Value> {
-    let mut m = model_entry(&state);
-    m["expires_at"] = json!("2999-01-01T00:00:00Z");
-    m["size_vram"] = json!(0);
-    m["context_length"] = json!(state.engine.info().max_model_len);
-    Json(json!({ "models": [m] }))
+/// GET /api/ps: the models loaded now, their memory, and when each unloads if idle.
+pub async fn ps(State(server): State<Server>) -> Json<Value> {
+    let loaded = server.pool.loaded();
+    let mut models = Vec::new();
+    for m in server.pool.status().iter().filter(|m| m.loaded) {
+        let Some((_, engine)) = loaded.iter().find(|(n, _)| *n == m.name) else {
+            continue;
+        };
+        let info = engine.info();
+        let mut e = model_entry(&server, m, &info.config.architecture);
+        e["expires_at"] = json!(m.expires_at.map_or_else(
+            || "2999-01-01T00:00:00Z".to_string(),
+            |t| {
+                let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+                rfc3339(d.as_secs(), d.subsec_nanos())
+            }
+        ));
+        let on_gpu = !info.device.starts_with("cpu");
+        e["size_vram"] = json!(if on_gpu { m.bytes } else { 0 });
+        e["context_length"] = json!(info.max_model_len);
+        e["requests_active"] = json!(m.active);
+        models.push(e);
+    }
+    Json(json!({ "models": models }))
 }
 
 /// POST /api/show
 pub async fn show(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     OllamaJson(req): OllamaJson<ShowRequest>,
 ) -> Result<Json<Value>> {
     let model = req.model.or(req.name).unwrap_or_default();
-    state.check_model(&model)?;
+    let state = model_for(&server, &model, None).await?;
     let info = state.engine.info();
     let c = &info.config;
     let a = &c.architecture;
@@ -492,7 +515,7 @@ pub async fn show(
     model_info.insert(format!("{a}.vocab_size"), json!(c.vocab_size));
     Ok(Json(json!({
         "modelfile": "", "parameters": "", "template": "",
-        "details": details(&state), "model_info": model_info,
+        "details": details(state.model_name(), a), "model_info": model_info,
         "capabilities": ["completion"], "modified_at": rfc3339(state.started, 0),
     })))
 }

@@ -3,12 +3,12 @@
 //! /metrics (Prometheus text), and the JSON 404 for unknown routes.
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::Server;
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::Json;
-use kr_engine::BreakerState;
+use kr_engine::{BreakerState, EngineStats};
 use serde_json::{json, Value};
 
 /// GET /health
@@ -16,28 +16,32 @@ pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// GET /ready: the engine is started with its model loaded before the server listens; it
-/// is not ready while its circuit breaker is open (steps keep failing).
-pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
-    let model = state.model_name();
-    match state.engine.breaker_state() {
-        BreakerState::Open => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "model": model,
-                "reason": "the engine's circuit breaker is open after repeated failed steps"})),
-        )
-            .into_response(),
-        state => Json(json!({"status": "ready", "model": model, "circuit_breaker": state}))
-            .into_response(),
+/// GET /ready: the models configured to load at start are loaded before the server listens;
+/// it is not ready while a loaded model's circuit breaker is open (its steps keep failing).
+pub async fn ready(State(server): State<Server>) -> axum::response::Response {
+    let loaded = server.pool.loaded();
+    let open: Vec<&str> = loaded
+        .iter()
+        .filter(|(_, e)| e.breaker_state() == BreakerState::Open)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let names: Vec<&str> = loaded.iter().map(|(n, _)| n.as_str()).collect();
+    if !open.is_empty() {
+        let body = json!({"status": "unavailable", "models": names, "breaker_open": open,
+            "reason": "a model's circuit breaker is open after repeated failed steps"});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
+    let model = names.first().copied().unwrap_or(server.default_model());
+    Json(json!({"status": "ready", "model": model, "models": names})).into_response()
 }
 
-/// GET /metrics
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut text = state
-        .metrics
-        .render(state.engine.stats(), state.permits.in_flight());
-    let joined = state
+/// GET /metrics: engine series summed over the loaded models (histograms and scheduler
+/// series of the first), plus per-model series labelled `model`.
+pub async fn metrics(State(server): State<Server>) -> impl IntoResponse {
+    let loaded = server.pool.loaded();
+    let stats: Vec<&EngineStats> = loaded.iter().map(|(_, e)| e.stats()).collect();
+    let mut text = server.metrics.render(&stats, server.permits.in_flight());
+    let joined = server
         .coalescer
         .joined
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -47,9 +51,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "Requests that joined an identical generation in flight instead of running again.",
         joined,
     );
-    if state.cfg().vllm_metrics {
-        let s = state.engine.stats().snapshot();
-        crate::metrics::vllm_aliases(&mut text, state.model_name(), &s);
+    crate::metrics::models(&mut text, &server.pool, &loaded);
+    if server.cfg().vllm_metrics {
+        for (name, engine) in &loaded {
+            crate::metrics::vllm_aliases(&mut text, name, &engine.stats().snapshot());
+        }
     }
     (
         [(

@@ -3,7 +3,7 @@
 //! engine's lock-free stats at request time; the settings come from the effective config.
 
 use crate::config::Config;
-use crate::state::AppState;
+use crate::state::Server;
 use axum::extract::State;
 use axum::Json;
 use kr_engine::{EngineStats, Priority, SchedStats, WindowLevel};
@@ -20,8 +20,23 @@ fn ratio(a: u64, b: u64) -> f64 {
 }
 
 /// GET /v1/scheduler/stats
-pub async fn stats(State(state): State<AppState>) -> Json<Value> {
-    Json(to_json(state.engine.stats(), &state.effective().config))
+/// GET /v1/scheduler/stats, of the first configured model that is loaded.
+pub async fn stats(State(server): State<Server>) -> Json<Value> {
+    let loaded = server.pool.loaded();
+    let first = server
+        .pool
+        .specs()
+        .iter()
+        .find_map(|s| loaded.iter().find(|(n, _)| *n == s.name));
+    let cfg = server.effective().config;
+    Json(first.map_or_else(
+        || json!({"loaded": false}),
+        |(name, e)| {
+            let mut v = to_json(e.stats(), &cfg);
+            v["model"] = json!(name);
+            v
+        },
+    ))
 }
 
 /// The JSON body: policy settings next to what the engine measured.

@@ -1,4 +1,5 @@
-//! Shared server state: the engine handle, the configuration, metrics and admission control.
+//! Server state: the configuration, metrics, admission control and the models ([`Shared`]),
+//! and each request's view of it with the engine of the model it names ([`Inner`]).
 //!
 //! Permits: every engine request holds a [`Permit`] for its whole life. At most
 //! `max_running + max_queue` permits exist; past that a request is refused with 429 before
@@ -9,9 +10,10 @@ use crate::error::ApiError;
 use crate::listen::ConnLimits;
 use crate::metrics::Metrics;
 use crate::tokenize::TokenizeBatcher;
-use kr_engine::EngineHandle;
+use kr_engine::{EngineHandle, KeepAlive, ModelLease, ModelPool};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Server settings (the engine has its own `EngineConfig`).
@@ -185,20 +187,45 @@ struct SettingsInForce {
     effective: Effective,
 }
 
-pub struct Inner {
-    pub engine: EngineHandle,
+/// What every request shares, whatever model it names: settings, metrics, admission, the
+/// models and their tokenize batchers.
+pub struct Shared {
     live: RwLock<SettingsInForce>,
     pub metrics: Metrics,
     pub permits: Arc<RequestPermits>,
-    /// Every prompt tokenisation goes through it (coalesced into batch encodes).
-    pub tokenizer: TokenizeBatcher,
     /// Unix time the server started (the `created` of /v1/models).
     pub started: u64,
     /// Identical deterministic requests in flight share one generation.
     pub coalescer: Arc<crate::coalesce::Coalescer>,
+    /// The models this server serves (loaded on first use, see `kr_engine::pool`).
+    pub pool: ModelPool,
+    /// Each loaded engine's tokenize batcher (rebuilt when a model is loaded again).
+    batchers: Mutex<HashMap<String, (EngineHandle, Arc<TokenizeBatcher>)>>,
 }
 
-/// Cheap to clone; handed to every handler.
+/// The server's state, handed to every handler.
+pub type Server = Arc<Shared>;
+
+/// One request's view: the engine of the model it names (held loaded while the request
+/// lives) and everything shared.
+pub struct Inner {
+    pub engine: EngineHandle,
+    /// Every prompt tokenisation of this model goes through it (coalesced batch encodes).
+    pub tokenizer: Arc<TokenizeBatcher>,
+    pub shared: Server,
+    /// The configured name of the model (what `/api/ps` lists).
+    name: String,
+    _lease: Option<Arc<ModelLease>>,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// A request's state (see [`Inner`]); cheap to clone.
 pub type AppState = Arc<Inner>;
 
 /// Sends the scheduler policies of `c` to the engine (they are runtime-safe).
@@ -215,31 +242,90 @@ pub fn unix_now() -> u64 {
 }
 
 impl Inner {
-    pub fn new(engine: EngineHandle, cfg: ServerConfig) -> AppState {
+    /// A server for one running engine (what `serve` and the tests start).
+    pub fn new(engine: EngineHandle, cfg: ServerConfig) -> Server {
+        Shared::new(ModelPool::single(engine), cfg)
+    }
+
+    /// The name the model is served under.
+    pub fn model_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Shared {
+    /// A server for the models of `pool`.
+    pub fn new(pool: ModelPool, cfg: ServerConfig) -> Server {
         let permits = RequestPermits::new(cfg.max_running + cfg.max_queue);
-        // A resolved config brings its scheduler policies; without one the engine keeps
-        // those it was started with.
+        // A resolved config brings its scheduler policies; without one the engines keep
+        // those they were started with.
         if let Some(e) = &cfg.effective {
-            push_policy(&engine, &e.config);
+            for (_, engine) in pool.loaded() {
+                push_policy(&engine, &e.config);
+            }
         }
         let effective = cfg
             .effective
             .clone()
             .unwrap_or_else(|| cfg.effective_guess());
-        let metrics = Metrics::default();
-        let tokenizer = TokenizeBatcher::new(engine.clone(), metrics.tokenize.clone());
-        Arc::new(Inner {
-            engine,
+        Arc::new(Shared {
             live: RwLock::new(SettingsInForce {
                 cfg: Arc::new(cfg),
                 effective,
             }),
-            metrics,
+            metrics: Metrics::default(),
             permits,
-            tokenizer,
             started: unix_now(),
             coalescer: Arc::default(),
+            pool,
+            batchers: Mutex::default(),
         })
+    }
+
+    /// The state of a request for `requested` (a name, `:latest` tag or alias), loading the
+    /// model first if it is not loaded (off the async threads); `keep_alive` sets how long
+    /// it stays loaded after this request. 404 naming the model if it is not configured;
+    /// 400 if it does not fit the memory budget; 503 if the memory stays busy.
+    pub async fn model(
+        self: &Arc<Self>,
+        requested: &str,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<AppState, ApiError> {
+        let pool = self.pool.clone();
+        let name = requested.to_string();
+        let lease = tokio::task::spawn_blocking(move || pool.acquire(&name, keep_alive))
+            .await
+            .map_err(|e| ApiError::Internal(format!("model load task failed: {e}")))??;
+        let engine = (*lease).clone();
+        let tokenizer = self.batcher(lease.name(), &engine);
+        Ok(Arc::new(Inner {
+            engine,
+            tokenizer,
+            shared: self.clone(),
+            name: lease.name().to_string(),
+            _lease: Some(Arc::new(lease)),
+        }))
+    }
+
+    /// The tokenize batcher of `engine` (a new one when the model was loaded again).
+    fn batcher(&self, name: &str, engine: &EngineHandle) -> Arc<TokenizeBatcher> {
+        let mut map = self.batchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((e, b)) = map.get(name) {
+            if e.same_engine(engine) {
+                return b.clone();
+            }
+        }
+        let b = Arc::new(TokenizeBatcher::new(
+            engine.clone(),
+            self.metrics.tokenize.clone(),
+        ));
+        map.insert(name.to_string(), (engine.clone(), b.clone()));
+        b
+    }
+
+    /// The model a request that names none is for: the first configured.
+    pub fn default_model(&self) -> &str {
+        self.pool.specs().first().map_or("", |s| s.name.as_str())
     }
 
     /// The server settings in force now (read once per request).
@@ -261,7 +347,9 @@ impl Inner {
         cfg.apply(&next.config);
         self.permits.set_capacity(cfg.max_running + cfg.max_queue);
         if next.config.policy() != live.effective.config.policy() {
-            push_policy(&self.engine, &next.config);
+            for (_, engine) in self.pool.loaded() {
+                push_policy(&engine, &next.config);
+            }
         }
         live.cfg = Arc::new(cfg);
         live.effective = next;
@@ -275,31 +363,6 @@ impl Inner {
             interval: cfg.stream_interval,
             max_hold: cfg.stream_interval_time,
             deadline: cfg.request_timeout.map(|d| arrived + d),
-        }
-    }
-
-    /// The name the loaded model is served under.
-    pub fn model_name(&self) -> &str {
-        &self.engine.info().name
-    }
-
-    /// Accepts the model's name (any case, with an optional `:latest` tag, and without the
-    /// `builtin:` prefix of a built-in model) or an alias.
-    pub fn check_model(&self, requested: &str) -> Result<(), ApiError> {
-        let name = self.model_name();
-        let short = name.strip_prefix("builtin:").unwrap_or(name);
-        let base = requested.strip_suffix(":latest").unwrap_or(requested);
-        let ok = base.eq_ignore_ascii_case(name)
-            || base.eq_ignore_ascii_case(short)
-            || self
-                .cfg()
-                .aliases
-                .iter()
-                .any(|a| a == requested || a == base);
-        if ok {
-            Ok(())
-        } else {
-            Err(ApiError::unknown_model(requested, name))
         }
     }
 }

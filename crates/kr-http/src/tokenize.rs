@@ -14,7 +14,7 @@ use crate::error::{ApiError, Result};
 use crate::extract::{check_unknown, ApiJson};
 use crate::generate;
 use crate::openai::chat::MessageIn;
-use crate::state::AppState;
+use crate::state::{AppState, Server};
 use axum::extract::State;
 use axum::Json;
 use kr_engine::{ChatMessage, EngineError, EngineHandle, Prompt};
@@ -195,19 +195,22 @@ pub struct DetokenizeRequest {
     pub extra: Map<String, Value>,
 }
 
-fn check(state: &AppState, model: &Option<String>, extra: &Map<String, Value>) -> Result<()> {
-    check_unknown(state, extra)?;
-    match model {
-        Some(m) => state.check_model(m),
-        None => Ok(()),
-    }
+/// The state of the model a request names (the first configured when it names none).
+async fn check(
+    server: &Server,
+    model: &Option<String>,
+    extra: &Map<String, Value>,
+) -> Result<AppState> {
+    check_unknown(server, extra)?;
+    let name = model.as_deref().unwrap_or(server.default_model());
+    server.model(name, None).await
 }
 
 pub async fn tokenize(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<Value>> {
-    check(&state, &req.model, &req.extra)?;
+    let state = check(&server, &req.model, &req.extra).await?;
     let prompt = match (req.prompt, req.messages) {
         (Some(p), None) => Prompt::Text(p),
         (None, Some(msgs)) => Prompt::Chat(
@@ -231,10 +234,10 @@ pub async fn tokenize(
 }
 
 pub async fn detokenize(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<Value>> {
-    check(&state, &req.model, &req.extra)?;
+    let state = check(&server, &req.model, &req.extra).await?;
     let vocab = state.engine.info().config.vocab_size;
     if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::bad(

@@ -7,7 +7,7 @@ use crate::error::{ApiError, Result};
 use crate::extract::{check_keys, check_unknown_in, ApiJson};
 use crate::generate::{self, FieldNames, Job, TokenOut};
 use crate::reasoning;
-use crate::state::{unix_now, AppState};
+use crate::state::{unix_now, AppState, Server};
 use crate::stream::{event_response, sse, Encoder};
 use crate::tools::{self, ToolCall, ToolFormat};
 use axum::body::Bytes;
@@ -327,11 +327,11 @@ pub fn logprob_entry(state: &AppState, tok: &TokenOut) -> Option<Value> {
 
 /// POST /v1/chat/completions
 pub async fn chat_completions(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response> {
     let arrived = Instant::now();
-    check_request(&state, &req.model, &req.extra)?;
+    let state = check_request(&server, &req.model, &req.extra).await?;
     check_nested(&state, &req)?;
     let messages = to_messages(&req.messages)?;
     let common = req.common();

@@ -13,7 +13,7 @@ use super::{check_request, new_id, openai_request, usage_json};
 use crate::error::{ApiError, Result};
 use crate::extract::ApiJson;
 use crate::generate::{self, FieldNames, Job, TokenOut};
-use crate::state::{unix_now, AppState};
+use crate::state::{unix_now, AppState, Server};
 use crate::stream::{event_response, sse, Encoder};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -144,11 +144,11 @@ struct Echo {
 
 /// POST /v1/completions
 pub async fn completions(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response> {
     let arrived = Instant::now();
-    check_request(&state, &req.model, &req.extra)?;
+    let state = check_request(&server, &req.model, &req.extra).await?;
     let common = req.common();
     let n = common.n()?;
     check_unsupported(&req, n)?;

@@ -6,7 +6,7 @@ pub mod completions;
 
 use crate::error::{ApiError, Result};
 use crate::extract::check_unknown;
-use crate::state::AppState;
+use crate::state::{AppState, Server, Shared};
 use axum::extract::{Path, State};
 use axum::Json;
 use kr_engine::{Constraint, ConstraintKind, SamplingParams};
@@ -163,34 +163,51 @@ impl CommonFields {
     }
 }
 
-/// Checks the parts of a request every OpenAI endpoint checks the same way.
-pub fn check_request(state: &AppState, model: &str, extra: &Map<String, Value>) -> Result<()> {
-    check_unknown(state, extra)?;
-    state.check_model(model)
+/// Checks the parts of a request every OpenAI endpoint checks the same way, and gives the
+/// state of the model it names (loaded first if need be).
+pub async fn check_request(
+    server: &Server,
+    model: &str,
+    extra: &Map<String, Value>,
+) -> Result<AppState> {
+    check_unknown(server, extra)?;
+    server.model(model, None).await
 }
 
-fn model_object(state: &AppState) -> Value {
-    json!({
-        "id": state.model_name(),
+fn model_object(server: &Shared, name: &str) -> Value {
+    let mut m = json!({
+        "id": name,
         "object": "model",
-        "created": state.started,
+        "created": server.started,
         "owned_by": "kr-serve",
-        "max_model_len": state.engine.info().max_model_len,
-    })
+    });
+    if let Some((_, engine)) = server.pool.loaded().into_iter().find(|(n, _)| n == name) {
+        m["max_model_len"] = json!(engine.info().max_model_len);
+    }
+    m
 }
 
-/// GET /v1/models
-pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [model_object(&state)]}))
+/// GET /v1/models: every configured model, loaded or not.
+pub async fn list_models(State(server): State<Server>) -> Json<Value> {
+    let data: Vec<Value> = server
+        .pool
+        .specs()
+        .iter()
+        .map(|s| model_object(&server, &s.name))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
 }
 
 /// GET /v1/models/{model}
 pub async fn get_model(
-    State(state): State<AppState>,
+    State(server): State<Server>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>> {
-    state.check_model(&model)?;
-    Ok(Json(model_object(&state)))
+    let spec = server
+        .pool
+        .resolve(&model)
+        .ok_or_else(|| ApiError::unknown_model(&model, &server.pool.names()))?;
+    Ok(Json(model_object(&server, &spec.name)))
 }
 
 /// A fresh id with an OpenAI-style prefix (`chatcmpl-…`, `cmpl-…`).

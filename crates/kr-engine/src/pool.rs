@@ -1,0 +1,581 @@
+//! Several models in one process under one memory budget (Ollama's way): each configured
+//! model is an engine started on first use (or at start), kept while it is used, and
+//! unloaded when its keep-alive runs out or when another model needs its room.
+//!
+//! Invariants:
+//! - the bytes of the loaded models and of the loads under way never exceed the budget;
+//! - a model with a [`ModelLease`] out (a request in flight) is never unloaded: eviction
+//!   takes the least recently used idle model, and a load that finds only busy models
+//!   waits for one to go idle (at most [`LOAD_WAIT`]);
+//! - a model is loaded by one caller at a time; others asking for it wait for that load.
+
+use crate::engine::{start, EngineConfig};
+use crate::error::{EngineError, Result};
+use crate::handle::EngineHandle;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Longest a load waits for a busy model to go idle before it gives up.
+pub const LOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a model stays loaded after its last request (Ollama's `keep_alive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    Forever,
+    /// `For(0)` unloads it as soon as its last request ends.
+    For(Duration),
+}
+
+impl KeepAlive {
+    /// Ollama's forms: a number of seconds (negative: forever), or a duration string
+    /// (`"5m"`, `"1h30m"`, `"45s"`, `"0"`, `"-1"`).
+    pub fn parse(v: &serde_json::Value) -> std::result::Result<Self, String> {
+        let bad = || {
+            format!("invalid keep_alive {v}: a duration such as \"5m\", \"1h\", \"30s\", seconds, 0 (unload) or -1 (keep)")
+        };
+        if let Some(secs) = v.as_f64() {
+            return Ok(Self::from_secs(secs));
+        }
+        let s = v.as_str().ok_or_else(bad)?.trim();
+        if let Ok(secs) = s.parse::<f64>() {
+            return Ok(Self::from_secs(secs));
+        }
+        let mut total = 0f64;
+        let mut num = String::new();
+        for c in s.chars() {
+            match c {
+                '0'..='9' | '.' => num.push(c),
+                'h' | 'm' | 's' => {
+                    let n: f64 = num.parse().map_err(|_| bad())?;
+                    total += n * match c {
+                        'h' => 3600.0,
+                        'm' => 60.0,
+                        _ => 1.0,
+                    };
+                    num.clear();
+                }
+                _ => return Err(bad()),
+            }
+        }
+        if !num.is_empty() || s.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self::from_secs(total))
+    }
+
+    fn from_secs(secs: f64) -> Self {
+        if secs < 0.0 || !secs.is_finite() {
+            Self::Forever
+        } else {
+            Self::For(Duration::from_secs_f64(secs.min(1e9)))
+        }
+    }
+}
+
+/// One model the pool may serve.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// The name requests use.
+    pub name: String,
+    /// Other names it answers to.
+    pub aliases: Vec<String>,
+    pub engine: EngineConfig,
+    /// Its own keep-alive; `None` takes the pool's.
+    pub keep_alive: Option<KeepAlive>,
+    /// Never unloaded (a model the pool was handed running, which it could not load again).
+    pub pinned: bool,
+}
+
+impl ModelSpec {
+    pub fn new(name: impl Into<String>, engine: EngineConfig) -> Self {
+        Self {
+            name: name.into(),
+            aliases: Vec::new(),
+            engine,
+            keep_alive: None,
+            pinned: false,
+        }
+    }
+
+    fn answers_to(&self, requested: &str) -> bool {
+        let base = requested.strip_suffix(":latest").unwrap_or(requested);
+        let short = self.name.strip_prefix("builtin:").unwrap_or(&self.name);
+        base.eq_ignore_ascii_case(&self.name)
+            || base.eq_ignore_ascii_case(short)
+            || self.aliases.iter().any(|a| a == requested || a == base)
+    }
+
+    /// The memory a load of this model is counted at before it is loaded: the weights'
+    /// files plus the KV cache it asks for.
+    pub fn estimated_bytes(&self) -> u64 {
+        file_bytes(&self.engine.model) + ((self.engine.kv_cache_mib as u64) << 20)
+    }
+}
+
+fn file_bytes(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// A loaded model's state.
+struct Slot {
+    handle: EngineHandle,
+    bytes: u64,
+    active: usize,
+    last_used: Instant,
+    /// When it unloads once idle; `None`: never.
+    expires: Option<Instant>,
+    expires_wall: Option<SystemTime>,
+    pinned: bool,
+}
+
+#[derive(Default)]
+struct State {
+    loaded: HashMap<String, Slot>,
+    /// Models being loaded, with the bytes reserved for them.
+    loading: HashMap<String, u64>,
+    unloading: HashSet<String>,
+}
+
+impl State {
+    fn used(&self) -> u64 {
+        self.loaded.values().map(|s| s.bytes).sum::<u64>() + self.loading.values().sum::<u64>()
+    }
+}
+
+struct Inner {
+    specs: Vec<ModelSpec>,
+    budget: u64,
+    default_keep_alive: KeepAlive,
+    state: Mutex<State>,
+    changed: Condvar,
+    loads: AtomicU64,
+    evictions: AtomicU64,
+}
+
+/// What [`ModelPool::status`] reports of one configured model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelStatus {
+    pub name: String,
+    pub path: String,
+    pub loaded: bool,
+    /// Memory it holds (measured once loaded; the estimate otherwise).
+    pub bytes: u64,
+    /// Requests in flight on it.
+    pub active: usize,
+    /// When it unloads if it stays idle; `None`: it does not expire.
+    #[serde(skip)]
+    pub expires_at: Option<SystemTime>,
+}
+
+/// The models of one server (see the module header). Cheap to clone.
+#[derive(Clone)]
+pub struct ModelPool {
+    inner: Arc<Inner>,
+}
+
+/// A model in use: it stays loaded while a lease is out. Dropping the lease marks the
+/// model idle (its keep-alive starts).
+pub struct ModelLease {
+    inner: Arc<Inner>,
+    name: String,
+    handle: EngineHandle,
+    keep_alive: KeepAlive,
+}
+
+impl std::ops::Deref for ModelLease {
+    type Target = EngineHandle;
+    fn deref(&self) -> &EngineHandle {
+        &self.handle
+    }
+}
+
+impl ModelLease {
+    /// The configured name of the model (the one `/api/ps` lists).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for ModelLease {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        let Some(slot) = st.loaded.get_mut(&self.name) else {
+            return;
+        };
+        slot.active = slot.active.saturating_sub(1);
+        slot.last_used = Instant::now();
+        (slot.expires, slot.expires_wall) = match self.keep_alive {
+            _ if slot.pinned => (None, None),
+            KeepAlive::Forever => (None, None),
+            KeepAlive::For(d) => (Some(Instant::now() + d), Some(SystemTime::now() + d)),
+        };
+        let unload_now =
+            slot.active == 0 && !slot.pinned && self.keep_alive == KeepAlive::For(Duration::ZERO);
+        if unload_now {
+            if let Some(slot) = st.loaded.remove(&self.name) {
+                slot.handle.shutdown();
+                tracing::info!(model = %self.name, "unloaded (keep_alive 0)");
+            }
+        }
+        drop(st);
+        self.inner.changed.notify_all();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ModelPool {
+    /// A pool of `specs` (unique names) under `budget` bytes; nothing is loaded yet.
+    pub fn new(specs: Vec<ModelSpec>, budget: u64, default_keep_alive: KeepAlive) -> Result<Self> {
+        let mut seen = HashSet::new();
+        for s in &specs {
+            if !seen.insert(s.name.to_ascii_lowercase()) {
+                return Err(EngineError::Config(format!(
+                    "two models are named `{}`; give each a distinct name",
+                    s.name
+                )));
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                specs,
+                budget,
+                default_keep_alive,
+                state: Mutex::default(),
+                changed: Condvar::new(),
+                loads: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// A pool serving one engine that is already running (a single-model server).
+    pub fn single(handle: EngineHandle) -> Self {
+        let info = handle.info();
+        let mut spec = ModelSpec::new(info.name.clone(), EngineConfig::new(&info.name));
+        spec.keep_alive = Some(KeepAlive::Forever);
+        spec.pinned = true;
+        let pool = Self::new(vec![spec], u64::MAX, KeepAlive::Forever).expect("one name");
+        pool.insert_loaded(&info.name.clone(), handle);
+        pool
+    }
+
+    fn insert_loaded(&self, name: &str, handle: EngineHandle) {
+        let bytes = loaded_bytes(&handle);
+        self.inner.lock().loaded.insert(
+            name.to_string(),
+            Slot {
+                handle,
+                bytes,
+                active: 0,
+                last_used: Instant::now(),
+                expires: None,
+                expires_wall: None,
+                pinned: true,
+            },
+        );
+    }
+
+    pub fn specs(&self) -> &[ModelSpec] {
+        &self.inner.specs
+    }
+
+    /// The configured model `requested` names (its name in any case, with an optional
+    /// `:latest`, or an alias).
+    pub fn resolve(&self, requested: &str) -> Option<&ModelSpec> {
+        self.inner.specs.iter().find(|s| s.answers_to(requested))
+    }
+
+    /// Every configured name, for error messages.
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = self.inner.specs.iter().map(|s| s.name.as_str()).collect();
+        names.join(", ")
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.inner.budget
+    }
+
+    /// Models loaded since start, and models unloaded to make room.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.inner.loads.load(Relaxed),
+            self.inner.evictions.load(Relaxed),
+        )
+    }
+
+    /// The engine of `name`, loaded first if it is not (blocking: run it off the async
+    /// threads). `keep_alive` overrides the model's own for this request.
+    pub fn acquire(&self, name: &str, keep_alive: Option<KeepAlive>) -> Result<ModelLease> {
+        let spec = self
+            .resolve(name)
+            .ok_or_else(|| EngineError::UnknownModel {
+                name: name.to_string(),
+                available: self.names(),
+            })?
+            .clone();
+        let keep_alive = keep_alive
+            .or(spec.keep_alive)
+            .unwrap_or(self.inner.default_keep_alive);
+        let deadline = Instant::now() + LOAD_WAIT;
+        let mut st = self.inner.lock();
+        loop {
+            if let Some(slot) = st.loaded.get_mut(&spec.name) {
+                slot.active += 1;
+                return Ok(self.lease(&spec.name, slot.handle.clone(), keep_alive));
+            }
+            if !st.loading.contains_key(&spec.name) && !st.unloading.contains(&spec.name) {
+                match self.make_room(&mut st, &spec)? {
+                    true => break,
+                    false => {}
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(EngineError::ModelBusy {
+                    name: spec.name.clone(),
+                    waited: LOAD_WAIT,
+                });
+            }
+            st = self
+                .inner
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(st);
+        self.load(&spec, keep_alive)
+    }
+
+    fn lease(&self, name: &str, handle: EngineHandle, keep_alive: KeepAlive) -> ModelLease {
+        ModelLease {
+            inner: self.inner.clone(),
+            name: name.to_string(),
+            handle,
+            keep_alive,
+        }
+    }
+
+    /// Reserves room for `spec`, unloading idle models least recently used first; `false`
+    /// when only busy models could free it (wait and try again).
+    fn make_room(&self, st: &mut State, spec: &ModelSpec) -> Result<bool> {
+        let need = spec.estimated_bytes();
+        if need > self.inner.budget {
+            return Err(EngineError::ModelTooLarge {
+                name: spec.name.clone(),
+                bytes: need,
+                budget: self.inner.budget,
+            });
+        }
+        while st.used() + need > self.inner.budget {
+            let idle = st
+                .loaded
+                .iter()
+                .filter(|(_, s)| s.active == 0 && !s.pinned)
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(n, _)| n.clone());
+            let Some(victim) = idle else {
+                return Ok(false);
+            };
+            if let Some(slot) = st.loaded.remove(&victim) {
+                tracing::info!(model = %victim, "unloaded to make room for {}", spec.name);
+                self.inner.evictions.fetch_add(1, Relaxed);
+                slot.handle.shutdown();
+            }
+        }
+        st.loading.insert(spec.name.clone(), need);
+        Ok(true)
+    }
+
+    /// Starts `spec`'s engine (its room reserved) and hands out the first lease.
+    fn load(&self, spec: &ModelSpec, keep_alive: KeepAlive) -> Result<ModelLease> {
+        let t0 = Instant::now();
+        let started = start(spec.engine.clone());
+        let mut st = self.inner.lock();
+        st.loading.remove(&spec.name);
+        let handle = match started {
+            Ok(h) => h,
+            Err(e) => {
+                drop(st);
+                self.inner.changed.notify_all();
+                return Err(e);
+            }
+        };
+        tracing::info!(model = %spec.name, "loaded in {:.2?}", t0.elapsed());
+        self.inner.loads.fetch_add(1, Relaxed);
+        st.loaded.insert(
+            spec.name.clone(),
+            Slot {
+                bytes: loaded_bytes(&handle),
+                handle: handle.clone(),
+                active: 1,
+                last_used: Instant::now(),
+                expires: None,
+                expires_wall: None,
+                pinned: spec.pinned,
+            },
+        );
+        drop(st);
+        self.inner.changed.notify_all();
+        Ok(self.lease(&spec.name, handle, keep_alive))
+    }
+
+    /// Unloads `name` now if it is idle; `Ok(false)` if it was not loaded. A busy model is
+    /// an error (its requests keep it).
+    pub fn unload(&self, name: &str) -> Result<bool> {
+        let spec = self
+            .resolve(name)
+            .ok_or_else(|| EngineError::UnknownModel {
+                name: name.to_string(),
+                available: self.names(),
+            })?;
+        let mut st = self.inner.lock();
+        match st.loaded.get(&spec.name) {
+            None => Ok(false),
+            Some(s) if s.pinned => Err(EngineError::Config(format!(
+                "model `{}` was handed to the server running and cannot be loaded again; it stays",
+                spec.name
+            ))),
+            Some(s) if s.active > 0 => Err(EngineError::ModelBusy {
+                name: spec.name.clone(),
+                waited: Duration::ZERO,
+            }),
+            Some(_) => {
+                if let Some(slot) = st.loaded.remove(&spec.name) {
+                    slot.handle.shutdown();
+                }
+                drop(st);
+                self.inner.changed.notify_all();
+                Ok(true)
+            }
+        }
+    }
+
+    /// Unloads the idle models whose keep-alive has run out (call it periodically).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut st = self.inner.lock();
+        let expired: Vec<String> = st
+            .loaded
+            .iter()
+            .filter(|(_, s)| s.active == 0 && s.expires.is_some_and(|e| e <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &expired {
+            if let Some(slot) = st.loaded.remove(name) {
+                tracing::info!(model = %name, "unloaded (keep_alive ran out)");
+                slot.handle.shutdown();
+            }
+        }
+        drop(st);
+        if !expired.is_empty() {
+            self.inner.changed.notify_all();
+        }
+    }
+
+    /// Every configured model, loaded or not, in configuration order.
+    pub fn status(&self) -> Vec<ModelStatus> {
+        let st = self.inner.lock();
+        self.inner
+            .specs
+            .iter()
+            .map(|s| {
+                let slot = st.loaded.get(&s.name);
+                ModelStatus {
+                    name: s.name.clone(),
+                    path: s.engine.model.display().to_string(),
+                    loaded: slot.is_some(),
+                    bytes: slot.map_or_else(|| s.estimated_bytes(), |x| x.bytes),
+                    active: slot.map_or(0, |x| x.active),
+                    expires_at: slot.and_then(|x| x.expires_wall),
+                }
+            })
+            .collect()
+    }
+
+    /// The engines loaded now, by name (for metrics and shutdown).
+    pub fn loaded(&self) -> Vec<(String, EngineHandle)> {
+        let st = self.inner.lock();
+        st.loaded
+            .iter()
+            .map(|(n, s)| (n.clone(), s.handle.clone()))
+            .collect()
+    }
+}
+
+/// Memory a running engine holds: its weights and its KV cache.
+fn loaded_bytes(h: &EngineHandle) -> u64 {
+    let i = h.info();
+    let kv = i.num_kv_blocks * i.block_size * i.config.kv_bytes_per_token();
+    (i.weight_bytes + kv) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keep_alive_reads_ollama_forms() {
+        let p = |v| KeepAlive::parse(&v).unwrap();
+        assert_eq!(p(json!("5m")), KeepAlive::For(Duration::from_secs(300)));
+        assert_eq!(p(json!("1h30m")), KeepAlive::For(Duration::from_secs(5400)));
+        assert_eq!(p(json!("45s")), KeepAlive::For(Duration::from_secs(45)));
+        assert_eq!(p(json!(0)), KeepAlive::For(Duration::ZERO));
+        assert_eq!(p(json!("0")), KeepAlive::For(Duration::ZERO));
+        assert_eq!(p(json!(-1)), KeepAlive::Forever);
+        assert_eq!(p(json!("-1")), KeepAlive::Forever);
+        assert_eq!(p(json!(90)), KeepAlive::For(Duration::from_secs(90)));
+        for bad in [json!("5x"), json!("m"), json!(""), json!(true)] {
+            assert!(KeepAlive::parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_resolve_in_any_case_with_latest_and_aliases() {
+        let mut a = ModelSpec::new("SmolLM2", EngineConfig::new("a.gguf"));
+        a.aliases.push("small".into());
+        let pool = ModelPool::new(vec![a], 1, KeepAlive::Forever).unwrap();
+        for n in ["SmolLM2", "smollm2", "smollm2:latest", "small"] {
+            assert!(pool.resolve(n).is_some(), "{n}");
+        }
+        assert!(pool.resolve("other").is_none());
+        let twice = vec![
+            ModelSpec::new("x", EngineConfig::new("a")),
+            ModelSpec::new("X", EngineConfig::new("b")),
+        ];
+        assert!(ModelPool::new(twice, 1, KeepAlive::Forever).is_err());
+    }
+
+    #[test]
+    fn a_model_larger_than_the_budget_is_refused_by_name() {
+        let spec = ModelSpec::new("big", EngineConfig::new("builtin:stories260K"));
+        let pool = ModelPool::new(vec![spec], 1024, KeepAlive::Forever).unwrap();
+        let err = pool
+            .acquire("big", None)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("big") && err.contains("budget"), "{err}");
+    }
+}
