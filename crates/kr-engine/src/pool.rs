@@ -3,7 +3,9 @@
 //! unloaded when its keep-alive runs out or when another model needs its room.
 //!
 //! Invariants:
-//! - the bytes of the loaded models and of the loads under way never exceed the budget;
+//! - the bytes counted for the loaded models and the loads under way never exceed the
+//!   budget (a model counts at its estimate, [`ModelSpec::estimated_bytes`], so what a load
+//!   needs is known before it starts; what it holds once loaded is reported apart);
 //! - a model with a [`ModelLease`] out (a request in flight) is never unloaded: eviction
 //!   takes the least recently used idle model, and a load that finds only busy models
 //!   waits for one to go idle (at most [`LOAD_WAIT`]);
@@ -134,6 +136,8 @@ fn file_bytes(path: &Path) -> u64 {
 /// A loaded model's state.
 struct Slot {
     handle: EngineHandle,
+    /// What it counts against the budget, and what it holds once loaded.
+    reserved: u64,
     bytes: u64,
     active: usize,
     last_used: Instant,
@@ -153,7 +157,7 @@ struct State {
 
 impl State {
     fn used(&self) -> u64 {
-        self.loaded.values().map(|s| s.bytes).sum::<u64>() + self.loading.values().sum::<u64>()
+        self.loaded.values().map(|s| s.reserved).sum::<u64>() + self.loading.values().sum::<u64>()
     }
 }
 
@@ -285,6 +289,7 @@ impl ModelPool {
             name.to_string(),
             Slot {
                 handle,
+                reserved: bytes,
                 bytes,
                 active: 0,
                 last_used: Instant::now(),
@@ -412,7 +417,7 @@ impl ModelPool {
         let t0 = Instant::now();
         let started = start(spec.engine.clone());
         let mut st = self.inner.lock();
-        st.loading.remove(&spec.name);
+        let reserved = st.loading.remove(&spec.name).unwrap_or(0);
         let handle = match started {
             Ok(h) => h,
             Err(e) => {
@@ -426,6 +431,7 @@ impl ModelPool {
         st.loaded.insert(
             spec.name.clone(),
             Slot {
+                reserved,
                 bytes: loaded_bytes(&handle),
                 handle: handle.clone(),
                 active: 1,

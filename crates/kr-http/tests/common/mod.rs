@@ -46,11 +46,33 @@ pub fn spawn(engine: EngineHandle, cfg: ServerConfig) -> Server {
     spawn_on(listener, engine, cfg)
 }
 
+/// A server for the models of `pool` (loaded on first use).
+pub fn spawn_models(pool: kr_engine::ModelPool, cfg: ServerConfig) -> Server {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    spawn_with(listener, cfg, move |l, cfg, stop| {
+        Box::pin(kr_http::serve_models(l, pool, cfg, stop))
+    })
+}
+
 /// [`spawn`] on a listener the test made (e.g. with small socket buffers).
 pub fn spawn_on(
     listener: std::net::TcpListener,
     engine: EngineHandle,
     cfg: ServerConfig,
+) -> Server {
+    spawn_with(listener, cfg, move |l, cfg, stop| {
+        Box::pin(kr_http::serve(l, engine, cfg, stop))
+    })
+}
+
+type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs `serve` on its own thread and runtime, over `listener`, until shutdown.
+fn spawn_with(
+    listener: std::net::TcpListener,
+    cfg: ServerConfig,
+    serve: impl FnOnce(tokio::net::TcpListener, ServerConfig, Stop) -> Serving + Send + 'static,
 ) -> Server {
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");
@@ -62,10 +84,10 @@ pub fn spawn_on(
             .build()?;
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(listener)?;
-            kr_http::serve(l, engine, cfg, async {
+            let stop: Stop = Box::pin(async {
                 let _ = rx.await;
-            })
-            .await
+            });
+            serve(l, cfg, stop).await
         })
     });
     Server {
