@@ -235,8 +235,9 @@ pub struct BenchPlotArgs {
 pub struct EngineArgs {
     /// Model: a GGUF file, a Hugging Face directory, a llama2.c .bin checkpoint (tokenizer
     /// beside it), or `builtin:stories260K` (the default: a 1 MiB story model built in).
-    #[arg(long)]
-    pub model: Option<String>,
+    /// `serve` takes it several times (or comma-separated) to serve several models.
+    #[arg(long, action = clap::ArgAction::Append)]
+    pub model: Vec<String>,
     /// Memory for the KV cache on the CPU in MiB [default: 1024].
     #[arg(long)]
     pub kv_cache_mib: Option<String>,
@@ -417,6 +418,20 @@ pub struct ServeArgs {
     /// Reject unknown request fields with 400 instead of ignoring them.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub strict: Option<String>,
+    /// Also serve every GGUF file and Hugging Face model directory in this folder (each
+    /// loaded on first use).
+    #[arg(long)]
+    pub models_dir: Option<String>,
+    /// Memory for the loaded models in MiB; the least recently used idle one is unloaded
+    /// when a load needs room [default: 0 = 80% of the machine's memory].
+    #[arg(long)]
+    pub memory_budget_mib: Option<String>,
+    /// How long an idle model stays loaded: 5m, 1h, 30s, 0 or -1 (always) [default: -1].
+    #[arg(long, allow_hyphen_values = true)]
+    pub keep_alive: Option<String>,
+    /// Models loaded before the server listens: first, all or none [default: first].
+    #[arg(long)]
+    pub preload: Option<String>,
     /// Also export the queue and KV-usage gauges under vLLM's names (`vllm:…`), for the
     /// Gateway API Inference Extension's endpoint picker.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]

@@ -11,11 +11,18 @@ use std::time::Instant;
 /// unless `template_sandbox` is `thread`.
 pub fn start_engine(c: &Config) -> Result<EngineHandle> {
     crate::settings::apply_process_settings(c);
-    let mut cfg = c.engine_config();
+    let first = c.model_paths().into_iter().next().unwrap_or_default();
+    Ok(kr_engine::start(engine_config(c, &first))?)
+}
+
+/// The engine configuration of the model at `path` under `c`, with the template sandbox
+/// `c` names.
+pub fn engine_config(c: &Config, path: &str) -> kr_engine::EngineConfig {
+    let mut cfg = c.engine_config_for(path);
     if c.template_sandbox == "process" {
         cfg.template_sandbox = Some(std::sync::Arc::new(crate::template_sandbox::ProcessSandbox));
     }
-    Ok(kr_engine::start(cfg)?)
+    cfg
 }
 
 pub fn run(args: RunArgs, inputs: &Inputs) -> Result<()> {

@@ -1,13 +1,16 @@
-//! `kr-serve serve`: loads the model, then serves the HTTP APIs (kr-http) until SIGINT or
-//! SIGTERM, after which it stops accepting, lets in-flight requests finish until
-//! `shutdown_timeout`, cancels the rest (freeing their KV blocks) and exits 0.
+//! `kr-serve serve`: sets up the models (`model`, several comma-separated, and those in
+//! `models_dir`) under one memory budget, loads those `preload` names, then serves the HTTP
+//! APIs (kr-http) until SIGINT or SIGTERM, after which it stops accepting, lets in-flight
+//! requests finish until `shutdown_timeout`, cancels the rest (freeing their KV blocks) and
+//! exits 0. Other models load on first use (see `kr_engine::pool`).
 
 use crate::cli::{ConfigArgs, ServeArgs};
 use crate::error::{CliError, Result};
-use crate::run::start_engine;
 use crate::settings::resolve;
+use kr_engine::{KeepAlive, ModelPool, ModelSpec};
 use kr_http::config::{Config, Inputs};
 use kr_http::ServerConfig;
+use std::path::Path;
 
 /// `kr-serve config`: the effective config and the source of each value.
 pub fn print_config(args: ConfigArgs, inputs: &Inputs) -> Result<()> {
@@ -37,7 +40,9 @@ pub fn serve(args: ServeArgs, inputs: Inputs) -> Result<()> {
     let eff = resolve(&inputs)?;
     let c = &eff.config;
     let api_keys = api_keys(&args, c)?;
-    let engine = start_engine(c)?;
+    crate::settings::apply_process_settings(c);
+    let pool = model_pool(c)?;
+    preload(&pool, &c.preload)?;
     let cfg = ServerConfig {
         api_keys,
         admin_key: args
@@ -63,20 +68,95 @@ pub fn serve(args: ServeArgs, inputs: Inputs) -> Result<()> {
             .map_err(|e| CliError::Usage(format!("cannot listen on {addr}: {e}")))?;
         eprintln!(
             "kr-serve ready: serving {} on http://{local} (OpenAI /v1, Ollama /api)",
-            engine.info().name
+            pool.names()
         );
-        kr_http::serve(listener, engine.clone(), cfg, kr_http::shutdown_signal())
+        kr_http::serve_models(listener, pool.clone(), cfg, kr_http::shutdown_signal())
             .await
             .map_err(|e| CliError::Generation(format!("the HTTP server failed: {e}")))
     });
-    // Cancelled requests' aborts reach the engine before its stop, so their blocks are
-    // free when it reports.
-    match engine.shutdown_and_wait(std::time::Duration::from_secs(10)) {
-        Some(blocks) => eprintln!("kr-serve stopped (KV blocks in use: {blocks})"),
-        None => eprintln!("kr-serve stopped (the engine did not stop within 10 s)"),
+    // Cancelled requests' aborts reach the engines before their stop, so their blocks are
+    // free when they report.
+    let mut in_use = 0;
+    for (name, engine) in pool.loaded() {
+        match engine.shutdown_and_wait(std::time::Duration::from_secs(10)) {
+            Some(blocks) => in_use += blocks,
+            None => eprintln!("kr-serve: the engine of {name} did not stop within 10 s"),
+        }
     }
+    eprintln!("kr-serve stopped (KV blocks in use: {in_use})");
     drop(rt);
     result
+}
+
+/// The models of `c`: each path of `model`, then each model in `models_dir`, under the
+/// memory budget and keep-alive of `c`.
+fn model_pool(c: &Config) -> Result<ModelPool> {
+    let mut paths = c.model_paths();
+    if !c.models_dir.is_empty() {
+        paths.extend(models_in(Path::new(&c.models_dir))?);
+    }
+    let specs = paths
+        .iter()
+        .map(|p| ModelSpec::new(served_name(p), crate::run::engine_config(c, p)))
+        .collect();
+    let keep_alive = KeepAlive::parse(&serde_json::Value::String(c.keep_alive.clone()))
+        .map_err(CliError::Usage)?;
+    let budget = match c.memory_budget_mib {
+        0 => default_budget(),
+        mib => (mib as u64) << 20,
+    };
+    Ok(ModelPool::new(specs, budget, keep_alive)?)
+}
+
+/// The name a model is served under: its file (or directory) name without the extension.
+fn served_name(path: &str) -> String {
+    if path.starts_with("builtin:") || path.starts_with(kr_engine::RANDOM_PREFIX) {
+        return path.to_string();
+    }
+    Path::new(path)
+        .file_stem()
+        .map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// The GGUF files and Hugging Face model directories (with a config.json) in `dir`, by name.
+fn models_in(dir: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        CliError::Usage(format!("cannot read models_dir {}: {e}", dir.display()))
+    })?;
+    let mut found: Vec<String> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+                || p.join("config.json").is_file()
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// 80% of the machine's memory (`/proc/meminfo`), or no limit where it cannot be read.
+fn default_budget() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    total_kib.map_or(u64::MAX, |k| k * 1024 / 10 * 8)
+}
+
+/// Loads the models `preload` names (`first`, `all` or `none`) before the server listens.
+fn preload(pool: &ModelPool, which: &str) -> Result<()> {
+    let names: Vec<String> = pool.specs().iter().map(|s| s.name.clone()).collect();
+    let take = match which {
+        "all" => names.len(),
+        "none" => 0,
+        _ => 1,
+    };
+    for name in names.iter().take(take) {
+        drop(pool.acquire(name, None)?);
+    }
+    Ok(())
 }
 
 /// Keys from `--api-key`, env `KR_SERVE_API_KEY` and the `api_key_file` key; none means

@@ -33,9 +33,11 @@ pub fn inputs(m: &ArgMatches) -> Inputs {
         if !given(id) || (id != "preset" && config::key(id).is_none()) {
             continue;
         }
-        if let Ok(Some(mut raw)) = m.try_get_raw(id) {
-            if let Some(v) = raw.next() {
-                flags.push((id.to_string(), v.to_string_lossy().into_owned()));
+        // A repeated flag (`--model a --model b`) gives its values joined by commas.
+        if let Ok(Some(raw)) = m.try_get_raw(id) {
+            let values: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
+            if !values.is_empty() {
+                flags.push((id.to_string(), values.join(",")));
             }
         }
     }

@@ -90,9 +90,43 @@ pub static KEYS: &[Key] = &[
     Key {
         name: "model",
         runtime_safe: false,
-        range: "a model path or builtin:stories260K",
+        range: "a model path or builtin:stories260K; several separated by commas",
         set: |c, v| Ok(c.model = text(v)?),
         get: |c| json!(c.model),
+    },
+    Key {
+        name: "models_dir",
+        runtime_safe: false,
+        range: "a directory whose GGUF files and Hugging Face model directories are served too (empty: none)",
+        set: |c, v| Ok(c.models_dir = v.trim().to_string()),
+        get: |c| json!(c.models_dir),
+    },
+    Key {
+        name: "memory_budget_mib",
+        runtime_safe: false,
+        range: "0..=16777216 MiB for the loaded models' weights and KV caches (0: 80% of the machine's memory)",
+        set: |c, v| Ok(c.memory_budget_mib = int(v, 0usize, 1 << 24)?),
+        get: |c| json!(c.memory_budget_mib),
+    },
+    Key {
+        name: "keep_alive",
+        runtime_safe: false,
+        range: "how long an idle model stays loaded: a duration (5m, 1h, 30s), 0 (unload at once) or -1 (always)",
+        set: |c, v| {
+            kr_engine::KeepAlive::parse(&serde_json::Value::String(v.trim().into()))?;
+            Ok(c.keep_alive = v.trim().to_string())
+        },
+        get: |c| json!(c.keep_alive),
+    },
+    Key {
+        name: "preload",
+        runtime_safe: false,
+        range: "first, all or none: the models loaded before the server listens",
+        set: |c, v| match v.trim() {
+            p @ ("first" | "all" | "none") => Ok(c.preload = p.to_string()),
+            _ => Err(String::new()),
+        },
+        get: |c| json!(c.preload),
     },
     Key {
         name: "device",

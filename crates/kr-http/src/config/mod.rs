@@ -24,6 +24,14 @@ pub struct Config {
     pub host: String,
     pub port: u16,
     pub model: String,
+    /// Serve every model in this directory too (empty: none).
+    pub models_dir: String,
+    /// Memory for the loaded models, MiB; 0 = 80% of the machine's memory.
+    pub memory_budget_mib: usize,
+    /// How long an idle model stays loaded (Ollama's forms; "-1": always).
+    pub keep_alive: String,
+    /// `first`, `all` or `none`: the models loaded before the server listens.
+    pub preload: String,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
     /// On CUDA: the share of GPU memory for weights, KV cache and workspace.
@@ -100,6 +108,10 @@ impl Default for Config {
             host: "127.0.0.1".into(),
             port: 8080,
             model: kr_engine::BUILTIN_MODEL.into(),
+            models_dir: String::new(),
+            memory_budget_mib: 0,
+            keep_alive: "-1".into(),
+            preload: "first".into(),
             device: DeviceChoice::Auto,
             dtype: DTypeChoice::Auto,
             gpu_memory_fraction: 0.9,
@@ -158,10 +170,22 @@ fn ms(v: f64) -> std::time::Duration {
 }
 
 impl Config {
-    /// The engine's configuration: model, device, sizes and scheduler policies. The engine
-    /// runs as many sequences as the server admits to run (`max_running`, also the ceiling
-    /// of the latency controller).
+    /// The models `model` names (one, or several separated by commas).
+    pub fn model_paths(&self) -> Vec<String> {
+        let paths = self.model.split(',').map(str::trim).filter(|p| !p.is_empty());
+        paths.map(String::from).collect()
+    }
+
+    /// The engine configuration of the first model (see [`Config::engine_config_for`]).
     pub fn engine_config(&self) -> EngineConfig {
+        let first = self.model_paths().into_iter().next().unwrap_or_default();
+        self.engine_config_for(&first)
+    }
+
+    /// The engine's configuration for the model at `model`: device, sizes and scheduler
+    /// policies. The engine runs as many sequences as the server admits to run
+    /// (`max_running`, also the ceiling of the latency controller).
+    pub fn engine_config_for(&self, model: &str) -> EngineConfig {
         EngineConfig {
             kv_cache_mib: self.kv_cache_mib,
             max_num_seqs: self.max_running,
@@ -185,7 +209,7 @@ impl Config {
                 threshold: self.breaker_threshold,
                 cooldown: std::time::Duration::from_secs_f64(self.breaker_cooldown),
             },
-            ..EngineConfig::new(&self.model)
+            ..EngineConfig::new(model)
         }
     }
 
