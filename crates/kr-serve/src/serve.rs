@@ -120,14 +120,14 @@ fn served_name(path: &str) -> String {
 
 /// The GGUF files and Hugging Face model directories (with a config.json) in `dir`, by name.
 fn models_in(dir: &Path) -> Result<Vec<String>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        CliError::Usage(format!("cannot read models_dir {}: {e}", dir.display()))
-    })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| CliError::Usage(format!("cannot read models_dir {}: {e}", dir.display())))?;
     let mut found: Vec<String> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
                 || p.join("config.json").is_file()
         })
         .map(|p| p.display().to_string())

@@ -173,3 +173,64 @@ fn sigterm_with_a_stalled_stream_exits_zero_by_the_deadline_with_its_blocks_free
     );
     drop(stream);
 }
+
+/// `--model` twice and `--models-dir`: every model is listed, the first is loaded at start,
+/// the others on first use, each answering under its file name.
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
+#[test]
+fn serve_several_models_from_flags_and_a_folder() {
+    let Some(smollm2) = test_models::path(test_models::SMOLLM2) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("kr-serve-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a folder");
+    let linked = dir.join("second.gguf");
+    let _ = std::fs::remove_file(&linked);
+    std::os::unix::fs::symlink(&smollm2, &linked).expect("a link");
+    let model = smollm2.to_string_lossy().into_owned();
+    let folder = dir.to_string_lossy().into_owned();
+    let args = [
+        "--model",
+        "builtin:stories260K",
+        "--model",
+        &model,
+        "--models-dir",
+        &folder,
+        "--kv-cache-mib",
+        "16",
+    ];
+    let (_child, addr, _lines) = spawn_server(&args, &[]);
+    let ps = http_get(&addr, "/api/ps", "");
+    assert!(
+        ps.contains("builtin:stories260K") && !ps.contains("second"),
+        "{ps}"
+    );
+    let tags = http_get(&addr, "/api/tags", "");
+    for name in [
+        "builtin:stories260K",
+        "SmolLM2-135M-Instruct.Q4_1",
+        "second",
+    ] {
+        assert!(tags.contains(name), "{name} missing from {tags}");
+    }
+    for name in ["SmolLM2-135M-Instruct.Q4_1", "second"] {
+        let body = format!(r#"{{"model":"{name}","prompt":"Hello","max_tokens":3}}"#);
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        write!(
+            s,
+            "POST /v1/completions HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        assert!(out.starts_with("HTTP/1.0 200"), "{name}: {out}");
+    }
+    let ps = http_get(&addr, "/api/ps", "");
+    assert!(ps.contains("second"), "{ps}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

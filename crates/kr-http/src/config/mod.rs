@@ -172,7 +172,11 @@ fn ms(v: f64) -> std::time::Duration {
 impl Config {
     /// The models `model` names (one, or several separated by commas).
     pub fn model_paths(&self) -> Vec<String> {
-        let paths = self.model.split(',').map(str::trim).filter(|p| !p.is_empty());
+        let paths = self
+            .model
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty());
         paths.map(String::from).collect()
     }
 
