@@ -33,6 +33,13 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Download a model from the Hugging Face Hub into its cache ($HF_HOME/hub), from
+    /// $HF_ENDPOINT with $HF_TOKEN: resumable (run it again after an interruption) and
+    /// checked against the Hub's sha256. Then `serve --model ORG/REPO[:FILE]` serves it.
+    #[command(
+        after_help = "Examples:\n  kr-serve pull bartowski/SmolLM2-135M-Instruct-GGUF:SmolLM2-135M-Instruct-Q4_K_M.gguf\n  kr-serve pull Qwen/Qwen3-0.6B          (a Hugging Face model directory)"
+    )]
+    Pull(PullArgs),
     /// Look at model files.
     Models {
         #[command(subcommand)]
@@ -48,6 +55,22 @@ pub enum ModelsCommand {
         after_help = "Examples:\n  kr-serve models inspect SmolLM2-135M-Instruct.Q4_1.gguf\n  kr-serve models inspect builtin:stories260K --json"
     )]
     Inspect(InspectArgs),
+    /// The models pulled into the Hugging Face cache, with their size on disk.
+    List,
+    /// Delete a pulled model (ORG/REPO) from the Hugging Face cache.
+    Delete(DeleteArgs),
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// ORG/REPO (its one GGUF file, its Q4_K_M, or its safetensors) or ORG/REPO:FILE.
+    pub model: String,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// ORG/REPO.
+    pub model: String,
 }
 
 #[derive(Args)]

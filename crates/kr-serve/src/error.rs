@@ -4,6 +4,8 @@
 pub enum CliError {
     #[error(transparent)]
     Engine(#[from] kr_engine::EngineError),
+    #[error(transparent)]
+    Hub(#[from] kr_hub::HubError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write {path}: {source}")]

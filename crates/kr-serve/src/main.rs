@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod error;
 mod models;
+mod pull;
 mod run;
 mod serve;
 mod settings;
@@ -60,6 +61,13 @@ fn main() {
         Command::Models {
             command: ModelsCommand::Inspect(args),
         } => models::inspect(args),
+        Command::Models {
+            command: ModelsCommand::List,
+        } => pull::list(),
+        Command::Models {
+            command: ModelsCommand::Delete(args),
+        } => pull::delete(&args.model),
+        Command::Pull(args) => pull::pull(&args.model).map(|_| ()),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

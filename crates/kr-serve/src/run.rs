@@ -12,7 +12,8 @@ use std::time::Instant;
 pub fn start_engine(c: &Config) -> Result<EngineHandle> {
     crate::settings::apply_process_settings(c);
     let first = c.model_paths().into_iter().next().unwrap_or_default();
-    Ok(kr_engine::start(engine_config(c, &first))?)
+    let (_, path) = crate::pull::resolve_model(&first)?;
+    Ok(kr_engine::start(engine_config(c, &path))?)
 }
 
 /// The engine configuration of the model at `path` under `c`, with the template sandbox

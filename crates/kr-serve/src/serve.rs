@@ -95,10 +95,11 @@ fn model_pool(c: &Config) -> Result<ModelPool> {
     if !c.models_dir.is_empty() {
         paths.extend(models_in(Path::new(&c.models_dir))?);
     }
-    let specs = paths
-        .iter()
-        .map(|p| ModelSpec::new(served_name(p), crate::run::engine_config(c, p)))
-        .collect();
+    let mut specs = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let (name, path) = crate::pull::resolve_model(p)?;
+        specs.push(ModelSpec::new(name, crate::run::engine_config(c, &path)));
+    }
     let keep_alive = KeepAlive::parse(&serde_json::Value::String(c.keep_alive.clone()))
         .map_err(CliError::Usage)?;
     let budget = match c.memory_budget_mib {
@@ -106,16 +107,6 @@ fn model_pool(c: &Config) -> Result<ModelPool> {
         mib => (mib as u64) << 20,
     };
     Ok(ModelPool::new(specs, budget, keep_alive)?)
-}
-
-/// The name a model is served under: its file (or directory) name without the extension.
-fn served_name(path: &str) -> String {
-    if path.starts_with("builtin:") || path.starts_with(kr_engine::RANDOM_PREFIX) {
-        return path.to_string();
-    }
-    Path::new(path)
-        .file_stem()
-        .map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned())
 }
 
 /// The GGUF files and Hugging Face model directories (with a config.json) in `dir`, by name.
