@@ -162,7 +162,8 @@ impl State {
 }
 
 struct Inner {
-    specs: Vec<ModelSpec>,
+    /// The configured models; [`ModelPool::add`] appends (a model pulled while serving).
+    specs: std::sync::RwLock<Vec<ModelSpec>>,
     budget: u64,
     default_keep_alive: KeepAlive,
     state: Mutex<State>,
@@ -245,6 +246,10 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn specs(&self) -> std::sync::RwLockReadGuard<'_, Vec<ModelSpec>> {
+        self.specs.read().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl ModelPool {
@@ -261,7 +266,7 @@ impl ModelPool {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                specs,
+                specs: std::sync::RwLock::new(specs),
                 budget,
                 default_keep_alive,
                 state: Mutex::default(),
@@ -300,19 +305,38 @@ impl ModelPool {
         );
     }
 
-    pub fn specs(&self) -> &[ModelSpec] {
-        &self.inner.specs
+    /// The configured models, in order.
+    pub fn specs(&self) -> Vec<ModelSpec> {
+        self.inner.specs().clone()
+    }
+
+    /// Adds a model (not loaded); an error when its name is taken.
+    pub fn add(&self, spec: ModelSpec) -> Result<()> {
+        let mut specs = self.inner.specs.write().unwrap_or_else(|e| e.into_inner());
+        if specs
+            .iter()
+            .any(|s| s.name.eq_ignore_ascii_case(&spec.name))
+        {
+            return Err(EngineError::Config(format!(
+                "a model named `{}` is already served",
+                spec.name
+            )));
+        }
+        specs.push(spec);
+        Ok(())
     }
 
     /// The configured model `requested` names (its name in any case, with an optional
     /// `:latest`, or an alias).
-    pub fn resolve(&self, requested: &str) -> Option<&ModelSpec> {
-        self.inner.specs.iter().find(|s| s.answers_to(requested))
+    pub fn resolve(&self, requested: &str) -> Option<ModelSpec> {
+        let specs = self.inner.specs();
+        specs.iter().find(|s| s.answers_to(requested)).cloned()
     }
 
     /// Every configured name, for error messages.
     pub fn names(&self) -> String {
-        let names: Vec<&str> = self.inner.specs.iter().map(|s| s.name.as_str()).collect();
+        let specs = self.inner.specs();
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         names.join(", ")
     }
 
@@ -336,8 +360,7 @@ impl ModelPool {
             .ok_or_else(|| EngineError::UnknownModel {
                 name: name.to_string(),
                 available: self.names(),
-            })?
-            .clone();
+            })?;
         let keep_alive = keep_alive
             .or(spec.keep_alive)
             .unwrap_or(self.inner.default_keep_alive);
@@ -501,9 +524,9 @@ impl ModelPool {
 
     /// Every configured model, loaded or not, in configuration order.
     pub fn status(&self) -> Vec<ModelStatus> {
+        let specs = self.inner.specs();
         let st = self.inner.lock();
-        self.inner
-            .specs
+        specs
             .iter()
             .map(|s| {
                 let slot = st.loaded.get(&s.name);

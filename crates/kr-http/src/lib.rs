@@ -22,6 +22,7 @@ pub mod ollama;
 pub mod openai;
 pub mod priority;
 pub mod probes;
+pub mod pull;
 pub mod reasoning;
 pub mod sched_stats;
 pub mod state;
@@ -52,6 +53,8 @@ pub fn router(state: Server) -> Router {
         .route("/api/embed", post(embeddings::ollama_embed))
         .route("/api/embeddings", post(embeddings::ollama_embeddings))
         .route("/api/tags", get(ollama::tags))
+        .route("/api/pull", post(pull::pull))
+        .route("/api/delete", axum::routing::delete(pull::delete))
         .route("/api/show", post(ollama::show))
         .route("/api/ps", get(ollama::ps))
         .route("/api/version", get(ollama::version))

@@ -31,7 +31,8 @@ pub async fn ready(State(server): State<Server>) -> axum::response::Response {
             "reason": "a model's circuit breaker is open after repeated failed steps"});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    let model = names.first().copied().unwrap_or(server.default_model());
+    let default = server.default_model();
+    let model = names.first().copied().unwrap_or(&default);
     Json(json!({"status": "ready", "model": model, "models": names})).into_response()
 }
 

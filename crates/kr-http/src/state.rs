@@ -324,8 +324,11 @@ impl Shared {
     }
 
     /// The model a request that names none is for: the first configured.
-    pub fn default_model(&self) -> &str {
-        self.pool.specs().first().map_or("", |s| s.name.as_str())
+    pub fn default_model(&self) -> String {
+        self.pool
+            .specs()
+            .first()
+            .map_or_else(String::new, |s| s.name.clone())
     }
 
     /// The server settings in force now (read once per request).

@@ -202,8 +202,8 @@ async fn check(
     extra: &Map<String, Value>,
 ) -> Result<AppState> {
     check_unknown(server, extra)?;
-    let name = model.as_deref().unwrap_or(server.default_model());
-    server.model(name, None).await
+    let name = model.clone().unwrap_or_else(|| server.default_model());
+    server.model(&name, None).await
 }
 
 pub async fn tokenize(

@@ -2,7 +2,9 @@
 //! download cut off part way fails, the next pull resumes from where it stopped (the mock
 //! sees the range) and completes; a file whose bytes do not match the Hub's sha256 is
 //! refused and deleted; progress is reported; `models list` shows the pull; `serve --model
-//! ORG/REPO` serves it from the cache; `models delete` removes it.
+//! ORG/REPO` serves it from the cache; `models delete` removes it. Then Ollama's
+//! `/api/pull` on a running server streams its NDJSON progress and the model serves at once;
+//! `/api/delete` removes it.
 
 mod server_process;
 #[path = "../../../tests/support/test_models.rs"]
@@ -212,6 +214,7 @@ fn pull_resumes_verifies_and_serves() {
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read");
     assert!(resp.starts_with("HTTP/1.0 200"), "{resp}");
+    drop(_child);
 
     let deleted = kr_serve(&["models", "delete", "test/good"], &hub, &home);
     assert!(deleted.status.success(), "{}", text(&deleted));
@@ -221,5 +224,58 @@ fn pull_resumes_verifies_and_serves() {
         "{}",
         text(&unknown)
     );
+    let _ = std::fs::remove_dir_all(&home);
+    api_pull_then_serve(&hub);
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    resp
+}
+
+/// `/api/pull` on a server that did not have the model: progress lines, then it serves.
+fn api_pull_then_serve(hub: &str) {
+    let home = std::env::temp_dir().join(format!("kr-hf-home2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    let home_s = home.to_string_lossy().into_owned();
+    let (_child, addr, _lines) = server_process::spawn_server(
+        &["--model", "builtin:stories260K", "--kv-cache-mib", "16"],
+        &[("HF_HOME", home_s.as_str()), ("HF_ENDPOINT", hub)],
+    );
+    let resp = http(&addr, "POST", "/api/pull", r#"{"model":"test/good"}"#);
+    assert!(resp.starts_with("HTTP/1.0 200"), "{resp}");
+    let statuses: Vec<String> = resp
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["status"].as_str().unwrap_or("").to_string())
+        .collect();
+    for want in [
+        "pulling manifest",
+        "downloading model.gguf",
+        "verifying sha256 digest",
+        "success",
+    ] {
+        assert!(
+            statuses.iter().any(|s| s == want),
+            "{want} missing: {statuses:?}"
+        );
+    }
+    assert_eq!(statuses.last().map(String::as_str), Some("success"));
+    assert!(http(&addr, "GET", "/api/tags", "").contains("\"good\""));
+    let body = r#"{"model":"good","prompt":"Hello","max_tokens":3}"#;
+    let resp = http(&addr, "POST", "/v1/completions", body);
+    assert!(resp.starts_with("HTTP/1.0 200"), "{resp}");
+    let resp = http(&addr, "DELETE", "/api/delete", r#"{"model":"test/good"}"#);
+    assert!(resp.starts_with("HTTP/1.0 200"), "{resp}");
+    let resp = http(&addr, "DELETE", "/api/delete", r#"{"model":"test/good"}"#);
+    assert!(resp.starts_with("HTTP/1.0 404"), "{resp}");
     let _ = std::fs::remove_dir_all(&home);
 }
