@@ -41,7 +41,9 @@ pub fn serve(args: ServeArgs, inputs: Inputs) -> Result<()> {
     let c = &eff.config;
     let api_keys = api_keys(&args, c)?;
     crate::settings::apply_process_settings(c);
-    let pool = model_pool(c)?;
+    // With a `models` list, the built-in default model is not served unless asked for.
+    let default_model = eff.sources.get("model") == Some(&kr_http::config::Source::Default);
+    let pool = model_pool(c, default_model && !c.models.is_empty())?;
     preload(&pool, &c.preload)?;
     let cfg = ServerConfig {
         api_keys,
@@ -88,10 +90,13 @@ pub fn serve(args: ServeArgs, inputs: Inputs) -> Result<()> {
     result
 }
 
-/// The models of `c`: each path of `model`, then each model in `models_dir`, under the
-/// memory budget and keep-alive of `c`.
-fn model_pool(c: &Config) -> Result<ModelPool> {
-    let mut paths = c.model_paths();
+/// The models of `c`: each path of `model` (unless `skip_model`), each model in
+/// `models_dir`, then the `models` list, under the memory budget and keep-alive of `c`.
+fn model_pool(c: &Config, skip_model: bool) -> Result<ModelPool> {
+    let mut paths = match skip_model {
+        true => Vec::new(),
+        false => c.model_paths(),
+    };
     if !c.models_dir.is_empty() {
         paths.extend(models_in(Path::new(&c.models_dir))?);
     }
@@ -99,6 +104,21 @@ fn model_pool(c: &Config) -> Result<ModelPool> {
     for p in &paths {
         let (name, path) = crate::pull::resolve_model(p)?;
         specs.push(ModelSpec::new(name, crate::run::engine_config(c, &path)));
+    }
+    for entry in &c.models {
+        let (name, path) = crate::pull::resolve_model(&entry.model)?;
+        let mut spec = ModelSpec::new(
+            entry.name.clone().unwrap_or(name),
+            crate::run::engine_config(c, &path),
+        );
+        spec.aliases = entry.aliases.clone();
+        spec.keep_alive = match &entry.keep_alive {
+            Some(k) => Some(
+                KeepAlive::parse(&serde_json::Value::String(k.clone())).map_err(CliError::Usage)?,
+            ),
+            None => None,
+        };
+        specs.push(spec);
     }
     let keep_alive = KeepAlive::parse(&serde_json::Value::String(c.keep_alive.clone()))
         .map_err(CliError::Usage)?;

@@ -19,9 +19,13 @@ pub struct Key {
 impl Key {
     /// Parses `value` into `cfg`; the error names the key, the value and the range.
     pub fn set(&self, cfg: &mut Config, value: &str) -> Result<(), ConfigError> {
-        (self.set)(cfg, value).map_err(|_| ConfigError::Invalid {
+        (self.set)(cfg, value).map_err(|why| ConfigError::Invalid {
             key: self.name.to_string(),
             value: value.to_string(),
+            why: match why.is_empty() {
+                true => String::new(),
+                false => format!(" ({why})"),
+            },
             range: self.range,
         })
     }
@@ -71,6 +75,24 @@ fn text(v: &str) -> Result<String, String> {
     Ok(t.to_string())
 }
 
+/// The `models` list (YAML or JSON text): each entry's fields checked, keep-alive parsed.
+fn parse_models(v: &str) -> Result<Vec<super::ModelEntry>, String> {
+    if v.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<super::ModelEntry> = serde_yaml::from_str(v).map_err(|e| e.to_string())?;
+    for m in &list {
+        if m.model.trim().is_empty() {
+            return Err("an entry has an empty `model`".into());
+        }
+        if let Some(k) = &m.keep_alive {
+            kr_engine::KeepAlive::parse(&Value::String(k.clone()))
+                .map_err(|e| format!("{}: {e}", m.model))?;
+        }
+    }
+    Ok(list)
+}
+
 /// Every key, in display order.
 pub static KEYS: &[Key] = &[
     Key {
@@ -100,6 +122,13 @@ pub static KEYS: &[Key] = &[
         range: "a directory whose GGUF files and Hugging Face model directories are served too (empty: none)",
         set: |c, v| Ok(c.models_dir = v.trim().to_string()),
         get: |c| json!(c.models_dir),
+    },
+    Key {
+        name: "models",
+        runtime_safe: false,
+        range: "a list of {model, name, aliases, keep_alive} (model: a path or a pulled ORG/REPO[:FILE])",
+        set: |c, v| Ok(c.models = parse_models(v)?),
+        get: |c| json!(c.models),
     },
     Key {
         name: "memory_budget_mib",

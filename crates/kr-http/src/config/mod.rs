@@ -18,6 +18,23 @@ use std::path::PathBuf;
 
 pub use keys::{key, Key, ENV_ALIASES, KEYS};
 
+/// One entry of the config file's `models` list: a model to serve, by path or Hub id,
+/// with the name requests use, other names, and how long it stays loaded when idle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// A path, `builtin:stories260K`, or a pulled `ORG/REPO[:FILE]`.
+    pub model: String,
+    /// The name requests use (default: the file's stem, or the repository's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Ollama's forms (`5m`, `1h`, `0`, `-1`); default: the `keep_alive` key.
+    #[serde(default)]
+    pub keep_alive: Option<String>,
+}
+
 /// Every setting of the server and the engine, with its default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -26,6 +43,8 @@ pub struct Config {
     pub model: String,
     /// Serve every model in this directory too (empty: none).
     pub models_dir: String,
+    /// More models, with names, aliases and keep-alive (the config file's `models` list).
+    pub models: Vec<ModelEntry>,
     /// Memory for the loaded models, MiB; 0 = 80% of the machine's memory.
     pub memory_budget_mib: usize,
     /// How long an idle model stays loaded (Ollama's forms; "-1": always).
@@ -109,6 +128,7 @@ impl Default for Config {
             port: 8080,
             model: kr_engine::BUILTIN_MODEL.into(),
             models_dir: String::new(),
+            models: Vec::new(),
             memory_budget_mib: 0,
             keep_alive: "-1".into(),
             preload: "first".into(),
@@ -251,6 +271,7 @@ impl Config {
             Err(ConfigError::Invalid {
                 key: key.to_string(),
                 value,
+                why: String::new(),
                 range,
             })
         };
@@ -295,10 +316,12 @@ impl std::fmt::Display for Source {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config key `{key}`: invalid value `{value}`; allowed: {range}")]
+    #[error("config key `{key}`: invalid value `{value}`{why}; allowed: {range}")]
     Invalid {
         key: String,
         value: String,
+        /// What is wrong with it, when the check says more than the range (` (…)`).
+        why: String,
         range: &'static str,
     },
     #[error("unknown config key `{key}` (in {origin}); known keys: {known}")]

@@ -196,3 +196,38 @@ fn scheduler_keys_are_checked_alone_and_together() {
     assert!(next.config.policy().adaptive.is_some());
     assert_eq!(next.config.policy().aging_step, None);
 }
+
+#[test]
+fn models_list_reads_names_aliases_and_keep_alive_and_names_bad_fields() {
+    let path = yaml(
+        "models",
+        "models:\n  - model: builtin:stories260K\n    name: tiny\n    aliases: [story]\n    keep_alive: 5m\n  - model: org/repo:file.gguf\n",
+    );
+    let eff = resolve(&Inputs {
+        file: Some(path),
+        ..Inputs::default()
+    })
+    .expect("a valid list");
+    let m = &eff.config.models;
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].name.as_deref(), Some("tiny"));
+    assert_eq!(m[0].aliases, ["story"]);
+    assert_eq!(m[0].keep_alive.as_deref(), Some("5m"));
+    assert_eq!(m[1].model, "org/repo:file.gguf");
+    for (bad, why) in [
+        ("models:\n  - model: a.gguf\n    colour: red\n", "colour"),
+        (
+            "models:\n  - model: a.gguf\n    keep_alive: soon\n",
+            "keep_alive",
+        ),
+        ("models:\n  - name: x\n", "model"),
+    ] {
+        let msg = resolve(&Inputs {
+            file: Some(yaml("bad-models", bad)),
+            ..Inputs::default()
+        })
+        .expect_err(bad)
+        .to_string();
+        assert!(msg.contains("`models`") && msg.contains(why), "{msg}");
+    }
+}
