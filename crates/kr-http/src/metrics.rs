@@ -238,7 +238,8 @@ pub fn vllm_aliases(out: &mut String, model: &str, s: &kr_engine::StatsSnapshot)
     }
 }
 
-/// Per-model series: loaded or not, memory, requests in flight; loads and evictions.
+/// Per-model series: loaded or not, memory, requests in flight; loads and evictions; and
+/// the main engine series of each loaded model.
 pub fn models(out: &mut String, pool: &ModelPool, loaded: &[(String, EngineHandle)]) {
     let status = pool.status();
     let series: [(&str, &str, fn(&ModelStatus) -> u64); 3] = [
@@ -263,19 +264,7 @@ pub fn models(out: &mut String, pool: &ModelPool, loaded: &[(String, EngineHandl
             let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(&m.name), value(m));
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP kr_model_kv_blocks_used KV blocks in use, per loaded model."
-    );
-    let _ = writeln!(out, "# TYPE kr_model_kv_blocks_used gauge");
-    for (name, e) in loaded {
-        let used = e.stats().snapshot().kv_blocks_used;
-        let _ = writeln!(
-            out,
-            "kr_model_kv_blocks_used{{model=\"{}\"}} {used}",
-            label(name)
-        );
-    }
+    engine_series_by_model(out, loaded);
     let (loads, evictions) = pool.counters();
     counter(
         out,
@@ -283,19 +272,71 @@ pub fn models(out: &mut String, pool: &ModelPool, loaded: &[(String, EngineHandl
         "Models loaded since start.",
         loads,
     );
-    counter(
-        out,
-        "kr_model_evictions_total",
-        "Idle models unloaded to make room for another.",
-        evictions,
-    );
+    let help = "Idle models unloaded to make room for another.";
+    counter(out, "kr_model_evictions_total", help, evictions);
+    let help = "The memory budget of the models.";
     scalar(
         out,
         "kr_model_memory_budget_bytes",
-        "The memory budget of the models.",
+        help,
         "gauge",
         pool.budget(),
     );
+}
+
+/// The main engine series, labelled by model (a model's counters start again when it is
+/// loaded again).
+fn engine_series_by_model(out: &mut String, loaded: &[(String, EngineHandle)]) {
+    type Read = fn(&StatsSnapshot) -> u64;
+    let series: [(&str, &str, &str, Read); 6] = [
+        (
+            "kr_model_kv_blocks_used",
+            "KV blocks in use.",
+            "gauge",
+            |s| s.kv_blocks_used,
+        ),
+        (
+            "kr_model_requests_running",
+            "Requests in the running batch.",
+            "gauge",
+            |s| s.running,
+        ),
+        (
+            "kr_model_requests_waiting",
+            "Requests waiting to be scheduled.",
+            "gauge",
+            |s| s.waiting,
+        ),
+        (
+            "kr_model_prompt_tokens_total",
+            "Prompt tokens received.",
+            "counter",
+            |s| s.prompt_tokens,
+        ),
+        (
+            "kr_model_generation_tokens_total",
+            "Tokens generated.",
+            "counter",
+            |s| s.generation_tokens,
+        ),
+        (
+            "kr_model_engine_steps_total",
+            "Engine steps run.",
+            "counter",
+            |s| s.steps,
+        ),
+    ];
+    let snaps: Vec<(&String, StatsSnapshot)> = loaded
+        .iter()
+        .map(|(n, e)| (n, e.stats().snapshot()))
+        .collect();
+    for (name, help, kind, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help} Per loaded model.");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (model, s) in &snaps {
+            let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(model), value(s));
+        }
+    }
 }
 
 /// A Prometheus label value, escaped.

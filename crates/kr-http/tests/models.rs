@@ -90,6 +90,19 @@ async fn three_models_in_a_budget_for_two() {
     generate(base, "alpha").await;
     generate(base, "beta").await;
     assert_eq!(loaded(base).await, ["alpha", "beta"]);
+    // Engine series per model: only the models that ran count tokens.
+    let page = get(base, "/metrics").await.1;
+    let tokens = |m: &str| {
+        metric(
+            &page,
+            &format!("kr_model_generation_tokens_total{{model=\"{m}\"}}"),
+        )
+    };
+    assert!(
+        tokens("alpha") >= Some(1.0) && tokens("beta") >= Some(1.0),
+        "{page}"
+    );
+    assert_eq!(tokens("gamma"), None);
     // A third: the least recently used (alpha) goes.
     generate(base, "gamma").await;
     assert_eq!(loaded(base).await, ["beta", "gamma"]);
