@@ -37,7 +37,7 @@ pub use kr_model::{
     BudgetedAllocator, ChatContext, ChatMessage, RenderJobSpec, RenderSandbox, TemplateLimits,
 };
 pub use model::{load_model, random_weights, LoadedModel, BUILTIN_MODEL, RANDOM_PREFIX};
-pub use pool::{KeepAlive, ModelLease, ModelPool, ModelSpec, ModelStatus};
+pub use pool::{KeepAlive, ModelLease, ModelPool, ModelSpec, ModelStatus, SamplingDefaults};
 pub use runner::{tuning_switches, DTypeChoice, DeviceChoice, Runner, RunnerConfig, TuningSwitch};
 pub use stats::{EngineStats, SchedStats, StatsSnapshot, StepPercentiles};
 pub use validate::{RequestDraft, ValidatedRequest};

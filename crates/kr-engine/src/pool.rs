@@ -77,6 +77,32 @@ impl KeepAlive {
     }
 }
 
+/// A model's own sampling defaults: what a request that does not set a value gets (over
+/// each API's own defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingDefaults {
+    /// `base` with these defaults in place of its own.
+    pub fn over(&self, base: crate::SamplingParams) -> crate::SamplingParams {
+        crate::SamplingParams {
+            temperature: self.temperature.unwrap_or(base.temperature),
+            top_p: self.top_p.unwrap_or(base.top_p),
+            top_k: self.top_k.unwrap_or(base.top_k),
+            min_p: self.min_p.unwrap_or(base.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(base.repetition_penalty),
+            ..base
+        }
+    }
+}
+
 /// One model the pool may serve.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
@@ -89,6 +115,8 @@ pub struct ModelSpec {
     pub keep_alive: Option<KeepAlive>,
     /// Never unloaded (a model the pool was handed running, which it could not load again).
     pub pinned: bool,
+    /// Its sampling defaults.
+    pub sampling: SamplingDefaults,
 }
 
 impl ModelSpec {
@@ -99,6 +127,7 @@ impl ModelSpec {
             engine,
             keep_alive: None,
             pinned: false,
+            sampling: SamplingDefaults::default(),
         }
     }
 
@@ -200,6 +229,7 @@ pub struct ModelLease {
     name: String,
     handle: EngineHandle,
     keep_alive: KeepAlive,
+    sampling: SamplingDefaults,
 }
 
 impl std::ops::Deref for ModelLease {
@@ -213,6 +243,11 @@ impl ModelLease {
     /// The configured name of the model (the one `/api/ps` lists).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The model's sampling defaults.
+    pub fn sampling(&self) -> SamplingDefaults {
+        self.sampling
     }
 }
 
@@ -369,7 +404,7 @@ impl ModelPool {
         loop {
             if let Some(slot) = st.loaded.get_mut(&spec.name) {
                 slot.active += 1;
-                return Ok(self.lease(&spec.name, slot.handle.clone(), keep_alive));
+                return Ok(self.lease(&spec, slot.handle.clone(), keep_alive));
             }
             if !st.loading.contains_key(&spec.name) && !st.unloading.contains(&spec.name) {
                 match self.make_room(&mut st, &spec)? {
@@ -395,12 +430,13 @@ impl ModelPool {
         self.load(&spec, keep_alive)
     }
 
-    fn lease(&self, name: &str, handle: EngineHandle, keep_alive: KeepAlive) -> ModelLease {
+    fn lease(&self, spec: &ModelSpec, handle: EngineHandle, keep_alive: KeepAlive) -> ModelLease {
         ModelLease {
             inner: self.inner.clone(),
-            name: name.to_string(),
+            name: spec.name.clone(),
             handle,
             keep_alive,
+            sampling: spec.sampling,
         }
     }
 
@@ -466,7 +502,7 @@ impl ModelPool {
         );
         drop(st);
         self.inner.changed.notify_all();
-        Ok(self.lease(&spec.name, handle, keep_alive))
+        Ok(self.lease(spec, handle, keep_alive))
     }
 
     /// Unloads `name` now if it is idle; `Ok(false)` if it was not loaded. A busy model is

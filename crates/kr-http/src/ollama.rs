@@ -192,12 +192,21 @@ fn to_params(
         None | Some(-1) | Some(-2) => None,
         Some(n) => Some(u32::try_from(n.max(0)).unwrap_or(u32::MAX)),
     };
+    // Ollama's defaults, under the model's own.
+    let d = state.sampling.over(SamplingParams {
+        temperature: 0.8,
+        top_p: 0.9,
+        top_k: 40,
+        min_p: 0.0,
+        repetition_penalty: 1.1,
+        ..SamplingParams::default()
+    });
     let p = SamplingParams {
-        temperature: opts.temperature.unwrap_or(0.8),
-        top_p: opts.top_p.unwrap_or(0.9),
-        top_k: opts.top_k.unwrap_or(40),
-        min_p: opts.min_p.unwrap_or(0.0),
-        repetition_penalty: opts.repeat_penalty.unwrap_or(1.1),
+        temperature: opts.temperature.unwrap_or(d.temperature),
+        top_p: opts.top_p.unwrap_or(d.top_p),
+        top_k: opts.top_k.unwrap_or(d.top_k),
+        min_p: opts.min_p.unwrap_or(d.min_p),
+        repetition_penalty: opts.repeat_penalty.unwrap_or(d.repetition_penalty),
         presence_penalty: opts.presence_penalty.unwrap_or(0.0),
         frequency_penalty: opts.frequency_penalty.unwrap_or(0.0),
         seed: opts.seed.and_then(|s| u64::try_from(s).ok()),

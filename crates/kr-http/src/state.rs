@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::listen::ConnLimits;
 use crate::metrics::Metrics;
 use crate::tokenize::TokenizeBatcher;
-use kr_engine::{EngineHandle, KeepAlive, ModelLease, ModelPool};
+use kr_engine::{EngineHandle, KeepAlive, ModelLease, ModelPool, SamplingDefaults};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -215,6 +215,8 @@ pub struct Inner {
     pub shared: Server,
     /// The configured name of the model (what `/api/ps` lists).
     name: String,
+    /// The model's sampling defaults (a request's unset values).
+    pub sampling: SamplingDefaults,
     _lease: Option<Arc<ModelLease>>,
 }
 
@@ -303,6 +305,7 @@ impl Shared {
             tokenizer,
             shared: self.clone(),
             name: lease.name().to_string(),
+            sampling: lease.sampling(),
             _lease: Some(Arc::new(lease)),
         }))
     }

@@ -204,3 +204,31 @@ async fn too_large_and_admin_load_unload() {
     assert_eq!(r.status().as_u16(), 404);
     server.join().expect("server stops");
 }
+
+/// A model's sampling defaults fill the values a request leaves out (OpenAI and Ollama).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_models_sampling_defaults_apply_to_requests_that_leave_them_out() {
+    let mut spec = ModelSpec::new("greedy", EngineConfig::new(BUILTIN_MODEL));
+    spec.sampling.temperature = Some(0.0);
+    let pool = ModelPool::new(vec![spec], 1 << 40, KeepAlive::Forever).expect("pool");
+    let server = spawn_models(pool, ServerConfig::default());
+    let base = server.base.as_str();
+    let body = |t: Option<f64>| {
+        let mut b = json!({"model": "greedy", "prompt": "Once upon a time", "max_tokens": 30});
+        if let Some(t) = t {
+            b["temperature"] = json!(t);
+        }
+        b
+    };
+    let greedy = post(base, "/v1/completions", &body(Some(0.0))).await.1;
+    let want = greedy["choices"][0]["text"].clone();
+    for _ in 0..3 {
+        let v = post(base, "/v1/completions", &body(None)).await.1;
+        assert_eq!(v["choices"][0]["text"], want, "{v}");
+    }
+    let ollama = json!({"model": "greedy", "prompt": "Once upon a time", "raw": true,
+        "stream": false, "options": {"num_predict": 30, "repeat_penalty": 1.0}});
+    let v = post(base, "/api/generate", &ollama).await.1;
+    assert_eq!(v["response"], want, "{v}");
+    server.join().expect("server stops");
+}

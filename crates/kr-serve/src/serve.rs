@@ -112,6 +112,7 @@ fn model_pool(c: &Config, skip_model: bool) -> Result<ModelPool> {
             crate::run::engine_config(c, &path),
         );
         spec.aliases = entry.aliases.clone();
+        spec.sampling = entry.options;
         spec.keep_alive = match &entry.keep_alive {
             Some(k) => Some(
                 KeepAlive::parse(&serde_json::Value::String(k.clone())).map_err(CliError::Usage)?,

@@ -126,7 +126,7 @@ pub static KEYS: &[Key] = &[
     Key {
         name: "models",
         runtime_safe: false,
-        range: "a list of {model, name, aliases, keep_alive} (model: a path or a pulled ORG/REPO[:FILE])",
+        range: "a list of {model, name, aliases, keep_alive, options} (model: a path or a pulled ORG/REPO[:FILE]; options: temperature, top_p, top_k, min_p, repetition_penalty)",
         set: |c, v| Ok(c.models = parse_models(v)?),
         get: |c| json!(c.models),
     },

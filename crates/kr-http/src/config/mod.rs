@@ -20,7 +20,7 @@ pub use keys::{key, Key, ENV_ALIASES, KEYS};
 
 /// One entry of the config file's `models` list: a model to serve, by path or Hub id,
 /// with the name requests use, other names, and how long it stays loaded when idle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     /// A path, `builtin:stories260K`, or a pulled `ORG/REPO[:FILE]`.
@@ -33,6 +33,10 @@ pub struct ModelEntry {
     /// Ollama's forms (`5m`, `1h`, `0`, `-1`); default: the `keep_alive` key.
     #[serde(default)]
     pub keep_alive: Option<String>,
+    /// Sampling defaults for requests that do not set them (`temperature`, `top_p`,
+    /// `top_k`, `min_p`, `repetition_penalty`).
+    #[serde(default)]
+    pub options: kr_engine::SamplingDefaults,
 }
 
 /// Every setting of the server and the engine, with its default.

@@ -336,7 +336,7 @@ pub async fn chat_completions(
     let messages = to_messages(&req.messages)?;
     let common = req.common();
     let n = common.n()?;
-    let mut params = common.to_params()?;
+    let mut params = common.to_params(&state.sampling)?;
     params.logprobs = logprobs_param(req.logprobs, req.top_logprobs)?;
     let setup = tool_setup(&state, &req)?;
     let constraint = one_constraint(common.constraint()?, setup.forced)?;

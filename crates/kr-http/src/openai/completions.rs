@@ -152,7 +152,7 @@ pub async fn completions(
     let common = req.common();
     let n = common.n()?;
     check_unsupported(&req, n)?;
-    let mut params = common.to_params()?;
+    let mut params = common.to_params(&state.sampling)?;
     params.logprobs = req.logprobs;
     let (ids, texts) = prepare(&state, prompts(req.prompt)?).await?;
     let echo = req.echo.unwrap_or(false);

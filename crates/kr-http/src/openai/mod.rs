@@ -103,9 +103,10 @@ macro_rules! openai_request {
 pub(crate) use openai_request;
 
 impl CommonFields {
-    /// The engine's parameters (`max_tokens` and logprobs are set by the caller).
-    pub fn to_params(&self) -> Result<SamplingParams> {
-        let d = SamplingParams::default();
+    /// The engine's parameters (`max_tokens` and logprobs are set by the caller); a value
+    /// the request does not set comes from `model` (the model's defaults), else OpenAI's.
+    pub fn to_params(&self, model: &kr_engine::SamplingDefaults) -> Result<SamplingParams> {
+        let d = model.over(SamplingParams::default());
         let stop = match &self.stop {
             None => Vec::new(),
             Some(StopField::One(s)) => vec![s.clone()],
