@@ -368,6 +368,14 @@ impl ModelPool {
         specs.iter().find(|s| s.answers_to(requested)).cloned()
     }
 
+    /// The model `name` resolves to; an error naming the available ones otherwise.
+    fn spec(&self, name: &str) -> Result<ModelSpec> {
+        self.resolve(name).ok_or_else(|| EngineError::UnknownModel {
+            name: name.to_string(),
+            available: self.names(),
+        })
+    }
+
     /// Every configured name, for error messages.
     pub fn names(&self) -> String {
         let specs = self.inner.specs();
@@ -390,12 +398,7 @@ impl ModelPool {
     /// The engine of `name`, loaded first if it is not (blocking: run it off the async
     /// threads). `keep_alive` overrides the model's own for this request.
     pub fn acquire(&self, name: &str, keep_alive: Option<KeepAlive>) -> Result<ModelLease> {
-        let spec = self
-            .resolve(name)
-            .ok_or_else(|| EngineError::UnknownModel {
-                name: name.to_string(),
-                available: self.names(),
-            })?;
+        let spec = self.spec(name)?;
         let keep_alive = keep_alive
             .or(spec.keep_alive)
             .unwrap_or(self.inner.default_keep_alive);
@@ -508,12 +511,7 @@ impl ModelPool {
     /// Unloads `name` now if it is idle; `Ok(false)` if it was not loaded. A busy model is
     /// an error (its requests keep it).
     pub fn unload(&self, name: &str) -> Result<bool> {
-        let spec = self
-            .resolve(name)
-            .ok_or_else(|| EngineError::UnknownModel {
-                name: name.to_string(),
-                available: self.names(),
-            })?;
+        let spec = self.spec(name)?;
         let mut st = self.inner.lock();
         match st.loaded.get(&spec.name) {
             None => Ok(false),
