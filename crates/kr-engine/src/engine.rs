@@ -14,26 +14,25 @@
 //!   token.
 
 use crate::admission::AdmissionPolicies;
-use crate::batch::{build_batch, replay_batch, RowUse, Wanted};
+use crate::batch::{build_batch, RowUse, Wanted};
 use crate::error::{EngineError, Result};
 use crate::handle::{EngineHandle, Event, ModelInfo, Usage};
 use crate::model::load_model;
 use crate::runner::{DTypeChoice, DeviceChoice, Runner, RunnerConfig};
-use crate::sampler::{token_logprobs, Sampler, TokenLogprobs};
+use crate::sampler::{Sampler, TokenLogprobs};
 use crate::stats::EngineStats;
 use crate::stop::StopMatcher;
 use embed::{has_embed_rows, EmbedState, Pooling};
 use kr_core::policy::{Gate, PolicyConfig, Priority};
 use kr_core::scheduler::NewRequest;
 use kr_core::{
-    FinishReason, RequestId, SamplingParams, ScheduledSeq, Scheduler, SchedulerConfig, SeqUpdate,
-    StepPlan,
+    FinishReason, RequestId, SamplingParams, Scheduler, SchedulerConfig, SeqUpdate, StepPlan,
 };
 use kr_model::{
     ChatTemplate, IncrementalDecoder, RenderSandbox, RowSampling, TemplateLimits, Tokenizer,
 };
+use prompt_logprobs::PromptLogprobs;
 use std::collections::HashMap;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -165,16 +164,6 @@ struct RequestState {
     retry: Retry,
 }
 
-/// The prompt logprobs of one request, filled row by row as prefill chunks run.
-struct PromptLogprobs {
-    /// Alternatives per position.
-    top_n: usize,
-    /// First prompt position whose row is still missing (rows arrive in order).
-    next: usize,
-    /// `rows[p + 1]`: logprob of prompt token `p + 1` given tokens `0..=p`; `rows[0]` None.
-    rows: Vec<Option<TokenLogprobs>>,
-}
-
 impl RequestState {
     /// Back to the state of a request not yet scheduled (before a retry: no token was
     /// produced, so only what its prompt's steps gathered is dropped).
@@ -187,24 +176,6 @@ impl RequestState {
         }
         if let Some(e) = &mut self.embed {
             *e = EmbedState::new(e.pooling(), self.prompt_len);
-        }
-    }
-
-    /// Positions of `s`'s chunk whose logits the prompt logprobs still need.
-    fn prompt_rows(&self, s: &ScheduledSeq) -> Range<usize> {
-        match &self.prompt_lp {
-            Some(p) => s.start.max(p.next)..(s.start + s.tokens.len()).min(self.prompt_len - 1),
-            None => 0..0,
-        }
-    }
-
-    /// Records the logits row of prompt position `pos` (which predicts token `pos + 1`).
-    fn record_prompt_row(&mut self, pos: usize, row: &[f32]) {
-        if let Some(p) = &mut self.prompt_lp {
-            if let Some(&next) = self.ids.get(pos + 1).filter(|_| pos + 1 < self.prompt_len) {
-                p.rows[pos + 1] = Some(token_logprobs(row, next, p.top_n));
-                p.next = p.next.max(pos + 1);
-            }
         }
     }
 }
@@ -774,35 +745,6 @@ impl EngineLoop {
         (sampled, logprobs)
     }
 
-    /// Prompt logprobs need a row for every prompt position, but a prefix-cache hit skips
-    /// the cached positions: recompute their rows from the cached keys (at most
-    /// `max_num_batched_tokens` rows per forward), before this step's own batch.
-    fn replay_prompt_gaps(&mut self, plan: &StepPlan) {
-        let bs = self.sched.config().block_size;
-        let piece = self.sched.config().max_num_batched_tokens.max(1);
-        for s in &plan.seqs {
-            let Some(live) = self.live.get_mut(&s.id) else {
-                continue;
-            };
-            let Some(p) = &live.prompt_lp else { continue };
-            let end = s.start.min(live.prompt_len - 1);
-            let mut from = p.next;
-            while from < end {
-                let to = (from + piece).min(end);
-                let (ids, meta) =
-                    replay_batch(&live.ids, from..to, &s.block_table, bs, self.scratch_block);
-                let Ok(logits) = self.runner.forward(&ids, &meta) else {
-                    return; // the step that follows fails the same way and reports it
-                };
-                let vocab = self.vocab_size;
-                for (j, row) in logits.chunks_exact(vocab).enumerate() {
-                    live.record_prompt_row(from + j, row);
-                }
-                from = to;
-            }
-        }
-    }
-
     /// Detokenises, matches stop strings and sends the token's event (and the final one).
     fn emit(&mut self, u: SeqUpdate, logprobs: Option<TokenLogprobs>) {
         let Some(live) = self.live.get_mut(&u.id) else {
@@ -865,3 +807,6 @@ pub(crate) mod embed;
 
 #[path = "supervise.rs"]
 pub(crate) mod supervise;
+
+#[path = "prompt_logprobs.rs"]
+mod prompt_logprobs;
