@@ -1,4 +1,6 @@
-//! Several models in one process under one memory budget (Ollama's way): each configured
+//! Several models in one process under one memory budget per device (Ollama's way): the
+//! host's memory in bytes, and each GPU as a whole (a model on a GPU reserves the
+//! `gpu_memory_fraction` of it that its engine sizes itself to). Each configured
 //! model is an engine started on first use (or at start), kept while it is used, and
 //! unloaded when its keep-alive runs out or when another model needs its room.
 //!
@@ -131,6 +133,18 @@ impl ModelSpec {
         }
     }
 
+    /// The device the model runs on, and what it reserves there: bytes of host memory
+    /// ([`Self::estimated_bytes`]), or millionths of its GPU.
+    fn need(&self) -> (Device, u64) {
+        match self.engine.device.resolve() {
+            crate::DeviceChoice::Cuda(n) => {
+                let share = self.engine.gpu_memory_fraction.clamp(0.0, 1.0);
+                (Device::Gpu(n), (share * GPU_WHOLE as f64) as u64)
+            }
+            _ => (Device::Host, self.estimated_bytes()),
+        }
+    }
+
     fn answers_to(&self, requested: &str) -> bool {
         let base = requested.strip_suffix(":latest").unwrap_or(requested);
         let short = self.name.strip_prefix("builtin:").unwrap_or(&self.name);
@@ -162,8 +176,19 @@ fn file_bytes(path: &Path) -> u64 {
     }
 }
 
+/// Where a model's memory is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Device {
+    Host,
+    Gpu(usize),
+}
+
+/// A whole GPU, in the millionths GPU reservations count in.
+const GPU_WHOLE: u64 = 1_000_000;
+
 /// A loaded model's state.
 struct Slot {
+    device: Device,
     handle: EngineHandle,
     /// What it counts against the budget, and what it holds once loaded.
     reserved: u64,
@@ -179,14 +204,16 @@ struct Slot {
 #[derive(Default)]
 struct State {
     loaded: HashMap<String, Slot>,
-    /// Models being loaded, with the bytes reserved for them.
-    loading: HashMap<String, u64>,
+    /// Models being loaded, with what they reserve and where.
+    loading: HashMap<String, (Device, u64)>,
     unloading: HashSet<String>,
 }
 
 impl State {
-    fn used(&self) -> u64 {
-        self.loaded.values().map(|s| s.reserved).sum::<u64>() + self.loading.values().sum::<u64>()
+    fn used(&self, on: Device) -> u64 {
+        let loaded = self.loaded.values().filter(|s| s.device == on);
+        let loading = self.loading.values().filter(|(d, _)| *d == on);
+        loaded.map(|s| s.reserved).sum::<u64>() + loading.map(|(_, n)| n).sum::<u64>()
     }
 }
 
@@ -328,6 +355,7 @@ impl ModelPool {
         self.inner.lock().loaded.insert(
             name.to_string(),
             Slot {
+                device: Device::Host,
                 handle,
                 reserved: bytes,
                 bytes,
@@ -446,19 +474,23 @@ impl ModelPool {
     /// Reserves room for `spec`, unloading idle models least recently used first; `false`
     /// when only busy models could free it (wait and try again).
     fn make_room(&self, st: &mut State, spec: &ModelSpec) -> Result<bool> {
-        let need = spec.estimated_bytes();
-        if need > self.inner.budget {
+        let (on, need) = spec.need();
+        let budget = match on {
+            Device::Host => self.inner.budget,
+            Device::Gpu(_) => GPU_WHOLE,
+        };
+        if need > budget {
             return Err(EngineError::ModelTooLarge {
                 name: spec.name.clone(),
                 bytes: need,
-                budget: self.inner.budget,
+                budget,
             });
         }
-        while st.used() + need > self.inner.budget {
+        while st.used(on) + need > budget {
             let idle = st
                 .loaded
                 .iter()
-                .filter(|(_, s)| s.active == 0 && !s.pinned)
+                .filter(|(_, s)| s.device == on && s.active == 0 && !s.pinned)
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(n, _)| n.clone());
             let Some(victim) = idle else {
@@ -470,7 +502,7 @@ impl ModelPool {
                 slot.handle.shutdown();
             }
         }
-        st.loading.insert(spec.name.clone(), need);
+        st.loading.insert(spec.name.clone(), (on, need));
         Ok(true)
     }
 
@@ -479,7 +511,7 @@ impl ModelPool {
         let t0 = Instant::now();
         let started = start(spec.engine.clone());
         let mut st = self.inner.lock();
-        let reserved = st.loading.remove(&spec.name).unwrap_or(0);
+        let (device, reserved) = st.loading.remove(&spec.name).unwrap_or((Device::Host, 0));
         let handle = match started {
             Ok(h) => h,
             Err(e) => {
@@ -493,6 +525,7 @@ impl ModelPool {
         st.loaded.insert(
             spec.name.clone(),
             Slot {
+                device,
                 reserved,
                 bytes: loaded_bytes(&handle),
                 handle: handle.clone(),
@@ -628,6 +661,20 @@ mod tests {
             ModelSpec::new("X", EngineConfig::new("b")),
         ];
         assert!(ModelPool::new(twice, 1, KeepAlive::Forever).is_err());
+    }
+
+    #[test]
+    fn gpu_models_reserve_their_share_of_their_gpu_and_host_models_bytes() {
+        let mut cfg = EngineConfig::new("builtin:stories260K");
+        cfg.device = crate::DeviceChoice::Cuda(1);
+        cfg.gpu_memory_fraction = 0.45;
+        let gpu = ModelSpec::new("g", cfg);
+        assert_eq!(gpu.need(), (Device::Gpu(1), 450_000));
+        let mut cfg = EngineConfig::new("builtin:stories260K");
+        cfg.kv_cache_mib = 8;
+        assert_eq!(ModelSpec::new("h", cfg).need(), (Device::Host, 8 << 20));
+        // Two at 0.45 share a GPU; a third does not fit beside them.
+        assert!(2 * 450_000 <= GPU_WHOLE && 3 * 450_000 > GPU_WHOLE);
     }
 
     #[test]
