@@ -30,6 +30,8 @@ struct Repo {
 struct Log {
     ranges: Vec<(String, String)>,
     cut_done: bool,
+    /// The bearer tokens requests carried.
+    tokens: Vec<String>,
 }
 
 fn sha256(b: &[u8]) -> String {
@@ -67,6 +69,12 @@ fn answer(mut conn: TcpStream, repos: &[Repo], log: &Mutex<Log>) {
         }
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("range:") {
             range = v.trim().to_string();
+        }
+        let auth = line
+            .split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let Some(token) = auth.and_then(|(_, v)| v.trim().strip_prefix("Bearer ")) {
+            log.lock().expect("log").tokens.push(token.to_string());
         }
     }
     for repo in repos {
@@ -116,13 +124,17 @@ fn answer(mut conn: TcpStream, repos: &[Repo], log: &Mutex<Log>) {
 }
 
 fn kr_serve(args: &[&str], hub: &str, home: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kr-serve"))
-        .args(args)
-        .env("HF_ENDPOINT", hub)
-        .env("HF_HOME", home)
-        .env_remove("HF_TOKEN")
-        .output()
-        .expect("kr-serve runs")
+    kr_serve_with(args, hub, home, None)
+}
+
+fn kr_serve_with(args: &[&str], hub: &str, home: &std::path::Path, token: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kr-serve"));
+    c.args(args).env("HF_ENDPOINT", hub).env("HF_HOME", home);
+    match token {
+        Some(t) => c.env("HF_TOKEN", t),
+        None => c.env_remove("HF_TOKEN"),
+    };
+    c.output().expect("kr-serve runs")
 }
 
 fn text(o: &Output) -> String {
@@ -164,8 +176,9 @@ fn pull_resumes_verifies_and_serves() {
     let first = kr_serve(&["pull", "test/good"], &hub, &home);
     assert!(!first.status.success(), "{}", text(&first));
     assert!(text(&first).contains("resume"), "{}", text(&first));
-    // Again: only the rest is asked for, and the file is whole and verified.
-    let second = kr_serve(&["pull", "test/good"], &hub, &home);
+    // Again, with a token: only the rest is asked for, the token is sent, and the file is
+    // whole and verified.
+    let second = kr_serve_with(&["pull", "test/good"], &hub, &home, Some("hf_secret"));
     assert!(second.status.success(), "{}", text(&second));
     let out = text(&second);
     assert!(
@@ -179,6 +192,11 @@ fn pull_resumes_verifies_and_serves() {
             .iter()
             .any(|(r, range)| r == "test/good" && *range == resumed),
         "{ranges:?}"
+    );
+    let tokens = log.lock().expect("log").tokens.clone();
+    assert!(
+        !tokens.is_empty() && tokens.iter().all(|t| t == "hf_secret"),
+        "{tokens:?}"
     );
     let path = String::from_utf8_lossy(&second.stdout).trim().to_string();
     assert_eq!(std::fs::read(&path).expect("the pulled file"), good);
