@@ -769,6 +769,7 @@ impl EngineLoop {
                 text,
                 logprobs,
                 prompt_logprobs: live.prompt_lp.take().map(|p| p.rows),
+                last: finish.is_some(),
             })
             .is_ok();
         if let Some(reason) = finish {

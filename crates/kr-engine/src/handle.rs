@@ -73,6 +73,9 @@ pub enum Event {
         /// per prompt token, `None` for the first (nothing precedes it), then the logprob of
         /// each prompt token given the ones before it (raw model distribution).
         prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
+        /// No token follows: the request's [`Event::Finished`] is the next event (already
+        /// sent, or sent right after), so a consumer may wait for it to label this token.
+        last: bool,
     },
     /// The last event of a successful request.
     Finished { reason: FinishReason, usage: Usage },

@@ -17,6 +17,7 @@ pub mod pool;
 pub mod runner;
 pub mod sampler;
 mod stats;
+mod stats_json;
 pub mod stop;
 mod validate;
 

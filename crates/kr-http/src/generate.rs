@@ -308,6 +308,7 @@ pub async fn collect(mut t: Tracked) -> Result<Completion> {
                 text: piece,
                 logprobs,
                 prompt_logprobs,
+                ..
             } => {
                 text.push_str(&piece);
                 prompt_lps = prompt_lps.or(prompt_logprobs);

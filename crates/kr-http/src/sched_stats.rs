@@ -7,19 +7,10 @@ use crate::state::Server;
 use axum::extract::State;
 use axum::Json;
 use kr_engine::{EngineStats, Priority, SchedStats, WindowLevel};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-fn ratio(a: u64, b: u64) -> f64 {
-    if b == 0 {
-        0.0
-    } else {
-        a as f64 / b as f64
-    }
-}
-
-/// GET /v1/scheduler/stats
 /// GET /v1/scheduler/stats, of the first configured model that is loaded.
 pub async fn stats(State(server): State<Server>) -> Json<Value> {
     let loaded = server.pool.loaded();
@@ -41,88 +32,11 @@ pub async fn stats(State(server): State<Server>) -> Json<Value> {
 
 /// The JSON body: policy settings next to what the engine measured.
 pub fn to_json(engine: &EngineStats, cfg: &Config) -> Value {
-    let s = engine.snapshot();
-    let q = &engine.sched;
-    let started = engine.queue_seconds.snapshot().count;
-    let by_prio: Map<String, Value> = Priority::ALL
-        .iter()
-        .map(|&p| {
-            (
-                p.name().into(),
-                json!(load(&q.requests_by_priority[p as usize])),
-            )
-        })
-        .collect();
-    json!({
-        "fast_path": {
-            "enabled": cfg.fast_path,
-            "executions": s.fast_path,
-            "requests_started": started,
-            "rate": ratio(s.fast_path, started),
-        },
-        "window": window_json(q, cfg),
-        "batch_size": batch_json(q),
-        "queue": {"waiting": s.waiting, "running": s.running},
-        "step_time_ms": q.step_times.percentiles(),
-        "preemptions": s.preemptions,
-        "steps": s.steps,
-        "latency_controller": {
-            "enabled": cfg.auto_tune,
-            "max_batch": load(&q.max_batch),
-            "p99_target_ms": cfg.p99_threshold_ms,
-            "step_ema_ms": load(&q.step_ema_ns) as f64 * 1e-6,
-            "degrades": load(&q.latency_degrades),
-            "recoveries": load(&q.latency_recoveries),
-        },
-        "requests_by_priority": by_prio,
-    })
+    engine.scheduler_json(&cfg.policy())
 }
 
 fn load(a: &AtomicU64) -> u64 {
     a.load(Relaxed)
-}
-
-fn window_json(q: &SchedStats, cfg: &Config) -> Value {
-    let transitions: Map<String, Value> = WindowLevel::ALL
-        .iter()
-        .map(|&l| {
-            (
-                l.name().into(),
-                json!(load(&q.window_transitions[l as usize])),
-            )
-        })
-        .collect();
-    let total: u64 = q.window_transitions.iter().map(load).sum();
-    let mode = match (cfg.adaptive_window, cfg.scheduler_window_ms > 0.0) {
-        (true, _) => "adaptive",
-        (false, true) => "fixed",
-        (false, false) => "off",
-    };
-    json!({
-        "mode": mode,
-        "current_ms": load(&q.window_ns) as f64 * 1e-6,
-        "queue_depth_ema": load(&q.queue_depth_ema_milli) as f64 / 1000.0,
-        "transitions": transitions,
-        "transitions_total": total,
-        "holds": load(&q.window_holds),
-    })
-}
-
-fn batch_json(q: &SchedStats) -> Value {
-    let batch = q.batch_size.snapshot();
-    let last = batch.counts.last().copied().unwrap_or(0);
-    let buckets: Vec<Value> = batch
-        .bounds
-        .iter()
-        .zip(&batch.counts)
-        .map(|(le, n)| json!({"le": le, "count": n}))
-        .chain(std::iter::once(json!({"le": "+Inf", "count": last})))
-        .collect();
-    json!({
-        "buckets": buckets,
-        "steps": batch.count,
-        "mean": ratio(batch.sum_seconds as u64, batch.count),
-    })
 }
 
 fn family(out: &mut String, name: &str, help: &str, kind: &str) {

@@ -118,6 +118,7 @@ impl<E: Encoder> BodyState<E> {
                     text,
                     logprobs,
                     prompt_logprobs,
+                    ..
                 },
             )) => {
                 if let Some(h) = self.held.get_mut(i) {
