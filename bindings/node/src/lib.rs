@@ -67,7 +67,7 @@ impl NativeEngine {
             specs.push(spec);
         }
         let budget = match options.memory_budget_mib {
-            None => default_budget(),
+            None => kr_engine::pool::default_memory_budget(),
             Some(0) => return Err(options::invalid("memoryBudgetMib", 0, "1 or more")),
             Some(mib) => u64::from(mib) << 20,
         };
@@ -280,11 +280,3 @@ fn configure_path(
     Ok(served)
 }
 
-/// 80% of the machine's memory (the server's default budget too).
-fn default_budget() -> u64 {
-    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        line.split_whitespace().nth(1)?.parse::<u64>().ok()
-    });
-    total_kib.map_or(u64::MAX, |k| k * 1024 / 10 * 8)
-}

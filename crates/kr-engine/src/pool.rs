@@ -105,6 +105,16 @@ impl SamplingDefaults {
     }
 }
 
+/// The default memory budget of a pool: 80% of the machine's memory (no limit when
+/// `/proc/meminfo` cannot be read).
+pub fn default_memory_budget() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    total_kib.map_or(u64::MAX, |k| k * 1024 / 10 * 8)
+}
+
 /// One model the pool may serve.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {

@@ -124,7 +124,7 @@ fn model_pool(c: &Config, skip_model: bool) -> Result<ModelPool> {
     let keep_alive = KeepAlive::parse(&serde_json::Value::String(c.keep_alive.clone()))
         .map_err(CliError::Usage)?;
     let budget = match c.memory_budget_mib {
-        0 => default_budget(),
+        0 => kr_engine::pool::default_memory_budget(),
         mib => (mib as u64) << 20,
     };
     Ok(ModelPool::new(specs, budget, keep_alive)?)
@@ -148,14 +148,6 @@ fn models_in(dir: &Path) -> Result<Vec<String>> {
     Ok(found)
 }
 
-/// 80% of the machine's memory (`/proc/meminfo`), or no limit where it cannot be read.
-fn default_budget() -> u64 {
-    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        line.split_whitespace().nth(1)?.parse::<u64>().ok()
-    });
-    total_kib.map_or(u64::MAX, |k| k * 1024 / 10 * 8)
-}
 
 /// Loads the models `preload` names (`first`, `all` or `none`) before the server listens.
 fn preload(pool: &ModelPool, which: &str) -> Result<()> {
