@@ -5,13 +5,15 @@
 //! problem on any failure), build `SamplingParams` and prompts, admit (429 when full),
 //! submit, then stream (SSE / NDJSON) or collect. /admin/config reads and changes the
 //! runtime-safe settings ([`config`]); /v1/scheduler/stats reports the scheduler policies
-//! ([`sched_stats`]); `X-Priority` sets a request's priority ([`priority`]).
+//! ([`sched_stats`]); `X-Priority` sets a request's priority ([`priority`]). `/` is the
+//! embedded chat and dashboard page, fed by /v1/server/stats ([`dashboard`]).
 //! See docs/ARCHITECTURE.md.
 
 pub mod admin;
 pub mod auth;
 pub mod coalesce;
 pub mod config;
+pub mod dashboard;
 pub mod embeddings;
 pub mod error;
 pub mod extract;
@@ -62,6 +64,7 @@ pub fn router(state: Server) -> Router {
         .route("/detokenize", post(tokenize::detokenize))
         .route("/metrics", get(probes::metrics))
         .route("/v1/scheduler/stats", get(sched_stats::stats))
+        .route("/v1/server/stats", get(dashboard::stats))
         .route_layer(axum::middleware::from_fn(priority::from_header))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -80,6 +83,7 @@ pub fn router(state: Server) -> Router {
             auth::require_admin,
         ));
     Router::new()
+        .route("/", get(dashboard::page))
         .route("/health", get(probes::health))
         .route("/ready", get(probes::ready))
         .merge(api)
