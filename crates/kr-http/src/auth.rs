@@ -1,5 +1,6 @@
-//! Optional API keys: when any is configured, every route but the probes needs
-//! `Authorization: Bearer <key>`; keys are compared in constant time; 401 JSON otherwise.
+//! Optional API keys: when any is configured, every route but the probes and the web page
+//! `/` (which asks for the key itself) needs `Authorization: Bearer <key>`; keys are
+//! compared in constant time; 401 JSON otherwise.
 
 use crate::error::ApiError;
 use crate::state::Server as AppState;

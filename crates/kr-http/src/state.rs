@@ -27,7 +27,7 @@ pub struct ServerConfig {
     pub max_queue: usize,
     /// Largest `max_tokens` a request may ask for; also the default when it asks for none.
     pub max_tokens_cap: u32,
-    /// Bearer keys accepted on every route but the probes; empty means no auth.
+    /// Bearer keys accepted on every route but the probes and `/`; empty means no auth.
     pub api_keys: Vec<String>,
     /// Reject unknown request fields instead of ignoring them.
     pub strict: bool,
