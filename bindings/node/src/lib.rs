@@ -279,4 +279,3 @@ fn configure_path(
         .map_err(engine_error)?;
     Ok(served)
 }
-

@@ -148,7 +148,6 @@ fn models_in(dir: &Path) -> Result<Vec<String>> {
     Ok(found)
 }
 
-
 /// Loads the models `preload` names (`first`, `all` or `none`) before the server listens.
 fn preload(pool: &ModelPool, which: &str) -> Result<()> {
     let names: Vec<String> = pool.specs().iter().map(|s| s.name.clone()).collect();
