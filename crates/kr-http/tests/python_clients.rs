@@ -127,6 +127,31 @@ fn tool_call_formats_parse_whole_and_streamed() {
     }
 }
 
+/// Llama 3.2's real chat template (tests/reference/llama3_2-template, the Llama 3.1/3.2 JSON
+/// tool format) on SmolLM2 (`--chat-template`): `required` and named calls valid streamed and
+/// not, a round trip with the call and its `ipython` result in the history (tools.py), and
+/// hand-written replies with and without `<|python_tag|>` parsed whole and streamed
+/// (tool_formats.py).
+#[test]
+fn tool_calls_with_the_llama3_2_template() {
+    let cfg = common::test_models::repo_root()
+        .join("tests/reference/llama3_2-template/tokenizer_config.json");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cfg).expect("reads")).expect("JSON");
+    let path =
+        std::env::temp_dir().join(format!("kr-llama3_2-template-{}.jinja", std::process::id()));
+    std::fs::write(&path, cfg["chat_template"].as_str().expect("a template")).expect("writes");
+    run_script_with("tools.py", &["llama3"], |c| {
+        c.chat_template_file = Some(path.clone())
+    });
+    for format in ["llama3", "llama3-bare"] {
+        run_script_with("tool_formats.py", &[format], |c| {
+            c.chat_template_file = Some(path.clone())
+        });
+    }
+    std::fs::remove_file(&path).ok();
+}
+
 /// `client.embeddings.create` (base64 and float, `dimensions`, token ids), Ollama's `embed`
 /// and `embeddings`, against transformers' vectors, on the tiny random Qwen3.
 #[test]

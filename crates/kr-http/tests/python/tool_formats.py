@@ -3,8 +3,9 @@ through the official `openai` client: a regex (the `structured_outputs` extensio
 model write exactly the hand-written text, and the server must turn it into the same
 `content` and `tool_calls` whole and streamed.
 
-Usage: python tool_formats.py BASE_URL MODEL FORMAT   (hermes | llama3 | mistral; run by
-tests/python_clients.rs with a chat template in that format)
+Usage: python tool_formats.py BASE_URL MODEL FORMAT   (hermes | llama3 | llama3-bare | mistral;
+llama3-bare: the call without `<|python_tag|>`; run by tests/python_clients.rs with a chat
+template in that format)
 """
 import json
 import sys
@@ -26,9 +27,10 @@ def hermes(calls):
 def render(calls):
     if FORMAT == "hermes":
         return hermes(calls)
-    if FORMAT == "llama3":
+    if FORMAT.startswith("llama3"):
         (c,) = calls
-        return f'<|python_tag|>{{"name": "{c["name"]}", "parameters": {json.dumps(c["args"])}}}'
+        tag = "" if FORMAT == "llama3-bare" else "<|python_tag|>"
+        return f'{tag}{{"name": "{c["name"]}", "parameters": {json.dumps(c["args"])}}}'
     return "[TOOL_CALLS] " + json.dumps([{"name": c["name"], "arguments": c["args"]} for c in calls])
 
 
@@ -38,7 +40,7 @@ def regex_of(text):
 
 
 CASES = [([W], ""), ([T], "")]
-if FORMAT != "llama3":
+if not FORMAT.startswith("llama3"):
     CASES += [([W, T], ""), ([T], "Let me look that up.\n")]
 CASES += [([], "No tools needed: 42.")]
 

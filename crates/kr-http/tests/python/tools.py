@@ -6,7 +6,11 @@ SmolLM2 with Qwen3's chat template, or a tiny random Qwen3 with its own (the too
 every time, streamed and not; then a round trip (the assistant's tool_calls and the tool's
 result go back in the history) gets an answer; an unknown named tool is a 400.
 
-Usage: python tools.py BASE_URL MODEL   (run by tests/python_clients.rs)
+With Llama 3.2's template (FAMILY `llama3`: one JSON call `{"name", "parameters"}` per
+reply, results in the `ipython` role) the same, without the Qwen-only reasoning part.
+
+Usage: python tools.py BASE_URL MODEL [FAMILY]   (qwen, the default, | llama3; run by
+tests/python_clients.rs)
 """
 import json
 import sys
@@ -14,6 +18,7 @@ import sys
 import openai
 
 BASE, MODEL = sys.argv[1], sys.argv[2]
+FAMILY = sys.argv[3] if len(sys.argv) > 3 else "qwen"
 TOOLS = [
     {"type": "function", "function": {
         "name": "get_weather", "description": "Current weather in a city.",
@@ -62,6 +67,8 @@ for q in ["What is the weather in Paris?", "Time in Tokyo please.", "Hi!", "Rome
             valid(call)
         if isinstance(choice, dict):
             assert [t.function.name for t in ch.message.tool_calls] == ["get_time"], ch
+        if FAMILY == "llama3":
+            assert len(ch.message.tool_calls) == 1, ch
         calls, finish = streamed_calls(c, **kw)
         assert finish == "tool_calls", finish
         assert [(v["name"], json.loads(v["arguments"])) for _, v in sorted(calls.items())] == [
@@ -85,15 +92,16 @@ except openai.BadRequestError as e:
 think = {"structured_outputs": {"regex": "<think>\n[a-z]{1,10}( [a-z]{1,10}){0,3}\n</think>\n\n[A-Za-z0-9 ]{1,20}"}}
 kw = dict(model=MODEL, messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=60,
           temperature=0, extra_body=think)
-m = c.chat.completions.create(**kw).choices[0].message
-reasoning = (m.model_extra or {}).get("reasoning_content")
-assert reasoning and m.content and "think>" not in m.content + reasoning, m
-parts = {"reasoning_content": "", "content": ""}
-for chunk in c.chat.completions.create(stream=True, **kw):
-    for ch in chunk.choices:
-        parts["content"] += ch.delta.content or ""
-        parts["reasoning_content"] += (ch.delta.model_extra or {}).get("reasoning_content") or ""
-assert parts == {"reasoning_content": reasoning, "content": m.content}, (parts, m)
+if FAMILY == "qwen":
+    m = c.chat.completions.create(**kw).choices[0].message
+    reasoning = (m.model_extra or {}).get("reasoning_content")
+    assert reasoning and m.content and "think>" not in m.content + reasoning, m
+    parts = {"reasoning_content": "", "content": ""}
+    for chunk in c.chat.completions.create(stream=True, **kw):
+        for ch in chunk.choices:
+            parts["content"] += ch.delta.content or ""
+            parts["reasoning_content"] += (ch.delta.model_extra or {}).get("reasoning_content") or ""
+    assert parts == {"reasoning_content": reasoning, "content": m.content}, (parts, m)
 # Ollama: tools in the request and tool calls and results in the history (Ollama has no
 # tool_choice: what the model answers is parsed, calls or not), streamed and not.
 import ollama
