@@ -14,8 +14,10 @@ use kr_model::KvLayout;
 
 /// Where one query row reads the cache.
 pub struct RowCtx<'a> {
-    /// Cached tokens attended (the row's position + 1).
+    /// Cached tokens up to the row's own (its position + 1).
     pub ctx: usize,
+    /// The first of them attended (past a sliding window, the ones before it are not).
+    pub first: usize,
     pub table: &'a [u32],
     pub kc: &'a [f32],
     pub vc: &'a [f32],
@@ -37,9 +39,10 @@ pub fn attend_row(q: &[f32], out: &mut [f32], s: &mut Scratch, c: &RowCtx) {
     let l = c.layout;
     let (hd, kvh) = (l.head_dim, l.num_kv_heads);
     let group = c.num_heads / kvh;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = l.attn_scale;
+    let n = c.ctx - c.first;
     s.offsets.clear();
-    s.offsets.extend((0..c.ctx).map(|p| {
+    s.offsets.extend((c.first..c.ctx).map(|p| {
         (c.table[p / l.block_size] as usize * l.block_size + p % l.block_size) * kvh * hd
     }));
     let width = kvh * hd;
@@ -49,13 +52,13 @@ pub fn attend_row(q: &[f32], out: &mut [f32], s: &mut Scratch, c: &RowCtx) {
             .all(|&o| o + width <= c.kc.len() && o + width <= c.vc.len()),
         "attention: a block table entry points outside the KV cache"
     );
-    s.scores.resize(group * c.ctx, 0.0);
+    s.scores.resize(group * n, 0.0);
     for kv in 0..kvh {
         let heads = kv * group..(kv + 1) * group;
         let qs = &q[heads.start * hd..heads.end * hd];
         score_group(qs, hd, &s.offsets, kv * hd, c.kc, &mut s.scores);
         for (g, h) in heads.enumerate() {
-            let sc = &mut s.scores[g * c.ctx..(g + 1) * c.ctx];
+            let sc = &mut s.scores[g * n..(g + 1) * n];
             let mut max = f32::NEG_INFINITY;
             for v in sc.iter_mut() {
                 *v *= scale;

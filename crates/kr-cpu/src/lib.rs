@@ -360,6 +360,7 @@ impl Backend for CpuBackend {
                 let pos = s.ctx_len - s.q_len + (row - s.q_start);
                 let ctx = attention::RowCtx {
                     ctx: pos + 1,
+                    first: cache.layout.first_key(layer, pos),
                     table: &s.block_table,
                     kc,
                     vc,

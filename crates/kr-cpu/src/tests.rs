@@ -70,13 +70,7 @@ fn paged_attention_matches_dense_with_ragged_batch_and_scattered_blocks() {
 fn check_paged_attention(hd: usize, cached_a: usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let (heads, kvh, bs) = (4, 2, 4);
-    let layout = KvLayout {
-        num_layers: 1,
-        num_blocks: 16,
-        block_size: bs,
-        num_kv_heads: kvh,
-        head_dim: hd,
-    };
+    let layout = KvLayout::plain(1, 16, bs, kvh, hd);
     let mut cache = CpuBackend.new_kv_cache(layout);
     // Sequence A: `cached_a` cached + 3 new tokens in blocks [9, 2, 14, 7, 11]; sequence B: 1 decode token
     // at position 4 in blocks [5, 0] (block ids with holes and out of order).

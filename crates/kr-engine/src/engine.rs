@@ -212,10 +212,18 @@ struct EngineLoop {
 pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
     let model = load_model(&cfg.model)?;
     let mc = model.config().clone();
-    let max_model_len = cfg
+    let mut max_model_len = cfg
         .max_model_len
         .unwrap_or(mc.max_context)
         .min(mc.max_context);
+    // The GPU's attention kernels see every cached key: a sliding window is exact there only
+    // while the context fits in it.
+    if let (DeviceChoice::Cuda(_), Some(w)) = (cfg.device.resolve(), mc.attention.sliding_window) {
+        if w < max_model_len {
+            tracing::warn!(window = w, "sliding-window attention is not implemented on the GPU yet: the context is limited to the window");
+            max_model_len = w;
+        }
+    }
     if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
         return Err(EngineError::Config(
             "block_size, max_num_seqs and max_num_batched_tokens must be at least 1".into(),

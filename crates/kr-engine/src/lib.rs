@@ -33,6 +33,7 @@ pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub use inspect::{inspect_model, ModelSummary, TokenizerSummary};
 pub use kr_core::policy::{AdaptiveConfig, LatencyConfig, WindowLevel};
 pub use kr_core::{CoreError, FinishReason, PolicyConfig, Priority, SamplingParams};
+pub use kr_model::{AttentionExt, RopeExtension};
 pub use kr_model::{AttnMeta, ModelConfig, ModelError, ModelWeights, RowSampling, SeqAttn};
 pub use kr_model::{
     BudgetedAllocator, ChatContext, ChatMessage, RenderJobSpec, RenderSandbox, TemplateLimits,

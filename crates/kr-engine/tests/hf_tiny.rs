@@ -21,9 +21,7 @@ const F32_TOLERANCE: f32 = 1e-4;
 const BF16_TOLERANCE: f32 = 1e-4;
 
 fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/reference/hf-tiny")
-        .join(name)
+    common::hf_tiny_dir(name)
 }
 
 fn json(path: PathBuf) -> Value {
@@ -31,33 +29,8 @@ fn json(path: PathBuf) -> Value {
         .expect("reference JSON")
 }
 
-fn logits_all(model: &kr_engine::LoadedModel, prompt: &[u32]) -> Vec<Vec<f32>> {
-    common::logits_at(model, prompt, &(0..prompt.len()).collect::<Vec<_>>())
-}
-
-/// Loads `<arch>-<dtype>` and returns the largest absolute logit error.
 fn max_error(name: &str) -> f32 {
-    let model = load_model(&dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let r = json(dir(name).join("reference.json"));
-    let ids: Vec<u32> = r["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let ours = logits_all(&model, &ids);
-    let reference = r["logits"].as_array().unwrap();
-    assert_eq!(ours.len(), reference.len(), "{name}: positions");
-    let mut worst = 0f32;
-    for (row, refrow) in ours.iter().zip(reference) {
-        let refrow = refrow.as_array().unwrap();
-        assert_eq!(row.len(), refrow.len(), "{name}: vocab");
-        for (a, b) in row.iter().zip(refrow) {
-            worst = worst.max((a - b.as_f64().unwrap() as f32).abs());
-        }
-    }
-    println!("{name}: max |logit error| = {worst:.2e}");
-    worst
+    common::hf_tiny_error(name, "logits")
 }
 
 fn check(arch: &str) {

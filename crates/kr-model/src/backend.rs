@@ -9,13 +9,68 @@ use crate::weights::RawTensor;
 
 /// Layout of the paged KV cache: per layer, `num_blocks` blocks of `block_size` slots, each
 /// slot holding `num_kv_heads × head_dim` keys and as many values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KvLayout {
     pub num_layers: usize,
     pub num_blocks: usize,
     pub block_size: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// The factor on attention logits ([`ModelConfig::attention_scale`]).
+    pub attn_scale: f32,
+    /// Keys a query sees on sliding layers (itself included); 0: no window.
+    pub sliding_window: usize,
+    /// Bit `i` set: layer `i` slides (at most 128 layers may; see [`KvLayout::for_model`]).
+    pub sliding_layers: u128,
+}
+
+impl KvLayout {
+    /// The layout of `c`'s cache in `num_blocks` blocks of `block_size` tokens. Model readers
+    /// refuse a window on a model deeper than 128 layers, so every sliding layer has its bit.
+    pub fn for_model(c: &ModelConfig, num_blocks: usize, block_size: usize) -> Self {
+        let sliding_layers = (0..c.num_layers.min(128))
+            .filter(|&layer| c.window_of_layer(layer).is_some())
+            .fold(0u128, |mask, layer| mask | 1 << layer);
+        Self {
+            num_layers: c.num_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            attn_scale: c.attention_scale(),
+            sliding_window: c.attention.sliding_window.unwrap_or(0),
+            sliding_layers,
+        }
+    }
+
+    /// A layout without a window, with the usual `1/sqrt(head_dim)` scale (tests, benches).
+    pub fn plain(
+        num_layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        Self {
+            num_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads,
+            head_dim,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            sliding_window: 0,
+            sliding_layers: 0,
+        }
+    }
+
+    /// The first position a query at `pos` of layer `layer` attends to.
+    pub fn first_key(&self, layer: usize, pos: usize) -> usize {
+        let slides = layer < 128 && self.sliding_layers >> layer & 1 == 1;
+        match slides && self.sliding_window > 0 {
+            true => (pos + 1).saturating_sub(self.sliding_window),
+            false => 0,
+        }
+    }
 }
 
 /// One sequence's part of a packed batch.

@@ -1,7 +1,8 @@
 //! The model configuration the decoder is parametrised by, and RoPE frequencies.
 //!
-//! One decoder serves Llama, Qwen2/3, Mistral and SmolLM: the differences are fields here
-//! (rotation style, qkv bias, q/k norm, tied embeddings, rope scaling), never separate files.
+//! One decoder serves Llama, Qwen2/3, Mistral, Phi-3 and SmolLM: the differences are fields
+//! here (rotation style, qkv bias, q/k norm, tied embeddings, rope scaling, sliding window),
+//! never separate files.
 
 use serde::Serialize;
 
@@ -24,6 +25,44 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: usize,
 }
 
+/// Context-extension RoPE scalings other than Llama 3's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub enum RopeExtension {
+    #[default]
+    None,
+    /// YaRN (`rope_type: yarn`, Qwen's long-context configs): per dimension pair, a ramp
+    /// between the original frequency (fast dimensions) and the frequency divided by
+    /// `factor` (slow ones).
+    Yarn {
+        factor: f32,
+        original_max_position_embeddings: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+        truncate: bool,
+    },
+    /// LongRoPE (`rope_type: longrope` / `su`, Phi-3): a divisor per dimension pair, the long
+    /// set when the model's context exceeds the original one (as llama.cpp and
+    /// transformers do for sequences past it).
+    LongRope {
+        short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// Attention features beyond plain causal attention.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AttentionExt {
+    pub rope: RopeExtension,
+    /// YaRN's and LongRoPE's factor on cos and sin; attention logits scale by its square.
+    /// `None`: 1.
+    pub rope_attention_factor: Option<f32>,
+    /// Keys a query sees on sliding-window layers (itself included); `None`: all.
+    pub sliding_window: Option<usize>,
+    /// Which layers slide when a window is set; empty: all of them.
+    pub sliding_layers: Vec<bool>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
     pub architecture: String,
@@ -40,6 +79,7 @@ pub struct ModelConfig {
     pub rms_norm_eps: f32,
     pub max_context: usize,
     pub tie_embeddings: bool,
+    pub attention: AttentionExt,
 }
 
 impl ModelConfig {
@@ -49,18 +89,102 @@ impl ModelConfig {
         let base: Vec<f64> = (0..d / 2)
             .map(|i| 1.0 / (self.rope_theta as f64).powf(2.0 * i as f64 / d as f64))
             .collect();
-        match self.rope_scaling {
-            None => base.into_iter().map(|f| f as f32).collect(),
-            Some(s) => base
-                .into_iter()
-                .map(|f| llama3_scale(f, &s) as f32)
-                .collect(),
+        let base = match self.rope_scaling {
+            None => base,
+            Some(s) => base.into_iter().map(|f| llama3_scale(f, &s)).collect(),
+        };
+        match &self.attention.rope {
+            RopeExtension::None => base.into_iter().map(|f| f as f32).collect(),
+            RopeExtension::Yarn {
+                factor,
+                original_max_position_embeddings: orig,
+                beta_fast,
+                beta_slow,
+                truncate,
+            } => {
+                let ramp = yarn_ramp(
+                    d,
+                    self.rope_theta as f64,
+                    *orig,
+                    *beta_fast,
+                    *beta_slow,
+                    *truncate,
+                );
+                base.into_iter()
+                    .zip(ramp)
+                    .map(|(f, r)| (f / *factor as f64 * r + f * (1.0 - r)) as f32)
+                    .collect()
+            }
+            RopeExtension::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings: orig,
+            } => {
+                let ext = match self.max_context > *orig {
+                    true => long_factor,
+                    false => short_factor,
+                };
+                base.into_iter()
+                    .zip(ext)
+                    .map(|(f, &e)| (f / e as f64) as f32)
+                    .collect()
+            }
         }
+    }
+
+    /// The factor on attention logits: `1/sqrt(head_dim)`, times the square of the RoPE
+    /// attention factor (YaRN, LongRoPE multiply both cos and sin by it).
+    pub fn attention_scale(&self) -> f32 {
+        let af = self.attention.rope_attention_factor.unwrap_or(1.0);
+        af * af / (self.head_dim as f32).sqrt()
+    }
+
+    /// The sliding window of layer `layer`, if it has one.
+    pub fn window_of_layer(&self, layer: usize) -> Option<usize> {
+        let a = &self.attention;
+        let slides = a.sliding_layers.is_empty() || a.sliding_layers.get(layer) == Some(&true);
+        a.sliding_window.filter(|_| slides)
     }
 
     /// Bytes of KV cache per token (f32 K and V over all layers).
     pub fn kv_bytes_per_token(&self) -> usize {
         2 * self.num_layers * self.num_kv_heads * self.head_dim * std::mem::size_of::<f32>()
+    }
+}
+
+/// YaRN's ramp per dimension pair: 1 where the frequency is interpolated (divided by the
+/// factor), 0 where it is kept, linear in between (transformers' `_compute_yarn_parameters`).
+fn yarn_ramp(d: usize, base: f64, orig: usize, fast: f32, slow: f32, truncate: bool) -> Vec<f64> {
+    let dim = d as f64;
+    let correction = |rotations: f64| {
+        dim * (orig as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+    };
+    let (mut low, mut high) = (correction(fast as f64), correction(slow as f64));
+    if truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+    if low == high {
+        high += 0.001;
+    }
+    (0..d / 2)
+        .map(|i| ((i as f64 - low) / (high - low)).clamp(0.0, 1.0))
+        .collect()
+}
+
+/// YaRN's default attention factor for a scaling `factor`.
+pub fn yarn_attention_factor(factor: f32) -> f32 {
+    match factor <= 1.0 {
+        true => 1.0,
+        false => 0.1 * factor.ln() + 1.0,
+    }
+}
+
+/// LongRoPE's default attention factor for a scaling `factor` of an original context.
+pub fn longrope_attention_factor(factor: f32, orig: usize) -> f32 {
+    match factor <= 1.0 {
+        true => 1.0,
+        false => (1.0 + factor.ln() / (orig as f32).ln()).sqrt(),
     }
 }
 

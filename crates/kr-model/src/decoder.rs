@@ -87,13 +87,8 @@ impl<B: Backend> Decoder<B> {
     /// A KV cache with `num_blocks` blocks of `block_size` tokens for this model.
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> B::KvCache {
         let c = &self.config;
-        self.backend.new_kv_cache(KvLayout {
-            num_layers: c.num_layers,
-            num_blocks,
-            block_size,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-        })
+        self.backend
+            .new_kv_cache(KvLayout::for_model(c, num_blocks, block_size))
     }
 
     /// Runs one packed batch and returns the logits of `meta.logit_rows`, row-major

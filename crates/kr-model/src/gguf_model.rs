@@ -59,6 +59,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             .unwrap_or(1e-5) as f32,
         max_context: f.get_u64(&key("context_length"))? as usize,
         tie_embeddings: !f.tensors.contains_key("output.weight"),
+        attention: Default::default(),
         architecture: arch,
     })
 }

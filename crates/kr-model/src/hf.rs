@@ -1,11 +1,11 @@
-//! Hugging Face model directories: `config.json` (Llama, Qwen2, Qwen3, Mistral), safetensors
+//! Hugging Face model directories: `config.json` (Llama, Qwen2, Qwen3, Mistral, Phi-3), safetensors
 //! weights under their Hugging Face names, `tokenizer.json`, and the chat template and special
 //! tokens from `tokenizer_config.json`, `chat_template.jinja` and `generation_config.json`.
 //!
 //! Hugging Face checkpoints keep Q/K rows unpermuted, so RoPE is always half-split here.
 
 use crate::chat::ChatTemplate;
-use crate::config::{Llama3RopeScaling, ModelConfig, RopeStyle};
+use crate::config::{AttentionExt, Llama3RopeScaling, ModelConfig, RopeExtension, RopeStyle};
 use crate::error::{ModelError, Result};
 use crate::safetensors::SafetensorsSet;
 use crate::tokenizer::Tokenizer;
@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
-                         Qwen3ForCausalLM (Hugging Face directories)";
+                         Qwen3ForCausalLM, Phi3ForCausalLM (Hugging Face directories)";
 
 /// A loaded Hugging Face directory.
 pub struct HfModel {
@@ -63,36 +63,155 @@ fn usize_field(cfg: &Value, path: &Path, key: &str) -> Result<usize> {
         .ok_or_else(|| field_err(path, key, "a non-negative integer"))
 }
 
-/// `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5) of type llama3.
-fn rope_scaling(cfg: &Value, path: &Path) -> Result<Option<Llama3RopeScaling>> {
-    let Some(rs) = [&cfg["rope_scaling"], &cfg["rope_parameters"]]
+/// `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5), when it scales.
+fn rope_params(cfg: &Value) -> Option<&Value> {
+    [&cfg["rope_scaling"], &cfg["rope_parameters"]]
         .into_iter()
         .find(|v| v.is_object())
-    else {
+}
+
+/// The rope scaling of type llama3, if that is the type.
+fn rope_scaling(cfg: &Value, path: &Path) -> Result<Option<Llama3RopeScaling>> {
+    let Some(rs) = rope_params(cfg) else {
         return Ok(None);
     };
-    let kind = rs["rope_type"].as_str().or(rs["type"].as_str());
-    match kind {
-        None | Some("default") => Ok(None),
-        Some("llama3") => {
-            let f = |k: &str| {
-                rs[k].as_f64().map(|v| v as f32).ok_or_else(|| {
-                    field_err(path, &format!("rope_scaling.{k}"), "a number (llama3 rope)")
-                })
+    if rope_type(rs) != Some("llama3") {
+        return Ok(None);
+    }
+    let f = |k: &str| number(rs, path, k, "a number (llama3 rope)");
+    Ok(Some(Llama3RopeScaling {
+        factor: f("factor")?,
+        low_freq_factor: f("low_freq_factor")?,
+        high_freq_factor: f("high_freq_factor")?,
+        original_max_position_embeddings: f("original_max_position_embeddings")? as usize,
+    }))
+}
+
+fn rope_type(rs: &Value) -> Option<&str> {
+    rs["rope_type"].as_str().or(rs["type"].as_str())
+}
+
+fn number(rs: &Value, path: &Path, key: &str, expected: &'static str) -> Result<f32> {
+    rs[key]
+        .as_f64()
+        .map(|v| v as f32)
+        .ok_or_else(|| field_err(path, &format!("rope_scaling.{key}"), expected))
+}
+
+/// YaRN and LongRoPE scalings and their attention factor; other types are refused by name.
+fn rope_extension(
+    cfg: &Value,
+    path: &Path,
+    max_context: usize,
+) -> Result<(RopeExtension, Option<f32>)> {
+    let Some(rs) = rope_params(cfg) else {
+        return Ok((RopeExtension::None, None));
+    };
+    let orig = || {
+        rs["original_max_position_embeddings"]
+            .as_u64()
+            .or(cfg["original_max_position_embeddings"].as_u64())
+            .map(|v| v as usize)
+            .ok_or_else(|| {
+                field_err(
+                    path,
+                    "rope_scaling.original_max_position_embeddings",
+                    "an integer",
+                )
+            })
+    };
+    let given = rs["attention_factor"].as_f64().map(|v| v as f32);
+    match rope_type(rs) {
+        None | Some("default") | Some("llama3") => Ok((RopeExtension::None, None)),
+        Some("yarn") => {
+            let orig = orig()?;
+            let factor = match rs["factor"].as_f64() {
+                Some(f) => f as f32,
+                None => max_context as f32 / orig as f32,
             };
-            Ok(Some(Llama3RopeScaling {
-                factor: f("factor")?,
-                low_freq_factor: f("low_freq_factor")?,
-                high_freq_factor: f("high_freq_factor")?,
-                original_max_position_embeddings: f("original_max_position_embeddings")? as usize,
-            }))
+            if rs["mscale"].is_number() || rs["mscale_all_dim"].is_number() {
+                return Err(field_err(
+                    path,
+                    "rope_scaling.mscale",
+                    "absent (YaRN with mscale / mscale_all_dim is not supported)",
+                ));
+            }
+            let ext = RopeExtension::Yarn {
+                factor,
+                original_max_position_embeddings: orig,
+                beta_fast: rs["beta_fast"].as_f64().unwrap_or(32.0) as f32,
+                beta_slow: rs["beta_slow"].as_f64().unwrap_or(1.0) as f32,
+                truncate: rs["truncate"].as_bool().unwrap_or(true),
+            };
+            Ok((
+                ext,
+                Some(given.unwrap_or_else(|| crate::config::yarn_attention_factor(factor))),
+            ))
+        }
+        Some("longrope") | Some("su") => {
+            let orig = orig()?;
+            let factors = |key: &str| -> Result<Vec<f32>> {
+                rs[key]
+                    .as_array()
+                    .and_then(|a| a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect())
+                    .ok_or_else(|| {
+                        field_err(path, &format!("rope_scaling.{key}"), "a list of numbers")
+                    })
+            };
+            let factor = rs["factor"]
+                .as_f64()
+                .map_or(max_context as f32 / orig as f32, |f| f as f32);
+            let ext = RopeExtension::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                original_max_position_embeddings: orig,
+            };
+            Ok((
+                ext,
+                Some(
+                    given.unwrap_or_else(|| crate::config::longrope_attention_factor(factor, orig)),
+                ),
+            ))
         }
         Some(_) => Err(field_err(
             path,
             "rope_scaling.rope_type",
-            "\"default\" or \"llama3\"",
+            "\"default\", \"llama3\", \"yarn\" or \"longrope\"",
         )),
     }
+}
+
+/// The sliding window and the layers it applies to: transformers 5's `layer_types`, else
+/// `sliding_window` on every layer (Mistral, Phi-3), unless `use_sliding_window` is false
+/// (Qwen2/3, where `max_window_layers` then sets the first sliding layer).
+fn sliding_window(cfg: &Value, path: &Path, layers: usize) -> Result<(Option<usize>, Vec<bool>)> {
+    let window = match cfg["sliding_window"].as_u64() {
+        Some(w) if cfg["use_sliding_window"].as_bool() != Some(false) => w as usize,
+        _ => return Ok((None, Vec::new())),
+    };
+    let sliding: Vec<bool> = match cfg["layer_types"].as_array() {
+        Some(types) => types
+            .iter()
+            .map(|t| t.as_str() == Some("sliding_attention"))
+            .collect(),
+        None => match cfg["max_window_layers"].as_u64() {
+            Some(first) if cfg.get("use_sliding_window").is_some() => {
+                (0..layers).map(|i| i as u64 >= first).collect()
+            }
+            _ => Vec::new(),
+        },
+    };
+    if !sliding.is_empty() && sliding.len() != layers {
+        return Err(field_err(path, "layer_types", "one entry per layer"));
+    }
+    if layers > 128 && (sliding.is_empty() || sliding.iter().any(|&s| s)) {
+        return Err(field_err(
+            path,
+            "sliding_window",
+            "absent on models of more than 128 layers",
+        ));
+    }
+    Ok((Some(window), sliding))
 }
 
 /// The decoder configuration from `config.json`.
@@ -105,6 +224,7 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         "MistralForCausalLM" => "mistral",
         "Qwen2ForCausalLM" => "qwen2",
         "Qwen3ForCausalLM" => "qwen3",
+        "Phi3ForCausalLM" => "phi3",
         _ => {
             return Err(ModelError::Architecture {
                 path: path.to_path_buf(),
@@ -119,11 +239,23 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         .as_f64()
         .or(cfg["rope_parameters"]["rope_theta"].as_f64())
         .unwrap_or(10_000.0);
+    let partial = cfg["partial_rotary_factor"].as_f64().unwrap_or(1.0);
+    if partial != 1.0 {
+        return Err(field_err(
+            path,
+            "partial_rotary_factor",
+            "1.0 (partial rotary embeddings are not supported yet)",
+        ));
+    }
+    let num_layers = usize_field(cfg, path, "num_hidden_layers")?;
+    let max_context = cfg["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
+    let (rope, rope_attention_factor) = rope_extension(cfg, path, max_context)?;
+    let (sliding_window, sliding_layers) = sliding_window(cfg, path, num_layers)?;
     Ok(ModelConfig {
         architecture: family.to_string(),
         vocab_size: usize_field(cfg, path, "vocab_size")?,
         hidden_size: hidden,
-        num_layers: usize_field(cfg, path, "num_hidden_layers")?,
+        num_layers,
         num_heads,
         num_kv_heads: cfg["num_key_value_heads"]
             .as_u64()
@@ -136,8 +268,14 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         rope_style: RopeStyle::HalfSplit,
         rope_scaling: rope_scaling(cfg, path)?,
         rms_norm_eps: cfg["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
-        max_context: cfg["max_position_embeddings"].as_u64().unwrap_or(4096) as usize,
+        max_context,
         tie_embeddings: cfg["tie_word_embeddings"].as_bool().unwrap_or(false),
+        attention: AttentionExt {
+            rope,
+            rope_attention_factor,
+            sliding_window,
+            sliding_layers,
+        },
     })
 }
 
@@ -150,11 +288,43 @@ fn layer(st: &SafetensorsSet, c: &ModelConfig, i: usize) -> Result<LayerWeights>
         c.intermediate_size,
         c.head_dim,
     );
+    let attn_norm = st.vector(&n("input_layernorm.weight"), d)?;
+    let [wq, wk, wv] = match st.contains(&n("self_attn.qkv_proj.weight")) {
+        true => {
+            let qkv = st.matrix(&n("self_attn.qkv_proj.weight"), q + 2 * kv, d)?;
+            [("q_proj", 0, q), ("k_proj", q, kv), ("v_proj", q + kv, kv)].map(
+                |(part, start, rows)| {
+                    qkv.row_range(
+                        &n(&format!("self_attn.qkv_proj.weight[{part}]")),
+                        start,
+                        rows,
+                    )
+                },
+            )
+        }
+        false => [
+            st.matrix(&n("self_attn.q_proj.weight"), q, d)?,
+            st.matrix(&n("self_attn.k_proj.weight"), kv, d)?,
+            st.matrix(&n("self_attn.v_proj.weight"), kv, d)?,
+        ],
+    };
+    let [w_gate, w_up] = match st.contains(&n("mlp.gate_up_proj.weight")) {
+        true => {
+            let gate_up = st.matrix(&n("mlp.gate_up_proj.weight"), 2 * ff, d)?;
+            [("gate", 0), ("up", ff)].map(|(part, start)| {
+                gate_up.row_range(&n(&format!("mlp.gate_up_proj.weight[{part}]")), start, ff)
+            })
+        }
+        false => [
+            st.matrix(&n("mlp.gate_proj.weight"), ff, d)?,
+            st.matrix(&n("mlp.up_proj.weight"), ff, d)?,
+        ],
+    };
     Ok(LayerWeights {
-        attn_norm: st.vector(&n("input_layernorm.weight"), d)?,
-        wq: st.matrix(&n("self_attn.q_proj.weight"), q, d)?,
-        wk: st.matrix(&n("self_attn.k_proj.weight"), kv, d)?,
-        wv: st.matrix(&n("self_attn.v_proj.weight"), kv, d)?,
+        attn_norm,
+        wq,
+        wk,
+        wv,
         wo: st.matrix(&n("self_attn.o_proj.weight"), d, q)?,
         q_bias: st.optional_vector(&n("self_attn.q_proj.bias"), q)?,
         k_bias: st.optional_vector(&n("self_attn.k_proj.bias"), kv)?,
@@ -162,8 +332,8 @@ fn layer(st: &SafetensorsSet, c: &ModelConfig, i: usize) -> Result<LayerWeights>
         q_norm: st.optional_vector(&n("self_attn.q_norm.weight"), hd)?,
         k_norm: st.optional_vector(&n("self_attn.k_norm.weight"), hd)?,
         ffn_norm: st.vector(&n("post_attention_layernorm.weight"), d)?,
-        w_gate: st.matrix(&n("mlp.gate_proj.weight"), ff, d)?,
-        w_up: st.matrix(&n("mlp.up_proj.weight"), ff, d)?,
+        w_gate,
+        w_up,
         w_down: st.matrix(&n("mlp.down_proj.weight"), d, ff)?,
     })
 }
@@ -276,7 +446,7 @@ mod tests {
     #[test]
     fn unsupported_rope_type_names_the_field() {
         let mut c = base();
-        c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
+        c["rope_scaling"] = json!({"rope_type": "dynamic", "factor": 4.0});
         let e = config_from_json(&c, Path::new("config.json")).unwrap_err();
         assert!(e.to_string().contains("rope_scaling.rope_type"), "{e}");
     }

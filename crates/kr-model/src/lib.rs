@@ -29,7 +29,7 @@ pub use backend::{AttnMeta, Backend, KvLayout, Rope, RowSampling, SeqAttn};
 pub use chat::{
     ChatContext, ChatMessage, ChatTemplate, RenderJobSpec, RenderSandbox, TemplateLimits,
 };
-pub use config::{ModelConfig, RopeStyle};
+pub use config::{AttentionExt, ModelConfig, RopeExtension, RopeStyle};
 pub use decoder::Decoder;
 pub use error::{ModelError, Result};
 pub use template_budget::BudgetedAllocator;

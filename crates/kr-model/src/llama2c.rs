@@ -119,6 +119,7 @@ pub fn config_from_header(h: &Llama2cHeader) -> ModelConfig {
         rms_norm_eps: 1e-5,
         max_context: h.seq_len,
         tie_embeddings: h.shared_classifier,
+        attention: Default::default(),
     }
 }
 

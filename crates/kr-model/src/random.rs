@@ -34,6 +34,7 @@ pub fn arch_config(arch: &str) -> Option<ModelConfig> {
         rms_norm_eps: 1e-5,
         max_context: 131_072,
         tie_embeddings: tie,
+        attention: Default::default(),
     };
     let qwen = |layers, hidden, heads, kv, inter, tie| ModelConfig {
         architecture: "qwen2".into(),
@@ -50,6 +51,7 @@ pub fn arch_config(arch: &str) -> Option<ModelConfig> {
         rms_norm_eps: 1e-6,
         max_context: 32_768,
         tie_embeddings: tie,
+        attention: Default::default(),
     };
     Some(match arch {
         "llama-3.1-8b" => llama3(32, 4096, 32, 8, 14_336, false, 8.0),

@@ -97,6 +97,37 @@ impl RawTensor {
         Self::from_f32(&self.name, self.rows, self.cols, &data)
     }
 
+    /// Rows `start..start + n` as a tensor of their own, sharing the bytes (a fused
+    /// projection split into its parts: Phi-3's qkv and gate_up). Every row holds
+    /// `row_bytes()` bytes, so the slice is whole rows of the same type.
+    pub fn row_range(&self, name: &str, start: usize, n: usize) -> Self {
+        assert!(
+            start + n <= self.rows,
+            "{}: rows {start}..{} of {}",
+            self.name,
+            start + n,
+            self.rows
+        );
+        let rb = self.row_bytes();
+        let bytes = match &self.bytes {
+            TensorBytes::Mapped { map, offset, .. } => TensorBytes::Mapped {
+                map: map.clone(),
+                offset: offset + start * rb,
+                len: n * rb,
+            },
+            TensorBytes::Owned(v) => {
+                TensorBytes::Owned(Arc::new(v[start * rb..(start + n) * rb].to_vec()))
+            }
+        };
+        Self {
+            name: name.to_string(),
+            ty: self.ty,
+            rows: n,
+            cols: self.cols,
+            bytes,
+        }
+    }
+
     /// The whole tensor as f32 (for small tensors: norms, biases, tests).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
@@ -197,5 +228,13 @@ mod tests {
         let folded = t.with_column_gain(&[0.5, 2.0, -1.0]);
         assert_eq!((folded.rows, folded.cols, folded.ty), (2, 3, GgmlType::F32));
         assert_eq!(folded.to_f32(), vec![0.5, 4.0, -3.0, -2.0, 10.0, 6.0]);
+    }
+
+    #[test]
+    fn row_range_takes_whole_rows() {
+        let t = RawTensor::from_f32("w", 3, 2, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let mid = t.row_range("w.mid", 1, 2);
+        assert_eq!((mid.rows, mid.cols, mid.name.as_str()), (2, 2, "w.mid"));
+        assert_eq!(mid.to_f32(), vec![3.0, 4.0, 5.0, 6.0]);
     }
 }

@@ -45,11 +45,7 @@ fn table(s: &ModelSummary) -> Vec<(&'static str, String)> {
                 c.architecture,
                 c.rope_style,
                 c.rope_theta,
-                if c.rope_scaling.is_some() {
-                    ", llama3 scaling"
-                } else {
-                    ""
-                }
+                rope_scaling_words(c)
             ),
         ),
         ("parameters", params(s.parameters)),
@@ -72,6 +68,7 @@ fn table(s: &ModelSummary) -> Vec<(&'static str, String)> {
             ),
         ),
         ("context", format!("{} tokens", c.max_context)),
+        ("attention", attention_words(c)),
         ("tensor types", types.join(", ")),
         (
             "weights",
@@ -127,4 +124,40 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The RoPE scaling in words: `, llama3 scaling`, `, YaRN ×4 from 32768`, … or nothing.
+fn rope_scaling_words(c: &kr_engine::ModelConfig) -> String {
+    use kr_engine::RopeExtension;
+    let mut out = String::new();
+    if c.rope_scaling.is_some() {
+        out.push_str(", llama3 scaling");
+    }
+    match &c.attention.rope {
+        RopeExtension::None => {}
+        RopeExtension::Yarn {
+            factor,
+            original_max_position_embeddings: o,
+            ..
+        } => out.push_str(&format!(", YaRN ×{factor} from {o}")),
+        RopeExtension::LongRope {
+            original_max_position_embeddings: o,
+            ..
+        } => out.push_str(&format!(", LongRoPE from {o}")),
+    }
+    out
+}
+
+/// Full causal attention, or the sliding window and which layers use it.
+fn attention_words(c: &kr_engine::ModelConfig) -> String {
+    let Some(w) = c.attention.sliding_window else {
+        return "full causal on every layer".into();
+    };
+    let sliding = (0..c.num_layers)
+        .filter(|&l| c.window_of_layer(l).is_some())
+        .count();
+    format!(
+        "sliding window of {w} tokens on {sliding} of {} layers, full on the rest",
+        c.num_layers
+    )
 }

@@ -140,7 +140,7 @@ impl CudaBackend {
         let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
-        let scale = 1.0 / (l.head_dim as f32).sqrt();
+        let scale = l.attn_scale;
         launch!(
             self, name, cfg, op, qp, kc, vc, work, qs, ql, cl, bt, stride, bs, nh, nkv, hd, tile,
             scale
@@ -206,7 +206,7 @@ impl CudaBackend {
         let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
-        let scale = 1.0 / (l.head_dim as f32).sqrt();
+        let scale = l.attn_scale;
         // Few pairs: split each pair's keys over blocks (the non-split kernel takes and ignores
         // the scratch and counters, so both launch alike).
         let kernels = self.decode_kernels.get();

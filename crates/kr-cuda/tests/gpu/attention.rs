@@ -87,13 +87,7 @@ fn attention_vs_cpu(
     let g = model.backend();
     g.set_decode_kernels(kernels);
     let c = CpuBackend;
-    let layout = kr_model::KvLayout {
-        num_layers: 1,
-        num_blocks: blocks,
-        block_size: 16,
-        num_kv_heads: cfg.num_kv_heads,
-        head_dim,
-    };
+    let layout = kr_model::KvLayout::plain(1, blocks, 16, cfg.num_kv_heads, head_dim);
     let (mut gcache, mut ccache) = (g.new_kv_cache(layout), c.new_kv_cache(layout));
     let rope = kr_model::Rope::from_config(&cfg);
     let widths = [

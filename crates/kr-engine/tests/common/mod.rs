@@ -115,3 +115,50 @@ pub fn logits_at(model: &kr_engine::LoadedModel, prompt: &[u32], rows: &[usize])
         .map(<[f32]>::to_vec)
         .collect()
 }
+
+/// A tiny Hugging Face model of tests/reference/hf-tiny (scripts/make_hf_tiny_models.py and
+/// make_hf_tiny_families.py).
+pub fn hf_tiny_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/reference/hf-tiny")
+        .join(name)
+}
+
+/// The reference file of `name` (transformers' input ids and logits).
+pub fn hf_tiny_reference(name: &str) -> serde_json::Value {
+    let path = hf_tiny_dir(name).join("reference.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("reference file"))
+        .expect("reference JSON")
+}
+
+/// The largest absolute difference between two logit tables (every position, every token).
+pub fn max_abs_diff(ours: &[Vec<f32>], reference: &serde_json::Value) -> f32 {
+    let reference = reference.as_array().expect("a list of logit rows");
+    assert_eq!(ours.len(), reference.len(), "positions");
+    let mut worst = 0f32;
+    for (row, refrow) in ours.iter().zip(reference) {
+        let refrow = refrow.as_array().expect("a logit row");
+        assert_eq!(row.len(), refrow.len(), "vocab");
+        for (a, b) in row.iter().zip(refrow) {
+            worst = worst.max((a - b.as_f64().expect("a logit") as f32).abs());
+        }
+    }
+    worst
+}
+
+/// Loads the tiny model `name` and returns its largest absolute logit error against the
+/// reference's `key` table, at every position of the reference's input.
+pub fn hf_tiny_error(name: &str, key: &str) -> f32 {
+    let model = kr_engine::load_model(&hf_tiny_dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let r = hf_tiny_reference(name);
+    let ids: Vec<u32> = r["input_ids"]
+        .as_array()
+        .expect("input_ids")
+        .iter()
+        .map(|v| v.as_u64().expect("a token id") as u32)
+        .collect();
+    let ours = logits_at(&model, &ids, &(0..ids.len()).collect::<Vec<_>>());
+    let worst = max_abs_diff(&ours, &r[key]);
+    println!("{name} vs {key}: max |logit error| = {worst:.2e}");
+    worst
+}

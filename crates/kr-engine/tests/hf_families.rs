@@ -1,0 +1,60 @@
+//! RoPE and attention variants of current model families against transformers, on tiny
+//! random-weight Hugging Face models (tests/reference/hf-tiny/*-f32, made by
+//! scripts/make_hf_tiny_families.py with transformers 5.25, eager attention):
+//! - Phi-3 (fused qkv and gate_up projections) with LongRoPE, 48 tokens past an original
+//!   context of 32 (transformers then uses the long factors, as kr-serve does when the model's
+//!   context exceeds the original);
+//! - Qwen2 with YaRN (factor 4), 40 tokens past an original context of 16;
+//! - a sliding window on every layer (Mistral, window 6) and on one layer of two (Qwen3,
+//!   `max_window_layers`), where the window changes the logits by several units.
+//!
+//! Tolerance: 1e-4 absolute on every logit of every position (f32 both sides, logits
+//! O(1..10); only the summation order differs).
+
+mod common;
+
+const TOLERANCE: f32 = 1e-4;
+
+#[test]
+fn phi3_with_longrope_matches_transformers_past_the_original_context() {
+    let err = common::hf_tiny_error("phi3-longrope-f32", "logits");
+    assert!(err <= TOLERANCE, "phi3-longrope: {err}");
+    let model = kr_engine::load_model(&common::hf_tiny_dir("phi3-longrope-f32")).unwrap();
+    assert_eq!(model.config().architecture, "phi3");
+}
+
+#[test]
+fn qwen2_with_yarn_matches_transformers_past_the_original_context() {
+    let err = common::hf_tiny_error("qwen2-yarn-f32", "logits");
+    assert!(err <= TOLERANCE, "qwen2-yarn: {err}");
+}
+
+/// The model matches transformers with its window, and the window changes the answer: the
+/// same weights without it are far from our logits.
+fn check_window(name: &str, window: usize) {
+    let model = kr_engine::load_model(&common::hf_tiny_dir(name)).unwrap();
+    assert_eq!(model.config().attention.sliding_window, Some(window));
+    let err = common::hf_tiny_error(name, "logits");
+    assert!(err <= TOLERANCE, "{name}: {err}");
+    let without = common::hf_tiny_error(name, "logits_full");
+    assert!(
+        without > 0.5,
+        "{name}: the window should change the logits ({without})"
+    );
+}
+
+#[test]
+fn sliding_window_on_every_layer_matches_transformers() {
+    check_window("mistral-window-f32", 6);
+}
+
+#[test]
+fn sliding_window_on_some_layers_matches_transformers() {
+    check_window("qwen3-window-f32", 5);
+    let model = kr_engine::load_model(&common::hf_tiny_dir("qwen3-window-f32")).unwrap();
+    let c = model.config();
+    assert_eq!(
+        (c.window_of_layer(0), c.window_of_layer(1)),
+        (None, Some(5))
+    );
+}
