@@ -8,6 +8,9 @@ transformers' logits at every position (f32).
 - mistral-window: MistralForCausalLM with a sliding window of 6 on every layer; also the
   logits of the same weights without the window (`logits_full`), to show the window matters.
 - qwen3-window: Qwen3ForCausalLM with a window of 5 on layer 1 only (max_window_layers 1).
+- qwen3moe: Qwen3MoeForCausalLM, 8 experts, 2 a token, probabilities not renormalised
+  (norm_topk_prob false), layer 1 dense (mlp_only_layers).
+- mixtral: MixtralForCausalLM, 4 experts, 2 a token.
 
 Writes tests/reference/hf-tiny/<name>-f32/ like scripts/make_hf_tiny_models.py (whose
 tokenizer and settings it reuses). Run (CPU; torch 2.15, transformers 5.25):
@@ -45,6 +48,13 @@ FAMILIES = {
     "qwen3-window": (transformers.Qwen3Config, dict(
         head_dim=16, tie_word_embeddings=True, use_sliding_window=True, sliding_window=5,
         max_window_layers=1, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), 24),
+    "qwen3moe": (transformers.Qwen3MoeConfig, dict(
+        head_dim=16, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+        norm_topk_prob=False, mlp_only_layers=[1], tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), 24),
+    "mixtral": (transformers.MixtralConfig, dict(
+        num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), 24),
 }
 
 

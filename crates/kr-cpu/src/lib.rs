@@ -391,6 +391,16 @@ impl Backend for CpuBackend {
         Mat::new(rows.len(), x.cols, data)
     }
 
+    fn scatter_add_scaled(&self, x: &mut Mat, rows: &[usize], src: &Mat, scales: &[f32]) {
+        for (i, (&r, &s)) in rows.iter().zip(scales).enumerate() {
+            let cols = x.cols;
+            let dst = &mut x.data[r * cols..(r + 1) * cols];
+            dst.iter_mut()
+                .zip(src.row(i))
+                .for_each(|(d, &v)| *d += s * v);
+        }
+    }
+
     fn to_host(&self, x: &Mat) -> Vec<f32> {
         x.data.clone()
     }

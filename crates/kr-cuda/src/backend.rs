@@ -728,6 +728,11 @@ impl Backend for CudaBackend {
         out
     }
 
+    fn scatter_add_scaled(&self, _: &mut CudaTensor, _: &[usize], _: &CudaTensor, _: &[f32]) {
+        // CudaModel::load refuses models with Mixture-of-Experts layers, the only users.
+        unreachable!("Mixture-of-Experts layers do not run on the CUDA backend")
+    }
+
     fn to_host(&self, x: &CudaTensor) -> Vec<f32> {
         let n = x.rows * x.cols;
         let mut host = vec![0f32; n];

@@ -89,6 +89,11 @@ impl CudaModel {
                 c.head_dim, c.num_heads, c.num_kv_heads
             )));
         }
+        if weights.layers.iter().any(|l| l.moe.is_some()) {
+            return Err(CudaError::Unsupported(
+                "Mixture-of-Experts layers yet (run the model with --device cpu)".into(),
+            ));
+        }
         let gpu = Arc::new(Gpu::open(opts.ordinal)?);
         let max_seqs = opts.max_num_seqs.max(*GRAPH_BUCKETS.last().unwrap_or(&1));
         let max_tokens = opts.max_num_batched_tokens.max(max_seqs);

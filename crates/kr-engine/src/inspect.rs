@@ -48,6 +48,49 @@ pub struct ModelSummary {
     pub chat_template: bool,
     /// Things that would stop the model from loading.
     pub problems: Vec<String>,
+    /// Mixture-of-Experts models: their experts and the parameters a token uses.
+    pub experts: Option<ExpertSummary>,
+}
+
+/// The experts of a Mixture-of-Experts model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpertSummary {
+    /// Layers whose feed-forward block is experts.
+    pub layers: usize,
+    /// Experts in each such layer, and how many a token runs.
+    pub experts: usize,
+    pub top_k: usize,
+    /// Parameters one token goes through: everything but the experts it does not use.
+    pub active_parameters: u64,
+}
+
+/// The experts of `w` and its active parameters, out of `parameters` in all.
+fn expert_summary(w: &ModelWeights, parameters: u64) -> Option<ExpertSummary> {
+    let sparse: Vec<_> = w.layers.iter().filter_map(|l| l.moe.as_ref()).collect();
+    let first = sparse.first()?;
+    let unused: usize = sparse
+        .iter()
+        .map(|m| {
+            let per_expert: usize = m
+                .experts
+                .iter()
+                .map(|x| {
+                    [&x.gate, &x.up, &x.down]
+                        .iter()
+                        .map(|t| t.rows * t.cols)
+                        .sum::<usize>()
+                })
+                .sum::<usize>()
+                / m.experts.len().max(1);
+            per_expert * (m.experts.len() - m.top_k.min(m.experts.len()))
+        })
+        .sum();
+    Some(ExpertSummary {
+        layers: sparse.len(),
+        experts: first.experts.len(),
+        top_k: first.top_k,
+        active_parameters: parameters.saturating_sub(unused as u64),
+    })
 }
 
 fn tokenizer_summary(t: &Tokenizer) -> TokenizerSummary {
@@ -111,6 +154,7 @@ fn summary(
         tokenizer: None,
         chat_template: false,
         problems: vec![],
+        experts: None,
     }
 }
 
@@ -174,6 +218,7 @@ fn from_weights(
         Ok(t) => s.tokenizer = Some(tokenizer_summary(&t)),
         Err(e) => s.problems.push(e.to_string()),
     }
+    s.experts = expert_summary(w, params as u64);
     s
 }
 

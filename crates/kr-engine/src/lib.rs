@@ -30,7 +30,7 @@ pub use handle::{
     EngineHandle, Event, GenerateRequest, ModelInfo, Prompt, RequestOptions, RequestStream, Usage,
 };
 pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
-pub use inspect::{inspect_model, ModelSummary, TokenizerSummary};
+pub use inspect::{inspect_model, ExpertSummary, ModelSummary, TokenizerSummary};
 pub use kr_core::policy::{AdaptiveConfig, LatencyConfig, WindowLevel};
 pub use kr_core::{CoreError, FinishReason, PolicyConfig, Priority, SamplingParams};
 pub use kr_model::{AttentionExt, RopeExtension};

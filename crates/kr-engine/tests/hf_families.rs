@@ -6,7 +6,9 @@
 //!   context exceeds the original);
 //! - Qwen2 with YaRN (factor 4), 40 tokens past an original context of 16;
 //! - a sliding window on every layer (Mistral, window 6) and on one layer of two (Qwen3,
-//!   `max_window_layers`), where the window changes the logits by several units.
+//!   `max_window_layers`), where the window changes the logits by several units;
+//! - Mixture-of-Experts: Qwen3-MoE (8 experts, top 2, probabilities not renormalised, one
+//!   dense layer) and Mixtral (4 experts, top 2, renormalised).
 //!
 //! Tolerance: 1e-4 absolute on every logit of every position (f32 both sides, logits
 //! O(1..10); only the summation order differs).
@@ -57,4 +59,33 @@ fn sliding_window_on_some_layers_matches_transformers() {
         (c.window_of_layer(0), c.window_of_layer(1)),
         (None, Some(5))
     );
+}
+
+#[test]
+fn qwen3_moe_matches_transformers() {
+    let err = common::hf_tiny_error("qwen3moe-f32", "logits");
+    assert!(err <= TOLERANCE, "qwen3moe: {err}");
+    let model = kr_engine::load_model(&common::hf_tiny_dir("qwen3moe-f32")).unwrap();
+    let layers = &model.weights.layers;
+    let moe = layers[0].moe.as_ref().expect("layer 0 has experts");
+    assert_eq!(
+        (moe.experts.len(), moe.top_k, moe.norm_topk_prob),
+        (8, 2, false)
+    );
+    assert!(
+        layers[1].moe.is_none(),
+        "mlp_only_layers keeps layer 1 dense"
+    );
+}
+
+#[test]
+fn mixtral_matches_transformers() {
+    let err = common::hf_tiny_error("mixtral-f32", "logits");
+    assert!(err <= TOLERANCE, "mixtral: {err}");
+    let model = kr_engine::load_model(&common::hf_tiny_dir("mixtral-f32")).unwrap();
+    assert!(model
+        .weights
+        .layers
+        .iter()
+        .all(|l| l.moe.as_ref().is_some_and(|m| m.norm_topk_prob)));
 }

@@ -276,6 +276,15 @@ pub trait Backend: Send {
     /// `silu(gate) * up`, elementwise.
     fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Self::Tensor;
+    /// `x[rows[i]] += scales[i] · src[i]` for every row `i` of `src` (the weighted output of a
+    /// Mixture-of-Experts expert added back to its tokens' rows).
+    fn scatter_add_scaled(
+        &self,
+        x: &mut Self::Tensor,
+        rows: &[usize],
+        src: &Self::Tensor,
+        scales: &[f32],
+    );
     /// Copies a tensor to host memory, row-major.
     fn to_host(&self, x: &Self::Tensor) -> Vec<f32>;
 }

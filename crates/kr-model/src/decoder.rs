@@ -1,12 +1,13 @@
-//! The one decoder-only transformer (Llama / Qwen2 / Qwen3 / Mistral / SmolLM), written
-//! against [`Backend`]. Weight names follow the GGUF / Hugging Face layout verbatim.
+//! The one decoder-only transformer (Llama / Qwen2 / Qwen3 / Mistral / Phi-3 / SmolLM, dense
+//! or Mixture-of-Experts), written against [`Backend`]. Weight names follow the GGUF /
+//! Hugging Face layout verbatim.
 //!
 //! Invariant: `forward` touches only the KV slots named in `meta.slot_mapping` and reads only
 //! the blocks in each sequence's block table.
 
 use crate::backend::{AttnMeta, Backend, KvLayout, Rope};
 use crate::config::ModelConfig;
-use crate::weights::{ModelWeights, RawTensor};
+use crate::weights::{route_tokens, LayerWeights, ModelWeights, RawTensor};
 
 struct Layer<B: Backend> {
     attn_norm: B::Vector,
@@ -23,6 +24,15 @@ struct Layer<B: Backend> {
     w_gate: B::Weight,
     w_up: B::Weight,
     w_down: B::Weight,
+    moe: Option<Moe<B>>,
+}
+
+/// A Mixture-of-Experts block on the backend: the router and each expert's gate, up, down.
+struct Moe<B: Backend> {
+    router: B::Weight,
+    experts: Vec<[B::Weight; 3]>,
+    top_k: usize,
+    norm_topk_prob: bool,
 }
 
 /// A model whose weights live on backend `B`.
@@ -39,36 +49,7 @@ pub struct Decoder<B: Backend> {
 impl<B: Backend> Decoder<B> {
     /// Moves the weights onto the backend.
     pub fn new(backend: B, w: &ModelWeights) -> Self {
-        let vec = |v: &Option<Vec<f32>>| v.as_ref().map(|v| backend.load_vector(v));
-        let layers = w
-            .layers
-            .iter()
-            .map(|l| {
-                // Load order is wq, wk, wv, wo, w_gate, w_up, w_down: a device backend may run
-                // weights loaded one after another as one matrix.
-                let (attn_norm, [wq, wk, wv]) =
-                    load_after_norm(&backend, &l.attn_norm, [&l.wq, &l.wk, &l.wv]);
-                let wo = backend.load_weight(&l.wo);
-                let (ffn_norm, [w_gate, w_up]) =
-                    load_after_norm(&backend, &l.ffn_norm, [&l.w_gate, &l.w_up]);
-                Layer {
-                    attn_norm,
-                    wq,
-                    wk,
-                    wv,
-                    wo,
-                    q_bias: vec(&l.q_bias),
-                    k_bias: vec(&l.k_bias),
-                    v_bias: vec(&l.v_bias),
-                    q_norm: vec(&l.q_norm),
-                    k_norm: vec(&l.k_norm),
-                    ffn_norm,
-                    w_gate,
-                    w_up,
-                    w_down: backend.load_weight(&l.w_down),
-                }
-            })
-            .collect();
+        let layers = w.layers.iter().map(|l| load_layer(&backend, l)).collect();
         Self {
             config: w.config.clone(),
             rope: Rope::from_config(&w.config),
@@ -136,10 +117,38 @@ impl<B: Backend> Decoder<B> {
         for (i, l) in self.layers.iter().enumerate() {
             let ctx = self.attention(l, &x, meta, i, cache);
             be.linear_add(&mut x, &ctx, &l.wo);
-            let act = be.rms_norm_gate_up(&x, &l.ffn_norm, eps, &l.w_gate, &l.w_up);
-            be.linear_add(&mut x, &act, &l.w_down);
+            match &l.moe {
+                None => {
+                    let act = be.rms_norm_gate_up(&x, &l.ffn_norm, eps, &l.w_gate, &l.w_up);
+                    be.linear_add(&mut x, &act, &l.w_down);
+                }
+                Some(moe) => self.experts_add(&mut x, &l.ffn_norm, moe, ids.len()),
+            }
         }
         x
+    }
+
+    /// A Mixture-of-Experts block over the `n` rows of `x`, added into it: each token's
+    /// normed row goes through its `top_k` experts (one batched pass per expert over the
+    /// tokens routed to it), their outputs weighted by the router's probabilities.
+    fn experts_add(&self, x: &mut B::Tensor, norm: &B::Vector, moe: &Moe<B>, n: usize) {
+        let be = &self.backend;
+        let h = be.rms_norm(x, norm, self.config.rms_norm_eps);
+        let logits = be.to_host(&be.linear(&h, &moe.router, None));
+        let e = moe.experts.len();
+        let routes = route_tokens(&logits, n, e, moe.top_k, moe.norm_topk_prob);
+        for (expert, [gate, up, down]) in moe.experts.iter().enumerate() {
+            let (rows, scales): (Vec<usize>, Vec<f32>) = routes
+                .iter()
+                .filter(|r| r.1 == expert)
+                .map(|r| (r.0, r.2))
+                .unzip();
+            if rows.is_empty() {
+                continue;
+            }
+            let act = be.linear_gate_up(&be.gather_rows(&h, &rows), gate, up);
+            be.scatter_add_scaled(x, &rows, &be.linear(&act, down, None), &scales);
+        }
     }
 
     /// The final norm of `rows` of the residual stream `x` of `n` rows (`None` for no rows).
@@ -187,6 +196,51 @@ impl<B: Backend> Decoder<B> {
         }
         let rope = &self.rope;
         be.rope_attention(&mut q, &mut k, &v, rope, meta, layer, cache, c.num_heads)
+    }
+}
+
+/// Moves one layer's weights onto the backend.
+fn load_layer<B: Backend>(backend: &B, l: &LayerWeights) -> Layer<B> {
+    let vec = |v: &Option<Vec<f32>>| v.as_ref().map(|v| backend.load_vector(v));
+    // Load order is wq, wk, wv, wo, w_gate, w_up, w_down: a device backend may run
+    // weights loaded one after another as one matrix.
+    let (attn_norm, [wq, wk, wv]) = load_after_norm(backend, &l.attn_norm, [&l.wq, &l.wk, &l.wv]);
+    let wo = backend.load_weight(&l.wo);
+    // A Mixture-of-Experts block reads the norm itself (its gain cannot fold into a router
+    // and every expert at once).
+    let (ffn_norm, [w_gate, w_up]) = match &l.moe {
+        None => load_after_norm(backend, &l.ffn_norm, [&l.w_gate, &l.w_up]),
+        Some(_) => (
+            backend.load_vector(&l.ffn_norm),
+            [&l.w_gate, &l.w_up].map(|t| backend.load_weight(t)),
+        ),
+    };
+    let moe = l.moe.as_ref().map(|m| Moe {
+        router: backend.load_weight(&m.router),
+        experts: m
+            .experts
+            .iter()
+            .map(|x| [&x.gate, &x.up, &x.down].map(|t| backend.load_weight(t)))
+            .collect(),
+        top_k: m.top_k,
+        norm_topk_prob: m.norm_topk_prob,
+    });
+    Layer {
+        attn_norm,
+        wq,
+        wk,
+        wv,
+        wo,
+        q_bias: vec(&l.q_bias),
+        k_bias: vec(&l.k_bias),
+        v_bias: vec(&l.v_bias),
+        q_norm: vec(&l.q_norm),
+        k_norm: vec(&l.k_norm),
+        ffn_norm,
+        w_gate,
+        w_up,
+        w_down: backend.load_weight(&l.w_down),
+        moe,
     }
 }
 

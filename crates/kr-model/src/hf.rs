@@ -7,14 +7,16 @@
 use crate::chat::ChatTemplate;
 use crate::config::{AttentionExt, Llama3RopeScaling, ModelConfig, RopeExtension, RopeStyle};
 use crate::error::{ModelError, Result};
+use crate::hf_moe::MoeSpec;
 use crate::safetensors::SafetensorsSet;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{LayerWeights, ModelWeights};
+use crate::weights::{LayerWeights, ModelWeights, RawTensor};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
-                         Qwen3ForCausalLM, Phi3ForCausalLM (Hugging Face directories)";
+                         Qwen3ForCausalLM, Phi3ForCausalLM, Qwen3MoeForCausalLM, \
+                         MixtralForCausalLM (Hugging Face directories)";
 
 /// A loaded Hugging Face directory.
 pub struct HfModel {
@@ -225,6 +227,8 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         "Qwen2ForCausalLM" => "qwen2",
         "Qwen3ForCausalLM" => "qwen3",
         "Phi3ForCausalLM" => "phi3",
+        "Qwen3MoeForCausalLM" => "qwen3moe",
+        "MixtralForCausalLM" => "mixtral",
         _ => {
             return Err(ModelError::Architecture {
                 path: path.to_path_buf(),
@@ -279,7 +283,12 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
     })
 }
 
-fn layer(st: &SafetensorsSet, c: &ModelConfig, i: usize) -> Result<LayerWeights> {
+fn layer(
+    st: &SafetensorsSet,
+    c: &ModelConfig,
+    i: usize,
+    moe: Option<&MoeSpec>,
+) -> Result<LayerWeights> {
     let n = |s: &str| format!("model.layers.{i}.{s}");
     let (d, q, kv, ff, hd) = (
         c.hidden_size,
@@ -308,17 +317,14 @@ fn layer(st: &SafetensorsSet, c: &ModelConfig, i: usize) -> Result<LayerWeights>
             st.matrix(&n("self_attn.v_proj.weight"), kv, d)?,
         ],
     };
-    let [w_gate, w_up] = match st.contains(&n("mlp.gate_up_proj.weight")) {
-        true => {
-            let gate_up = st.matrix(&n("mlp.gate_up_proj.weight"), 2 * ff, d)?;
-            [("gate", 0), ("up", ff)].map(|(part, start)| {
-                gate_up.row_range(&n(&format!("mlp.gate_up_proj.weight[{part}]")), start, ff)
-            })
-        }
-        false => [
-            st.matrix(&n("mlp.gate_proj.weight"), ff, d)?,
-            st.matrix(&n("mlp.up_proj.weight"), ff, d)?,
-        ],
+    let moe = match moe {
+        Some(spec) => crate::hf_moe::moe_layer(st, spec, i, d)?,
+        None => None,
+    };
+    let [w_gate, w_up, w_down] = match moe {
+        Some(_) => [(0, d), (0, d), (0, ff)]
+            .map(|(r, c)| RawTensor::from_f32(&n("mlp (experts)"), r, c, &[])),
+        None => dense_ffn(st, &n, ff, d)?,
     };
     Ok(LayerWeights {
         attn_norm,
@@ -334,15 +340,43 @@ fn layer(st: &SafetensorsSet, c: &ModelConfig, i: usize) -> Result<LayerWeights>
         ffn_norm: st.vector(&n("post_attention_layernorm.weight"), d)?,
         w_gate,
         w_up,
-        w_down: st.matrix(&n("mlp.down_proj.weight"), d, ff)?,
+        w_down,
+        moe,
     })
 }
 
-/// The weights of the directory, borrowing the memory-mapped safetensors files.
-pub fn weights_from_dir(dir: &Path, config: ModelConfig) -> Result<ModelWeights> {
+/// A dense layer's gate, up and down projections (gate and up fused in Phi-3).
+fn dense_ffn(
+    st: &SafetensorsSet,
+    n: &dyn Fn(&str) -> String,
+    ff: usize,
+    d: usize,
+) -> Result<[RawTensor; 3]> {
+    let [gate, up] = match st.contains(&n("mlp.gate_up_proj.weight")) {
+        true => {
+            let gate_up = st.matrix(&n("mlp.gate_up_proj.weight"), 2 * ff, d)?;
+            [("gate", 0), ("up", ff)].map(|(part, start)| {
+                gate_up.row_range(&n(&format!("mlp.gate_up_proj.weight[{part}]")), start, ff)
+            })
+        }
+        false => [
+            st.matrix(&n("mlp.gate_proj.weight"), ff, d)?,
+            st.matrix(&n("mlp.up_proj.weight"), ff, d)?,
+        ],
+    };
+    Ok([gate, up, st.matrix(&n("mlp.down_proj.weight"), d, ff)?])
+}
+
+/// The weights of the directory, borrowing the memory-mapped safetensors files; `moe`: the
+/// experts of a Mixture-of-Experts model.
+pub fn weights_from_dir(
+    dir: &Path,
+    config: ModelConfig,
+    moe: Option<&MoeSpec>,
+) -> Result<ModelWeights> {
     let st = SafetensorsSet::open_dir(dir)?;
     let layers = (0..config.num_layers)
-        .map(|i| layer(&st, &config, i))
+        .map(|i| layer(&st, &config, i, moe))
         .collect::<Result<Vec<_>>>()?;
     let (v, d) = (config.vocab_size, config.hidden_size);
     // Some tied checkpoints still store lm_head.weight; use it when present.
@@ -371,7 +405,8 @@ pub fn load_hf_dir(dir: &Path) -> Result<HfModel> {
     let cfg = read_json(&cfg_path)?.ok_or_else(|| missing(&cfg_path))?;
     let config = config_from_json(&cfg, &cfg_path)?;
     check_quantization(&cfg, &cfg_path)?;
-    let weights = weights_from_dir(dir, config)?;
+    let moe = crate::hf_moe::moe_spec(&cfg, &cfg_path, &config.architecture, config.num_layers)?;
+    let weights = weights_from_dir(dir, config, moe.as_ref())?;
     let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let gen_cfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
     let tokenizer = crate::hf_tokenizer::tokenizer_from_dir(dir, &tok_cfg, &gen_cfg, &cfg)?;

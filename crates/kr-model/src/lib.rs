@@ -15,6 +15,7 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_model;
 pub mod hf;
+pub mod hf_moe;
 pub mod hf_tokenizer;
 pub mod llama2c;
 pub mod quant;

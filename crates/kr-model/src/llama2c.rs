@@ -228,6 +228,7 @@ pub fn weights_from_llama2c(path: &Path, bytes: &[u8]) -> Result<ModelWeights> {
             w_gate: w1,
             w_up: w3,
             w_down: w2,
+            moe: None,
         });
     }
     Ok(ModelWeights {

@@ -151,6 +151,7 @@ pub fn random_weights_stored(config: &ModelConfig, storage: Storage, seed: u64) 
             w_gate: mat(format!("blk.{i}.ffn_gate"), config.intermediate_size, h),
             w_up: mat(format!("blk.{i}.ffn_up"), config.intermediate_size, h),
             w_down: mat(format!("blk.{i}.ffn_down"), h, config.intermediate_size),
+            moe: None,
         })
         .collect();
     ModelWeights {

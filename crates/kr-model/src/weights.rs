@@ -155,6 +155,58 @@ pub struct LayerWeights {
     pub w_gate: RawTensor,
     pub w_up: RawTensor,
     pub w_down: RawTensor,
+    /// A Mixture-of-Experts block in place of the dense one (whose three matrices are then
+    /// empty: 0 rows).
+    pub moe: Option<MoeWeights>,
+}
+
+/// One expert's feed-forward matrices (`down · (silu(gate · x) ⊙ up · x)`).
+#[derive(Debug, Clone)]
+pub struct ExpertWeights {
+    pub gate: RawTensor,
+    pub up: RawTensor,
+    pub down: RawTensor,
+}
+
+/// A Mixture-of-Experts feed-forward block (Qwen3-MoE, Mixtral): a router scores the experts
+/// for each token, and the token runs through the `top_k` most probable ones, their outputs
+/// weighted by those probabilities.
+#[derive(Debug, Clone)]
+pub struct MoeWeights {
+    /// `[experts, hidden]`: the router's logits.
+    pub router: RawTensor,
+    pub experts: Vec<ExpertWeights>,
+    pub top_k: usize,
+    /// Rescale the chosen probabilities to sum to 1 (Mixtral always; Qwen's
+    /// `norm_topk_prob`); otherwise they are the softmax over all experts.
+    pub norm_topk_prob: bool,
+}
+
+/// The experts of each of `n` tokens and their weights, from the router's logits (row-major
+/// `[n, experts]`): `(token, expert, weight)` triples, `top_k` a token (see
+/// [`MoeWeights::norm_topk_prob`]). Ties go to the lower expert index.
+pub fn route_tokens(
+    logits: &[f32],
+    n: usize,
+    e: usize,
+    top_k: usize,
+    norm_topk_prob: bool,
+) -> Vec<(usize, usize, f32)> {
+    {
+        let mut out = Vec::with_capacity(n * top_k);
+        for (t, row) in logits.chunks_exact(e).take(n).enumerate() {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f32> = row.iter().map(|&l| (l - max).exp()).collect();
+            let total: f32 = exp.iter().sum();
+            let mut order: Vec<usize> = (0..e).collect();
+            order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
+            let chosen = &order[..top_k.min(e)];
+            let kept: f32 = chosen.iter().map(|&i| exp[i]).sum();
+            let denom = if norm_topk_prob { kept } else { total };
+            out.extend(chosen.iter().map(|&i| (t, i, exp[i] / denom)));
+        }
+        out
+    }
 }
 
 /// All weights of a decoder-only model.
@@ -169,7 +221,8 @@ pub struct ModelWeights {
 }
 
 impl LayerWeights {
-    /// The layer's seven matrices: q, k, v, o, gate, up, down.
+    /// The layer's seven matrices: q, k, v, o, gate, up, down (the dense three are empty in a
+    /// Mixture-of-Experts layer; see [`Self::expert_matrices`]).
     pub fn matrices(&self) -> [&RawTensor; 7] {
         [
             &self.wq,
@@ -183,10 +236,22 @@ impl LayerWeights {
     }
 }
 
+impl LayerWeights {
+    /// The router and every expert's matrices of a Mixture-of-Experts layer.
+    pub fn expert_matrices(&self) -> impl Iterator<Item = &RawTensor> {
+        self.moe.iter().flat_map(|m| {
+            std::iter::once(&m.router)
+                .chain(m.experts.iter().flat_map(|x| [&x.gate, &x.up, &x.down]))
+        })
+    }
+}
+
 impl ModelWeights {
-    /// Every layer's matrices, layer after layer.
+    /// Every layer's matrices (experts included), layer after layer.
     pub fn layer_matrices(&self) -> impl Iterator<Item = &RawTensor> {
-        self.layers.iter().flat_map(LayerWeights::matrices)
+        self.layers
+            .iter()
+            .flat_map(|l| l.matrices().into_iter().chain(l.expert_matrices()))
     }
 
     /// Bytes of all weight matrices as stored.
@@ -228,6 +293,20 @@ mod tests {
         let folded = t.with_column_gain(&[0.5, 2.0, -1.0]);
         assert_eq!((folded.rows, folded.cols, folded.ty), (2, 3, GgmlType::F32));
         assert_eq!(folded.to_f32(), vec![0.5, 4.0, -3.0, -2.0, 10.0, 6.0]);
+    }
+
+    #[test]
+    fn routing_picks_the_top_k_and_normalises_when_asked() {
+        // Two tokens, three experts.
+        let logits = [0.0, 2.0, 1.0, 5.0, 5.0, 0.0];
+        let r = route_tokens(&logits, 2, 3, 2, true);
+        let (t0, t1) = (&r[..2], &r[2..]);
+        assert_eq!((t0[0].1, t0[1].1), (1, 2));
+        assert!((t0[0].2 + t0[1].2 - 1.0).abs() < 1e-6);
+        assert_eq!((t1[0].1, t1[1].1), (0, 1), "a tie goes to the lower index");
+        let raw = route_tokens(&logits, 2, 3, 2, false);
+        let total: f32 = [0.0f32, 2.0, 1.0].iter().map(|l| (l - 2.0).exp()).sum();
+        assert!((raw[0].2 - 1.0 / total).abs() < 1e-6);
     }
 
     #[test]

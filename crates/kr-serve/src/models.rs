@@ -69,6 +69,7 @@ fn table(s: &ModelSummary) -> Vec<(&'static str, String)> {
         ),
         ("context", format!("{} tokens", c.max_context)),
         ("attention", attention_words(c)),
+        ("experts", expert_words(s)),
         ("tensor types", types.join(", ")),
         (
             "weights",
@@ -160,4 +161,20 @@ fn attention_words(c: &kr_engine::ModelConfig) -> String {
         "sliding window of {w} tokens on {sliding} of {} layers, full on the rest",
         c.num_layers
     )
+}
+
+/// `8 experts, 2 a token, in 1 of 2 layers; 0.1 M of 0.2 M parameters active`, or `none`.
+fn expert_words(s: &kr_engine::ModelSummary) -> String {
+    match &s.experts {
+        None => "none (dense)".into(),
+        Some(x) => format!(
+            "{} experts, {} a token, in {} of {} layers; {} of {} parameters active",
+            x.experts,
+            x.top_k,
+            x.layers,
+            s.config.num_layers,
+            params(x.active_parameters),
+            params(s.parameters)
+        ),
+    }
 }
