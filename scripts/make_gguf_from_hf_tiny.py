@@ -46,7 +46,7 @@ from conversion.base import ModelType, TextModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 HF_TINY = ROOT / "tests" / "reference" / "hf-tiny"
-NAMES = ["phi3-longrope-f32", "qwen2-yarn-f32", "mistral-window-f32"]
+NAMES = ["phi3-longrope-f32", "qwen2-yarn-f32", "mistral-window-f32", "llama-f32"]
 
 
 def main() -> None:

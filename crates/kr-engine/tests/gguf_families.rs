@@ -10,6 +10,8 @@
 //!   for Qwen2 / Qwen3), so the file matches transformers on the same weights without the
 //!   window (`logits_full`).
 //!
+//! - the tiny Llama with llama3 rope scaling, which the converter stores as `rope_freqs.weight`.
+//!
 //! Tolerance: 1e-4 absolute on every logit of every position, as in hf_families.rs.
 
 mod common;
@@ -125,6 +127,19 @@ fn mistral_gguf_is_llama_without_the_window_as_llama_cpp_writes_it() {
         with_window > 0.5,
         "the window should matter here ({with_window})"
     );
+}
+
+/// Llama 3.1's rope scaling reaches a GGUF file as llama.cpp's `rope_freqs.weight` tensor
+/// (a divisor per dimension pair): applied, the tiny Llama (llama3 scaling, factor 8,
+/// original context 64) matches transformers.
+#[test]
+fn llama_gguf_applies_its_rope_freqs_tensor() {
+    let (model, err) = gguf_error("llama-f32", "logits");
+    assert!(err <= TOLERANCE, "llama.gguf: {err}");
+    assert!(matches!(
+        model.config().attention.rope,
+        RopeExtension::FreqFactors(ref f) if f.len() == 8
+    ));
 }
 
 /// A GGUF v3 file holding only `general.architecture` = `arch`.

@@ -48,6 +48,9 @@ pub enum RopeExtension {
         long_factor: Vec<f32>,
         original_max_position_embeddings: usize,
     },
+    /// A divisor per dimension pair, as llama.cpp's `rope_freqs.weight` tensor stores Llama
+    /// 3.1's scaling in GGUF files.
+    FreqFactors(Vec<f32>),
 }
 
 /// Attention features beyond plain causal attention.
@@ -115,6 +118,11 @@ impl ModelConfig {
                     .map(|(f, r)| (f / *factor as f64 * r + f * (1.0 - r)) as f32)
                     .collect()
             }
+            RopeExtension::FreqFactors(factors) => base
+                .into_iter()
+                .zip(factors)
+                .map(|(f, &e)| (f / e as f64) as f32)
+                .collect(),
             RopeExtension::LongRope {
                 short_factor,
                 long_factor,

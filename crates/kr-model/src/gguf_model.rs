@@ -205,10 +205,10 @@ fn rope_extension(
             let af = attn_factor.unwrap_or_else(|| longrope_attention_factor(scale, orig));
             Ok((ext, Some(af)))
         }
-        None | Some("none") => Ok((RopeExtension::None, attn_factor)),
+        None | Some("none") => Ok((freq_factors(f, head_dim)?, attn_factor)),
         // llama.cpp's default type; a factor of 1 (or none) does not scale.
         Some("linear") if factor.is_none_or(|x| x == 0.0 || x == 1.0) => {
-            Ok((RopeExtension::None, attn_factor))
+            Ok((freq_factors(f, head_dim)?, attn_factor))
         }
         Some(_) => Err(meta_err(
             f,
@@ -216,6 +216,23 @@ fn rope_extension(
             "\"none\", \"yarn\" or \"longrope\" (linear scaling by a factor other than 1 is not supported)",
         )),
     }
+}
+
+/// Llama 3.1's scaling as llama.cpp's converter stores it: `rope_freqs.weight`, a divisor
+/// per dimension pair.
+fn freq_factors(f: &GgufFile, head_dim: usize) -> Result<RopeExtension> {
+    if !f.tensors.contains_key("rope_freqs.weight") {
+        return Ok(RopeExtension::None);
+    }
+    let v = vector(f, "rope_freqs.weight", head_dim / 2)?;
+    if v.iter().any(|&x| !(x > 0.0 && x.is_finite())) {
+        return Err(meta_err(
+            f,
+            "rope_freqs.weight",
+            "positive rope frequency factors",
+        ));
+    }
+    Ok(RopeExtension::FreqFactors(v))
 }
 
 /// `<arch>.attention.sliding_window` (0 or absent: none) and the layers it applies to:
