@@ -129,6 +129,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             rope_attention_factor,
             sliding_window,
             sliding_layers,
+            ..Default::default()
         },
         architecture: arch,
     })

@@ -279,6 +279,7 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
             rope_attention_factor,
             sliding_window,
             sliding_layers,
+            ..Default::default()
         },
     })
 }
