@@ -390,6 +390,8 @@ fn layer(f: &GgufFile, c: &ModelConfig, i: usize) -> Result<LayerWeights> {
         w_up,
         w_down: matrix(f, &n("ffn_down.weight"), d, ff)?,
         moe: None,
+        post_attn_norm: None,
+        post_ffn_norm: None,
     })
 }
 

@@ -343,6 +343,8 @@ fn layer(
         w_up,
         w_down,
         moe,
+        post_attn_norm: None,
+        post_ffn_norm: None,
     })
 }
 

@@ -229,6 +229,8 @@ pub fn weights_from_llama2c(path: &Path, bytes: &[u8]) -> Result<ModelWeights> {
             w_up: w3,
             w_down: w2,
             moe: None,
+            post_attn_norm: None,
+            post_ffn_norm: None,
         });
     }
     Ok(ModelWeights {

@@ -152,6 +152,8 @@ pub fn random_weights_stored(config: &ModelConfig, storage: Storage, seed: u64) 
             w_up: mat(format!("blk.{i}.ffn_up"), config.intermediate_size, h),
             w_down: mat(format!("blk.{i}.ffn_down"), h, config.intermediate_size),
             moe: None,
+            post_attn_norm: None,
+            post_ffn_norm: None,
         })
         .collect();
     ModelWeights {

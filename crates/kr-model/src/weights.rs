@@ -158,6 +158,10 @@ pub struct LayerWeights {
     /// A Mixture-of-Experts block in place of the dense one (whose three matrices are then
     /// empty: 0 rows).
     pub moe: Option<MoeWeights>,
+    /// Gemma's norms of the attention output and of the feed-forward output, applied before
+    /// each is added to the residual stream.
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub post_ffn_norm: Option<Vec<f32>>,
 }
 
 /// One expert's feed-forward matrices (`down · (silu(gate · x) ⊙ up · x)`).
