@@ -60,8 +60,12 @@ pub fn attend_row(q: &[f32], out: &mut [f32], s: &mut Scratch, c: &RowCtx) {
         for (g, h) in heads.enumerate() {
             let sc = &mut s.scores[g * n..(g + 1) * n];
             let mut max = f32::NEG_INFINITY;
+            let cap = l.softcap;
             for v in sc.iter_mut() {
                 *v *= scale;
+                if cap > 0.0 {
+                    *v = cap * (*v / cap).tanh();
+                }
                 max = max.max(*v);
             }
             let mut sum = 0.0;

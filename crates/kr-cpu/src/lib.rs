@@ -391,6 +391,28 @@ impl Backend for CpuBackend {
         Mat::new(rows.len(), x.cols, data)
     }
 
+    fn gelu_mul(&self, gate: &Mat, up: &Mat) -> Mat {
+        let gelu = |x: f32| {
+            let inner = (2.0 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+            0.5 * x * (1.0 + inner.tanh())
+        };
+        let data = gate
+            .data
+            .iter()
+            .zip(&up.data)
+            .map(|(&g, &u)| gelu(g) * u)
+            .collect();
+        Mat::new(gate.rows, gate.cols, data)
+    }
+
+    fn scale_inplace(&self, x: &mut Mat, s: f32) {
+        x.data.iter_mut().for_each(|v| *v *= s);
+    }
+
+    fn softcap_inplace(&self, x: &mut Mat, cap: f32) {
+        x.data.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+    }
+
     fn scatter_add_scaled(&self, x: &mut Mat, rows: &[usize], src: &Mat, scales: &[f32]) {
         for (i, (&r, &s)) in rows.iter().zip(scales).enumerate() {
             let cols = x.cols;

@@ -728,6 +728,19 @@ impl Backend for CudaBackend {
         out
     }
 
+    fn gelu_mul(&self, _: &CudaTensor, _: &CudaTensor) -> CudaTensor {
+        // CudaModel::load refuses the Gemma families, the only users of these three.
+        unreachable!("GeGLU does not run on the CUDA backend")
+    }
+
+    fn scale_inplace(&self, _: &mut CudaTensor, _: f32) {
+        unreachable!("scaled embeddings do not run on the CUDA backend")
+    }
+
+    fn softcap_inplace(&self, _: &mut CudaTensor, _: f32) {
+        unreachable!("soft-capping does not run on the CUDA backend")
+    }
+
     fn scatter_add_scaled(&self, _: &mut CudaTensor, _: &[usize], _: &CudaTensor, _: &[f32]) {
         // CudaModel::load refuses models with Mixture-of-Experts layers, the only users.
         unreachable!("Mixture-of-Experts layers do not run on the CUDA backend")

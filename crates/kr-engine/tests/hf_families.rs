@@ -8,7 +8,10 @@
 //! - a sliding window on every layer (Mistral, window 6) and on one layer of two (Qwen3,
 //!   `max_window_layers`), where the window changes the logits by several units;
 //! - Mixture-of-Experts: Qwen3-MoE (8 experts, top 2, probabilities not renormalised, one
-//!   dense layer) and Mixtral (4 experts, top 2, renormalised).
+//!   dense layer) and Mixtral (4 experts, top 2, renormalised);
+//! - Gemma 2 (GeGLU, `(1 + w)` norms, post-norms, scaled embeddings, query scale, attention
+//!   and final soft-capping, a window on every other layer) and Gemma 3 (q/k norms, a local
+//!   RoPE base on sliding layers, linear scaling on global ones).
 //!
 //! Tolerance: 1e-4 absolute on every logit of every position (f32 both sides, logits
 //! O(1..10); only the summation order differs).
@@ -88,4 +91,50 @@ fn mixtral_matches_transformers() {
         .layers
         .iter()
         .all(|l| l.moe.as_ref().is_some_and(|m| m.norm_topk_prob)));
+}
+
+#[test]
+fn gemma2_matches_transformers() {
+    check_window("gemma2-f32", 6);
+    let model = kr_engine::load_model(&common::hf_tiny_dir("gemma2-f32")).unwrap();
+    let a = &model.config().attention;
+    assert_eq!(
+        (a.attn_logit_softcap, a.final_logit_softcap),
+        (Some(5.0), Some(3.0))
+    );
+    assert_eq!((a.query_scale, a.gelu_ffn), (Some(24.0), true));
+    let c = model.config();
+    assert_eq!(
+        (c.window_of_layer(0), c.window_of_layer(1)),
+        (Some(6), None)
+    );
+}
+
+#[test]
+fn gemma3_matches_transformers() {
+    check_window("gemma3-f32", 6);
+    let model = kr_engine::load_model(&common::hf_tiny_dir("gemma3-f32")).unwrap();
+    let c = model.config();
+    assert_eq!(c.attention.local_rope_theta, Some(10_000.0));
+    assert_eq!(c.rope_theta, 1_000_000.0);
+    assert_eq!(c.attention.rope, kr_engine::RopeExtension::Linear(8.0));
+}
+
+/// The text part of a multimodal Gemma 3 checkpoint (`Gemma3ForConditionalGeneration`:
+/// `text_config`, weights under `language_model.model.`) runs as Gemma 3 text: its language
+/// model holds gemma3-f32's weights, so its logits are gemma3-f32's reference.
+#[test]
+fn gemma3_multimodal_checkpoint_runs_its_text_part() {
+    let model = kr_engine::load_model(&common::hf_tiny_dir("gemma3-mm-f32")).unwrap();
+    assert_eq!(model.config().architecture, "gemma3");
+    let r = common::hf_tiny_reference("gemma3-f32");
+    let ids: Vec<u32> = r["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let ours = common::logits_at(&model, &ids, &(0..ids.len()).collect::<Vec<_>>());
+    let err = common::max_abs_diff(&ours, &r["logits"]);
+    assert!(err <= TOLERANCE, "gemma3-mm: {err}");
 }

@@ -20,6 +20,8 @@ pub struct KvLayout {
     pub attn_scale: f32,
     /// Keys a query sees on sliding layers (itself included); 0: no window.
     pub sliding_window: usize,
+    /// `cap · tanh(score / cap)` on scaled attention logits (Gemma 2); 0: none.
+    pub softcap: f32,
     /// Bit `i` set: layer `i` slides (at most 128 layers may; see [`KvLayout::for_model`]).
     pub sliding_layers: u128,
 }
@@ -38,6 +40,7 @@ impl KvLayout {
             num_kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
             attn_scale: c.attention_scale(),
+            softcap: c.attention.attn_logit_softcap.unwrap_or(0.0),
             sliding_window: c.attention.sliding_window.unwrap_or(0),
             sliding_layers,
         }
@@ -58,6 +61,7 @@ impl KvLayout {
             num_kv_heads,
             head_dim,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap: 0.0,
             sliding_window: 0,
             sliding_layers: 0,
         }
@@ -275,6 +279,12 @@ pub trait Backend: Send {
     }
     /// `silu(gate) * up`, elementwise.
     fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// `gelu(gate) * up` with GELU's tanh approximation, elementwise (Gemma's GeGLU).
+    fn gelu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// `x *= s`, elementwise (Gemma's scaled embeddings).
+    fn scale_inplace(&self, x: &mut Self::Tensor, s: f32);
+    /// `x = cap · tanh(x / cap)`, elementwise (Gemma's soft-capped logits).
+    fn softcap_inplace(&self, x: &mut Self::Tensor, cap: f32);
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Self::Tensor;
     /// `x[rows[i]] += scales[i] · src[i]` for every row `i` of `src` (the weighted output of a
     /// Mixture-of-Experts expert added back to its tokens' rows).

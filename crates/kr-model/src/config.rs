@@ -51,9 +51,12 @@ pub enum RopeExtension {
     /// A divisor per dimension pair, as llama.cpp's `rope_freqs.weight` tensor stores Llama
     /// 3.1's scaling in GGUF files.
     FreqFactors(Vec<f32>),
+    /// Every frequency divided by the factor (`rope_type: linear`, Gemma 3's global layers).
+    Linear(f32),
 }
 
-/// Attention features beyond plain causal attention.
+/// What a family does beyond the Llama block: RoPE extensions, sliding windows, and Gemma's
+/// scaled embeddings, query scale, soft-capping, GeGLU and per-layer-type RoPE base.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AttentionExt {
     pub rope: RopeExtension,
@@ -64,6 +67,18 @@ pub struct AttentionExt {
     pub sliding_window: Option<usize>,
     /// Which layers slide when a window is set; empty: all of them.
     pub sliding_layers: Vec<bool>,
+    /// Embeddings multiplied by this (Gemma: `sqrt(hidden_size)`).
+    pub embed_scale: Option<f32>,
+    /// Attention logits scale by `query_scale^-1/2` instead of `head_dim^-1/2` (Gemma's
+    /// `query_pre_attn_scalar`).
+    pub query_scale: Option<f32>,
+    /// `cap · tanh(x / cap)` on attention logits (Gemma 2) and on the output logits.
+    pub attn_logit_softcap: Option<f32>,
+    pub final_logit_softcap: Option<f32>,
+    /// The feed-forward gate is GELU (tanh approximation) instead of SiLU (Gemma).
+    pub gelu_ffn: bool,
+    /// Sliding-window layers rotate with this base and no scaling (Gemma 3's local layers).
+    pub local_rope_theta: Option<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -118,6 +133,10 @@ impl ModelConfig {
                     .map(|(f, r)| (f / *factor as f64 * r + f * (1.0 - r)) as f32)
                     .collect()
             }
+            RopeExtension::Linear(factor) => base
+                .into_iter()
+                .map(|f| (f / *factor as f64) as f32)
+                .collect(),
             RopeExtension::FreqFactors(factors) => base
                 .into_iter()
                 .zip(factors)
@@ -144,7 +163,19 @@ impl ModelConfig {
     /// attention factor (YaRN, LongRoPE multiply both cos and sin by it).
     pub fn attention_scale(&self) -> f32 {
         let af = self.attention.rope_attention_factor.unwrap_or(1.0);
-        af * af / (self.head_dim as f32).sqrt()
+        let d = self.attention.query_scale.unwrap_or(self.head_dim as f32);
+        af * af / d.sqrt()
+    }
+
+    /// The configuration sliding-window layers rotate with: Gemma 3's local base without
+    /// scaling, or this one.
+    pub fn local_rope_config(&self) -> Option<ModelConfig> {
+        let theta = self.attention.local_rope_theta?;
+        let mut local = self.clone();
+        local.rope_theta = theta;
+        local.rope_scaling = None;
+        local.attention.rope = RopeExtension::None;
+        Some(local)
     }
 
     /// The sliding window of layer `layer`, if it has one.

@@ -25,6 +25,8 @@ struct Layer<B: Backend> {
     w_up: B::Weight,
     w_down: B::Weight,
     moe: Option<Moe<B>>,
+    post_attn_norm: Option<B::Vector>,
+    post_ffn_norm: Option<B::Vector>,
 }
 
 /// A Mixture-of-Experts block on the backend: the router and each expert's gate, up, down.
@@ -40,6 +42,8 @@ pub struct Decoder<B: Backend> {
     pub config: ModelConfig,
     backend: B,
     rope: Rope,
+    /// The rotation of sliding-window layers when it differs (Gemma 3's local layers).
+    local_rope: Option<Rope>,
     embedding: B::Weight,
     layers: Vec<Layer<B>>,
     final_norm: B::Vector,
@@ -53,6 +57,7 @@ impl<B: Backend> Decoder<B> {
         Self {
             config: w.config.clone(),
             rope: Rope::from_config(&w.config),
+            local_rope: w.config.local_rope_config().map(|c| Rope::from_config(&c)),
             embedding: backend.load_weight(&w.embedding),
             final_norm: backend.load_vector(&w.final_norm),
             lm_head: w.lm_head.as_ref().map(|t| backend.load_weight(t)),
@@ -114,18 +119,48 @@ impl<B: Backend> Decoder<B> {
         let (be, eps) = (&self.backend, self.config.rms_norm_eps);
         // `x` is the residual stream: each output projection adds into it (`linear_add`).
         let mut x = be.embed(&self.embedding, ids);
+        if let Some(s) = self.config.attention.embed_scale {
+            be.scale_inplace(&mut x, s);
+        }
         for (i, l) in self.layers.iter().enumerate() {
             let ctx = self.attention(l, &x, meta, i, cache);
-            be.linear_add(&mut x, &ctx, &l.wo);
+            self.project_add(&mut x, &ctx, &l.wo, l.post_attn_norm.as_ref());
             match &l.moe {
+                Some(moe) => self.experts_add(&mut x, &l.ffn_norm, moe, ids.len()),
+                None if self.config.attention.gelu_ffn => {
+                    let h = be.rms_norm(&x, &l.ffn_norm, eps);
+                    let act = be.gelu_mul(
+                        &be.linear(&h, &l.w_gate, None),
+                        &be.linear(&h, &l.w_up, None),
+                    );
+                    self.project_add(&mut x, &act, &l.w_down, l.post_ffn_norm.as_ref());
+                }
                 None => {
                     let act = be.rms_norm_gate_up(&x, &l.ffn_norm, eps, &l.w_gate, &l.w_up);
-                    be.linear_add(&mut x, &act, &l.w_down);
+                    self.project_add(&mut x, &act, &l.w_down, l.post_ffn_norm.as_ref());
                 }
-                Some(moe) => self.experts_add(&mut x, &l.ffn_norm, moe, ids.len()),
             }
         }
         x
+    }
+
+    /// `x += a · Wᵀ`, through `post_norm` first when the family norms a block's output
+    /// (Gemma) before it joins the residual stream.
+    fn project_add(
+        &self,
+        x: &mut B::Tensor,
+        a: &B::Tensor,
+        w: &B::Weight,
+        post_norm: Option<&B::Vector>,
+    ) {
+        let be = &self.backend;
+        match post_norm {
+            None => be.linear_add(x, a, w),
+            Some(norm) => {
+                let out = be.rms_norm(&be.linear(a, w, None), norm, self.config.rms_norm_eps);
+                be.add_inplace(x, &out);
+            }
+        }
     }
 
     /// A Mixture-of-Experts block over the `n` rows of `x`, added into it: each token's
@@ -169,7 +204,11 @@ impl<B: Backend> Decoder<B> {
     fn logits(&self, x: &B::Tensor, rows: &[usize], n: usize) -> Option<B::Tensor> {
         let h = self.final_rows(x, rows, n)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        Some(self.backend.linear(&h, head, None))
+        let mut logits = self.backend.linear(&h, head, None);
+        if let Some(cap) = self.config.attention.final_logit_softcap {
+            self.backend.softcap_inplace(&mut logits, cap);
+        }
+        Some(logits)
     }
 
     /// Layer `layer`'s attention norm, q/k/v projections, RoPE and attention over the cache:
@@ -194,7 +233,10 @@ impl<B: Backend> Decoder<B> {
             be.head_rms_norm(&mut q, qn, c.head_dim, c.rms_norm_eps);
             be.head_rms_norm(&mut k, kn, c.head_dim, c.rms_norm_eps);
         }
-        let rope = &self.rope;
+        let rope = match (&self.local_rope, c.window_of_layer(layer)) {
+            (Some(local), Some(_)) => local,
+            _ => &self.rope,
+        };
         be.rope_attention(&mut q, &mut k, &v, rope, meta, layer, cache, c.num_heads)
     }
 }
@@ -241,6 +283,8 @@ fn load_layer<B: Backend>(backend: &B, l: &LayerWeights) -> Layer<B> {
         w_up,
         w_down: backend.load_weight(&l.w_down),
         moe,
+        post_attn_norm: vec(&l.post_attn_norm),
+        post_ffn_norm: vec(&l.post_ffn_norm),
     }
 }
 

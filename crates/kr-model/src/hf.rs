@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
                          Qwen3ForCausalLM, Phi3ForCausalLM, Qwen3MoeForCausalLM, \
-                         MixtralForCausalLM (Hugging Face directories)";
+                         MixtralForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, \
+                         Gemma3ForConditionalGeneration (text) (Hugging Face directories)";
 
 /// A loaded Hugging Face directory.
 pub struct HfModel {
@@ -125,6 +126,14 @@ fn rope_extension(
     let given = rs["attention_factor"].as_f64().map(|v| v as f32);
     match rope_type(rs) {
         None | Some("default") | Some("llama3") => Ok((RopeExtension::None, None)),
+        Some("linear") => match rs["factor"].as_f64() {
+            Some(f) if f > 0.0 => Ok((RopeExtension::Linear(f as f32), None)),
+            _ => Err(field_err(
+                path,
+                "rope_scaling.factor",
+                "a positive number (linear rope)",
+            )),
+        },
         Some("yarn") => {
             let orig = orig()?;
             let factor = match rs["factor"].as_f64() {
@@ -178,7 +187,7 @@ fn rope_extension(
         Some(_) => Err(field_err(
             path,
             "rope_scaling.rope_type",
-            "\"default\", \"llama3\", \"yarn\" or \"longrope\"",
+            "\"default\", \"linear\", \"llama3\", \"yarn\" or \"longrope\"",
         )),
     }
 }
@@ -218,6 +227,7 @@ fn sliding_window(cfg: &Value, path: &Path, layers: usize) -> Result<(Option<usi
 
 /// The decoder configuration from `config.json`.
 pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
+    let cfg = &crate::hf_gemma::normalize(cfg);
     let arch = cfg["architectures"][0]
         .as_str()
         .ok_or_else(|| field_err(path, "architectures", "a list of class names"))?;
@@ -229,6 +239,8 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         "Phi3ForCausalLM" => "phi3",
         "Qwen3MoeForCausalLM" => "qwen3moe",
         "MixtralForCausalLM" => "mixtral",
+        "Gemma2ForCausalLM" => "gemma2",
+        "Gemma3ForCausalLM" => "gemma3",
         _ => {
             return Err(ModelError::Architecture {
                 path: path.to_path_buf(),
@@ -254,7 +266,16 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
     let num_layers = usize_field(cfg, path, "num_hidden_layers")?;
     let max_context = cfg["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
     let (rope, rope_attention_factor) = rope_extension(cfg, path, max_context)?;
-    let (sliding_window, sliding_layers) = sliding_window(cfg, path, num_layers)?;
+    let (sliding_window, mut sliding_layers) = sliding_window(cfg, path, num_layers)?;
+    let gemma = crate::hf_gemma::is_gemma(family);
+    let mut attention = AttentionExt::default();
+    if gemma {
+        let pattern;
+        (attention, pattern) = crate::hf_gemma::features(cfg, family, hidden, num_layers);
+        if cfg["layer_types"].is_null() {
+            sliding_layers = pattern;
+        }
+    }
     Ok(ModelConfig {
         architecture: family.to_string(),
         vocab_size: usize_field(cfg, path, "vocab_size")?,
@@ -273,13 +294,13 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         rope_scaling: rope_scaling(cfg, path)?,
         rms_norm_eps: cfg["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
         max_context,
-        tie_embeddings: cfg["tie_word_embeddings"].as_bool().unwrap_or(false),
+        tie_embeddings: cfg["tie_word_embeddings"].as_bool().unwrap_or(gemma),
         attention: AttentionExt {
             rope,
             rope_attention_factor,
             sliding_window,
             sliding_layers,
-            ..Default::default()
+            ..attention
         },
     })
 }
@@ -287,10 +308,10 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
 fn layer(
     st: &SafetensorsSet,
     c: &ModelConfig,
-    i: usize,
+    (prefix, i): (&str, usize),
     moe: Option<&MoeSpec>,
 ) -> Result<LayerWeights> {
-    let n = |s: &str| format!("model.layers.{i}.{s}");
+    let n = |s: &str| format!("{prefix}.layers.{i}.{s}");
     let (d, q, kv, ff, hd) = (
         c.hidden_size,
         c.num_heads * c.head_dim,
@@ -299,6 +320,13 @@ fn layer(
         c.head_dim,
     );
     let attn_norm = st.vector(&n("input_layernorm.weight"), d)?;
+    // Gemma norms each block's output too: its `post_attention_layernorm` is the attention
+    // output's norm, and the feed-forward reads `pre_feedforward_layernorm`.
+    let post_norms = st.contains(&n("pre_feedforward_layernorm.weight"));
+    let ffn_norm_name = match post_norms {
+        true => "pre_feedforward_layernorm.weight",
+        false => "post_attention_layernorm.weight",
+    };
     let [wq, wk, wv] = match st.contains(&n("self_attn.qkv_proj.weight")) {
         true => {
             let qkv = st.matrix(&n("self_attn.qkv_proj.weight"), q + 2 * kv, d)?;
@@ -338,13 +366,19 @@ fn layer(
         v_bias: st.optional_vector(&n("self_attn.v_proj.bias"), kv)?,
         q_norm: st.optional_vector(&n("self_attn.q_norm.weight"), hd)?,
         k_norm: st.optional_vector(&n("self_attn.k_norm.weight"), hd)?,
-        ffn_norm: st.vector(&n("post_attention_layernorm.weight"), d)?,
+        ffn_norm: st.vector(&n(ffn_norm_name), d)?,
         w_gate,
         w_up,
         w_down,
         moe,
-        post_attn_norm: None,
-        post_ffn_norm: None,
+        post_attn_norm: match post_norms {
+            true => Some(st.vector(&n("post_attention_layernorm.weight"), d)?),
+            false => None,
+        },
+        post_ffn_norm: match post_norms {
+            true => Some(st.vector(&n("post_feedforward_layernorm.weight"), d)?),
+            false => None,
+        },
     })
 }
 
@@ -378,8 +412,13 @@ pub fn weights_from_dir(
     moe: Option<&MoeSpec>,
 ) -> Result<ModelWeights> {
     let st = SafetensorsSet::open_dir(dir)?;
+    // Multimodal checkpoints keep the language model under a prefix of their own.
+    let prefix = ["model.language_model", "language_model.model"]
+        .into_iter()
+        .find(|p| st.contains(&format!("{p}.embed_tokens.weight")))
+        .unwrap_or("model");
     let layers = (0..config.num_layers)
-        .map(|i| layer(&st, &config, i, moe))
+        .map(|i| layer(&st, &config, (prefix, i), moe))
         .collect::<Result<Vec<_>>>()?;
     let (v, d) = (config.vocab_size, config.hidden_size);
     // Some tied checkpoints still store lm_head.weight; use it when present.
@@ -393,13 +432,18 @@ pub fn weights_from_dir(
             tensor: "lm_head.weight (tie_word_embeddings is false)".into(),
         });
     };
-    Ok(ModelWeights {
-        embedding: st.matrix("model.embed_tokens.weight", v, d)?,
-        final_norm: st.vector("model.norm.weight", d)?,
+    let gemma = crate::hf_gemma::is_gemma(&config.architecture);
+    let mut weights = ModelWeights {
+        embedding: st.matrix(&format!("{prefix}.embed_tokens.weight"), v, d)?,
+        final_norm: st.vector(&format!("{prefix}.norm.weight"), d)?,
         layers,
         lm_head,
         config,
-    })
+    };
+    if gemma {
+        crate::hf_gemma::shift_norm_gains(&mut weights);
+    }
+    Ok(weights)
 }
 
 /// Loads config, weights, tokenizer and chat template of a Hugging Face directory.

@@ -141,6 +141,7 @@ fn rope_scaling_words(c: &kr_engine::ModelConfig) -> String {
             original_max_position_embeddings: o,
             ..
         } => out.push_str(&format!(", YaRN ×{factor} from {o}")),
+        RopeExtension::Linear(f) => out.push_str(&format!(", linear ×{f}")),
         RopeExtension::FreqFactors(_) => out.push_str(", frequency factors (rope_freqs)"),
         RopeExtension::LongRope {
             original_max_position_embeddings: o,
