@@ -13,7 +13,18 @@ llama.cpp's), as f32:
   config sets none of extrapolation_factor / attention_factor / beta_fast / beta_slow);
 - mistral-window-f32.gguf: MistralForCausalLM becomes arch `llama` with Q/K permuted for
   interleaved rotation, and llama.cpp's converter writes no sliding window for it (nor for
-  Qwen2 / Qwen3): this file holds the weights of mistral-window-f32 without its window.
+  Qwen2 / Qwen3): this file holds the weights of mistral-window-f32 without its window;
+- llama-f32.gguf: Llama 3.1 rope scaling as `rope_freqs.weight`;
+- Mixture-of-Experts: the router `blk.N.ffn_gate_inp.weight` and the experts stacked into
+  `blk.N.ffn_gate_exps` / `ffn_up_exps` / `ffn_down_exps.weight` (GGUF dims [cols, rows,
+  experts]), `<arch>.expert_count`, `<arch>.expert_used_count`:
+  - mixtral-f32.gguf: MixtralForCausalLM becomes arch `llama` with experts (Q/K permuted);
+  - qwen3moe-norm-f32.gguf: arch `qwen3moe`, with `qwen3moe.expert_feed_forward_length`.
+    The converter cannot write qwen3moe-f32 (its dense layer 1, mlp_only_layers: "Can not
+    map tensor 'model.layers.1.mlp.down_proj.weight'"; llama.cpp's qwen3moe also wants
+    experts on every layer), and llama.cpp's qwen3moe always renormalises the chosen
+    experts' probabilities (no key says otherwise), so qwen3moe-norm-f32 is the tiny
+    Qwen3-MoE with every layer sparse and norm_topk_prob true.
 
 Written beside the HF directories: tests/reference/hf-tiny/<name>-f32.gguf.
 
@@ -46,7 +57,10 @@ from conversion.base import ModelType, TextModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 HF_TINY = ROOT / "tests" / "reference" / "hf-tiny"
-NAMES = ["phi3-longrope-f32", "qwen2-yarn-f32", "mistral-window-f32", "llama-f32"]
+NAMES = [
+    "phi3-longrope-f32", "qwen2-yarn-f32", "mistral-window-f32", "llama-f32", "mixtral-f32",
+    "qwen3moe-norm-f32",
+]
 
 
 def main() -> None:

@@ -180,8 +180,10 @@ fn inspect_gguf(path: &Path) -> Result<ModelSummary> {
         Err(e) => s.problems.push(e.to_string()),
     }
     s.chat_template = f.get("tokenizer.chat_template").is_some();
-    if let Err(e) = kr_model::gguf_model::weights_from_gguf(&f) {
-        s.problems.push(e.to_string());
+    // The matrices borrow the map: this reads the norms and checks every shape.
+    match kr_model::gguf_model::weights_from_gguf(&f) {
+        Ok(w) => s.experts = expert_summary(&w, parameters),
+        Err(e) => s.problems.push(e.to_string()),
     }
     Ok(s)
 }

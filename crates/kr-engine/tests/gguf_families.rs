@@ -10,7 +10,13 @@
 //!   for Qwen2 / Qwen3), so the file matches transformers on the same weights without the
 //!   window (`logits_full`).
 //!
-//! - the tiny Llama with llama3 rope scaling, which the converter stores as `rope_freqs.weight`.
+//! - the tiny Llama with llama3 rope scaling, which the converter stores as `rope_freqs.weight`;
+//! - Mixture-of-Experts: MixtralForCausalLM, which the converter writes as `llama` with
+//!   `llama.expert_count`, and Qwen3-MoE (`qwen3moe`): the router `ffn_gate_inp` and each
+//!   layer's experts stacked into `ffn_{gate,up,down}_exps`. The converter cannot write
+//!   qwen3moe-f32 (its dense layer 1), and llama.cpp always renormalises qwen3moe's chosen
+//!   experts, so the Qwen3-MoE file is of qwen3moe-norm-f32 (every layer sparse,
+//!   norm_topk_prob true).
 //!
 //! Tolerance: 1e-4 absolute on every logit of every position, as in hf_families.rs.
 
@@ -29,6 +35,13 @@ fn gguf_path(name: &str) -> PathBuf {
 fn gguf_error(name: &str, key: &str) -> (kr_engine::LoadedModel, f32) {
     let model =
         kr_engine::load_model(&gguf_path(name)).unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
+    let worst = logit_error(&model, name, key);
+    println!("{name}.gguf vs {key}: max |logit error| = {worst:.2e}");
+    (model, worst)
+}
+
+/// `model`'s largest logit error against `name`'s reference `key` table.
+fn logit_error(model: &kr_engine::LoadedModel, name: &str, key: &str) -> f32 {
     let r = common::hf_tiny_reference(name);
     let ids: Vec<u32> = r["input_ids"]
         .as_array()
@@ -36,10 +49,8 @@ fn gguf_error(name: &str, key: &str) -> (kr_engine::LoadedModel, f32) {
         .iter()
         .map(|v| v.as_u64().expect("a token id") as u32)
         .collect();
-    let ours = common::logits_at(&model, &ids, &(0..ids.len()).collect::<Vec<_>>());
-    let worst = common::max_abs_diff(&ours, &r[key]);
-    println!("{name}.gguf vs {key}: max |logit error| = {worst:.2e}");
-    (model, worst)
+    let ours = common::logits_at(model, &ids, &(0..ids.len()).collect::<Vec<_>>());
+    common::max_abs_diff(&ours, &r[key])
 }
 
 /// The GGUF's configuration equals the Hugging Face directory's, but for the fields that
@@ -49,6 +60,10 @@ fn same_as_hf(name: &str, gguf: &kr_engine::LoadedModel) {
     let hf = kr_engine::load_model(&common::hf_tiny_dir(name)).unwrap();
     let mut hf_config = hf.config().clone();
     hf_config.rope_style = gguf.config().rope_style;
+    if hf_config.architecture == "mixtral" {
+        // llama.cpp has no Mixtral architecture: llama with experts.
+        hf_config.architecture = "llama".into();
+    }
     assert_eq!(
         &hf_config,
         gguf.config(),
@@ -142,6 +157,92 @@ fn llama_gguf_applies_its_rope_freqs_tensor() {
     ));
 }
 
+/// Every layer of `gguf` holds `(experts, top_k, renormalised)` experts, and each expert's
+/// matrices are the Hugging Face directory's, value for value.
+fn same_experts(name: &str, gguf: &kr_engine::LoadedModel, expected: (usize, usize, bool)) {
+    let hf = kr_engine::load_model(&common::hf_tiny_dir(name)).unwrap();
+    for (i, (a, b)) in hf
+        .weights
+        .layers
+        .iter()
+        .zip(&gguf.weights.layers)
+        .enumerate()
+    {
+        let (a, b) = (a.moe.as_ref().unwrap(), b.moe.as_ref().expect("experts"));
+        assert_eq!(
+            (b.experts.len(), b.top_k, b.norm_topk_prob),
+            expected,
+            "{name} layer {i}"
+        );
+        assert_eq!(
+            a.router.to_f32(),
+            b.router.to_f32(),
+            "{name} layer {i} router"
+        );
+        for (x, (ea, eb)) in a.experts.iter().zip(&b.experts).enumerate() {
+            for (ta, tb) in [(&ea.gate, &eb.gate), (&ea.up, &eb.up), (&ea.down, &eb.down)] {
+                assert_eq!((ta.rows, ta.cols), (tb.rows, tb.cols), "{}", tb.name);
+                assert_eq!(
+                    ta.to_f32(),
+                    tb.to_f32(),
+                    "{name} layer {i} expert {x}: {}",
+                    tb.name
+                );
+            }
+        }
+    }
+}
+
+/// Mixtral as llama.cpp writes it: arch `llama` with 4 experts of feed_forward_length rows,
+/// 2 a token, renormalised.
+#[test]
+fn mixtral_gguf_is_llama_with_experts_and_matches_transformers() {
+    let (model, err) = gguf_error("mixtral-f32", "logits");
+    assert!(err <= TOLERANCE, "mixtral.gguf: {err}");
+    assert_eq!(model.config().architecture, "llama");
+    same_experts("mixtral-f32", &model, (4, 2, true));
+    same_as_hf("mixtral-f32", &model);
+}
+
+/// Qwen3-MoE as llama.cpp writes it: 8 experts of `expert_feed_forward_length` (32) rows, 2 a
+/// token, renormalised as llama.cpp does for qwen3moe (no key says so).
+#[test]
+fn qwen3moe_gguf_matches_transformers() {
+    assert!(common::hf_tiny_error("qwen3moe-norm-f32", "logits") <= TOLERANCE);
+    let (mut model, err) = gguf_error("qwen3moe-norm-f32", "logits");
+    assert!(err <= TOLERANCE, "qwen3moe-norm.gguf: {err}");
+    assert_eq!(model.config().architecture, "qwen3moe");
+    assert_eq!(
+        model.weights.layers[0].moe.as_ref().unwrap().experts[0]
+            .gate
+            .rows,
+        32
+    );
+    same_experts("qwen3moe-norm-f32", &model, (8, 2, true));
+    same_as_hf("qwen3moe-norm-f32", &model);
+    // Renormalising matters here: without it the logits are far off.
+    for l in &mut model.weights.layers {
+        l.moe.as_mut().unwrap().norm_topk_prob = false;
+    }
+    let raw = logit_error(&model, "qwen3moe-norm-f32", "logits");
+    println!("qwen3moe-norm-f32.gguf not renormalised: max |logit error| = {raw:.2e}");
+    assert!(raw > 0.05, "renormalising should matter here ({raw})");
+}
+
+/// `models inspect` reads a GGUF file's experts: every layer, and the parameters of the 6
+/// (Qwen3-MoE) or 2 (Mixtral) experts a token skips on each left out of the active count.
+#[test]
+fn inspect_counts_a_gguf_files_experts() {
+    for (name, experts, ff) in [("qwen3moe-norm-f32", 8, 32), ("mixtral-f32", 4, 128)] {
+        let s = kr_engine::inspect_model(&gguf_path(name)).unwrap();
+        assert!(s.problems.is_empty(), "{name}: {:?}", s.problems);
+        let x = s.experts.as_ref().expect("experts");
+        assert_eq!((x.layers, x.experts, x.top_k), (2, experts, 2), "{name}");
+        let skipped = 2 * (experts as u64 - 2) * 3 * ff * 64;
+        assert_eq!(x.active_parameters, s.parameters - skipped, "{name}");
+    }
+}
+
 /// A GGUF v3 file holding only `general.architecture` = `arch`.
 fn gguf_of_arch(arch: &str) -> Vec<u8> {
     let string = |b: &mut Vec<u8>, s: &str| {
@@ -168,5 +269,8 @@ fn an_unsupported_gguf_architecture_is_named_with_the_supported_ones() {
         .to_string();
     let _ = std::fs::remove_file(&path);
     assert!(e.contains("'gemma2'"), "{e}");
-    assert!(e.contains("llama, qwen2, qwen3, phi3 (GGUF)"), "{e}");
+    assert!(
+        e.contains("llama (Mixtral included), qwen2, qwen3, qwen3moe, phi3 (GGUF)"),
+        "{e}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Builds a [`ModelConfig`] and [`ModelWeights`] from an open GGUF file (llama, qwen2,
-//! qwen3, phi3 architectures as llama.cpp's converter writes them), checking every tensor's
-//! presence and shape.
+//! qwen3, qwen3moe, phi3 architectures as llama.cpp's converter writes them; llama with
+//! experts is Mixtral), checking every tensor's presence and shape. Mixture-of-Experts
+//! layers are read by [`crate::gguf_moe`].
 //!
 //! Beyond the plain keys, this reads what llama.cpp's converter writes for context extension
 //! and windows:
@@ -26,11 +27,12 @@ use crate::config::{
 };
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, TensorInfo, Value};
+use crate::gguf_moe::MoeSpec;
 use crate::weights::{LayerWeights, ModelWeights, RawTensor, TensorBytes};
 
-const SUPPORTED: &str = "llama, qwen2, qwen3, phi3 (GGUF)";
+const SUPPORTED: &str = "llama (Mixtral included), qwen2, qwen3, qwen3moe, phi3 (GGUF)";
 
-fn meta_err(f: &GgufFile, key: &str, expected: &'static str) -> ModelError {
+pub(crate) fn meta_err(f: &GgufFile, key: &str, expected: &'static str) -> ModelError {
     ModelError::Metadata {
         path: f.path.clone(),
         key: key.to_string(),
@@ -39,7 +41,7 @@ fn meta_err(f: &GgufFile, key: &str, expected: &'static str) -> ModelError {
 }
 
 /// An optional number; present with another type is an error.
-fn opt_f64(f: &GgufFile, key: &str) -> Result<Option<f64>> {
+pub(crate) fn opt_f64(f: &GgufFile, key: &str) -> Result<Option<f64>> {
     match f.get(key) {
         None => Ok(None),
         Some(v) => v
@@ -50,7 +52,7 @@ fn opt_f64(f: &GgufFile, key: &str) -> Result<Option<f64>> {
 }
 
 /// An optional non-negative integer; present with another type is an error.
-fn opt_usize(f: &GgufFile, key: &str) -> Result<Option<usize>> {
+pub(crate) fn opt_usize(f: &GgufFile, key: &str) -> Result<Option<usize>> {
     match f.get(key) {
         None => Ok(None),
         Some(v) => v
@@ -67,7 +69,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         // The llama converter permutes Q/K for interleaved rotation; qwen and phi3 files are
         // not permuted (llama.cpp rotates them NEOX style).
         "llama" => RopeStyle::Interleaved,
-        "qwen2" | "qwen3" | "phi3" => RopeStyle::HalfSplit,
+        "qwen2" | "qwen3" | "qwen3moe" | "phi3" => RopeStyle::HalfSplit,
         _ => {
             return Err(ModelError::Architecture {
                 path: f.path.clone(),
@@ -277,7 +279,7 @@ fn sliding_window(f: &GgufFile, arch: &str, layers: usize) -> Result<(Option<usi
     Ok((Some(window), sliding))
 }
 
-fn matrix(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<RawTensor> {
+pub(crate) fn matrix(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<RawTensor> {
     let info = f.tensor(name)?;
     check_shape(f, info, &[cols, rows])?;
     Ok(RawTensor {
@@ -293,7 +295,7 @@ fn matrix(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<RawTenso
     })
 }
 
-fn check_shape(f: &GgufFile, info: &TensorInfo, expected: &[usize]) -> Result<()> {
+pub(crate) fn check_shape(f: &GgufFile, info: &TensorInfo, expected: &[usize]) -> Result<()> {
     if info.dims != expected {
         return Err(ModelError::Shape {
             path: f.path.clone(),
@@ -332,7 +334,7 @@ fn optional_vector(f: &GgufFile, name: &str, len: usize) -> Result<Option<Vec<f3
     }
 }
 
-fn layer(f: &GgufFile, c: &ModelConfig, i: usize) -> Result<LayerWeights> {
+fn layer(f: &GgufFile, c: &ModelConfig, moe: Option<&MoeSpec>, i: usize) -> Result<LayerWeights> {
     let n = |s: &str| format!("blk.{i}.{s}");
     let (d, q, kv, ff) = (
         c.hidden_size,
@@ -361,17 +363,23 @@ fn layer(f: &GgufFile, c: &ModelConfig, i: usize) -> Result<LayerWeights> {
             optional_vector(f, &n("attn_v.bias"), kv)?,
         ],
     };
-    // Without ffn_gate, ffn_up holds gate then up (llama.cpp's phi3 layout).
-    let [w_gate, w_up] = match f.tensors.contains_key(&n("ffn_gate.weight")) {
+    let moe = crate::gguf_moe::moe_layer(f, moe, &c.architecture, i, d)?;
+    // Without ffn_gate, ffn_up holds gate then up (llama.cpp's phi3 layout); an expert
+    // layer's dense matrices are empty.
+    let [w_gate, w_up, w_down] = match f.tensors.contains_key(&n("ffn_gate.weight")) {
+        _ if moe.is_some() => [(0, d), (0, d), (0, ff)]
+            .map(|(r, c)| RawTensor::from_f32(&n("ffn (experts)"), r, c, &[])),
         true => [
             matrix(f, &n("ffn_gate.weight"), ff, d)?,
             matrix(f, &n("ffn_up.weight"), ff, d)?,
+            matrix(f, &n("ffn_down.weight"), d, ff)?,
         ],
         false => {
             let gate_up = matrix(f, &n("ffn_up.weight"), 2 * ff, d)?;
-            [("gate", 0), ("up", ff)].map(|(part, start)| {
+            let [gate, up] = [("gate", 0), ("up", ff)].map(|(part, start)| {
                 gate_up.row_range(&n(&format!("ffn_up.weight[{part}]")), start, ff)
-            })
+            });
+            [gate, up, matrix(f, &n("ffn_down.weight"), d, ff)?]
         }
     };
     Ok(LayerWeights {
@@ -388,8 +396,8 @@ fn layer(f: &GgufFile, c: &ModelConfig, i: usize) -> Result<LayerWeights> {
         ffn_norm: vector(f, &n("ffn_norm.weight"), d)?,
         w_gate,
         w_up,
-        w_down: matrix(f, &n("ffn_down.weight"), d, ff)?,
-        moe: None,
+        w_down,
+        moe,
         post_attn_norm: None,
         post_ffn_norm: None,
     })
@@ -398,8 +406,14 @@ fn layer(f: &GgufFile, c: &ModelConfig, i: usize) -> Result<LayerWeights> {
 /// All weights of the model, borrowing the file's memory map.
 pub fn weights_from_gguf(f: &GgufFile) -> Result<ModelWeights> {
     let config = config_from_gguf(f)?;
+    let moe = crate::gguf_moe::moe_spec(
+        f,
+        &config.architecture,
+        config.num_layers,
+        config.intermediate_size,
+    )?;
     let layers = (0..config.num_layers)
-        .map(|i| layer(f, &config, i))
+        .map(|i| layer(f, &config, moe.as_ref(), i))
         .collect::<Result<Vec<_>>>()?;
     let lm_head = if config.tie_embeddings {
         None
@@ -426,14 +440,16 @@ pub fn weights_from_gguf(f: &GgufFile) -> Result<ModelWeights> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    enum M {
+    pub(crate) enum M {
         U32(u32),
         F32(f32),
         Str(&'static str),
+        Bool(bool),
         Bools(Vec<bool>),
+        U32s(Vec<u32>),
     }
 
     /// A GGUF v3 file of `meta` and f32 tensors whose values count up from 1, opened.
@@ -461,11 +477,21 @@ mod tests {
                     b.extend(8u32.to_le_bytes());
                     string(&mut b, s);
                 }
+                M::Bool(x) => {
+                    b.extend(7u32.to_le_bytes());
+                    b.push(*x as u8);
+                }
                 M::Bools(v) => {
                     b.extend(9u32.to_le_bytes());
                     b.extend(7u32.to_le_bytes());
                     b.extend((v.len() as u64).to_le_bytes());
                     b.extend(v.iter().map(|&x| x as u8));
+                }
+                M::U32s(v) => {
+                    b.extend(9u32.to_le_bytes());
+                    b.extend(4u32.to_le_bytes());
+                    b.extend((v.len() as u64).to_le_bytes());
+                    b.extend(v.iter().flat_map(|x| x.to_le_bytes()));
                 }
             }
         }
@@ -514,13 +540,24 @@ mod tests {
         .collect()
     }
 
-    fn file(arch: &'static str, extra: Vec<(&str, M)>, tensors: &[(&str, &[usize])]) -> GgufFile {
+    /// A file of `arch` with the base keys, `extra` keys under `<arch>.`, the embedding and
+    /// `tensors`.
+    pub(crate) fn file(
+        arch: &'static str,
+        extra: Vec<(&str, M)>,
+        tensors: &[(&str, &[usize])],
+    ) -> GgufFile {
         let mut meta = base(arch);
         meta.extend(extra.into_iter().map(|(k, v)| (format!("{arch}.{k}"), v)));
         let meta: Vec<(&str, M)> = meta.iter().map(|(k, v)| (k.as_str(), clone(v))).collect();
         let mut all = vec![("token_embd.weight", &[8usize, 10][..])];
         all.extend_from_slice(tensors);
-        let id = format!("{arch}-{}-{}", meta.len(), all.len());
+        // Tests run in parallel: every file gets a path of its own.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = format!(
+            "{arch}-{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         gguf(&id, &meta, &all)
     }
 
@@ -537,7 +574,9 @@ mod tests {
             M::U32(x) => M::U32(*x),
             M::F32(x) => M::F32(*x),
             M::Str(s) => M::Str(s),
+            M::Bool(b) => M::Bool(*b),
             M::Bools(v) => M::Bools(v.clone()),
+            M::U32s(v) => M::U32s(v.clone()),
         }
     }
 
