@@ -4,6 +4,8 @@ transformers' logits at every position (f32).
 
 - phi3-longrope: Phi3ForCausalLM (fused qkv_proj and gate_up_proj) with LongRoPE: original
   context 32, model context 256, 48 input tokens, so transformers uses the long factors.
+- phi3-partial: Phi-4-mini's shape of Phi3ForCausalLM: half of each head rotates
+  (partial_rotary_factor 0.5) with LongRoPE factors for those dimensions, tied embeddings.
 - qwen2-yarn: Qwen2ForCausalLM with YaRN (factor 4, original context 16), 40 input tokens.
 - mistral-window: MistralForCausalLM with a sliding window of 6 on every layer; also the
   logits of the same weights without the window (`logits_full`), to show the window matters.
@@ -48,6 +50,12 @@ FAMILIES = {
                          "short_factor": [1.0 + 0.05 * i for i in range(HD // 2)],
                          "long_factor": [1.0 + 0.9 * i for i in range(HD // 2)]},
         sliding_window=None, tie_word_embeddings=False), 48),
+    "phi3-partial": (transformers.Phi3Config, dict(
+        max_position_embeddings=256, original_max_position_embeddings=32, pad_token_id=0,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                         "short_factor": [1.0 + 0.05 * i for i in range(HD // 4)],
+                         "long_factor": [1.0 + 0.9 * i for i in range(HD // 4)]},
+        sliding_window=None, tie_word_embeddings=True), 48),
     "qwen2-yarn": (transformers.Qwen2Config, dict(
         max_position_embeddings=64,
         rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,

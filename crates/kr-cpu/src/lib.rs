@@ -228,12 +228,14 @@ fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Rotates every head of one token row in place.
+/// Rotates every head of one token row in place: the first `2 · inv_freq.len()` dimensions of
+/// each head (all of them unless the model rotates only part of each head).
 fn rope_row(row: &mut [f32], head_dim: usize, pos: u32, rope: &Rope) {
-    let half = head_dim / 2;
+    let half = rope.inv_freq.len();
     for head in row.chunks_exact_mut(head_dim) {
         for (i, &f) in rope.inv_freq.iter().enumerate() {
             let (sin, cos) = (pos as f32 * f).sin_cos();
+            let (sin, cos) = (sin * rope.scale, cos * rope.scale);
             let (a, b) = match rope.style {
                 RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                 RopeStyle::HalfSplit => (i, i + half),

@@ -126,6 +126,7 @@ fn check_paged_attention(hd: usize, cached_a: usize) {
     let rope = Rope {
         inv_freq: vec![0.0; hd / 2],
         style: RopeStyle::HalfSplit,
+        scale: 1.0,
     };
     CpuBackend.rope_and_write_kv(&mut q, &mut kmat, &vmat, &rope, &meta, 0, &mut cache);
     let out = CpuBackend.paged_attention(&q, &meta, 0, &cache, heads);
@@ -147,10 +148,12 @@ fn rope_styles_rotate_the_right_pairs() {
     let rope_i = Rope {
         inv_freq: vec![1.0, 0.0],
         style: RopeStyle::Interleaved,
+        scale: 1.0,
     };
     let rope_h = Rope {
         inv_freq: vec![1.0, 0.0],
         style: RopeStyle::HalfSplit,
+        scale: 1.0,
     };
     let pos = 1; // position 1 with frequency 1 rotates by 1 radian
     let mut a = vec![1.0, 0.0, 5.0, 6.0];

@@ -90,6 +90,11 @@ impl CudaModel {
             )));
         }
         let a = &c.attention;
+        if a.rotary_dim.is_some_and(|r| r != c.head_dim) {
+            return Err(CudaError::Unsupported(
+                "partial rotary embeddings yet (run the model with --device cpu)".into(),
+            ));
+        }
         let gemma = a.embed_scale.is_some()
             || a.gelu_ffn
             || a.attn_logit_softcap.is_some()

@@ -4,6 +4,7 @@
 //! - Phi-3 (fused qkv and gate_up projections) with LongRoPE, 48 tokens past an original
 //!   context of 32 (transformers then uses the long factors, as kr-serve does when the model's
 //!   context exceeds the original);
+//! - Phi-3 with half of each head rotating (Phi-4-mini's `partial_rotary_factor`);
 //! - Qwen2 with YaRN (factor 4), 40 tokens past an original context of 16;
 //! - a sliding window on every layer (Mistral, window 6) and on one layer of two (Qwen3,
 //!   `max_window_layers`), where the window changes the logits by several units;
@@ -26,6 +27,16 @@ fn phi3_with_longrope_matches_transformers_past_the_original_context() {
     assert!(err <= TOLERANCE, "phi3-longrope: {err}");
     let model = kr_engine::load_model(&common::hf_tiny_dir("phi3-longrope-f32")).unwrap();
     assert_eq!(model.config().architecture, "phi3");
+}
+
+/// Phi-4-mini's shape: only half of each head rotates (`partial_rotary_factor` 0.5), with
+/// LongRoPE factors for those dimensions.
+#[test]
+fn phi3_with_partial_rotary_embeddings_matches_transformers() {
+    let err = common::hf_tiny_error("phi3-partial-f32", "logits");
+    assert!(err <= TOLERANCE, "phi3-partial: {err}");
+    let model = kr_engine::load_model(&common::hf_tiny_dir("phi3-partial-f32")).unwrap();
+    assert_eq!(model.config().attention.rotary_dim, Some(8));
 }
 
 #[test]

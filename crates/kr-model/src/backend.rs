@@ -105,6 +105,9 @@ pub struct AttnMeta {
 pub struct Rope {
     pub inv_freq: Vec<f32>,
     pub style: crate::config::RopeStyle,
+    /// A factor on cos and sin: the RoPE attention factor when only part of each head
+    /// rotates (it then cannot fold into the logit scale); otherwise 1.
+    pub scale: f32,
 }
 
 impl Rope {
@@ -112,6 +115,10 @@ impl Rope {
         Self {
             inv_freq: c.rope_inv_freq(),
             style: c.rope_style,
+            scale: match c.partial_rotary() {
+                true => c.attention.rope_attention_factor.unwrap_or(1.0),
+                false => 1.0,
+            },
         }
     }
 }

@@ -79,6 +79,9 @@ pub struct AttentionExt {
     pub gelu_ffn: bool,
     /// Sliding-window layers rotate with this base and no scaling (Gemma 3's local layers).
     pub local_rope_theta: Option<f32>,
+    /// Only the first this many dimensions of each head rotate (`partial_rotary_factor`,
+    /// Phi-4-mini); `None`: all of them.
+    pub rotary_dim: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -101,9 +104,9 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Inverse frequencies of the rotary embedding, one per dimension pair.
+    /// Inverse frequencies of the rotary embedding, one per rotated dimension pair.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim;
+        let d = self.attention.rotary_dim.unwrap_or(self.head_dim);
         let base: Vec<f64> = (0..d / 2)
             .map(|i| 1.0 / (self.rope_theta as f64).powf(2.0 * i as f64 / d as f64))
             .collect();
@@ -162,9 +165,21 @@ impl ModelConfig {
     /// The factor on attention logits: `1/sqrt(head_dim)`, times the square of the RoPE
     /// attention factor (YaRN, LongRoPE multiply both cos and sin by it).
     pub fn attention_scale(&self) -> f32 {
-        let af = self.attention.rope_attention_factor.unwrap_or(1.0);
+        // With partial rotation the factor scales only the rotated part: the rotation
+        // applies it ([`crate::backend::Rope::scale`]).
+        let af = match self.partial_rotary() {
+            true => 1.0,
+            false => self.attention.rope_attention_factor.unwrap_or(1.0),
+        };
         let d = self.attention.query_scale.unwrap_or(self.head_dim as f32);
         af * af / d.sqrt()
+    }
+
+    /// Whether only part of each head rotates.
+    pub fn partial_rotary(&self) -> bool {
+        self.attention
+            .rotary_dim
+            .is_some_and(|r| r != self.head_dim)
     }
 
     /// The configuration sliding-window layers rotate with: Gemma 3's local base without

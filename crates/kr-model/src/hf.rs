@@ -255,12 +255,19 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         .as_f64()
         .or(cfg["rope_parameters"]["rope_theta"].as_f64())
         .unwrap_or(10_000.0);
-    let partial = cfg["partial_rotary_factor"].as_f64().unwrap_or(1.0);
-    if partial != 1.0 {
+    let partial = cfg["partial_rotary_factor"]
+        .as_f64()
+        .or(cfg["rope_parameters"]["partial_rotary_factor"].as_f64())
+        .unwrap_or(1.0);
+    let head_dim = cfg["head_dim"]
+        .as_u64()
+        .map_or(hidden / num_heads.max(1), |v| v as usize);
+    let rotary_dim = (head_dim as f64 * partial) as usize;
+    if !(partial > 0.0 && partial <= 1.0) || rotary_dim == 0 || rotary_dim % 2 != 0 {
         return Err(field_err(
             path,
             "partial_rotary_factor",
-            "1.0 (partial rotary embeddings are not supported yet)",
+            "in (0, 1], rotating an even number of dimensions of each head",
         ));
     }
     let num_layers = usize_field(cfg, path, "num_hidden_layers")?;
@@ -285,9 +292,7 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         num_kv_heads: cfg["num_key_value_heads"]
             .as_u64()
             .map_or(num_heads, |v| v as usize),
-        head_dim: cfg["head_dim"]
-            .as_u64()
-            .map_or(hidden / num_heads.max(1), |v| v as usize),
+        head_dim,
         intermediate_size: usize_field(cfg, path, "intermediate_size")?,
         rope_theta: rope_theta as f32,
         rope_style: RopeStyle::HalfSplit,
@@ -300,6 +305,7 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
             rope_attention_factor,
             sliding_window,
             sliding_layers,
+            rotary_dim: (rotary_dim != head_dim).then_some(rotary_dim),
             ..attention
         },
     })
