@@ -25,6 +25,14 @@ llama.cpp's), as f32:
     experts on every layer), and llama.cpp's qwen3moe always renormalises the chosen
     experts' probabilities (no key says otherwise), so qwen3moe-norm-f32 is the tiny
     Qwen3-MoE with every layer sparse and norm_topk_prob true.
+- gemma2-f32.gguf / gemma3-f32.gguf: arch `gemma2` / `gemma3`, norm gains already + 1,
+  `post_attention_norm` / `post_ffw_norm`, soft-capping keys, `attention.sliding_window`,
+  Gemma 3's linear `rope.scaling.*` and `rope.freq_base_swa`. No key carries
+  query_pre_attn_scalar (llama.cpp uses head_dim, 16, not the tiny models' 24) nor
+  layer_types (llama.cpp's default period 6 makes both Gemma 3 layers slide), so beside each
+  file goes `<name>.llama-cpp-reference.json`: transformers' logits of the same weights
+  configured as llama.cpp reads the file (see write_llama_cpp_reference). Gemma 3's
+  converter cuts the embedding to the tokenizer's 390 tokens; its vocabulary is cut to match.
 
 Written beside the HF directories: tests/reference/hf-tiny/<name>-f32.gguf.
 
@@ -39,6 +47,7 @@ Run (CPU; torch 2.15, transformers 5.25, llama.cpp's convert_hf_to_gguf package 
 and gguf-py 0.19.0 from a llama.cpp source tree at $LLAMA_CPP, default /tmp/lc/lc):
     /work/venv-tf/bin/python scripts/make_gguf_from_hf_tiny.py
 """
+import json
 import logging
 import os
 import shutil
@@ -59,7 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HF_TINY = ROOT / "tests" / "reference" / "hf-tiny"
 NAMES = [
     "phi3-longrope-f32", "qwen2-yarn-f32", "mistral-window-f32", "llama-f32", "mixtral-f32",
-    "qwen3moe-norm-f32",
+    "qwen3moe-norm-f32", "gemma2-f32", "gemma3-f32",
 ]
 
 
@@ -72,6 +81,8 @@ def main() -> None:
             convert_dir(HF_TINY / name, name, out)
             shutil.copyfile(out, HF_TINY / f"{name}.gguf")
             print(f"wrote {HF_TINY / f'{name}.gguf'} ({out.stat().st_size} bytes)")
+            if name.startswith("gemma"):
+                write_llama_cpp_reference(name)
 
 
 def convert_dir(src: Path, name: str, out: Path) -> None:
@@ -82,7 +93,58 @@ def convert_dir(src: Path, name: str, out: Path) -> None:
     cls.set_vocab = TextModel._set_vocab_gpt2
     with torch.inference_mode():
         model = cls(src, gguf.LlamaFileType.ALL_F32, out, eager=True, model_name=name)
+        if name.startswith("gemma3"):
+            # Gemma3Model cuts token_embd to the tokenizer's tokens (vocabulary plus added
+            # tokens, 390 here), while _set_vocab_gpt2 pads the vocabulary to the config's
+            # vocab_size (512): llama.cpp would refuse the embedding's shape. Real Gemma 3
+            # tokenizers fill their vocabulary; so does this one once vocab_size is its size.
+            tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+            model.hparams["vocab_size"] = len(tok["model"]["vocab"]) + len(tok["added_tokens"])
         model.write()
+
+
+def write_llama_cpp_reference(name: str) -> None:
+    """transformers' logits of the HF model configured as llama.cpp reads its GGUF file:
+    query_pre_attn_scalar = head_dim (llama.cpp scales queries by head_dim^-1/2, or by
+    (hidden / heads)^-1/2 for the 27B models, whatever the HF config said) and, for Gemma 3,
+    the sliding layers of llama.cpp's default period 6 (no pattern key is written: layer i
+    slides when i % 6 < 5) with the local base and no linear scaling on them. Gemma 3's file
+    holds only the tokenizer's 390 embedding rows, so its input ids past them are folded
+    into [5, 390). Also `logits_hf_config`: the unchanged HF model on the same ids."""
+    import transformers
+
+    src = HF_TINY / name
+    ids = json.loads((src / "reference.json").read_text())["input_ids"]
+    if name.startswith("gemma3"):
+        tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+        rows = len(tok["model"]["vocab"]) + len(tok["added_tokens"])
+        ids = [i if i < rows else 5 + i % (rows - 5) for i in ids]
+
+    def logits(model):
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.tensor([ids])).logits[0]
+        return [[round(float(x), 5) for x in row] for row in out]
+
+    original = transformers.AutoModelForCausalLM.from_pretrained(
+        src, dtype=torch.float32, attn_implementation="eager")
+    cfg = transformers.AutoConfig.from_pretrained(src)
+    cfg.query_pre_attn_scalar = cfg.head_dim
+    if name.startswith("gemma3"):
+        cfg.layer_types = [
+            "sliding_attention" if i % 6 < 5 else "full_attention"
+            for i in range(cfg.num_hidden_layers)
+        ]
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        src, config=cfg, dtype=torch.float32, attn_implementation="eager")
+    doc = {"arch": name, "dtype": "f32", "torch": torch.__version__,
+           "transformers": transformers.__version__,
+           "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
+           "layer_types": list(cfg.layer_types), "input_ids": ids,
+           "logits": logits(model), "logits_hf_config": logits(original)}
+    path = HF_TINY / f"{name}.llama-cpp-reference.json"
+    path.write_text(json.dumps(doc, separators=(",", ":")))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,18 @@
 //!   qwen3moe-f32 (its dense layer 1), and llama.cpp always renormalises qwen3moe's chosen
 //!   experts, so the Qwen3-MoE file is of qwen3moe-norm-f32 (every layer sparse,
 //!   norm_topk_prob true).
+//! - Gemma 2 and Gemma 3 (`gemma2`, `gemma3`; norms already shifted by the converter, post-block
+//!   norms, soft-capping keys, Gemma 3's `rope.freq_base_swa` and linear scaling). GGUF has no
+//!   `query_pre_attn_scalar`: llama.cpp scales queries by `head_dim^-1/2` (by
+//!   `(hidden / heads)^-1/2` for the 27B models) and kr-serve does the same, so the tiny
+//!   models' scalar 24 (head_dim 16) is not in the files. Nor is Gemma 3's `layer_types`:
+//!   llama.cpp's default period 6 makes both of gemma3-f32's layers slide (local base, no
+//!   scaling). These files are checked against transformers' logits of the same weights
+//!   configured as llama.cpp reads them (scalar 16; Gemma 3 with both layers sliding), which
+//!   scripts/make_gguf_from_hf_tiny.py writes as `<name>.llama-cpp-reference.json` with the
+//!   unchanged HF model's logits on the same ids (`logits_hf_config`). Gemma 3's converter
+//!   cuts the embedding to the tokenizer's 390 tokens, so its input ids are folded below 390
+//!   and its logits compared on those columns.
 //!
 //! Tolerance: 1e-4 absolute on every logit of every position, as in hf_families.rs.
 
@@ -157,6 +169,135 @@ fn llama_gguf_applies_its_rope_freqs_tensor() {
     ));
 }
 
+/// The input ids and transformers' logits of `name` configured as llama.cpp reads its GGUF
+/// file, and of the unchanged HF model, both cut to the first `vocab` columns.
+fn llama_cpp_references(
+    name: &str,
+    vocab: usize,
+) -> (Vec<u32>, serde_json::Value, serde_json::Value) {
+    let path = common::hf_tiny_dir(name).with_extension("llama-cpp-reference.json");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("reference file")).unwrap();
+    let cut = |t: &serde_json::Value| -> serde_json::Value {
+        t.as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row.as_array().unwrap()[..vocab].to_vec().into())
+            .collect::<Vec<serde_json::Value>>()
+            .into()
+    };
+    let ids: Vec<u32> = r["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    (ids, cut(&r["logits"]), cut(&r["logits_hf_config"]))
+}
+
+/// Loads `<name>.gguf`; its largest logit errors against transformers configured as llama.cpp
+/// reads the file, and against the original reference.
+fn gemma_gguf(name: &str) -> (kr_engine::LoadedModel, f32, f32) {
+    let model =
+        kr_engine::load_model(&gguf_path(name)).unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
+    let vocab = model.config().vocab_size;
+    let (ids, as_llama_cpp, original) = llama_cpp_references(name, vocab);
+    let ours = common::logits_at(&model, &ids, &(0..ids.len()).collect::<Vec<_>>());
+    let (err, vs_original) = (
+        common::max_abs_diff(&ours, &as_llama_cpp),
+        common::max_abs_diff(&ours, &original),
+    );
+    println!(
+        "{name}.gguf: max |logit error| = {err:.2e} vs transformers as llama.cpp reads it, \
+         {vs_original:.2e} vs the HF config"
+    );
+    (model, err, vs_original)
+}
+
+/// The GGUF's norms are the HF model's as kr-serve uses them (the converter's + 1, not
+/// shifted again), its other weights the same values.
+fn same_gemma_weights(name: &str, gguf: &kr_engine::LoadedModel) {
+    let hf = kr_engine::load_model(&common::hf_tiny_dir(name)).unwrap();
+    let (a, b) = (&hf.weights, &gguf.weights);
+    assert_eq!(a.final_norm, b.final_norm, "{name} output_norm");
+    for (i, (x, y)) in a.layers.iter().zip(&b.layers).enumerate() {
+        assert_eq!(x.attn_norm, y.attn_norm, "{name} layer {i}");
+        assert_eq!(x.ffn_norm, y.ffn_norm, "{name} layer {i}");
+        assert_eq!(x.post_attn_norm, y.post_attn_norm, "{name} layer {i}");
+        assert_eq!(x.post_ffn_norm, y.post_ffn_norm, "{name} layer {i}");
+        assert!(y.post_ffn_norm.is_some(), "{name} layer {i}");
+        assert_eq!(
+            (&x.q_norm, &x.k_norm),
+            (&y.q_norm, &y.k_norm),
+            "{name} layer {i}"
+        );
+        assert_eq!(x.wq.to_f32(), y.wq.to_f32(), "{name} layer {i}");
+        assert_eq!(x.w_down.to_f32(), y.w_down.to_f32(), "{name} layer {i}");
+    }
+}
+
+/// Gemma 2 as llama.cpp writes it: soft-caps 5 and 3, window 6 on even layers (llama.cpp's
+/// period 2), query scale head_dim (16, where the HF config says 24).
+#[test]
+fn gemma2_gguf_matches_transformers_as_llama_cpp_reads_it() {
+    let (model, err, vs_original) = gemma_gguf("gemma2-f32");
+    assert!(err <= TOLERANCE, "gemma2.gguf: {err}");
+    assert!(
+        vs_original > 1e-2,
+        "the query scale should matter here ({vs_original})"
+    );
+    let c = model.config();
+    assert_eq!(c.architecture, "gemma2");
+    let a = &c.attention;
+    assert_eq!(
+        (a.query_scale, a.attn_logit_softcap, a.final_logit_softcap),
+        (Some(16.0), Some(5.0), Some(3.0))
+    );
+    assert_eq!(
+        (a.sliding_window, &a.sliding_layers),
+        (Some(6), &vec![true, false])
+    );
+    same_gemma_weights("gemma2-f32", &model);
+    // All else is the HF configuration.
+    let hf = kr_engine::load_model(&common::hf_tiny_dir("gemma2-f32")).unwrap();
+    let mut hf_config = hf.config().clone();
+    hf_config.attention.query_scale = Some(16.0);
+    assert_eq!(&hf_config, c);
+}
+
+/// Gemma 3 as llama.cpp writes it: global base 1e6 with linear scaling ×8, local base 10000
+/// from `rope.freq_base_swa`, window 6 on both layers (llama.cpp's period 6), query scale 16,
+/// the embedding cut to the tokenizer's 390 tokens.
+#[test]
+fn gemma3_gguf_matches_transformers_as_llama_cpp_reads_it() {
+    let (model, err, vs_original) = gemma_gguf("gemma3-f32");
+    assert!(err <= TOLERANCE, "gemma3.gguf: {err}");
+    assert!(
+        vs_original > 1e-2,
+        "scale and window should matter here ({vs_original})"
+    );
+    let c = model.config();
+    assert_eq!((c.architecture.as_str(), c.vocab_size), ("gemma3", 390));
+    let a = &c.attention;
+    assert_eq!(a.rope, RopeExtension::Linear(8.0));
+    assert_eq!((c.rope_theta, a.local_rope_theta), (1e6, Some(1e4)));
+    assert_eq!(
+        (a.sliding_window, &a.sliding_layers),
+        (Some(6), &vec![true, true])
+    );
+    assert_eq!(
+        (a.query_scale, a.attn_logit_softcap, a.final_logit_softcap),
+        (Some(16.0), None, None)
+    );
+    same_gemma_weights("gemma3-f32", &model);
+    let hf = kr_engine::load_model(&common::hf_tiny_dir("gemma3-f32")).unwrap();
+    let mut hf_config = hf.config().clone();
+    hf_config.attention.query_scale = Some(16.0);
+    hf_config.attention.sliding_layers = vec![true, true];
+    hf_config.vocab_size = 390;
+    assert_eq!(&hf_config, c);
+}
+
 /// Every layer of `gguf` holds `(experts, top_k, renormalised)` experts, and each expert's
 /// matrices are the Hugging Face directory's, value for value.
 fn same_experts(name: &str, gguf: &kr_engine::LoadedModel, expected: (usize, usize, bool)) {
@@ -262,15 +403,15 @@ fn gguf_of_arch(arch: &str) -> Vec<u8> {
 #[test]
 fn an_unsupported_gguf_architecture_is_named_with_the_supported_ones() {
     let path = std::env::temp_dir().join(format!("kr-gguf-arch-{}.gguf", std::process::id()));
-    std::fs::write(&path, gguf_of_arch("gemma2")).unwrap();
+    std::fs::write(&path, gguf_of_arch("mamba")).unwrap();
     let e = kr_engine::load_model(&path)
         .err()
-        .expect("gemma2 is not loaded")
+        .expect("mamba is not loaded")
         .to_string();
     let _ = std::fs::remove_file(&path);
-    assert!(e.contains("'gemma2'"), "{e}");
+    assert!(e.contains("'mamba'"), "{e}");
     assert!(
-        e.contains("llama (Mixtral included), qwen2, qwen3, qwen3moe, phi3 (GGUF)"),
+        e.contains("llama (Mixtral included), qwen2, qwen3, qwen3moe, phi3, gemma2, gemma3 (GGUF)"),
         "{e}"
     );
 }

@@ -1,7 +1,8 @@
 //! Builds a [`ModelConfig`] and [`ModelWeights`] from an open GGUF file (llama, qwen2,
-//! qwen3, qwen3moe, phi3 architectures as llama.cpp's converter writes them; llama with
-//! experts is Mixtral), checking every tensor's presence and shape. Mixture-of-Experts
-//! layers are read by [`crate::gguf_moe`].
+//! qwen3, qwen3moe, phi3, gemma2, gemma3 architectures as llama.cpp's converter writes them;
+//! llama with experts is Mixtral), checking every tensor's presence and shape.
+//! Mixture-of-Experts layers are read by [`crate::gguf_moe`], Gemma's keys and post-block
+//! norms by [`crate::gguf_gemma`].
 //!
 //! Beyond the plain keys, this reads what llama.cpp's converter writes for context extension
 //! and windows:
@@ -30,7 +31,8 @@ use crate::gguf::{GgufFile, TensorInfo, Value};
 use crate::gguf_moe::MoeSpec;
 use crate::weights::{LayerWeights, ModelWeights, RawTensor, TensorBytes};
 
-const SUPPORTED: &str = "llama (Mixtral included), qwen2, qwen3, qwen3moe, phi3 (GGUF)";
+const SUPPORTED: &str =
+    "llama (Mixtral included), qwen2, qwen3, qwen3moe, phi3, gemma2, gemma3 (GGUF)";
 
 pub(crate) fn meta_err(f: &GgufFile, key: &str, expected: &'static str) -> ModelError {
     ModelError::Metadata {
@@ -69,7 +71,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         // The llama converter permutes Q/K for interleaved rotation; qwen and phi3 files are
         // not permuted (llama.cpp rotates them NEOX style).
         "llama" => RopeStyle::Interleaved,
-        "qwen2" | "qwen3" | "qwen3moe" | "phi3" => RopeStyle::HalfSplit,
+        "qwen2" | "qwen3" | "qwen3moe" | "phi3" | "gemma2" | "gemma3" => RopeStyle::HalfSplit,
         _ => {
             return Err(ModelError::Architecture {
                 path: f.path.clone(),
@@ -109,6 +111,12 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         .unwrap_or(10_000.0) as f32;
     let (rope, rope_attention_factor) = rope_extension(f, &arch, head_dim, max_context)?;
     let (sliding_window, sliding_layers) = sliding_window(f, &arch, num_layers)?;
+    let family = match crate::gguf_gemma::is_gemma(&arch) {
+        true => {
+            crate::gguf_gemma::features(f, &arch, hidden, num_heads, head_dim, num_layers, &rope)?
+        }
+        false => AttentionExt::default(),
+    };
     Ok(ModelConfig {
         vocab_size,
         hidden_size: hidden,
@@ -131,7 +139,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
             rope_attention_factor,
             sliding_window,
             sliding_layers,
-            ..Default::default()
+            ..family
         },
         architecture: arch,
     })
@@ -213,6 +221,11 @@ fn rope_extension(
         Some("linear") if factor.is_none_or(|x| x == 0.0 || x == 1.0) => {
             Ok((freq_factors(f, head_dim)?, attn_factor))
         }
+        // Gemma 3's global layers (llama.cpp divides positions by the factor).
+        Some("linear") if crate::gguf_gemma::is_gemma(arch) => Ok((
+            RopeExtension::Linear(factor.unwrap_or(1.0)),
+            attn_factor,
+        )),
         Some(_) => Err(meta_err(
             f,
             &key("type"),
@@ -240,15 +253,23 @@ fn freq_factors(f: &GgufFile, head_dim: usize) -> Result<RopeExtension> {
 
 /// `<arch>.attention.sliding_window` (0 or absent: none) and the layers it applies to:
 /// `attention.sliding_window_pattern` as one flag per layer, or as llama.cpp's period `n`
-/// (layer `i` slides when `i % n < n - 1`; 0: every layer); absent: every layer.
+/// (layer `i` slides when `i % n < n - 1`; 0: every layer); absent: every layer, or for
+/// Gemma llama.cpp's default window and period ([`crate::gguf_gemma::sliding_defaults`]).
 fn sliding_window(f: &GgufFile, arch: &str, layers: usize) -> Result<(Option<usize>, Vec<bool>)> {
     let key = |k: &str| format!("{arch}.attention.{k}");
-    let window = match opt_usize(f, &key("sliding_window"))? {
+    let gemma = crate::gguf_gemma::is_gemma(arch);
+    let (default_window, default_period) = match gemma {
+        true => crate::gguf_gemma::sliding_defaults(arch),
+        false => (None, 0),
+    };
+    let window = match opt_usize(f, &key("sliding_window"))?.or(default_window) {
         None | Some(0) => return Ok((None, Vec::new())),
         Some(w) => w,
     };
+    let period = |n: u64| (0..layers as u64).map(|i| i % n < n - 1).collect();
     let pattern_key = key("sliding_window_pattern");
     let sliding: Vec<bool> = match f.get(&pattern_key) {
+        None if gemma => period(default_period),
         None => Vec::new(),
         Some(Value::Array(flags)) => {
             let flags: Option<Vec<bool>> = flags
@@ -265,7 +286,7 @@ fn sliding_window(f: &GgufFile, arch: &str, layers: usize) -> Result<(Option<usi
         }
         Some(v) => match v.as_u64() {
             Some(0) => Vec::new(),
-            Some(n) => (0..layers as u64).map(|i| i % n < n - 1).collect(),
+            Some(n) => period(n),
             None => return Err(meta_err(f, &pattern_key, "one bool per layer, or a period")),
         },
     };
@@ -307,7 +328,7 @@ pub(crate) fn check_shape(f: &GgufFile, info: &TensorInfo, expected: &[usize]) -
     Ok(())
 }
 
-fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
+pub(crate) fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
     let t = matrix(f, name, 1, len).or_else(|_| {
         let info = f.tensor(name)?;
         check_shape(f, info, &[len])?;
@@ -364,6 +385,10 @@ fn layer(f: &GgufFile, c: &ModelConfig, moe: Option<&MoeSpec>, i: usize) -> Resu
         ],
     };
     let moe = crate::gguf_moe::moe_layer(f, moe, &c.architecture, i, d)?;
+    let (post_attn_norm, post_ffn_norm) = match crate::gguf_gemma::is_gemma(&c.architecture) {
+        true => crate::gguf_gemma::post_norms(f, i, d)?,
+        false => (None, None),
+    };
     // Without ffn_gate, ffn_up holds gate then up (llama.cpp's phi3 layout); an expert
     // layer's dense matrices are empty.
     let [w_gate, w_up, w_down] = match f.tensors.contains_key(&n("ffn_gate.weight")) {
@@ -398,8 +423,8 @@ fn layer(f: &GgufFile, c: &ModelConfig, moe: Option<&MoeSpec>, i: usize) -> Resu
         w_up,
         w_down,
         moe,
-        post_attn_norm: None,
-        post_ffn_norm: None,
+        post_attn_norm,
+        post_ffn_norm,
     })
 }
 
@@ -757,7 +782,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_unsupported_architecture_is_named_with_the_supported_list() {
-        let e = config("gemma2", vec![], &[]).unwrap_err().to_string();
-        assert!(e.contains("'gemma2'") && e.contains(SUPPORTED), "{e}");
+        let e = config("mamba", vec![], &[]).unwrap_err().to_string();
+        assert!(e.contains("'mamba'") && e.contains(SUPPORTED), "{e}");
     }
 }

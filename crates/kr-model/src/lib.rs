@@ -1,7 +1,7 @@
 //! kr-model: everything about a model that is not arithmetic on a device.
 //!
-//! - [`gguf`], [`quant`], [`gguf_model`], [`gguf_moe`]: reading GGUF files and their tensor
-//!   encodings;
+//! - [`gguf`], [`quant`], [`gguf_model`], [`gguf_moe`], [`gguf_gemma`]: reading GGUF files and
+//!   their tensor encodings;
 //! - [`llama2c`]: llama2.c checkpoints and tokenizer files;
 //! - [`hf`], [`hf_tokenizer`], [`safetensors`]: Hugging Face model directories;
 //! - [`config`], [`weights`]: the architecture parameters and weights the decoder needs;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod gguf;
+pub mod gguf_gemma;
 pub mod gguf_model;
 pub mod gguf_moe;
 pub mod hf;
