@@ -49,7 +49,14 @@ pub struct SchedulerConfig {
     pub num_blocks: usize,
     pub max_model_len: usize,
     pub enable_prefix_caching: bool,
+    /// Every layer attends only to this many keys back (itself included): the blocks behind
+    /// a request's window are released as it moves on. `None`: full attention.
+    pub sliding_window: Option<usize>,
 }
+
+/// The block-table entry of a block released because it fell behind the sliding window; the
+/// attention never reads it.
+pub const NO_BLOCK: BlockId = BlockId::MAX;
 
 /// What a new request brings to the scheduler.
 #[derive(Debug, Clone)]
@@ -261,8 +268,22 @@ impl Scheduler {
 
     /// Releases in reverse so the tail of a prefix is evicted before its head.
     fn release_blocks(pool: &mut BlockPool, blocks: Vec<BlockId>) {
-        for b in blocks.into_iter().rev() {
+        for b in blocks.into_iter().rev().filter(|&b| b != NO_BLOCK) {
             pool.release(b);
+        }
+    }
+
+    /// Releases the blocks wholly behind `seq`'s window: its next query, at position
+    /// `num_computed` or later, sees keys from `num_computed + 1 - window` on. Full blocks are
+    /// registered for prefix caching before they can fall behind, so a released block stays
+    /// findable until the pool reuses it.
+    fn release_behind_window(pool: &mut BlockPool, seq: &mut Seq, window: usize, bs: usize) {
+        let first_needed = (seq.num_computed + 1).saturating_sub(window);
+        for b in seq.blocks.iter_mut().take(first_needed / bs) {
+            if *b != NO_BLOCK {
+                pool.release(*b);
+                *b = NO_BLOCK;
+            }
         }
     }
 
@@ -508,6 +529,9 @@ impl Scheduler {
             if self.cfg.enable_prefix_caching {
                 Self::register_full_blocks(&mut self.pool, seq, self.cfg.block_size);
             }
+            if let Some(window) = self.cfg.sliding_window {
+                Self::release_behind_window(&mut self.pool, seq, window, self.cfg.block_size);
+            }
             let Some(token) = token else { continue };
             seq.tokens.push(token);
             let finish = if seq.stop_token_ids.contains(&token) {
@@ -559,7 +583,7 @@ impl Scheduler {
             } else {
                 assert!(seq.blocks.is_empty(), "waiting request {id} holds blocks");
             }
-            for &b in &seq.blocks {
+            for &b in seq.blocks.iter().filter(|&&b| b != NO_BLOCK) {
                 *refs.entry(b).or_default() += 1;
             }
         }

@@ -208,6 +208,15 @@ struct EngineLoop {
     fault_hook: Option<FaultHook>,
 }
 
+/// The window of a model whose every layer slides: its KV blocks behind the window can be
+/// released (with some layers global, every block stays needed).
+fn window_on_every_layer(c: &kr_model::ModelConfig) -> Option<usize> {
+    let w = c.attention.sliding_window?;
+    (0..c.num_layers)
+        .all(|l| c.window_of_layer(l).is_some())
+        .then_some(w)
+}
+
 /// Loads the model, sizes the KV pool and starts the engine thread.
 pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
     let model = load_model(&cfg.model)?;
@@ -286,6 +295,7 @@ impl EngineLoop {
             num_blocks,
             max_model_len: info.max_model_len,
             enable_prefix_caching: cfg.enable_prefix_caching,
+            sliding_window: window_on_every_layer(&info.config),
         });
         let stats = Arc::new(EngineStats::default());
         stats.kv_blocks_total.store(num_blocks as u64, Relaxed);

@@ -149,3 +149,37 @@ fn gemma3_multimodal_checkpoint_runs_its_text_part() {
     let err = common::max_abs_diff(&ours, &r["logits"]);
     assert!(err <= TOLERANCE, "gemma3-mm: {err}");
 }
+
+/// Through the engine, a windowed model (every layer slides) releases its KV blocks behind
+/// the window while it generates, in small blocks and chunks, far past the window; each
+/// greedy token is still the top logit of one full forward pass over the whole text.
+#[test]
+fn engine_generation_past_the_window_frees_blocks_and_stays_exact() {
+    let dir = common::hf_tiny_dir("mistral-window-f32");
+    let mut cfg = kr_engine::EngineConfig::new(&dir);
+    cfg.block_size = 4;
+    cfg.num_kv_blocks = Some(12);
+    cfg.max_num_batched_tokens = 8;
+    let engine = kr_engine::start(cfg).expect("engine");
+    let prompt: Vec<u32> = (0..20).map(|i| 5 + (i * 37) % 400).collect();
+    let mut stream = engine
+        .submit(kr_engine::GenerateRequest {
+            prompt: kr_engine::Prompt::Tokens(prompt.clone()),
+            params: kr_engine::SamplingParams {
+                ignore_eos: true,
+                ..kr_engine::SamplingParams::greedy(24)
+            },
+        })
+        .expect("submitted");
+    let out = common::collect(&mut stream);
+    assert_eq!(out.ids.len(), 24);
+    common::wait_for_blocks(&engine, 0);
+    let model = kr_engine::load_model(&dir).unwrap();
+    let text: Vec<u32> = prompt.iter().chain(&out.ids).copied().collect();
+    let rows: Vec<usize> = (prompt.len() - 1..text.len() - 1).collect();
+    for (logits, &token) in common::logits_at(&model, &text, &rows).iter().zip(&out.ids) {
+        let best =
+            (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)));
+        assert_eq!(best, Some(token as usize));
+    }
+}

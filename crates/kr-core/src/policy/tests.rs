@@ -190,6 +190,7 @@ fn sched(max_seqs: usize) -> Scheduler {
         num_blocks: 4096,
         max_model_len: 256,
         enable_prefix_caching: false,
+        sliding_window: None,
     })
 }
 
