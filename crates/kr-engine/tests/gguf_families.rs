@@ -55,12 +55,7 @@ fn gguf_error(name: &str, key: &str) -> (kr_engine::LoadedModel, f32) {
 /// `model`'s largest logit error against `name`'s reference `key` table.
 fn logit_error(model: &kr_engine::LoadedModel, name: &str, key: &str) -> f32 {
     let r = common::hf_tiny_reference(name);
-    let ids: Vec<u32> = r["input_ids"]
-        .as_array()
-        .expect("input_ids")
-        .iter()
-        .map(|v| v.as_u64().expect("a token id") as u32)
-        .collect();
+    let ids = common::reference_ids(&r);
     let ours = common::logits_at(model, &ids, &(0..ids.len()).collect::<Vec<_>>());
     common::max_abs_diff(&ours, &r[key])
 }
@@ -186,12 +181,7 @@ fn llama_cpp_references(
             .collect::<Vec<serde_json::Value>>()
             .into()
     };
-    let ids: Vec<u32> = r["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let ids = common::reference_ids(&r);
     (ids, cut(&r["logits"]), cut(&r["logits_hf_config"]))
 }
 

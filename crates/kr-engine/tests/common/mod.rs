@@ -131,6 +131,16 @@ pub fn hf_tiny_reference(name: &str) -> serde_json::Value {
         .expect("reference JSON")
 }
 
+/// The input ids of a reference file.
+pub fn reference_ids(r: &serde_json::Value) -> Vec<u32> {
+    r["input_ids"]
+        .as_array()
+        .expect("input_ids")
+        .iter()
+        .map(|v| v.as_u64().expect("a token id") as u32)
+        .collect()
+}
+
 /// The largest absolute difference between two logit tables (every position, every token).
 pub fn max_abs_diff(ours: &[Vec<f32>], reference: &serde_json::Value) -> f32 {
     let reference = reference.as_array().expect("a list of logit rows");
@@ -151,12 +161,7 @@ pub fn max_abs_diff(ours: &[Vec<f32>], reference: &serde_json::Value) -> f32 {
 pub fn hf_tiny_error(name: &str, key: &str) -> f32 {
     let model = kr_engine::load_model(&hf_tiny_dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let r = hf_tiny_reference(name);
-    let ids: Vec<u32> = r["input_ids"]
-        .as_array()
-        .expect("input_ids")
-        .iter()
-        .map(|v| v.as_u64().expect("a token id") as u32)
-        .collect();
+    let ids = reference_ids(&r);
     let ours = logits_at(&model, &ids, &(0..ids.len()).collect::<Vec<_>>());
     let worst = max_abs_diff(&ours, &r[key]);
     println!("{name} vs {key}: max |logit error| = {worst:.2e}");
