@@ -177,3 +177,27 @@ fn gemma3_template_matches_transformers() {
         .unwrap_err();
     assert!(err.to_string().contains("must alternate"), "{err}");
 }
+
+/// Without a `date_string`, Llama 3.2's template asks `strftime_now("%d %b %Y")` for today's
+/// date, as transformers provides it (before this, the template fell back to "26 Jul 2024").
+#[test]
+fn llama3_2_template_dates_today_through_strftime_now() {
+    let dir = root().join("tests/reference/llama3_2-template");
+    let template = chat_template_from_dir(&dir, &read(dir.join("tokenizer_config.json")))
+        .unwrap()
+        .expect("a chat template");
+    let text = template
+        .render(&[ChatMessage::new("user", "Hi")], true)
+        .unwrap();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // Either side of midnight UTC while the test runs.
+    let today = |s| kr_model::strftime::format_utc("Today Date: %d %b %Y", s).unwrap();
+    assert!(
+        text.contains(&today(secs)) || text.contains(&today(secs - 60)),
+        "{text}"
+    );
+    assert!(!text.contains("26 Jul 2024"), "{text}");
+}

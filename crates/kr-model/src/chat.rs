@@ -280,6 +280,7 @@ fn compile(source: &str, limits: &TemplateLimits) -> Result<Environment<'static>
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(py_methods);
     env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", crate::strftime::strftime_now);
     env.add_filter("tojson", tojson);
     env.add_filter("trim", trim);
     env.set_trim_blocks(true);

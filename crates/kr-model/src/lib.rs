@@ -26,6 +26,7 @@ pub mod quant;
 pub mod random;
 pub mod safetensors;
 pub mod spm;
+pub mod strftime;
 pub mod template_budget;
 pub mod tokenizer;
 pub mod weights;
