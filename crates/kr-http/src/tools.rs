@@ -160,11 +160,34 @@ fn parse_llama3(text: &str) -> Option<(String, Vec<ToolCall>)> {
         .trim_start()
         .trim_start_matches("<|python_tag|>")
         .trim();
-    let calls = match serde_json::from_str::<Value>(body).ok()? {
-        Value::Array(items) => items.iter().map(call_of).collect::<Option<Vec<_>>>()?,
-        obj => vec![call_of(&obj)?],
-    };
+    let mut calls = Vec::new();
+    for value in json_values_by_semicolons(body)? {
+        match value {
+            Value::Array(items) => {
+                calls.extend(items.iter().map(call_of).collect::<Option<Vec<_>>>()?)
+            }
+            obj => calls.push(call_of(&obj)?),
+        }
+    }
     (!calls.is_empty()).then(|| (String::new(), calls))
+}
+
+/// One JSON value, or several separated by `;` (Llama's way of writing several calls, as
+/// vLLM's parser reads it); a `;` inside a string is part of the string.
+fn json_values_by_semicolons(body: &str) -> Option<Vec<Value>> {
+    let mut values = Vec::new();
+    let mut rest = body;
+    loop {
+        let mut it = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        values.push(it.next()?.ok()?);
+        rest = rest[it.byte_offset()..].trim_start();
+        match rest.strip_prefix(';') {
+            None if rest.is_empty() => return Some(values),
+            None => return None,
+            Some(after) if after.trim().is_empty() => return Some(values),
+            Some(after) => rest = after.trim_start(),
+        }
+    }
 }
 
 /// The tool format of a model's chat template (its source, if it has one), or the 400 for a
@@ -407,6 +430,7 @@ mod tests {
             "[1, 2, 3]",
             "{}",
             "<|python_tag|>print(\"hi\")",
+            r#"{"name": "get_time", "parameters": {}}; and then some text"#,
         ];
         // Whole, then streamed: cut once anywhere, and one character at a time. Streamed
         // content is what was let go plus the content of what was held at the end.
@@ -429,6 +453,13 @@ mod tests {
             let chars: Vec<&str> = chars.iter().map(String::as_str).collect();
             assert_eq!(streamed(&chars), whole, "{text:?} char by char");
         };
+        let two = r#"{"name": "get_weather", "parameters": {"city": "Paris; FR"}}; {"name": "get_time", "parameters": {"city": "Paris"}}"#;
+        let (content, got) = parse(f, two);
+        assert_eq!(content, "");
+        let names: Vec<&str> = got.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["get_weather", "get_time"], "calls separated by ;");
+        assert_eq!(got[0].arguments, r#"{"city":"Paris; FR"}"#);
+        check(two, (content, got));
         for (text, name, args) in calls {
             let (content, got) = parse(f, text);
             assert_eq!(content, "", "{text:?}");
