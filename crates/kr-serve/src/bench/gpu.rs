@@ -79,13 +79,35 @@ fn greedy_step(runner: &mut Runner, ids: &[u32], meta: &AttnMeta) -> Result<Vec<
     Ok(runner.forward_sampled(ids, meta, &rows)?)
 }
 
-/// Prefill of `len` tokens in one sequence; returns seconds to the first token.
+/// Prefill of `len` tokens in one sequence (in chunks of the step's token budget when it is
+/// longer, as the engine does); returns seconds to the first token.
 fn ttft(runner: &mut Runner, len: usize) -> Result<f64> {
+    let budget = probes(runner)?.max_batched_tokens();
     let mut seqs = Seqs::new(1, len + 1, BLOCK_SIZE);
-    let (ids, meta) = seqs.step(&[len]);
     let t0 = Instant::now();
-    greedy_step(runner, &ids, &meta)?;
+    prefill_all(runner, &mut seqs, len, budget)?;
     Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Feeds `prompt` tokens to every sequence of `seqs`: whole prompts of several sequences
+/// share a step while they fit the token budget, and a longer prompt goes in chunks.
+fn prefill_all(runner: &mut Runner, seqs: &mut Seqs, prompt: usize, budget: usize) -> Result<()> {
+    let mut left = vec![prompt; seqs.lens.len()];
+    while left.iter().any(|&l| l > 0) {
+        let mut room = budget.max(1);
+        let mut new = vec![0; left.len()];
+        for (n, l) in new.iter_mut().zip(left.iter_mut()) {
+            *n = (*l).min(room);
+            *l -= *n;
+            room -= *n;
+            if room == 0 {
+                break;
+            }
+        }
+        let (ids, meta) = seqs.step(&new);
+        greedy_step(runner, &ids, &meta)?;
+    }
+    Ok(())
 }
 
 /// How the decode loop runs its steps.
@@ -117,13 +139,7 @@ fn decode_run(
 ) -> Result<DecodeTimes> {
     let budget = probes(runner)?.max_batched_tokens();
     let mut seqs = Seqs::new(b, prompt + steps + 1, BLOCK_SIZE);
-    let per_step = (budget / prompt.max(1)).max(1);
-    for chunk in (0..b).collect::<Vec<_>>().chunks(per_step) {
-        let mut new = vec![0; b];
-        chunk.iter().for_each(|&i| new[i] = prompt);
-        let (ids, meta) = seqs.step(&new);
-        greedy_step(runner, &ids, &meta)?;
-    }
+    prefill_all(runner, &mut seqs, prompt, budget)?;
     let marks = probes(runner)?.event_marks(2 * steps)?;
     let rows = vec![sampling; b];
     let t0 = Instant::now();
@@ -161,11 +177,11 @@ fn probes(runner: &mut Runner) -> Result<kr_engine::runner::GpuProbes<'_>> {
 /// summed per kernel name, largest first: `(name, launches, microseconds)`. The plain GEMV
 /// serves three projections, so its launches are named by role (see [`projection_role`]).
 fn kernel_breakdown(runner: &mut Runner, prompt: usize) -> Result<Vec<(String, usize, f64)>> {
+    let budget = probes(runner)?.max_batched_tokens();
     let mut seqs = Seqs::new(1, prompt + 4, BLOCK_SIZE);
-    for len in [prompt, 1] {
-        let (ids, meta) = seqs.step(&[len]);
-        greedy_step(runner, &ids, &meta)?;
-    }
+    prefill_all(runner, &mut seqs, prompt, budget)?;
+    let (ids, meta) = seqs.step(&[1]);
+    greedy_step(runner, &ids, &meta)?;
     let (ids, meta) = seqs.step(&[1]);
     let launches = probes(runner)?.profile_step(&ids, &meta)?;
     let last_gemv = launches.iter().rposition(|(n, _)| n.starts_with("gemv"));
@@ -399,7 +415,10 @@ pub fn bench_engine_gpu(args: BenchEngineArgs, c: &Config) -> Result<()> {
         decode_params: weights.decode_params(),
     };
     let max_batch = args.batch_sizes.iter().copied().max().unwrap_or(1);
-    let max_len = (args.prompt_tokens + args.gen_tokens as usize + 64).max(2048 + 16);
+    // Prompts longer than a step's token budget are prefilled in chunks, as the engine does.
+    let max_len = (args.prompt_tokens + args.gen_tokens as usize + 64)
+        .max(args.prefill_tokens + 16)
+        .max(2048 + 16);
     cfg.max_num_batched_tokens = args.prefill_tokens.max(2048);
     cfg.max_num_seqs = max_batch;
     eprintln!("loading onto the GPU …");
