@@ -1,6 +1,7 @@
 # Random-weight Llama GGUF (bf16 matrices, f32 norms) with a real Llama-3 vocab copied from a
 # llama.cpp vocab GGUF, so llama.cpp and kr-serve load the very same file.
-# (../shared/peers/make_random_gguf.py, extended: STD=0.25 in the environment draws larger
+# (../shared/peers/make_random_gguf.py, extended: Llama 3.1/3.2 presets write rope_freqs.weight
+# as llama.cpp's converter does; STD=0.25 in the environment draws larger
 # weights, so that a random model's next-token distributions are peaked and a wrong weight
 # decoder changes perplexity visibly; the default 0.02 gives nearly uniform logits.)
 import os
@@ -13,8 +14,8 @@ gguf_py, vocab_path, out, preset = sys.argv[1:5]
 sys.path.insert(0, gguf_py)
 import gguf
 P = {
- "llama-3.1-8b": dict(hidden=4096, layers=32, ffn=14336, heads=32, kv=8, tied=False),
- "llama-3.2-1b": dict(hidden=2048, layers=16, ffn=8192, heads=32, kv=8, tied=True),
+ "llama-3.1-8b": dict(hidden=4096, layers=32, ffn=14336, heads=32, kv=8, tied=False, rope_factor=8.0),
+ "llama-3.2-1b": dict(hidden=2048, layers=16, ffn=8192, heads=32, kv=8, tied=True, rope_factor=32.0),
  "tiny": dict(hidden=256, layers=2, ffn=512, heads=4, kv=2, tied=False),
 }[preset]
 r = gguf.GGUFReader(vocab_path)
@@ -47,7 +48,24 @@ def mat(name, rows, cols):
     w.add_tensor(name, bf16(rows, cols), raw_shape=(rows, cols), raw_dtype=gguf.GGMLQuantizationType.BF16)
 def norm(name):
     w.add_tensor(name, np.ones(h, dtype=np.float32))
+def llama3_rope_factors(factor, head_dim, base=500000.0, low=1.0, high=4.0, old=8192):
+    """The rope_freqs tensor llama.cpp's converter writes for Llama 3.1's rope scaling: one
+    divisor per dimension pair (1 for fast dimensions, `factor` for slow ones, a ramp between)."""
+    out = []
+    for i in range(head_dim // 2):
+        wavelen = 2 * np.pi * base ** (2 * i / head_dim)
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
 t0 = time.time()
+# Llama 3.1 / 3.2 files carry their rope scaling as this tensor (what a 128k context needs).
+if "rope_factor" in P:
+    w.add_tensor("rope_freqs.weight", llama3_rope_factors(P["rope_factor"], hd))
 mat("token_embd.weight", vocab, h)
 for i in range(P["layers"]):
     b = f"blk.{i}."
