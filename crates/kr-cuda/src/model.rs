@@ -89,31 +89,10 @@ impl CudaModel {
                 c.head_dim, c.num_heads, c.num_kv_heads
             )));
         }
-        let a = &c.attention;
-        if a.rotary_dim.is_some_and(|r| r != c.head_dim) {
-            return Err(CudaError::Unsupported(
-                "partial rotary embeddings yet (run the model with --device cpu)".into(),
-            ));
-        }
-        let gemma = a.embed_scale.is_some()
-            || a.gelu_ffn
-            || a.attn_logit_softcap.is_some()
-            || a.final_logit_softcap.is_some()
-            || a.local_rope_theta.is_some()
-            || weights
-                .layers
-                .iter()
-                .any(|l| l.post_attn_norm.is_some() || l.post_ffn_norm.is_some());
-        if gemma {
+        if let Some(what) = weights.beyond_the_gpu_kernels() {
             return Err(CudaError::Unsupported(format!(
-                "the {} family yet (GeGLU, scaled embeddings, soft-capping, post-norms; run it with --device cpu)",
-                c.architecture
+                "{what} yet (run the model with --device cpu)"
             )));
-        }
-        if weights.layers.iter().any(|l| l.moe.is_some()) {
-            return Err(CudaError::Unsupported(
-                "Mixture-of-Experts layers yet (run the model with --device cpu)".into(),
-            ));
         }
         let gpu = Arc::new(Gpu::open(opts.ordinal)?);
         let max_seqs = opts.max_num_seqs.max(*GRAPH_BUCKETS.last().unwrap_or(&1));

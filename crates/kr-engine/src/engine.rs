@@ -208,31 +208,12 @@ struct EngineLoop {
     fault_hook: Option<FaultHook>,
 }
 
-/// The window of a model whose every layer slides: its KV blocks behind the window can be
-/// released (with some layers global, every block stays needed).
-fn window_on_every_layer(c: &kr_model::ModelConfig) -> Option<usize> {
-    let w = c.attention.sliding_window?;
-    (0..c.num_layers)
-        .all(|l| c.window_of_layer(l).is_some())
-        .then_some(w)
-}
-
 /// Loads the model, sizes the KV pool and starts the engine thread.
-pub fn start(cfg: EngineConfig) -> Result<EngineHandle> {
+pub fn start(mut cfg: EngineConfig) -> Result<EngineHandle> {
     let model = load_model(&cfg.model)?;
     let mc = model.config().clone();
-    let mut max_model_len = cfg
-        .max_model_len
-        .unwrap_or(mc.max_context)
-        .min(mc.max_context);
-    // The GPU's attention kernels see every cached key: a sliding window is exact there only
-    // while the context fits in it.
-    if let (DeviceChoice::Cuda(_), Some(w)) = (cfg.device.resolve(), mc.attention.sliding_window) {
-        if w < max_model_len {
-            tracing::warn!(window = w, "sliding-window attention is not implemented on the GPU yet: the context is limited to the window");
-            max_model_len = w;
-        }
-    }
+    let max_model_len;
+    (cfg.device, max_model_len) = placement::device_and_context(&cfg, &model);
     if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
         return Err(EngineError::Config(
             "block_size, max_num_seqs and max_num_batched_tokens must be at least 1".into(),
@@ -295,7 +276,7 @@ impl EngineLoop {
             num_blocks,
             max_model_len: info.max_model_len,
             enable_prefix_caching: cfg.enable_prefix_caching,
-            sliding_window: window_on_every_layer(&info.config),
+            sliding_window: placement::window_on_every_layer(&info.config),
         });
         let stats = Arc::new(EngineStats::default());
         stats.kv_blocks_total.store(num_blocks as u64, Relaxed);
@@ -829,3 +810,6 @@ pub(crate) mod supervise;
 
 #[path = "prompt_logprobs.rs"]
 mod prompt_logprobs;
+
+#[path = "placement.rs"]
+mod placement;

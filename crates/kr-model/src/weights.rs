@@ -258,6 +258,35 @@ impl ModelWeights {
             .flat_map(|l| l.matrices().into_iter().chain(l.expert_matrices()))
     }
 
+    /// What this model needs that the CUDA backend's kernels do not do yet, in words; `None`
+    /// when the GPU can run it. (`device: auto` then picks the CPU for it.)
+    pub fn beyond_the_gpu_kernels(&self) -> Option<String> {
+        let (c, a) = (&self.config, &self.config.attention);
+        if c.partial_rotary() {
+            return Some("partial rotary embeddings".into());
+        }
+        let post_norms = self
+            .layers
+            .iter()
+            .any(|l| l.post_attn_norm.is_some() || l.post_ffn_norm.is_some());
+        let gemma = a.embed_scale.is_some()
+            || a.gelu_ffn
+            || a.attn_logit_softcap.is_some()
+            || a.final_logit_softcap.is_some()
+            || a.local_rope_theta.is_some()
+            || post_norms;
+        if gemma {
+            return Some(format!(
+                "the {} family (GeGLU, scaled embeddings, soft-capping, post-norms)",
+                c.architecture
+            ));
+        }
+        self.layers
+            .iter()
+            .any(|l| l.moe.is_some())
+            .then(|| "Mixture-of-Experts layers".to_string())
+    }
+
     /// Bytes of all weight matrices as stored.
     pub fn weight_bytes(&self) -> usize {
         let bytes = |t: &RawTensor| t.bytes.as_slice().len();
