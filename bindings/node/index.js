@@ -65,6 +65,12 @@ function checkOptions(what, options, spec) {
     if (want === 'number' && (!Number.isFinite(value) || (INTEGERS.has(key) && !Number.isInteger(value)))) {
       throw new TypeError(`${what}: option '${key}' must be a finite ${INTEGERS.has(key) ? 'integer' : 'number'}, got ${value}`)
     }
+    // Integers cross to the engine as unsigned 32-bit values (seed: 53-bit): out of range
+    // they would wrap instead of failing.
+    const most = key === 'seed' ? Number.MAX_SAFE_INTEGER : 2 ** 32 - 1
+    if (INTEGERS.has(key) && (value < 0 || value > most)) {
+      throw new RangeError(`${what}: option '${key}' must be in 0..=${most}, got ${value}`)
+    }
   }
   return options
 }
@@ -124,6 +130,9 @@ class Engine {
       if (role === undefined || content === undefined) throw new TypeError(`${what}: a message needs a role and a content (strings)`)
     })
     checkEach('createGenerator', 'stop', request.stop, isString)
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new TypeError("createGenerator: option 'signal' must be an AbortSignal")
+    }
     return this.#stream(request, signal)
   }
 
@@ -131,8 +140,10 @@ class Engine {
     if (signal?.aborted) throw abortError(signal)
     const generation = await this.#native.start(request)
     const onAbort = () => generation.cancel()
-    signal?.addEventListener('abort', onAbort, { once: true })
     try {
+      // The signal may have fired while the model loaded and the prompt was prepared.
+      if (signal?.aborted) throw abortError(signal)
+      signal?.addEventListener('abort', onAbort, { once: true })
       for (;;) {
         const chunk = await generation.next()
         if (chunk === null) {

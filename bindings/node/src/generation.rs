@@ -103,11 +103,20 @@ impl NativeGeneration {
                 };
                 if last {
                     // The engine sends the end right after its last token.
-                    if let Some(Event::Finished { reason, usage }) = stream.next().await {
-                        chunk.finish_reason = Some(reason_name(reason));
-                        chunk.usage = Some(usage.into());
-                    }
+                    let end = stream.next().await;
                     *slot = None;
+                    match end {
+                        Some(Event::Finished { reason, usage }) => {
+                            chunk.finish_reason = Some(reason_name(reason));
+                            chunk.usage = Some(usage.into());
+                        }
+                        Some(Event::Error(e)) => return Err(napi::Error::from_reason(e)),
+                        _ => {
+                            return Err(napi::Error::from_reason(
+                                "the engine stopped before the generation ended",
+                            ))
+                        }
+                    }
                 }
                 Some(chunk)
             }

@@ -94,13 +94,13 @@ impl NativeEngine {
     pub async fn load_model(&self, model: String, name: Option<String>) -> napi::Result<String> {
         let pool = self.live()?.clone();
         let options = self.options.clone();
+        let disposed = self.disposed.clone();
         tokio::task::spawn_blocking(move || {
             let served = match pool.resolve(&model) {
                 Some(spec) => spec.name,
                 None => configure_path(&pool, &options, &model, name)?,
             };
-            pool.acquire(&served, Some(KeepAlive::Forever))
-                .map_err(engine_error)?;
+            lease(&pool, &disposed, &served, Some(KeepAlive::Forever))?;
             Ok(served)
         })
         .await
@@ -138,15 +138,16 @@ impl NativeEngine {
     #[napi]
     pub async fn start(&self, request: GenerateOptions) -> napi::Result<NativeGeneration> {
         let pool = self.live()?.clone();
+        let disposed = self.disposed.clone();
         tokio::task::spawn_blocking(move || {
-            let lease = pool
-                .acquire(&model_name(&pool, &request)?, None)
-                .map_err(engine_error)?;
+            let lease = lease(&pool, &disposed, &model_name(&pool, &request)?, None)?;
+            // The request's values over the model's defaults over the engine's.
+            let defaults = lease.sampling().over(kr_engine::SamplingParams::default());
             let draft = RequestDraft {
                 prompt: lease
                     .tokenize_prompt(&request.prompt()?)
                     .map_err(engine_error)?,
-                params: lease.sampling().over(request.sampling()?),
+                params: request.sampling(defaults)?,
                 max_tokens: request.max_tokens,
                 options: RequestOptions::default(),
             };
@@ -162,12 +163,13 @@ impl NativeEngine {
     #[napi]
     pub async fn tokenize(&self, text: String, model: Option<String>) -> napi::Result<Vec<u32>> {
         let pool = self.live()?.clone();
+        let disposed = self.disposed.clone();
         tokio::task::spawn_blocking(move || {
             let name = match model {
                 Some(m) => m,
                 None => only_model(&pool)?,
             };
-            let lease = pool.acquire(&name, None).map_err(engine_error)?;
+            let lease = lease(&pool, &disposed, &name, None)?;
             lease
                 .tokenize_prompt(&kr_engine::Prompt::Text(text))
                 .map_err(engine_error)
@@ -176,29 +178,35 @@ impl NativeEngine {
         .map_err(join_error)?
     }
 
-    /// The scheduler statistics of `model` (default: the first loaded one), as
-    /// `GET /v1/scheduler/stats` reports them, plus the engine's counters.
+    /// The scheduler statistics of `model` (default: the first configured model that is
+    /// loaded), as `GET /v1/scheduler/stats` reports them, plus the engine's counters.
     #[napi]
     pub fn scheduler_stats(&self, model: Option<String>) -> napi::Result<serde_json::Value> {
         let pool = self.live()?;
         let loaded = pool.loaded();
-        let wanted = model
-            .as_deref()
-            .and_then(|m| pool.resolve(m))
-            .map(|s| s.name);
-        let found = match &wanted {
-            Some(w) => loaded.iter().find(|(n, _)| n == w),
-            None => loaded.first(),
+        let spec = match model.as_deref() {
+            Some(m) => Some(pool.resolve(m).ok_or_else(|| {
+                engine_error(kr_engine::EngineError::UnknownModel {
+                    name: m.to_string(),
+                    available: pool.names(),
+                })
+            })?),
+            None => pool
+                .specs()
+                .into_iter()
+                .find(|s| loaded.iter().any(|(n, _)| *n == s.name)),
         };
-        let Some((name, engine)) = found else {
+        let found = spec.and_then(|s| {
+            loaded
+                .into_iter()
+                .find(|(n, _)| *n == s.name)
+                .map(|(_, e)| (s, e))
+        });
+        let Some((spec, engine)) = found else {
             return Ok(serde_json::json!({"loaded": false}));
         };
-        let policy = pool
-            .resolve(name)
-            .map(|s| s.engine.policy)
-            .unwrap_or_default();
-        let mut stats = engine.stats().scheduler_json(&policy);
-        stats["model"] = serde_json::json!(name);
+        let mut stats = engine.stats().scheduler_json(&spec.engine.policy);
+        stats["model"] = serde_json::json!(spec.name);
         stats["engine"] = serde_json::to_value(engine.stats().snapshot()).unwrap_or_default();
         Ok(stats)
     }
@@ -218,6 +226,25 @@ impl NativeEngine {
         .await
         .map_err(join_error)
     }
+}
+
+/// `name`'s engine, loaded if needed, after unloading models whose keep-alive ran out. A
+/// `dispose()` that ran while this waited wins: the engine it loaded is stopped too.
+fn lease(
+    pool: &ModelPool,
+    disposed: &AtomicBool,
+    name: &str,
+    keep_alive: Option<KeepAlive>,
+) -> napi::Result<kr_engine::ModelLease> {
+    pool.sweep();
+    let lease = pool.acquire(name, keep_alive).map_err(engine_error)?;
+    if disposed.load(Ordering::Acquire) {
+        lease.shutdown();
+        return Err(napi::Error::from_reason(
+            "this engine was disposed; create another with createEngine()",
+        ));
+    }
+    Ok(lease)
 }
 
 /// The model a request names, or the only one there is.
@@ -270,11 +297,7 @@ fn configure_path(
             ),
         ));
     }
-    let served = name.unwrap_or_else(|| {
-        Path::new(path)
-            .file_stem()
-            .map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned())
-    });
+    let served = name.unwrap_or_else(|| kr_engine::served_name(path));
     pool.add(ModelSpec::new(&served, options.engine_config(path)?))
         .map_err(engine_error)?;
     Ok(served)

@@ -112,10 +112,9 @@ impl GenerateOptions {
         }
     }
 
-    /// Sampling parameters; unset values keep the engine's defaults (greedy when
-    /// `temperature` is 0).
-    pub fn sampling(&self) -> napi::Result<SamplingParams> {
-        let mut p = SamplingParams::default();
+    /// Sampling parameters: the ones set here over `base` (greedy when `temperature` is 0).
+    pub fn sampling(&self, base: SamplingParams) -> napi::Result<SamplingParams> {
+        let mut p = base;
         if let Some(t) = self.temperature {
             p.temperature = t as f32;
         }

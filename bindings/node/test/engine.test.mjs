@@ -89,6 +89,12 @@ it('an AbortSignal cancels a running generation', async () => {
     engine.generate({ model, prompt: 'Hello', signal: AbortSignal.abort() }),
     { name: 'AbortError' },
   )
+  // Aborted while the request is being prepared, before its first chunk.
+  const early = new AbortController()
+  const first = engine.createGenerator({ model, prompt: 'Hello', maxTokens: 200, signal: early.signal }).next()
+  early.abort()
+  await assert.rejects(first, { name: 'AbortError' })
+  await kvBlocksFreed()
 })
 
 it('chat messages, stop strings, logprobs and tokenize', async () => {
@@ -160,6 +166,9 @@ it('bad input gets errors naming the option and the allowed values', async () =>
   assert.throws(() => engine.createGenerator({ model, prompt: 'x', maxTokens: '5' }), /'maxTokens' must be a number/)
   assert.throws(() => engine.createGenerator({ model, messages: [{ role: 'user' }] }), /messages\[0\].*content/)
   await assert.rejects(engine.generate({ model, prompt: 'x', temperature: -1 }), /temperature/)
+  assert.throws(() => engine.createGenerator({ model, prompt: 'x', maxTokens: -1 }), /maxTokens' must be in 0\.\.=4294967295/)
+  assert.throws(() => engine.createGenerator({ model, prompt: 'x', signal: {} }), /must be an AbortSignal/)
+  await assert.rejects(engine.getSchedulerStats({ model: 'nope' }), /nope.*does not exist/)
   await assert.rejects(engine.generate({ model, prompt: 'x', maxTokens: 100000 }), /max_tokens.*1\.\.=/)
   await assert.rejects(engine.generate({ model, prompt: 'x', messages: [] }), /exactly one of prompt/)
   await assert.rejects(engine.generate({ model: 'nope', prompt: 'x' }), /nope.*does not exist/)

@@ -221,7 +221,7 @@ pub fn start(mut cfg: EngineConfig) -> Result<EngineHandle> {
     }
     let runner = Runner::place(&model.weights, &cfg.runner_config(max_model_len))?;
     let info = ModelInfo {
-        name: model_name(&cfg.model),
+        name: crate::model::served_name(&cfg.model.to_string_lossy()),
         config: mc,
         max_model_len,
         num_kv_blocks: runner.num_blocks(),
@@ -326,17 +326,6 @@ fn template_from_file(path: &std::path::Path, tok: &Tokenizer) -> Result<ChatTem
         &text(tok.eos_ids.first().copied()),
     )
     .map_err(|e| EngineError::Config(format!("chat template {}: {e}", path.display())))
-}
-
-/// The name the APIs serve a model under: its file stem, or the whole path for
-/// `random:<arch>` (whose dots are not an extension).
-fn model_name(path: &std::path::Path) -> String {
-    let whole = path.to_string_lossy();
-    if whole.starts_with(crate::model::RANDOM_PREFIX) {
-        return whole.into_owned();
-    }
-    path.file_stem()
-        .map_or("model".into(), |s| s.to_string_lossy().into_owned())
 }
 
 /// The text a new token adds, after stop-string matching, and the request's final state.

@@ -38,7 +38,9 @@ pub use kr_model::{AttnMeta, ModelConfig, ModelError, ModelWeights, RowSampling,
 pub use kr_model::{
     BudgetedAllocator, ChatContext, ChatMessage, RenderJobSpec, RenderSandbox, TemplateLimits,
 };
-pub use model::{load_model, random_weights, LoadedModel, BUILTIN_MODEL, RANDOM_PREFIX};
+pub use model::{
+    load_model, random_weights, served_name, LoadedModel, BUILTIN_MODEL, RANDOM_PREFIX,
+};
 pub use pool::{KeepAlive, ModelLease, ModelPool, ModelSpec, ModelStatus, SamplingDefaults};
 pub use runner::{tuning_switches, DTypeChoice, DeviceChoice, Runner, RunnerConfig, TuningSwitch};
 pub use stats::{EngineStats, SchedStats, StatsSnapshot, StepPercentiles};

@@ -194,6 +194,21 @@ fn load_builtin(path: &Path) -> Result<LoadedModel> {
 /// optional storage after a colon: `random:llama-3.1-8b:q4_k_m` (see [`random_weights`]).
 pub const RANDOM_PREFIX: &str = "random:";
 
+/// The name a model is served under when none is configured: `builtin:…` and `random:…`
+/// whole, a model directory by its name (`Llama-3.2-1B-Instruct`), a file by its name
+/// without the extension (`SmolLM2-135M-Instruct.Q4_1`).
+pub fn served_name(path: &str) -> String {
+    let p = Path::new(path);
+    if path.starts_with("builtin:") || path.starts_with(RANDOM_PREFIX) {
+        return path.to_string();
+    }
+    let part = match p.is_dir() {
+        true => p.file_name(),
+        false => p.file_stem(),
+    };
+    part.map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned())
+}
+
 /// Random weights of `arch`'s shape (bf16 unless `arch` names a storage) with that family's
 /// tokenizer from ../shared/models (or `$KR_TOKENIZER`, a tokenizer.json).
 fn load_random(path: &Path, arch: &str) -> Result<LoadedModel> {
@@ -272,5 +287,25 @@ fn assemble(
         tokenizer: Arc::new(tokenizer),
         chat_template,
         pooling: Pooling::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::served_name;
+
+    #[test]
+    fn served_names_keep_a_directory_whole_and_drop_a_file_extension() {
+        let dir =
+            std::env::temp_dir().join(format!("kr-names-{}/Qwen2.5-0.5B", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(served_name(&dir.to_string_lossy()), "Qwen2.5-0.5B");
+        assert_eq!(
+            served_name("/m/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        assert_eq!(served_name("random:llama-3.1-8b"), "random:llama-3.1-8b");
+        assert_eq!(served_name("builtin:stories260k"), "builtin:stories260k");
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
     }
 }

@@ -532,6 +532,13 @@ impl ModelPool {
         };
         tracing::info!(model = %spec.name, "loaded in {:.2?}", t0.elapsed());
         self.inner.loads.fetch_add(1, Relaxed);
+        // `auto` settles on the CPU for a model the GPU kernels cannot run (placement.rs):
+        // it then counts against the host's budget, not the GPU's.
+        let on_host = handle.info().device.starts_with("cpu");
+        let (device, reserved) = match device {
+            Device::Gpu(_) if on_host => (Device::Host, spec.estimated_bytes()),
+            other => (other, reserved),
+        };
         st.loaded.insert(
             spec.name.clone(),
             Slot {

@@ -192,6 +192,27 @@ fn rope_extension(
     }
 }
 
+/// LongRoPE's factor lists: one positive factor per rotated dimension pair.
+fn check_rope_factors(rope: &RopeExtension, pairs: usize, path: &Path) -> Result<()> {
+    if let RopeExtension::LongRope {
+        short_factor,
+        long_factor,
+        ..
+    } = rope
+    {
+        for (key, list) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+            if list.len() != pairs || list.iter().any(|&f| !(f > 0.0 && f.is_finite())) {
+                return Err(field_err(
+                    path,
+                    &format!("rope_scaling.{key}"),
+                    "one positive factor per rotated dimension pair (head_dim × partial_rotary_factor / 2)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The sliding window and the layers it applies to: transformers 5's `layer_types`, else
 /// `sliding_window` on every layer (Mistral, Phi-3), unless `use_sliding_window` is false
 /// (Qwen2/3, where `max_window_layers` then sets the first sliding layer).
@@ -271,8 +292,19 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         ));
     }
     let num_layers = usize_field(cfg, path, "num_hidden_layers")?;
-    let max_context = cfg["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
+    let mut max_context = cfg["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
     let (rope, rope_attention_factor) = rope_extension(cfg, path, max_context)?;
+    check_rope_factors(&rope, rotary_dim / 2, path)?;
+    // YaRN stretches the original context by its factor (Qwen's recipe adds it to a config
+    // whose max_position_embeddings stays the original).
+    if let RopeExtension::Yarn {
+        factor,
+        original_max_position_embeddings: orig,
+        ..
+    } = &rope
+    {
+        max_context = max_context.max((*factor as f64 * *orig as f64) as usize);
+    }
     let (sliding_window, mut sliding_layers) = sliding_window(cfg, path, num_layers)?;
     let gemma = crate::hf_gemma::is_gemma(family);
     let mut attention = AttentionExt::default();
@@ -529,6 +561,31 @@ mod tests {
         assert_eq!(cfg.rope_theta, 500000.0);
         assert_eq!(cfg.rope_scaling.unwrap().factor, 32.0);
         assert_eq!((cfg.head_dim, cfg.rope_style), (16, RopeStyle::HalfSplit));
+    }
+
+    #[test]
+    fn multimodal_gemma3_text_config_takes_transformers_defaults() {
+        // Like released Gemma 3 4B configs: the text config names only what differs.
+        let c = json!({"architectures": ["Gemma3ForConditionalGeneration"],
+            "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                "num_hidden_layers": 34, "rope_scaling": {"rope_type": "linear", "factor": 8.0}}});
+        let cfg = config_from_json(&c, Path::new("config.json")).unwrap();
+        assert_eq!(
+            (cfg.architecture.as_str(), cfg.vocab_size, cfg.head_dim),
+            ("gemma3", 262_208, 256)
+        );
+        assert_eq!(
+            (cfg.num_heads, cfg.num_kv_heads, cfg.rope_theta),
+            (8, 4, 1_000_000.0)
+        );
+        let a = &cfg.attention;
+        assert_eq!(
+            (a.query_scale, a.local_rope_theta, a.sliding_window),
+            (Some(256.0), Some(10_000.0), Some(4096))
+        );
+        assert_eq!(a.rope, RopeExtension::Linear(8.0));
+        assert!(cfg.tie_embeddings);
+        assert_eq!(cfg.window_of_layer(5), None, "every sixth layer is global");
     }
 
     #[test]

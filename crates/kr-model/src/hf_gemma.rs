@@ -30,6 +30,7 @@ pub fn normalize(cfg: &Value) -> Value {
         }
         _ => cfg.clone(),
     };
+    fill_defaults(&mut c);
     if let Some(full) = c["rope_parameters"].get("full_attention").cloned() {
         let local = c["rope_parameters"]["sliding_attention"]["rope_theta"].clone();
         c["rope_parameters"] = full;
@@ -38,6 +39,44 @@ pub fn normalize(cfg: &Value) -> Value {
         }
     }
     c
+}
+
+/// Released Gemma 3 multimodal checkpoints leave many `text_config` keys out and rely on
+/// transformers' `Gemma3TextConfig` defaults (and Gemma 2 configs on `Gemma2Config`'s):
+/// absent keys get those defaults (a key present as `null` keeps its meaning).
+fn fill_defaults(c: &mut Value) {
+    use serde_json::json;
+    let defaults = match c["architectures"][0].as_str() {
+        Some("Gemma3ForCausalLM") => json!({
+            "vocab_size": 262208, "max_position_embeddings": 131072, "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0,
+        }),
+        Some("Gemma2ForCausalLM") => json!({
+            "vocab_size": 256000, "max_position_embeddings": 8192, "rope_theta": 10000.0,
+            "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+        }),
+        _ => return,
+    };
+    let shared = json!({
+        "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+        "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+        "tie_word_embeddings": true,
+    });
+    let Some(obj) = c.as_object_mut() else { return };
+    let has_rope = obj.contains_key("rope_parameters") || obj.contains_key("rope_theta");
+    for (k, v) in shared
+        .as_object()
+        .into_iter()
+        .flatten()
+        .chain(defaults.as_object().into_iter().flatten())
+    {
+        // A config with RoPE parameters of its own keeps them.
+        let skip = k == "rope_theta" && has_rope;
+        if !obj.contains_key(k) && !skip {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
 }
 
 /// Gemma's features of `cfg` (already [`normalize`]d), and which layers slide when the

@@ -94,13 +94,7 @@ pub fn resolve_model(spec: &str) -> Result<(String, String)> {
     }
 }
 
-/// The name a local model is served under: its file (or directory) name without the
-/// extension.
+/// The name a local model is served under (see [`kr_engine::served_name`]).
 pub fn served_name(path: &str) -> String {
-    if path.starts_with("builtin:") || path.starts_with(kr_engine::RANDOM_PREFIX) {
-        return path.to_string();
-    }
-    Path::new(path)
-        .file_stem()
-        .map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned())
+    kr_engine::served_name(path)
 }
