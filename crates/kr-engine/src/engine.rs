@@ -210,10 +210,11 @@ struct EngineLoop {
 
 /// Loads the model, sizes the KV pool and starts the engine thread.
 pub fn start(mut cfg: EngineConfig) -> Result<EngineHandle> {
-    let model = load_model(&cfg.model)?;
-    let mc = model.config().clone();
+    let mut model = load_model(&cfg.model)?;
     let max_model_len;
     (cfg.device, max_model_len) = placement::device_and_context(&cfg, &model);
+    placement::rotate_for_context(&mut model.weights.config, max_model_len);
+    let mc = model.config().clone();
     if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
         return Err(EngineError::Config(
             "block_size, max_num_seqs and max_num_batched_tokens must be at least 1".into(),

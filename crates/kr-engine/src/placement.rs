@@ -1,6 +1,7 @@
 //! Where a model runs and how far its context goes: the device `auto` settles on for the
 //! model (the CPU for what the GPU kernels do not do yet), the context limit a device can
-//! honour exactly, and whether the scheduler may release KV blocks behind a sliding window.
+//! honour exactly, which LongRoPE factors that context calls for, and whether the scheduler
+//! may release KV blocks behind a sliding window.
 
 use super::EngineConfig;
 use crate::runner::DeviceChoice;
@@ -41,4 +42,47 @@ pub(super) fn device_and_context(
         }
     }
     (device, max_model_len)
+}
+
+/// LongRoPE rotates with its long factors only when sequences can pass the original context:
+/// a context limited to it keeps the short ones (as llama.cpp does for `n_ctx` within the
+/// original context, and transformers for sequences within it).
+pub(super) fn rotate_for_context(c: &mut kr_model::ModelConfig, max_model_len: usize) {
+    if matches!(c.attention.rope, kr_model::RopeExtension::LongRope { .. }) {
+        c.max_context = c.max_context.min(max_model_len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rotate_for_context;
+    use kr_model::RopeExtension;
+
+    #[test]
+    fn longrope_keeps_its_short_factors_within_the_original_context() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/reference/hf-tiny/phi3-longrope-f32/config.json");
+        let json = serde_json::from_str(&std::fs::read_to_string(&dir).unwrap()).unwrap();
+        let full = kr_model::hf::config_from_json(&json, &dir).unwrap();
+        let RopeExtension::LongRope {
+            short_factor,
+            long_factor,
+            ..
+        } = full.attention.rope.clone()
+        else {
+            panic!("LongRoPE expected")
+        };
+        let base = |c: &kr_model::ModelConfig, i: usize, f: f32| c.rope_inv_freq()[i] * f;
+        let mut short = full.clone();
+        rotate_for_context(&mut short, 32);
+        let mut long = full.clone();
+        rotate_for_context(&mut long, 48);
+        for i in 0..short_factor.len() {
+            // inv_freq × factor is the unscaled frequency either way.
+            assert!(
+                (base(&short, i, short_factor[i]) - base(&long, i, long_factor[i])).abs() < 1e-6
+            );
+        }
+        assert_ne!(short.rope_inv_freq(), long.rope_inv_freq());
+    }
 }
