@@ -134,62 +134,70 @@ fn rope_extension(
                 "a positive number (linear rope)",
             )),
         },
-        Some("yarn") => {
-            let orig = orig()?;
-            let factor = match rs["factor"].as_f64() {
-                Some(f) => f as f32,
-                None => max_context as f32 / orig as f32,
-            };
-            if rs["mscale"].is_number() || rs["mscale_all_dim"].is_number() {
-                return Err(field_err(
-                    path,
-                    "rope_scaling.mscale",
-                    "absent (YaRN with mscale / mscale_all_dim is not supported)",
-                ));
-            }
-            let ext = RopeExtension::Yarn {
-                factor,
-                original_max_position_embeddings: orig,
-                beta_fast: rs["beta_fast"].as_f64().unwrap_or(32.0) as f32,
-                beta_slow: rs["beta_slow"].as_f64().unwrap_or(1.0) as f32,
-                truncate: rs["truncate"].as_bool().unwrap_or(true),
-            };
-            Ok((
-                ext,
-                Some(given.unwrap_or_else(|| crate::config::yarn_attention_factor(factor))),
-            ))
-        }
-        Some("longrope") | Some("su") => {
-            let orig = orig()?;
-            let factors = |key: &str| -> Result<Vec<f32>> {
-                rs[key]
-                    .as_array()
-                    .and_then(|a| a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect())
-                    .ok_or_else(|| {
-                        field_err(path, &format!("rope_scaling.{key}"), "a list of numbers")
-                    })
-            };
-            let factor = rs["factor"]
-                .as_f64()
-                .map_or(max_context as f32 / orig as f32, |f| f as f32);
-            let ext = RopeExtension::LongRope {
-                short_factor: factors("short_factor")?,
-                long_factor: factors("long_factor")?,
-                original_max_position_embeddings: orig,
-            };
-            Ok((
-                ext,
-                Some(
-                    given.unwrap_or_else(|| crate::config::longrope_attention_factor(factor, orig)),
-                ),
-            ))
-        }
+        Some("yarn") => yarn(rs, path, orig()?, max_context, given),
+        Some("longrope") | Some("su") => longrope(rs, path, orig()?, max_context, given),
         Some(_) => Err(field_err(
             path,
             "rope_scaling.rope_type",
             "\"default\", \"linear\", \"llama3\", \"yarn\" or \"longrope\"",
         )),
     }
+}
+
+/// YaRN's parameters and attention factor (`mscale` variants are refused by name).
+fn yarn(
+    rs: &Value,
+    path: &Path,
+    orig: usize,
+    max_context: usize,
+    given: Option<f32>,
+) -> Result<(RopeExtension, Option<f32>)> {
+    let factor = match rs["factor"].as_f64() {
+        Some(f) => f as f32,
+        None => max_context as f32 / orig as f32,
+    };
+    if rs["mscale"].is_number() || rs["mscale_all_dim"].is_number() {
+        return Err(field_err(
+            path,
+            "rope_scaling.mscale",
+            "absent (YaRN with mscale / mscale_all_dim is not supported)",
+        ));
+    }
+    let ext = RopeExtension::Yarn {
+        factor,
+        original_max_position_embeddings: orig,
+        beta_fast: rs["beta_fast"].as_f64().unwrap_or(32.0) as f32,
+        beta_slow: rs["beta_slow"].as_f64().unwrap_or(1.0) as f32,
+        truncate: rs["truncate"].as_bool().unwrap_or(true),
+    };
+    let af = given.unwrap_or_else(|| crate::config::yarn_attention_factor(factor));
+    Ok((ext, Some(af)))
+}
+
+/// LongRoPE's factor lists and attention factor (`rope_type` `longrope` or `su`).
+fn longrope(
+    rs: &Value,
+    path: &Path,
+    orig: usize,
+    max_context: usize,
+    given: Option<f32>,
+) -> Result<(RopeExtension, Option<f32>)> {
+    let factors = |key: &str| -> Result<Vec<f32>> {
+        rs[key]
+            .as_array()
+            .and_then(|a| a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect())
+            .ok_or_else(|| field_err(path, &format!("rope_scaling.{key}"), "a list of numbers"))
+    };
+    let factor = rs["factor"]
+        .as_f64()
+        .map_or(max_context as f32 / orig as f32, |f| f as f32);
+    let ext = RopeExtension::LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: orig,
+    };
+    let af = given.unwrap_or_else(|| crate::config::longrope_attention_factor(factor, orig));
+    Ok((ext, Some(af)))
 }
 
 /// LongRoPE's factor lists: one positive factor per rotated dimension pair.
@@ -246,13 +254,9 @@ fn sliding_window(cfg: &Value, path: &Path, layers: usize) -> Result<(Option<usi
     Ok((Some(window), sliding))
 }
 
-/// The decoder configuration from `config.json`.
-pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
-    let cfg = &crate::hf_gemma::normalize(cfg);
-    let arch = cfg["architectures"][0]
-        .as_str()
-        .ok_or_else(|| field_err(path, "architectures", "a list of class names"))?;
-    let family = match arch {
+/// kr-serve's family name of a Hugging Face architecture class.
+fn family_of(arch: &str, path: &Path) -> Result<&'static str> {
+    Ok(match arch {
         "LlamaForCausalLM" => "llama",
         "MistralForCausalLM" => "mistral",
         "Qwen2ForCausalLM" => "qwen2",
@@ -269,20 +273,16 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
                 supported: SUPPORTED,
             })
         }
-    };
-    let hidden = usize_field(cfg, path, "hidden_size")?;
-    let num_heads = usize_field(cfg, path, "num_attention_heads")?;
-    let rope_theta = cfg["rope_theta"]
-        .as_f64()
-        .or(cfg["rope_parameters"]["rope_theta"].as_f64())
-        .unwrap_or(10_000.0);
+    })
+}
+
+/// How many dimensions of each head rotate (`partial_rotary_factor`, at the top level or in
+/// `rope_parameters`): an even number, at least 2.
+fn rotary_dim(cfg: &Value, path: &Path, head_dim: usize) -> Result<usize> {
     let partial = cfg["partial_rotary_factor"]
         .as_f64()
         .or(cfg["rope_parameters"]["partial_rotary_factor"].as_f64())
         .unwrap_or(1.0);
-    let head_dim = cfg["head_dim"]
-        .as_u64()
-        .map_or(hidden / num_heads.max(1), |v| v as usize);
     let rotary_dim = (head_dim as f64 * partial) as usize;
     if !(partial > 0.0 && partial <= 1.0) || rotary_dim == 0 || rotary_dim % 2 != 0 {
         return Err(field_err(
@@ -291,18 +291,37 @@ pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
             "in (0, 1], rotating an even number of dimensions of each head",
         ));
     }
+    Ok(rotary_dim)
+}
+
+/// The decoder configuration from `config.json`.
+pub fn config_from_json(cfg: &Value, path: &Path) -> Result<ModelConfig> {
+    let cfg = &crate::hf_gemma::normalize(cfg);
+    let arch = cfg["architectures"][0]
+        .as_str()
+        .ok_or_else(|| field_err(path, "architectures", "a list of class names"))?;
+    let family = family_of(arch, path)?;
+    let hidden = usize_field(cfg, path, "hidden_size")?;
+    let num_heads = usize_field(cfg, path, "num_attention_heads")?;
+    let rope_theta = cfg["rope_theta"]
+        .as_f64()
+        .or(cfg["rope_parameters"]["rope_theta"].as_f64())
+        .unwrap_or(10_000.0);
+    let head_dim = cfg["head_dim"]
+        .as_u64()
+        .map_or(hidden / num_heads.max(1), |v| v as usize);
+    let rotary_dim = rotary_dim(cfg, path, head_dim)?;
     let num_layers = usize_field(cfg, path, "num_hidden_layers")?;
     let mut max_context = cfg["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
     let (rope, rope_attention_factor) = rope_extension(cfg, path, max_context)?;
     check_rope_factors(&rope, rotary_dim / 2, path)?;
-    // YaRN stretches the original context by its factor (Qwen's recipe adds it to a config
-    // whose max_position_embeddings stays the original).
     if let RopeExtension::Yarn {
         factor,
         original_max_position_embeddings: orig,
         ..
     } = &rope
     {
+        // Qwen's recipe adds YaRN to a config whose max_position_embeddings stays the original.
         max_context = max_context.max((*factor as f64 * *orig as f64) as usize);
     }
     let (sliding_window, mut sliding_layers) = sliding_window(cfg, path, num_layers)?;
@@ -365,25 +384,13 @@ fn layer(
         true => "pre_feedforward_layernorm.weight",
         false => "post_attention_layernorm.weight",
     };
-    let [wq, wk, wv] = match st.contains(&n("self_attn.qkv_proj.weight")) {
-        true => {
-            let qkv = st.matrix(&n("self_attn.qkv_proj.weight"), q + 2 * kv, d)?;
-            [("q_proj", 0, q), ("k_proj", q, kv), ("v_proj", q + kv, kv)].map(
-                |(part, start, rows)| {
-                    qkv.row_range(
-                        &n(&format!("self_attn.qkv_proj.weight[{part}]")),
-                        start,
-                        rows,
-                    )
-                },
-            )
+    let post_norm = |name: &str| -> Result<Option<Vec<f32>>> {
+        match post_norms {
+            true => st.vector(&n(name), d).map(Some),
+            false => Ok(None),
         }
-        false => [
-            st.matrix(&n("self_attn.q_proj.weight"), q, d)?,
-            st.matrix(&n("self_attn.k_proj.weight"), kv, d)?,
-            st.matrix(&n("self_attn.v_proj.weight"), kv, d)?,
-        ],
     };
+    let [wq, wk, wv] = qkv_projections(st, &n, (q, kv), d)?;
     let moe = match moe {
         Some(spec) => crate::hf_moe::moe_layer(st, spec, i, d)?,
         None => None,
@@ -409,15 +416,35 @@ fn layer(
         w_up,
         w_down,
         moe,
-        post_attn_norm: match post_norms {
-            true => Some(st.vector(&n("post_attention_layernorm.weight"), d)?),
-            false => None,
-        },
-        post_ffn_norm: match post_norms {
-            true => Some(st.vector(&n("post_feedforward_layernorm.weight"), d)?),
-            false => None,
-        },
+        post_attn_norm: post_norm("post_attention_layernorm.weight")?,
+        post_ffn_norm: post_norm("post_feedforward_layernorm.weight")?,
     })
+}
+
+/// A layer's q, k and v projections (fused as `qkv_proj` in Phi-3: q rows, then k, then v).
+fn qkv_projections(
+    st: &SafetensorsSet,
+    n: &dyn Fn(&str) -> String,
+    (q, kv): (usize, usize),
+    d: usize,
+) -> Result<[RawTensor; 3]> {
+    if !st.contains(&n("self_attn.qkv_proj.weight")) {
+        return Ok([
+            st.matrix(&n("self_attn.q_proj.weight"), q, d)?,
+            st.matrix(&n("self_attn.k_proj.weight"), kv, d)?,
+            st.matrix(&n("self_attn.v_proj.weight"), kv, d)?,
+        ]);
+    }
+    let qkv = st.matrix(&n("self_attn.qkv_proj.weight"), q + 2 * kv, d)?;
+    Ok(
+        [("q_proj", 0, q), ("k_proj", q, kv), ("v_proj", q + kv, kv)].map(|(part, start, rows)| {
+            qkv.row_range(
+                &n(&format!("self_attn.qkv_proj.weight[{part}]")),
+                start,
+                rows,
+            )
+        }),
+    )
 }
 
 /// A dense layer's gate, up and down projections (gate and up fused in Phi-3).
