@@ -67,7 +67,8 @@ from conversion.base import ModelType, TextModel  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 HF_TINY = ROOT / "tests" / "reference" / "hf-tiny"
 NAMES = [
-    "phi3-longrope-f32", "qwen2-yarn-f32", "mistral-window-f32", "llama-f32", "mixtral-f32",
+    "phi3-longrope-f32", "phi3-partial-f32", "qwen2-yarn-f32", "mistral-window-f32", "llama-f32",
+    "mixtral-f32",
     "qwen3moe-norm-f32", "gemma2-f32", "gemma3-f32",
 ]
 

@@ -116,6 +116,16 @@ fn phi3_gguf_with_longrope_matches_transformers() {
     same_as_hf("phi3-longrope-f32", &model);
 }
 
+/// Phi-4-mini's shape: `phi3.rope.dimension_count` below the head size (half of each head
+/// rotates), with LongRoPE factors for the rotated pairs.
+#[test]
+fn phi3_gguf_with_partial_rotary_embeddings_matches_transformers() {
+    let (model, err) = gguf_error("phi3-partial-f32", "logits");
+    assert!(err <= TOLERANCE, "phi3-partial.gguf: {err}");
+    assert_eq!(model.config().attention.rotary_dim, Some(8));
+    same_as_hf("phi3-partial-f32", &model);
+}
+
 #[test]
 fn qwen2_gguf_with_yarn_matches_transformers() {
     let (model, err) = gguf_error("qwen2-yarn-f32", "logits");

@@ -91,11 +91,13 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         .get(&key("attention.key_length"))
         .and_then(|v| v.as_u64())
         .map_or(hidden / num_heads.max(1), |v| v as usize);
-    if opt_usize(f, &key("rope.dimension_count"))?.is_some_and(|n| n != head_dim) {
+    // Fewer rotated dimensions than the head has: partial rotary embeddings (Phi-4-mini).
+    let rotary = opt_usize(f, &key("rope.dimension_count"))?.unwrap_or(head_dim);
+    if rotary == 0 || rotary % 2 != 0 || rotary > head_dim {
         return Err(meta_err(
             f,
             &key("rope.dimension_count"),
-            "the head dimension (partial rotary embeddings are not supported yet)",
+            "an even number of dimensions, at most the head dimension",
         ));
     }
     let embd = f.tensor("token_embd.weight")?;
@@ -109,7 +111,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         .get(&key("rope.freq_base"))
         .and_then(|v| v.as_f64())
         .unwrap_or(10_000.0) as f32;
-    let (rope, rope_attention_factor) = rope_extension(f, &arch, head_dim, max_context)?;
+    let (rope, rope_attention_factor) = rope_extension(f, &arch, rotary, max_context)?;
     let (sliding_window, sliding_layers) = sliding_window(f, &arch, num_layers)?;
     let family = match crate::gguf_gemma::is_gemma(&arch) {
         true => {
@@ -137,6 +139,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
         attention: AttentionExt {
             rope,
             rope_attention_factor,
+            rotary_dim: (rotary != head_dim).then_some(rotary),
             sliding_window,
             sliding_layers,
             ..family
@@ -150,7 +153,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<ModelConfig> {
 fn rope_extension(
     f: &GgufFile,
     arch: &str,
-    head_dim: usize,
+    rotary_dim: usize,
     max_context: usize,
 ) -> Result<(RopeExtension, Option<f32>)> {
     let key = |k: &str| format!("{arch}.rope.scaling.{k}");
@@ -201,7 +204,7 @@ fn rope_extension(
         }
         None | Some("longrope") if has_factors || kind.is_some() => {
             let factors = |name: &str| -> Result<Vec<f32>> {
-                let v = vector(f, name, head_dim / 2)?;
+                let v = vector(f, name, rotary_dim / 2)?;
                 if v.iter().any(|&x| !(x > 0.0 && x.is_finite())) {
                     return Err(meta_err(f, name, "positive rope factors"));
                 }
@@ -216,10 +219,10 @@ fn rope_extension(
             let af = attn_factor.unwrap_or_else(|| longrope_attention_factor(scale, orig));
             Ok((ext, Some(af)))
         }
-        None | Some("none") => Ok((freq_factors(f, head_dim)?, attn_factor)),
+        None | Some("none") => Ok((freq_factors(f, rotary_dim)?, attn_factor)),
         // llama.cpp's default type; a factor of 1 (or none) does not scale.
         Some("linear") if factor.is_none_or(|x| x == 0.0 || x == 1.0) => {
-            Ok((freq_factors(f, head_dim)?, attn_factor))
+            Ok((freq_factors(f, rotary_dim)?, attn_factor))
         }
         // Gemma 3's global layers (llama.cpp divides positions by the factor).
         Some("linear") if crate::gguf_gemma::is_gemma(arch) => Ok((
@@ -771,11 +774,11 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(c.attention.rope, RopeExtension::None);
-        let e = config("phi3", vec![("rope.dimension_count", M::U32(2))], &[])
+        let e = config("phi3", vec![("rope.dimension_count", M::U32(3))], &[])
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("phi3.rope.dimension_count") && e.contains("partial"),
+            e.contains("phi3.rope.dimension_count") && e.contains("even"),
             "{e}"
         );
     }
