@@ -171,18 +171,18 @@ impl<B: Backend> Decoder<B> {
         let h = be.rms_norm(x, norm, self.config.rms_norm_eps);
         let logits = be.to_host(&be.linear(&h, &moe.router, None));
         let e = moe.experts.len();
-        let routes = route_tokens(&logits, n, e, moe.top_k, moe.norm_topk_prob);
-        for (expert, [gate, up, down]) in moe.experts.iter().enumerate() {
-            let (rows, scales): (Vec<usize>, Vec<f32>) = routes
-                .iter()
-                .filter(|r| r.1 == expert)
-                .map(|r| (r.0, r.2))
-                .unzip();
+        // Each expert's tokens and weights, in token order, gathered in one pass.
+        let mut routed: Vec<(Vec<usize>, Vec<f32>)> = vec![Default::default(); e];
+        for (token, expert, weight) in route_tokens(&logits, n, e, moe.top_k, moe.norm_topk_prob) {
+            routed[expert].0.push(token);
+            routed[expert].1.push(weight);
+        }
+        for ([gate, up, down], (rows, scales)) in moe.experts.iter().zip(&routed) {
             if rows.is_empty() {
                 continue;
             }
-            let act = be.linear_gate_up(&be.gather_rows(&h, &rows), gate, up);
-            be.scatter_add_scaled(x, &rows, &be.linear(&act, down, None), &scales);
+            let act = be.linear_gate_up(&be.gather_rows(&h, rows), gate, up);
+            be.scatter_add_scaled(x, rows, &be.linear(&act, down, None), scales);
         }
     }
 
