@@ -183,25 +183,19 @@ impl NativeEngine {
     #[napi]
     pub fn scheduler_stats(&self, model: Option<String>) -> napi::Result<serde_json::Value> {
         let pool = self.live()?;
-        let loaded = pool.loaded();
-        let spec = match model.as_deref() {
-            Some(m) => Some(pool.resolve(m).ok_or_else(|| {
-                engine_error(kr_engine::EngineError::UnknownModel {
-                    name: m.to_string(),
-                    available: pool.names(),
-                })
-            })?),
-            None => pool
-                .specs()
-                .into_iter()
-                .find(|s| loaded.iter().any(|(n, _)| *n == s.name)),
+        let found = match model.as_deref() {
+            Some(m) => {
+                let spec = pool.resolve(m).ok_or_else(|| {
+                    engine_error(kr_engine::EngineError::UnknownModel {
+                        name: m.to_string(),
+                        available: pool.names(),
+                    })
+                })?;
+                let loaded = pool.loaded().into_iter().find(|(n, _)| *n == spec.name);
+                loaded.map(|(_, e)| (spec, e))
+            }
+            None => pool.first_loaded(),
         };
-        let found = spec.and_then(|s| {
-            loaded
-                .into_iter()
-                .find(|(n, _)| *n == s.name)
-                .map(|(_, e)| (s, e))
-        });
         let Some((spec, engine)) = found else {
             return Ok(serde_json::json!({"loaded": false}));
         };

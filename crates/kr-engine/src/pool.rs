@@ -626,6 +626,16 @@ impl ModelPool {
             .collect()
     }
 
+    /// The first configured model that is loaded, with its engine (what a request that names
+    /// no model reports on: scheduler statistics).
+    pub fn first_loaded(&self) -> Option<(ModelSpec, EngineHandle)> {
+        let loaded = self.loaded();
+        self.specs().into_iter().find_map(|s| {
+            let engine = loaded.iter().find(|(n, _)| *n == s.name)?.1.clone();
+            Some((s, engine))
+        })
+    }
+
     /// The engines loaded now, by name (for metrics and shutdown).
     pub fn loaded(&self) -> Vec<(String, EngineHandle)> {
         let st = self.inner.lock();

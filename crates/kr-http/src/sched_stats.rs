@@ -13,18 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// GET /v1/scheduler/stats, of the first configured model that is loaded.
 pub async fn stats(State(server): State<Server>) -> Json<Value> {
-    let loaded = server.pool.loaded();
-    let first = server
-        .pool
-        .specs()
-        .iter()
-        .find_map(|s| loaded.iter().find(|(n, _)| *n == s.name));
     let cfg = server.effective().config;
-    Json(first.map_or_else(
+    Json(server.pool.first_loaded().map_or_else(
         || json!({"loaded": false}),
-        |(name, e)| {
+        |(spec, e)| {
             let mut v = to_json(e.stats(), &cfg);
-            v["model"] = json!(name);
+            v["model"] = json!(spec.name);
             v
         },
     ))
