@@ -47,17 +47,9 @@ fn gguf_path(name: &str) -> PathBuf {
 fn gguf_error(name: &str, key: &str) -> (kr_engine::LoadedModel, f32) {
     let model =
         kr_engine::load_model(&gguf_path(name)).unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
-    let worst = logit_error(&model, name, key);
+    let worst = common::reference_error(&model, name, key);
     println!("{name}.gguf vs {key}: max |logit error| = {worst:.2e}");
     (model, worst)
-}
-
-/// `model`'s largest logit error against `name`'s reference `key` table.
-fn logit_error(model: &kr_engine::LoadedModel, name: &str, key: &str) -> f32 {
-    let r = common::hf_tiny_reference(name);
-    let ids = common::reference_ids(&r);
-    let ours = common::logits_at(model, &ids, &(0..ids.len()).collect::<Vec<_>>());
-    common::max_abs_diff(&ours, &r[key])
 }
 
 /// The GGUF's configuration equals the Hugging Face directory's, but for the fields that
@@ -365,7 +357,7 @@ fn qwen3moe_gguf_matches_transformers() {
     for l in &mut model.weights.layers {
         l.moe.as_mut().unwrap().norm_topk_prob = false;
     }
-    let raw = logit_error(&model, "qwen3moe-norm-f32", "logits");
+    let raw = common::reference_error(&model, "qwen3moe-norm-f32", "logits");
     println!("qwen3moe-norm-f32.gguf not renormalised: max |logit error| = {raw:.2e}");
     assert!(raw > 0.05, "renormalising should matter here ({raw})");
 }

@@ -156,14 +156,20 @@ pub fn max_abs_diff(ours: &[Vec<f32>], reference: &serde_json::Value) -> f32 {
     worst
 }
 
+/// `model`'s largest absolute logit error against the `key` table of `name`'s reference, at
+/// every position of the reference's input.
+pub fn reference_error(model: &kr_engine::LoadedModel, name: &str, key: &str) -> f32 {
+    let r = hf_tiny_reference(name);
+    let ids = reference_ids(&r);
+    let ours = logits_at(model, &ids, &(0..ids.len()).collect::<Vec<_>>());
+    max_abs_diff(&ours, &r[key])
+}
+
 /// Loads the tiny model `name` and returns its largest absolute logit error against the
 /// reference's `key` table, at every position of the reference's input.
 pub fn hf_tiny_error(name: &str, key: &str) -> f32 {
     let model = kr_engine::load_model(&hf_tiny_dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let r = hf_tiny_reference(name);
-    let ids = reference_ids(&r);
-    let ours = logits_at(&model, &ids, &(0..ids.len()).collect::<Vec<_>>());
-    let worst = max_abs_diff(&ours, &r[key]);
+    let worst = reference_error(&model, name, key);
     println!("{name} vs {key}: max |logit error| = {worst:.2e}");
     worst
 }
