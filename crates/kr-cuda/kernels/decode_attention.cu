@@ -226,7 +226,7 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
 #define DS_KEYS_PER_WARP (DS_KT / DS_WARPS)
 #define DS_MAX_DPL 4  // head_dim up to 128
 #define DS_MAX_SLOTS 4  // query heads per thread in the value phase (head_dim >= 64 or group <= 4)
-#define DS_MAX_SPLITS 16
+#define DS_MAX_SPLITS 64  // the long-context steps' most; others use at most 16
 #define DS_MAX_CLUSTER 8  // the portable cluster size
 #define LOG2E 1.4426950408889634f
 
@@ -242,7 +242,27 @@ struct DecodeArgs {
   const u32* block_tables;
   int bt_stride, block_size, num_heads, num_kv_heads, head_dim;
   float scale;
+  int min_keys;  // > 0: the splits of a sequence cover it in chunks of at least this many keys
 };
+
+// A split block's keys [begin, end) of a sequence with ctx keys, and how many splits of its
+// (sequence, kv head) have keys. With min_keys 0 every one of the gridDim.z splits takes
+// ceil(ctx / splits) keys, even none, and all of them merge; otherwise the chunks are at least
+// min_keys long (whole tiles of 32) and the splits past the last chunk exit without merging.
+struct DecodeChunk {
+  int begin, end, splits;
+};
+
+__device__ __forceinline__ DecodeChunk decode_chunk(int ctx, int min_keys) {
+  int chunk = (ctx + gridDim.z - 1) / gridDim.z;
+  int splits = gridDim.z;
+  if (min_keys > 0) {
+    chunk = max((chunk + 31) / 32 * 32, min_keys);
+    splits = max(1, (ctx + chunk - 1) / chunk);
+  }
+  const int begin = blockIdx.z * chunk;
+  return {begin, min(ctx, begin + chunk), splits};
+}
 
 // Shared memory of a split block. After the last tile, sq holds the block's weighted values
 // (query head g, column d) for the merge.
@@ -348,9 +368,9 @@ __device__ __forceinline__ DecodeSplitPlace decode_split_place(const DecodeArgs<
   p.kvh = blockIdx.y;
   p.ctx = a.ctx_len[p.seq];
   p.tok = a.q_start[p.seq];
-  const int chunk = (p.ctx + gridDim.z - 1) / gridDim.z;
-  p.k_begin = blockIdx.z * chunk;
-  p.k_end = min(p.ctx, p.k_begin + chunk);
+  const DecodeChunk c = decode_chunk(p.ctx, 0);  // the generic kernel: every split merges
+  p.k_begin = c.begin;
+  p.k_end = c.end;
   p.group = a.num_heads / a.num_kv_heads;
   p.gstep = DS_THREADS / a.head_dim;
   p.d = threadIdx.x % a.head_dim;
@@ -427,17 +447,19 @@ struct DecodeState {
   const float* l;
 };
 
-// Global merge (attention_decode_split): see the section comment.
+// Global merge (attention_decode_split): see the section comment. `splits` of the grid's
+// gridDim.z splits of this (sequence, kv head) merge (the rest have no keys and exited); the
+// partial states are laid out for all gridDim.z.
 template <typename T>
 __device__ void decode_merge_global(const DecodeState st, const DecodeArgs<T>& a, int seq, int kvh,
-                                    int tok, int group, float* partial, u32* counters) {
+                                    int tok, int group, float* partial, u32* counters, int splits) {
   __shared__ bool is_last;
   __shared__ float scale_of[DEC_MAX_GROUP][DS_MAX_SPLITS], sum_of[DEC_MAX_GROUP][DS_MAX_SPLITS];
   __shared__ float den_of[DEC_MAX_GROUP];
-  const int hd = a.head_dim, splits = gridDim.z;
+  const int hd = a.head_dim;
   const int stride = hd + 2;  // per head: values, then max, then sum
   const u64 pair = (u64)seq * a.num_kv_heads + kvh;
-  float* mine = partial + (pair * splits + blockIdx.z) * group * stride;
+  float* mine = partial + (pair * gridDim.z + blockIdx.z) * group * stride;
   for (int e = threadIdx.x; e < group * hd; e += blockDim.x) mine[(e / hd) * stride + e % hd] = st.acc[e / hd][e % hd];
   if ((int)threadIdx.x < group) {
     mine[threadIdx.x * stride + hd] = st.m[threadIdx.x];
@@ -454,7 +476,7 @@ __device__ void decode_merge_global(const DecodeState st, const DecodeArgs<T>& a
   __threadfence();
   // The scale of each (head, split) once, then every output sums its splits with all loads
   // independent (a serial walk of the splits per output was most of the kernel's time).
-  const float* all = partial + pair * splits * group * stride;
+  const float* all = partial + pair * gridDim.z * group * stride;
   for (int e = threadIdx.x; e < group * splits; e += blockDim.x) {
     const int g = e / splits, s = e % splits;
     scale_of[g][s] = all[(s * group + g) * stride + hd];
@@ -475,12 +497,17 @@ __device__ void decode_merge_global(const DecodeState st, const DecodeArgs<T>& a
   __syncthreads();
   for (int e = threadIdx.x; e < group * hd; e += blockDim.x) {
     const int g = e / hd, d = e % hd;
-    float num = 0.f;
+    // Four independent sums, so the loads of a long merge overlap.
+    float num[4] = {0.f, 0.f, 0.f, 0.f};
+    int s = 0;
+    for (; s + 4 <= splits; s += 4) {
 #pragma unroll
-    for (int s = 0; s < DS_MAX_SPLITS; s++)
-      if (s < splits) num += scale_of[g][s] * all[(s * group + g) * stride + d];
+      for (int j = 0; j < 4; j++) num[j] += scale_of[g][s + j] * all[((s + j) * group + g) * stride + d];
+    }
+    for (; s < splits; s++) num[0] += scale_of[g][s] * all[(s * group + g) * stride + d];
+    const float total = (num[0] + num[1]) + (num[2] + num[3]);
     const float den = den_of[g];
-    a.out[(u64)tok * a.num_heads * hd + (kvh * group + g) * hd + d] = from_f<T>(den > 0.f ? num / den : 0.f);
+    a.out[(u64)tok * a.num_heads * hd + (kvh * group + g) * hd + d] = from_f<T>(den > 0.f ? total / den : 0.f);
   }
 }
 
@@ -563,7 +590,7 @@ __device__ void attention_decode_split_impl(const DecodeArgs<T>& a, const Decode
   __syncthreads();
   const DecodeState st = {sh.sq, sh.s_m, sh.s_l};
   if (cluster) decode_merge_cluster(st, a, p.kvh, p.tok, p.group);
-  else decode_merge_global(st, a, p.seq, p.kvh, p.tok, p.group, partial, counters);
+  else decode_merge_global(st, a, p.seq, p.kvh, p.tok, p.group, partial, counters, gridDim.z);
 }
 
 // The parameters of every decode attention kernel, and the DecodeArgs `a` and DecodeRope
@@ -574,10 +601,10 @@ __device__ void attention_decode_split_impl(const DecodeArgs<T>& a, const Decode
       const u32 *ctx_len, const u32 *block_tables, int bt_stride, int block_size, int num_heads,   \
       int num_kv_heads, int head_dim, float scale, float *partial, u32 *counters,                  \
       const T *k_new, const T *v_new, const u32 *positions, const u32 *slots,                      \
-      const float *inv_freq, int interleaved
+      const float *inv_freq, int interleaved, int min_keys
 #define DECODE_UNPACK(T)                                                                           \
   const DecodeArgs<T> a = {out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,    \
-                           block_size, num_heads, num_kv_heads, head_dim, scale};                  \
+                           block_size, num_heads, num_kv_heads, head_dim, scale, min_keys};        \
   const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved}
 
 #define DECODE_ATTENTION_KERNELS(T, S)                                                             \

@@ -171,8 +171,9 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   __shared__ float cs[64], sn[64];
   const int seq = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = a.num_heads / a.num_kv_heads, ctx = a.ctx_len[seq], tok = a.q_start[seq];
-  const int chunk = (ctx + gridDim.z - 1) / gridDim.z;
-  const int k_begin = blockIdx.z * chunk, k_end = min(ctx, k_begin + chunk);
+  const DecodeChunk chunk = decode_chunk(ctx, cluster ? 0 : a.min_keys);
+  if ((int)blockIdx.z >= chunk.splits) return;  // no keys and not merged (never in a cluster)
+  const int k_begin = chunk.begin, k_end = chunk.end;
   const u64 kv_width = (u64)a.num_kv_heads * HD;
   const u32* bt = a.block_tables + (u64)seq * a.bt_stride;
   rope_angles(cs, sn, rope, tok, HD / 2);
@@ -220,7 +221,7 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   __syncthreads();
   const DecodeState st = {part, s_m, s_l};
   if (cluster) decode_merge_cluster(st, a, kvh, tok, group);
-  else decode_merge_global(st, a, seq, kvh, tok, group, partial, counters);
+  else decode_merge_global(st, a, seq, kvh, tok, group, partial, counters, chunk.splits);
 }
 
 // attention_decode_tiles<HD>_<S> (global merge) and attention_decode_tiles_cluster<HD>_<S>,

@@ -136,6 +136,7 @@ pub struct CudaBackend {
     /// Most key splits of the split-K decode attention: `KR_CUDA_DECODE_SPLITS` (1 to 16,
     /// default 16; 1 always takes the one-block-per-pair kernel).
     max_decode_splits: usize,
+    long_decode_splits: Cell<attention::LongDecodeSplits>,
     /// Which split decode kernel runs (tiled or generic; cluster or global merge).
     decode_kernels: Cell<attention::DecodeKernels>,
     /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
@@ -276,6 +277,7 @@ impl CudaBackend {
             pdl,
             split_counters,
             max_decode_splits: attention::max_decode_splits(),
+            long_decode_splits: Cell::new(attention::LongDecodeSplits::from_env()),
             decode_kernels: Cell::new(decode_kernels),
             skip_kernels: launch::skipped_kernels(),
             mma_gemv_min_tokens: gemv_mma::mma_gemv_min_tokens(),

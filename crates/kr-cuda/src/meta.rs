@@ -83,6 +83,20 @@ pub struct StepCounts {
     pub logit_rows: usize,
     /// Every sequence has exactly one query token (the decode attention kernel applies).
     pub decode: bool,
+    /// A decode step with a context past [`LONG_DECODE_CONTEXT`]: its attention splits each
+    /// sequence's keys over as many blocks as the context needs (see `backend::attention`).
+    pub long_decode: bool,
+}
+
+/// Contexts up to this many keys decode with at most 8 splits merged in a cluster; longer
+/// ones with up to 64 splits merged through global memory. Graphs are captured per bucket and
+/// per side of this line, so a replay never uses the other kernel.
+pub const LONG_DECODE_CONTEXT: usize = 1024;
+
+/// Whether a step is a long-context decode step (see [`StepCounts::long_decode`]).
+pub fn is_long_decode(meta: &AttnMeta) -> bool {
+    meta.seqs.iter().all(|s| s.q_len == 1)
+        && meta.seqs.iter().any(|s| s.ctx_len > LONG_DECODE_CONTEXT)
 }
 
 /// Query tokens per attention tile when `group` query heads share a kv head.
@@ -148,6 +162,7 @@ pub fn pack(
         work,
         logit_rows: meta.logit_rows.len(),
         decode: meta.seqs.iter().all(|s| s.q_len == 1),
+        long_decode: is_long_decode(meta),
     })
 }
 
@@ -237,7 +252,8 @@ mod tests {
                 seqs: 2,
                 work: 3,
                 logit_rows: 2,
-                decode: false
+                decode: false,
+                long_decode: false
             }
         );
         assert_eq!(&buf[o.ids..o.ids + 4], &[10, 11, 12, 13]);

@@ -11,7 +11,7 @@ use crate::backend::{
 };
 use crate::device::Gpu;
 use crate::error::{driver, CudaError, Result};
-use crate::meta::{is_pure_decode, pad_decode};
+use crate::meta::{is_long_decode, is_pure_decode, pad_decode};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 use kr_model::{AttnMeta, Backend, Decoder, ModelConfig, ModelWeights};
@@ -49,7 +49,8 @@ unsafe impl Send for DecodeGraph {}
 pub struct CudaModel {
     decoder: Decoder<CudaBackend>,
     cache: CudaKvCache,
-    graphs: HashMap<usize, DecodeGraph>,
+    /// Decode graphs by (batch bucket, long-context decode): see `meta::LONG_DECODE_CONTEXT`.
+    graphs: HashMap<(usize, bool), DecodeGraph>,
     pub options: CudaModelOptions,
     pub num_blocks: usize,
     /// Device allocations made by the end of loading; any more means a step allocated.
@@ -318,11 +319,12 @@ impl CudaModel {
                 let (pids, pmeta) = pad_decode(ids, meta, b);
                 self.decoder.backend().begin_step(&pids, &pmeta);
                 self.error()?;
-                if !self.graphs.contains_key(&b) {
+                let key = (b, is_long_decode(meta));
+                if !self.graphs.contains_key(&key) {
                     let g = self.capture(&pids, &pmeta)?;
-                    self.graphs.insert(b, g);
+                    self.graphs.insert(key, g);
                 }
-                let g = &self.graphs[&b];
+                let g = &self.graphs[&key];
                 g.graph
                     .launch()
                     .map_err(driver("launching a decode graph"))?;

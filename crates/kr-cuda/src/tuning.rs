@@ -56,6 +56,18 @@ pub static SWITCHES: &[Switch] = &[
         effect: "most key splits of the decode attention",
     },
     Switch {
+        name: "KR_CUDA_LONG_DECODE_SPLITS",
+        default: "64",
+        allowed: "1..=64",
+        effect: "most key splits of the decode attention past 1,024 keys of context",
+    },
+    Switch {
+        name: "KR_CUDA_LONG_DECODE_KEYS",
+        default: "128",
+        allowed: "32..=65536",
+        effect: "fewest keys per split of the decode attention past 1,024 keys of context",
+    },
+    Switch {
         name: "KR_CUDA_DECODE_TILES",
         default: "1",
         allowed: "0 (off), 1",

@@ -22,6 +22,11 @@ const DECODE_MAX_GROUP: usize = 8;
 const DECODE_MAX_SPLITS: usize = 16;
 /// Most splits of the cluster decode kernel: the portable cluster size (DS_MAX_CLUSTER).
 const DECODE_MAX_CLUSTER: usize = 8;
+/// Most key splits of the tiled decode kernel in long-context steps (DS_MAX_LONG_SPLITS).
+const LONG_DECODE_MAX_SPLITS: usize = 64;
+/// Fewest keys per split in long-context steps: shorter chunks cost more to merge than their
+/// parallelism gains (a multiple of the tile's 32 keys).
+const LONG_DECODE_MIN_KEYS: usize = 128;
 /// Keys per shared-memory chunk of the CUDA-core prefill kernel (ATT_KC in the kernel).
 const ATT_KC: usize = 32;
 
@@ -59,6 +64,53 @@ pub(super) fn max_decode_splits() -> usize {
     crate::tuning::value("KR_CUDA_DECODE_SPLITS")
         .and_then(|v| v.trim().parse::<usize>().ok())
         .map_or(DECODE_MAX_SPLITS, |n| n.clamp(1, DECODE_MAX_SPLITS))
+}
+
+/// How a long-context decode step splits its keys (see `meta::LONG_DECODE_CONTEXT`): the
+/// grid has `splits` blocks per (sequence, kv head) whatever the lengths, so one graph serves
+/// them all, and each block takes `max(ctx / splits, min_keys)` keys; blocks left without keys
+/// exit at once, so short sequences of the batch pay for few splits.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LongDecodeSplits {
+    pub most: usize,
+    pub min_keys: usize,
+}
+
+impl LongDecodeSplits {
+    /// The defaults, less what `KR_CUDA_LONG_DECODE_SPLITS` / `_KEYS` set for comparison.
+    pub(super) fn from_env() -> Self {
+        let read =
+            |name: &str| crate::tuning::value(name).and_then(|v| v.trim().parse::<usize>().ok());
+        Self::clamped(
+            read("KR_CUDA_LONG_DECODE_SPLITS").unwrap_or(LONG_DECODE_MAX_SPLITS),
+            read("KR_CUDA_LONG_DECODE_KEYS").unwrap_or(LONG_DECODE_MIN_KEYS),
+        )
+    }
+
+    /// 1..=64 splits of at least 32..=65536 keys, a multiple of the tile's 32.
+    fn clamped(most: usize, min_keys: usize) -> Self {
+        LongDecodeSplits {
+            most: most.clamp(1, LONG_DECODE_MAX_SPLITS),
+            min_keys: min_keys.clamp(32, 65536) / 32 * 32,
+        }
+    }
+
+    /// Splits per pair for `pairs` (sequence, kv head) pairs on `sms` SMs: about four blocks
+    /// per SM when every sequence is long.
+    fn splits(&self, pairs: usize, sms: usize) -> usize {
+        (4 * sms).div_ceil(pairs.max(1)).clamp(1, self.most)
+    }
+}
+
+/// One decode-attention launch: kernel, dynamic shared memory, splits per (sequence, kv head),
+/// whether they merge in a cluster, and the fewest keys per split (0: every split takes
+/// `ctx / splits` keys, even none).
+struct DecodePlan {
+    name: &'static str,
+    smem: usize,
+    splits: usize,
+    cluster: bool,
+    min_keys: usize,
 }
 
 /// Which split decode kernel runs: the tiled one (head_dim 64 / 128) or the generic one, and
@@ -104,6 +156,13 @@ impl CudaBackend {
     pub fn set_decode_kernels(&self, k: DecodeKernels) {
         let cc = self.gpu.info.compute_capability;
         self.decode_kernels.set(k.supported_on(cc));
+    }
+
+    /// Sets the most splits and fewest keys per split of long-context decode steps (for tests
+    /// that check several), clamped as `KR_CUDA_LONG_DECODE_SPLITS` / `_KEYS` are.
+    pub fn set_long_decode_splits(&self, most: usize, min_keys: usize) {
+        self.long_decode_splits
+            .set(LongDecodeSplits::clamped(most, min_keys));
     }
 
     /// Causal attention of the step's queries over their cached keys and values, into `out`.
@@ -184,11 +243,7 @@ impl CudaBackend {
         self.attention_into(out, q, layer, cache, num_heads);
     }
 
-    /// One query per sequence. With fewer (sequence, kv head) pairs than SMs the keys of each
-    /// are split over several blocks (about two blocks per SM): the tiled kernel for head_dim
-    /// 64 / 128, else the generic one, merging inside a thread-block cluster (sm_90+, at most
-    /// 8 splits) or by the last block through global memory; otherwise one block per pair,
-    /// warps splitting the keys. With `fused`, q, k and v are the raw projections and the kernel
+    /// One query per sequence, with the kernel and splits of `decode_plan`. With `fused`, q, k and v are the raw projections and the kernel
     /// rotates and writes them.
     fn decode_attention(
         &self,
@@ -202,41 +257,15 @@ impl CudaBackend {
         let l = cache.layout;
         let seqs = self.step.get().seqs.max(1);
         let pairs = seqs * l.num_kv_heads;
-        let sms = self.gpu.info.multiprocessors;
         let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
         let scale = l.attn_scale;
-        // Few pairs: split each pair's keys over blocks (the non-split kernel takes and ignores
-        // the scratch and counters, so both launch alike).
-        let kernels = self.decode_kernels.get();
-        let most = match kernels.cluster {
-            true => self.max_decode_splits.min(DECODE_MAX_CLUSTER),
-            false => self.max_decode_splits,
-        };
-        let splits = if pairs < sms && pairs <= SPLIT_COUNTERS {
-            (2 * sms / pairs).clamp(1, most)
-        } else {
-            1
-        };
-        let tiled = match l.head_dim {
-            64 => Some(0),
-            128 => Some(1),
-            _ => None,
-        }
-        .filter(|_| kernels.tiles);
-        let (name, smem) = match (splits > 1, tiled) {
-            (false, _) => ("attention_decode", 0),
-            (true, Some(i)) => (
-                DECODE_TILES_KERNELS[i][usize::from(kernels.cluster)],
-                decode_tiles_smem(l.head_dim, self.dtype.size()),
-            ),
-            (true, None) if kernels.cluster => ("attention_decode_cluster", 0),
-            (true, None) => ("attention_decode_split", 0),
-        };
+        let plan = self.decode_plan(pairs, l.head_dim);
+        let (splits, cluster, name, smem) = (plan.splits, plan.cluster, plan.name, plan.smem);
         let group = num_heads / l.num_kv_heads;
         // Partial states go through global memory only where the last block merges them.
-        let rows = if splits > 1 && !kernels.cluster {
+        let rows = if splits > 1 && !cluster {
             pairs * splits * group
         } else {
             1
@@ -249,7 +278,7 @@ impl CudaBackend {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: smem as u32,
             },
-            cluster_z: if splits > 1 && kernels.cluster {
+            cluster_z: if splits > 1 && cluster {
                 splits as u32
             } else {
                 1
@@ -266,10 +295,62 @@ impl CudaBackend {
             None => (0u64, 0u64, 0u64, 0i32),
         };
         let (pos, slots) = (self.meta_ptr(o.positions), self.meta_ptr(o.slots));
+        let min_keys = plan.min_keys as i32;
         launch!(
             self, name, cfg, op, qp, kc, vc, qs, cl, bt, stride, bs, nh, nkv, hd, scale, pp, cp,
-            kn, vn, pos, slots, freq, inter
+            kn, vn, pos, slots, freq, inter, min_keys
         );
+    }
+
+    /// The decode kernel of this step for `pairs` (sequence, kv head) pairs. Long-context steps
+    /// (tiled kernels only) split each pair's keys over up to 64 blocks merged through global
+    /// memory; other steps with fewer pairs than SMs split them over up to 16 (8 merged in a
+    /// cluster); the rest run one block per pair.
+    fn decode_plan(&self, pairs: usize, head_dim: usize) -> DecodePlan {
+        let sms = self.gpu.info.multiprocessors;
+        let kernels = self.decode_kernels.get();
+        let tiled = match head_dim {
+            64 => Some(0),
+            128 => Some(1),
+            _ => None,
+        }
+        .filter(|_| kernels.tiles);
+        let tiles_smem = decode_tiles_smem(head_dim, self.dtype.size());
+        if let Some(i) = tiled.filter(|_| self.step.get().long_decode && pairs <= SPLIT_COUNTERS) {
+            let long = self.long_decode_splits.get();
+            return DecodePlan {
+                splits: long.splits(pairs, sms),
+                cluster: false,
+                min_keys: long.min_keys,
+                name: DECODE_TILES_KERNELS[i][0],
+                smem: tiles_smem,
+            };
+        }
+        let most = match kernels.cluster {
+            true => self.max_decode_splits.min(DECODE_MAX_CLUSTER),
+            false => self.max_decode_splits,
+        };
+        let splits = if pairs < sms && pairs <= SPLIT_COUNTERS {
+            (2 * sms / pairs).clamp(1, most)
+        } else {
+            1
+        };
+        let (name, smem) = match (splits > 1, tiled) {
+            (false, _) => ("attention_decode", 0),
+            (true, Some(i)) => (
+                DECODE_TILES_KERNELS[i][usize::from(kernels.cluster)],
+                tiles_smem,
+            ),
+            (true, None) if kernels.cluster => ("attention_decode_cluster", 0),
+            (true, None) => ("attention_decode_split", 0),
+        };
+        DecodePlan {
+            splits,
+            cluster: kernels.cluster && splits > 1,
+            min_keys: 0,
+            name,
+            smem,
+        }
     }
 
     /// Device addresses of the per-sequence query starts, context lengths and block tables.

@@ -62,20 +62,46 @@ fn long_prefill_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
     plan_steps(c, &tables, &plan)
 }
 
-/// RoPE + cache write + paged attention alone over `steps` (`rope_attention`: one kernel in
-/// decode steps), on the GPU in `dtype` vs the CPU backend in f32 (inputs rounded to bf16 so
-/// both start from the same numbers); returns the largest difference of the attention outputs.
-/// `kernels` picks the split decode kernel (see `set_decode_kernels`); with `unfused` the GPU
-/// rotates and writes the cache in its own kernel first (`rope_and_write_kv` then
-/// `paged_attention`), so the decode kernels read the new token's key from the cache.
-fn attention_vs_cpu(
+/// One GPU-vs-CPU attention comparison: dtype and head size, cache blocks, the split decode
+/// kernel (see `set_decode_kernels`), whether RoPE and the KV write run in their own kernel
+/// first (`unfused`: the decode kernels then read the new token's key from the cache), the
+/// longest sequence, and for long-context steps the most splits and fewest keys per split
+/// (see `set_long_decode_splits`). With `prefill_writes_only`, steps that are not pure decode
+/// only rotate and write the cache (on both sides) and are not compared: that fills 100k-key
+/// contexts cheaply.
+#[derive(Clone, Copy)]
+struct AttentionCase {
     dtype: DType,
     head_dim: usize,
     blocks: usize,
-    steps: &StepsFn,
     kernels: DecodeKernels,
     unfused: bool,
-) -> f32 {
+    max_model_len: usize,
+    long_splits: (usize, usize),
+    prefill_writes_only: bool,
+}
+
+impl AttentionCase {
+    fn new(dtype: DType, head_dim: usize, blocks: usize, kernels: DecodeKernels) -> Self {
+        AttentionCase {
+            dtype,
+            head_dim,
+            blocks,
+            kernels,
+            unfused: false,
+            max_model_len: 1024,
+            long_splits: (64, 128),
+            prefill_writes_only: false,
+        }
+    }
+}
+
+/// RoPE + cache write + paged attention alone over `steps` (`rope_attention`: one kernel in
+/// decode steps), on the GPU in the case's dtype vs the CPU backend in f32 (inputs rounded to
+/// bf16 so both start from the same numbers); returns the largest difference of the attention
+/// outputs.
+fn attention_vs_cpu(case: AttentionCase, steps: &StepsFn) -> f32 {
+    let (dtype, head_dim) = (case.dtype, case.head_dim);
     let cfg = tiny_config_with_head_dim("llama", RopeStyle::HalfSplit, head_dim);
     let ty = if dtype == DType::F32 {
         GgmlType::F32
@@ -83,11 +109,14 @@ fn attention_vs_cpu(
         GgmlType::BF16
     };
     let w = kr_model::random::random_weights(&cfg, ty, 5);
-    let model = CudaModel::load(&w, options(dtype, blocks, false)).expect("load");
+    let mut opts = options(dtype, case.blocks, false);
+    opts.max_model_len = case.max_model_len;
+    let model = CudaModel::load(&w, opts).expect("load");
     let g = model.backend();
-    g.set_decode_kernels(kernels);
+    g.set_decode_kernels(case.kernels);
+    g.set_long_decode_splits(case.long_splits.0, case.long_splits.1);
     let c = CpuBackend;
-    let layout = kr_model::KvLayout::plain(1, blocks, 16, cfg.num_kv_heads, head_dim);
+    let layout = kr_model::KvLayout::plain(1, case.blocks, 16, cfg.num_kv_heads, head_dim);
     let (mut gcache, mut ccache) = (g.new_kv_cache(layout), c.new_kv_cache(layout));
     let rope = kr_model::Rope::from_config(&cfg);
     let widths = [
@@ -111,17 +140,22 @@ fn attention_vs_cpu(
         let (gv, cv) = (gt.pop().expect("v"), ct.pop().expect("v"));
         let (mut gk, mut ck) = (gt.pop().expect("k"), ct.pop().expect("k"));
         let (mut gq, mut cq) = (gt.pop().expect("q"), ct.pop().expect("q"));
+        c.rope_and_write_kv(&mut cq, &mut ck, &cv, &rope, meta, 0, &mut ccache);
+        let decode = meta.seqs.iter().all(|s| s.q_len == 1);
+        if case.prefill_writes_only && !decode {
+            g.rope_and_write_kv(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache);
+            continue;
+        }
         // The GPU takes the fused path (RoPE and the KV write inside the decode kernels); the
         // later steps read the keys that the earlier ones wrote that way.
         let heads = cfg.num_heads;
-        let gout = if unfused {
+        let gout = if case.unfused {
             g.rope_and_write_kv(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache);
             g.paged_attention(&gq, meta, 0, &gcache, heads)
         } else {
             g.rope_attention(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache, heads)
         };
         let got = g.to_host(&gout);
-        c.rope_and_write_kv(&mut cq, &mut ck, &cv, &rope, meta, 0, &mut ccache);
         let want = c.paged_attention(&cq, meta, 0, &ccache, cfg.num_heads).data;
         assert!(
             got.iter().all(|v| v.is_finite()),
@@ -141,14 +175,8 @@ fn attention_vs_cpu(
 fn bf16_prefill_attention_matches_cpu() {
     require_gpu();
     for head_dim in [64, 128] {
-        let worst = attention_vs_cpu(
-            DType::Bf16,
-            head_dim,
-            80,
-            &long_prefill_steps,
-            ALL_DECODE_KERNELS[0],
-            false,
-        );
+        let case = AttentionCase::new(DType::Bf16, head_dim, 80, ALL_DECODE_KERNELS[0]);
+        let worst = attention_vs_cpu(case, &long_prefill_steps);
         println!("prefill attention bf16 head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
         assert!(worst <= 2e-2, "head_dim {head_dim}: {worst}");
     }
@@ -216,7 +244,11 @@ fn plan_steps(
 fn check_every_decode_path(label: &str, blocks: usize, steps: &StepsFn) {
     for (dtype, head_dim, tol) in DECODE_CASES {
         for (kernels, unfused) in DECODE_PATHS {
-            let worst = attention_vs_cpu(dtype, head_dim, blocks, steps, kernels, unfused);
+            let case = AttentionCase {
+                unfused,
+                ..AttentionCase::new(dtype, head_dim, blocks, kernels)
+            };
+            let worst = attention_vs_cpu(case, steps);
             println!(
                 "{label} {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}: \
                  max |GPU - CPU| = {worst:.2e}"
@@ -274,4 +306,71 @@ fn long_decode_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
 fn decode_attention_matches_cpu_over_long_contexts() {
     require_gpu();
     check_every_decode_path("long-context decode", 200, &long_decode_steps);
+}
+
+/// Sequences of 5, 4,096, 32,768 and 131,072 keys (block tables scattered, one reversed),
+/// filled by RoPE + KV writes alone in chunks of 512 tokens, then decode steps: all four
+/// together, the 131k one alone, the 4k and 32k ones together.
+fn very_long_decode_steps(c: &ModelConfig) -> Vec<(Vec<u32>, AttnMeta)> {
+    let lens = [5usize, 4096, 32768, 131_072];
+    let mut first = 0u32;
+    let tables: Vec<Vec<u32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(s, &len)| {
+            let n = (len + 16).div_ceil(16) as u32;
+            let t: Vec<u32> = (0..n).map(|b| first + (b * 7919) % n).collect();
+            first += n;
+            if s == 2 {
+                t.into_iter().rev().collect()
+            } else {
+                t
+            }
+        })
+        .collect();
+    let mut plan: Vec<Vec<(usize, usize)>> = Vec::new();
+    for (s, &len) in lens.iter().enumerate() {
+        for chunk in (0..len).step_by(512) {
+            plan.push(vec![(s, (len - chunk).min(512))]);
+        }
+    }
+    plan.push((0..4).map(|s| (s, 1)).collect());
+    plan.push(vec![(3, 1)]);
+    plan.push(vec![(1, 1), (2, 1)]);
+    plan_steps(c, &tables, &plan)
+}
+
+/// Long-context decode (past 1,024 keys: up to 64 splits merged through global memory) at
+/// 4k, 32k and 128k keys, in batches that mix them with a short sequence, for several split
+/// counts and chunk sizes, fused and unfused, f32 and bf16. Tolerances as above.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
+fn decode_attention_matches_cpu_at_4k_32k_and_128k_keys() {
+    require_gpu();
+    let tiles = ALL_DECODE_KERNELS[1];
+    for (dtype, head_dim, tol) in [DECODE_CASES[1], DECODE_CASES[3]] {
+        for (long_splits, unfused) in [
+            ((64, 128), false),
+            ((64, 128), true),
+            ((7, 32), false),
+            ((16, 1024), false),
+        ] {
+            let case = AttentionCase {
+                unfused,
+                max_model_len: 131_072 + 64,
+                long_splits,
+                prefill_writes_only: true,
+                ..AttentionCase::new(dtype, head_dim, 10_600, tiles)
+            };
+            let worst = attention_vs_cpu(case, &very_long_decode_steps);
+            println!(
+                "128k decode {dtype:?} head_dim {head_dim} splits {long_splits:?} unfused {unfused}: \
+                 max |GPU - CPU| = {worst:.2e}"
+            );
+            assert!(
+                worst <= tol,
+                "{dtype:?} {long_splits:?} unfused {unfused}: {worst}"
+            );
+        }
+    }
 }
