@@ -11,8 +11,10 @@
 // search on the scaled logit (sample_search: [-88, 0] at most, narrowed 2^24-fold to a step of
 // 5e-6), so tokens tied with the cut within that step are kept. Every pass over a row reads
 // it with for_each_logit (16-byte vectors); the draw runs by spans (sample_draw_by_spans).
-// One block of 1024 threads per row.
-#define SAMPLE_PARAMS 5
+// One block of 1024 threads per row. A sixth word per row (read as bits) names the row's mask
+// of allowed tokens for mask_logits, which runs first; NO_MASK: none.
+#define SAMPLE_PARAMS 6
+#define NO_MASK 0xffffffffu
 #define SAMPLE_THREADS 1024
 
 // Scaled logit: (logit - max) / temperature, so the largest is 0; sample_z of column c.
@@ -284,10 +286,31 @@ __device__ void sample_impl(u32* ids, const T* logits, int cols, const float* pa
   ids[blockIdx.x] = (u32)last;
 }
 
+// Sets the logits of tokens a row's mask does not allow to -inf before sampling (a grammar's
+// next-token mask): block (row, part) takes 256 of the row's ceil(cols / 32) mask words, a
+// thread one word of 32 columns. Mask m of `masks` holds words [m * words, (m + 1) * words).
+template <typename T>
+__device__ void mask_logits_impl(T* logits, int cols, const float* params, const u32* masks) {
+  const u32 m = __float_as_uint(params[SAMPLE_PARAMS * blockIdx.x + 5]);
+  const int words = (cols + 31) / 32, w = blockIdx.y * blockDim.x + threadIdx.x;
+  if (m == NO_MASK || w >= words) return;
+  const u32 bits = masks[(u64)m * words + w];
+  if (bits == 0xffffffffu) return;
+  T* row = logits + (u64)blockIdx.x * cols + (u64)w * 32;
+  const int n = min(32, cols - w * 32);
+  for (int i = 0; i < n; i++)
+    if (!(bits >> i & 1u)) row[i] = from_f<T>(-INFINITY);
+}
+
 #define SAMPLE_KERNELS(T, S)                                                                       \
   extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)                                     \
       sample_##S(u32* ids, const T* logits, int cols, const float* params) { PDL_ENTRY();                       \
     sample_impl<T>(ids, logits, cols, params);                                                     \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256)                                                \
+      mask_logits_##S(T* logits, int cols, const float* params, const u32* masks) {                \
+    PDL_ENTRY();                                                                                   \
+    mask_logits_impl<T>(logits, cols, params, masks);                                              \
   }
 
 SAMPLE_KERNELS(float, f32)

@@ -108,6 +108,8 @@ pub struct CudaLimits {
     pub workspace_bytes: usize,
     /// Query heads per kv head (sets the attention tile; see `meta::tile_q`).
     pub heads_per_kv: usize,
+    /// Logits per row (the device sampler's masks of allowed tokens are this many bits).
+    pub vocab_size: usize,
 }
 
 pub struct CudaBackend {
@@ -237,8 +239,15 @@ impl CudaBackend {
         );
         let words = meta_layout.offsets().total;
         let meta_dev = gpu.alloc(words * 4)?;
-        let step_slots =
-            step_slots::StepSlots::new(&gpu, words, limits.max_tokens.max(limits.max_seqs))?;
+        let step_slots = step_slots::StepSlots::new(
+            &gpu,
+            step_slots::SlotSizes {
+                meta_words: words,
+                max_rows: limits.max_tokens.max(limits.max_seqs),
+                max_masked: limits.max_seqs,
+                vocab: limits.vocab_size,
+            },
+        )?;
         for suffix in ["f32", "bf16"] {
             gpu.function("attention", suffix)
                 .set_attribute(

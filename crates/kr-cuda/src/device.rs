@@ -27,7 +27,7 @@ const KERNEL_SOURCE: &str = concat!(
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
 /// and tensor-core kernels are listed in `backend::fused`.
-pub const KERNEL_NAMES: [&str; 28] = [
+pub const KERNEL_NAMES: [&str; 29] = [
     "embed",
     "embed_norm_sums",
     "rms_norm",
@@ -55,6 +55,7 @@ pub const KERNEL_NAMES: [&str; 28] = [
     "argmax",
     "spin_wait",
     "sample",
+    "mask_logits",
     "to_f32",
 ];
 

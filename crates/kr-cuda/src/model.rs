@@ -104,6 +104,7 @@ impl CudaModel {
             max_blocks_per_seq: opts.max_model_len.div_ceil(opts.block_size),
             workspace_bytes: workspace_bytes(c, max_tokens, max_seqs, opts.dtype.size()),
             heads_per_kv: c.num_heads / c.num_kv_heads,
+            vocab_size: c.vocab_size,
         };
         let backend = CudaBackend::new(gpu.clone(), opts.dtype, limits)?;
         backend.reserve_weights(arena_bytes(weights, opts.dtype))?;

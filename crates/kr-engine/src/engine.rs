@@ -580,8 +580,9 @@ impl EngineLoop {
                 Err(e) => self.fail_step(&plan, &e),
             };
         }
-        let outcome = match self.device_draws(&plan, &rows) {
-            Some(draws) if self.overlap_steps => {
+        let outcome = match self.device_draws(&plan, &rows, false) {
+            // Masked rows need each token on the host before the next step's mask.
+            Some(draws) if self.overlap_steps && draws.iter().all(|d| d.allowed.is_none()) => {
                 return self.run_overlapped(plan, rows, &ids, &meta, &draws, t0);
             }
             Some(draws) => self
@@ -645,10 +646,17 @@ impl EngineLoop {
         self.fail_requests(&ids, &format!("the model step failed: {error}"));
     }
 
-    /// Each sampled row's device parameters (drawing its uniform number), when the whole step
-    /// can sample on the device: a GPU, no prompt-logprob rows, and no request that needs its
-    /// logits on the host. `None` leaves every generator untouched.
-    fn device_draws(&mut self, plan: &StepPlan, rows: &[RowUse]) -> Option<Vec<RowSampling>> {
+    /// Each sampled row's device parameters (drawing its uniform number, with its grammar's
+    /// mask), when the whole step can sample on the device: a GPU, no prompt-logprob rows,
+    /// and no request that needs its logits on the host. With `ahead` (a step launched before
+    /// the one in flight has its tokens on the host) no request may hold a grammar, whose
+    /// mask needs that token. `None` leaves every generator untouched.
+    fn device_draws(
+        &mut self,
+        plan: &StepPlan,
+        rows: &[RowUse],
+        ahead: bool,
+    ) -> Option<Vec<RowSampling>> {
         if !self.runner.samples_on_device() {
             return None;
         }
@@ -660,15 +668,15 @@ impl EngineLoop {
             }
         }
         let live = &self.live;
-        if !seqs
-            .iter()
-            .all(|id| live.get(id).is_some_and(|l| l.sampler.device_samplable()))
-        {
+        let ready =
+            |l: &RequestState| l.sampler.device_samplable() && !(ahead && l.sampler.constrained());
+        if !seqs.iter().all(|id| live.get(id).is_some_and(ready)) {
             return None;
         }
+        let vocab = self.vocab_size;
         let draws = seqs
             .iter()
-            .filter_map(|id| self.live.get_mut(id).map(|l| l.sampler.device_draw()))
+            .filter_map(|id| self.live.get_mut(id).map(|l| l.sampler.device_draw(vocab)))
             .collect();
         Some(draws)
     }

@@ -314,6 +314,34 @@ impl Grammar {
         }
     }
 
+    /// The next token's mask as `vocab` bits (bit `t % 32` of word `t / 32` allows token `t`),
+    /// for a device sampler: what [`Grammar::mask`] leaves finite.
+    pub fn allowed(&mut self, vocab: usize) -> std::sync::Arc<[u32]> {
+        let mut words = vec![0u32; vocab.div_ceil(32)];
+        let mask = self.take_mask().and_then(|(m, mask)| {
+            self.state = MatchState::Idle(m);
+            mask
+        });
+        match mask {
+            Some(m) => {
+                for (w, &v) in words.iter_mut().zip(m.as_slice()) {
+                    *w = v;
+                }
+            }
+            None => {
+                for &t in self.eos.iter().filter(|&&t| (t as usize) < vocab) {
+                    words[t as usize / 32] |= 1 << (t % 32);
+                }
+            }
+        }
+        if vocab % 32 != 0 {
+            if let Some(last) = words.last_mut() {
+                *last &= (1u32 << (vocab % 32)) - 1;
+            }
+        }
+        words.into()
+    }
+
     fn only_eos(&self, logits: &mut [f32]) {
         for (i, l) in logits.iter_mut().enumerate() {
             if !self.eos.contains(&(i as u32)) {

@@ -95,8 +95,9 @@ impl EngineLoop {
         let plan = self.sched.schedule_ahead(in_flight)?;
         let launched = Instant::now();
         let (ids, meta, rows) = self.batch(&plan);
-        // Always there: the rows are decode rows of requests that sampled on the device.
-        let draws = self.device_draws(&plan, &rows)?;
+        // There unless a request holds a grammar: the rows are decode rows of requests that
+        // sampled on the device.
+        let draws = self.device_draws(&plan, &rows, true)?;
         match self.runner.launch_sampled(&ids, &meta, &draws, true) {
             Ok(()) => {
                 self.stats.overlapped_steps.fetch_add(1, Relaxed);

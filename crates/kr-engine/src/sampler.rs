@@ -77,24 +77,36 @@ impl Sampler {
         (token, logprobs)
     }
 
-    /// Whether the next token can be chosen on the device from the raw logits: nothing of
-    /// this request needs them on the host (logprobs, penalties, logit bias).
+    /// Whether the next token can be chosen on the device from the raw logits (a grammar's
+    /// mask goes with it): nothing of this request needs them on the host (logprobs,
+    /// penalties, logit bias).
     pub fn device_samplable(&self) -> bool {
         let p = &self.params;
-        self.grammar.is_none()
-            && p.logprobs.is_none()
+        p.logprobs.is_none()
             && p.logit_bias.is_empty()
             && p.repetition_penalty == 1.0
             && p.presence_penalty == 0.0
             && p.frequency_penalty == 0.0
     }
 
-    /// The next token's parameters for the device sampler, drawing this token's one uniform
-    /// number from the request's generator (none for greedy, as on the host).
-    pub fn device_draw(&mut self) -> RowSampling {
+    /// Whether the output is held to a grammar: the next token's mask then needs the token
+    /// before it on the host, so its steps cannot be launched ahead.
+    pub fn constrained(&self) -> bool {
+        self.grammar.is_some()
+    }
+
+    /// The next token's parameters for the device sampler over `vocab` logits, drawing this
+    /// token's one uniform number from the request's generator (none for greedy, as on the
+    /// host), with the grammar's mask of allowed tokens (waiting for it if it is still being
+    /// computed).
+    pub fn device_draw(&mut self, vocab: usize) -> RowSampling {
+        let allowed = self.grammar.as_mut().map(|g| g.allowed(vocab));
         let p = &self.params;
         if p.is_greedy() {
-            return RowSampling::greedy();
+            return RowSampling {
+                allowed,
+                ..RowSampling::greedy()
+            };
         }
         RowSampling {
             temperature: p.temperature,
@@ -102,6 +114,7 @@ impl Sampler {
             top_p: p.top_p,
             min_p: p.min_p,
             uniform: self.rng.random::<f32>(),
+            allowed,
         }
     }
 

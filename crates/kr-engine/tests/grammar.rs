@@ -42,7 +42,8 @@ fn token_bytes_spell_what_decoding_gives() {
 }
 
 /// Follows random logits through the mask for up to 300 tokens (or until end-of-sequence),
-/// computing masks ahead for even seeds and on demand for odd ones.
+/// computing masks ahead for even seeds and on demand for odd ones, checking each step's
+/// device bitmask against the host mask.
 fn follow(c: &GrammarCompiler, kind: ConstraintKind, seed: u64, tok: &Tokenizer) -> String {
     let g = c
         .compile(&Constraint::new("response_format", kind))
@@ -54,7 +55,17 @@ fn follow(c: &GrammarCompiler, kind: ConstraintKind, seed: u64, tok: &Tokenizer)
         let mut logits: Vec<f32> = (0..tok.vocab_size)
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
+        // The device sampler's bitmask allows exactly what the host mask leaves finite.
+        let allowed = g.allowed(logits.len());
         g.mask(&mut logits);
+        for (i, l) in logits.iter().enumerate() {
+            let bit = allowed[i / 32] >> (i % 32) & 1 == 1;
+            assert_eq!(
+                bit,
+                l.is_finite(),
+                "token {i}: bitmask and host mask differ"
+            );
+        }
         let t = (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as u32;
         assert!(logits[t as usize].is_finite(), "the mask left nothing");
         if tok.eos_ids.contains(&t) {

@@ -126,7 +126,7 @@ impl Rope {
 /// The operations a decoder step needs. Every method works on the whole packed batch.
 /// How one logits row is sampled on a device that samples (only token ids come back).
 /// The engine's sampler fills it from a request's validated parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RowSampling {
     /// At or below 0: greedy (the lowest index among the largest logits); the rest is ignored.
     pub temperature: f32,
@@ -138,6 +138,9 @@ pub struct RowSampling {
     pub min_p: f32,
     /// In [0, 1): where the draw falls in the kept tokens' probability mass.
     pub uniform: f32,
+    /// The tokens allowed (a grammar's next-token mask): bit `t % 32` of word `t / 32` set
+    /// allows token `t`; tokens past the words are not allowed. `None` allows every token.
+    pub allowed: Option<std::sync::Arc<[u32]>>,
 }
 
 impl RowSampling {
@@ -148,6 +151,7 @@ impl RowSampling {
             top_p: 1.0,
             min_p: 0.0,
             uniform: 0.0,
+            allowed: None,
         }
     }
 }

@@ -16,10 +16,12 @@ use super::{grid1, CudaBackend, CudaTensor, RowSampling};
 use crate::device::{DeviceBuffer, Gpu, PinnedWords};
 use crate::error::{driver, CudaError, Result};
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::CudaEvent;
+use cudarc::driver::{CudaEvent, LaunchConfig};
 
-/// Floats per row in the sampling kernel's parameter array (SAMPLE_PARAMS in sample.cu).
-pub(super) const SAMPLE_PARAMS: usize = 5;
+/// Words per row in the sampling kernel's parameter array (SAMPLE_PARAMS in sample.cu): five
+/// floats, then the index of the row's mask of allowed tokens (NO_MASK: none).
+pub(super) const SAMPLE_PARAMS: usize = 6;
+const NO_MASK: u32 = u32::MAX;
 const SLOTS: usize = 2;
 
 struct Slot {
@@ -29,6 +31,9 @@ struct Slot {
     params: PinnedWords,
     /// The sampled tokens, copied back.
     tokens: PinnedWords,
+    /// Masks of allowed tokens of the step's masked rows, packed, `mask_words` each.
+    masks: PinnedWords,
+    dev_masks: DeviceBuffer,
     dev_params: DeviceBuffer,
     dev_tokens: DeviceBuffer,
     /// Recorded after the slot's last copy of a step the host has not waited for.
@@ -74,15 +79,30 @@ pub(super) struct StepSlots {
     current: usize,
     /// Rows a slot holds (sampled tokens per step).
     max_rows: usize,
+    /// Masked rows a slot holds (one per sequence), and words per mask (vocab / 32).
+    max_masked: usize,
+    mask_words: usize,
+}
+
+/// What a slot holds: metadata words, sampled rows, masked rows and the vocabulary.
+pub(super) struct SlotSizes {
+    pub meta_words: usize,
+    pub max_rows: usize,
+    pub max_masked: usize,
+    pub vocab: usize,
 }
 
 impl StepSlots {
-    pub(super) fn new(gpu: &Gpu, meta_words: usize, max_rows: usize) -> Result<Self> {
+    pub(super) fn new(gpu: &Gpu, sizes: SlotSizes) -> Result<Self> {
+        let (max_rows, max_masked) = (sizes.max_rows, sizes.max_masked);
+        let mask_words = sizes.vocab.div_ceil(32);
         let slot = || -> Result<Slot> {
             Ok(Slot {
-                staging: PinnedWords::new(gpu, meta_words)?,
+                staging: PinnedWords::new(gpu, sizes.meta_words)?,
                 params: PinnedWords::new(gpu, max_rows * SAMPLE_PARAMS)?,
                 tokens: PinnedWords::new(gpu, max_rows)?,
+                masks: PinnedWords::new(gpu, max_masked * mask_words)?,
+                dev_masks: gpu.alloc(max_masked * mask_words * 4)?,
                 dev_params: gpu.alloc(max_rows * SAMPLE_PARAMS * 4)?,
                 dev_tokens: gpu.alloc(max_rows * 4)?,
                 done: gpu
@@ -96,6 +116,8 @@ impl StepSlots {
             slots: (0..SLOTS).map(|_| slot()).collect::<Result<_>>()?,
             current: 0,
             max_rows,
+            max_masked,
+            mask_words,
         })
     }
 
@@ -136,9 +158,13 @@ impl CudaBackend {
         let n = rows.len();
         let mut slots = self.step_slots.borrow_mut();
         let (max_rows, current) = (slots.max_rows, slots.current);
-        if n > max_rows {
+        let (max_masked, mask_words) = (slots.max_masked, slots.mask_words);
+        let masked = rows.iter().filter(|r| r.allowed.is_some()).count();
+        if n > max_rows || masked > max_masked || cols.div_ceil(32) > mask_words && masked > 0 {
             self.record(Err(CudaError::Unsupported(format!(
-                "{n} sampled rows in one step (at most {max_rows})"
+                "{n} sampled rows ({masked} masked, {cols} columns) in one step (at most \
+                 {max_rows}, {max_masked} masked, {} columns)",
+                32 * mask_words
             ))));
             return SampledTokens {
                 slot: current,
@@ -146,19 +172,42 @@ impl CudaBackend {
             };
         }
         let slot = &mut slots.slots[current];
-        let params = slot.params.as_mut_slice();
+        let words = cols.div_ceil(32);
+        let (params, masks) = (slot.params.as_mut_slice(), slot.masks.as_mut_slice());
+        let mut m = 0;
         for (p, r) in params.chunks_exact_mut(SAMPLE_PARAMS).zip(rows) {
             let values = [r.temperature, r.top_k as f32, r.top_p, r.min_p, r.uniform];
             for (w, v) in p.iter_mut().zip(values) {
                 *w = v.to_bits();
             }
+            p[5] = match &r.allowed {
+                Some(a) => {
+                    let dst = &mut masks[m * words..(m + 1) * words];
+                    dst.fill(0);
+                    let k = a.len().min(words);
+                    dst[..k].copy_from_slice(&a[..k]);
+                    m += 1;
+                    m as u32 - 1
+                }
+                None => NO_MASK,
+            };
         }
-        let (out, pp) = (slot.dev_tokens.ptr, slot.dev_params.ptr);
+        let (out, pp, mp) = (slot.dev_tokens.ptr, slot.dev_params.ptr, slot.dev_masks.ptr);
         if self.error.borrow().is_none() {
-            let words = &params[..n * SAMPLE_PARAMS];
-            self.record(self.gpu.copy_to_device(pp, words));
+            self.record(self.gpu.copy_to_device(pp, &params[..n * SAMPLE_PARAMS]));
+            if masked > 0 {
+                self.record(self.gpu.copy_to_device(mp, &masks[..masked * words]));
+            }
         }
         let cols = cols as i32;
+        if masked > 0 {
+            let grid = LaunchConfig {
+                grid_dim: (n as u32, words.div_ceil(256) as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(self, "mask_logits", grid, x, cols, pp, mp);
+        }
         launch!(self, "sample", grid1(n, 1024), out, x, cols, pp);
         if self.error.borrow().is_none() {
             let host = &mut slot.tokens.as_mut_slice()[..n];
@@ -181,10 +230,16 @@ impl CudaBackend {
     }
 
     /// One token for each of the first `rows.len()` rows of `logits` (any number of rows:
-    /// more than a slot holds go in several rounds).
+    /// more than a slot holds, or more masked ones, go in several rounds).
     pub fn sample(&self, logits: &CudaTensor, rows: &[RowSampling]) -> Vec<u32> {
         let n = logits.rows.min(rows.len());
-        let per_round = self.step_slots.borrow().max_rows;
+        let per_round = {
+            let slots = self.step_slots.borrow();
+            match rows.iter().any(|r| r.allowed.is_some()) {
+                true => slots.max_rows.min(slots.max_masked),
+                false => slots.max_rows,
+            }
+        };
         let row_bytes = (logits.cols * self.dtype.size()) as u64;
         let mut tokens = Vec::with_capacity(n);
         for (i, chunk) in rows[..n].chunks(per_round).enumerate() {

@@ -245,7 +245,7 @@ fn greedy_picks_the_lowest_index_of_the_largest_logit() {
                 .collect();
             let logits = g.upload_tensor(4, cols, &data);
             assert_eq!(g.argmax(&logits), want, "{dtype:?} argmax, {cols} columns");
-            let greedy = g.sample(&logits, &[RowSampling::greedy(); 4]);
+            let greedy = g.sample(&logits, &vec![RowSampling::greedy(); 4]);
             assert_eq!(greedy, want, "{dtype:?} greedy sampling, {cols} columns");
             assert!(g.take_error().is_none());
         }

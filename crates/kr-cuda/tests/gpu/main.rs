@@ -381,6 +381,7 @@ fn sampling_distribution(vocab: usize) {
         top_p,
         min_p,
         uniform: 0.0,
+        allowed: None,
     };
     let cases = [
         base(0.7, 0, 1.0, 0.0),
@@ -394,11 +395,11 @@ fn sampling_distribution(vocab: usize) {
         let model = CudaModel::load(&w, options(dtype, 8, false)).expect("load");
         let g = model.backend();
         let logits = g.upload_tensor(n, vocab, &row.repeat(n));
-        for case in cases {
+        for case in cases.iter().cloned() {
             let rows: Vec<RowSampling> = (0..n)
                 .map(|i| RowSampling {
                     uniform: (i as f32 + 0.5) / n as f32,
-                    ..case
+                    ..case.clone()
                 })
                 .collect();
             let mut counts = vec![0usize; vocab];
@@ -418,8 +419,73 @@ fn sampling_distribution(vocab: usize) {
         let best = (0..vocab)
             .max_by(|&a, &b| row[a].total_cmp(&row[b]))
             .expect("row");
-        let greedy = g.sample(&logits, &[RowSampling::greedy(); 3]);
+        let greedy = g.sample(&logits, &vec![RowSampling::greedy(); 3]);
         assert_eq!(greedy, vec![best as u32; 3], "{dtype:?} greedy");
+        masked_sampling(g, &row, dtype);
         assert!(g.take_error().is_none());
     }
+}
+
+/// The device sampler with a grammar-style mask (every third token, and never the largest
+/// logit): the same counts as the CPU rules over the row with the other logits at -inf,
+/// nothing drawn outside the mask, greedy picks the largest allowed logit; unmasked rows of
+/// the same step are untouched.
+fn masked_sampling(g: &kr_cuda::CudaBackend, row: &[f32], dtype: DType) {
+    let (n, vocab) = (4096usize, row.len());
+    let best = (0..vocab)
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+        .expect("row");
+    let ok = |t: usize| t % 3 == 1 && t != best;
+    let mut words = vec![0u32; vocab.div_ceil(32)];
+    for t in (0..vocab).filter(|&t| ok(t)) {
+        words[t / 32] |= 1 << (t % 32);
+    }
+    let allowed: std::sync::Arc<[u32]> = words.into();
+    let masked: Vec<f32> = (0..vocab)
+        .map(|t| if ok(t) { row[t] } else { f32::NEG_INFINITY })
+        .collect();
+    let case = RowSampling {
+        temperature: 0.9,
+        top_k: 0,
+        top_p: 0.95,
+        min_p: 0.0,
+        uniform: 0.0,
+        allowed: Some(allowed.clone()),
+    };
+    let rows: Vec<RowSampling> = (0..n)
+        .map(|i| RowSampling {
+            uniform: (i as f32 + 0.5) / n as f32,
+            ..case.clone()
+        })
+        .collect();
+    let logits = g.upload_tensor(n, vocab, &row.repeat(n));
+    let mut counts = vec![0usize; vocab];
+    for id in g.sample(&logits, &rows) {
+        counts[id as usize] += 1;
+    }
+    let want = expected_probs(&masked, &case);
+    let worst = (0..vocab)
+        .map(|t| (counts[t] as f64 - want[t] * n as f64).abs())
+        .fold(0.0, f64::max);
+    let outside = (0..vocab).filter(|&t| !ok(t) && counts[t] > 0).count();
+    println!("masked sampling {dtype:?} {vocab} columns: max |count - N p| = {worst:.2}, drawn outside the mask: {outside}");
+    assert!(worst <= 2.0 && outside == 0, "{dtype:?} masked");
+    let best_allowed = (0..vocab)
+        .filter(|&t| ok(t))
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+        .expect("allowed");
+    let mixed = vec![
+        RowSampling {
+            allowed: Some(allowed),
+            ..RowSampling::greedy()
+        },
+        RowSampling::greedy(),
+    ];
+    let logits = g.upload_tensor(2, vocab, &row.repeat(2));
+    let got = g.sample(&logits, &mixed);
+    assert_eq!(
+        got,
+        vec![best_allowed as u32, best as u32],
+        "{dtype:?} masked greedy"
+    );
 }

@@ -248,10 +248,16 @@ fn batch1_decode(runner: &mut Runner, spec: &Spec, bytes: &StepBytes) -> Result<
         top_p: 0.95,
         min_p: 0.0,
         uniform: 0.5,
+        allowed: None,
     };
     let modes = [
-        ("graphs_on", true, Stepping::Overlapped, greedy),
-        ("graphs_on_overlap_off", true, Stepping::Sequential, greedy),
+        ("graphs_on", true, Stepping::Overlapped, greedy.clone()),
+        (
+            "graphs_on_overlap_off",
+            true,
+            Stepping::Sequential,
+            greedy.clone(),
+        ),
         ("graphs_off", false, Stepping::Overlapped, greedy),
         ("graphs_on_sampled_top_p", true, Stepping::Overlapped, top_p),
     ];
@@ -260,7 +266,7 @@ fn batch1_decode(runner: &mut Runner, spec: &Spec, bytes: &StepBytes) -> Result<
     let bound = bytes.bound(1, spec.prompt_tokens as f64 + spec.gen_tokens as f64 / 2.0);
     for (name, graphs, stepping, sampling) in modes {
         runner.set_cuda_graphs(graphs);
-        let run = decode_run(runner, 1, steps, stepping, sampling)?;
+        let run = decode_run(runner, 1, steps, stepping, sampling.clone())?;
         let tps = spec.gen_tokens as f64 / run.secs;
         let mean_gap = run.idle.iter().sum::<f64>() / run.idle.len().max(1) as f64;
         single.insert(
