@@ -386,6 +386,150 @@ __device__ void qembed_impl(T* out, const u8* table, const u32* ids, int cols, i
   }
 }
 
+// ---- Q4_K / Q6_K GEMV with int8 activations (bf16 models, up to 8 tokens) ----
+// Each block first quantises the step's activations into shared memory per 32 elements:
+// xq[t * cols + i] = round(x / d) with d = amax / 127 over the 32, and xds[t * cols / 32 + u] =
+// (d, d * sum of the 32 q). A weight unit's dot product with x is then integer dot products of
+// 4 bytes at a time (dp4a) scaled once: for Q4_K, over a sub-block of 32, sum of
+// (d sc q - dmin m) x = d sc dx sum(q xq) - dmin m s; for Q6_K, d sc dx sum((q - 32) xq) per 16
+// elements. The weights are read as in qgemv_impl (a warp per row), but each lane takes a Q4_K
+// pair of sub-blocks (the two nibbles of the same 32 bytes) or a Q6_K unit of 32.
+#define QI8_ROWS 8  // rows (warps) per block
+
+// n elements of x (n a multiple of 32) into xq / xds: 8 threads per 32 elements, 4 each.
+template <typename T>
+__device__ __forceinline__ void quantize_q8_block(signed char* xq, float2* xds, const T* x, int n) {
+  for (int i = 4 * threadIdx.x; i < n; i += 4 * blockDim.x) {
+    float v[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) v[e] = to_f(x[i + e]);
+    float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, o));
+    const float d = amax / 127.f;
+    int q[4], sum = 0;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      q[e] = amax > 0.f ? __float2int_rn(v[e] / d) : 0;
+      sum += q[e];
+    }
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(FULL_MASK, sum, o);
+    *(int*)(xq + i) = (q[0] & 0xff) | ((q[1] & 0xff) << 8) | ((q[2] & 0xff) << 16) | ((q[3] & 0xff) << 24);
+    if ((threadIdx.x & 7) == 0) xds[i / 32] = make_float2(d, d * (float)sum);
+  }
+}
+
+// The 8 words of 32 int8 activations at p (16-byte aligned).
+__device__ __forceinline__ void load_xq32(const signed char* p, int* w) {
+  const int4 a = *(const int4*)p, b = *(const int4*)(p + 16);
+  w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+  w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+}
+
+// Q4_K pair j (sub-blocks 2j and 2j + 1) of the block at b (its 32 quant bytes in qw) against
+// one token's activations of the same 64 elements (xq, and the two (d, s) at ds).
+__device__ __forceinline__ float q4k_pair_dot(const u8* b, int j, const u32* qw,
+                                              const signed char* xq, const float2* ds) {
+  float sc0, m0, sc1, m1;
+  scale_min_k4(b + 4, 2 * j, &sc0, &m0);
+  scale_min_k4(b + 4, 2 * j + 1, &sc1, &m1);
+  int xl[8], xh[8];
+  load_xq32(xq, xl);
+  load_xq32(xq + 32, xh);
+  int lo = 0, hi = 0;
+#pragma unroll
+  for (int k = 0; k < 8; k++) {
+    lo = __dp4a((int)(qw[k] & 0x0f0f0f0fu), xl[k], lo);
+    hi = __dp4a((int)((qw[k] >> 4) & 0x0f0f0f0fu), xh[k], hi);
+  }
+  const float d = f16_at(b), dmin = f16_at(b + 2);
+  return d * (sc0 * ds[0].x * (float)lo + sc1 * ds[1].x * (float)hi) - dmin * (m0 * ds[0].y + m1 * ds[1].y);
+}
+
+// Q6_K unit s (32 elements) of the block at b against 32 int8 activations with scale dx.
+__device__ __forceinline__ float q6k_unit_dot(const u8* b, int s, const signed char* xq, float dx) {
+  const int h = s >> 2, t = s & 3;
+  const u8* ql = b + 64 * h + 32 * (t & 1);
+  const u8* qh = b + 128 + 32 * h;
+  const int sl = 4 * (t >> 1), sh = 2 * t;
+  int xw[8];
+  load_xq32(xq, xw);
+  int part[2] = {0, 0};
+#pragma unroll
+  for (int k = 0; k < 8; k++) {
+    const u32 w = ld_a2(ql + 4 * k), hb = ld_a2(qh + 4 * k);
+    const u32 q = ((w >> sl) & 0x0f0f0f0fu) | (((hb >> sh) & 0x03030303u) << 4);
+    part[k >> 2] = __dp4a((int)__vsub4(q, 0x20202020u), xw[k], part[k >> 2]);
+  }
+  const float sc0 = (float)(signed char)__ldg(b + 192 + 2 * s);
+  const float sc1 = (float)(signed char)__ldg(b + 192 + 2 * s + 1);
+  return f16_at(b + 208) * dx * (sc0 * (float)part[0] + sc1 * (float)part[1]);
+}
+
+// y[t, r] = x[t] · w[r] (+ bias, + y where `accumulate`) for nt <= 8 tokens; Q = 12 (Q4_K, a
+// lane per 64-element pair) or 14 (Q6_K, a lane per 32-element unit). Dynamic shared memory:
+// nt * cols * 5 / 4 bytes (xq, then xds). Grid: rows / QI8_ROWS blocks of 32 * QI8_ROWS.
+template <typename T, int Q>
+__device__ void qgemv_i8_impl(T* y, const T* x, const u8* w, const float* bias, int rows, int cols,
+                              int nt, int accumulate) {
+  extern __shared__ __align__(16) unsigned char qi8_smem[];
+  signed char* xq = (signed char*)qi8_smem;
+  float2* xds = (float2*)(qi8_smem + nt * cols);
+  PDL_ENTRY();
+  quantize_q8_block(xq, xds, x, nt * cols);
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = blockIdx.x * QI8_ROWS + warp;
+  if (r >= rows) return;
+  const u8* wr = w + (u64)r * (cols / 256) * QT<Q>::bytes;
+  const int units = cols / 32;
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  if (Q == 12) {
+    for (int p = lane; p < cols / 64; p += 32) {
+      const u8* b = wr + (u64)(p >> 2) * QT<Q>::bytes;
+      const uint4 q0 = __ldg((const uint4*)(b + 16 + 32 * (p & 3)));
+      const uint4 q1 = __ldg((const uint4*)(b + 32 + 32 * (p & 3)));
+      const u32 qw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+#pragma unroll
+      for (int t = 0; t < 8; t++)
+        if (t < nt) acc[t] += q4k_pair_dot(b, p & 3, qw, xq + t * cols + 64 * p, xds + t * units + 2 * p);
+    }
+  } else {
+    for (int u = lane; u < units; u += 32) {
+      const u8* b = wr + (u64)(u >> 3) * QT<Q>::bytes;
+#pragma unroll
+      for (int t = 0; t < 8; t++)
+        if (t < nt) acc[t] += q6k_unit_dot(b, u & 7, xq + t * cols + 32 * u, xds[t * units + u].x);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < 8; t++) {
+    if (t >= nt) break;
+    const float s = warp_sum(acc[t]);
+    if (lane == 0) {
+      const u64 at = (u64)t * rows + r;
+      const float out = s + (bias ? bias[r] : 0.f);
+      y[at] = from_f<T>(accumulate ? out + to_f(y[at]) : out);
+    }
+  }
+}
+
+#define QGEMV_I8_KERNELS(T, S)                                                                     \
+  extern "C" __global__ void __launch_bounds__(32 * QI8_ROWS) qgemv_i8_q4_k_##S(                  \
+      T* y, const T* x, const u8* w, const float* bias, int rows, int cols, int nt,                \
+      int accumulate) {                                                                            \
+    qgemv_i8_impl<T, 12>(y, x, w, bias, rows, cols, nt, accumulate);                               \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(32 * QI8_ROWS) qgemv_i8_q6_k_##S(                  \
+      T* y, const T* x, const u8* w, const float* bias, int rows, int cols, int nt,                \
+      int accumulate) {                                                                            \
+    qgemv_i8_impl<T, 14>(y, x, w, bias, rows, cols, nt, accumulate);                               \
+  }
+
+QGEMV_I8_KERNELS(float, f32)
+QGEMV_I8_KERNELS(bf16_t, bf16)
+
 #define QKERNELS(T, S, D, NAME)                                                                    \
   extern "C" __global__ void __launch_bounds__(256) qgemv_##NAME##_##S(                           \
       T* y, const T* x, const u8* w, const float* bias, int rows, int cols, int nt,                \

@@ -190,7 +190,7 @@ mod weights;
 pub use attention::{DecodeKernels, DECODE_TILES_KERNELS, MMA_KERNEL_NAMES};
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
 pub use gemv_mma::GEMV_MMA_KERNEL_NAMES;
-pub use quant::QUANT_KERNELS;
+pub use quant::{QGEMV_I8_KERNELS, QUANT_KERNELS};
 pub use sample::RowSampling;
 pub use step_slots::SampledTokens;
 use weights::WeightArena;
@@ -265,6 +265,14 @@ impl CudaBackend {
                         )
                         .map_err(driver("allowing the tiled decode kernel's shared memory"))?;
                 }
+            }
+            for name in QGEMV_I8_KERNELS {
+                gpu.function(name, suffix)
+                    .set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        quant::QGEMV_I8_MAX_SMEM as i32,
+                    )
+                    .map_err(driver("allowing the int8 GEMV's shared memory"))?;
             }
         }
         Ok(Self {

@@ -146,7 +146,8 @@ impl Gpu {
             .chain(&crate::backend::GEMV_QKV_KERNELS)
             .chain(&crate::backend::GEMV_GATE_UP_KERNELS)
             .chain(crate::backend::DECODE_TILES_KERNELS.as_flattened())
-            .chain(crate::backend::QUANT_KERNELS.as_flattened());
+            .chain(crate::backend::QUANT_KERNELS.as_flattened())
+            .chain(&crate::backend::QGEMV_I8_KERNELS);
         let all = both
             .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
             .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")))

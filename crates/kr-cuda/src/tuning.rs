@@ -68,6 +68,12 @@ pub static SWITCHES: &[Switch] = &[
         effect: "fewest keys per split of the decode attention past 1,024 keys of context",
     },
     Switch {
+        name: "KR_CUDA_QGEMV_INT8",
+        default: "1",
+        allowed: "0 (off), 1",
+        effect: "Q4_K / Q6_K GEMV with int8 activations (bf16 models, up to 8 tokens)",
+    },
+    Switch {
         name: "KR_CUDA_DECODE_TILES",
         default: "1",
         allowed: "0 (off), 1",

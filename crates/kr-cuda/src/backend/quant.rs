@@ -1,7 +1,10 @@
 //! Quantised weights on the GPU (`kernels/quant.cu`): matrices in GGUF block types stay in
 //! GPU memory as the file stores them (a Q4_K_M 8B model takes ~5 GB, not 15).
 //!
-//! - up to 8 tokens: `qgemv_*` decodes each weight once, in registers, for all tokens;
+//! - up to 8 tokens: `qgemv_*` decodes each weight once, in registers, for all tokens; for
+//!   Q4_K and Q6_K in bf16 models, `qgemv_i8_*` instead quantises the activations to int8 per
+//!   32 in shared memory and multiplies with integer dot products (llama.cpp's approach;
+//!   `KR_CUDA_QGEMV_INT8=0` turns it off);
 //! - more tokens (prefill, large decode batches): `qdequant_*` decodes a chunk of rows into a
 //!   scratch buffer small enough to stay in L2 (`KR_CUDA_DEQUANT_CHUNK_MIB`, default 16), and
 //!   cuBLASLt multiplies it into the matching slice of the output's columns;
@@ -41,6 +44,16 @@ pub const QUANT_KERNELS: [[&str; 3]; 18] = [
 
 /// Tokens the quantised GEMV takes (its accumulators per lane).
 const QGEMV_MAX_TOKENS: usize = 8;
+
+/// The int8-activation GEMVs (Q4_K, Q6_K), compiled for f32 and bf16.
+pub const QGEMV_I8_KERNELS: [&str; 2] = ["qgemv_i8_q4_k", "qgemv_i8_q6_k"];
+
+/// Most shared memory the int8 GEMV's quantised activations take (`tokens × cols × 5/4`
+/// bytes); larger steps use the float GEMV.
+pub(super) const QGEMV_I8_MAX_SMEM: usize = 96 << 10;
+
+/// Rows (one warp each) per block of the int8 GEMV (QI8_ROWS).
+const QGEMV_I8_ROWS: usize = 8;
 
 /// The three kernels of `ty` and the group size they take (MLX; 0 for GGUF types), `None` for
 /// the float types.
@@ -132,6 +145,18 @@ impl CudaBackend {
         let Some(([gemv, dequant, _], group)) = w.quant.and_then(kernels) else {
             return;
         };
+        if let Some((name, smem)) = self.int8_gemv(x, w) {
+            let (xp, wp, bp) = (x.ptr, w.ptr, bias.map_or(0u64, |b| b.buf.ptr));
+            let (rows, cols, nt) = (w.rows as i32, w.cols as i32, x.rows as i32);
+            let acc = i32::from(accumulate);
+            let cfg = cudarc::driver::LaunchConfig {
+                grid_dim: (w.rows.div_ceil(QGEMV_I8_ROWS) as u32, 1, 1),
+                block_dim: (32 * QGEMV_I8_ROWS as u32, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            launch!(self, name, cfg, y, xp, wp, bp, rows, cols, nt, acc);
+            return;
+        }
         if x.rows <= QGEMV_MAX_TOKENS {
             let (xp, wp, bp) = (x.ptr, w.ptr, bias.map_or(0u64, |b| b.buf.ptr));
             let (rows, cols, nt) = (w.rows as i32, w.cols as i32, x.rows as i32);
@@ -142,6 +167,23 @@ impl CudaBackend {
         }
         self.dequant_gemm(y, x, w, (dequant, group), accumulate);
         self.add_bias(y, bias, x.rows, w.rows);
+    }
+
+    /// The int8-activation GEMV for `x · wᵀ` and its shared memory, where it applies: a bf16
+    /// model, a Q4_K or Q6_K `w`, at most 8 tokens whose int8 copy fits
+    /// [`QGEMV_I8_MAX_SMEM`], and `KR_CUDA_QGEMV_INT8` not 0. (In f32 models the float GEMV
+    /// keeps their results within 1e-4 of the CPU's.)
+    fn int8_gemv(&self, x: &CudaTensor, w: &CudaWeight) -> Option<(&'static str, usize)> {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| !crate::tuning::switched_off("KR_CUDA_QGEMV_INT8"));
+        let name = match w.quant? {
+            GgmlType::Q4K => QGEMV_I8_KERNELS[0],
+            GgmlType::Q6K => QGEMV_I8_KERNELS[1],
+            _ => return None,
+        };
+        let smem = x.rows * w.cols * 5 / 4;
+        let fits = x.rows <= QGEMV_MAX_TOKENS && smem <= QGEMV_I8_MAX_SMEM && w.cols % 256 == 0;
+        (on && fits && self.dtype == super::DType::Bf16).then_some((name, smem))
     }
 
     /// `y = x · wᵀ` chunk by chunk of `w`'s rows: decode the chunk into the scratch buffer, then
