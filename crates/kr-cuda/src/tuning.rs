@@ -69,9 +69,9 @@ pub static SWITCHES: &[Switch] = &[
     },
     Switch {
         name: "KR_CUDA_QGEMV_INT8",
-        default: "1",
-        allowed: "0 (off), 1",
-        effect: "Q4_K / Q6_K GEMV with int8 activations (bf16 models, up to 8 tokens)",
+        default: "8",
+        allowed: "0 (off) ..= 8",
+        effect: "most tokens a step has for the Q4_K / Q6_K GEMV with int8 activations (bf16)",
     },
     Switch {
         name: "KR_CUDA_DECODE_TILES",

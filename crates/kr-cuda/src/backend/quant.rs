@@ -3,8 +3,8 @@
 //!
 //! - up to 8 tokens: `qgemv_*` decodes each weight once, in registers, for all tokens; for
 //!   Q4_K and Q6_K in bf16 models, `qgemv_i8_*` instead quantises the activations to int8 per
-//!   32 in shared memory and multiplies with integer dot products (llama.cpp's approach;
-//!   `KR_CUDA_QGEMV_INT8=0` turns it off);
+//!   32 in shared memory and multiplies with integer dot products (llama.cpp's approach), for
+//!   steps of up to `KR_CUDA_QGEMV_INT8` tokens (0 turns it off);
 //! - more tokens (prefill, large decode batches): `qdequant_*` decodes a chunk of rows into a
 //!   scratch buffer small enough to stay in L2 (`KR_CUDA_DEQUANT_CHUNK_MIB`, default 16), and
 //!   cuBLASLt multiplies it into the matching slice of the output's columns;
@@ -51,6 +51,9 @@ pub const QGEMV_I8_KERNELS: [&str; 2] = ["qgemv_i8_q4_k", "qgemv_i8_q6_k"];
 /// Most shared memory the int8 GEMV's quantised activations take (`tokens × cols × 5/4`
 /// bytes); larger steps use the float GEMV.
 pub(super) const QGEMV_I8_MAX_SMEM: usize = 96 << 10;
+
+/// Most tokens a step has for the int8 GEMV by default (`KR_CUDA_QGEMV_INT8` sets it).
+const QGEMV_I8_TOKENS: usize = 8;
 
 /// Rows (one warp each) per block of the int8 GEMV (QI8_ROWS).
 const QGEMV_I8_ROWS: usize = 8;
@@ -170,20 +173,24 @@ impl CudaBackend {
     }
 
     /// The int8-activation GEMV for `x · wᵀ` and its shared memory, where it applies: a bf16
-    /// model, a Q4_K or Q6_K `w`, at most 8 tokens whose int8 copy fits
-    /// [`QGEMV_I8_MAX_SMEM`], and `KR_CUDA_QGEMV_INT8` not 0. (In f32 models the float GEMV
-    /// keeps their results within 1e-4 of the CPU's.)
+    /// model, a Q4_K or Q6_K `w`, at most `KR_CUDA_QGEMV_INT8` tokens (default
+    /// [`QGEMV_I8_TOKENS`]) whose int8 copy fits [`QGEMV_I8_MAX_SMEM`]. (In f32 models the float
+    /// GEMV keeps their results within 1e-4 of the CPU's.)
     fn int8_gemv(&self, x: &CudaTensor, w: &CudaWeight) -> Option<(&'static str, usize)> {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let on = *ON.get_or_init(|| !crate::tuning::switched_off("KR_CUDA_QGEMV_INT8"));
+        static MOST: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let most = *MOST.get_or_init(|| {
+            crate::tuning::value("KR_CUDA_QGEMV_INT8")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .map_or(QGEMV_I8_TOKENS, |n| n.min(QGEMV_MAX_TOKENS))
+        });
         let name = match w.quant? {
             GgmlType::Q4K => QGEMV_I8_KERNELS[0],
             GgmlType::Q6K => QGEMV_I8_KERNELS[1],
             _ => return None,
         };
         let smem = x.rows * w.cols * 5 / 4;
-        let fits = x.rows <= QGEMV_MAX_TOKENS && smem <= QGEMV_I8_MAX_SMEM && w.cols % 256 == 0;
-        (on && fits && self.dtype == super::DType::Bf16).then_some((name, smem))
+        let fits = x.rows <= most && smem <= QGEMV_I8_MAX_SMEM && w.cols % 256 == 0;
+        (fits && self.dtype == super::DType::Bf16).then_some((name, smem))
     }
 
     /// `y = x · wᵀ` chunk by chunk of `w`'s rows: decode the chunk into the scratch buffer, then
