@@ -447,36 +447,18 @@ __device__ __forceinline__ float q4k_pair_dot(const u8* b, int j, const u32* qw,
   return d * (sc0 * ds[0].x * (float)lo + sc1 * ds[1].x * (float)hi) - dmin * (m0 * ds[0].y + m1 * ds[1].y);
 }
 
-// The 32 bytes at p (2-byte aligned) as 9 words from the 4-byte boundary at or below p;
-// q6k_words then shifts them into place. The 9th word stays inside a Q6_K block for the ql and
-// qh slices read here (they end at least 14 bytes before the block does).
-__device__ __forceinline__ void load_32_a2(const u8* p, u32* a) {
-  const u32* w = (const u32*)((u64)p & ~(u64)3);
-#pragma unroll
-  for (int k = 0; k < 9; k++) a[k] = __ldg(w + k);
-}
-__device__ __forceinline__ u32 q6k_word(const u32* a, int k, const u8* p) {
-  return __funnelshift_r(a[k], a[k + 1], 8 * ((u32)(u64)p & 3u));
-}
-
-// Where unit s's low and high quant bytes start in the Q6_K block at b.
-__device__ __forceinline__ const u8* q6k_ql(const u8* b, int s) { return b + 64 * (s >> 2) + 32 * (s & 1); }
-__device__ __forceinline__ const u8* q6k_qh(const u8* b, int s) { return b + 128 + 32 * (s >> 2); }
-
-// Q6_K unit s (32 elements) of the block at b, its quant bytes loaded by load_32_a2 into la
-// (low) and ha (high), against 32 int8 activations with scale dx.
-__device__ __forceinline__ float q6k_unit_dot(const u8* b, int s, const u32* la, const u32* ha,
-                                              const signed char* xq, float dx) {
-  const int t = s & 3;
-  const u8* ql = q6k_ql(b, s);
-  const u8* qh = q6k_qh(b, s);
+// Q6_K unit s (32 elements) of the block at b against 32 int8 activations with scale dx.
+__device__ __forceinline__ float q6k_unit_dot(const u8* b, int s, const signed char* xq, float dx) {
+  const int h = s >> 2, t = s & 3;
+  const u8* ql = b + 64 * h + 32 * (t & 1);
+  const u8* qh = b + 128 + 32 * h;
   const int sl = 4 * (t >> 1), sh = 2 * t;
   int xw[8];
   load_xq32(xq, xw);
   int part[2] = {0, 0};
 #pragma unroll
   for (int k = 0; k < 8; k++) {
-    const u32 w = q6k_word(la, k, ql), hb = q6k_word(ha, k, qh);
+    const u32 w = ld_a2(ql + 4 * k), hb = ld_a2(qh + 4 * k);
     const u32 q = ((w >> sl) & 0x0f0f0f0fu) | (((hb >> sh) & 0x03030303u) << 4);
     part[k >> 2] = __dp4a((int)__vsub4(q, 0x20202020u), xw[k], part[k >> 2]);
   }
@@ -488,61 +470,37 @@ __device__ __forceinline__ float q6k_unit_dot(const u8* b, int s, const u32* la,
 // y[t, r] = x[t] · w[r] (+ bias, + y where `accumulate`) for nt <= 8 tokens; Q = 12 (Q4_K, a
 // lane per 64-element pair) or 14 (Q6_K, a lane per 32-element unit). Dynamic shared memory:
 // nt * cols * 5 / 4 bytes (xq, then xds). Grid: rows / QI8_ROWS blocks of 32 * QI8_ROWS.
-// A lane's quant bytes of one step of its loop: a Q4_K pair's 32 bytes (q), or a Q6_K unit's low
-// and high bytes as load_32_a2 reads them (la, ha).
-struct QI8Loads {
-  uint4 q[2];
-  u32 la[9], ha[9];
-};
-
-// Loads step i of the lane's loop (Q4_K pair i, or Q6_K unit i, of row wr) into l.
-template <int Q>
-__device__ __forceinline__ void qi8_load(QI8Loads& l, const u8* wr, int i) {
-  const u8* b = wr + (u64)(i >> (Q == 12 ? 2 : 3)) * QT<Q>::bytes;
-  if (Q == 12) {
-    l.q[0] = __ldg((const uint4*)(b + 16 + 32 * (i & 3)));
-    l.q[1] = __ldg((const uint4*)(b + 32 + 32 * (i & 3)));
-  } else {
-    load_32_a2(q6k_ql(b, i & 7), l.la);
-    load_32_a2(q6k_qh(b, i & 7), l.ha);
-  }
-}
-
 template <typename T, int Q>
 __device__ void qgemv_i8_impl(T* y, const T* x, const u8* w, const float* bias, int rows, int cols,
                               int nt, int accumulate) {
   extern __shared__ __align__(16) unsigned char qi8_smem[];
   signed char* xq = (signed char*)qi8_smem;
   float2* xds = (float2*)(qi8_smem + nt * cols);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int r = blockIdx.x * QI8_ROWS + warp;
-  const u8* wr = w + (u64)r * (cols / 256) * QT<Q>::bytes;
-  const int units = cols / 32, steps = Q == 12 ? cols / 64 : units;
-  // The lane's first weights load before the launch wait and the activations' quantisation
-  // (weights do not depend on the kernel before), each later step's while the one before is
-  // computed.
-  QI8Loads next;
-  if (r < rows && lane < steps) qi8_load<Q>(next, wr, lane);
   PDL_ENTRY();
   quantize_q8_block(xq, xds, x, nt * cols);
   __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r = blockIdx.x * QI8_ROWS + warp;
   if (r >= rows) return;
+  const u8* wr = w + (u64)r * (cols / 256) * QT<Q>::bytes;
+  const int units = cols / 32;
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  for (int i = lane; i < steps; i += 32) {
-    const QI8Loads cur = next;
-    if (i + 32 < steps) qi8_load<Q>(next, wr, i + 32);
-    if (Q == 12) {
-      const u8* b = wr + (u64)(i >> 2) * QT<Q>::bytes;
-      const u32 qw[8] = {cur.q[0].x, cur.q[0].y, cur.q[0].z, cur.q[0].w,
-                         cur.q[1].x, cur.q[1].y, cur.q[1].z, cur.q[1].w};
+  if (Q == 12) {
+    for (int p = lane; p < cols / 64; p += 32) {
+      const u8* b = wr + (u64)(p >> 2) * QT<Q>::bytes;
+      const uint4 q0 = __ldg((const uint4*)(b + 16 + 32 * (p & 3)));
+      const uint4 q1 = __ldg((const uint4*)(b + 32 + 32 * (p & 3)));
+      const u32 qw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
 #pragma unroll
       for (int t = 0; t < 8; t++)
-        if (t < nt) acc[t] += q4k_pair_dot(b, i & 3, qw, xq + t * cols + 64 * i, xds + t * units + 2 * i);
-    } else {
-      const u8* b = wr + (u64)(i >> 3) * QT<Q>::bytes;
+        if (t < nt) acc[t] += q4k_pair_dot(b, p & 3, qw, xq + t * cols + 64 * p, xds + t * units + 2 * p);
+    }
+  } else {
+    for (int u = lane; u < units; u += 32) {
+      const u8* b = wr + (u64)(u >> 3) * QT<Q>::bytes;
 #pragma unroll
       for (int t = 0; t < 8; t++)
-        if (t < nt) acc[t] += q6k_unit_dot(b, i & 7, cur.la, cur.ha, xq + t * cols + 32 * i, xds[t * units + i].x);
+        if (t < nt) acc[t] += q6k_unit_dot(b, u & 7, xq + t * cols + 32 * u, xds[t * units + u].x);
     }
   }
 #pragma unroll

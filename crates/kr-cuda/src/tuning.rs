@@ -69,7 +69,7 @@ pub static SWITCHES: &[Switch] = &[
     },
     Switch {
         name: "KR_CUDA_QGEMV_INT8",
-        default: "8",
+        default: "1",
         allowed: "0 (off) ..= 8",
         effect: "most tokens a step has for the Q4_K / Q6_K GEMV with int8 activations (bf16)",
     },

@@ -52,8 +52,10 @@ pub const QGEMV_I8_KERNELS: [&str; 2] = ["qgemv_i8_q4_k", "qgemv_i8_q6_k"];
 /// bytes); larger steps use the float GEMV.
 pub(super) const QGEMV_I8_MAX_SMEM: usize = 96 << 10;
 
-/// Most tokens a step has for the int8 GEMV by default (`KR_CUDA_QGEMV_INT8` sets it).
-const QGEMV_I8_TOKENS: usize = 8;
+/// Most tokens a step has for the int8 GEMV by default (`KR_CUDA_QGEMV_INT8` sets it): from
+/// two tokens on, each block's quantisation of every token's activations costs more than the
+/// float GEMV's decoding (docs/benchmarks.md).
+const QGEMV_I8_TOKENS: usize = 1;
 
 /// Rows (one warp each) per block of the int8 GEMV (QI8_ROWS).
 const QGEMV_I8_ROWS: usize = 8;

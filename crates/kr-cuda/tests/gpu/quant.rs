@@ -3,7 +3,7 @@
 //!
 //! Tolerances, relative to the largest output: f32 1e-4 (the same decoded values, another
 //! summation order); bf16 1e-2 (outputs rounded to bf16, 4e-3 relative; for more than 8
-//! tokens the decoded weights too before cuBLASLt; for Q4_K and Q6_K up to 8 tokens the
+//! tokens the decoded weights too before cuBLASLt; for Q4_K and Q6_K at one token the
 //! activations are quantised to int8 per 32, about 4e-3 of the output's spread).
 
 use super::*;
