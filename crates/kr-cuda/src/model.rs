@@ -246,6 +246,19 @@ impl CudaModel {
         rows: &[RowSampling],
         feed: bool,
     ) -> Result<()> {
+        self.launch_sampled_with(ids, meta, || rows.to_vec(), feed)
+    }
+
+    /// [`CudaModel::launch_sampled`] with the rows made by `rows` after the forward pass is
+    /// queued (graph launched or kernels enqueued), so that the host's work on them overlaps
+    /// the GPU's.
+    pub fn launch_sampled_with(
+        &mut self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        rows: impl FnOnce() -> Vec<RowSampling>,
+        feed: bool,
+    ) -> Result<()> {
         if self.outstanding.len() >= 2 {
             return Err(CudaError::Unsupported(
                 "a third step in flight (collect one first)".into(),
@@ -262,9 +275,13 @@ impl CudaModel {
                 }
             }
         }
-        let n = meta.logit_rows.len().min(rows.len());
-        let step =
-            self.with_logits(ids, meta, |be, l| l.map(|l| be.sample_async(l, &rows[..n])))?;
+        let wanted = meta.logit_rows.len();
+        let step = self.with_logits(ids, meta, |be, l| {
+            l.map(|l| {
+                let rows = rows();
+                be.sample_async(l, &rows[..wanted.min(rows.len())])
+            })
+        })?;
         self.last_sampled = step;
         self.outstanding.extend(step);
         Ok(())

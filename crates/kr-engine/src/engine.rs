@@ -28,9 +28,7 @@ use kr_core::scheduler::NewRequest;
 use kr_core::{
     FinishReason, RequestId, SamplingParams, Scheduler, SchedulerConfig, SeqUpdate, StepPlan,
 };
-use kr_model::{
-    ChatTemplate, IncrementalDecoder, RenderSandbox, RowSampling, TemplateLimits, Tokenizer,
-};
+use kr_model::{ChatTemplate, IncrementalDecoder, RenderSandbox, TemplateLimits, Tokenizer};
 use prompt_logprobs::PromptLogprobs;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -580,15 +578,19 @@ impl EngineLoop {
                 Err(e) => self.fail_step(&plan, &e),
             };
         }
-        let outcome = match self.device_draws(&plan, &rows, false) {
+        let outcome = match self.device_rows(&plan, &rows, false) {
             // Masked rows need each token on the host before the next step's mask.
-            Some(draws) if self.overlap_steps && draws.iter().all(|d| d.allowed.is_none()) => {
+            Some(seqs) if self.overlap_steps && !self.any_constrained(&seqs) => {
+                let draws = device_rows::draw(&mut self.live, &seqs, self.vocab_size);
                 return self.run_overlapped(plan, rows, &ids, &meta, &draws, t0);
             }
-            Some(draws) => self
-                .runner
-                .forward_sampled(&ids, &meta, &draws)
-                .map(|tokens| self.record_device_tokens(&plan, &rows, tokens)),
+            // The rows are drawn (and masks waited for) while the GPU runs the forward pass.
+            Some(seqs) => {
+                let (live, vocab) = (&mut self.live, self.vocab_size);
+                self.runner
+                    .forward_sampled_with(&ids, &meta, || device_rows::draw(live, &seqs, vocab))
+                    .map(|tokens| self.record_device_tokens(&plan, &rows, tokens))
+            }
             None => self
                 .runner
                 .forward(&ids, &meta)
@@ -644,64 +646,6 @@ impl EngineLoop {
         self.check_fatal(error);
         let ids: Vec<RequestId> = plan.seqs.iter().map(|s| s.id).collect();
         self.fail_requests(&ids, &format!("the model step failed: {error}"));
-    }
-
-    /// Each sampled row's device parameters (drawing its uniform number, with its grammar's
-    /// mask), when the whole step can sample on the device: a GPU, no prompt-logprob rows,
-    /// and no request that needs its logits on the host. With `ahead` (a step launched before
-    /// the one in flight has its tokens on the host) no request may hold a grammar, whose
-    /// mask needs that token. `None` leaves every generator untouched.
-    fn device_draws(
-        &mut self,
-        plan: &StepPlan,
-        rows: &[RowUse],
-        ahead: bool,
-    ) -> Option<Vec<RowSampling>> {
-        if !self.runner.samples_on_device() {
-            return None;
-        }
-        let mut seqs = Vec::with_capacity(rows.len());
-        for u in rows {
-            match *u {
-                RowUse::Sample(i) => seqs.push(plan.seqs[i].id),
-                RowUse::Prompt { .. } | RowUse::Embed(_) => return None,
-            }
-        }
-        let live = &self.live;
-        let ready =
-            |l: &RequestState| l.sampler.device_samplable() && !(ahead && l.sampler.constrained());
-        if !seqs.iter().all(|id| live.get(id).is_some_and(ready)) {
-            return None;
-        }
-        let vocab = self.vocab_size;
-        let draws = seqs
-            .iter()
-            .filter_map(|id| self.live.get_mut(id).map(|l| l.sampler.device_draw(vocab)))
-            .collect();
-        Some(draws)
-    }
-
-    /// Records the tokens the device chose (plan order) in each request's sampler. Counts
-    /// only tokens of live requests (an overlapped step's row of a request that has just
-    /// ended is dropped).
-    fn record_device_tokens(
-        &mut self,
-        plan: &StepPlan,
-        rows: &[RowUse],
-        tokens: Vec<u32>,
-    ) -> (Vec<u32>, Vec<Option<TokenLogprobs>>) {
-        let mut used = 0;
-        for (u, &tok) in rows.iter().zip(&tokens) {
-            if let RowUse::Sample(i) = *u {
-                if let Some(l) = self.live.get_mut(&plan.seqs[i].id) {
-                    l.sampler.record(tok);
-                    used += 1;
-                }
-            }
-        }
-        self.stats.device_sampled_tokens.fetch_add(used, Relaxed);
-        let none = vec![None; tokens.len()];
-        (tokens, none)
     }
 
     /// Samples the sampled rows (in plan order) and records the prompt-logprob rows.
@@ -799,6 +743,9 @@ impl EngineLoop {
 
 #[path = "overlap.rs"]
 mod overlap;
+
+#[path = "device_rows.rs"]
+mod device_rows;
 
 #[path = "embed.rs"]
 pub(crate) mod embed;

@@ -97,7 +97,8 @@ impl EngineLoop {
         let (ids, meta, rows) = self.batch(&plan);
         // There unless a request holds a grammar: the rows are decode rows of requests that
         // sampled on the device.
-        let draws = self.device_draws(&plan, &rows, true)?;
+        let seqs = self.device_rows(&plan, &rows, true)?;
+        let draws = super::device_rows::draw(&mut self.live, &seqs, self.vocab_size);
         match self.runner.launch_sampled(&ids, &meta, &draws, true) {
             Ok(()) => {
                 self.stats.overlapped_steps.fetch_add(1, Relaxed);

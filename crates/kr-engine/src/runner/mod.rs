@@ -149,11 +149,25 @@ impl Runner {
         meta: &AttnMeta,
         rows: &[RowSampling],
     ) -> Result<Vec<u32>> {
-        if let Self::Cuda(m) = self {
-            m.no_steps_outstanding()?;
+        self.forward_sampled_with(ids, meta, || rows.to_vec())
+    }
+
+    /// [`Runner::forward_sampled`] with the rows made by `rows` once the forward pass is
+    /// queued on the device, so that host work (a grammar's mask) overlaps it.
+    pub fn forward_sampled_with(
+        &mut self,
+        ids: &[u32],
+        meta: &AttnMeta,
+        rows: impl FnOnce() -> Vec<RowSampling>,
+    ) -> Result<Vec<u32>> {
+        match self {
+            Self::Cpu(_) => Err(no_device_sampling()),
+            Self::Cuda(m) => {
+                m.no_steps_outstanding()?;
+                m.launch_sampled_with(ids, meta, rows, false)?;
+                Ok(m.collect_sampled()?)
+            }
         }
-        self.launch_sampled(ids, meta, rows, false)?;
-        self.collect_sampled()
     }
 
     /// Starts a step like [`Runner::forward_sampled`] without waiting for its tokens
