@@ -328,6 +328,22 @@ __device__ __forceinline__ void store32(float* dst, const float* v) {
   for (int k = 0; k < 8; k++) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
 }
 
+// The warp's sums of row r for nt tokens into y (+ bias[r]; + y where `accumulate`).
+template <typename T>
+__device__ __forceinline__ void qgemv_store(T* y, const float (&acc)[8], int nt, int rows, int r,
+                                            const float* bias, int accumulate) {
+#pragma unroll
+  for (int t = 0; t < 8; t++) {
+    if (t >= nt) break;
+    const float s = warp_sum(acc[t]);
+    if ((threadIdx.x & 31) == 0) {
+      const u64 at = (u64)t * rows + r;
+      const float out = s + (bias ? bias[r] : 0.f);
+      y[at] = from_f<T>(accumulate ? out + to_f(y[at]) : out);
+    }
+  }
+}
+
 // y[t, r] = x[t] · w[r] (+ bias[r]; + y[t, r] where `accumulate`) for nt <= 8 tokens: one warp
 // per weight row, its lanes taking 32-element units in turn, so each weight is read and decoded
 // once for all tokens. Grid: rows / 8 blocks of 256 threads (rounded up).
@@ -347,16 +363,7 @@ __device__ void qgemv_impl(T* y, const T* x, const u8* w, const float* bias, int
     for (int t = 0; t < 8; t++)
       if (t < nt) acc[t] += dot32(v, x + (u64)t * cols + 32 * u);
   }
-#pragma unroll
-  for (int t = 0; t < 8; t++) {
-    if (t >= nt) break;
-    const float s = warp_sum(acc[t]);
-    if (lane == 0) {
-      const u64 at = (u64)t * rows + r;
-      const float out = s + (bias ? bias[r] : 0.f);
-      y[at] = from_f<T>(accumulate ? out + to_f(y[at]) : out);
-    }
-  }
+  qgemv_store(y, acc, nt, rows, r, bias, accumulate);
 }
 
 // out[i, :] = row i of w decoded to T, for the `units / (cols / 32)` rows at w (a chunk of a
@@ -503,16 +510,7 @@ __device__ void qgemv_i8_impl(T* y, const T* x, const u8* w, const float* bias, 
         if (t < nt) acc[t] += q6k_unit_dot(b, u & 7, xq + t * cols + 32 * u, xds[t * units + u].x);
     }
   }
-#pragma unroll
-  for (int t = 0; t < 8; t++) {
-    if (t >= nt) break;
-    const float s = warp_sum(acc[t]);
-    if (lane == 0) {
-      const u64 at = (u64)t * rows + r;
-      const float out = s + (bias ? bias[r] : 0.f);
-      y[at] = from_f<T>(accumulate ? out + to_f(y[at]) : out);
-    }
-  }
+  qgemv_store(y, acc, nt, rows, r, bias, accumulate);
 }
 
 #define QGEMV_I8_KERNELS(T, S)                                                                     \
