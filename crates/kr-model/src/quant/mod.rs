@@ -17,6 +17,7 @@
 ))]
 mod avx2;
 mod blocks;
+pub mod fp8;
 mod kquants;
 pub mod mlx;
 #[cfg(test)]
