@@ -69,6 +69,38 @@ fn greedy_and_seeded_outputs_are_identical_alone_and_batched() {
     wait_for_blocks(&engine, 0);
 }
 
+/// A 1,000-token prompt prefilled in 128-token chunks, first alone and then submitted with
+/// three short requests (their decode steps share the chunks' steps): the same greedy tokens,
+/// and every block back afterwards. (Issue 18's server check on the GPU, on the CPU here.)
+#[cfg_attr(
+    no_test_models,
+    ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
+)]
+#[test]
+fn a_chunked_long_prompt_gives_the_same_tokens_beside_short_requests() {
+    let Some(_) = smollm2() else { return };
+    let engine = start(|c: &mut EngineConfig| {
+        c.max_num_batched_tokens = 128;
+        c.enable_prefix_caching = false;
+    });
+    let long: Vec<u32> = (0..1000u32).map(|i| 300 + (i * 7919) % 40_000).collect();
+    let alone = generate(
+        &engine,
+        Prompt::Tokens(long.clone()),
+        SamplingParams::greedy(24),
+    );
+    let mut reqs = vec![(Prompt::Tokens(long), SamplingParams::greedy(24))];
+    reqs.extend(
+        QUESTIONS[..3]
+            .iter()
+            .map(|q| (chat(q), SamplingParams::greedy(40))),
+    );
+    let together = batched(&engine, reqs);
+    assert_eq!(alone, together[0]);
+    assert_eq!(alone.ids.len(), 24);
+    wait_for_blocks(&engine, 0);
+}
+
 #[cfg_attr(
     no_test_models,
     ignore = "needs the test models: set KR_TEST_MODELS or run scripts/fetch-test-models.sh"
