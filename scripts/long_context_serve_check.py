@@ -64,16 +64,17 @@ def start_server(args, log_path):
 
 
 def stream_completion(port, model, prompt, max_tokens):
-    """One greedy streamed completion; (tokens, chunk arrival times, start, error)."""
+    """One greedy streamed completion; (tokens, chunk arrival times, start, error, and per
+    token the two most likely tokens with their logprobs)."""
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                       "stream": True, "logprobs": 1, "ignore_eos": True})
+                       "stream": True, "logprobs": 2, "ignore_eos": True})
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.monotonic()
     c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     r = c.getresponse()
     if r.status != 200:
-        return [], [], t0, f"HTTP {r.status}: {r.read()[:300]!r}"
-    ids, times = [], []
+        return [], [], t0, f"HTTP {r.status}: {r.read()[:300]!r}", []
+    ids, times, tops = [], [], []
     for raw in r:
         line = raw.decode().strip()
         if not line.startswith("data:") or line == "data: [DONE]":
@@ -84,8 +85,9 @@ def stream_completion(port, model, prompt, max_tokens):
         toks = lp.get("tokens") or []
         if toks:  # the closing chunk carries only the finish reason
             ids.extend(toks)
+            tops.extend(lp.get("top_logprobs") or [{}] * len(toks))
             times.append(time.monotonic())
-    return ids, times, t0, None
+    return ids, times, t0, None, tops
 
 
 def timing(times, t0):
@@ -118,7 +120,8 @@ def run(args, beside):
         result, shorts, stop = {}, [], threading.Event()
 
         def long_request():
-            result["ids"], times, t0, result["error"] = stream_completion(port, model, prompt, args.max_tokens)
+            result["ids"], times, t0, result["error"], result["tops"] = stream_completion(
+                port, model, prompt, args.max_tokens)
             result.update(timing(times, t0))
             stop.set()
 
@@ -126,7 +129,7 @@ def run(args, beside):
             n = 0
             while not stop.is_set():
                 p = [(k * 1000 + n * 31 + i * 17) % 30000 + 1000 for i in range(args.short_prompt)]
-                ids, times, t0, err = stream_completion(port, model, p, args.short_tokens)
+                ids, times, t0, err, _ = stream_completion(port, model, p, args.short_tokens)
                 shorts.append({"client": k, "tokens": len(ids), "error": err,
                                "during_long": not stop.is_set(), **timing(times, t0)})
                 n += 1
@@ -145,7 +148,7 @@ def run(args, beside):
         used, running = settle(port)
         during = [s for s in shorts if s["during_long"] and s["tpot_ms"] is not None]
         return {"command": cmd, "long": {k: result.get(k) for k in ("ttft_s", "tpot_ms", "error")},
-                "ids": result.get("ids", []), "kv_blocks_used_after": used, "running_after": running,
+                "ids": result.get("ids", []), "tops": result.get("tops", []), "kv_blocks_used_after": used, "running_after": running,
                 "short_requests": len(shorts),
                 "short_errors": [s["error"] for s in shorts if s["error"]][:5],
                 "short_tpot_ms_median": statistics.median([s["tpot_ms"] for s in during]) if during else None,
@@ -171,6 +174,12 @@ def main():
     alone, beside = run(args, False), run(args, True)
     same = alone["ids"] == beside["ids"] and len(alone["ids"]) == args.max_tokens
     first_diff = next((i for i, (a, b) in enumerate(zip(alone["ids"], beside["ids"])) if a != b), None)
+    # Where the runs part, how close the alone run's two most likely tokens were: a margin of
+    # a few thousandths is a near-tie that rounding can flip, not a wrong KV block.
+    margin = None
+    if first_diff is not None and first_diff < len(alone["tops"]):
+        top = sorted(alone["tops"][first_diff].values(), reverse=True)
+        margin = top[0] - top[1] if len(top) >= 2 else None
     checks = {"same_tokens": same,
               "no_errors": not alone["long"]["error"] and not beside["long"]["error"]
               and not beside["short_errors"],
@@ -185,12 +194,14 @@ def main():
                           if args.device != "cpu" else None},
               "commit": commit, "command": " ".join(sys.argv), "settings": vars(args),
               "checks": checks, "first_differing_token": first_diff,
-              "alone": {k: v for k, v in alone.items() if k != "ids"},
-              "beside": {k: v for k, v in beside.items() if k != "ids"},
+              "logprob_margin_at_first_difference": margin,
+              "alone": {k: v for k, v in alone.items() if k not in ("ids", "tops")},
+              "beside": {k: v for k, v in beside.items() if k not in ("ids", "tops")},
               "tokens_alone": alone["ids"], "tokens_beside": beside["ids"]}
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
-    print(json.dumps({"checks": checks, "alone": report["alone"]["long"],
+    print(json.dumps({"checks": checks, "first_differing_token": first_diff,
+                      "logprob_margin_at_first_difference": margin, "alone": report["alone"]["long"],
                       "beside": report["beside"]["long"],
                       "short_tpot_ms_median": beside["short_tpot_ms_median"],
                       "short_ttft_s_median": beside["short_ttft_s_median"],
