@@ -50,6 +50,18 @@ impl CpuKvCache {
     fn slot_width(&self) -> usize {
         self.layout.num_kv_heads * self.layout.head_dim
     }
+
+    /// Applies `f` to the key row and the value row of every kv head at each of `slots` in
+    /// `layer` (a reference for caches that store rows rounded, e.g. the GPU's fp8 cache).
+    pub fn map_rows(&mut self, layer: usize, slots: &[u32], mut f: impl FnMut(&mut [f32])) {
+        let (width, hd) = (self.slot_width(), self.layout.head_dim);
+        for &slot in slots.iter().filter(|&&s| s != u32::MAX) {
+            let at = slot as usize * width;
+            for rows in [&mut self.k[layer], &mut self.v[layer]] {
+                rows[at..at + width].chunks_exact_mut(hd).for_each(&mut f);
+            }
+        }
+    }
 }
 
 /// Runs `f` (a whole forward step) on a worker of rayon's pool, so the step's many parallel

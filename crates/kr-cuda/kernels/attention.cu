@@ -163,12 +163,45 @@ __device__ __forceinline__ void mma_load_kv(bf16_t (*sk)[D + MMA_PAD], bf16_t (*
   }
 }
 
+// 8 E4M3 codes times `scale` as 8 bf16 (a shared-memory row chunk).
+__device__ __forceinline__ uint4 e4m3x8_to_bf16(uint2 w, float scale) {
+  u32 o[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const u32 word = i < 2 ? w.x : w.y, sh = 16 * (i & 1);
+    o[i] = pack_bf16x2(e4m3_to_f((word >> sh) & 0xffu) * scale, e4m3_to_f((word >> (sh + 8)) & 0xffu) * scale);
+  }
+  return make_uint4(o[0], o[1], o[2], o[3]);
+}
+
+// mma_load_kv from an fp8 cache (codes and per-(slot, kv head) scales), converted to bf16.
 template <int D>
+__device__ __forceinline__ void mma_load_kv8(bf16_t (*sk)[D + MMA_PAD], bf16_t (*sv)[D + MMA_PAD],
+                                             const Kv8& c, const u32* bt, int block_size,
+                                             int num_kv_heads, int kvh, int k0, int kend) {
+  const int CH = D / 8;  // 8-element chunks per key
+  for (int e = threadIdx.x; e < MMA_KT * CH; e += blockDim.x) {
+    const int j = e / CH, ch = e % CH, kp = k0 + j;
+    uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+    if (kp < kend) {
+      const u64 slot = kv_slot(bt, kp, block_size);
+      const u64 off = slot * num_kv_heads * D + kvh * D + ch * 8;
+      const u64 at = slot * num_kv_heads + kvh;
+      kv = e4m3x8_to_bf16(*(const uint2*)(c.k + off), c.k_scale[at]);
+      vv = e4m3x8_to_bf16(*(const uint2*)(c.v + off), c.v_scale[at]);
+    }
+    *(uint4*)&sk[j][ch * 8] = kv;
+    *(uint4*)&sv[j][ch * 8] = vv;
+  }
+}
+
+// Tensor-core prefill attention; with KV8 the cache is fp8 (`kv8`; k_cache / v_cache unused).
+template <int D, bool KV8>
 __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k_cache,
                                    const bf16_t* v_cache, const u32* work, const u32* q_start,
                                    const u32* q_len, const u32* ctx_len, const u32* block_tables,
                                    int bt_stride, int block_size, int num_heads, int num_kv_heads,
-                                   int tile_q, float scale) {
+                                   int tile_q, float scale, const Kv8 kv8) {
   __shared__ __align__(16) bf16_t sk[MMA_KT][D + MMA_PAD];
   __shared__ __align__(16) bf16_t sv[MMA_KT][D + MMA_PAD];
   const int group = num_heads / num_kv_heads;
@@ -211,7 +244,8 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
   const u32* bt = block_tables + (u64)seq * bt_stride;
   for (int k0 = 0; k0 < kend; k0 += MMA_KT) {
     __syncthreads();  // the previous tile is no longer read
-    mma_load_kv<D>(sk, sv, k_cache, v_cache, bt, block_size, kv_width, kvh, k0, kend);
+    if (KV8) mma_load_kv8<D>(sk, sv, kv8, bt, block_size, num_kv_heads, kvh, k0, kend);
+    else mma_load_kv<D>(sk, sv, k_cache, v_cache, bt, block_size, kv_width, kvh, k0, kend);
     __syncthreads();
     float s[MMA_KT / 8][4];
 #pragma unroll
@@ -290,8 +324,20 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
       const u32* q_start, const u32* q_len, const u32* ctx_len, const u32* block_tables,           \
       int bt_stride, int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q,    \
       float scale) { PDL_ENTRY();                                                                               \
-    attention_mma_impl<D>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len, block_tables,   \
-                          bt_stride, block_size, num_heads, num_kv_heads, tile_q, scale);          \
+    const Kv8 none = {0, 0, 0, 0};                                                                 \
+    attention_mma_impl<D, false>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len,          \
+                                 block_tables, bt_stride, block_size, num_heads, num_kv_heads,     \
+                                 tile_q, scale, none);                                             \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(128) attention_mma_kv8_##D##_bf16(                  \
+      bf16_t* out, const bf16_t* q, u8* k8, u8* v8, float* k_scale, float* v_scale,                \
+      const u32* work, const u32* q_start, const u32* q_len, const u32* ctx_len,                   \
+      const u32* block_tables, int bt_stride, int block_size, int num_heads, int num_kv_heads,     \
+      int head_dim, int tile_q, float scale) { PDL_ENTRY();                                        \
+    const Kv8 kv8 = {k8, v8, k_scale, v_scale};                                                    \
+    attention_mma_impl<D, true>(out, q, 0, 0, work, q_start, q_len, ctx_len, block_tables,         \
+                                bt_stride, block_size, num_heads, num_kv_heads, tile_q, scale,     \
+                                kv8);                                                              \
   }
 ATTENTION_MMA(64)
 ATTENTION_MMA(128)

@@ -242,3 +242,179 @@ DECODE_TILES_KERNELS(float, f32, 64)
 DECODE_TILES_KERNELS(float, f32, 128)
 DECODE_TILES_KERNELS(bf16_t, bf16, 64)
 DECODE_TILES_KERNELS(bf16_t, bf16, 128)
+
+// ---- The tiled decode kernel over an fp8 cache (E4M3 codes, one scale per (slot, kv head)) ----
+// As attention_decode_tiles_impl on the unfused path only (rope_write_kv wrote the step's keys
+// and values before; the new key's tile is refreshed from the cache after PDL_WAIT), with rows
+// of HD bytes and each key's two scales loaded beside its tile: a score is q · codes × k scale,
+// and a value row enters the sum with weight p × v scale (the softmax sum takes p alone). The
+// splits merge through global memory (decode_merge_global), one or many.
+template <int HD>
+struct DecodeTiles8 {
+  static constexpr int ROW = HD + 16;             // bytes per row, padded as DecodeTiles pads
+  static constexpr int BUFFER = 2 * DT_KT * ROW;  // key rows then value rows
+};
+
+// 4 bytes global -> shared without a register round trip; zeros when !full.
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool full) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(shared_addr(smem)), "l"(gmem), "r"(full ? 4 : 0) : "memory");
+#else
+  *(u32*)smem = full ? *(const u32*)gmem : 0u;
+#endif
+}
+
+// Code rows (byte offsets) and scale indices of keys t0 .. t0 + nk, by threads < nk.
+__device__ __forceinline__ void decode_tile_rows8(u64* rows, u64* srows, const u32* bt, int t0, int nk,
+                                                  int block_size, int num_kv_heads, int kvh, int hd) {
+  if ((int)threadIdx.x < nk) {
+    const u64 slot = kv_slot(bt, t0 + threadIdx.x, block_size);
+    rows[threadIdx.x] = slot * num_kv_heads * hd + (u64)kvh * hd;
+    srows[threadIdx.x] = slot * num_kv_heads + kvh;
+  }
+}
+
+// Starts copying a tile's code rows into `buf` and its scales into `sc` (k then v, DT_KT each),
+// as one cp.async group; keys at or past nk read zeros.
+template <int HD>
+__device__ __forceinline__ void decode_tiles8_issue(u8* buf, float* sc, const Kv8& c, const u64* rows,
+                                                    const u64* srows, int nk) {
+  using G = DecodeTiles8<HD>;
+  constexpr int VPR = HD / 16;
+  for (int i = threadIdx.x; i < 2 * DT_KT * VPR; i += DT_THREADS) {
+    const int is_v = i / (DT_KT * VPR), key = (i / VPR) % DT_KT, vec = i % VPR;
+    const u8* src = (is_v ? c.v : c.k) + (key < nk ? rows[key] : 0) + vec * 16;
+    cp_async16(buf + (is_v * DT_KT + key) * G::ROW + vec * 16, src, key < nk);
+  }
+  for (int i = threadIdx.x; i < 2 * DT_KT; i += DT_THREADS) {
+    const int is_v = i / DT_KT, key = i % DT_KT;
+    cp_async4(sc + i, (is_v ? c.v_scale : c.k_scale) + (key < nk ? srows[key] : 0), key < nk);
+  }
+  cp_async_commit();
+}
+
+// One tile for query head g (this warp; q its row of sq): as decode_tiles_step, codes decoded
+// and scaled.
+template <int HD>
+__device__ __forceinline__ void decode_tiles8_step(const float* q, const u8* kt, const u8* vt,
+                                                   const float* ksc, const float* vsc, int nk,
+                                                   float& m, float& l, float (&acc)[HD / 32],
+                                                   float* ps) {
+  using G = DecodeTiles8<HD>;
+  constexpr int DPL = HD / 32;
+  const int lane = threadIdx.x & 31;
+  const u8* krow = kt + lane * G::ROW;
+  float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int v = 0; v < HD / 16; v++) {
+    const uint4 w = *(const uint4*)(krow + v * 16);
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int e = 0; e < 16; e++) part[e & 3] += q[v * 16 + e] * e4m3_to_f((ws[e >> 2] >> (8 * (e & 3))) & 0xffu);
+  }
+  const float s = lane < nk ? ((part[0] + part[1]) + (part[2] + part[3])) * ksc[lane] : -INFINITY;
+  const float m_new = fmaxf(m, warp_max(s));  // finite: nk >= 1
+  const float p = exp2f(s - m_new);
+  const float corr = exp2f(m - m_new);  // m = -inf before the first tile: 0
+  l = l * corr + warp_sum(p);
+  m = m_new;
+  ps[lane] = p * vsc[lane];  // keys past nk: p = 0 and a zero scale
+  __syncwarp();
+#pragma unroll
+  for (int j = 0; j < DPL; j++) acc[j] *= corr;
+#pragma unroll 8
+  for (int k = 0; k < DT_KT; k++) {
+    const u8* vr = vt + k * G::ROW + lane * DPL;
+    const u32 w = DPL == 4 ? *(const u32*)vr : (u32)*(const unsigned short*)vr;
+    const float pk = ps[k];
+#pragma unroll
+    for (int j = 0; j < DPL; j++) acc[j] += pk * e4m3_to_f((w >> (8 * j)) & 0xffu);
+  }
+  __syncwarp();  // ps is rewritten by the next tile
+}
+
+template <int HD>
+__device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const Kv8 c, float* partial,
+                                             u32* counters) {
+  using G = DecodeTiles8<HD>;
+  extern __shared__ __align__(16) unsigned char dt_smem[];
+  u8* const tiles = dt_smem;                                 // two buffers
+  float* const scales = (float*)(dt_smem + 2 * G::BUFFER);  // two buffers of 2 * DT_KT
+  __shared__ __align__(16) float sq[DEC_MAX_GROUP][HD];
+  __shared__ __align__(16) float ps[DEC_MAX_GROUP][DT_KT];
+  __shared__ float part[DEC_MAX_GROUP][128], s_m[DEC_MAX_GROUP], s_l[DEC_MAX_GROUP];
+  __shared__ u64 rows[DT_KT], srows[DT_KT];
+  const int seq = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int group = a.num_heads / a.num_kv_heads, ctx = a.ctx_len[seq], tok = a.q_start[seq];
+  const DecodeChunk chunk = decode_chunk(ctx, a.min_keys);
+  if ((int)blockIdx.z >= chunk.splits) return;  // no keys and not merged
+  const int k_begin = chunk.begin, k_end = chunk.end, nkvh = a.num_kv_heads;
+  const u32* bt = a.block_tables + (u64)seq * a.bt_stride;
+  decode_tile_rows8(rows, srows, bt, k_begin, min(DT_KT, k_end - k_begin), a.block_size, nkvh, kvh, HD);
+  __syncthreads();  // the first rows
+  decode_tiles8_issue<HD>(tiles, scales, c, rows, srows, k_end - k_begin);
+  PDL_ENTRY();
+  for (int e = threadIdx.x; e < group * HD; e += DT_THREADS) {
+    const int g = e / HD, d = e % HD;
+    sq[g][d] = to_f(a.q[(u64)tok * a.num_heads * HD + (kvh * group + g) * HD + d]) * a.scale * LOG2E;
+  }
+  const int new_key = ctx - 1;
+  const bool reads_new_key = ctx > 0 && k_begin <= new_key && new_key < k_end;
+  float m = -INFINITY, l = 0.f, acc[HD / 32];
+#pragma unroll
+  for (int j = 0; j < HD / 32; j++) acc[j] = 0.f;
+  int b = 0;
+  for (int t0 = k_begin; t0 < k_end; t0 += DT_KT, b ^= 1) {
+    const int nk = min(DT_KT, k_end - t0), nk_next = min(DT_KT, k_end - t0 - DT_KT);
+    u8* const buf = tiles + b * G::BUFFER;
+    float* const sc = scales + b * 2 * DT_KT;
+    cp_async_wait_all();
+    __syncthreads();  // this tile everywhere, sq; the tile before is done with
+    if (reads_new_key && t0 <= new_key && new_key < t0 + DT_KT) {  // block-uniform
+      // The kernel before wrote the new key's slot; this tile may hold it from before.
+      const u64 slot = kv_slot(bt, new_key, a.block_size);
+      const u64 row = slot * nkvh * HD + (u64)kvh * HD;
+      const int key = new_key - t0;
+      if ((int)threadIdx.x < HD) {
+        buf[key * G::ROW + threadIdx.x] = c.k[row + threadIdx.x];
+        buf[(DT_KT + key) * G::ROW + threadIdx.x] = c.v[row + threadIdx.x];
+      }
+      if (threadIdx.x == 0) {
+        sc[key] = c.k_scale[slot * nkvh + kvh];
+        sc[DT_KT + key] = c.v_scale[slot * nkvh + kvh];
+      }
+      __syncthreads();
+    }
+    if (nk_next > 0) {  // the next tile loads while this one is computed
+      decode_tile_rows8(rows, srows, bt, t0 + DT_KT, nk_next, a.block_size, nkvh, kvh, HD);
+      __syncthreads();
+      decode_tiles8_issue<HD>(tiles + (b ^ 1) * G::BUFFER, scales + (b ^ 1) * 2 * DT_KT, c, rows, srows, nk_next);
+    }
+    if (warp < group)
+      decode_tiles8_step<HD>(sq[warp], buf, buf + DT_KT * G::ROW, sc, sc + DT_KT, nk, m, l, acc, ps[warp]);
+  }
+  cp_async_wait_all();  // a block without keys still has its zero-filling copies in flight
+  if (warp < group) {
+#pragma unroll
+    for (int j = 0; j < HD / 32; j++) part[warp][lane * (HD / 32) + j] = acc[j];
+    if (lane == 0) { s_m[warp] = m; s_l[warp] = l; }
+  }
+  __syncthreads();
+  const DecodeState st = {part, s_m, s_l};
+  decode_merge_global(st, a, seq, kvh, tok, group, partial, counters, chunk.splits);
+}
+
+// attention_decode_tiles_kv8_<HD>_bf16: the fp8-cache decode kernel (bf16 compute).
+#define DECODE_TILES8_KERNEL(HD)                                                                   \
+  extern "C" __global__ void __launch_bounds__(DT_THREADS) attention_decode_tiles_kv8_##HD##_bf16( \
+      bf16_t* out, const bf16_t* q, u8* k8, u8* v8, float* k_scale, float* v_scale,                \
+      const u32* q_start, const u32* ctx_len, const u32* block_tables, int bt_stride,              \
+      int block_size, int num_heads, int num_kv_heads, int head_dim, float scale, float* partial,  \
+      u32* counters, int min_keys) {                                                               \
+    const DecodeArgs<bf16_t> a = {out, q, 0, 0, q_start, ctx_len, block_tables, bt_stride,         \
+                                  block_size, num_heads, num_kv_heads, head_dim, scale, min_keys}; \
+    const Kv8 c = {k8, v8, k_scale, v_scale};                                                      \
+    attention_decode_tiles8_impl<HD>(a, c, partial, counters);                                     \
+  }
+DECODE_TILES8_KERNEL(64)
+DECODE_TILES8_KERNEL(128)

@@ -7,6 +7,7 @@
 typedef unsigned short bf16_t;
 typedef unsigned int u32;
 typedef unsigned long long u64;
+typedef unsigned char u8;
 
 #define FULL_MASK 0xffffffffu
 #define NO_SLOT 0xffffffffu
@@ -48,6 +49,23 @@ template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float v) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40u);  // NaN stays NaN
   u32 round = ((u >> 16) & 1u) + 0x7fffu;  // round to nearest, ties to even
   return (bf16_t)((u + round) >> 16);
+}
+
+// FP8 E4M3 (e4m3fn) exactly as kr_model::quant::fp8 defines it, for the fp8 KV cache: the
+// value of a code, and the code nearest a float (ties to even, saturating at 448, NaN 0x7f).
+__device__ __forceinline__ float e4m3_to_f(u32 c) {
+  const u32 e = (c >> 3) & 15u, m = c & 7u;
+  const float mag = e ? __uint_as_float(((e + 120u) << 23) | (m << 20)) : (float)m * 0.001953125f;
+  return (c & 0x80u) ? -mag : mag;
+}
+__device__ __forceinline__ u32 f_to_e4m3(float x) {
+  if (x != x) return 0x7fu;
+  const u32 sign = (__float_as_uint(x) >> 31) << 7;
+  const float a = fminf(fabsf(x), 448.f);
+  if (a < 0.015625f) return sign | (u32)__float2int_rn(a * 512.f);  // subnormal (8: 2^-6)
+  const u32 b = __float_as_uint(a);
+  const u32 r = b + 0x7ffffu + ((b >> 20) & 1u);  // round the mantissa to 3 bits, ties to even
+  return sign | (((r >> 23) - 120u) << 3) | ((r >> 20) & 7u);
 }
 
 // 16 bytes of T as floats: 4 for f32, 8 for bf16.
@@ -252,13 +270,41 @@ __device__ __forceinline__ void rope_pair(int i, int half, int interleaved, int*
 __device__ __forceinline__ float rope_first(float x0, float x1, float c, float s) { return x0 * c - x1 * s; }
 __device__ __forceinline__ float rope_second(float x0, float x1, float c, float s) { return x1 * c + x0 * s; }
 
+// The rotated k row and the v row of every kv head of a token (in T, this block's global
+// writes) into an fp8 cache slot: codes [slot][kv_heads * head_dim] and one scale per (slot,
+// kv head), amax / 448 (1 for a zero row), as kr_model::quant::fp8::quantize_row. A warp per
+// (row, head).
+struct Kv8 {
+  u8 *k, *v;
+  float *k_scale, *v_scale;
+};
+template <typename T>
+__device__ void kv8_write_token(const T* kt, const T* vt, const Kv8& c, u32 slot, int num_kv_heads,
+                                int head_dim) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const u64 kv_width = (u64)num_kv_heads * head_dim;
+  for (int w = warp; w < 2 * num_kv_heads; w += warps) {
+    const bool is_v = w >= num_kv_heads;
+    const int head = is_v ? w - num_kv_heads : w;
+    const T* src = (is_v ? vt : kt) + head * head_dim;
+    float amax = 0.f;
+    for (int d = lane; d < head_dim; d += 32) amax = fmaxf(amax, fabsf(to_f(src[d])));
+    amax = warp_max(amax);
+    const float scale = amax > 0.f ? amax / 448.f : 1.f;
+    u8* dst = (is_v ? c.v : c.k) + slot * kv_width + head * head_dim;
+    for (int d = lane; d < head_dim; d += 32) dst[d] = (u8)f_to_e4m3(to_f(src[d]) / scale);
+    if (lane == 0) (is_v ? c.v_scale : c.k_scale)[(u64)slot * num_kv_heads + head] = scale;
+  }
+}
+
 // Rotates q and k of token blockIdx.x, then writes k and v to the cache slot of the token.
 // Cache layout per layer: [slot][kv_heads * head_dim]. The angles of the token are computed
 // once into shared memory (precise sincosf is slow for large angles) and shared by all heads.
+// With kv8.k non-null the cache is fp8 (kv8_write_token) and k_cache / v_cache are unused.
 template <typename T>
 __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions, const u32* slots,
                                    const float* inv_freq, T* k_cache, T* v_cache, int num_heads,
-                                   int num_kv_heads, int head_dim, int interleaved) {
+                                   int num_kv_heads, int head_dim, int interleaved, const Kv8 kv8) {
   __shared__ float cos_t[128], sin_t[128];
   const int t = blockIdx.x, half = head_dim / 2;
   const float pos = (float)positions[t];
@@ -280,13 +326,16 @@ __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions,
     const T r0 = from_f<T>(rope_first(x0, x1, c, s)), r1 = from_f<T>(rope_second(x0, x1, c, s));
     h[a] = r0;
     h[b] = r1;
-    if (!is_q && slot != NO_SLOT) {
+    if (!is_q && slot != NO_SLOT && !kv8.k) {
       T* kc = k_cache + (u64)slot * kv_width + head * head_dim;
       kc[a] = r0;
       kc[b] = r1;
     }
   }
-  if (slot != NO_SLOT) {
+  if (slot != NO_SLOT && kv8.k) {  // block-uniform
+    __syncthreads();  // every rotated k element of the token is written
+    kv8_write_token(kt, v + (u64)t * kv_width, kv8, slot, num_kv_heads, head_dim);
+  } else if (slot != NO_SLOT) {
     const T* vt = v + (u64)t * kv_width;
     T* vc = v_cache + (u64)slot * kv_width;
     for (int e = threadIdx.x; e < kv_width; e += blockDim.x) vc[e] = vt[e];
@@ -653,9 +702,11 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
   extern "C" __global__ void __launch_bounds__(1024) rope_write_kv_##S(T* q, T* k, const T* v, const u32* positions,       \
                                                const u32* slots, const float* inv_freq, T* k_cache, \
                                                T* v_cache, int num_heads, int num_kv_heads,        \
-                                               int head_dim, int interleaved) { PDL_ENTRY();                    \
+                                               int head_dim, int interleaved, u8* k8, u8* v8,      \
+                                               float* k_scale, float* v_scale) { PDL_ENTRY();      \
+    const Kv8 kv8 = {k8, v8, k_scale, v_scale};                                                    \
     rope_write_kv_impl<T>(q, k, v, positions, slots, inv_freq, k_cache, v_cache, num_heads,        \
-                          num_kv_heads, head_dim, interleaved);                                    \
+                          num_kv_heads, head_dim, interleaved, kv8);                               \
   }                                                                                                \
   GEMV(T, S, 1) GEMV(T, S, 2) GEMV(T, S, 3) GEMV(T, S, 4)                                         \
   GEMV(T, S, 5) GEMV(T, S, 6) GEMV(T, S, 7) GEMV(T, S, 8)                                          \

@@ -6,7 +6,6 @@
 // Rows start 256-byte aligned in the weight arena; inside a row a block is only as aligned as
 // its size allows (2 bytes for Q4_0, Q5_0, Q8_0, IQ4_NL, Q3_K and Q6_K), so those types read
 // 16-bit halves.
-typedef unsigned char u8;
 typedef unsigned short u16;
 
 template <int Q> struct QT;

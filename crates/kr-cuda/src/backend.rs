@@ -84,18 +84,34 @@ pub struct CudaVector {
 }
 
 /// K and V of every layer: `[layer][k|v][slot][kv_heads * head_dim]`.
+/// Per layer: the keys of every slot, then the values (elements of the compute dtype, or
+/// E4M3 codes in an fp8 cache), then for fp8 one f32 scale per (slot, kv head) for the keys and
+/// one for the values (see `backend::kv8`).
 pub struct CudaKvCache {
     buf: DeviceBuffer,
     pub layout: KvLayout,
+    /// Bytes of one layer's keys (and of its values).
     half_layer_bytes: usize,
+    /// Bytes of one layer's key scales (and value scales): 0 unless fp8.
+    scale_bytes: usize,
 }
 
 impl CudaKvCache {
     fn k(&self, layer: usize) -> u64 {
-        self.buf.ptr + (2 * layer * self.half_layer_bytes) as u64
+        self.buf.ptr + (2 * layer * (self.half_layer_bytes + self.scale_bytes)) as u64
     }
     fn v(&self, layer: usize) -> u64 {
         self.k(layer) + self.half_layer_bytes as u64
+    }
+    fn k_scales(&self, layer: usize) -> u64 {
+        self.v(layer) + self.half_layer_bytes as u64
+    }
+    fn v_scales(&self, layer: usize) -> u64 {
+        self.k_scales(layer) + self.scale_bytes as u64
+    }
+    /// Whether the cache holds fp8 codes and scales.
+    fn fp8(&self) -> bool {
+        self.scale_bytes > 0
     }
 }
 
@@ -110,6 +126,8 @@ pub struct CudaLimits {
     pub heads_per_kv: usize,
     /// Logits per row (the device sampler's masks of allowed tokens are this many bits).
     pub vocab_size: usize,
+    /// KV caches hold fp8 codes with scales (`backend::kv8`).
+    pub kv_fp8: bool,
 }
 
 pub struct CudaBackend {
@@ -141,6 +159,8 @@ pub struct CudaBackend {
     long_decode_splits: Cell<attention::LongDecodeSplits>,
     /// Which split decode kernel runs (tiled or generic; cluster or global merge).
     decode_kernels: Cell<attention::DecodeKernels>,
+    /// KV caches hold fp8 codes with scales (`kv8`).
+    kv_fp8: bool,
     /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
     /// results are wrong). Empty in normal use.
     skip_kernels: Vec<String>,
@@ -179,6 +199,7 @@ macro_rules! launch {
 mod attention;
 mod fused;
 pub(crate) mod gemv_mma;
+mod kv8;
 mod launch;
 mod norm_fold;
 mod profile;
@@ -190,6 +211,7 @@ mod weights;
 pub use attention::{DecodeKernels, DECODE_TILES_KERNELS, MMA_KERNEL_NAMES};
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
 pub use gemv_mma::GEMV_MMA_KERNEL_NAMES;
+pub use kv8::KV8_KERNELS;
 pub use quant::{QGEMV_I8_KERNELS, QUANT_KERNELS};
 pub use sample::RowSampling;
 pub use step_slots::SampledTokens;
@@ -296,6 +318,7 @@ impl CudaBackend {
             max_decode_splits: attention::max_decode_splits(),
             long_decode_splits: Cell::new(attention::LongDecodeSplits::from_env()),
             decode_kernels: Cell::new(decode_kernels),
+            kv_fp8: limits.kv_fp8,
             skip_kernels: launch::skipped_kernels(),
             mma_gemv_min_tokens: gemv_mma::mma_gemv_min_tokens(),
             norm_sums,
@@ -434,7 +457,12 @@ impl CudaBackend {
             self.meta_ptr(o.slots),
             self.inv_freq_ptr(rope),
         );
+        // An fp8 cache takes the codes and scales; the element cache pointers are then unused.
         let (kc, vc) = (cache.k(layer), cache.v(layer));
+        let [k8, v8, ks, vs] = match cache.fp8() {
+            true => [kc, vc, cache.k_scales(layer), cache.v_scales(layer)],
+            false => [0u64; 4],
+        };
         let nh = (q.cols / l.head_dim) as i32;
         let (nkv, hd) = (l.num_kv_heads as i32, l.head_dim as i32);
         let inter = interleaved_flag(rope);
@@ -453,7 +481,11 @@ impl CudaBackend {
             nh,
             nkv,
             hd,
-            inter
+            inter,
+            k8,
+            v8,
+            ks,
+            vs
         );
     }
 }
@@ -488,12 +520,15 @@ impl Backend for CudaBackend {
     }
 
     fn new_kv_cache(&self, layout: KvLayout) -> CudaKvCache {
-        let half_layer_bytes = layout.num_blocks
-            * layout.block_size
-            * layout.num_kv_heads
-            * layout.head_dim
-            * self.dtype.size();
-        let total = 2 * layout.num_layers * half_layer_bytes;
+        let slots = layout.num_blocks * layout.block_size;
+        let elem = if self.kv_fp8 { 1 } else { self.dtype.size() };
+        let half_layer_bytes = slots * layout.num_kv_heads * layout.head_dim * elem;
+        let scale_bytes = if self.kv_fp8 {
+            slots * layout.num_kv_heads * 4
+        } else {
+            0
+        };
+        let total = 2 * layout.num_layers * (half_layer_bytes + scale_bytes);
         let buf = match self.gpu.alloc(total) {
             Ok(b) => {
                 // Zeroed so that nothing read before it is written can be NaN.
@@ -511,6 +546,7 @@ impl Backend for CudaBackend {
             buf,
             layout,
             half_layer_bytes,
+            scale_bytes,
         }
     }
 

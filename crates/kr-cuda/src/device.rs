@@ -151,6 +151,7 @@ impl Gpu {
         let all = both
             .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
             .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")))
+            .chain(crate::backend::KV8_KERNELS.map(|n| (n, "bf16")))
             .chain(crate::backend::GEMV_MMA_KERNEL_NAMES.map(|n| (n, "bf16")));
         for (name, suffix) in all {
             let full = format!("{name}_{suffix}");

@@ -35,6 +35,9 @@ pub struct CudaModelOptions {
     /// Exact number of KV blocks instead of sizing from memory.
     pub num_kv_blocks: Option<usize>,
     pub cuda_graphs: bool,
+    /// Keys and values stored as fp8 (E4M3) with a scale per (token, kv head): half the
+    /// bytes of bf16 (`backend::kv8`; bf16 compute, head_dim 64 or 128, compute 8.0+).
+    pub kv_fp8: bool,
 }
 
 struct DecodeGraph {
@@ -72,6 +75,26 @@ fn workspace_bytes(c: &ModelConfig, tokens: usize, seqs: usize, elem: usize) -> 
     2 * tokens * per_token * elem + 2 * logits + (64 << 20)
 }
 
+/// Whether an fp8 KV cache can hold this model here: bf16 compute, head_dim 64 or 128 and
+/// compute capability 8.0+ (what its kernels are written for).
+fn kv_fp8_supported(c: &ModelConfig, dtype: DType, cc: (i32, i32)) -> Result<()> {
+    let why = if dtype != DType::Bf16 {
+        Some(format!("{dtype:?} compute (use --dtype bf16)"))
+    } else if c.head_dim != 64 && c.head_dim != 128 {
+        Some(format!("head_dim {} (64 and 128 are)", c.head_dim))
+    } else if cc.0 < 8 {
+        Some(format!("compute capability {}.{} (8.0+ is)", cc.0, cc.1))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(CudaError::Unsupported(format!(
+            "an fp8 KV cache with {why}; use the bf16 cache"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Bytes of the weight arena: every matrix as the device stores it, each aligned.
 fn arena_bytes(w: &ModelWeights, dtype: DType) -> usize {
     let size = |t: &kr_model::RawTensor| {
@@ -96,6 +119,9 @@ impl CudaModel {
             )));
         }
         let gpu = Arc::new(Gpu::open(opts.ordinal)?);
+        if opts.kv_fp8 {
+            kv_fp8_supported(c, opts.dtype, gpu.info.compute_capability)?;
+        }
         let max_seqs = opts.max_num_seqs.max(*GRAPH_BUCKETS.last().unwrap_or(&1));
         let max_tokens = opts.max_num_batched_tokens.max(max_seqs);
         let limits = CudaLimits {
@@ -105,6 +131,7 @@ impl CudaModel {
             workspace_bytes: workspace_bytes(c, max_tokens, max_seqs, opts.dtype.size()),
             heads_per_kv: c.num_heads / c.num_kv_heads,
             vocab_size: c.vocab_size,
+            kv_fp8: opts.kv_fp8,
         };
         let backend = CudaBackend::new(gpu.clone(), opts.dtype, limits)?;
         backend.reserve_weights(arena_bytes(weights, opts.dtype))?;
@@ -115,8 +142,11 @@ impl CudaModel {
         if let Some(e) = decoder.backend().take_error() {
             return Err(e);
         }
-        let block_bytes =
-            2 * c.num_layers * opts.block_size * c.num_kv_heads * c.head_dim * opts.dtype.size();
+        let row_bytes = match opts.kv_fp8 {
+            true => c.head_dim + 4, // codes and the row's scale
+            false => c.head_dim * opts.dtype.size(),
+        };
+        let block_bytes = 2 * c.num_layers * opts.block_size * c.num_kv_heads * row_bytes;
         let num_blocks = match opts.num_kv_blocks {
             Some(n) => n,
             None => {

@@ -30,6 +30,7 @@ fn load(dtype: DType) -> Option<CudaModel> {
         max_model_len: 512,
         num_kv_blocks: Some(64),
         cuda_graphs: true,
+        kv_fp8: false,
     };
     Some(CudaModel::load(&w, opts).expect("load"))
 }

@@ -32,7 +32,7 @@ const ATT_KC: usize = 32;
 
 /// Arrival counters of the split-K decode kernel: one per (sequence, kv head) of a step that
 /// uses it (fewer than the SMs).
-pub(super) const SPLIT_COUNTERS: usize = 1024;
+pub(super) const SPLIT_COUNTERS: usize = 8192;
 
 /// Tiled split decode kernels (decode_tiles.cu) for head_dim 64 and 128: global merge, then
 /// cluster merge.
@@ -97,7 +97,7 @@ impl LongDecodeSplits {
 
     /// Splits per pair for `pairs` (sequence, kv head) pairs on `sms` SMs: about four blocks
     /// per SM when every sequence is long.
-    fn splits(&self, pairs: usize, sms: usize) -> usize {
+    pub(super) fn splits(&self, pairs: usize, sms: usize) -> usize {
         (4 * sms).div_ceil(pairs.max(1)).clamp(1, self.most)
     }
 }
@@ -175,6 +175,9 @@ impl CudaBackend {
         num_heads: usize,
     ) {
         let l = cache.layout;
+        if cache.fp8() {
+            return self.kv8_attention_into(out, q, layer, cache, num_heads);
+        }
         if self.decode_kernel_applies(num_heads, l) {
             return self.decode_attention(out, q, layer, cache, num_heads, None);
         }
@@ -209,7 +212,7 @@ impl CudaBackend {
     /// Whether this step's attention runs on a decode kernel: one query per sequence, at most
     /// DECODE_MAX_GROUP query heads per kv head, head_dim at most 128 and a whole number of
     /// 16-byte vectors (the one-block-per-pair kernel reads key rows 16 bytes at a time).
-    fn decode_kernel_applies(&self, num_heads: usize, l: KvLayout) -> bool {
+    pub(super) fn decode_kernel_applies(&self, num_heads: usize, l: KvLayout) -> bool {
         let vectors = (l.head_dim * self.dtype.size()) % 16 == 0;
         self.step.get().decode
             && num_heads / l.num_kv_heads <= DECODE_MAX_GROUP
@@ -231,7 +234,7 @@ impl CudaBackend {
         cache: &mut CudaKvCache,
         num_heads: usize,
     ) {
-        if self.decode_kernel_applies(num_heads, cache.layout) {
+        if self.decode_kernel_applies(num_heads, cache.layout) && !cache.fp8() {
             let fused = FusedRope {
                 k: k.ptr,
                 v: v.ptr,
@@ -354,13 +357,13 @@ impl CudaBackend {
     }
 
     /// Device addresses of the per-sequence query starts, context lengths and block tables.
-    fn seq_meta_ptrs(&self) -> [u64; 3] {
+    pub(super) fn seq_meta_ptrs(&self) -> [u64; 3] {
         let o = self.meta_layout.offsets();
         [o.q_start, o.ctx_len, o.block_tables].map(|f| self.meta_ptr(f))
     }
 
     /// Block-table stride, block size, query heads, kv heads and head size, as kernel ints.
-    fn attn_geometry(&self, cache: &CudaKvCache, num_heads: usize) -> [i32; 5] {
+    pub(super) fn attn_geometry(&self, cache: &CudaKvCache, num_heads: usize) -> [i32; 5] {
         let l = cache.layout;
         [
             self.meta_layout.bt_stride,

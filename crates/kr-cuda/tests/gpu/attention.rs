@@ -79,6 +79,9 @@ struct AttentionCase {
     max_model_len: usize,
     long_splits: (usize, usize),
     prefill_writes_only: bool,
+    /// An fp8 cache on the GPU; the CPU's cache rows are then rounded the same way (rotated
+    /// keys to bf16, then every row through E4M3 with its own scale).
+    kv_fp8: bool,
 }
 
 impl AttentionCase {
@@ -92,6 +95,7 @@ impl AttentionCase {
             max_model_len: 1024,
             long_splits: (64, 128),
             prefill_writes_only: false,
+            kv_fp8: false,
         }
     }
 }
@@ -111,6 +115,7 @@ fn attention_vs_cpu(case: AttentionCase, steps: &StepsFn) -> f32 {
     let w = kr_model::random::random_weights(&cfg, ty, 5);
     let mut opts = options(dtype, case.blocks, false);
     opts.max_model_len = case.max_model_len;
+    opts.kv_fp8 = case.kv_fp8;
     let model = CudaModel::load(&w, opts).expect("load");
     let g = model.backend();
     g.set_decode_kernels(case.kernels);
@@ -141,6 +146,9 @@ fn attention_vs_cpu(case: AttentionCase, steps: &StepsFn) -> f32 {
         let (mut gk, mut ck) = (gt.pop().expect("k"), ct.pop().expect("k"));
         let (mut gq, mut cq) = (gt.pop().expect("q"), ct.pop().expect("q"));
         c.rope_and_write_kv(&mut cq, &mut ck, &cv, &rope, meta, 0, &mut ccache);
+        if case.kv_fp8 {
+            ccache.map_rows(0, &meta.slot_mapping, round_through_fp8);
+        }
         let decode = meta.seqs.iter().all(|s| s.q_len == 1);
         if case.prefill_writes_only && !decode {
             g.rope_and_write_kv(&mut gq, &mut gk, &gv, &rope, meta, 0, &mut gcache);
@@ -370,6 +378,63 @@ fn decode_attention_matches_cpu_at_4k_32k_and_128k_keys() {
             assert!(
                 worst <= tol,
                 "{dtype:?} {long_splits:?} unfused {unfused}: {worst}"
+            );
+        }
+    }
+}
+
+/// A cache row as the GPU's fp8 cache stores it: bf16 (the rotated key is written in the
+/// compute dtype first), then E4M3 codes with the row's own scale.
+fn round_through_fp8(row: &mut [f32]) {
+    use kr_model::quant::fp8::{dequantize_row, quantize_row};
+    for x in row.iter_mut() {
+        let b = x.to_bits();
+        *x = f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000);
+    }
+    let mut codes = vec![0u8; row.len()];
+    let scale = quantize_row(row, &mut codes);
+    dequantize_row(&codes, scale, row);
+}
+
+/// The fp8 cache (bf16 compute) on every attention path: tensor-core prefill over a cached
+/// prefix, decode with many sequences (one split each) and few (split), over 600 to 1,000
+/// keys and over 4k to 128k keys (long-context splits), against the CPU with its cache rows
+/// rounded as the GPU stores them. Tolerance 2e-2, as for the bf16 cache: the rounding is
+/// the same on both sides, so what remains is the bf16 arithmetic.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
+fn fp8_cache_attention_matches_cpu_with_rows_rounded_alike() {
+    require_gpu();
+    let tiles = ALL_DECODE_KERNELS[1];
+    let cases: [(&str, usize, usize, &StepsFn); 4] = [
+        ("prefill", 80, 1024, &long_prefill_steps),
+        (
+            "decode, many and few sequences",
+            256,
+            1024,
+            &many_decode_steps,
+        ),
+        ("decode over 600-1,000 keys", 200, 1024, &long_decode_steps),
+        (
+            "decode at 4k-128k keys",
+            10_600,
+            131_072 + 64,
+            &very_long_decode_steps,
+        ),
+    ];
+    for head_dim in [64, 128] {
+        for (label, blocks, max_model_len, steps) in cases {
+            let case = AttentionCase {
+                max_model_len,
+                prefill_writes_only: blocks > 1000,
+                kv_fp8: true,
+                ..AttentionCase::new(DType::Bf16, head_dim, blocks, tiles)
+            };
+            let worst = attention_vs_cpu(case, steps);
+            println!("fp8 cache, {label}, head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
+            assert!(
+                worst <= 2e-2,
+                "fp8 cache, {label}, head_dim {head_dim}: {worst}"
             );
         }
     }

@@ -44,6 +44,7 @@ fn options(dtype: DType, blocks: usize, graphs: bool) -> CudaModelOptions {
         max_model_len: 1024,
         num_kv_blocks: Some(blocks),
         cuda_graphs: graphs,
+        kv_fp8: false,
     }
 }
 
