@@ -158,6 +158,23 @@ __device__ __forceinline__ void decode_tiles_refresh(T* buf, int key, const Deco
   buf[(DT_KT + key) * G::ROW + d] = r.k_new ? vval : v_cache[row + d];
 }
 
+// The end of a tiled decode block's keys: warp g < group's running state (weighted values,
+// max, sum) into shared memory for the merge, behind a barrier; no cp.async still in flight (a
+// block without keys still has its zero-filling copies).
+template <int HD>
+__device__ __forceinline__ void decode_tiles_store_state(float (*part)[128], float* s_m, float* s_l,
+                                                         const float (&acc)[HD / 32], float m, float l,
+                                                         int group) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  cp_async_wait_all();
+  if (warp < group) {
+#pragma unroll
+    for (int j = 0; j < HD / 32; j++) part[warp][lane * (HD / 32) + j] = acc[j];
+    if (lane == 0) { s_m[warp] = m; s_l[warp] = l; }
+  }
+  __syncthreads();
+}
+
 template <typename T, int HD>
 __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const DecodeRope& rope,
                                             float* partial, u32* counters, bool cluster) {
@@ -169,7 +186,7 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   __shared__ float part[DEC_MAX_GROUP][128], s_m[DEC_MAX_GROUP], s_l[DEC_MAX_GROUP];
   __shared__ u64 rows[DT_KT];
   __shared__ float cs[64], sn[64];
-  const int seq = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int seq = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5;
   const int group = a.num_heads / a.num_kv_heads, ctx = a.ctx_len[seq], tok = a.q_start[seq];
   const DecodeChunk chunk = decode_chunk(ctx, cluster ? 0 : a.min_keys);
   if ((int)blockIdx.z >= chunk.splits) return;  // no keys and not merged (never in a cluster)
@@ -212,13 +229,7 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
     }
     if (warp < group) decode_tiles_step<T, HD>(sq[warp], buf, buf + DT_KT * G::ROW, nk, m, l, acc, ps[warp]);
   }
-  cp_async_wait_all();  // a block without keys still has its zero-filling copies in flight
-  if (warp < group) {
-#pragma unroll
-    for (int j = 0; j < HD / 32; j++) part[warp][lane * (HD / 32) + j] = acc[j];
-    if (lane == 0) { s_m[warp] = m; s_l[warp] = l; }
-  }
-  __syncthreads();
+  decode_tiles_store_state<HD>(part, s_m, s_l, acc, m, l, group);
   const DecodeState st = {part, s_m, s_l};
   if (cluster) decode_merge_cluster(st, a, kvh, tok, group);
   else decode_merge_global(st, a, seq, kvh, tok, group, partial, counters, chunk.splits);
@@ -344,7 +355,7 @@ __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const 
   __shared__ __align__(16) float ps[DEC_MAX_GROUP][DT_KT];
   __shared__ float part[DEC_MAX_GROUP][128], s_m[DEC_MAX_GROUP], s_l[DEC_MAX_GROUP];
   __shared__ u64 rows[DT_KT], srows[DT_KT];
-  const int seq = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int seq = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5;
   const int group = a.num_heads / a.num_kv_heads, ctx = a.ctx_len[seq], tok = a.q_start[seq];
   const DecodeChunk chunk = decode_chunk(ctx, a.min_keys);
   if ((int)blockIdx.z >= chunk.splits) return;  // no keys and not merged
@@ -393,13 +404,7 @@ __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const 
     if (warp < group)
       decode_tiles8_step<HD>(sq[warp], buf, buf + DT_KT * G::ROW, sc, sc + DT_KT, nk, m, l, acc, ps[warp]);
   }
-  cp_async_wait_all();  // a block without keys still has its zero-filling copies in flight
-  if (warp < group) {
-#pragma unroll
-    for (int j = 0; j < HD / 32; j++) part[warp][lane * (HD / 32) + j] = acc[j];
-    if (lane == 0) { s_m[warp] = m; s_l[warp] = l; }
-  }
-  __syncthreads();
+  decode_tiles_store_state<HD>(part, s_m, s_l, acc, m, l, group);
   const DecodeState st = {part, s_m, s_l};
   decode_merge_global(st, a, seq, kvh, tok, group, partial, counters, chunk.splits);
 }
