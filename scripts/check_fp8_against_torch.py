@@ -3,13 +3,15 @@
 float8_e4m3fn: the value of every code, and the code PyTorch picks for 200,000 floats in
 range (PyTorch rounds to nearest, ties to even; out of range it gives NaN where kr-model
 saturates, so only |x| <= 448 is compared). kr-model's side comes from its `fp8_probe`
-example, so nothing is re-implemented here.
+example. The CUDA kernels' encoder (kernels.cu's f_to_e4m3, bit arithmetic rather than a
+search) is replayed in Python on the same floats and compared too.
 
 Run from the repository root with a Python that has torch:
   /work/venv-tf/bin/python scripts/check_fp8_against_torch.py
 """
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -24,6 +26,23 @@ def kr_codec(xs):
     out = subprocess.run(["cargo", "run", "-q", "--release", "-p", "kr-model", "--example", "fp8_probe"],
                          input=inp, capture_output=True, text=True, cwd=ROOT, check=True).stdout
     return json.loads(out)
+
+
+def device_encode(x):
+    """The CUDA kernels' f_to_e4m3 (crates/kr-cuda/kernels/kernels.cu), its bit arithmetic
+    replayed in Python on f32 values."""
+    def bits(v):
+        return struct.unpack("<I", struct.pack("<f", v))[0]
+    x = struct.unpack("<f", struct.pack("<f", x))[0]
+    if x != x:
+        return 0x7F
+    sign = (bits(x) >> 31) << 7
+    a = min(abs(x), 448.0)
+    if a < 0.015625:
+        return sign | round(struct.unpack("<f", struct.pack("<f", a * 512.0))[0])  # half to even
+    b = bits(a)
+    r = (b + 0x7FFFF + ((b >> 20) & 1)) & 0xFFFFFFFF
+    return sign | ((((r >> 23) - 120) << 3) & 0xFF) | ((r >> 20) & 7)
 
 
 def main():
@@ -43,7 +62,10 @@ def main():
     print(f"values: {256 - len(bad_values)}/256 equal; codes: {len(xs) - len(bad_codes)}/{len(xs)} equal")
     for x, g, w in bad_codes[:10]:
         print(f"  {x!r}: kr {g:#04x}, torch {w:#04x}")
-    sys.exit(1 if bad_values or bad_codes else 0)
+    bad_device = [(x, device_encode(x), w) for x, w in zip(xs.tolist(), want_codes)
+                  if device_encode(x) != w and x != 0.0]
+    print(f"device encoder (replayed): {len(xs) - len(bad_device)}/{len(xs)} equal")
+    sys.exit(1 if bad_values or bad_codes or bad_device else 0)
 
 
 if __name__ == "__main__":
