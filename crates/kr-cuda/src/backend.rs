@@ -437,57 +437,6 @@ impl CudaBackend {
     pub fn prepare_rope(&self, rope: &Rope) {
         self.inv_freq_ptr(rope);
     }
-
-    /// Rotates q and k in place and writes k and v into the cache slots of the step's tokens.
-    fn rope_write_kv(
-        &self,
-        q: &mut CudaTensor,
-        k: &mut CudaTensor,
-        v: &CudaTensor,
-        rope: &Rope,
-        layer: usize,
-        cache: &mut CudaKvCache,
-    ) {
-        (q.norm_sums, k.norm_sums) = (0, 0);
-        let l = cache.layout;
-        let o = self.meta_layout.offsets();
-        let (qp, kp, vp) = (q.ptr, k.ptr, v.ptr);
-        let (pos, slots, freq) = (
-            self.meta_ptr(o.positions),
-            self.meta_ptr(o.slots),
-            self.inv_freq_ptr(rope),
-        );
-        // An fp8 cache takes the codes and scales; the element cache pointers are then unused.
-        let (kc, vc) = (cache.k(layer), cache.v(layer));
-        let [k8, v8, ks, vs] = match cache.fp8() {
-            true => [kc, vc, cache.k_scales(layer), cache.v_scales(layer)],
-            false => [0u64; 4],
-        };
-        let nh = (q.cols / l.head_dim) as i32;
-        let (nkv, hd) = (l.num_kv_heads as i32, l.head_dim as i32);
-        let inter = interleaved_flag(rope);
-        launch!(
-            self,
-            "rope_write_kv",
-            per_row(q.rows),
-            qp,
-            kp,
-            vp,
-            pos,
-            slots,
-            freq,
-            kc,
-            vc,
-            nh,
-            nkv,
-            hd,
-            inter,
-            k8,
-            v8,
-            ks,
-            vs
-        );
-    }
 }
 
 impl Backend for CudaBackend {

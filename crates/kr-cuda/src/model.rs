@@ -276,17 +276,17 @@ impl CudaModel {
         rows: &[RowSampling],
         feed: bool,
     ) -> Result<()> {
-        self.launch_sampled_with(ids, meta, || rows.to_vec(), feed)
+        self.launch_sampled_with(ids, meta, || rows, feed)
     }
 
     /// [`CudaModel::launch_sampled`] with the rows made by `rows` after the forward pass is
     /// queued (graph launched or kernels enqueued), so that the host's work on them overlaps
     /// the GPU's.
-    pub fn launch_sampled_with(
+    pub fn launch_sampled_with<R: AsRef<[RowSampling]>>(
         &mut self,
         ids: &[u32],
         meta: &AttnMeta,
-        rows: impl FnOnce() -> Vec<RowSampling>,
+        rows: impl FnOnce() -> R,
         feed: bool,
     ) -> Result<()> {
         if self.outstanding.len() >= 2 {
@@ -309,6 +309,7 @@ impl CudaModel {
         let step = self.with_logits(ids, meta, |be, l| {
             l.map(|l| {
                 let rows = rows();
+                let rows = rows.as_ref();
                 be.sample_async(l, &rows[..wanted.min(rows.len())])
             })
         })?;

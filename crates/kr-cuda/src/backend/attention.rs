@@ -1,5 +1,6 @@
-//! Paged attention launches: decode (one query per sequence), tensor-core prefill (bf16,
-//! head_dim 64 or 128, compute capability 8.0+) and the CUDA-core kernel for everything else.
+//! Paged attention launches: RoPE with the KV-cache write (`rope_write_kv`), decode (one
+//! query per sequence), tensor-core prefill (bf16, head_dim 64 or 128, compute capability
+//! 8.0+) and the CUDA-core kernel for everything else; an fp8 cache goes to `kv8`.
 //!
 //! Invariants: every kernel reads the step metadata uploaded by `begin_step` at fixed
 //! addresses; in decode steps RoPE and the KV write happen inside the attention kernel (or, on
@@ -9,7 +10,7 @@
 //! any step.
 
 use super::launch::KernelLaunch;
-use super::{interleaved_flag, CudaBackend, CudaKvCache, CudaTensor, DType};
+use super::{interleaved_flag, per_row, CudaBackend, CudaKvCache, CudaTensor, DType};
 use crate::error::driver;
 use crate::meta::{tile_q, ATTENTION_ROWS};
 use crate::tuning::switched_off;
@@ -191,14 +192,7 @@ impl CudaBackend {
             Some(name) => (name, 128, 0),
             None => ("attention", 256, attention_smem(l.head_dim)),
         };
-        let cfg = LaunchConfig {
-            grid_dim: (self.step.get().work.max(1) as u32, l.num_kv_heads as u32, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        let o = self.meta_layout.offsets();
-        let (work, ql) = (self.meta_ptr(o.work), self.meta_ptr(o.q_len));
-        let tile = tile_q(num_heads / l.num_kv_heads) as i32;
+        let (cfg, [work, ql], tile) = self.prefill_launch(num_heads, l, threads, smem);
         let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
@@ -207,6 +201,47 @@ impl CudaBackend {
             self, name, cfg, op, qp, kc, vc, work, qs, ql, cl, bt, stride, bs, nh, nkv, hd, tile,
             scale
         );
+    }
+
+    /// A prefill attention launch with `threads` per block and `smem` bytes of shared memory:
+    /// one block per (work item, kv head); with the work items' and query lengths' device
+    /// addresses and the query tile, which every prefill kernel takes.
+    pub(super) fn prefill_launch(
+        &self,
+        num_heads: usize,
+        l: KvLayout,
+        threads: u32,
+        smem: usize,
+    ) -> (LaunchConfig, [u64; 2], i32) {
+        let cfg = LaunchConfig {
+            grid_dim: (self.step.get().work.max(1) as u32, l.num_kv_heads as u32, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let o = self.meta_layout.offsets();
+        let tile = tile_q(num_heads / l.num_kv_heads) as i32;
+        (cfg, [o.work, o.q_len].map(|f| self.meta_ptr(f)), tile)
+    }
+
+    /// Splits per (sequence, kv head) and fewest keys per split of a long-context decode step
+    /// (see [`LongDecodeSplits`]).
+    pub(super) fn long_splits(&self, pairs: usize) -> (usize, usize) {
+        let long = self.long_decode_splits.get();
+        (
+            long.splits(pairs, self.gpu.info.multiprocessors),
+            long.min_keys,
+        )
+    }
+
+    /// Splits per (sequence, kv head) of a short-context decode step, at most `most`: about
+    /// two blocks per SM while there are fewer pairs than SMs (and than arrival counters),
+    /// else none.
+    pub(super) fn short_splits(&self, pairs: usize, most: usize) -> usize {
+        let sms = self.gpu.info.multiprocessors;
+        match pairs < sms && pairs <= SPLIT_COUNTERS {
+            true => (2 * sms / pairs.max(1)).clamp(1, most),
+            false => 1,
+        }
     }
 
     /// Whether this step's attention runs on a decode kernel: one query per sequence, at most
@@ -310,7 +345,6 @@ impl CudaBackend {
     /// memory; other steps with fewer pairs than SMs split them over up to 16 (8 merged in a
     /// cluster); the rest run one block per pair.
     fn decode_plan(&self, pairs: usize, head_dim: usize) -> DecodePlan {
-        let sms = self.gpu.info.multiprocessors;
         let kernels = self.decode_kernels.get();
         let tiled = match head_dim {
             64 => Some(0),
@@ -320,11 +354,11 @@ impl CudaBackend {
         .filter(|_| kernels.tiles);
         let tiles_smem = decode_tiles_smem(head_dim, self.dtype.size());
         if let Some(i) = tiled.filter(|_| self.step.get().long_decode && pairs <= SPLIT_COUNTERS) {
-            let long = self.long_decode_splits.get();
+            let (splits, min_keys) = self.long_splits(pairs);
             return DecodePlan {
-                splits: long.splits(pairs, sms),
+                splits,
                 cluster: false,
-                min_keys: long.min_keys,
+                min_keys,
                 name: DECODE_TILES_KERNELS[i][0],
                 smem: tiles_smem,
             };
@@ -333,11 +367,7 @@ impl CudaBackend {
             true => self.max_decode_splits.min(DECODE_MAX_CLUSTER),
             false => self.max_decode_splits,
         };
-        let splits = if pairs < sms && pairs <= SPLIT_COUNTERS {
-            (2 * sms / pairs).clamp(1, most)
-        } else {
-            1
-        };
+        let splits = self.short_splits(pairs, most);
         let (name, smem) = match (splits > 1, tiled) {
             (false, _) => ("attention_decode", 0),
             (true, Some(i)) => (
@@ -354,6 +384,57 @@ impl CudaBackend {
             name,
             smem,
         }
+    }
+
+    /// Rotates q and k in place and writes k and v into the cache slots of the step's tokens.
+    pub(super) fn rope_write_kv(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        v: &CudaTensor,
+        rope: &Rope,
+        layer: usize,
+        cache: &mut CudaKvCache,
+    ) {
+        (q.norm_sums, k.norm_sums) = (0, 0);
+        let l = cache.layout;
+        let o = self.meta_layout.offsets();
+        let (qp, kp, vp) = (q.ptr, k.ptr, v.ptr);
+        let (pos, slots, freq) = (
+            self.meta_ptr(o.positions),
+            self.meta_ptr(o.slots),
+            self.inv_freq_ptr(rope),
+        );
+        // An fp8 cache takes the codes and scales; the element cache pointers are then unused.
+        let (kc, vc) = (cache.k(layer), cache.v(layer));
+        let [k8, v8, ks, vs] = match cache.fp8() {
+            true => [kc, vc, cache.k_scales(layer), cache.v_scales(layer)],
+            false => [0u64; 4],
+        };
+        let nh = (q.cols / l.head_dim) as i32;
+        let (nkv, hd) = (l.num_kv_heads as i32, l.head_dim as i32);
+        let inter = interleaved_flag(rope);
+        launch!(
+            self,
+            "rope_write_kv",
+            per_row(q.rows),
+            qp,
+            kp,
+            vp,
+            pos,
+            slots,
+            freq,
+            kc,
+            vc,
+            nh,
+            nkv,
+            hd,
+            inter,
+            k8,
+            v8,
+            ks,
+            vs
+        );
     }
 
     /// Device addresses of the per-sequence query starts, context lengths and block tables.

@@ -11,7 +11,6 @@
 use super::attention::SPLIT_COUNTERS;
 use super::{CudaBackend, CudaKvCache, CudaTensor};
 use crate::error::{driver, CudaError};
-use crate::meta::tile_q;
 use cudarc::driver::LaunchConfig;
 
 /// The fp8-cache kernels (bf16 only): decode for head_dim 64 and 128, then prefill.
@@ -49,14 +48,7 @@ impl CudaBackend {
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
         let scale = l.attn_scale;
         if !self.decode_kernel_applies(num_heads, l) {
-            let cfg = LaunchConfig {
-                grid_dim: (self.step.get().work.max(1) as u32, l.num_kv_heads as u32, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let o = self.meta_layout.offsets();
-            let (work, ql) = (self.meta_ptr(o.work), self.meta_ptr(o.q_len));
-            let tile = tile_q(num_heads / l.num_kv_heads) as i32;
+            let (cfg, [work, ql], tile) = self.prefill_launch(num_heads, l, 128, 0);
             let name = KV8_KERNELS[2 + big];
             return launch!(
                 self, name, cfg, op, qp, k8, v8, ks, vs, work, qs, ql, cl, bt, stride, bs, nh, nkv,
@@ -70,7 +62,12 @@ impl CudaBackend {
                 "{pairs} (sequence, kv head) pairs in one fp8-cache decode step (at most {SPLIT_COUNTERS})"
             ))));
         }
-        let (splits, min_keys) = self.kv8_splits(pairs);
+        // As the bf16 kernels split (see `attention::decode_plan`), always merged through
+        // global memory.
+        let (splits, min_keys) = match self.step.get().long_decode {
+            true => self.long_splits(pairs),
+            false => (self.short_splits(pairs, self.max_decode_splits), 0),
+        };
         let group = num_heads / l.num_kv_heads;
         let partial = self.alloc_elems(pairs * splits * group, l.head_dim + 2, 4);
         let (pp, cp) = (partial.ptr, self.split_counters.ptr);
@@ -84,21 +81,5 @@ impl CudaBackend {
             self, name, cfg, op, qp, k8, v8, ks, vs, qs, cl, bt, stride, bs, nh, nkv, hd, scale,
             pp, cp, min_keys
         );
-    }
-
-    /// Splits per (sequence, kv head) and fewest keys per split of an fp8-cache decode step:
-    /// as the bf16 kernels' (see `attention::decode_plan`), always merged through global
-    /// memory.
-    fn kv8_splits(&self, pairs: usize) -> (usize, usize) {
-        let sms = self.gpu.info.multiprocessors;
-        if self.step.get().long_decode {
-            let long = self.long_decode_splits.get();
-            return (long.splits(pairs, sms), long.min_keys);
-        }
-        let splits = match pairs < sms {
-            true => (2 * sms / pairs.max(1)).clamp(1, self.max_decode_splits),
-            false => 1,
-        };
-        (splits, 0)
     }
 }

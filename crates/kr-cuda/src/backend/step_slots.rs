@@ -144,6 +144,29 @@ impl StepSlots {
     }
 }
 
+/// Each row's parameters into `params` (SAMPLE_PARAMS words each) and the masks of the masked
+/// ones, `words` each, packed in order into `masks`, each row naming its mask's index.
+fn pack_rows(rows: &[RowSampling], params: &mut [u32], masks: &mut [u32], words: usize) {
+    let mut next = 0;
+    for (p, r) in params.chunks_exact_mut(SAMPLE_PARAMS).zip(rows) {
+        let values = [r.temperature, r.top_k as f32, r.top_p, r.min_p, r.uniform];
+        for (w, v) in p.iter_mut().zip(values) {
+            *w = v.to_bits();
+        }
+        p[5] = match &r.allowed {
+            Some(a) => {
+                let dst = &mut masks[next * words..(next + 1) * words];
+                dst.fill(0);
+                let k = a.len().min(words);
+                dst[..k].copy_from_slice(&a[..k]);
+                next += 1;
+                (next - 1) as u32
+            }
+            None => NO_MASK,
+        };
+    }
+}
+
 impl CudaBackend {
     /// Queues sampling one token for each of the first `rows.len()` rows of `logits` and
     /// their copy to the host; [`CudaBackend::collect_tokens`] reads them. At most as many
@@ -160,7 +183,7 @@ impl CudaBackend {
         let (max_rows, current) = (slots.max_rows, slots.current);
         let (max_masked, mask_words) = (slots.max_masked, slots.mask_words);
         let masked = rows.iter().filter(|r| r.allowed.is_some()).count();
-        if n > max_rows || masked > max_masked || cols.div_ceil(32) > mask_words && masked > 0 {
+        if n > max_rows || masked > max_masked || (masked > 0 && cols.div_ceil(32) > mask_words) {
             self.record(Err(CudaError::Unsupported(format!(
                 "{n} sampled rows ({masked} masked, {cols} columns) in one step (at most \
                  {max_rows}, {max_masked} masked, {} columns)",
@@ -174,24 +197,7 @@ impl CudaBackend {
         let slot = &mut slots.slots[current];
         let words = cols.div_ceil(32);
         let (params, masks) = (slot.params.as_mut_slice(), slot.masks.as_mut_slice());
-        let mut m = 0;
-        for (p, r) in params.chunks_exact_mut(SAMPLE_PARAMS).zip(rows) {
-            let values = [r.temperature, r.top_k as f32, r.top_p, r.min_p, r.uniform];
-            for (w, v) in p.iter_mut().zip(values) {
-                *w = v.to_bits();
-            }
-            p[5] = match &r.allowed {
-                Some(a) => {
-                    let dst = &mut masks[m * words..(m + 1) * words];
-                    dst.fill(0);
-                    let k = a.len().min(words);
-                    dst[..k].copy_from_slice(&a[..k]);
-                    m += 1;
-                    m as u32 - 1
-                }
-                None => NO_MASK,
-            };
-        }
+        pack_rows(rows, params, masks, words);
         let (out, pp, mp) = (slot.dev_tokens.ptr, slot.dev_params.ptr, slot.dev_masks.ptr);
         if self.error.borrow().is_none() {
             self.record(self.gpu.copy_to_device(pp, &params[..n * SAMPLE_PARAMS]));

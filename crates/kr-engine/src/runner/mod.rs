@@ -149,16 +149,16 @@ impl Runner {
         meta: &AttnMeta,
         rows: &[RowSampling],
     ) -> Result<Vec<u32>> {
-        self.forward_sampled_with(ids, meta, || rows.to_vec())
+        self.forward_sampled_with(ids, meta, || rows)
     }
 
     /// [`Runner::forward_sampled`] with the rows made by `rows` once the forward pass is
     /// queued on the device, so that host work (a grammar's mask) overlaps it.
-    pub fn forward_sampled_with(
+    pub fn forward_sampled_with<R: AsRef<[RowSampling]>>(
         &mut self,
         ids: &[u32],
         meta: &AttnMeta,
-        rows: impl FnOnce() -> Vec<RowSampling>,
+        rows: impl FnOnce() -> R,
     ) -> Result<Vec<u32>> {
         match self {
             Self::Cpu(_) => Err(no_device_sampling()),
