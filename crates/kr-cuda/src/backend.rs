@@ -247,6 +247,11 @@ fn elementwise(n: usize) -> LaunchConfig {
 }
 
 impl CudaBackend {
+    /// Whether KV caches hold fp8 codes with scales (`backend::kv8`).
+    pub fn kv_fp8(&self) -> bool {
+        self.kv_fp8
+    }
+
     pub fn new(gpu: Arc<Gpu>, dtype: DType, limits: CudaLimits) -> Result<Self> {
         let lt = Lt::new(&gpu)?;
         let pdl = launch::pdl_wanted(&gpu);

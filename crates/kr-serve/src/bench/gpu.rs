@@ -390,10 +390,10 @@ fn measure(runner: &mut Runner, spec: &Spec, weights: &WeightSizes) -> Result<Va
     let weight_bytes = weights.decode_bytes;
     let c = runner.config().clone();
     let p = probes(runner)?;
-    let (device, (dtype, elem)) = (p.device_name(), p.dtype());
+    let (device, (dtype, _)) = (p.device_name(), p.dtype());
     let steps_allocated_before = p.allocations_since_load();
     let bw = p.copy_bandwidth()?;
-    let kv_token_bytes = 2 * c.num_layers * c.num_kv_heads * c.head_dim * elem;
+    let kv_token_bytes = 2 * c.num_layers * c.num_kv_heads * p.kv_row_bytes(c.head_dim);
     // Warm-up: compile plans, capture graphs for the buckets used below. The prefill
     // measurement comes first, so that the decode runs after it share one prefill of the
     // prompt (see `Prefilled`).
@@ -425,6 +425,7 @@ fn measure(runner: &mut Runner, spec: &Spec, weights: &WeightSizes) -> Result<Va
     Ok(json!({
         "device": device,
         "dtype": dtype,
+        "kv_cache_bytes_per_token": kv_token_bytes,
         "weight_bytes": weight_bytes,
         "measured_copy_bandwidth_gb_per_s": bw / 1e9,
         "gemv_batch1_weight_gb_per_s": gemv_bw / 1e9,
