@@ -84,10 +84,13 @@ __device__ __forceinline__ void decode_tiles_issue(T* buf, const T* k_cache, con
 
 // One tile for query head g (this warp; q = its row of sq): scores, the online softmax
 // update of (m, l, acc), and the p-weighted values. ps is this warp's scratch of DT_KT floats.
-template <typename T, int HD>
+// SCALED (the fp8 cache): key k's score is multiplied by ksc[k] and its value row enters the
+// sum with weight p * vsc[k] (the softmax sum takes p alone).
+template <typename T, int HD, bool SCALED = false>
 __device__ __forceinline__ void decode_tiles_step(const float* q, const T* kt, const T* vt, int nk,
                                                   float& m, float& l, float (&acc)[HD / 32],
-                                                  float* ps) {
+                                                  float* ps, const float* ksc = nullptr,
+                                                  const float* vsc = nullptr) {
   using G = DecodeTiles<T, HD>;
   constexpr int DPL = HD / 32;
   const int lane = threadIdx.x & 31;
@@ -106,13 +109,14 @@ __device__ __forceinline__ void decode_tiles_step(const float* q, const T* kt, c
       part[3] += qv.w * kf[e + 3];
     }
   }
-  const float s = lane < nk ? (part[0] + part[1]) + (part[2] + part[3]) : -INFINITY;
+  const float dot = (part[0] + part[1]) + (part[2] + part[3]);
+  const float s = lane < nk ? (SCALED ? dot * ksc[lane] : dot) : -INFINITY;
   const float m_new = fmaxf(m, warp_max(s));  // finite: nk >= 1
   const float p = exp2f(s - m_new);
   const float corr = exp2f(m - m_new);  // m = -inf before the first tile: 0
   l = l * corr + warp_sum(p);
   m = m_new;
-  ps[lane] = p;
+  ps[lane] = SCALED ? p * vsc[lane] : p;
   __syncwarp();
 #pragma unroll
   for (int j = 0; j < DPL; j++) acc[j] *= corr;
@@ -256,14 +260,22 @@ DECODE_TILES_KERNELS(bf16_t, bf16, 128)
 
 // ---- The tiled decode kernel over an fp8 cache (E4M3 codes, one scale per (slot, kv head)) ----
 // As attention_decode_tiles_impl on the unfused path only (rope_write_kv wrote the step's keys
-// and values before; the new key's tile is refreshed from the cache after PDL_WAIT), with rows
-// of HD bytes and each key's two scales loaded beside its tile: a score is q · codes × k scale,
-// and a value row enters the sum with weight p × v scale (the softmax sum takes p alone). The
-// splits merge through global memory (decode_merge_global), one or many.
+// and values before), with one more stage: cp.async brings a tile's code rows (HD bytes) and
+// scales into a staging buffer; it is then widened into a bf16 tile whose values are the codes
+// times 2^-120 exactly (e4m3x2_to_bf16x2_scaled: bit moves, no rounding), with scales times 2^60,
+// and the bf16 step (decode_tiles_step<.., SCALED>) runs on it with queries times 2^60. So the
+// codes are decoded once per block rather than once per query head, and every product stays a
+// normal f32 (codes >= 2^-129, queries and scales times 2^60). The accumulated values carry
+// 2^-60, removed before the merge. The warps past the group widen tile t + 1 while the group
+// computes tile t (with a group of 8, the same warps after computing). The new key's tile
+// takes its row and scales from the cache, written by the kernel before (read after
+// PDL_WAIT). The splits merge through global memory (decode_merge_global), one or many.
 template <int HD>
 struct DecodeTiles8 {
-  static constexpr int ROW = HD + 16;             // bytes per row, padded as DecodeTiles pads
+  static constexpr int ROW = HD + 16;             // bytes per staged row, padded by 16
   static constexpr int BUFFER = 2 * DT_KT * ROW;  // key rows then value rows
+  // Dynamic shared memory: two bf16 tiles and their scales, two staged tiles and theirs.
+  static constexpr int SMEM = 2 * DecodeTiles<bf16_t, HD>::BUFFER * 2 + 2 * BUFFER + 2 * 2 * (2 * DT_KT * 4);
 };
 
 // 4 bytes global -> shared without a register round trip; zeros when !full.
@@ -304,53 +316,47 @@ __device__ __forceinline__ void decode_tiles8_issue(u8* buf, float* sc, const Kv
   cp_async_commit();
 }
 
-// One tile for query head g (this warp; q its row of sq): as decode_tiles_step, codes decoded
-// and scaled.
+// Where a block finds the new token's key: its index in a tile (or -1) and its cache rows.
+struct NewKey8 {
+  int key;
+  u64 row, srow;
+};
+
+// Widens the staged tile (codes `st`, scales `ss`) into `wt` (bf16, codes times 2^-120) and
+// `ws` (scales times 2^60), by thread `tid` of `n`. Key nk.key, when >= 0, comes from the cache.
 template <int HD>
-__device__ __forceinline__ void decode_tiles8_step(const float* q, const u8* kt, const u8* vt,
-                                                   const float* ksc, const float* vsc, int nk,
-                                                   float& m, float& l, float (&acc)[HD / 32],
-                                                   float* ps) {
-  using G = DecodeTiles8<HD>;
-  constexpr int DPL = HD / 32;
-  const int lane = threadIdx.x & 31;
-  const u8* krow = kt + lane * G::ROW;
-  float part[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-  for (int v = 0; v < HD / 16; v++) {
-    const uint4 w = *(const uint4*)(krow + v * 16);
-    const u32 ws[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-    for (int e = 0; e < 16; e++) part[e & 3] += q[v * 16 + e] * e4m3_to_f((ws[e >> 2] >> (8 * (e & 3))) & 0xffu);
+__device__ __forceinline__ void decode_tiles8_widen(bf16_t* wt, float* ws, const u8* st, const float* ss,
+                                                    int tid, int n, const NewKey8& nk, const Kv8& c) {
+  using W = DecodeTiles<bf16_t, HD>;
+  using S = DecodeTiles8<HD>;
+  constexpr int VPR = HD / 16;
+  for (int i = tid; i < 2 * DT_KT * VPR; i += n) {
+    const int r = i / VPR, vec = i % VPR;  // rows: DT_KT keys, then DT_KT values
+    const bool is_v = r >= DT_KT, fresh = r - (is_v ? DT_KT : 0) == nk.key;
+    const uint4 w = fresh ? *(const uint4*)((is_v ? c.v : c.k) + nk.row + vec * 16)
+                          : *(const uint4*)(st + r * S::ROW + vec * 16);
+    bf16_t* d = wt + r * W::ROW + vec * 16;
+    *(uint4*)d = make_uint4(e4m3x2_to_bf16x2_scaled(w.x, 0), e4m3x2_to_bf16x2_scaled(w.x, 1),
+                            e4m3x2_to_bf16x2_scaled(w.y, 0), e4m3x2_to_bf16x2_scaled(w.y, 1));
+    *(uint4*)(d + 8) = make_uint4(e4m3x2_to_bf16x2_scaled(w.z, 0), e4m3x2_to_bf16x2_scaled(w.z, 1),
+                                  e4m3x2_to_bf16x2_scaled(w.w, 0), e4m3x2_to_bf16x2_scaled(w.w, 1));
   }
-  const float s = lane < nk ? ((part[0] + part[1]) + (part[2] + part[3])) * ksc[lane] : -INFINITY;
-  const float m_new = fmaxf(m, warp_max(s));  // finite: nk >= 1
-  const float p = exp2f(s - m_new);
-  const float corr = exp2f(m - m_new);  // m = -inf before the first tile: 0
-  l = l * corr + warp_sum(p);
-  m = m_new;
-  ps[lane] = p * vsc[lane];  // keys past nk: p = 0 and a zero scale
-  __syncwarp();
-#pragma unroll
-  for (int j = 0; j < DPL; j++) acc[j] *= corr;
-#pragma unroll 8
-  for (int k = 0; k < DT_KT; k++) {
-    const u8* vr = vt + k * G::ROW + lane * DPL;
-    const u32 w = DPL == 4 ? *(const u32*)vr : (u32)*(const unsigned short*)vr;
-    const float pk = ps[k];
-#pragma unroll
-    for (int j = 0; j < DPL; j++) acc[j] += pk * e4m3_to_f((w >> (8 * j)) & 0xffu);
+  for (int i = tid; i < 2 * DT_KT; i += n) {
+    const bool is_v = i >= DT_KT, fresh = i - (is_v ? DT_KT : 0) == nk.key;
+    ws[i] = (fresh ? (is_v ? c.v_scale : c.k_scale)[nk.srow] : ss[i]) * 0x1p60f;
   }
-  __syncwarp();  // ps is rewritten by the next tile
 }
 
 template <int HD>
 __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const Kv8 c, float* partial,
                                              u32* counters) {
-  using G = DecodeTiles8<HD>;
+  using W = DecodeTiles<bf16_t, HD>;
+  using S = DecodeTiles8<HD>;
   extern __shared__ __align__(16) unsigned char dt_smem[];
-  u8* const tiles = dt_smem;                                 // two buffers
-  float* const scales = (float*)(dt_smem + 2 * G::BUFFER);  // two buffers of 2 * DT_KT
+  bf16_t* const wide = (bf16_t*)dt_smem;                    // two bf16 tiles
+  float* const wide_sc = (float*)(wide + 2 * W::BUFFER);   // their scales, 2 * DT_KT each
+  u8* const stage = (u8*)(wide_sc + 4 * DT_KT);            // two staged tiles
+  float* const stage_sc = (float*)(stage + 2 * S::BUFFER);  // their scales
   __shared__ __align__(16) float sq[DEC_MAX_GROUP][HD];
   __shared__ __align__(16) float ps[DEC_MAX_GROUP][DT_KT];
   __shared__ float part[DEC_MAX_GROUP][128], s_m[DEC_MAX_GROUP], s_l[DEC_MAX_GROUP];
@@ -359,51 +365,60 @@ __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const 
   const int group = a.num_heads / a.num_kv_heads, ctx = a.ctx_len[seq], tok = a.q_start[seq];
   const DecodeChunk chunk = decode_chunk(ctx, a.min_keys);
   if ((int)blockIdx.z >= chunk.splits) return;  // no keys and not merged
-  const int k_begin = chunk.begin, k_end = chunk.end, nkvh = a.num_kv_heads;
+  const int k_begin = chunk.begin, keys = chunk.end - chunk.begin, nkvh = a.num_kv_heads;
+  const int tiles = (keys + DT_KT - 1) / DT_KT;
   const u32* bt = a.block_tables + (u64)seq * a.bt_stride;
-  decode_tile_rows8(rows, srows, bt, k_begin, min(DT_KT, k_end - k_begin), a.block_size, nkvh, kvh, HD);
+  NewKey8 fresh = {-1, 0, 0};  // the new key (ctx - 1), in this block's tile fresh.key / DT_KT
+  if (ctx > 0 && k_begin <= ctx - 1 && ctx - 1 < chunk.end) {
+    const u64 slot = kv_slot(bt, ctx - 1, a.block_size);
+    fresh = {ctx - 1 - k_begin, slot * nkvh * HD + (u64)kvh * HD, slot * nkvh + kvh};
+  }
+  auto tile_keys = [&](int t) { return min(DT_KT, keys - t * DT_KT); };
+  auto tile_fresh = [&](int t) {
+    NewKey8 f = fresh;
+    f.key = f.key >= t * DT_KT && f.key < (t + 1) * DT_KT ? f.key - t * DT_KT : -1;
+    return f;
+  };
+  decode_tile_rows8(rows, srows, bt, k_begin, tile_keys(0), a.block_size, nkvh, kvh, HD);
   __syncthreads();  // the first rows
-  decode_tiles8_issue<HD>(tiles, scales, c, rows, srows, k_end - k_begin);
+  decode_tiles8_issue<HD>(stage, stage_sc, c, rows, srows, tile_keys(0));
   PDL_ENTRY();
   for (int e = threadIdx.x; e < group * HD; e += DT_THREADS) {
     const int g = e / HD, d = e % HD;
-    sq[g][d] = to_f(a.q[(u64)tok * a.num_heads * HD + (kvh * group + g) * HD + d]) * a.scale * LOG2E;
+    sq[g][d] = to_f(a.q[(u64)tok * a.num_heads * HD + (kvh * group + g) * HD + d]) * (a.scale * LOG2E * 0x1p60f);
   }
-  const int new_key = ctx - 1;
-  const bool reads_new_key = ctx > 0 && k_begin <= new_key && new_key < k_end;
+  cp_async_wait_all();
+  __syncthreads();  // tile 0 staged, sq; the rows free again
+  if (tiles > 1) decode_tile_rows8(rows, srows, bt, k_begin + DT_KT, tile_keys(1), a.block_size, nkvh, kvh, HD);
+  decode_tiles8_widen<HD>(wide, wide_sc, stage, stage_sc, threadIdx.x, DT_THREADS, tile_fresh(0), c);
+  __syncthreads();  // tile 1's rows
+  if (tiles > 1) decode_tiles8_issue<HD>(stage + S::BUFFER, stage_sc + 2 * DT_KT, c, rows, srows, tile_keys(1));
   float m = -INFINITY, l = 0.f, acc[HD / 32];
 #pragma unroll
   for (int j = 0; j < HD / 32; j++) acc[j] = 0.f;
-  int b = 0;
-  for (int t0 = k_begin; t0 < k_end; t0 += DT_KT, b ^= 1) {
-    const int nk = min(DT_KT, k_end - t0), nk_next = min(DT_KT, k_end - t0 - DT_KT);
-    u8* const buf = tiles + b * G::BUFFER;
-    float* const sc = scales + b * 2 * DT_KT;
+  // Tile t is staged in and widened into buffer t % 2.
+  const int wideners = group < DT_THREADS / 32 ? group * 32 : 0;  // first widening thread
+  for (int t = 0; t < tiles; t++) {
+    const int b = t & 1;
     cp_async_wait_all();
-    __syncthreads();  // this tile everywhere, sq; the tile before is done with
-    if (reads_new_key && t0 <= new_key && new_key < t0 + DT_KT) {  // block-uniform
-      // The kernel before wrote the new key's slot; this tile may hold it from before.
-      const u64 slot = kv_slot(bt, new_key, a.block_size);
-      const u64 row = slot * nkvh * HD + (u64)kvh * HD;
-      const int key = new_key - t0;
-      if ((int)threadIdx.x < HD) {
-        buf[key * G::ROW + threadIdx.x] = c.k[row + threadIdx.x];
-        buf[(DT_KT + key) * G::ROW + threadIdx.x] = c.v[row + threadIdx.x];
-      }
-      if (threadIdx.x == 0) {
-        sc[key] = c.k_scale[slot * nkvh + kvh];
-        sc[DT_KT + key] = c.v_scale[slot * nkvh + kvh];
-      }
+    __syncthreads();  // tile t widened, t + 1 staged; tile t - 1's buffers done with
+    if (t + 2 < tiles) {
+      decode_tile_rows8(rows, srows, bt, k_begin + (t + 2) * DT_KT, tile_keys(t + 2), a.block_size, nkvh, kvh, HD);
       __syncthreads();
+      decode_tiles8_issue<HD>(stage + b * S::BUFFER, stage_sc + b * 2 * DT_KT, c, rows, srows, tile_keys(t + 2));
     }
-    if (nk_next > 0) {  // the next tile loads while this one is computed
-      decode_tile_rows8(rows, srows, bt, t0 + DT_KT, nk_next, a.block_size, nkvh, kvh, HD);
-      __syncthreads();
-      decode_tiles8_issue<HD>(tiles + (b ^ 1) * G::BUFFER, scales + (b ^ 1) * 2 * DT_KT, c, rows, srows, nk_next);
-    }
+    const bf16_t* kt = wide + b * W::BUFFER;
+    const float* sc = wide_sc + b * 2 * DT_KT;
     if (warp < group)
-      decode_tiles8_step<HD>(sq[warp], buf, buf + DT_KT * G::ROW, sc, sc + DT_KT, nk, m, l, acc, ps[warp]);
+      decode_tiles_step<bf16_t, HD, true>(sq[warp], kt, kt + DT_KT * W::ROW, tile_keys(t), m, l, acc,
+                                          ps[warp], sc, sc + DT_KT);
+    if (t + 1 < tiles && (int)threadIdx.x >= wideners)
+      decode_tiles8_widen<HD>(wide + (b ^ 1) * W::BUFFER, wide_sc + (b ^ 1) * 2 * DT_KT, stage + (b ^ 1) * S::BUFFER,
+                              stage_sc + (b ^ 1) * 2 * DT_KT, threadIdx.x - wideners, DT_THREADS - wideners,
+                              tile_fresh(t + 1), c);
   }
+#pragma unroll
+  for (int j = 0; j < HD / 32; j++) acc[j] *= 0x1p60f;
   decode_tiles_store_state<HD>(part, s_m, s_l, acc, m, l, group);
   const DecodeState st = {part, s_m, s_l};
   decode_merge_global(st, a, seq, kvh, tok, group, partial, counters, chunk.splits);

@@ -53,10 +53,16 @@ template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float v) {
 
 // FP8 E4M3 (e4m3fn) exactly as kr_model::quant::fp8 defines it, for the fp8 KV cache: the
 // value of a code, and the code nearest a float (ties to even, saturating at 448, NaN 0x7f).
+// The code's bits moved into an f32 (sign to bit 31, exponent and mantissa to bits 26..20) are
+// the value times 2^-120, subnormal codes included; the product by 2^120 is exact (no -ftz).
 __device__ __forceinline__ float e4m3_to_f(u32 c) {
-  const u32 e = (c >> 3) & 15u, m = c & 7u;
-  const float mag = e ? __uint_as_float(((e + 120u) << 23) | (m << 20)) : (float)m * 0.001953125f;
-  return (c & 0x80u) ? -mag : mag;
+  return __uint_as_float(((c & 0x80u) << 24) | ((c & 0x7fu) << 20)) * 0x1p120f;
+}
+// Codes 2i and 2i + 1 of w (i = half) as a bf16 pair whose values are the codes' times 2^-120,
+// exactly (bf16 subnormals for subnormal codes): bits in place, no arithmetic.
+__device__ __forceinline__ u32 e4m3x2_to_bf16x2_scaled(u32 w, int half) {
+  const u32 t = __byte_perm(w, 0u, half ? 0x4342u : 0x4140u);  // codes in bytes 0 and 2
+  return ((t << 8) & 0x80008000u) | ((t << 4) & 0x07f007f0u);
 }
 __device__ __forceinline__ u32 f_to_e4m3(float x) {
   if (x != x) return 0x7fu;
@@ -81,8 +87,16 @@ __device__ __forceinline__ void unpack16(const uint4 v, float* out, bf16_t) {
 }
 
 // Two floats as a bf16 pair, the first in the low half (the lower column index).
+// Two floats rounded to bf16 (nearest, ties to even) in one word, lo in the low half: one
+// instruction from compute capability 8.0 on (which gives NaNs the canonical payload).
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+#else
   return (u32)from_f<bf16_t>(lo) | ((u32)from_f<bf16_t>(hi) << 16);
+#endif
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -293,6 +293,16 @@ impl CudaBackend {
                         .map_err(driver("allowing the tiled decode kernel's shared memory"))?;
                 }
             }
+            for (name, hd) in kv8::KV8_KERNELS[..2].iter().zip([64, 128]) {
+                if suffix == "bf16" {
+                    gpu.function(name, suffix)
+                        .set_attribute(
+                            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                            kv8::decode_smem(hd) as i32,
+                        )
+                        .map_err(driver("allowing the fp8-cache decode kernel's shared memory"))?;
+                }
+            }
             for name in QGEMV_I8_KERNELS {
                 gpu.function(name, suffix)
                     .set_attribute(

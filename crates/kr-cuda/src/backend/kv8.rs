@@ -1,7 +1,8 @@
 //! The fp8 KV cache (`CudaModelOptions::kv_fp8`): E4M3 codes with one f32 scale per (slot,
 //! kv head), `amax / 448` of the row (the codec and scaling of `kr_model::quant::fp8`).
-//! `rope_write_kv` writes them; fp8 variants of the tiled decode kernel (decode_tiles.cu) and
-//! of the tensor-core prefill kernel (attention.cu) read them.
+//! `rope_write_kv` writes them; fp8 variants of the tiled decode kernel (decode_tiles.cu, which
+//! widens each tile to bf16 once per block) and of the tensor-core prefill kernel
+//! (attention.cu) read them.
 //!
 //! Invariants: only with bf16 compute, head_dim 64 or 128 and compute capability 8.0+
 //! (`CudaModel::load` refuses the rest); decode steps take the unfused path (RoPE and the
@@ -24,10 +25,13 @@ pub const KV8_KERNELS: [&str; 4] = [
 /// Keys per tile of the fp8 decode kernel (DT_KT).
 const TILE_KEYS: usize = 32;
 
-/// Dynamic shared memory of the fp8 decode kernel: two buffers of key and value code rows
-/// (padded by 16 bytes) and their scales.
-fn decode_smem(head_dim: usize) -> usize {
-    2 * 2 * TILE_KEYS * (head_dim + 16) + 2 * 2 * TILE_KEYS * 4
+/// Dynamic shared memory of the fp8 decode kernel (`DecodeTiles8::SMEM`): two bf16 tiles of
+/// key and value rows (padded by 8 elements), two staged tiles of code rows (padded by 16
+/// bytes), and each tile's scales.
+pub fn decode_smem(head_dim: usize) -> usize {
+    let wide = 2 * 2 * TILE_KEYS * (head_dim + 8) * 2;
+    let staged = 2 * 2 * TILE_KEYS * (head_dim + 16);
+    wide + staged + 2 * 2 * (2 * TILE_KEYS * 4)
 }
 
 impl CudaBackend {
