@@ -74,12 +74,6 @@ pub static SWITCHES: &[Switch] = &[
         effect: "most tokens a step has for the Q4_K / Q6_K GEMV with int8 activations (bf16)",
     },
     Switch {
-        name: "KR_CUDA_KV_FP8",
-        default: "0",
-        allowed: "0, 1 (experimental: its GPU tests have not run yet)",
-        effect: "fp8 (E4M3, scale per token and kv head) KV cache; bf16, head_dim 64/128",
-    },
-    Switch {
         name: "KR_CUDA_DECODE_TILES",
         default: "1",
         allowed: "0 (off), 1",

@@ -18,7 +18,7 @@ use crate::batch::{build_batch, RowUse, Wanted};
 use crate::error::{EngineError, Result};
 use crate::handle::{EngineHandle, Event, ModelInfo, Usage};
 use crate::model::load_model;
-use crate::runner::{DTypeChoice, DeviceChoice, Runner, RunnerConfig};
+use crate::runner::{DTypeChoice, DeviceChoice, KvCacheDtype, Runner, RunnerConfig};
 use crate::sampler::{Sampler, TokenLogprobs};
 use crate::stats::EngineStats;
 use crate::stop::StopMatcher;
@@ -55,6 +55,7 @@ pub struct EngineConfig {
     pub num_kv_blocks: Option<usize>,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    pub kv_cache_dtype: KvCacheDtype,
     /// On CUDA: the share of GPU memory for weights, KV cache and workspace together.
     pub gpu_memory_fraction: f64,
     /// On CUDA: replay decode steps from captured graphs.
@@ -91,6 +92,7 @@ impl EngineConfig {
             num_kv_blocks: None,
             device: DeviceChoice::Cpu,
             dtype: DTypeChoice::Auto,
+            kv_cache_dtype: KvCacheDtype::Auto,
             gpu_memory_fraction: 0.9,
             cuda_graphs: true,
             overlap_steps: true,
@@ -109,6 +111,7 @@ impl EngineConfig {
         RunnerConfig {
             device: self.device,
             dtype: self.dtype,
+            kv_cache_dtype: self.kv_cache_dtype,
             kv_cache_mib: self.kv_cache_mib,
             block_size: self.block_size,
             num_kv_blocks: self.num_kv_blocks,

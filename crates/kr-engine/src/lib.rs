@@ -42,6 +42,8 @@ pub use model::{
     load_model, random_weights, served_name, LoadedModel, BUILTIN_MODEL, RANDOM_PREFIX,
 };
 pub use pool::{KeepAlive, ModelLease, ModelPool, ModelSpec, ModelStatus, SamplingDefaults};
-pub use runner::{tuning_switches, DTypeChoice, DeviceChoice, Runner, RunnerConfig, TuningSwitch};
+pub use runner::{
+    tuning_switches, DTypeChoice, DeviceChoice, KvCacheDtype, Runner, RunnerConfig, TuningSwitch,
+};
 pub use stats::{EngineStats, SchedStats, StatsSnapshot, StepPercentiles};
 pub use validate::{RequestDraft, ValidatedRequest};

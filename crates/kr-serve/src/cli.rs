@@ -277,6 +277,10 @@ pub struct EngineArgs {
     /// Compute type on the GPU: auto (bf16), f32 or bf16 (the CPU computes in f32).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// How the KV cache stores keys and values: auto (the compute type) or fp8 (E4M3 with
+    /// per-token scales, half the bytes; CUDA with bf16 compute) [default: auto].
+    #[arg(long)]
+    pub kv_cache_dtype: Option<String>,
     /// Share of GPU memory for weights, KV cache and workspace (0.05-1) [default: 0.9].
     #[arg(long)]
     pub gpu_memory_fraction: Option<String>,

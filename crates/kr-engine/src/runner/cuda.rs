@@ -1,7 +1,7 @@
 //! The CUDA side of the runner: placing a model on a GPU, and [`GpuProbes`], the device
 //! measurements benchmarks report beside the runner's own steps.
 
-use super::{DTypeChoice, RunnerConfig};
+use super::{DTypeChoice, KvCacheDtype, RunnerConfig};
 use crate::error::{EngineError, Result};
 use kr_cuda::{CudaModel, CudaModelOptions, DType, EventMarks};
 use kr_model::{AttnMeta, ModelWeights};
@@ -37,9 +37,7 @@ pub(super) fn load(
         max_model_len: cfg.max_model_len,
         num_kv_blocks: cfg.num_kv_blocks.map(|n| n + 1),
         cuda_graphs: cfg.cuda_graphs,
-        // Not a config key until its GPU tests have passed (issue 18): a tuning switch for
-        // the benchmark that measures it.
-        kv_fp8: kr_cuda::tuning::switched_on("KR_CUDA_KV_FP8"),
+        kv_fp8: cfg.kv_cache_dtype == KvCacheDtype::Fp8,
     };
     Ok(CudaModel::load(weights, options)?)
 }

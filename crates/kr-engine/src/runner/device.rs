@@ -1,4 +1,5 @@
-//! The device and compute-type choices (`--device`, `--dtype`) and how `auto` resolves.
+//! The device, compute-type and KV-cache-type choices (`--device`, `--dtype`,
+//! `--kv-cache-dtype`) and how `auto` resolves.
 
 /// `--device`: where to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,37 @@ impl std::fmt::Display for DTypeChoice {
     }
 }
 
+/// `--kv-cache-dtype`: how the KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCacheDtype {
+    /// The compute type (f32 on the CPU, `--dtype` on the GPU).
+    Auto,
+    /// FP8 E4M3 codes with one f32 scale per token and KV head: half the bytes of bf16
+    /// (CUDA, bf16 compute, head size 64 or 128, compute capability 8.0+).
+    Fp8,
+}
+
+impl std::str::FromStr for KvCacheDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            "fp8" | "fp8_e4m3" => Ok(Self::Fp8),
+            "fp8_e5m2" => Err("kv_cache_dtype fp8_e5m2 is not implemented; use fp8 (e4m3 with per-token scales) or auto".into()),
+            _ => Err(format!("unknown kv_cache_dtype '{s}'; use auto or fp8 (fp8_e4m3)")),
+        }
+    }
+}
+
+impl std::fmt::Display for KvCacheDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Fp8 => "fp8",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +126,11 @@ mod tests {
         assert_eq!("bfloat16".parse::<DTypeChoice>(), Ok(DTypeChoice::Bf16));
         assert_eq!(DTypeChoice::Bf16.to_string(), "bf16");
         assert!("int4".parse::<DTypeChoice>().is_err());
+        assert_eq!("fp8_e4m3".parse::<KvCacheDtype>(), Ok(KvCacheDtype::Fp8));
+        assert_eq!(KvCacheDtype::Fp8.to_string(), "fp8");
+        assert!("fp8_e5m2"
+            .parse::<KvCacheDtype>()
+            .unwrap_err()
+            .contains("not implemented"));
     }
 }

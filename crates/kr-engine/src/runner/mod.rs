@@ -18,7 +18,7 @@ mod cuda;
 mod device;
 
 pub use cuda::{GpuMarks, GpuProbes};
-pub use device::{DTypeChoice, DeviceChoice};
+pub use device::{DTypeChoice, DeviceChoice, KvCacheDtype};
 
 use crate::error::{EngineError, Result};
 use kr_cpu::{CpuBackend, CpuKvCache};
@@ -30,6 +30,7 @@ use kr_model::{AttnMeta, Decoder, ModelConfig, ModelWeights, RowSampling};
 pub struct RunnerConfig {
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    pub kv_cache_dtype: KvCacheDtype,
     /// Memory for the KV cache on the CPU, in MiB (a GPU sizes its cache from
     /// `gpu_memory_fraction`).
     pub kv_cache_mib: usize,
@@ -246,6 +247,11 @@ fn place_cpu(weights: &ModelWeights, cfg: &RunnerConfig) -> Result<CpuRunner> {
     if matches!(cfg.dtype, DTypeChoice::Bf16 | DTypeChoice::F16) {
         return Err(EngineError::Config(
             "the CPU backend computes in f32; use --dtype auto or f32 with --device cpu".into(),
+        ));
+    }
+    if cfg.kv_cache_dtype == KvCacheDtype::Fp8 {
+        return Err(EngineError::Config(
+            "kv_cache_dtype fp8 is implemented on CUDA only; use --kv-cache-dtype auto with --device cpu".into(),
         ));
     }
     let per_block = weights.config.kv_bytes_per_token() * cfg.block_size.max(1);

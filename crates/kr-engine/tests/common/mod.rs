@@ -85,6 +85,7 @@ pub fn logits_at(model: &kr_engine::LoadedModel, prompt: &[u32], rows: &[usize])
     let cfg = kr_engine::RunnerConfig {
         device: kr_engine::DeviceChoice::Cpu,
         dtype: kr_engine::DTypeChoice::Auto,
+        kv_cache_dtype: kr_engine::KvCacheDtype::Auto,
         kv_cache_mib: 0,
         block_size: bs,
         num_kv_blocks: Some(blocks),

@@ -172,6 +172,13 @@ pub static KEYS: &[Key] = &[
         get: |c| json!(c.dtype.to_string()),
     },
     Key {
+        name: "kv_cache_dtype",
+        runtime_safe: false,
+        range: "auto or fp8 (auto: the compute type; fp8: E4M3 codes with per-token scales, half of bf16's bytes, CUDA with bf16 compute only)",
+        set: |c, v| Ok(c.kv_cache_dtype = v.parse()?),
+        get: |c| json!(c.kv_cache_dtype.to_string()),
+    },
+    Key {
         name: "gpu_memory_fraction",
         runtime_safe: false,
         range: "0.05..=1 (share of GPU memory for weights, KV cache and workspace)",

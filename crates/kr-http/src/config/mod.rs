@@ -9,8 +9,8 @@
 pub mod keys;
 
 use kr_engine::{
-    AdaptiveConfig, DTypeChoice, DeviceChoice, EngineConfig, LatencyConfig, PolicyConfig,
-    TemplateLimits,
+    AdaptiveConfig, DTypeChoice, DeviceChoice, EngineConfig, KvCacheDtype, LatencyConfig,
+    PolicyConfig, TemplateLimits,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -57,6 +57,7 @@ pub struct Config {
     pub preload: String,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    pub kv_cache_dtype: KvCacheDtype,
     /// On CUDA: the share of GPU memory for weights, KV cache and workspace.
     pub gpu_memory_fraction: f64,
     pub cuda_graphs: bool,
@@ -138,6 +139,7 @@ impl Default for Config {
             preload: "first".into(),
             device: DeviceChoice::Auto,
             dtype: DTypeChoice::Auto,
+            kv_cache_dtype: KvCacheDtype::Auto,
             gpu_memory_fraction: 0.9,
             cuda_graphs: true,
             overlap_steps: true,
@@ -220,6 +222,7 @@ impl Config {
             max_model_len: (self.max_model_len > 0).then_some(self.max_model_len),
             device: self.device,
             dtype: self.dtype,
+            kv_cache_dtype: self.kv_cache_dtype,
             gpu_memory_fraction: self.gpu_memory_fraction,
             cuda_graphs: self.cuda_graphs,
             overlap_steps: self.overlap_steps,
