@@ -120,8 +120,10 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
 // ---- Tensor-core attention for prefill chunks (bf16, sm_80 and newer) ----
 // Same work items and rows as attention_impl (rows = tokens of a tile x the query heads of one
 // kv head, <= 64), but S = QK^T and O += PV run on mma.sync.m16n8k16 (bf16 in, f32 out). Four
-// warps, 16 rows each; keys and values stream through shared memory 64 at a time; softmax is
-// online in f32 with one running max per row. Fragment layouts (PTX ISA), g = lane/4, t = lane%4:
+// warps, 16 rows each; keys and values stream through two shared-memory tiles of 64 (the next
+// one copied by cp.async while this one is computed; dynamic shared memory, mma_smem in
+// attention.rs), their B fragments read by ldmatrix (transposed for V); softmax is online in
+// f32 with one running max per row. Fragment layouts (PTX ISA), g = lane/4, t = lane%4:
 //   A 16x16 (row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
 //   B 16x8 (k x n):      b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
 //   C 16x8:              c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
@@ -141,26 +143,49 @@ __device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u
 }
 
 
-// Copies keys [k0, k0 + MMA_KT) of kv head `kvh` into shared memory; keys at or past `kend`
-// become zeros (their probability is 0, and 0 x garbage could be NaN).
+// A shared-memory tile of MMA_KT keys and their values, rows padded by MMA_PAD elements
+// (16 bytes: ldmatrix's 8 row addresses of a matrix then fall on distinct banks).
 template <int D>
-__device__ __forceinline__ void mma_load_kv(bf16_t (*sk)[D + MMA_PAD], bf16_t (*sv)[D + MMA_PAD],
-                                            const bf16_t* k_cache, const bf16_t* v_cache,
-                                            const u32* bt, int block_size, int kv_width, int kvh,
-                                            int k0, int kend) {
+struct MmaTile {
+  bf16_t k[MMA_KT][D + MMA_PAD];
+  bf16_t v[MMA_KT][D + MMA_PAD];
+};
+
+// Four 8x8 bf16 matrices from shared memory, lane l giving row l % 8 of matrix l / 8; with
+// .trans each is transposed (a thread gets rows 2t, 2t + 1 of column g).
+// (The tensor-core kernels run from compute capability 8.0 on; below it these compile to zeros.)
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], const void* row) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_addr(row)));
+#else
+  r[0] = r[1] = r[2] = r[3] = 0u;
+#endif
+}
+__device__ __forceinline__ void ldsm_x4_trans(u32 (&r)[4], const void* row) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(shared_addr(row)));
+#else
+  r[0] = r[1] = r[2] = r[3] = 0u;
+#endif
+}
+
+// Starts copying keys [k0, k0 + MMA_KT) of kv head `kvh` into `t` as one cp.async group; keys
+// at or past `kend` become zeros (their probability is 0, and 0 x garbage could be NaN).
+template <int D>
+__device__ __forceinline__ void mma_issue_kv(MmaTile<D>& t, const bf16_t* k_cache, const bf16_t* v_cache,
+                                             const u32* bt, int block_size, int kv_width, int kvh,
+                                             int k0, int kend) {
   const int CH = D / 8;  // 16-byte chunks per key
   for (int e = threadIdx.x; e < MMA_KT * CH; e += blockDim.x) {
     const int j = e / CH, c = e % CH, kp = k0 + j;
-    uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-    if (kp < kend) {
-      const u64 slot = kv_slot(bt, kp, block_size);
-      const u64 off = slot * kv_width + kvh * D + c * 8;
-      kv = *(const uint4*)(k_cache + off);
-      vv = *(const uint4*)(v_cache + off);
-    }
-    *(uint4*)&sk[j][c * 8] = kv;
-    *(uint4*)&sv[j][c * 8] = vv;
+    const bool in = kp < kend;
+    const u64 off = in ? kv_slot(bt, kp, block_size) * kv_width + kvh * D + c * 8 : 0;
+    cp_async16(&t.k[j][c * 8], k_cache + off, in);
+    cp_async16(&t.v[j][c * 8], v_cache + off, in);
   }
+  cp_async_commit();
 }
 
 // 8 E4M3 codes times `scale` as 8 bf16 (a shared-memory row chunk).
@@ -176,8 +201,7 @@ __device__ __forceinline__ uint4 e4m3x8_to_bf16(uint2 w, float scale) {
 
 // mma_load_kv from an fp8 cache (codes and per-(slot, kv head) scales), converted to bf16.
 template <int D>
-__device__ __forceinline__ void mma_load_kv8(bf16_t (*sk)[D + MMA_PAD], bf16_t (*sv)[D + MMA_PAD],
-                                             const Kv8& c, const u32* bt, int block_size,
+__device__ __forceinline__ void mma_load_kv8(MmaTile<D>& t, const Kv8& c, const u32* bt, int block_size,
                                              int num_kv_heads, int kvh, int k0, int kend) {
   const int CH = D / 8;  // 8-element chunks per key
   for (int e = threadIdx.x; e < MMA_KT * CH; e += blockDim.x) {
@@ -190,8 +214,8 @@ __device__ __forceinline__ void mma_load_kv8(bf16_t (*sk)[D + MMA_PAD], bf16_t (
       kv = e4m3x8_to_bf16(*(const uint2*)(c.k + off), c.k_scale[at]);
       vv = e4m3x8_to_bf16(*(const uint2*)(c.v + off), c.v_scale[at]);
     }
-    *(uint4*)&sk[j][ch * 8] = kv;
-    *(uint4*)&sv[j][ch * 8] = vv;
+    *(uint4*)&t.k[j][ch * 8] = kv;
+    *(uint4*)&t.v[j][ch * 8] = vv;
   }
 }
 
@@ -202,8 +226,8 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
                                    const u32* q_len, const u32* ctx_len, const u32* block_tables,
                                    int bt_stride, int block_size, int num_heads, int num_kv_heads,
                                    int tile_q, float scale, const Kv8 kv8) {
-  __shared__ __align__(16) bf16_t sk[MMA_KT][D + MMA_PAD];
-  __shared__ __align__(16) bf16_t sv[MMA_KT][D + MMA_PAD];
+  extern __shared__ __align__(16) unsigned char mma_smem[];
+  MmaTile<D>* const tiles = (MmaTile<D>*)mma_smem;  // two: tile i in tiles[i % 2]
   const int group = num_heads / num_kv_heads;
   const int seq = work[2 * blockIdx.x], q0 = work[2 * blockIdx.x + 1], kvh = blockIdx.y;
   const int qlen = q_len[seq], ctx = ctx_len[seq], qs = q_start[seq];
@@ -242,11 +266,25 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const float sl2 = scale * 1.4426950408889634f;  // softmax in base 2
   const u32* bt = block_tables + (u64)seq * bt_stride;
-  for (int k0 = 0; k0 < kend; k0 += MMA_KT) {
-    __syncthreads();  // the previous tile is no longer read
-    if (KV8) mma_load_kv8<D>(sk, sv, kv8, bt, block_size, num_kv_heads, kvh, k0, kend);
-    else mma_load_kv<D>(sk, sv, k_cache, v_cache, bt, block_size, kv_width, kvh, k0, kend);
-    __syncthreads();
+  // Tile i + 1 loads (cp.async; an fp8 cache converts through registers) while tile i is
+  // computed.
+  auto issue = [&](MmaTile<D>& t, int k0) {
+    if (KV8) mma_load_kv8<D>(t, kv8, bt, block_size, num_kv_heads, kvh, k0, kend);
+    else mma_issue_kv<D>(t, k_cache, v_cache, bt, block_size, kv_width, kvh, k0, kend);
+  };
+  const int mi = lane >> 3, r8 = lane & 7;  // this lane's ldmatrix matrix and row
+  const int ntiles = (kend + MMA_KT - 1) / MMA_KT;
+  issue(tiles[0], 0);
+  for (int it = 0; it < ntiles; it++) {
+    const int k0 = it * MMA_KT;
+    if (it + 1 < ntiles) {
+      issue(tiles[(it + 1) & 1], k0 + MMA_KT);
+      cp_async_wait_one();
+    } else {
+      cp_async_wait_all();
+    }
+    __syncthreads();  // tile it everywhere
+    MmaTile<D>& tile = tiles[it & 1];
     float s[MMA_KT / 8][4];
 #pragma unroll
     for (int nn = 0; nn < MMA_KT / 8; nn++)
@@ -255,9 +293,11 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++)
 #pragma unroll
-      for (int nn = 0; nn < MMA_KT / 8; nn++) {
-        const bf16_t* kr = &sk[nn * 8 + g][16 * kk + 2 * t];
-        mma_bf16_16816(s[nn], qf[kk], *(const u32*)kr, *(const u32*)(kr + 8));
+      for (int nn = 0; nn < MMA_KT / 8; nn += 2) {
+        u32 b[4];  // keys nn, nn + 1 (x 8), dims 16kk and 16kk + 8
+        ldsm_x4(b, &tile.k[(nn + (mi >> 1)) * 8 + r8][16 * kk + 8 * (mi & 1)]);
+        mma_bf16_16816(s[nn], qf[kk], b[0], b[1]);
+        mma_bf16_16816(s[nn + 1], qf[kk], b[2], b[3]);
       }
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -295,15 +335,15 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
       const u32 pa[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
                          pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                          pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      const int key = 16 * kk + 2 * t;
 #pragma unroll
-      for (int nd = 0; nd < D / 8; nd++) {
-        const int dim = nd * 8 + g;
-        const u32 b0 = (u32)sv[key][dim] | ((u32)sv[key + 1][dim] << 16);
-        const u32 b1 = (u32)sv[key + 8][dim] | ((u32)sv[key + 9][dim] << 16);
-        mma_bf16_16816(o[nd], pa, b0, b1);
+      for (int nd = 0; nd < D / 8; nd += 2) {
+        u32 b[4];  // keys 16kk and 16kk + 8 (x 8), dims nd, nd + 1 (x 8), transposed
+        ldsm_x4_trans(b, &tile.v[16 * kk + 8 * (mi & 1) + r8][(nd + (mi >> 1)) * 8]);
+        mma_bf16_16816(o[nd], pa, b[0], b[1]);
+        mma_bf16_16816(o[nd + 1], pa, b[2], b[3]);
       }
     }
+    __syncthreads();  // tile it's buffer is free for tile it + 2
   }
 #pragma unroll
   for (int i = 0; i < 2; i++) {

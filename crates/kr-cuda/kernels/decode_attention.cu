@@ -511,13 +511,6 @@ __device__ void decode_merge_global(const DecodeState st, const DecodeArgs<T>& a
   }
 }
 
-// The 32-bit shared-memory address of a generic pointer into shared memory (for PTX that
-// takes one: cp.async, mapa).
-__device__ __forceinline__ u32 shared_addr(const void* p) {
-  u32 a;
-  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-  return a;
-}
 
 #if __CUDA_ARCH__ >= 900
 // Every thread of every block of the cluster arrives; shared-memory writes before it are

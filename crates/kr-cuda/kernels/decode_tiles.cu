@@ -23,20 +23,6 @@
 #define DT_KT 32
 #define DT_THREADS 256
 
-#if __CUDA_ARCH__ >= 800
-// 16 bytes global -> shared without a register round trip; with !full the 16 bytes are zeros.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool full) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_addr(smem)), "l"(gmem), "r"(full ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
-#else
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool full) {
-  *(uint4*)smem = full ? *(const uint4*)gmem : make_uint4(0u, 0u, 0u, 0u);
-}
-__device__ __forceinline__ void cp_async_commit() {}
-__device__ __forceinline__ void cp_async_wait_all() {}
-#endif
 
 // N consecutive elements of a shared row as floats (aligned to their size: 4, 8 or 16 bytes).
 __device__ __forceinline__ void row_part(const float* p, float (&o)[4]) {

@@ -51,6 +51,31 @@ template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float v) {
   return (bf16_t)((u + round) >> 16);
 }
 
+// The 32-bit shared-memory address of a generic pointer into shared memory (for PTX that
+// takes one: cp.async, mapa).
+__device__ __forceinline__ u32 shared_addr(const void* p) {
+  u32 a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+#if __CUDA_ARCH__ >= 800
+// 16 bytes global -> shared without a register round trip; with !full the 16 bytes are zeros.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool full) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_addr(smem)), "l"(gmem), "r"(full ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+// Waits until at most the newest group is still in flight.
+__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+#else
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool full) {
+  *(uint4*)smem = full ? *(const uint4*)gmem : make_uint4(0u, 0u, 0u, 0u);
+}
+__device__ __forceinline__ void cp_async_commit() {}
+__device__ __forceinline__ void cp_async_wait_all() {}
+__device__ __forceinline__ void cp_async_wait_one() {}
+#endif
+
 // FP8 E4M3 (e4m3fn) exactly as kr_model::quant::fp8 defines it, for the fp8 KV cache: the
 // value of a code, and the code nearest a float (ties to even, saturating at 448, NaN 0x7f).
 // The code's bits moved into an f32 (sign to bit 31, exponent and mantissa to bits 26..20) are

@@ -293,6 +293,15 @@ impl CudaBackend {
                         .map_err(driver("allowing the tiled decode kernel's shared memory"))?;
                 }
             }
+            let mma = MMA_KERNEL_NAMES.iter().chain(&kv8::KV8_KERNELS[2..]);
+            for (name, hd) in mma.zip([64, 128, 64, 128]).filter(|_| suffix == "bf16") {
+                gpu.function(name, suffix)
+                    .set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        attention::mma_smem(hd) as i32,
+                    )
+                    .map_err(driver("allowing the tensor-core prefill kernel's shared memory"))?;
+            }
             for (name, hd) in kv8::KV8_KERNELS[..2].iter().zip([64, 128]) {
                 if suffix == "bf16" {
                     gpu.function(name, suffix)

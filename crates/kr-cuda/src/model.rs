@@ -89,7 +89,7 @@ fn kv_fp8_supported(c: &ModelConfig, dtype: DType, cc: (i32, i32)) -> Result<()>
     };
     match why {
         Some(why) => Err(CudaError::Unsupported(format!(
-            "an fp8 KV cache with {why}; use the bf16 cache"
+            "an fp8 KV cache (--kv-cache-dtype fp8) with {why}; use --kv-cache-dtype auto"
         ))),
         None => Ok(()),
     }

@@ -146,6 +146,15 @@ pub(super) fn decode_tiles_smem(head_dim: usize, elem_size: usize) -> usize {
     2 * 2 * DECODE_TILE_KEYS * (head_dim + 16 / elem_size) * elem_size
 }
 
+/// Keys per shared-memory tile of the tensor-core prefill kernels (MMA_KT).
+const MMA_TILE_KEYS: usize = 64;
+
+/// Dynamic shared memory of the tensor-core prefill kernels (bf16 or fp8 cache): two tiles of
+/// MMA_KT key and value rows of bf16, each padded by 8 elements.
+pub(super) fn mma_smem(head_dim: usize) -> usize {
+    2 * 2 * MMA_TILE_KEYS * (head_dim + 8) * 2
+}
+
 /// Dynamic shared memory of the CUDA-core prefill kernel for `head_dim`.
 pub(super) fn attention_smem(head_dim: usize) -> usize {
     4 * (ATTENTION_ROWS * head_dim + ATT_KC * (head_dim + 1) + ATT_KC * head_dim)
@@ -189,7 +198,7 @@ impl CudaBackend {
         }
         .filter(|_| self.dtype == DType::Bf16 && self.gpu.info.compute_capability.0 >= 8);
         let (name, threads, smem) = match mma {
-            Some(name) => (name, 128, 0),
+            Some(name) => (name, 128, mma_smem(l.head_dim)),
             None => ("attention", 256, attention_smem(l.head_dim)),
         };
         let (cfg, [work, ql], tile) = self.prefill_launch(num_heads, l, threads, smem);

@@ -52,7 +52,8 @@ impl CudaBackend {
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
         let scale = l.attn_scale;
         if !self.decode_kernel_applies(num_heads, l) {
-            let (cfg, [work, ql], tile) = self.prefill_launch(num_heads, l, 128, 0);
+            let smem = super::attention::mma_smem(l.head_dim);
+            let (cfg, [work, ql], tile) = self.prefill_launch(num_heads, l, 128, smem);
             let name = KV8_KERNELS[2 + big];
             return launch!(
                 self, name, cfg, op, qp, k8, v8, ks, vs, work, qs, ql, cl, bt, stride, bs, nh, nkv,
