@@ -530,7 +530,15 @@ impl ModelPool {
                 return Err(e);
             }
         };
-        tracing::info!(model = %spec.name, "loaded in {:.2?}", t0.elapsed());
+        let info = handle.info();
+        tracing::info!(
+            model = %spec.name,
+            device = %info.device,
+            kv_cache_tokens = info.num_kv_blocks * info.block_size,
+            context = info.max_model_len,
+            "loaded in {:.2?}",
+            t0.elapsed()
+        );
         self.inner.loads.fetch_add(1, Relaxed);
         // `auto` settles on the CPU for a model the GPU kernels cannot run (placement.rs):
         // it then counts against the host's budget, not the GPU's.

@@ -95,11 +95,16 @@ impl Runner {
         }
     }
 
-    /// The device in words: `cpu (f32)`, `NVIDIA H100 80GB HBM3 (Bf16)`.
+    /// The device in words: `cpu (f32)`, `NVIDIA H100 80GB HBM3 (Bf16)`,
+    /// `NVIDIA H100 80GB HBM3 (Bf16, fp8 KV cache)`.
     pub fn describe(&self) -> String {
         match self {
             Self::Cpu(_) => "cpu (f32)".into(),
-            Self::Cuda(m) => format!("{} ({:?})", m.backend().gpu.info.name, m.backend().dtype),
+            Self::Cuda(m) => {
+                let b = m.backend();
+                let kv = if b.kv_fp8() { ", fp8 KV cache" } else { "" };
+                format!("{} ({:?}{kv})", b.gpu.info.name, b.dtype)
+            }
         }
     }
 
