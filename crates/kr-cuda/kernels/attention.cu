@@ -33,7 +33,7 @@ template <typename T>
 __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work,
                                const u32* q_start, const u32* q_len, const u32* ctx_len,
                                const u32* block_tables, int bt_stride, int block_size, int num_heads,
-                               int num_kv_heads, int head_dim, int tile_q, float scale) {
+                               int num_kv_heads, int head_dim, int tile_q, float scale, int window) {
   extern __shared__ float smem[];
   const int group = num_heads / num_kv_heads;
   const int seq = work[2 * blockIdx.x], q0 = work[2 * blockIdx.x + 1], kvh = blockIdx.y;
@@ -56,7 +56,9 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
   float m[ATT_RPW], l[ATT_RPW], acc[ATT_RPW][ATT_DPL];
   softmax_init<ATT_RPW, ATT_DPL>(m, l, acc);
   const u32* bt = block_tables + (u64)seq * bt_stride;
-  for (int k0 = 0; k0 < kend; k0 += ATT_KC) {
+  // With a window, keys before the first row's window are seen by no row.
+  const int kstart = window > 0 ? max(0, first_pos + 1 - window) / ATT_KC * ATT_KC : 0;
+  for (int k0 = kstart; k0 < kend; k0 += ATT_KC) {
     __syncthreads();
     for (int e = threadIdx.x; e < ATT_KC * head_dim; e += blockDim.x) {
       const int j = e / head_dim, d = e % head_dim, kp = k0 + j;
@@ -77,7 +79,7 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
       if (r < rows) {
         const int qpos = first_pos + r / group, kp = k0 + lane;
         float s = -INFINITY;
-        if (kp <= qpos) {
+        if (kp <= qpos && (window <= 0 || kp > qpos - window)) {
           float dot = 0.f;
           for (int d = 0; d < head_dim; d++) dot += sq[r * head_dim + d] * sk[lane * (head_dim + 1) + d];
           s = dot * scale;
@@ -225,7 +227,7 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
                                    const bf16_t* v_cache, const u32* work, const u32* q_start,
                                    const u32* q_len, const u32* ctx_len, const u32* block_tables,
                                    int bt_stride, int block_size, int num_heads, int num_kv_heads,
-                                   int tile_q, float scale, const Kv8 kv8) {
+                                   int tile_q, float scale, const Kv8 kv8, int window) {
   extern __shared__ __align__(16) unsigned char mma_smem[];
   MmaTile<D>* const tiles = (MmaTile<D>*)mma_smem;  // two: tile i in tiles[i % 2]
   const int group = num_heads / num_kv_heads;
@@ -273,10 +275,12 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
     else mma_issue_kv<D>(t, k_cache, v_cache, bt, block_size, kv_width, kvh, k0, kend);
   };
   const int mi = lane >> 3, r8 = lane & 7;  // this lane's ldmatrix matrix and row
-  const int ntiles = (kend + MMA_KT - 1) / MMA_KT;
-  issue(tiles[0], 0);
+  // With a window, keys before the first row's window are seen by no row.
+  const int first_tile = window > 0 ? max(0, first_pos + 1 - window) / MMA_KT : 0;
+  const int ntiles = (kend + MMA_KT - 1) / MMA_KT - first_tile;
+  issue(tiles[0], first_tile * MMA_KT);
   for (int it = 0; it < ntiles; it++) {
-    const int k0 = it * MMA_KT;
+    const int k0 = (first_tile + it) * MMA_KT;
     if (it + 1 < ntiles) {
       issue(tiles[(it + 1) & 1], k0 + MMA_KT);
       cp_async_wait_one();
@@ -305,7 +309,8 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int i = e >> 1, kp = k0 + nn * 8 + 2 * t + (e & 1);
-        if (kp > qpos[i]) s[nn][e] = -INFINITY;  // causal (and past the context: kend > qpos)
+        // causal (and past the context: kend > qpos), and within the window
+        if (kp > qpos[i] || (window > 0 && kp <= qpos[i] - window)) s[nn][e] = -INFINITY;
         mx[i] = fmaxf(mx[i], s[nn][e]);
       }
     float mu[2];
@@ -363,21 +368,23 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
       bf16_t* out, const bf16_t* q, const bf16_t* k_cache, const bf16_t* v_cache, const u32* work, \
       const u32* q_start, const u32* q_len, const u32* ctx_len, const u32* block_tables,           \
       int bt_stride, int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q,    \
-      float scale) { PDL_ENTRY();                                                                               \
+      float scale, int window) {                                                                   \
+    PDL_ENTRY();                                                                                   \
     const Kv8 none = {0, 0, 0, 0};                                                                 \
     attention_mma_impl<D, false>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len,          \
                                  block_tables, bt_stride, block_size, num_heads, num_kv_heads,     \
-                                 tile_q, scale, none);                                             \
+                                 tile_q, scale, none, window);                                     \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(128) attention_mma_kv8_##D##_bf16(                  \
       bf16_t* out, const bf16_t* q, u8* k8, u8* v8, float* k_scale, float* v_scale,                \
       const u32* work, const u32* q_start, const u32* q_len, const u32* ctx_len,                   \
       const u32* block_tables, int bt_stride, int block_size, int num_heads, int num_kv_heads,     \
-      int head_dim, int tile_q, float scale) { PDL_ENTRY();                                        \
+      int head_dim, int tile_q, float scale, int window) {                                         \
+    PDL_ENTRY();                                                                                   \
     const Kv8 kv8 = {k8, v8, k_scale, v_scale};                                                    \
     attention_mma_impl<D, true>(out, q, 0, 0, work, q_start, q_len, ctx_len, block_tables,         \
                                 bt_stride, block_size, num_heads, num_kv_heads, tile_q, scale,     \
-                                kv8);                                                              \
+                                kv8, window);                                                      \
   }
 ATTENTION_MMA(64)
 ATTENTION_MMA(128)
@@ -386,9 +393,12 @@ ATTENTION_MMA(128)
   extern "C" __global__ void attention_##S(                                                        \
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work, const u32* q_start, \
       const u32* q_len, const u32* ctx_len, const u32* block_tables, int bt_stride,                \
-      int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q, float scale) { PDL_ENTRY();    \
+      int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q, float scale,      \
+      int window) {                                                                                \
+    PDL_ENTRY();                                                                                   \
     attention_impl<T>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len, block_tables,       \
-                      bt_stride, block_size, num_heads, num_kv_heads, head_dim, tile_q, scale);    \
+                      bt_stride, block_size, num_heads, num_kv_heads, head_dim, tile_q, scale,     \
+                      window);                                                                     \
   }
 
 ATTENTION_KERNELS(float, f32)

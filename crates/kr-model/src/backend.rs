@@ -69,10 +69,19 @@ impl KvLayout {
 
     /// The first position a query at `pos` of layer `layer` attends to.
     pub fn first_key(&self, layer: usize, pos: usize) -> usize {
+        match self.window(layer) {
+            0 => 0,
+            w => (pos + 1).saturating_sub(w),
+        }
+    }
+
+    /// The keys a query of layer `layer` sees (itself included) if the layer slides, else 0.
+    pub fn window(&self, layer: usize) -> usize {
         let slides = layer < 128 && self.sliding_layers >> layer & 1 == 1;
-        match slides && self.sliding_window > 0 {
-            true => (pos + 1).saturating_sub(self.sliding_window),
-            false => 0,
+        if slides {
+            self.sliding_window
+        } else {
+            0
         }
     }
 }

@@ -140,10 +140,14 @@ impl DecodeKernels {
     }
 }
 
-/// Dynamic shared memory of a tiled decode kernel: two buffers of DT_KT key and value rows,
-/// each padded by 16 bytes.
+/// Tile buffers of the tiled decode kernels (DT_STAGES): two tiles in flight while one is
+/// computed.
+pub(super) const DECODE_TILE_STAGES: usize = 3;
+
+/// Dynamic shared memory of a tiled decode kernel: DT_STAGES buffers of DT_KT key and value
+/// rows, each padded by 16 bytes.
 pub(super) fn decode_tiles_smem(head_dim: usize, elem_size: usize) -> usize {
-    2 * 2 * DECODE_TILE_KEYS * (head_dim + 16 / elem_size) * elem_size
+    DECODE_TILE_STAGES * 2 * DECODE_TILE_KEYS * (head_dim + 16 / elem_size) * elem_size
 }
 
 /// Keys per shared-memory tile of the tensor-core prefill kernels (MMA_KT).
@@ -205,10 +209,10 @@ impl CudaBackend {
         let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
-        let scale = l.attn_scale;
+        let (scale, win) = (l.attn_scale, l.window(layer) as i32);
         launch!(
             self, name, cfg, op, qp, kc, vc, work, qs, ql, cl, bt, stride, bs, nh, nkv, hd, tile,
-            scale
+            scale, win
         );
     }
 
@@ -342,10 +346,10 @@ impl CudaBackend {
             None => (0u64, 0u64, 0u64, 0i32),
         };
         let (pos, slots) = (self.meta_ptr(o.positions), self.meta_ptr(o.slots));
-        let min_keys = plan.min_keys as i32;
+        let (min_keys, win) = (plan.min_keys as i32, l.window(layer) as i32);
         launch!(
             self, name, cfg, op, qp, kc, vc, qs, cl, bt, stride, bs, nh, nkv, hd, scale, pp, cp,
-            kn, vn, pos, slots, freq, inter, min_keys
+            kn, vn, pos, slots, freq, inter, min_keys, win
         );
     }
 

@@ -82,6 +82,8 @@ struct AttentionCase {
     /// An fp8 cache on the GPU; the CPU's cache rows are then rounded the same way (rotated
     /// keys to bf16, then every row through E4M3 with its own scale).
     kv_fp8: bool,
+    /// A sliding window of this many keys on the layer (0: none), on both sides.
+    window: usize,
 }
 
 impl AttentionCase {
@@ -96,6 +98,7 @@ impl AttentionCase {
             long_splits: (64, 128),
             prefill_writes_only: false,
             kv_fp8: false,
+            window: 0,
         }
     }
 }
@@ -121,7 +124,11 @@ fn attention_vs_cpu(case: AttentionCase, steps: &StepsFn) -> f32 {
     g.set_decode_kernels(case.kernels);
     g.set_long_decode_splits(case.long_splits.0, case.long_splits.1);
     let c = CpuBackend;
-    let layout = kr_model::KvLayout::plain(1, case.blocks, 16, cfg.num_kv_heads, head_dim);
+    let layout = kr_model::KvLayout {
+        sliding_window: case.window,
+        sliding_layers: u128::from(case.window > 0),
+        ..kr_model::KvLayout::plain(1, case.blocks, 16, cfg.num_kv_heads, head_dim)
+    };
     let (mut gcache, mut ccache) = (g.new_kv_cache(layout), c.new_kv_cache(layout));
     let rope = kr_model::Rope::from_config(&cfg);
     let widths = [
@@ -438,4 +445,62 @@ fn fp8_cache_attention_matches_cpu_with_rows_rounded_alike() {
             );
         }
     }
+}
+
+/// Sliding-window layers (Mistral, Gemma's local layers) against the CPU, which attends from
+/// `KvLayout::first_key`: windows of 1, 100 and 700 keys on prefill chunks over a cached
+/// prefix (the window cutting off whole 64-key tiles and falling inside one), decode over 600
+/// to 1,000 keys and with many short sequences, on the tiled kernels with RoPE fused in and
+/// the generic ones after it, f32 and bf16, head_dim 64 and 128; the fp8 cache on the same
+/// steps; and a 2,000-key window on the long-context splits (4k to 128k keys). Tolerances as
+/// above.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
+fn sliding_window_attention_matches_cpu() {
+    require_gpu();
+    let steps: [(&str, usize, &StepsFn); 3] = [
+        ("prefill", 80, &long_prefill_steps),
+        ("decode over 600-1,000 keys", 200, &long_decode_steps),
+        ("decode, many sequences", 256, &many_decode_steps),
+    ];
+    let paths = [DECODE_PATHS[1], DECODE_PATHS[5]];
+    for window in [1, 100, 700] {
+        for (label, blocks, steps) in steps {
+            for (dtype, head_dim, tol) in DECODE_CASES {
+                for (kernels, unfused) in paths {
+                    let case = AttentionCase {
+                        unfused,
+                        window,
+                        ..AttentionCase::new(dtype, head_dim, blocks, kernels)
+                    };
+                    let worst = attention_vs_cpu(case, steps);
+                    let what = format!("window {window}, {label}, {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}");
+                    println!("{what}: max |GPU - CPU| = {worst:.2e}");
+                    assert!(worst <= tol, "{what}: {worst}");
+                }
+            }
+            for head_dim in [64, 128] {
+                let case = AttentionCase {
+                    kv_fp8: true,
+                    window,
+                    ..AttentionCase::new(DType::Bf16, head_dim, blocks, ALL_DECODE_KERNELS[1])
+                };
+                let worst = attention_vs_cpu(case, steps);
+                println!("window {window}, {label}, fp8 cache head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
+                assert!(
+                    worst <= 2e-2,
+                    "window {window}, {label}, fp8 cache: {worst}"
+                );
+            }
+        }
+    }
+    let case = AttentionCase {
+        max_model_len: 131_072 + 64,
+        prefill_writes_only: true,
+        window: 2000,
+        ..AttentionCase::new(DType::Bf16, 128, 10_600, ALL_DECODE_KERNELS[1])
+    };
+    let worst = attention_vs_cpu(case, &very_long_decode_steps);
+    println!("window 2000, decode at 4k-128k keys: max |GPU - CPU| = {worst:.2e}");
+    assert!(worst <= 2e-2, "window 2000, long-context decode: {worst}");
 }
