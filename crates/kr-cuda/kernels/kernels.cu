@@ -281,6 +281,36 @@ __device__ void silu_mul_impl(T* out, const T* gate, const T* up, u64 n) {
   }
 }
 
+// gelu(gate) * up with GELU's tanh approximation (Gemma's GeGLU), as the CPU backend computes it.
+template <typename T>
+__device__ void gelu_mul_impl(T* out, const T* gate, const T* up, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+    const float g = to_f(gate[i]);
+    const float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);  // sqrt(2 / pi)
+    out[i] = from_f<T>(0.5f * g * (1.f + tanhf(inner)) * to_f(up[i]));
+  }
+}
+
+// x = s * x (scaled embeddings), or x = cap * tanh(x / cap) when cap > 0 (soft-capped logits).
+template <typename T>
+__device__ void scale_or_cap_impl(T* x, float s, float cap, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+    const float v = to_f(x[i]);
+    x[i] = from_f<T>(cap > 0.f ? cap * tanhf(v / cap) : s * v);
+  }
+}
+
+// x[rows[r], c] += scales[r] * src[r, c]: an expert's weighted output added back to its tokens'
+// rows. Grid-stride over r * cols; rows are distinct within one call.
+template <typename T>
+__device__ void scatter_add_scaled_impl(T* x, const u32* rows, const float* scales, const T* src, int cols, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+    const u64 r = i / cols, c = i % cols;
+    T* d = x + (u64)rows[r] * cols + c;
+    *d = from_f<T>(to_f(*d) + scales[r] * to_f(src[i]));
+  }
+}
+
 // y[t, c] += bias[c]. Grid-stride over t * cols.
 template <typename T>
 __device__ void add_bias_impl(T* y, const float* bias, int cols, u64 n) {
@@ -730,6 +760,19 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
   }                                                                                                \
   extern "C" __global__ void silu_mul_##S(T* out, const T* gate, const T* up, u64 n) { PDL_ENTRY();             \
     silu_mul_impl<T>(out, gate, up, n);                                                            \
+  }                                                                                                \
+  extern "C" __global__ void gelu_mul_##S(T* out, const T* gate, const T* up, u64 n) {              \
+    PDL_ENTRY();                                                                                   \
+    gelu_mul_impl<T>(out, gate, up, n);                                                            \
+  }                                                                                                \
+  extern "C" __global__ void scale_or_cap_##S(T* x, float s, float cap, u64 n) {                   \
+    PDL_ENTRY();                                                                                   \
+    scale_or_cap_impl<T>(x, s, cap, n);                                                            \
+  }                                                                                                \
+  extern "C" __global__ void scatter_add_scaled_##S(T* x, const u32* rows, const float* scales,    \
+                                                    const T* src, int cols, u64 n) {               \
+    PDL_ENTRY();                                                                                   \
+    scatter_add_scaled_impl<T>(x, rows, scales, src, cols, n);                                     \
   }                                                                                                \
   extern "C" __global__ void add_bias_##S(T* y, const float* bias, int cols, u64 n) { PDL_ENTRY();              \
     add_bias_impl<T>(y, bias, cols, n);                                                            \

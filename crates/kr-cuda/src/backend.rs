@@ -146,7 +146,9 @@ pub struct CudaBackend {
     heads_per_kv: usize,
     step: Cell<StepCounts>,
     step_rows: RefCell<Vec<usize>>,
-    inv_freq: RefCell<Option<DeviceBuffer>>,
+    /// RoPE frequencies on the device, one buffer per distinct table (a model with local
+    /// layers, Gemma 3's, rotates with two).
+    inv_freq: RefCell<Vec<(Vec<f32>, DeviceBuffer)>>,
     weights: RefCell<Option<WeightArena>>,
     profile: RefCell<Option<profile::Timings>>,
     /// Launch kernels with programmatic dependent launch (see `backend::launch`).
@@ -247,6 +249,14 @@ fn elementwise(n: usize) -> LaunchConfig {
 }
 
 impl CudaBackend {
+    /// `x *= s`, or with `cap > 0` `x = cap · tanh(x / cap)`, elementwise.
+    fn scale_or_cap(&self, x: &mut CudaTensor, s: f32, cap: f32) {
+        x.norm_sums = 0;
+        let n = (x.rows * x.cols) as u64;
+        let xp = x.ptr;
+        launch!(self, "scale_or_cap", elementwise(n as usize), xp, s, cap, n);
+    }
+
     /// Whether KV caches hold fp8 codes with scales (`backend::kv8`).
     pub fn kv_fp8(&self) -> bool {
         self.kv_fp8
@@ -334,7 +344,7 @@ impl CudaBackend {
             heads_per_kv: limits.heads_per_kv.max(1),
             step: Cell::new(StepCounts::default()),
             step_rows: RefCell::new(Vec::new()),
-            inv_freq: RefCell::new(None),
+            inv_freq: RefCell::new(Vec::new()),
             weights: RefCell::new(None),
             profile: RefCell::new(None),
             pdl,
@@ -446,13 +456,26 @@ impl CudaBackend {
 
     /// The RoPE frequencies on the device, uploaded on first use.
     fn inv_freq_ptr(&self, rope: &Rope) -> u64 {
-        if self.inv_freq.borrow().is_none() {
-            match self.gpu.upload(&rope.inv_freq) {
-                Ok(b) => *self.inv_freq.borrow_mut() = Some(b),
-                Err(e) => self.record(Err(e)),
+        let known = self
+            .inv_freq
+            .borrow()
+            .iter()
+            .find(|(f, _)| *f == rope.inv_freq)
+            .map(|(_, b)| b.ptr);
+        if let Some(ptr) = known {
+            return ptr;
+        }
+        match self.gpu.upload(&rope.inv_freq) {
+            Ok(b) => {
+                let ptr = b.ptr;
+                self.inv_freq.borrow_mut().push((rope.inv_freq.clone(), b));
+                ptr
+            }
+            Err(e) => {
+                self.record(Err(e));
+                0
             }
         }
-        self.inv_freq.borrow().as_ref().map_or(0, |b| b.ptr)
     }
 }
 
@@ -756,22 +779,54 @@ impl Backend for CudaBackend {
         out
     }
 
-    fn gelu_mul(&self, _: &CudaTensor, _: &CudaTensor) -> CudaTensor {
-        // CudaModel::load refuses the Gemma families, the only users of these three.
-        unreachable!("GeGLU does not run on the CUDA backend")
+    fn gelu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
+        let out = self.alloc(gate.rows, gate.cols);
+        let n = (gate.rows * gate.cols) as u64;
+        let (o, g, u) = (out.ptr, gate.ptr, up.ptr);
+        launch!(self, "gelu_mul", elementwise(n as usize), o, g, u, n);
+        out
     }
 
-    fn scale_inplace(&self, _: &mut CudaTensor, _: f32) {
-        unreachable!("scaled embeddings do not run on the CUDA backend")
+    fn scale_inplace(&self, x: &mut CudaTensor, s: f32) {
+        self.scale_or_cap(x, s, 0.0);
     }
 
-    fn softcap_inplace(&self, _: &mut CudaTensor, _: f32) {
-        unreachable!("soft-capping does not run on the CUDA backend")
+    fn softcap_inplace(&self, x: &mut CudaTensor, cap: f32) {
+        self.scale_or_cap(x, 1.0, cap);
     }
 
-    fn scatter_add_scaled(&self, _: &mut CudaTensor, _: &[usize], _: &CudaTensor, _: &[f32]) {
-        // CudaModel::load refuses models with Mixture-of-Experts layers, the only users.
-        unreachable!("Mixture-of-Experts layers do not run on the CUDA backend")
+    fn scatter_add_scaled(
+        &self,
+        x: &mut CudaTensor,
+        rows: &[usize],
+        src: &CudaTensor,
+        scales: &[f32],
+    ) {
+        x.norm_sums = 0;
+        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let uploaded = self
+            .gpu
+            .upload(&ids)
+            .and_then(|r| Ok((r, self.gpu.upload(scales)?)));
+        let (row_buf, scale_buf) = match uploaded {
+            Ok(b) => b,
+            Err(e) => return self.record(Err(e)),
+        };
+        let n = (rows.len() * x.cols) as u64;
+        let (xp, rp, sp, src_p, cols) = (x.ptr, row_buf.ptr, scale_buf.ptr, src.ptr, x.cols as i32);
+        launch!(
+            self,
+            "scatter_add_scaled",
+            elementwise(n as usize),
+            xp,
+            rp,
+            sp,
+            src_p,
+            cols,
+            n
+        );
+        // The rows and scales are freed on return: the kernel must have read them.
+        self.record(self.gpu.synchronize());
     }
 
     fn to_host(&self, x: &CudaTensor) -> Vec<f32> {

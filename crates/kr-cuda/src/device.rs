@@ -27,7 +27,7 @@ const KERNEL_SOURCE: &str = concat!(
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
 /// and tensor-core kernels are listed in `backend::fused`.
-pub const KERNEL_NAMES: [&str; 29] = [
+pub const KERNEL_NAMES: [&str; 32] = [
     "embed",
     "embed_norm_sums",
     "rms_norm",
@@ -46,6 +46,9 @@ pub const KERNEL_NAMES: [&str; 29] = [
     "gemv7",
     "gemv8",
     "gather_rows",
+    "gelu_mul",
+    "scale_or_cap",
+    "scatter_add_scaled",
     "attention",
     "attention_decode",
     "attention_decode_split",

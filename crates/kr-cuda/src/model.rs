@@ -105,7 +105,9 @@ fn arena_bytes(w: &ModelWeights, dtype: DType) -> usize {
 }
 
 impl CudaModel {
-    pub fn load(weights: &ModelWeights, opts: CudaModelOptions) -> Result<Self> {
+    pub fn load(weights: &ModelWeights, mut opts: CudaModelOptions) -> Result<Self> {
+        // Expert routing reads the router's output on the host in the middle of a step.
+        opts.cuda_graphs &= !weights.has_experts();
         let c = &weights.config;
         if c.head_dim > 128 || c.head_dim % 2 != 0 || c.num_heads % c.num_kv_heads != 0 {
             return Err(CudaError::Unsupported(format!(
@@ -139,6 +141,11 @@ impl CudaModel {
         decoder
             .backend()
             .prepare_rope(&kr_model::Rope::from_config(c));
+        if let Some(local) = c.local_rope_config() {
+            decoder
+                .backend()
+                .prepare_rope(&kr_model::Rope::from_config(&local));
+        }
         if let Some(e) = decoder.backend().take_error() {
             return Err(e);
         }

@@ -260,31 +260,26 @@ impl ModelWeights {
 
     /// What this model needs that the CUDA backend's kernels do not do yet, in words; `None`
     /// when the GPU can run it. (`device: auto` then picks the CPU for it.)
+    /// Gemma 3's pieces (GeGLU, scaled embeddings, post-norms, local RoPE bases, final-logit
+    /// soft-capping) and Mixture-of-Experts layers (one pass per expert, routed on the host)
+    /// run there; partial rotation and Gemma 2's soft-capped attention logits do not yet.
     pub fn beyond_the_gpu_kernels(&self) -> Option<String> {
         let (c, a) = (&self.config, &self.config.attention);
         if c.partial_rotary() {
             return Some("partial rotary embeddings".into());
         }
-        let post_norms = self
-            .layers
-            .iter()
-            .any(|l| l.post_attn_norm.is_some() || l.post_ffn_norm.is_some());
-        let gemma = a.embed_scale.is_some()
-            || a.gelu_ffn
-            || a.attn_logit_softcap.is_some()
-            || a.final_logit_softcap.is_some()
-            || a.local_rope_theta.is_some()
-            || post_norms;
-        if gemma {
-            return Some(format!(
-                "the {} family (GeGLU, scaled embeddings, soft-capping, post-norms)",
+        a.attn_logit_softcap.map(|_| {
+            format!(
+                "soft-capped attention logits (the {} family)",
                 c.architecture
-            ));
-        }
-        self.layers
-            .iter()
-            .any(|l| l.moe.is_some())
-            .then(|| "Mixture-of-Experts layers".to_string())
+            )
+        })
+    }
+
+    /// Whether some layer routes tokens to experts (its forward pass reads the router's
+    /// choices on the host, so a step cannot be captured in a CUDA graph).
+    pub fn has_experts(&self) -> bool {
+        self.layers.iter().any(|l| l.moe.is_some())
     }
 
     /// Bytes of all weight matrices as stored.

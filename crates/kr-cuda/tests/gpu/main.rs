@@ -20,6 +20,7 @@ use kr_model::{AttnMeta, Backend, Decoder, ModelConfig, ModelWeights, RopeStyle,
 use std::path::PathBuf;
 
 mod attention;
+mod families;
 mod kernels;
 mod quant;
 
