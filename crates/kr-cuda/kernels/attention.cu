@@ -33,7 +33,8 @@ template <typename T>
 __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work,
                                const u32* q_start, const u32* q_len, const u32* ctx_len,
                                const u32* block_tables, int bt_stride, int block_size, int num_heads,
-                               int num_kv_heads, int head_dim, int tile_q, float scale, int window) {
+                               int num_kv_heads, int head_dim, int tile_q, float scale, int window,
+                               float softcap) {
   extern __shared__ float smem[];
   const int group = num_heads / num_kv_heads;
   const int seq = work[2 * blockIdx.x], q0 = work[2 * blockIdx.x + 1], kvh = blockIdx.y;
@@ -82,7 +83,7 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
         if (kp <= qpos && (window <= 0 || kp > qpos - window)) {
           float dot = 0.f;
           for (int d = 0; d < head_dim; d++) dot += sq[r * head_dim + d] * sk[lane * (head_dim + 1) + d];
-          s = dot * scale;
+          s = soft_cap(dot * scale, softcap, 1.f);
         }
         const float m_new = fmaxf(m[rr], warp_max(s));
         if (m_new != -INFINITY) {
@@ -227,7 +228,8 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
                                    const bf16_t* v_cache, const u32* work, const u32* q_start,
                                    const u32* q_len, const u32* ctx_len, const u32* block_tables,
                                    int bt_stride, int block_size, int num_heads, int num_kv_heads,
-                                   int tile_q, float scale, const Kv8 kv8, int window) {
+                                   int tile_q, float scale, const Kv8 kv8, int window,
+                                   float softcap) {
   extern __shared__ __align__(16) unsigned char mma_smem[];
   MmaTile<D>* const tiles = (MmaTile<D>*)mma_smem;  // two: tile i in tiles[i % 2]
   const int group = num_heads / num_kv_heads;
@@ -303,6 +305,12 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
         mma_bf16_16816(s[nn], qf[kk], b[0], b[1]);
         mma_bf16_16816(s[nn + 1], qf[kk], b[2], b[3]);
       }
+    if (softcap > 0.f) {  // capped in natural units, kept in the dot's (times 1 / scale)
+#pragma unroll
+      for (int nn = 0; nn < MMA_KT / 8; nn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) s[nn][e] = soft_cap(s[nn][e] * scale, softcap, 1.f) / scale;
+    }
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nn = 0; nn < MMA_KT / 8; nn++)
@@ -368,23 +376,23 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
       bf16_t* out, const bf16_t* q, const bf16_t* k_cache, const bf16_t* v_cache, const u32* work, \
       const u32* q_start, const u32* q_len, const u32* ctx_len, const u32* block_tables,           \
       int bt_stride, int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q,    \
-      float scale, int window) {                                                                   \
+      float scale, int window, float softcap) {                                                    \
     PDL_ENTRY();                                                                                   \
     const Kv8 none = {0, 0, 0, 0};                                                                 \
     attention_mma_impl<D, false>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len,          \
                                  block_tables, bt_stride, block_size, num_heads, num_kv_heads,     \
-                                 tile_q, scale, none, window);                                     \
+                                 tile_q, scale, none, window, softcap);                            \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(128) attention_mma_kv8_##D##_bf16(                  \
       bf16_t* out, const bf16_t* q, u8* k8, u8* v8, float* k_scale, float* v_scale,                \
       const u32* work, const u32* q_start, const u32* q_len, const u32* ctx_len,                   \
       const u32* block_tables, int bt_stride, int block_size, int num_heads, int num_kv_heads,     \
-      int head_dim, int tile_q, float scale, int window) {                                         \
+      int head_dim, int tile_q, float scale, int window, float softcap) {                          \
     PDL_ENTRY();                                                                                   \
     const Kv8 kv8 = {k8, v8, k_scale, v_scale};                                                    \
     attention_mma_impl<D, true>(out, q, 0, 0, work, q_start, q_len, ctx_len, block_tables,         \
                                 bt_stride, block_size, num_heads, num_kv_heads, tile_q, scale,     \
-                                kv8, window);                                                      \
+                                kv8, window, softcap);                                             \
   }
 ATTENTION_MMA(64)
 ATTENTION_MMA(128)
@@ -394,11 +402,11 @@ ATTENTION_MMA(128)
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work, const u32* q_start, \
       const u32* q_len, const u32* ctx_len, const u32* block_tables, int bt_stride,                \
       int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q, float scale,      \
-      int window) {                                                                                \
+      int window, float softcap) {                                                                 \
     PDL_ENTRY();                                                                                   \
     attention_impl<T>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len, block_tables,       \
                       bt_stride, block_size, num_heads, num_kv_heads, head_dim, tile_q, scale,     \
-                      window);                                                                     \
+                      window, softcap);                                                            \
   }
 
 ATTENTION_KERNELS(float, f32)

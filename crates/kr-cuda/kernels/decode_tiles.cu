@@ -77,7 +77,8 @@ __device__ __forceinline__ void decode_tiles_issue(T* buf, const T* k_cache, con
 template <typename T, int HD, bool SCALED = false>
 __device__ __forceinline__ void decode_tiles_step(const float* q, const T* kt, const T* vt, int nk,
                                                   float& m, float& l, float (&acc)[HD / 32],
-                                                  float* ps, const float* ksc = nullptr,
+                                                  float* ps, float softcap,
+                                                  const float* ksc = nullptr,
                                                   const float* vsc = nullptr) {
   using G = DecodeTiles<T, HD>;
   constexpr int DPL = HD / 32;
@@ -98,7 +99,7 @@ __device__ __forceinline__ void decode_tiles_step(const float* q, const T* kt, c
     }
   }
   const float dot = (part[0] + part[1]) + (part[2] + part[3]);
-  const float s = lane < nk ? (SCALED ? dot * ksc[lane] : dot) : -INFINITY;
+  const float s = lane < nk ? soft_cap(SCALED ? dot * ksc[lane] : dot, softcap, LOG2E) : -INFINITY;
   const float m_new = fmaxf(m, warp_max(s));  // finite: nk >= 1
   const float p = exp2f(s - m_new);
   const float corr = exp2f(m - m_new);  // m = -inf before the first tile: 0
@@ -226,7 +227,8 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
       __syncthreads();
     }
     if (i + 2 < ntiles) issue(i + 2);  // into tile i - 1's buffer
-    if (warp < group) decode_tiles_step<T, HD>(sq[warp], buf, buf + DT_KT * G::ROW, nk, m, l, acc, ps[warp]);
+    if (warp < group)
+      decode_tiles_step<T, HD>(sq[warp], buf, buf + DT_KT * G::ROW, nk, m, l, acc, ps[warp], a.softcap);
   }
   decode_tiles_store_state<HD>(part, s_m, s_l, acc, m, l, group);
   const DecodeState st = {part, s_m, s_l};
@@ -410,7 +412,7 @@ __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const 
     const float* sc = wide_sc + b * 2 * DT_KT;
     if (warp < group)
       decode_tiles_step<bf16_t, HD, true>(sq[warp], kt, kt + DT_KT * W::ROW, tile_keys(t), m, l, acc,
-                                          ps[warp], sc, sc + DT_KT);
+                                          ps[warp], a.softcap, sc, sc + DT_KT);
     if (t + 1 < tiles && (int)threadIdx.x >= wideners)
       decode_tiles8_widen<HD>(wide + (b ^ 1) * W::BUFFER, wide_sc + (b ^ 1) * 2 * DT_KT, stage + next * S::BUFFER,
                               stage_sc + next * 2 * DT_KT, threadIdx.x - wideners, DT_THREADS - wideners,
@@ -429,10 +431,10 @@ __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const 
       bf16_t* out, const bf16_t* q, u8* k8, u8* v8, float* k_scale, float* v_scale,                \
       const u32* q_start, const u32* ctx_len, const u32* block_tables, int bt_stride,              \
       int block_size, int num_heads, int num_kv_heads, int head_dim, float scale, float* partial,  \
-      u32* counters, int min_keys, int window) {                                                   \
+      u32* counters, int min_keys, int window, float softcap) {                                    \
     const DecodeArgs<bf16_t> a = {out,       q,        0,          0,         q_start,             \
                                   ctx_len,   block_tables, bt_stride, block_size, num_heads,       \
-                                  num_kv_heads, head_dim, scale, min_keys, window};                \
+                                  num_kv_heads, head_dim, scale, min_keys, window, softcap};       \
     const Kv8 c = {k8, v8, k_scale, v_scale};                                                      \
     attention_decode_tiles8_impl<HD>(a, c, partial, counters);                                     \
   }

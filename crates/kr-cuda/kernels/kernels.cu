@@ -281,6 +281,12 @@ __device__ void silu_mul_impl(T* out, const T* gate, const T* up, u64 n) {
   }
 }
 
+// A soft-capped attention logit (Gemma 2): cap * tanh(s / cap) for s in natural units times
+// `unit` (1, or LOG2E in the kernels whose softmax is in base 2); cap <= 0 leaves s as it is.
+__device__ __forceinline__ float soft_cap(float s, float cap, float unit) {
+  return cap > 0.f ? cap * unit * tanhf(s / (cap * unit)) : s;
+}
+
 // gelu(gate) * up with GELU's tanh approximation (Gemma's GeGLU), as the CPU backend computes it.
 template <typename T>
 __device__ void gelu_mul_impl(T* out, const T* gate, const T* up, u64 n) {

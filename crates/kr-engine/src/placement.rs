@@ -16,8 +16,8 @@ pub(super) fn window_on_every_layer(c: &kr_model::ModelConfig) -> Option<usize> 
 }
 
 /// The device `model` runs on and its context limit under `cfg`: `auto` means the GPU if it
-/// can run the model (what its kernels do not do yet — partial rotation, Gemma 2's
-/// soft-capped attention — runs on the CPU). Every attention kernel honours sliding windows.
+/// can run the model (what its kernels do not do yet — partial rotation — runs on the CPU).
+/// Every attention kernel honours sliding windows and soft-capped logits.
 pub(super) fn device_and_context(
     cfg: &EngineConfig,
     model: &crate::LoadedModel,

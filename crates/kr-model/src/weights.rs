@@ -260,20 +260,13 @@ impl ModelWeights {
 
     /// What this model needs that the CUDA backend's kernels do not do yet, in words; `None`
     /// when the GPU can run it. (`device: auto` then picks the CPU for it.)
-    /// Gemma 3's pieces (GeGLU, scaled embeddings, post-norms, local RoPE bases, final-logit
-    /// soft-capping) and Mixture-of-Experts layers (one pass per expert, routed on the host)
-    /// run there; partial rotation and Gemma 2's soft-capped attention logits do not yet.
+    /// Gemma's pieces (GeGLU, scaled embeddings, post-norms, local RoPE bases, soft-capped
+    /// logits, windows) and Mixture-of-Experts layers (one pass per expert, routed on the
+    /// host) run there; partial rotation does not yet.
     pub fn beyond_the_gpu_kernels(&self) -> Option<String> {
-        let (c, a) = (&self.config, &self.config.attention);
-        if c.partial_rotary() {
-            return Some("partial rotary embeddings".into());
-        }
-        a.attn_logit_softcap.map(|_| {
-            format!(
-                "soft-capped attention logits (the {} family)",
-                c.architecture
-            )
-        })
+        self.config
+            .partial_rotary()
+            .then(|| "partial rotary embeddings".to_string())
     }
 
     /// Whether some layer routes tokens to experts (its forward pass reads the router's

@@ -209,10 +209,10 @@ impl CudaBackend {
         let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
-        let (scale, win) = (l.attn_scale, l.window(layer) as i32);
+        let (scale, win, cap) = (l.attn_scale, l.window(layer) as i32, l.softcap);
         launch!(
             self, name, cfg, op, qp, kc, vc, work, qs, ql, cl, bt, stride, bs, nh, nkv, hd, tile,
-            scale, win
+            scale, win, cap
         );
     }
 
@@ -346,10 +346,10 @@ impl CudaBackend {
             None => (0u64, 0u64, 0u64, 0i32),
         };
         let (pos, slots) = (self.meta_ptr(o.positions), self.meta_ptr(o.slots));
-        let (min_keys, win) = (plan.min_keys as i32, l.window(layer) as i32);
+        let (min_keys, win, cap) = (plan.min_keys as i32, l.window(layer) as i32, l.softcap);
         launch!(
             self, name, cfg, op, qp, kc, vc, qs, cl, bt, stride, bs, nh, nkv, hd, scale, pp, cp,
-            kn, vn, pos, slots, freq, inter, min_keys, win
+            kn, vn, pos, slots, freq, inter, min_keys, win, cap
         );
     }
 

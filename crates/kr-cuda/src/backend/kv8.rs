@@ -51,14 +51,14 @@ impl CudaBackend {
         let (ks, vs) = (cache.k_scales(layer), cache.v_scales(layer));
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
-        let (scale, win) = (l.attn_scale, l.window(layer) as i32);
+        let (scale, win, cap) = (l.attn_scale, l.window(layer) as i32, l.softcap);
         if !self.decode_kernel_applies(num_heads, l) {
             let smem = super::attention::mma_smem(l.head_dim);
             let (cfg, [work, ql], tile) = self.prefill_launch(num_heads, l, 128, smem);
             let name = KV8_KERNELS[2 + big];
             return launch!(
                 self, name, cfg, op, qp, k8, v8, ks, vs, work, qs, ql, cl, bt, stride, bs, nh, nkv,
-                hd, tile, scale, win
+                hd, tile, scale, win, cap
             );
         }
         let seqs = self.step.get().seqs.max(1);
@@ -85,7 +85,7 @@ impl CudaBackend {
         let (name, min_keys) = (KV8_KERNELS[big], min_keys as i32);
         launch!(
             self, name, cfg, op, qp, k8, v8, ks, vs, qs, cl, bt, stride, bs, nh, nkv, hd, scale,
-            pp, cp, min_keys, win
+            pp, cp, min_keys, win, cap
         );
     }
 }

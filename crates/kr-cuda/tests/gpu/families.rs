@@ -1,12 +1,13 @@
 //! The model families past the dense Llama block on the GPU, against transformers' logits
-//! (tests/reference/hf-tiny, made by scripts/make_hf_tiny.py): Gemma 3 (GeGLU, scaled
-//! embeddings, post-norms, local layers with their own RoPE base and a 6-key window), Mistral
+//! (tests/reference/hf-tiny, made by scripts/make_hf_tiny_families.py): Gemma 2 (soft-capped
+//! attention and final logits) and Gemma 3 (GeGLU, scaled embeddings, post-norms, local
+//! layers with their own RoPE base and a 6-key window), Mistral
 //! and Qwen3 with sliding windows (6 and 5 keys: the 24-token prompts pass them), and the
 //! Mixture-of-Experts families (Mixtral; Qwen3-MoE with and without top-k normalisation).
 //! Each prompt runs as one prefill step and as 24 one-token decode steps (the decode kernels,
 //! and CUDA graphs where the model allows them), and every position's logits are compared.
-//! Tolerances as for the dense families (main.rs): 1e-4 in f32, 0.25 in bf16. Gemma 2's
-//! soft-capped attention logits are refused with a message that names them.
+//! Tolerances as for the dense families (main.rs): 1e-4 in f32, 0.25 in bf16. Partial
+//! rotation is refused with a message that names it.
 
 use super::*;
 
@@ -35,6 +36,7 @@ fn stepwise_logits(m: &mut CudaModel, ids: &[u32]) -> Vec<f32> {
 fn hf_tiny_families_with_windows_and_experts_match_transformers() {
     require_gpu();
     let names = [
+        "gemma2-f32",
         "gemma3-f32",
         "mistral-window-f32",
         "qwen3-window-f32",
@@ -62,12 +64,12 @@ fn hf_tiny_families_with_windows_and_experts_match_transformers() {
 
 /// Refused before any GPU is opened, so this runs without one.
 #[test]
-fn gemma2_soft_capped_attention_is_refused_by_name() {
-    let m = kr_model::hf::load_hf_dir(&hf_tiny("gemma2-f32")).expect("hf-tiny gemma2");
+fn partial_rotation_is_refused_by_name() {
+    let m = kr_model::hf::load_hf_dir(&hf_tiny("phi3-partial-f32")).expect("hf-tiny phi3");
     let err = match CudaModel::load(&m.weights, options(DType::Bf16, 64, false)) {
-        Ok(_) => panic!("the CUDA backend loaded Gemma 2, whose attention it cannot soft-cap"),
+        Ok(_) => panic!("the CUDA backend loaded a model whose heads rotate only in part"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("soft-capped attention logits"), "{err}");
+    assert!(err.contains("partial rotary embeddings"), "{err}");
     assert!(err.contains("--device cpu"), "{err}");
 }
