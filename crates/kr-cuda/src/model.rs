@@ -109,15 +109,9 @@ impl CudaModel {
         // Expert routing reads the router's output on the host in the middle of a step.
         opts.cuda_graphs &= !weights.has_experts();
         let c = &weights.config;
-        if c.head_dim > 128 || c.head_dim % 2 != 0 || c.num_heads % c.num_kv_heads != 0 {
-            return Err(CudaError::Unsupported(format!(
-                "head_dim {} with {} heads / {} kv heads (needs an even head_dim up to 128)",
-                c.head_dim, c.num_heads, c.num_kv_heads
-            )));
-        }
         if let Some(what) = weights.beyond_the_gpu_kernels() {
             return Err(CudaError::Unsupported(format!(
-                "{what} yet (run the model with --device cpu)"
+                "{what}; run the model with --device cpu"
             )));
         }
         let gpu = Arc::new(Gpu::open(opts.ordinal)?);

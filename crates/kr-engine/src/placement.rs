@@ -16,8 +16,8 @@ pub(super) fn window_on_every_layer(c: &kr_model::ModelConfig) -> Option<usize> 
 }
 
 /// The device `model` runs on and its context limit under `cfg`: `auto` means the GPU if it
-/// can run the model (what its kernels do not do yet — partial rotation — runs on the CPU).
-/// Every attention kernel honours sliding windows and soft-capped logits.
+/// can run the model (what its kernels do not do yet, `ModelWeights::beyond_the_gpu_kernels`,
+/// runs on the CPU). Every attention kernel honours sliding windows and soft-capped logits.
 pub(super) fn device_and_context(
     cfg: &EngineConfig,
     model: &crate::LoadedModel,
@@ -30,7 +30,7 @@ pub(super) fn device_and_context(
     let mut device = cfg.device;
     if let (DeviceChoice::Auto, Some(what)) = (device, model.weights.beyond_the_gpu_kernels()) {
         if matches!(device.resolve(), DeviceChoice::Cuda(_)) {
-            tracing::warn!("the GPU backend does not support {what} yet; running on the CPU");
+            tracing::warn!("the GPU backend cannot run this model: {what}; running on the CPU");
         }
         device = DeviceChoice::Cpu;
     }

@@ -260,13 +260,18 @@ impl ModelWeights {
 
     /// What this model needs that the CUDA backend's kernels do not do yet, in words; `None`
     /// when the GPU can run it. (`device: auto` then picks the CPU for it.)
-    /// Gemma's pieces (GeGLU, scaled embeddings, post-norms, local RoPE bases, soft-capped
-    /// logits, windows) and Mixture-of-Experts layers (one pass per expert, routed on the
-    /// host) run there; partial rotation does not yet.
+    /// Every family this crate reads runs there (Gemma's pieces, partial rotation, experts);
+    /// what the kernels' shapes exclude is a head size past 128 (Gemma 2 9B and 27B, most
+    /// Gemma 3 sizes use 256), an odd one, or query heads that do not share kv heads evenly.
     pub fn beyond_the_gpu_kernels(&self) -> Option<String> {
-        self.config
-            .partial_rotary()
-            .then(|| "partial rotary embeddings".to_string())
+        let c = &self.config;
+        let fits = c.head_dim <= 128 && c.head_dim % 2 == 0 && c.num_heads % c.num_kv_heads == 0;
+        (!fits).then(|| {
+            format!(
+                "head_dim {} with {} heads / {} kv heads (the CUDA kernels take an even head_dim up to 128)",
+                c.head_dim, c.num_heads, c.num_kv_heads
+            )
+        })
     }
 
     /// Whether some layer routes tokens to experts (its forward pass reads the router's

@@ -282,7 +282,10 @@ impl CudaBackend {
         cache: &mut CudaKvCache,
         num_heads: usize,
     ) {
-        if self.decode_kernel_applies(num_heads, cache.layout) && !cache.fp8() {
+        // The decode kernels rotate whole heads with unscaled angles; a partial rotation goes
+        // through rope_write_kv first.
+        let whole = 2 * rope.inv_freq.len() == cache.layout.head_dim && rope.scale == 1.0;
+        if self.decode_kernel_applies(num_heads, cache.layout) && !cache.fp8() && whole {
             let fused = FusedRope {
                 k: k.ptr,
                 v: v.ptr,
@@ -427,6 +430,7 @@ impl CudaBackend {
         let nh = (q.cols / l.head_dim) as i32;
         let (nkv, hd) = (l.num_kv_heads as i32, l.head_dim as i32);
         let inter = interleaved_flag(rope);
+        let (rot_half, rope_scale) = (rope.inv_freq.len().min(l.head_dim / 2) as i32, rope.scale);
         launch!(
             self,
             "rope_write_kv",
@@ -446,7 +450,9 @@ impl CudaBackend {
             k8,
             v8,
             ks,
-            vs
+            vs,
+            rot_half,
+            rope_scale
         );
     }
 

@@ -3,11 +3,11 @@
 //! attention and final logits) and Gemma 3 (GeGLU, scaled embeddings, post-norms, local
 //! layers with their own RoPE base and a 6-key window), Mistral
 //! and Qwen3 with sliding windows (6 and 5 keys: the 24-token prompts pass them), and the
-//! Mixture-of-Experts families (Mixtral; Qwen3-MoE with and without top-k normalisation).
+//! Mixture-of-Experts families (Mixtral; Qwen3-MoE with and without top-k normalisation),
+//! Phi-3 with half of each head rotating and with LongRoPE, and Qwen2 with YaRN.
 //! Each prompt runs as one prefill step and as 24 one-token decode steps (the decode kernels,
 //! and CUDA graphs where the model allows them), and every position's logits are compared.
-//! Tolerances as for the dense families (main.rs): 1e-4 in f32, 0.25 in bf16. Partial
-//! rotation is refused with a message that names it.
+//! Tolerances as for the dense families (main.rs): 1e-4 in f32, 0.25 in bf16.
 
 use super::*;
 
@@ -33,7 +33,7 @@ fn stepwise_logits(m: &mut CudaModel, ids: &[u32]) -> Vec<f32> {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
-fn hf_tiny_families_with_windows_and_experts_match_transformers() {
+fn hf_tiny_families_match_transformers_in_prefill_and_decode() {
     require_gpu();
     let names = [
         "gemma2-f32",
@@ -43,6 +43,9 @@ fn hf_tiny_families_with_windows_and_experts_match_transformers() {
         "mixtral-f32",
         "qwen3moe-f32",
         "qwen3moe-norm-f32",
+        "phi3-partial-f32",
+        "phi3-longrope-f32",
+        "qwen2-yarn-f32",
     ];
     for name in names {
         let dir = hf_tiny(name);
@@ -62,14 +65,16 @@ fn hf_tiny_families_with_windows_and_experts_match_transformers() {
     }
 }
 
-/// Refused before any GPU is opened, so this runs without one.
+/// A head size the kernels do not take is refused before any GPU is opened (so this runs
+/// without one), naming the size and the CPU.
 #[test]
-fn partial_rotation_is_refused_by_name() {
-    let m = kr_model::hf::load_hf_dir(&hf_tiny("phi3-partial-f32")).expect("hf-tiny phi3");
+fn head_dim_past_128_is_refused_by_name() {
+    let mut m = kr_model::hf::load_hf_dir(&hf_tiny("llama-f32")).expect("hf-tiny llama");
+    m.weights.config.head_dim = 256;
     let err = match CudaModel::load(&m.weights, options(DType::Bf16, 64, false)) {
-        Ok(_) => panic!("the CUDA backend loaded a model whose heads rotate only in part"),
+        Ok(_) => panic!("the CUDA backend took head_dim 256"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("partial rotary embeddings"), "{err}");
+    assert!(err.contains("head_dim 256"), "{err}");
     assert!(err.contains("--device cpu"), "{err}");
 }
