@@ -57,14 +57,15 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
   float m[ATT_RPW], l[ATT_RPW], acc[ATT_RPW][ATT_DPL];
   softmax_init<ATT_RPW, ATT_DPL>(m, l, acc);
   const u32* bt = block_tables + (u64)seq * bt_stride;
-  // With a window, keys before the first row's window are seen by no row.
-  const int kstart = window > 0 ? max(0, first_pos + 1 - window) / ATT_KC * ATT_KC : 0;
-  for (int k0 = kstart; k0 < kend; k0 += ATT_KC) {
+  // With a window, keys before the first row's window (klo) are seen by no row, and their
+  // blocks may already be freed (NO_BLOCK): they are neither loaded nor read.
+  const int klo = window > 0 ? max(0, first_pos + 1 - window) : 0;
+  for (int k0 = klo / ATT_KC * ATT_KC; k0 < kend; k0 += ATT_KC) {
     __syncthreads();
     for (int e = threadIdx.x; e < ATT_KC * head_dim; e += blockDim.x) {
       const int j = e / head_dim, d = e % head_dim, kp = k0 + j;
       float kv = 0.f, vv = 0.f;
-      if (kp < kend) {
+      if (kp >= klo && kp < kend) {
         const u64 slot = kv_slot(bt, kp, block_size);
         const u64 off = slot * kv_width + kvh * head_dim + d;
         kv = to_f(k_cache[off]);
@@ -175,15 +176,16 @@ __device__ __forceinline__ void ldsm_x4_trans(u32 (&r)[4], const void* row) {
 }
 
 // Starts copying keys [k0, k0 + MMA_KT) of kv head `kvh` into `t` as one cp.async group; keys
-// at or past `kend` become zeros (their probability is 0, and 0 x garbage could be NaN).
+// outside [klo, kend) become zeros (their probability is 0, and 0 x garbage could be NaN;
+// blocks before a window's klo may be freed).
 template <int D>
 __device__ __forceinline__ void mma_issue_kv(MmaTile<D>& t, const bf16_t* k_cache, const bf16_t* v_cache,
                                              const u32* bt, int block_size, int kv_width, int kvh,
-                                             int k0, int kend) {
+                                             int k0, int klo, int kend) {
   const int CH = D / 8;  // 16-byte chunks per key
   for (int e = threadIdx.x; e < MMA_KT * CH; e += blockDim.x) {
     const int j = e / CH, c = e % CH, kp = k0 + j;
-    const bool in = kp < kend;
+    const bool in = kp >= klo && kp < kend;
     const u64 off = in ? kv_slot(bt, kp, block_size) * kv_width + kvh * D + c * 8 : 0;
     cp_async16(&t.k[j][c * 8], k_cache + off, in);
     cp_async16(&t.v[j][c * 8], v_cache + off, in);
@@ -205,12 +207,12 @@ __device__ __forceinline__ uint4 e4m3x8_to_bf16(uint2 w, float scale) {
 // mma_load_kv from an fp8 cache (codes and per-(slot, kv head) scales), converted to bf16.
 template <int D>
 __device__ __forceinline__ void mma_load_kv8(MmaTile<D>& t, const Kv8& c, const u32* bt, int block_size,
-                                             int num_kv_heads, int kvh, int k0, int kend) {
+                                             int num_kv_heads, int kvh, int k0, int klo, int kend) {
   const int CH = D / 8;  // 8-element chunks per key
   for (int e = threadIdx.x; e < MMA_KT * CH; e += blockDim.x) {
     const int j = e / CH, ch = e % CH, kp = k0 + j;
     uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-    if (kp < kend) {
+    if (kp >= klo && kp < kend) {
       const u64 slot = kv_slot(bt, kp, block_size);
       const u64 off = slot * num_kv_heads * D + kvh * D + ch * 8;
       const u64 at = slot * num_kv_heads + kvh;
@@ -272,13 +274,16 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
   const u32* bt = block_tables + (u64)seq * bt_stride;
   // Tile i + 1 loads (cp.async; an fp8 cache converts through registers) while tile i is
   // computed.
+  // With a window, keys before the first row's window (klo) are seen by no row, and their
+  // blocks may already be freed (NO_BLOCK): they are not loaded.
+  const int klo = window > 0 ? max(0, first_pos + 1 - window) : 0;
   auto issue = [&](MmaTile<D>& t, int k0) {
-    if (KV8) mma_load_kv8<D>(t, kv8, bt, block_size, num_kv_heads, kvh, k0, kend);
-    else mma_issue_kv<D>(t, k_cache, v_cache, bt, block_size, kv_width, kvh, k0, kend);
+    if (KV8) mma_load_kv8<D>(t, kv8, bt, block_size, num_kv_heads, kvh, k0, klo, kend);
+    else mma_issue_kv<D>(t, k_cache, v_cache, bt, block_size, kv_width, kvh, k0, klo, kend);
   };
   const int mi = lane >> 3, r8 = lane & 7;  // this lane's ldmatrix matrix and row
   // With a window, keys before the first row's window are seen by no row.
-  const int first_tile = window > 0 ? max(0, first_pos + 1 - window) / MMA_KT : 0;
+  const int first_tile = klo / MMA_KT;
   const int ntiles = (kend + MMA_KT - 1) / MMA_KT - first_tile;
   issue(tiles[0], first_tile * MMA_KT);
   for (int it = 0; it < ntiles; it++) {

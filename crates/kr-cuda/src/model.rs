@@ -54,6 +54,9 @@ pub struct CudaModel {
     cache: CudaKvCache,
     /// Decode graphs by (batch bucket, long-context decode): see `meta::LONG_DECODE_CONTEXT`.
     graphs: HashMap<(usize, bool), DecodeGraph>,
+    /// Expert routing reads the router's output on the host in the middle of a step, so
+    /// such a model's steps are never captured in graphs, whatever `options` says.
+    has_experts: bool,
     pub options: CudaModelOptions,
     pub num_blocks: usize,
     /// Device allocations made by the end of loading; any more means a step allocated.
@@ -105,9 +108,7 @@ fn arena_bytes(w: &ModelWeights, dtype: DType) -> usize {
 }
 
 impl CudaModel {
-    pub fn load(weights: &ModelWeights, mut opts: CudaModelOptions) -> Result<Self> {
-        // Expert routing reads the router's output on the host in the middle of a step.
-        opts.cuda_graphs &= !weights.has_experts();
+    pub fn load(weights: &ModelWeights, opts: CudaModelOptions) -> Result<Self> {
         let c = &weights.config;
         if let Some(what) = weights.beyond_the_gpu_kernels() {
             return Err(CudaError::Unsupported(format!(
@@ -173,6 +174,7 @@ impl CudaModel {
             decoder,
             cache,
             graphs: HashMap::new(),
+            has_experts: weights.has_experts(),
             options: opts,
             num_blocks,
             outstanding: VecDeque::new(),
@@ -365,7 +367,7 @@ impl CudaModel {
         self.last_sampled = None;
         let bucket = GRAPH_BUCKETS.iter().copied().find(|&b| b >= ids.len());
         let out = match bucket {
-            Some(b) if self.options.cuda_graphs && is_pure_decode(meta) => {
+            Some(b) if self.options.cuda_graphs && !self.has_experts && is_pure_decode(meta) => {
                 let (pids, pmeta) = pad_decode(ids, meta, b);
                 self.decoder.backend().begin_step(&pids, &pmeta);
                 self.error()?;

@@ -261,8 +261,8 @@ impl ModelWeights {
     /// What this model needs that the CUDA backend's kernels do not do yet, in words; `None`
     /// when the GPU can run it. (`device: auto` then picks the CPU for it.)
     /// Every family this crate reads runs there (Gemma's pieces, partial rotation, experts);
-    /// what the kernels' shapes exclude is a head size past 128 (Gemma 2 9B and 27B, most
-    /// Gemma 3 sizes use 256), an odd one, or query heads that do not share kv heads evenly.
+    /// what the kernels' shapes exclude is a head size past 128 (Gemma 2 9B and Gemma 3 1B to
+    /// 12B use 256), an odd one, or query heads that do not share kv heads evenly.
     pub fn beyond_the_gpu_kernels(&self) -> Option<String> {
         let c = &self.config;
         let fits = c.head_dim <= 128 && c.head_dim % 2 == 0 && c.num_heads % c.num_kv_heads == 0;

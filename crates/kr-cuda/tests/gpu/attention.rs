@@ -137,7 +137,11 @@ fn attention_vs_cpu(case: AttentionCase, steps: &StepsFn) -> f32 {
         cfg.num_kv_heads * head_dim,
     ];
     let mut worst = 0f32;
-    for (i, (ids, meta)) in steps(&cfg).iter().enumerate() {
+    let mut steps = steps(&cfg);
+    if case.window > 0 {
+        free_blocks_behind_the_window(&mut steps, case.window);
+    }
+    for (i, (ids, meta)) in steps.iter().enumerate() {
         let n = ids.len();
         let data: Vec<Vec<f32>> = (0..3)
             .map(|j| bf16_values(n * widths[j], 100 * i as u64 + j as u64 + 1))
@@ -180,6 +184,18 @@ fn attention_vs_cpu(case: AttentionCase, steps: &StepsFn) -> f32 {
     }
     assert!(g.take_error().is_none());
     worst
+}
+
+/// Marks each step's blocks that lie wholly before every query's window as freed
+/// (`NO_BLOCK`), as the scheduler does when every layer slides: no kernel may read them.
+fn free_blocks_behind_the_window(steps: &mut [(Vec<u32>, AttnMeta)], window: usize) {
+    for (_, meta) in steps.iter_mut() {
+        for s in &mut meta.seqs {
+            let first_needed = (s.ctx_len - s.q_len + 1).saturating_sub(window);
+            let freed = (first_needed / 16).min(s.block_table.len());
+            s.block_table[..freed].fill(u32::MAX);
+        }
+    }
 }
 
 /// Prefill attention (the tensor-core kernel for bf16 head_dim 64 and 128) on long chunked
