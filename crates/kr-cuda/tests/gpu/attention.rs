@@ -84,6 +84,8 @@ struct AttentionCase {
     kv_fp8: bool,
     /// A sliding window of this many keys on the layer (0: none), on both sides.
     window: usize,
+    /// Attention logits soft-capped at this value (Gemma 2; 0: none), on both sides.
+    softcap: f32,
 }
 
 impl AttentionCase {
@@ -99,6 +101,7 @@ impl AttentionCase {
             prefill_writes_only: false,
             kv_fp8: false,
             window: 0,
+            softcap: 0.0,
         }
     }
 }
@@ -127,6 +130,7 @@ fn attention_vs_cpu(case: AttentionCase, steps: &StepsFn) -> f32 {
     let layout = kr_model::KvLayout {
         sliding_window: case.window,
         sliding_layers: u128::from(case.window > 0),
+        softcap: case.softcap,
         ..kr_model::KvLayout::plain(1, case.blocks, 16, cfg.num_kv_heads, head_dim)
     };
     let (mut gcache, mut ccache) = (g.new_kv_cache(layout), c.new_kv_cache(layout));
@@ -519,4 +523,60 @@ fn sliding_window_attention_matches_cpu() {
     let worst = attention_vs_cpu(case, &very_long_decode_steps);
     println!("window 2000, decode at 4k-128k keys: max |GPU - CPU| = {worst:.2e}");
     assert!(worst <= 2e-2, "window 2000, long-context decode: {worst}");
+}
+
+/// Soft-capped attention logits (Gemma 2: `cap · tanh(score / cap)`) on every attention path:
+/// prefill (tensor cores for bf16, CUDA cores for f32), the tiled and generic decode kernels,
+/// the long-context splits and the fp8 cache, with a cap of 0.5 so that the random scores
+/// (O(1)) are bent hard, and with a window too. Tolerances as above.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
+fn soft_capped_attention_matches_cpu() {
+    require_gpu();
+    let steps: [(&str, usize, &StepsFn); 3] = [
+        ("prefill", 80, &long_prefill_steps),
+        ("decode over 600-1,000 keys", 200, &long_decode_steps),
+        ("decode, many sequences", 256, &many_decode_steps),
+    ];
+    for window in [0, 100] {
+        for (label, blocks, steps) in steps {
+            for (dtype, head_dim, tol) in DECODE_CASES {
+                for (kernels, unfused) in [DECODE_PATHS[1], DECODE_PATHS[3], DECODE_PATHS[5]] {
+                    let case = AttentionCase {
+                        unfused,
+                        window,
+                        softcap: 0.5,
+                        ..AttentionCase::new(dtype, head_dim, blocks, kernels)
+                    };
+                    let worst = attention_vs_cpu(case, steps);
+                    let what = format!("softcap 0.5, window {window}, {label}, {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}");
+                    println!("{what}: max |GPU - CPU| = {worst:.2e}");
+                    assert!(worst <= tol, "{what}: {worst}");
+                }
+            }
+            let case = AttentionCase {
+                kv_fp8: true,
+                window,
+                softcap: 0.5,
+                ..AttentionCase::new(DType::Bf16, 128, blocks, ALL_DECODE_KERNELS[1])
+            };
+            let worst = attention_vs_cpu(case, steps);
+            println!(
+                "softcap 0.5, window {window}, {label}, fp8 cache: max |GPU - CPU| = {worst:.2e}"
+            );
+            assert!(
+                worst <= 2e-2,
+                "softcap, window {window}, {label}, fp8 cache: {worst}"
+            );
+        }
+    }
+    let case = AttentionCase {
+        max_model_len: 131_072 + 64,
+        prefill_writes_only: true,
+        softcap: 0.5,
+        ..AttentionCase::new(DType::Bf16, 128, 10_600, ALL_DECODE_KERNELS[1])
+    };
+    let worst = attention_vs_cpu(case, &very_long_decode_steps);
+    println!("softcap 0.5, decode at 4k-128k keys: max |GPU - CPU| = {worst:.2e}");
+    assert!(worst <= 2e-2, "softcap, long-context decode: {worst}");
 }
