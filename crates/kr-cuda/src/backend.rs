@@ -248,6 +248,41 @@ fn elementwise(n: usize) -> LaunchConfig {
     grid1(n.div_ceil(256).min(65_535), 256)
 }
 
+/// Lets each kernel that takes more than 48 KiB of dynamic shared memory have what its
+/// launches ask for, up to the device's limit (`DeviceInfo::max_dynamic_smem`): a kernel that
+/// would need more there fails at launch with a driver error, rather than every model failing
+/// to load. (CUDA-core attention is sized for head_dim 128, the most `CudaModel::load` takes.)
+fn allow_dynamic_smem(gpu: &Gpu) -> Result<()> {
+    let most = gpu.info.max_dynamic_smem;
+    let allow = |name: &str, suffix: &str, bytes: usize| {
+        gpu.function(name, suffix)
+            .set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes.min(most) as i32,
+            )
+            .map_err(driver("allowing a kernel's shared memory"))
+    };
+    for (suffix, size) in [("f32", 4), ("bf16", 2)] {
+        allow("attention", suffix, attention::attention_smem(128))?;
+        for (names, hd) in attention::DECODE_TILES_KERNELS.iter().zip([64, 128]) {
+            for name in names {
+                allow(name, suffix, attention::decode_tiles_smem(hd, size))?;
+            }
+        }
+        for name in QGEMV_I8_KERNELS {
+            allow(name, suffix, quant::QGEMV_I8_MAX_SMEM)?;
+        }
+    }
+    let mma = MMA_KERNEL_NAMES.iter().chain(&kv8::KV8_KERNELS[2..]);
+    for (name, hd) in mma.zip([64, 128, 64, 128]) {
+        allow(name, "bf16", attention::mma_smem(hd))?;
+    }
+    for (name, hd) in kv8::KV8_KERNELS[..2].iter().zip([64, 128]) {
+        allow(name, "bf16", kv8::decode_smem(hd))?;
+    }
+    Ok(())
+}
+
 impl CudaBackend {
     /// `x *= s`, or with `cap > 0` `x = cap · tanh(x / cap)`, elementwise.
     fn scale_or_cap(&self, x: &mut CudaTensor, s: f32, cap: f32) {
@@ -285,52 +320,7 @@ impl CudaBackend {
                 vocab: limits.vocab_size,
             },
         )?;
-        for suffix in ["f32", "bf16"] {
-            gpu.function("attention", suffix)
-                .set_attribute(
-                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    attention::attention_smem(256) as i32,
-                )
-                .map_err(driver("allowing attention's shared memory"))?;
-            for (names, hd) in attention::DECODE_TILES_KERNELS.iter().zip([64, 128]) {
-                let size = if suffix == "f32" { 4 } else { 2 };
-                for name in names {
-                    gpu.function(name, suffix)
-                        .set_attribute(
-                            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                            attention::decode_tiles_smem(hd, size) as i32,
-                        )
-                        .map_err(driver("allowing the tiled decode kernel's shared memory"))?;
-                }
-            }
-            let mma = MMA_KERNEL_NAMES.iter().chain(&kv8::KV8_KERNELS[2..]);
-            for (name, hd) in mma.zip([64, 128, 64, 128]).filter(|_| suffix == "bf16") {
-                gpu.function(name, suffix)
-                    .set_attribute(
-                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        attention::mma_smem(hd) as i32,
-                    )
-                    .map_err(driver("allowing the tensor-core prefill kernel's shared memory"))?;
-            }
-            for (name, hd) in kv8::KV8_KERNELS[..2].iter().zip([64, 128]) {
-                if suffix == "bf16" {
-                    gpu.function(name, suffix)
-                        .set_attribute(
-                            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                            kv8::decode_smem(hd) as i32,
-                        )
-                        .map_err(driver("allowing the fp8-cache decode kernel's shared memory"))?;
-                }
-            }
-            for name in QGEMV_I8_KERNELS {
-                gpu.function(name, suffix)
-                    .set_attribute(
-                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        quant::QGEMV_I8_MAX_SMEM as i32,
-                    )
-                    .map_err(driver("allowing the int8 GEMV's shared memory"))?;
-            }
-        }
+        allow_dynamic_smem(&gpu)?;
         Ok(Self {
             pool: Arc::new(Mutex::new(FirstFit::new(workspace.bytes))),
             gpu,

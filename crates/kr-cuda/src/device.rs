@@ -71,6 +71,10 @@ pub struct DeviceInfo {
     pub compute_capability: (i32, i32),
     /// Streaming multiprocessors (kernels with fewer blocks than this are latency-bound).
     pub multiprocessors: usize,
+    /// Most dynamic shared memory a block of ours may ask for: the device's opt-in limit per
+    /// block (227 KiB on sm_90, 163 KiB on sm_80, 99 KiB on sm_86/89, 64 KiB on sm_75) less
+    /// 16 KiB for the kernels' static shared memory.
+    pub max_dynamic_smem: usize,
 }
 
 /// One GPU with its stream and compiled kernels.
@@ -128,6 +132,13 @@ fn info_of(ctx: &Arc<CudaContext>) -> Result<DeviceInfo> {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver("reading the multiprocessor count"))?
             .max(1) as usize,
+        max_dynamic_smem: (ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(driver("reading the shared memory per block"))?
+            .max(0) as usize)
+            .saturating_sub(16 << 10),
     })
 }
 

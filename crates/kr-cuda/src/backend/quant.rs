@@ -191,7 +191,8 @@ impl CudaBackend {
             _ => return None,
         };
         let smem = x.rows * w.cols * 5 / 4;
-        let fits = x.rows <= most && smem <= QGEMV_I8_MAX_SMEM && w.cols % 256 == 0;
+        let room = QGEMV_I8_MAX_SMEM.min(self.gpu.info.max_dynamic_smem);
+        let fits = x.rows <= most && smem <= room && w.cols % 256 == 0;
         (fits && self.dtype == super::DType::Bf16).then_some((name, smem))
     }
 
