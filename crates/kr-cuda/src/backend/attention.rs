@@ -362,13 +362,15 @@ impl CudaBackend {
     /// cluster); the rest run one block per pair.
     fn decode_plan(&self, pairs: usize, head_dim: usize) -> DecodePlan {
         let kernels = self.decode_kernels.get();
+        let tiles_smem = decode_tiles_smem(head_dim, self.dtype.size());
+        // Where the tiles do not fit a block's shared memory (f32, head_dim 128 below sm_80),
+        // the generic kernels run.
         let tiled = match head_dim {
             64 => Some(0),
             128 => Some(1),
             _ => None,
         }
-        .filter(|_| kernels.tiles);
-        let tiles_smem = decode_tiles_smem(head_dim, self.dtype.size());
+        .filter(|_| kernels.tiles && tiles_smem <= self.gpu.info.max_dynamic_smem);
         if let Some(i) = tiled.filter(|_| self.step.get().long_decode && pairs <= SPLIT_COUNTERS) {
             let (splits, min_keys) = self.long_splits(pairs);
             return DecodePlan {
