@@ -73,7 +73,8 @@ pub struct DeviceInfo {
     pub multiprocessors: usize,
     /// Most dynamic shared memory a block of ours may ask for: the device's opt-in limit per
     /// block (227 KiB on sm_90, 163 KiB on sm_80, 99 KiB on sm_86/89, 64 KiB on sm_75) less
-    /// 16 KiB for the kernels' static shared memory.
+    /// 16 KiB for the kernels' static shared memory, and never below the 48 KiB every block
+    /// may have without asking.
     pub max_dynamic_smem: usize,
 }
 
@@ -138,7 +139,8 @@ fn info_of(ctx: &Arc<CudaContext>) -> Result<DeviceInfo> {
             )
             .map_err(driver("reading the shared memory per block"))?
             .max(0) as usize)
-            .saturating_sub(16 << 10),
+            .saturating_sub(16 << 10)
+            .max(48 << 10),
     })
 }
 
