@@ -297,6 +297,15 @@ impl CudaBackend {
         self.kv_fp8
     }
 
+    /// Bytes one token takes in one layer's key (or value) cache for one kv head: fp8 codes
+    /// and their f32 scale, or `head_dim` elements of the compute type.
+    pub fn kv_row_bytes(&self, head_dim: usize) -> usize {
+        match self.kv_fp8 {
+            true => head_dim + 4,
+            false => head_dim * self.dtype.size(),
+        }
+    }
+
     pub fn new(gpu: Arc<Gpu>, dtype: DType, limits: CudaLimits) -> Result<Self> {
         let lt = Lt::new(&gpu)?;
         let pdl = launch::pdl_wanted(&gpu);

@@ -144,10 +144,7 @@ impl CudaModel {
         if let Some(e) = decoder.backend().take_error() {
             return Err(e);
         }
-        let row_bytes = match opts.kv_fp8 {
-            true => c.head_dim + 4, // codes and the row's scale
-            false => c.head_dim * opts.dtype.size(),
-        };
+        let row_bytes = decoder.backend().kv_row_bytes(c.head_dim);
         let block_bytes = 2 * c.num_layers * opts.block_size * c.num_kv_heads * row_bytes;
         let num_blocks = match opts.num_kv_blocks {
             Some(n) => n,

@@ -398,20 +398,9 @@ fn sampling_distribution(vocab: usize) {
         let g = model.backend();
         let logits = g.upload_tensor(n, vocab, &row.repeat(n));
         for case in cases.iter().cloned() {
-            let rows: Vec<RowSampling> = (0..n)
-                .map(|i| RowSampling {
-                    uniform: (i as f32 + 0.5) / n as f32,
-                    ..case.clone()
-                })
-                .collect();
-            let mut counts = vec![0usize; vocab];
-            for id in g.sample(&logits, &rows) {
-                counts[id as usize] += 1;
-            }
+            let counts = sampled_counts(g, &logits, &case, n, vocab);
             let want = expected_probs(&row, &case);
-            let worst = (0..vocab)
-                .map(|t| (counts[t] as f64 - want[t] * n as f64).abs())
-                .fold(0.0, f64::max);
+            let worst = worst_count_error(&counts, &want, n);
             let outside = (0..vocab)
                 .filter(|&t| want[t] == 0.0 && counts[t] > 0)
                 .count();
@@ -426,6 +415,37 @@ fn sampling_distribution(vocab: usize) {
         masked_sampling(g, &row, dtype);
         assert!(g.take_error().is_none());
     }
+}
+
+/// How often each token is drawn from `n` rows of `logits` sampled with `case`, their
+/// uniforms spread evenly over (0, 1) (so the counts follow N·p within rounding).
+fn sampled_counts(
+    g: &kr_cuda::CudaBackend,
+    logits: &kr_cuda::backend::CudaTensor,
+    case: &RowSampling,
+    n: usize,
+    vocab: usize,
+) -> Vec<usize> {
+    let rows: Vec<RowSampling> = (0..n)
+        .map(|i| RowSampling {
+            uniform: (i as f32 + 0.5) / n as f32,
+            ..case.clone()
+        })
+        .collect();
+    let mut counts = vec![0usize; vocab];
+    for id in g.sample(logits, &rows) {
+        counts[id as usize] += 1;
+    }
+    counts
+}
+
+/// The largest |count − N·p| over the tokens.
+fn worst_count_error(counts: &[usize], want: &[f64], n: usize) -> f64 {
+    counts
+        .iter()
+        .zip(want)
+        .map(|(&c, &p)| (c as f64 - p * n as f64).abs())
+        .fold(0.0, f64::max)
 }
 
 /// The device sampler with a grammar-style mask (every third token, and never the largest
@@ -454,21 +474,10 @@ fn masked_sampling(g: &kr_cuda::CudaBackend, row: &[f32], dtype: DType) {
         uniform: 0.0,
         allowed: Some(allowed.clone()),
     };
-    let rows: Vec<RowSampling> = (0..n)
-        .map(|i| RowSampling {
-            uniform: (i as f32 + 0.5) / n as f32,
-            ..case.clone()
-        })
-        .collect();
     let logits = g.upload_tensor(n, vocab, &row.repeat(n));
-    let mut counts = vec![0usize; vocab];
-    for id in g.sample(&logits, &rows) {
-        counts[id as usize] += 1;
-    }
+    let counts = sampled_counts(g, &logits, &case, n, vocab);
     let want = expected_probs(&masked, &case);
-    let worst = (0..vocab)
-        .map(|t| (counts[t] as f64 - want[t] * n as f64).abs())
-        .fold(0.0, f64::max);
+    let worst = worst_count_error(&counts, &want, n);
     let outside = (0..vocab).filter(|&t| !ok(t) && counts[t] > 0).count();
     println!("masked sampling {dtype:?} {vocab} columns: max |count - N p| = {worst:.2}, drawn outside the mask: {outside}");
     assert!(worst <= 2.0 && outside == 0, "{dtype:?} masked");

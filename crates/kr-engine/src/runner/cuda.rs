@@ -63,14 +63,10 @@ impl<'a> GpuProbes<'a> {
         (format!("{d:?}"), d.size())
     }
 
-    /// KV cache bytes one token takes in one layer's key or value row: fp8 codes and their
-    /// f32 scale, or `head_dim` elements of the compute type.
+    /// KV cache bytes one token takes in one layer's key or value row for one kv head (see
+    /// `CudaBackend::kv_row_bytes`).
     pub fn kv_row_bytes(&self, head_dim: usize) -> usize {
-        let b = self.model.backend();
-        match b.kv_fp8() {
-            true => head_dim + 4,
-            false => head_dim * b.dtype.size(),
-        }
+        self.model.backend().kv_row_bytes(head_dim)
     }
 
     /// Device-to-device copy bandwidth, read + write bytes per second.
