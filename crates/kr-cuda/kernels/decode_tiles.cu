@@ -9,9 +9,8 @@
 // shuffles. Here, per tile of DT_KT keys:
 //   loads: keys and values are copied into shared memory with 16-byte cp.async, the first tile
 //   before PDL_WAIT (the block tables are uploaded before the step, and the cache there holds
-//   only earlier tokens, except the new token's slot, patched below), the second too, each
-//   later one while the one two before it is computed (DT_STAGES buffers: two tiles in flight
-//   while one is computed);
+//   only earlier tokens, except the new token's slot, patched below), and DT_STAGES - 1 tiles
+//   in flight while one is computed (DT_STAGES buffers, 2 or 3: the host's -DDT_STAGES);
 //   scores and softmax: warp g is query head g and lane k is key k; each lane walks the head
 //   dimension with 16-byte shared loads (rows padded by 16 bytes, so the 8 lanes of a load
 //   phase hit distinct banks) and four independent sums; the online softmax state stays in
@@ -23,7 +22,12 @@
 // group only load. The splits merge as in decode_attention.cu (global or cluster).
 #define DT_KT 32
 #define DT_THREADS 256
-#define DT_STAGES 3  // tile buffers of the bf16 / f32 kernels and staged tiles of the fp8 one
+#ifndef DT_STAGES
+#define DT_STAGES 2  // tile buffers of the bf16 / f32 kernels and staged tiles of the fp8 one
+#endif
+#if DT_STAGES != 2 && DT_STAGES != 3
+#error "DT_STAGES is 2 or 3"
+#endif
 
 
 // N consecutive elements of a shared row as floats (aligned to their size: 4, 8 or 16 bytes).
@@ -187,8 +191,8 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   const u64 kv_width = (u64)a.num_kv_heads * HD;
   const u32* bt = a.block_tables + (u64)seq * a.bt_stride;
   rope_angles(cs, sn, rope, tok, HD / 2);
-  // Tile i (keys k_begin + i * DT_KT ...) lands in buffer i % DT_STAGES; two are in flight
-  // while one is computed.
+  // Tile i (keys k_begin + i * DT_KT ...) lands in buffer i % DT_STAGES; DT_STAGES - 1 are in
+  // flight while one is computed.
   const int keys = k_end - k_begin, ntiles = (keys + DT_KT - 1) / DT_KT;
   auto issue = [&](int i) {
     decode_tile_rows(rows, bt, k_begin + i * DT_KT, min(DT_KT, keys - i * DT_KT), a.block_size, kv_width, kvh * HD);
@@ -197,9 +201,9 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
                               min(DT_KT, keys - i * DT_KT));
   };
   issue(0);  // even without keys: the merge below waits for its (zero-filling) group
-  if (ntiles > 1) {
+  for (int i = 1; i < min(ntiles, DT_STAGES - 1); i++) {
     __syncthreads();  // the rows are read
-    issue(1);
+    issue(i);
   }
   PDL_ENTRY();
   const int new_key = ctx - 1;
@@ -218,7 +222,7 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   for (int i = 0; i < ntiles; i++) {
     const int t0 = k_begin + i * DT_KT, nk = min(DT_KT, k_end - t0);
     T* const buf = tiles + (i % DT_STAGES) * G::BUFFER;
-    if (i + 1 < ntiles) cp_async_wait_one();  // tile i landed; i + 1 may still be in flight
+    if (DT_STAGES > 2 && i + 1 < ntiles) cp_async_wait_one();  // tile i landed; i + 1 may fly on
     else cp_async_wait_all();
     __syncthreads();  // tile i everywhere, sq, the new slot; tile i - 1 is done with
     if (reads_new_key && t0 <= new_key && new_key < t0 + DT_KT) {  // block-uniform
@@ -226,7 +230,7 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
       decode_tiles_refresh<T, HD>(buf, new_key - t0, rope, kval, vval, a.k_cache, a.v_cache, row);
       __syncthreads();
     }
-    if (i + 2 < ntiles) issue(i + 2);  // into tile i - 1's buffer
+    if (i + DT_STAGES - 1 < ntiles) issue(i + DT_STAGES - 1);  // into tile i - 1's buffer
     if (warp < group)
       decode_tiles_step<T, HD>(sq[warp], buf, buf + DT_KT * G::ROW, nk, m, l, acc, ps[warp], a.softcap);
   }
@@ -264,8 +268,8 @@ DECODE_TILES_KERNELS(bf16_t, bf16, 128)
 // codes are decoded once per block rather than once per query head, and every product stays a
 // normal f32 (codes >= 2^-129, queries and scales times 2^60). The accumulated values carry
 // 2^-60, removed before the merge. The warps past the group widen tile t + 1 while the group
-// computes tile t (with a group of 8, the same warps after computing), and tiles t + 2 and
-// t + 3 are in flight. The new key's tile
+// computes tile t (with a group of 8, the same warps after computing), and the next
+// DT_STAGES - 1 are in flight. The new key's tile
 // takes its row and scales from the cache, written by the kernel before (read after
 // PDL_WAIT). The splits merge through global memory (decode_merge_global), one or many.
 template <int HD>
@@ -378,7 +382,7 @@ __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const 
     return f;
   };
   // Tile i is staged in buffer i % DT_STAGES and widened into wide buffer i % 2; while tile i
-  // is computed, i + 1 is widened and i + 2, i + 3 are in flight.
+  // is computed, i + 1 is widened and i + 2 .. i + DT_STAGES are in flight.
   auto issue = [&](int i) {
     decode_tile_rows8(rows, srows, bt, k_begin + i * DT_KT, tile_keys(i), a.block_size, nkvh, kvh, HD);
     __syncthreads();  // the rows
@@ -404,7 +408,7 @@ __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const 
   const int wideners = group < DT_THREADS / 32 ? group * 32 : 0;  // first widening thread
   for (int t = 0; t < tiles; t++) {
     const int b = t & 1, next = (t + 1) % DT_STAGES;
-    if (t + 2 < tiles && t >= 1) cp_async_wait_one();  // tile t + 1 staged; t + 2 may fly on
+    if (DT_STAGES > 2 && t + 2 < tiles && t >= 1) cp_async_wait_one();  // t + 1 staged; t + 2 may fly on
     else cp_async_wait_all();
     __syncthreads();  // tile t widened, t + 1 staged; tile t - 1's buffers done with
     if (t + DT_STAGES < tiles) issue(t + DT_STAGES);  // into tile t's staging buffer

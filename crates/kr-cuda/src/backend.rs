@@ -198,7 +198,7 @@ macro_rules! launch {
     }};
 }
 
-mod attention;
+pub(crate) mod attention;
 mod fused;
 pub(crate) mod gemv_mma;
 mod kv8;

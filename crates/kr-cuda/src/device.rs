@@ -310,7 +310,8 @@ impl Drop for PinnedWords {
 /// Kernel variants for comparison runs, chosen at compile time (kernels.cu): `KR_CUDA_PDL_EARLY=0`
 /// leaves out the early programmatic-launch trigger, `KR_CUDA_GEMV_PRELOAD=0` the GEMVs' weight
 /// loads before the launch wait (`KR_CUDA_GEMV_HEAD`: how many; see `gemv_head_define`); the
-/// tensor-core GEMV's shape (see `backend::gemv_mma`).
+/// tensor-core GEMV's shape (see `backend::gemv_mma`); the tiled decode kernels' tile buffers
+/// (see `backend::attention::decode_tile_stages`).
 fn compile_switches() -> Vec<String> {
     [
         ("KR_CUDA_PDL_EARLY", "KR_PDL_EARLY"),
@@ -320,6 +321,7 @@ fn compile_switches() -> Vec<String> {
     .map(|(var, define)| format!("-D{define}={}", u8::from(!crate::tuning::switched_off(var))))
     .chain(gemv_head_define())
     .chain(crate::backend::gemv_mma::compile_defines())
+    .chain([crate::backend::attention::decode_stages_define()])
     .collect()
 }
 

@@ -140,14 +140,29 @@ impl DecodeKernels {
     }
 }
 
-/// Tile buffers of the tiled decode kernels (DT_STAGES): two tiles in flight while one is
-/// computed.
-pub(super) const DECODE_TILE_STAGES: usize = 3;
+/// Tile buffers of the tiled decode kernels (DT_STAGES, compiled in: see
+/// [`decode_stages_define`]): one tile in flight while one is computed, or two with
+/// `KR_CUDA_DECODE_STAGES=3`. Three buffers cost a bf16 head_dim-128 block 17 KiB more shared
+/// memory, so fewer blocks fit an SM; on an H100 that made 32k decode slower (docs/gpu-tuning.md).
+pub(super) fn decode_tile_stages() -> usize {
+    static STAGES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *STAGES.get_or_init(|| {
+        crate::tuning::value("KR_CUDA_DECODE_STAGES")
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|n| matches!(n, 2 | 3))
+            .unwrap_or(2)
+    })
+}
+
+/// The NVRTC define that gives the tiled decode kernels [`decode_tile_stages`] buffers.
+pub fn decode_stages_define() -> String {
+    format!("-DDT_STAGES={}", decode_tile_stages())
+}
 
 /// Dynamic shared memory of a tiled decode kernel: DT_STAGES buffers of DT_KT key and value
 /// rows, each padded by 16 bytes.
 pub(super) fn decode_tiles_smem(head_dim: usize, elem_size: usize) -> usize {
-    DECODE_TILE_STAGES * 2 * DECODE_TILE_KEYS * (head_dim + 16 / elem_size) * elem_size
+    decode_tile_stages() * 2 * DECODE_TILE_KEYS * (head_dim + 16 / elem_size) * elem_size
 }
 
 /// Keys per shared-memory tile of the tensor-core prefill kernels (MMA_KT).

@@ -29,7 +29,7 @@ const TILE_KEYS: usize = 32;
 /// key and value rows (padded by 8 elements), DT_STAGES staged tiles of code rows (padded by
 /// 16 bytes), and each tile's scales.
 pub fn decode_smem(head_dim: usize) -> usize {
-    let stages = super::attention::DECODE_TILE_STAGES;
+    let stages = super::attention::decode_tile_stages();
     let wide = 2 * 2 * TILE_KEYS * (head_dim + 8) * 2;
     let staged = stages * 2 * TILE_KEYS * (head_dim + 16);
     wide + staged + (2 + stages) * (2 * TILE_KEYS * 4)

@@ -7,7 +7,10 @@
 //! Phi-3 with half of each head rotating and with LongRoPE, and Qwen2 with YaRN.
 //! Each prompt runs as one prefill step and as 24 one-token decode steps (the decode kernels,
 //! and CUDA graphs where the model allows them), and every position's logits are compared.
-//! Tolerances as for the dense families (main.rs): 1e-4 in f32, 0.25 in bf16.
+//! Tolerances as for the dense families (main.rs): 1e-4 in f32, 0.25 in bf16, except 0.5 for
+//! the expert models in bf16: the router's logits are rounded to bf16 before the top-k, so a
+//! near tie may pick another expert for a token (Mixtral measured 0.30 on an H100, while in
+//! f32 every family stays within 1.3e-5: the kernels are exact, the rounding is not).
 
 use super::*;
 
@@ -51,7 +54,11 @@ fn hf_tiny_families_match_transformers_in_prefill_and_decode() {
         let dir = hf_tiny(name);
         let m = kr_model::hf::load_hf_dir(&dir).expect("hf-tiny model");
         let (ids, want) = reference_logits(&dir);
-        for (dtype, tol) in [(DType::F32, 1e-4f32), (DType::Bf16, 0.25)] {
+        let bf16_tol = match m.weights.has_experts() {
+            true => 0.5,
+            false => 0.25,
+        };
+        for (dtype, tol) in [(DType::F32, 1e-4f32), (DType::Bf16, bf16_tol)] {
             let mut gpu = CudaModel::load(&m.weights, options(dtype, 64, false)).expect("load");
             let prefill = max_diff(&all_logits(&mut gpu, &ids), &want);
             let mut gpu = CudaModel::load(&m.weights, options(dtype, 64, true)).expect("load");
