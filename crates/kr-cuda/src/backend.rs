@@ -128,6 +128,9 @@ pub struct CudaLimits {
     pub vocab_size: usize,
     /// KV caches hold fp8 codes with scales (`backend::kv8`).
     pub kv_fp8: bool,
+    /// Projections of up to `max_seqs` tokens and decode attention computed the same way for
+    /// any batch (see `backend::gemv_mma` and `backend::attention`).
+    pub batch_invariant: bool,
 }
 
 pub struct CudaBackend {
@@ -166,8 +169,13 @@ pub struct CudaBackend {
     /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
     /// results are wrong). Empty in normal use.
     skip_kernels: Vec<String>,
-    /// Projections of this many tokens up to 8 run on tensor cores (see `backend::gemv_mma`).
+    /// Projections of this many tokens up to `mma_gemv_max_tokens` run on tensor cores (see
+    /// `backend::gemv_mma`).
     mma_gemv_min_tokens: usize,
+    /// 8, or in batch-invariant mode the most sequences a step has (in launches of 8 tokens).
+    mma_gemv_max_tokens: usize,
+    /// Batch-invariant mode (`CudaLimits::batch_invariant`).
+    batch_invariant: bool,
     /// Sums of squares of the residual rows for the norms folded into the GEMVs, and which
     /// of its slots this step has used (see `backend::norm_fold`).
     norm_sums: DeviceBuffer,
@@ -353,7 +361,15 @@ impl CudaBackend {
             decode_kernels: Cell::new(decode_kernels),
             kv_fp8: limits.kv_fp8,
             skip_kernels: launch::skipped_kernels(),
-            mma_gemv_min_tokens: gemv_mma::mma_gemv_min_tokens(),
+            mma_gemv_min_tokens: match limits.batch_invariant {
+                true => 1,
+                false => gemv_mma::mma_gemv_min_tokens(),
+            },
+            mma_gemv_max_tokens: match limits.batch_invariant {
+                true => limits.max_seqs.max(GEMV_MAX_ROWS),
+                false => GEMV_MAX_ROWS,
+            },
+            batch_invariant: limits.batch_invariant,
             norm_sums,
             norm_slots: Cell::new(norm_fold::NormSlots::default()),
             fold_norms: norm_fold::fold_norms_wanted(),

@@ -38,6 +38,11 @@ pub struct CudaModelOptions {
     /// Keys and values stored as fp8 (E4M3) with a scale per (token, kv head): half the
     /// bytes of bf16 (`backend::kv8`; bf16 compute, head_dim 64 or 128, compute 8.0+).
     pub kv_fp8: bool,
+    /// A sequence's numbers do not depend on the batch: every projection of up to
+    /// `max_num_seqs` tokens on the tensor-core GEMV (8 tokens a launch, each token's sums in
+    /// the same order), decode attention always split by context length alone. Prefill chunks
+    /// of more tokens keep cuBLASLt; the scheduler keeps those chunks the same.
+    pub batch_invariant: bool,
 }
 
 struct DecodeGraph {
@@ -98,6 +103,49 @@ fn kv_fp8_supported(c: &ModelConfig, dtype: DType, cc: (i32, i32)) -> Result<()>
     }
 }
 
+/// Whether batch-invariant kernels cover this model: bf16 compute on compute capability
+/// 8.0+ (the tensor-core GEMV), unquantised dense weights whose widths are multiples of 32 and
+/// row counts multiples of 16, head_dim 64 or 128 (the tiled decode kernels), a bf16 cache.
+fn batch_invariant_supported(
+    w: &ModelWeights,
+    opts: &CudaModelOptions,
+    cc: (i32, i32),
+) -> Result<()> {
+    let c = &w.config;
+    let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let rows = [
+        q_dim,
+        kv_dim,
+        c.hidden_size,
+        c.intermediate_size,
+        c.vocab_size,
+    ];
+    let why = if opts.dtype != DType::Bf16 {
+        Some(format!("{:?} compute (use --dtype bf16)", opts.dtype))
+    } else if cc.0 < 8 {
+        Some(format!("compute capability {}.{} (8.0+ is)", cc.0, cc.1))
+    } else if opts.kv_fp8 {
+        Some("an fp8 KV cache (use --kv-cache-dtype auto)".to_string())
+    } else if c.head_dim != 64 && c.head_dim != 128 {
+        Some(format!("head_dim {} (64 and 128 are)", c.head_dim))
+    } else if w.has_experts() || w.layer_matrices().any(|t| t.ty.is_quantized()) {
+        Some("quantised weights or experts (bf16 dense weights are)".to_string())
+    } else if c.hidden_size % 32 != 0
+        || c.intermediate_size % 32 != 0
+        || rows.iter().any(|r| r % 16 != 0)
+    {
+        Some("widths that are not multiples of 32 or row counts not multiples of 16".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(CudaError::Unsupported(format!(
+            "batch-invariant mode (--batch-invariant) with {why}; run without it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Bytes of the weight arena: every matrix as the device stores it, each aligned.
 fn arena_bytes(w: &ModelWeights, dtype: DType) -> usize {
     let size = |t: &kr_model::RawTensor| {
@@ -119,6 +167,9 @@ impl CudaModel {
         if opts.kv_fp8 {
             kv_fp8_supported(c, opts.dtype, gpu.info.compute_capability)?;
         }
+        if opts.batch_invariant {
+            batch_invariant_supported(weights, &opts, gpu.info.compute_capability)?;
+        }
         let max_seqs = opts.max_num_seqs.max(*GRAPH_BUCKETS.last().unwrap_or(&1));
         let max_tokens = opts.max_num_batched_tokens.max(max_seqs);
         let limits = CudaLimits {
@@ -129,6 +180,7 @@ impl CudaModel {
             heads_per_kv: c.num_heads / c.num_kv_heads,
             vocab_size: c.vocab_size,
             kv_fp8: opts.kv_fp8,
+            batch_invariant: opts.batch_invariant,
         };
         let backend = CudaBackend::new(gpu.clone(), opts.dtype, limits)?;
         backend.reserve_weights(arena_bytes(weights, opts.dtype))?;

@@ -386,8 +386,17 @@ impl CudaBackend {
             _ => None,
         }
         .filter(|_| kernels.tiles && tiles_smem <= self.gpu.info.max_dynamic_smem);
-        if let Some(i) = tiled.filter(|_| self.step.get().long_decode && pairs <= SPLIT_COUNTERS) {
-            let (splits, min_keys) = self.long_splits(pairs);
+        let long = self.step.get().long_decode || self.batch_invariant;
+        if let Some(i) = tiled.filter(|_| long && pairs <= SPLIT_COUNTERS) {
+            // Batch-invariant: always the most splits, so a sequence's split points follow
+            // its context length alone.
+            let (splits, min_keys) = match self.batch_invariant {
+                true => (
+                    self.long_decode_splits.get().most,
+                    self.long_decode_splits.get().min_keys,
+                ),
+                false => self.long_splits(pairs),
+            };
             return DecodePlan {
                 splits,
                 cluster: false,
