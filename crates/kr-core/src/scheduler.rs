@@ -424,22 +424,37 @@ impl Scheduler {
             let Some(pos) = self.next_waiting(now) else {
                 break;
             };
-            let id = self.waiting[pos];
-            if self.cfg.enable_prefix_caching && self.seqs[&id].num_computed == 0 {
-                self.match_prefix(id);
-            }
-            let seq = &self.seqs[&id];
-            let n = (seq.tokens.len() - seq.num_computed).min(*budget);
-            if !self.try_allocate(id, n) {
+            let most = *budget;
+            let left = |s: &Self, id| s.seqs[&id].tokens.len() - s.seqs[&id].num_computed;
+            match self.start_waiting(plan, pos, |s, id| left(s, id).min(most)) {
+                Some(n) => *budget -= n,
                 // Head-of-line: lower-ranked requests do not overtake, so none starves.
-                self.unmatch_prefix(id);
-                break;
+                None => break,
             }
-            self.waiting.remove(pos);
-            self.running.push(id);
-            plan.seqs.push(self.scheduled(id, n));
-            *budget -= n;
         }
+    }
+
+    /// Starts `waiting[pos]` with `len(self, id)` tokens, counted after its prefix-cache
+    /// match, and plans them; `None`, the match undone, when their blocks do not fit.
+    fn start_waiting(
+        &mut self,
+        plan: &mut StepPlan,
+        pos: usize,
+        len: impl Fn(&Self, RequestId) -> usize,
+    ) -> Option<usize> {
+        let id = self.waiting[pos];
+        if self.cfg.enable_prefix_caching && self.seqs[&id].num_computed == 0 {
+            self.match_prefix(id);
+        }
+        let n = len(self, id);
+        if !self.try_allocate(id, n) {
+            self.unmatch_prefix(id);
+            return None;
+        }
+        self.waiting.remove(pos);
+        self.running.push(id);
+        plan.seqs.push(self.scheduled(id, n));
+        Some(n)
     }
 
     fn scheduled(&self, id: RequestId, n: usize) -> ScheduledSeq {

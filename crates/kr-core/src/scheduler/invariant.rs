@@ -66,18 +66,7 @@ impl Scheduler {
         let Some(pos) = self.next_waiting(now) else {
             return;
         };
-        let id = self.waiting[pos];
-        if self.cfg.enable_prefix_caching && self.seqs[&id].num_computed == 0 {
-            self.match_prefix(id);
-        }
-        let n = self.chunk_len(id);
-        if !self.try_allocate(id, n) {
-            self.unmatch_prefix(id);
-            return;
-        }
-        self.waiting.remove(pos);
-        self.running.push(id);
-        plan.seqs.push(self.scheduled(id, n));
+        self.start_waiting(plan, pos, Self::chunk_len);
     }
 
     /// One token of each decoding request, in running order, up to the token budget; true
