@@ -211,6 +211,7 @@ mod fused;
 pub(crate) mod gemv_mma;
 mod kv8;
 mod launch;
+mod moe;
 mod norm_fold;
 mod profile;
 mod project;
@@ -222,6 +223,7 @@ pub use attention::{DecodeKernels, DECODE_TILES_KERNELS, MMA_KERNEL_NAMES};
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
 pub use gemv_mma::GEMV_MMA_KERNEL_NAMES;
 pub use kv8::KV8_KERNELS;
+pub use moe::{CudaExperts, MOE_KERNELS};
 pub use quant::{QGEMV_I8_KERNELS, QUANT_KERNELS};
 pub use sample::RowSampling;
 pub use step_slots::SampledTokens;
@@ -506,6 +508,7 @@ impl Backend for CudaBackend {
     type Weight = CudaWeight;
     type Vector = CudaVector;
     type KvCache = CudaKvCache;
+    type Experts = CudaExperts;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -842,6 +845,21 @@ impl Backend for CudaBackend {
         );
         // The rows and scales are freed on return: the kernel must have read them.
         self.record(self.gpu.synchronize());
+    }
+
+    fn prepare_experts(&self, experts: &[[CudaWeight; 3]], top_k: usize) -> Option<CudaExperts> {
+        self.experts_table(experts, top_k)
+    }
+
+    fn experts_add(
+        &self,
+        x: &mut CudaTensor,
+        h: &CudaTensor,
+        router_logits: &CudaTensor,
+        experts: &CudaExperts,
+        routing: (usize, bool),
+    ) {
+        self.experts_add_routed(x, h, router_logits, experts, routing);
     }
 
     fn to_host(&self, x: &CudaTensor) -> Vec<f32> {

@@ -22,7 +22,8 @@ const KERNEL_SOURCE: &str = concat!(
     include_str!("../kernels/decode_tiles.cu"),
     include_str!("../kernels/gemv_mma.cu"),
     include_str!("../kernels/sample.cu"),
-    include_str!("../kernels/quant.cu")
+    include_str!("../kernels/quant.cu"),
+    include_str!("../kernels/moe.cu")
 );
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
@@ -163,7 +164,8 @@ impl Gpu {
             .chain(&crate::backend::GEMV_GATE_UP_KERNELS)
             .chain(crate::backend::DECODE_TILES_KERNELS.as_flattened())
             .chain(crate::backend::QUANT_KERNELS.as_flattened())
-            .chain(&crate::backend::QGEMV_I8_KERNELS);
+            .chain(&crate::backend::QGEMV_I8_KERNELS)
+            .chain(&crate::backend::MOE_KERNELS);
         let all = both
             .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
             .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")))

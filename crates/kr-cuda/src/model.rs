@@ -59,9 +59,10 @@ pub struct CudaModel {
     cache: CudaKvCache,
     /// Decode graphs by (batch bucket, long-context decode): see `meta::LONG_DECODE_CONTEXT`.
     graphs: HashMap<(usize, bool), DecodeGraph>,
-    /// Expert routing reads the router's output on the host in the middle of a step, so
-    /// such a model's steps are never captured in graphs, whatever `options` says.
-    has_experts: bool,
+    /// Some expert block routes on the host (quantised or odd-shaped experts: see
+    /// `backend::moe`), reading the router's output in the middle of a step, so the model's
+    /// steps are never captured in graphs, whatever `options` says.
+    experts_on_host: bool,
     pub options: CudaModelOptions,
     pub num_blocks: usize,
     /// Device allocations made by the end of loading; any more means a step allocated.
@@ -81,6 +82,21 @@ fn workspace_bytes(c: &ModelConfig, tokens: usize, seqs: usize, elem: usize) -> 
     let per_token = 4 * c.hidden_size + 3 * q + 2 * kv + 3 * c.intermediate_size;
     let logits = seqs * c.vocab_size * (elem + 4);
     2 * tokens * per_token * elem + 2 * logits + (64 << 20)
+}
+
+/// Workspace a token of an expert model's step takes for device routing (`backend::moe`):
+/// its chosen experts' ids and weights (4 bytes each) and their gate·up activations.
+fn moe_bytes_per_token(w: &ModelWeights, elem: usize) -> usize {
+    let block = |m: &kr_model::weights::MoeWeights| {
+        let ff = m.experts.first().map_or(0, |e| e.gate.rows);
+        m.top_k * (8 + ff * elem)
+    };
+    w.layers
+        .iter()
+        .filter_map(|l| l.moe.as_ref())
+        .map(block)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Whether an fp8 KV cache can hold this model here: bf16 compute, head_dim 64 or 128 and
@@ -176,7 +192,8 @@ impl CudaModel {
             max_tokens,
             max_seqs,
             max_blocks_per_seq: opts.max_model_len.div_ceil(opts.block_size),
-            workspace_bytes: workspace_bytes(c, max_tokens, max_seqs, opts.dtype.size()),
+            workspace_bytes: workspace_bytes(c, max_tokens, max_seqs, opts.dtype.size())
+                + max_tokens * moe_bytes_per_token(weights, opts.dtype.size()),
             heads_per_kv: c.num_heads / c.num_kv_heads,
             vocab_size: c.vocab_size,
             kv_fp8: opts.kv_fp8,
@@ -218,12 +235,13 @@ impl CudaModel {
             return Err(e);
         }
         gpu.synchronize()?;
+        let experts_on_host = decoder.routes_experts_on_host();
         Ok(Self {
             allocations_at_load: gpu.allocations.load(std::sync::atomic::Ordering::Relaxed),
             decoder,
             cache,
             graphs: HashMap::new(),
-            has_experts: weights.has_experts(),
+            experts_on_host,
             options: opts,
             num_blocks,
             outstanding: VecDeque::new(),
@@ -416,7 +434,9 @@ impl CudaModel {
         self.last_sampled = None;
         let bucket = GRAPH_BUCKETS.iter().copied().find(|&b| b >= ids.len());
         let out = match bucket {
-            Some(b) if self.options.cuda_graphs && !self.has_experts && is_pure_decode(meta) => {
+            Some(b)
+                if self.options.cuda_graphs && !self.experts_on_host && is_pure_decode(meta) =>
+            {
                 let (pids, pmeta) = pad_decode(ids, meta, b);
                 self.decoder.backend().begin_step(&pids, &pmeta);
                 self.error()?;

@@ -176,6 +176,9 @@ pub trait Backend: Send {
     type Weight: Send + Sync;
     type Vector: Send + Sync;
     type KvCache: Send;
+    /// A backend's table of one Mixture-of-Experts block's experts for
+    /// [`Self::experts_add`]; `()` where it routes on the host only.
+    type Experts: Send + Sync;
 
     fn name(&self) -> &'static str;
     fn load_weight(&self, t: &RawTensor) -> Self::Weight;
@@ -317,4 +320,30 @@ pub trait Backend: Send {
     );
     /// Copies a tensor to host memory, row-major.
     fn to_host(&self, x: &Self::Tensor) -> Vec<f32>;
+
+    /// The table of `experts` (gate, up and down of each; `top_k` chosen per token) for
+    /// [`Self::experts_add`], or `None`: the decoder then routes on the host, one batched
+    /// pass per expert.
+    fn prepare_experts(
+        &self,
+        _experts: &[[Self::Weight; 3]],
+        _top_k: usize,
+    ) -> Option<Self::Experts> {
+        None
+    }
+
+    /// `x += Σ_j p_j · down_j(silu(gate_j(h)) * up_j(h))` over each row's `top_k` experts by
+    /// `router_logits`, chosen and weighted as [`crate::weights::route_tokens`] does (softmax,
+    /// the largest first, ties to the lower index; p renormalised over the chosen where
+    /// `norm_topk_prob`), without a round trip to the host. Called only with a table from
+    /// [`Self::prepare_experts`].
+    fn experts_add(
+        &self,
+        _x: &mut Self::Tensor,
+        _h: &Self::Tensor,
+        _router_logits: &Self::Tensor,
+        _experts: &Self::Experts,
+        _routing: (usize, bool),
+    ) {
+    }
 }
