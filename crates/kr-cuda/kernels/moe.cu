@@ -58,11 +58,11 @@ __device__ void moe_topk_impl(const T* logits, int experts, int k, int norm, int
   }
 }
 
-// act[p, r] = silu(h[p / k] · gate_e[r]) * (h[p / k] · up_e[r]), e = ids[p], for the pairs p of
-// blockIdx.y; warp w of the block takes row blockIdx.x * 8 + w.
+// act[p, r] = silu(h[p / k] · gate_e[r]) * (h[p / k] · up_e[r]), e = ids[p], for the pair p of
+// blockIdx.x (pairs can pass the grid's y limit of 65,535); warp w takes row blockIdx.y * 8 + w.
 template <typename T>
 __device__ void moe_gate_up_impl(const T* h, const u64* table, const int* ids, T* act, int hidden, int ff, int k, int experts) {
-  const int r = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31, p = blockIdx.y;
+  const int r = blockIdx.y * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31, p = blockIdx.x;
   if (r >= ff) return;
   const int e = ids[p];
   const T* gate = (const T*)table[e] + (u64)r * hidden;
@@ -76,10 +76,10 @@ __device__ void moe_gate_up_impl(const T* h, const u64* table, const int* ids, T
 }
 
 // x[t, r] += Σ_j probs[t, j] · (act[t * k + j] · down_e[r]), e = ids[t * k + j], the slots in
-// order; warp w of block (blockIdx.x, t = blockIdx.y) takes row blockIdx.x * 8 + w.
+// order; warp w of block (t = blockIdx.x, blockIdx.y) takes row blockIdx.y * 8 + w.
 template <typename T>
 __device__ void moe_down_impl(T* x, const T* act, const u64* table, const int* ids, const float* probs, int hidden, int ff, int k, int experts) {
-  const int r = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31, t = blockIdx.y;
+  const int r = blockIdx.y * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31, t = blockIdx.x;
   if (r >= hidden) return;
   float sum = 0.f;
   for (int j = 0; j < k; j++) {

@@ -128,9 +128,10 @@ pub struct CudaLimits {
     pub vocab_size: usize,
     /// KV caches hold fp8 codes with scales (`backend::kv8`).
     pub kv_fp8: bool,
-    /// Projections of up to `max_seqs` tokens and decode attention computed the same way for
-    /// any batch (see `backend::gemv_mma` and `backend::attention`).
-    pub batch_invariant: bool,
+    /// Batch-invariant mode: projections of up to this many tokens (a decode step's most,
+    /// padded to its graph bucket) and decode attention computed the same way for any batch
+    /// (see `backend::gemv_mma` and `backend::attention`); 0: off.
+    pub batch_invariant_tokens: usize,
 }
 
 pub struct CudaBackend {
@@ -363,15 +364,12 @@ impl CudaBackend {
             decode_kernels: Cell::new(decode_kernels),
             kv_fp8: limits.kv_fp8,
             skip_kernels: launch::skipped_kernels(),
-            mma_gemv_min_tokens: match limits.batch_invariant {
-                true => 1,
-                false => gemv_mma::mma_gemv_min_tokens(),
+            mma_gemv_min_tokens: match limits.batch_invariant_tokens {
+                0 => gemv_mma::mma_gemv_min_tokens(),
+                _ => 1,
             },
-            mma_gemv_max_tokens: match limits.batch_invariant {
-                true => limits.max_seqs.max(GEMV_MAX_ROWS),
-                false => GEMV_MAX_ROWS,
-            },
-            batch_invariant: limits.batch_invariant,
+            mma_gemv_max_tokens: limits.batch_invariant_tokens.max(GEMV_MAX_ROWS),
+            batch_invariant: limits.batch_invariant_tokens > 0,
             norm_sums,
             norm_slots: Cell::new(norm_fold::NormSlots::default()),
             fold_norms: norm_fold::fold_norms_wanted(),

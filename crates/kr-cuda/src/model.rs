@@ -21,6 +21,12 @@ use std::sync::Arc;
 /// Batch-size buckets of decode graphs.
 pub const GRAPH_BUCKETS: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 192, 256];
 
+/// The graph bucket a decode step of `tokens` tokens is padded to (`None`: past the largest,
+/// it runs without a graph).
+fn graph_bucket(tokens: usize) -> Option<usize> {
+    GRAPH_BUCKETS.iter().copied().find(|&b| b >= tokens)
+}
+
 /// How to place a model on a GPU.
 #[derive(Debug, Clone)]
 pub struct CudaModelOptions {
@@ -197,7 +203,10 @@ impl CudaModel {
             heads_per_kv: c.num_heads / c.num_kv_heads,
             vocab_size: c.vocab_size,
             kv_fp8: opts.kv_fp8,
-            batch_invariant: opts.batch_invariant,
+            batch_invariant_tokens: match opts.batch_invariant {
+                true => graph_bucket(opts.max_num_seqs).unwrap_or(opts.max_num_seqs),
+                false => 0,
+            },
         };
         let backend = CudaBackend::new(gpu.clone(), opts.dtype, limits)?;
         backend.reserve_weights(arena_bytes(weights, opts.dtype))?;
@@ -432,7 +441,7 @@ impl CudaModel {
         read: impl FnOnce(&CudaBackend, Option<&CudaTensor>) -> R,
     ) -> Result<R> {
         self.last_sampled = None;
-        let bucket = GRAPH_BUCKETS.iter().copied().find(|&b| b >= ids.len());
+        let bucket = graph_bucket(ids.len());
         let out = match bucket {
             Some(b)
                 if self.options.cuda_graphs && !self.experts_on_host && is_pure_decode(meta) =>

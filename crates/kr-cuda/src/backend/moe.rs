@@ -32,10 +32,11 @@ pub struct CudaExperts {
     hidden: usize,
 }
 
-/// Blocks of 8 warps, one row each, over `rows` rows and `pairs` grid rows.
+/// Blocks of 8 warps, one row each: `pairs` along x (past the y limit of 65,535 in long
+/// prefill steps), `rows / 8` along y.
 fn rows_by_pairs(rows: usize, pairs: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (rows.div_ceil(8) as u32, pairs as u32, 1),
+        grid_dim: (pairs as u32, rows.div_ceil(8) as u32, 1),
         ..grid1(1, 256)
     }
 }
