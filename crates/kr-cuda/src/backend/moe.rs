@@ -5,6 +5,9 @@
 //! through a table of expert weight pointers, and `moe_down` adds each token's weighted expert
 //! outputs into its residual row, summing the slots in order (no atomics).
 //!
+//! Off unless `KR_CUDA_MOE_DEVICE=1`: these kernels have not yet run on a GPU, and host
+//! routing has (the families GPU test); the switch goes once they pass there.
+//!
 //! Invariants: a table exists only for unquantised experts that all share one shape, whose
 //! rows are whole 16-byte vectors, at most MOE_MAX_EXPERTS of them, with 1..=MOE_MAX_TOPK
 //! chosen per token (fewer than the experts); otherwise the decoder routes on the host. The
@@ -49,6 +52,9 @@ impl CudaBackend {
         experts: &[[CudaWeight; 3]],
         top_k: usize,
     ) -> Option<CudaExperts> {
+        if !crate::tuning::switched_on("KR_CUDA_MOE_DEVICE") {
+            return None;
+        }
         let [g, _, d] = experts.first()?;
         if top_k == 0 || top_k > MAX_TOP_K.min(experts.len()) {
             return None;
