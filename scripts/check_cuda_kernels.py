@@ -16,9 +16,9 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 KERNELS = os.path.join(ROOT, "crates", "kr-cuda", "kernels")
 FILES = ["kernels.cu", "attention.cu", "decode_attention.cu", "decode_tiles.cu",
-         "gemv_mma.cu", "sample.cu", "quant.cu"]
+         "gemv_mma.cu", "sample.cu", "quant.cu", "moe.cu"]
 OPTIONS = [b"--gpu-architecture=compute_90", b"-std=c++17", b"-DKR_PDL_EARLY=1",
-           b"-DKR_GEMV_PRELOAD=1", b"-DGM_WARPS=16", b"-DGM_UNROLL=4"]
+           b"-DKR_GEMV_PRELOAD=1", b"-DGM_WARPS=16", b"-DGM_UNROLL=4", b"-DDT_STAGES=2"]
 
 def nvrtc_path() -> str:
     if len(sys.argv) > 1:

@@ -48,7 +48,7 @@ def get(port, path):
 def start_server(args, log_path):
     port = free_port()
     cmd = [args.binary, "serve", "--model", args.model, "--port", str(port),
-           "--device", args.device, "--max-model-len", str(args.long + args.max_tokens + 64)]
+           "--device", args.device, "--max-model-len", str(args.long + args.max_tokens + 64)] + args.server_arg
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     for _ in range(3000):
@@ -168,6 +168,8 @@ def main():
     ap.add_argument("--short", type=int, default=8, help="concurrent short clients")
     ap.add_argument("--short-prompt", type=int, default=128)
     ap.add_argument("--short-tokens", type=int, default=64)
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="one more argument for `kr-serve serve` (repeatable), e.g. --server-arg=--batch-invariant")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)

@@ -23,6 +23,8 @@ use crate::CoreError;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+mod invariant;
+
 pub type RequestId = u64;
 
 /// The placeholder id of a token planned by [`Scheduler::schedule_ahead`] before it is known.
@@ -52,6 +54,10 @@ pub struct SchedulerConfig {
     /// Every layer attends only to this many keys back (itself included): the blocks behind
     /// a request's window are released as it moves on. `None`: full attention.
     pub sliding_window: Option<usize>,
+    /// Compose steps so that a sequence's numbers do not depend on what runs beside it (see
+    /// `scheduler/invariant.rs`): decode-only steps alternate with one-sequence prefill chunks
+    /// that start at multiples of `max_num_batched_tokens`.
+    pub batch_invariant: bool,
 }
 
 /// The block-table entry of a block released because it fell behind the sliding window; the
@@ -148,6 +154,9 @@ pub struct Scheduler {
     /// Running sequences allowed now (the latency controller's), <= `cfg.max_num_seqs`.
     max_running: usize,
     aging_step: Option<Duration>,
+    /// Batch-invariant steps: whether the last planned step was the decode step (the next
+    /// one then prefers a prefill chunk).
+    last_step_decoded: bool,
 }
 
 fn blocks_for(tokens: usize, block_size: usize) -> usize {
@@ -166,6 +175,7 @@ impl Scheduler {
             running: Vec::new(),
             counters: SchedulerCounters::default(),
             aging_step: None,
+            last_step_decoded: false,
         }
     }
 
@@ -296,6 +306,9 @@ impl Scheduler {
     /// Plans the next step at time `now` (for aging). With `admit` false no waiting request
     /// starts (the admission window holds them); running ones go on.
     pub fn schedule_at(&mut self, now: Duration, admit: bool) -> StepPlan {
+        if self.cfg.batch_invariant {
+            return self.schedule_invariant(now, admit);
+        }
         let mut plan = StepPlan::default();
         let mut budget = self.cfg.max_num_batched_tokens;
         self.schedule_running(&mut plan, &mut budget);
@@ -378,22 +391,7 @@ impl Scheduler {
             let id = self.running[i];
             let seq = &self.seqs[&id];
             let n = (seq.tokens.len() - seq.num_computed).min(*budget);
-            let mut scheduled = false;
-            loop {
-                if self.try_allocate(id, n) {
-                    scheduled = true;
-                    break;
-                }
-                let Some(victim) = self.running.pop() else {
-                    break;
-                };
-                self.preempt(victim);
-                plan.preempted.push(victim);
-                if victim == id {
-                    break;
-                }
-            }
-            if !scheduled {
+            if !self.allocate_or_preempt(plan, id, n) {
                 break;
             }
             plan.seqs.push(self.scheduled(id, n));
@@ -402,27 +400,61 @@ impl Scheduler {
         }
     }
 
+    /// Blocks for `n` more tokens of running request `id`, preempting the most recently
+    /// started requests (recorded in `plan`) while the pool is short; false when `id` itself
+    /// had to go or nothing is left to preempt.
+    fn allocate_or_preempt(&mut self, plan: &mut StepPlan, id: RequestId, n: usize) -> bool {
+        loop {
+            if self.try_allocate(id, n) {
+                return true;
+            }
+            let Some(victim) = self.running.pop() else {
+                return false;
+            };
+            self.preempt(victim);
+            plan.preempted.push(victim);
+            if victim == id {
+                return false;
+            }
+        }
+    }
+
     fn schedule_waiting(&mut self, plan: &mut StepPlan, budget: &mut usize, now: Duration) {
         while *budget > 0 && self.running.len() < self.max_running {
             let Some(pos) = self.next_waiting(now) else {
                 break;
             };
-            let id = self.waiting[pos];
-            if self.cfg.enable_prefix_caching && self.seqs[&id].num_computed == 0 {
-                self.match_prefix(id);
-            }
-            let seq = &self.seqs[&id];
-            let n = (seq.tokens.len() - seq.num_computed).min(*budget);
-            if !self.try_allocate(id, n) {
+            let most = *budget;
+            let left = |s: &Self, id| s.seqs[&id].tokens.len() - s.seqs[&id].num_computed;
+            match self.start_waiting(plan, pos, |s, id| left(s, id).min(most)) {
+                Some(n) => *budget -= n,
                 // Head-of-line: lower-ranked requests do not overtake, so none starves.
-                self.unmatch_prefix(id);
-                break;
+                None => break,
             }
-            self.waiting.remove(pos);
-            self.running.push(id);
-            plan.seqs.push(self.scheduled(id, n));
-            *budget -= n;
         }
+    }
+
+    /// Starts `waiting[pos]` with `len(self, id)` tokens, counted after its prefix-cache
+    /// match, and plans them; `None`, the match undone, when their blocks do not fit.
+    fn start_waiting(
+        &mut self,
+        plan: &mut StepPlan,
+        pos: usize,
+        len: impl Fn(&Self, RequestId) -> usize,
+    ) -> Option<usize> {
+        let id = self.waiting[pos];
+        if self.cfg.enable_prefix_caching && self.seqs[&id].num_computed == 0 {
+            self.match_prefix(id);
+        }
+        let n = len(self, id);
+        if !self.try_allocate(id, n) {
+            self.unmatch_prefix(id);
+            return None;
+        }
+        self.waiting.remove(pos);
+        self.running.push(id);
+        plan.seqs.push(self.scheduled(id, n));
+        Some(n)
     }
 
     fn scheduled(&self, id: RequestId, n: usize) -> ScheduledSeq {
@@ -456,6 +488,18 @@ impl Scheduler {
             seq.blocks.push(block);
             seq.block_hashes.push(h);
             parent = Some(h);
+        }
+        if self.cfg.batch_invariant {
+            // Computing from a chunk boundary keeps the rest of the prompt in the chunks it
+            // would have had without the cache.
+            let c = self.cfg.max_num_batched_tokens;
+            let keep = match c % bs {
+                0 => seq.blocks.len() * bs / c * c / bs,
+                _ => 0,
+            };
+            seq.block_hashes.truncate(keep);
+            let dropped = seq.blocks.split_off(keep);
+            Self::release_blocks(&mut self.pool, dropped);
         }
         seq.num_computed = seq.blocks.len() * bs;
         self.counters.prefix_hit_tokens += seq.num_computed as u64;

@@ -14,6 +14,7 @@ fn cfg(num_blocks: usize, budget: usize) -> SchedulerConfig {
         max_model_len: 256,
         enable_prefix_caching: true,
         sliding_window: None,
+        batch_invariant: false,
     }
 }
 
@@ -342,4 +343,129 @@ fn blocks_behind_a_sliding_window_are_released() {
     full.add(req(1, 20, 40)).unwrap();
     full.add(req(2, 9, 30)).unwrap();
     assert_eq!(drain(&mut full), out);
+}
+
+fn invariant_cfg(num_blocks: usize, budget: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        batch_invariant: true,
+        ..cfg(num_blocks, budget)
+    }
+}
+
+/// Runs `sched` to the end, checking each plan of the batch-invariant mode (decode tokens
+/// only, or one prefill chunk from a multiple of the budget); returns every request's tokens
+/// and its prefill chunks as (start, len).
+fn drain_invariant(
+    sched: &mut Scheduler,
+    prompt_len: &HashMap<RequestId, usize>,
+) -> (
+    HashMap<RequestId, Vec<u32>>,
+    HashMap<RequestId, Vec<(usize, usize)>>,
+) {
+    let c = sched.config().max_num_batched_tokens;
+    let (mut out, mut chunks) = (HashMap::new(), HashMap::<_, Vec<_>>::new());
+    while !sched.is_idle() {
+        let plan = sched.schedule();
+        sched.check_invariants();
+        for s in &plan.seqs {
+            if s.start < prompt_len[&s.id] {
+                assert_eq!(
+                    plan.seqs.len(),
+                    1,
+                    "a prefill chunk shares its step: {plan:?}"
+                );
+                assert_eq!(s.start % c, 0, "chunk of {} starts at {}", s.id, s.start);
+                chunks
+                    .entry(s.id)
+                    .or_default()
+                    .push((s.start, s.tokens.len()));
+            } else {
+                assert_eq!(s.tokens.len(), 1, "a decode step with more than one token");
+            }
+        }
+        for u in sched.update(&plan, &fake_step(&plan)) {
+            out.entry(u.id).or_insert_with(Vec::new).push(u.token);
+        }
+    }
+    assert_eq!(sched.pool().num_free(), sched.pool().num_blocks());
+    (out, chunks)
+}
+
+#[test]
+fn batch_invariant_steps_keep_a_requests_chunks_whatever_runs_beside_it() {
+    let lens: HashMap<RequestId, usize> = [(1, 37), (2, 3), (3, 11), (4, 1), (5, 20)].into();
+    // Request 1 shares no prefix with the others (whose prompts all begin alike).
+    let long = || NewRequest {
+        prompt: (200..237).collect(),
+        ..req(1, 37, 6)
+    };
+    let alone = {
+        let mut s = Scheduler::new(invariant_cfg(64, 8));
+        s.add(long()).unwrap();
+        drain_invariant(&mut s, &lens)
+    };
+    let mut s = Scheduler::new(invariant_cfg(64, 8));
+    s.add(req(2, 3, 9)).unwrap();
+    s.add(req(3, 11, 4)).unwrap();
+    let p = s.schedule();
+    let sampled = fake_step(&p);
+    let first = s.update(&p, &sampled);
+    s.add(long()).unwrap();
+    s.add(req(4, 1, 5)).unwrap();
+    s.add(req(5, 20, 7)).unwrap();
+    let (mut beside, chunks) = drain_invariant(&mut s, &lens);
+    for u in first {
+        beside.entry(u.id).or_default().insert(0, u.token);
+    }
+    assert_eq!(
+        chunks[&1], alone.1[&1],
+        "request 1's chunks changed beside others"
+    );
+    assert_eq!(chunks[&1], [(0, 8), (8, 8), (16, 8), (24, 8), (32, 5)]);
+    assert_eq!(beside[&1], alone.0[&1]);
+    // The same tokens as the default composition (the fake model depends on nothing else).
+    let mut plain = Scheduler::new(cfg(64, 8));
+    for (id, len, max) in [(2, 3, 9), (3, 11, 4), (4, 1, 5), (5, 20, 7)] {
+        plain.add(req(id, len, max)).unwrap();
+    }
+    plain.add(long()).unwrap();
+    let want = drain(&mut plain);
+    for id in 1..=5 {
+        assert_eq!(beside[&id], want[&id], "request {id}");
+    }
+}
+
+#[test]
+fn batch_invariant_decode_and_prefill_steps_alternate() {
+    let mut s = Scheduler::new(invariant_cfg(64, 8));
+    s.add(req(1, 3, 20)).unwrap();
+    let p = s.schedule();
+    s.update(&p, &[100]);
+    s.add(req(2, 30, 2)).unwrap();
+    let mut kinds = String::new();
+    for _ in 0..8 {
+        let p = s.schedule();
+        let prefill = p.seqs.iter().any(|q| q.id == 2 && q.start < 30);
+        kinds.push(if prefill { 'P' } else { 'D' });
+        let sampled = fake_step(&p);
+        s.update(&p, &sampled);
+    }
+    // Request 1's first token came from a prefill step, so a decode step comes first; then
+    // request 2's four chunks (8, 8, 8, 6 tokens) alternate with request 1's tokens.
+    assert_eq!(kinds, "DPDPDPDP");
+}
+
+#[test]
+fn batch_invariant_prefix_hits_are_cut_to_a_chunk_boundary() {
+    let mut s = Scheduler::new(invariant_cfg(64, 8));
+    s.add(req(1, 21, 2)).unwrap();
+    drain(&mut s);
+    s.add(req(2, 21, 2)).unwrap();
+    let p = s.schedule();
+    // 20 tokens are cached in full blocks; the step starts at 16, a multiple of the budget.
+    assert_eq!((p.seqs[0].start, p.seqs[0].tokens.len()), (16, 5));
+    assert_eq!(s.counters().prefix_hit_tokens, 16);
+    let sampled = fake_step(&p);
+    s.update(&p, &sampled);
+    drain(&mut s);
 }

@@ -260,6 +260,7 @@ fn rope_row(row: &mut [f32], head_dim: usize, pos: u32, rope: &Rope) {
 }
 
 impl Backend for CpuBackend {
+    type Experts = ();
     type Tensor = Mat;
     type Weight = CpuWeight;
     type Vector = Vec<f32>;

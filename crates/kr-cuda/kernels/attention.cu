@@ -33,7 +33,8 @@ template <typename T>
 __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work,
                                const u32* q_start, const u32* q_len, const u32* ctx_len,
                                const u32* block_tables, int bt_stride, int block_size, int num_heads,
-                               int num_kv_heads, int head_dim, int tile_q, float scale) {
+                               int num_kv_heads, int head_dim, int tile_q, float scale, int window,
+                               float softcap) {
   extern __shared__ float smem[];
   const int group = num_heads / num_kv_heads;
   const int seq = work[2 * blockIdx.x], q0 = work[2 * blockIdx.x + 1], kvh = blockIdx.y;
@@ -56,12 +57,15 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
   float m[ATT_RPW], l[ATT_RPW], acc[ATT_RPW][ATT_DPL];
   softmax_init<ATT_RPW, ATT_DPL>(m, l, acc);
   const u32* bt = block_tables + (u64)seq * bt_stride;
-  for (int k0 = 0; k0 < kend; k0 += ATT_KC) {
+  // With a window, keys before the first row's window (klo) are seen by no row, and their
+  // blocks may already be freed (NO_BLOCK): they are neither loaded nor read.
+  const int klo = window > 0 ? max(0, first_pos + 1 - window) : 0;
+  for (int k0 = klo / ATT_KC * ATT_KC; k0 < kend; k0 += ATT_KC) {
     __syncthreads();
     for (int e = threadIdx.x; e < ATT_KC * head_dim; e += blockDim.x) {
       const int j = e / head_dim, d = e % head_dim, kp = k0 + j;
       float kv = 0.f, vv = 0.f;
-      if (kp < kend) {
+      if (kp >= klo && kp < kend) {
         const u64 slot = kv_slot(bt, kp, block_size);
         const u64 off = slot * kv_width + kvh * head_dim + d;
         kv = to_f(k_cache[off]);
@@ -77,10 +81,10 @@ __device__ void attention_impl(T* out, const T* q, const T* k_cache, const T* v_
       if (r < rows) {
         const int qpos = first_pos + r / group, kp = k0 + lane;
         float s = -INFINITY;
-        if (kp <= qpos) {
+        if (kp <= qpos && (window <= 0 || kp > qpos - window)) {
           float dot = 0.f;
           for (int d = 0; d < head_dim; d++) dot += sq[r * head_dim + d] * sk[lane * (head_dim + 1) + d];
-          s = dot * scale;
+          s = soft_cap(dot * scale, softcap, 1.f);
         }
         const float m_new = fmaxf(m[rr], warp_max(s));
         if (m_new != -INFINITY) {
@@ -172,15 +176,16 @@ __device__ __forceinline__ void ldsm_x4_trans(u32 (&r)[4], const void* row) {
 }
 
 // Starts copying keys [k0, k0 + MMA_KT) of kv head `kvh` into `t` as one cp.async group; keys
-// at or past `kend` become zeros (their probability is 0, and 0 x garbage could be NaN).
+// outside [klo, kend) become zeros (their probability is 0, and 0 x garbage could be NaN;
+// blocks before a window's klo may be freed).
 template <int D>
 __device__ __forceinline__ void mma_issue_kv(MmaTile<D>& t, const bf16_t* k_cache, const bf16_t* v_cache,
                                              const u32* bt, int block_size, int kv_width, int kvh,
-                                             int k0, int kend) {
+                                             int k0, int klo, int kend) {
   const int CH = D / 8;  // 16-byte chunks per key
   for (int e = threadIdx.x; e < MMA_KT * CH; e += blockDim.x) {
     const int j = e / CH, c = e % CH, kp = k0 + j;
-    const bool in = kp < kend;
+    const bool in = kp >= klo && kp < kend;
     const u64 off = in ? kv_slot(bt, kp, block_size) * kv_width + kvh * D + c * 8 : 0;
     cp_async16(&t.k[j][c * 8], k_cache + off, in);
     cp_async16(&t.v[j][c * 8], v_cache + off, in);
@@ -202,12 +207,12 @@ __device__ __forceinline__ uint4 e4m3x8_to_bf16(uint2 w, float scale) {
 // mma_load_kv from an fp8 cache (codes and per-(slot, kv head) scales), converted to bf16.
 template <int D>
 __device__ __forceinline__ void mma_load_kv8(MmaTile<D>& t, const Kv8& c, const u32* bt, int block_size,
-                                             int num_kv_heads, int kvh, int k0, int kend) {
+                                             int num_kv_heads, int kvh, int k0, int klo, int kend) {
   const int CH = D / 8;  // 8-element chunks per key
   for (int e = threadIdx.x; e < MMA_KT * CH; e += blockDim.x) {
     const int j = e / CH, ch = e % CH, kp = k0 + j;
     uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-    if (kp < kend) {
+    if (kp >= klo && kp < kend) {
       const u64 slot = kv_slot(bt, kp, block_size);
       const u64 off = slot * num_kv_heads * D + kvh * D + ch * 8;
       const u64 at = slot * num_kv_heads + kvh;
@@ -225,7 +230,8 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
                                    const bf16_t* v_cache, const u32* work, const u32* q_start,
                                    const u32* q_len, const u32* ctx_len, const u32* block_tables,
                                    int bt_stride, int block_size, int num_heads, int num_kv_heads,
-                                   int tile_q, float scale, const Kv8 kv8) {
+                                   int tile_q, float scale, const Kv8 kv8, int window,
+                                   float softcap) {
   extern __shared__ __align__(16) unsigned char mma_smem[];
   MmaTile<D>* const tiles = (MmaTile<D>*)mma_smem;  // two: tile i in tiles[i % 2]
   const int group = num_heads / num_kv_heads;
@@ -268,15 +274,20 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
   const u32* bt = block_tables + (u64)seq * bt_stride;
   // Tile i + 1 loads (cp.async; an fp8 cache converts through registers) while tile i is
   // computed.
+  // With a window, keys before the first row's window (klo) are seen by no row, and their
+  // blocks may already be freed (NO_BLOCK): they are not loaded.
+  const int klo = window > 0 ? max(0, first_pos + 1 - window) : 0;
   auto issue = [&](MmaTile<D>& t, int k0) {
-    if (KV8) mma_load_kv8<D>(t, kv8, bt, block_size, num_kv_heads, kvh, k0, kend);
-    else mma_issue_kv<D>(t, k_cache, v_cache, bt, block_size, kv_width, kvh, k0, kend);
+    if (KV8) mma_load_kv8<D>(t, kv8, bt, block_size, num_kv_heads, kvh, k0, klo, kend);
+    else mma_issue_kv<D>(t, k_cache, v_cache, bt, block_size, kv_width, kvh, k0, klo, kend);
   };
   const int mi = lane >> 3, r8 = lane & 7;  // this lane's ldmatrix matrix and row
-  const int ntiles = (kend + MMA_KT - 1) / MMA_KT;
-  issue(tiles[0], 0);
+  // With a window, keys before the first row's window are seen by no row.
+  const int first_tile = klo / MMA_KT;
+  const int ntiles = (kend + MMA_KT - 1) / MMA_KT - first_tile;
+  issue(tiles[0], first_tile * MMA_KT);
   for (int it = 0; it < ntiles; it++) {
-    const int k0 = it * MMA_KT;
+    const int k0 = (first_tile + it) * MMA_KT;
     if (it + 1 < ntiles) {
       issue(tiles[(it + 1) & 1], k0 + MMA_KT);
       cp_async_wait_one();
@@ -299,13 +310,20 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
         mma_bf16_16816(s[nn], qf[kk], b[0], b[1]);
         mma_bf16_16816(s[nn + 1], qf[kk], b[2], b[3]);
       }
+    if (softcap > 0.f) {  // capped in natural units, kept in the dot's (times 1 / scale)
+#pragma unroll
+      for (int nn = 0; nn < MMA_KT / 8; nn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) s[nn][e] = soft_cap(s[nn][e] * scale, softcap, 1.f) / scale;
+    }
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nn = 0; nn < MMA_KT / 8; nn++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int i = e >> 1, kp = k0 + nn * 8 + 2 * t + (e & 1);
-        if (kp > qpos[i]) s[nn][e] = -INFINITY;  // causal (and past the context: kend > qpos)
+        // causal (and past the context: kend > qpos), and within the window
+        if (kp > qpos[i] || (window > 0 && kp <= qpos[i] - window)) s[nn][e] = -INFINITY;
         mx[i] = fmaxf(mx[i], s[nn][e]);
       }
     float mu[2];
@@ -363,21 +381,23 @@ __device__ void attention_mma_impl(bf16_t* out, const bf16_t* q, const bf16_t* k
       bf16_t* out, const bf16_t* q, const bf16_t* k_cache, const bf16_t* v_cache, const u32* work, \
       const u32* q_start, const u32* q_len, const u32* ctx_len, const u32* block_tables,           \
       int bt_stride, int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q,    \
-      float scale) { PDL_ENTRY();                                                                               \
+      float scale, int window, float softcap) {                                                    \
+    PDL_ENTRY();                                                                                   \
     const Kv8 none = {0, 0, 0, 0};                                                                 \
     attention_mma_impl<D, false>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len,          \
                                  block_tables, bt_stride, block_size, num_heads, num_kv_heads,     \
-                                 tile_q, scale, none);                                             \
+                                 tile_q, scale, none, window, softcap);                            \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(128) attention_mma_kv8_##D##_bf16(                  \
       bf16_t* out, const bf16_t* q, u8* k8, u8* v8, float* k_scale, float* v_scale,                \
       const u32* work, const u32* q_start, const u32* q_len, const u32* ctx_len,                   \
       const u32* block_tables, int bt_stride, int block_size, int num_heads, int num_kv_heads,     \
-      int head_dim, int tile_q, float scale) { PDL_ENTRY();                                        \
+      int head_dim, int tile_q, float scale, int window, float softcap) {                          \
+    PDL_ENTRY();                                                                                   \
     const Kv8 kv8 = {k8, v8, k_scale, v_scale};                                                    \
     attention_mma_impl<D, true>(out, q, 0, 0, work, q_start, q_len, ctx_len, block_tables,         \
                                 bt_stride, block_size, num_heads, num_kv_heads, tile_q, scale,     \
-                                kv8);                                                              \
+                                kv8, window, softcap);                                             \
   }
 ATTENTION_MMA(64)
 ATTENTION_MMA(128)
@@ -386,9 +406,12 @@ ATTENTION_MMA(128)
   extern "C" __global__ void attention_##S(                                                        \
       T* out, const T* q, const T* k_cache, const T* v_cache, const u32* work, const u32* q_start, \
       const u32* q_len, const u32* ctx_len, const u32* block_tables, int bt_stride,                \
-      int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q, float scale) { PDL_ENTRY();    \
+      int block_size, int num_heads, int num_kv_heads, int head_dim, int tile_q, float scale,      \
+      int window, float softcap) {                                                                 \
+    PDL_ENTRY();                                                                                   \
     attention_impl<T>(out, q, k_cache, v_cache, work, q_start, q_len, ctx_len, block_tables,       \
-                      bt_stride, block_size, num_heads, num_kv_heads, head_dim, tile_q, scale);    \
+                      bt_stride, block_size, num_heads, num_kv_heads, head_dim, tile_q, scale,     \
+                      window, softcap);                                                            \
   }
 
 ATTENTION_KERNELS(float, f32)

@@ -76,7 +76,7 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
                                       const u32* q_start, const u32* ctx_len,
                                       const u32* block_tables, int bt_stride, int block_size,
                                       int num_heads, int num_kv_heads, int head_dim, float scale,
-                                      const DecodeRope& rope) {
+                                      const DecodeRope& rope, int window, float softcap) {
   __shared__ float sq[DEC_MAX_GROUP][128];
   __shared__ float part_m[DEC_WARPS][DEC_MAX_GROUP], part_l[DEC_WARPS][DEC_MAX_GROUP];
   __shared__ float part_acc[DEC_WARPS][DEC_MAX_GROUP][128];
@@ -98,7 +98,8 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
   float m[DEC_MAX_GROUP], l[DEC_MAX_GROUP], acc[DEC_MAX_GROUP][ATT_DPL];
   softmax_init<DEC_MAX_GROUP, ATT_DPL>(m, l, acc);
   const u32* bt = block_tables + (u64)seq * bt_stride;
-  for (int k0 = warp * 32; k0 < ctx; k0 += DEC_WARPS * 32) {
+  const int first = window > 0 ? max(0, ctx - window) : 0;  // keys before it lie outside
+  for (int k0 = first + warp * 32; k0 < ctx; k0 += DEC_WARPS * 32) {
     const int kp = k0 + lane;
     u64 off = 0;
     float s[DEC_MAX_GROUP];
@@ -122,6 +123,8 @@ __device__ void attention_decode_impl(T* out, const T* q, const T* k_cache, cons
           }
         }
       }
+#pragma unroll
+      for (int g = 0; g < DEC_MAX_GROUP; g++) s[g] = soft_cap(s[g], softcap, 1.f);
     }
     const int nk = min(32, ctx - k0);
 #pragma unroll
@@ -243,6 +246,8 @@ struct DecodeArgs {
   int bt_stride, block_size, num_heads, num_kv_heads, head_dim;
   float scale;
   int min_keys;  // > 0: the splits of a sequence cover it in chunks of at least this many keys
+  int window;    // > 0: a sliding-window layer, whose query sees its last `window` keys
+  float softcap; // > 0: attention logits soft-capped at this value (Gemma 2)
 };
 
 // A split block's keys [begin, end) of a sequence with ctx keys, and how many splits of its
@@ -253,14 +258,16 @@ struct DecodeChunk {
   int begin, end, splits;
 };
 
-__device__ __forceinline__ DecodeChunk decode_chunk(int ctx, int min_keys) {
-  int chunk = (ctx + gridDim.z - 1) / gridDim.z;
+// With window > 0 the keys are the last `window` of the ctx.
+__device__ __forceinline__ DecodeChunk decode_chunk(int ctx, int min_keys, int window) {
+  const int first = window > 0 ? max(0, ctx - window) : 0, keys = ctx - first;
+  int chunk = (keys + gridDim.z - 1) / gridDim.z;
   int splits = gridDim.z;
   if (min_keys > 0) {
     chunk = max((chunk + 31) / 32 * 32, min_keys);
-    splits = max(1, (ctx + chunk - 1) / chunk);
+    splits = max(1, (keys + chunk - 1) / chunk);
   }
-  const int begin = blockIdx.z * chunk;
+  const int begin = first + blockIdx.z * chunk;
   return {begin, min(ctx, begin + chunk), splits};
 }
 
@@ -341,11 +348,11 @@ __device__ __forceinline__ void decode_tile_scores(float (*sp)[DS_KT], const flo
 
 // Softmax phase of a tile: warp g folds query head g's scores in sp into its running max and
 // sum, leaving the probabilities in sp and the rescale of the old state in s_corr.
-__device__ __forceinline__ void decode_tile_softmax(DecodeSplitShared& sh, int nk, int group) {
+__device__ __forceinline__ void decode_tile_softmax(DecodeSplitShared& sh, int nk, int group, float softcap) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp >= group) return;
   const int g = warp;
-  const float s = lane < nk ? sh.sp[g][lane] : -INFINITY;
+  const float s = lane < nk ? soft_cap(sh.sp[g][lane], softcap, LOG2E) : -INFINITY;
   const float m_old = sh.s_m[g], m_new = fmaxf(m_old, warp_max(s));
   const float p = lane < nk ? exp2f(s - m_new) : 0.f;
   const float corr = exp2f(m_old - m_new);  // m_old = -inf on the first tile: 0
@@ -368,7 +375,7 @@ __device__ __forceinline__ DecodeSplitPlace decode_split_place(const DecodeArgs<
   p.kvh = blockIdx.y;
   p.ctx = a.ctx_len[p.seq];
   p.tok = a.q_start[p.seq];
-  const DecodeChunk c = decode_chunk(p.ctx, 0);  // the generic kernel: every split merges
+  const DecodeChunk c = decode_chunk(p.ctx, 0, a.window);  // the generic kernel: every split merges
   p.k_begin = c.begin;
   p.k_end = c.end;
   p.group = a.num_heads / a.num_kv_heads;
@@ -419,7 +426,7 @@ __device__ void decode_split_partial(DecodeSplitShared& sh, float (&acc)[DS_MAX_
     decode_tile_scores(sh.sp, sh.sq, tile, nk, p.group, hd);
     __syncthreads();  // the scores and the next rows
     if (nk_next > 0) decode_tile_load_k(tile, a.k_cache, sh.row[b ^ 1], nk_next, hd, -1);
-    decode_tile_softmax(sh, nk, p.group);
+    decode_tile_softmax(sh, nk, p.group, a.softcap);
     __syncthreads();
     if (p.pv) {
 #pragma unroll
@@ -594,10 +601,11 @@ __device__ void attention_decode_split_impl(const DecodeArgs<T>& a, const Decode
       const u32 *ctx_len, const u32 *block_tables, int bt_stride, int block_size, int num_heads,   \
       int num_kv_heads, int head_dim, float scale, float *partial, u32 *counters,                  \
       const T *k_new, const T *v_new, const u32 *positions, const u32 *slots,                      \
-      const float *inv_freq, int interleaved, int min_keys
+      const float *inv_freq, int interleaved, int min_keys, int window, float softcap
 #define DECODE_UNPACK(T)                                                                           \
-  const DecodeArgs<T> a = {out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,    \
-                           block_size, num_heads, num_kv_heads, head_dim, scale, min_keys};        \
+  const DecodeArgs<T> a = {out,       q,         k_cache,      v_cache, q_start,  ctx_len,         \
+                           block_tables, bt_stride, block_size, num_heads, num_kv_heads, head_dim, \
+                           scale,     min_keys,  window,       softcap};                           \
   const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved}
 
 #define DECODE_ATTENTION_KERNELS(T, S)                                                             \
@@ -614,7 +622,8 @@ __device__ void attention_decode_split_impl(const DecodeArgs<T>& a, const Decode
   extern "C" __global__ void attention_decode_##S(DECODE_PARAMS(T)) {                              \
     const DecodeRope rope = {k_new, v_new, positions, slots, inv_freq, interleaved};               \
     attention_decode_impl<T>(out, q, k_cache, v_cache, q_start, ctx_len, block_tables, bt_stride,  \
-                             block_size, num_heads, num_kv_heads, head_dim, scale, rope);          \
+                             block_size, num_heads, num_kv_heads, head_dim, scale, rope, window,   \
+                             softcap);                                                             \
   }
 
 DECODE_ATTENTION_KERNELS(float, f32)

@@ -9,8 +9,8 @@
 // shuffles. Here, per tile of DT_KT keys:
 //   loads: keys and values are copied into shared memory with 16-byte cp.async, the first tile
 //   before PDL_WAIT (the block tables are uploaded before the step, and the cache there holds
-//   only earlier tokens, except the new token's slot, patched below), each later tile while
-//   the one before is computed (two buffers);
+//   only earlier tokens, except the new token's slot, patched below), and DT_STAGES - 1 tiles
+//   in flight while one is computed (DT_STAGES buffers, 2 or 3: the host's -DDT_STAGES);
 //   scores and softmax: warp g is query head g and lane k is key k; each lane walks the head
 //   dimension with 16-byte shared loads (rows padded by 16 bytes, so the 8 lanes of a load
 //   phase hit distinct banks) and four independent sums; the online softmax state stays in
@@ -22,6 +22,12 @@
 // group only load. The splits merge as in decode_attention.cu (global or cluster).
 #define DT_KT 32
 #define DT_THREADS 256
+#ifndef DT_STAGES
+#define DT_STAGES 2  // tile buffers of the bf16 / f32 kernels and staged tiles of the fp8 one
+#endif
+#if DT_STAGES != 2 && DT_STAGES != 3
+#error "DT_STAGES is 2 or 3"
+#endif
 
 
 // N consecutive elements of a shared row as floats (aligned to their size: 4, 8 or 16 bytes).
@@ -75,7 +81,8 @@ __device__ __forceinline__ void decode_tiles_issue(T* buf, const T* k_cache, con
 template <typename T, int HD, bool SCALED = false>
 __device__ __forceinline__ void decode_tiles_step(const float* q, const T* kt, const T* vt, int nk,
                                                   float& m, float& l, float (&acc)[HD / 32],
-                                                  float* ps, const float* ksc = nullptr,
+                                                  float* ps, float softcap,
+                                                  const float* ksc = nullptr,
                                                   const float* vsc = nullptr) {
   using G = DecodeTiles<T, HD>;
   constexpr int DPL = HD / 32;
@@ -96,7 +103,7 @@ __device__ __forceinline__ void decode_tiles_step(const float* q, const T* kt, c
     }
   }
   const float dot = (part[0] + part[1]) + (part[2] + part[3]);
-  const float s = lane < nk ? (SCALED ? dot * ksc[lane] : dot) : -INFINITY;
+  const float s = lane < nk ? soft_cap(SCALED ? dot * ksc[lane] : dot, softcap, LOG2E) : -INFINITY;
   const float m_new = fmaxf(m, warp_max(s));  // finite: nk >= 1
   const float p = exp2f(s - m_new);
   const float corr = exp2f(m - m_new);  // m = -inf before the first tile: 0
@@ -170,7 +177,7 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
                                             float* partial, u32* counters, bool cluster) {
   using G = DecodeTiles<T, HD>;
   extern __shared__ __align__(16) unsigned char dt_smem[];
-  T* const tiles = (T*)dt_smem;  // two buffers
+  T* const tiles = (T*)dt_smem;  // DT_STAGES buffers
   __shared__ __align__(16) float sq[DEC_MAX_GROUP][HD];
   __shared__ __align__(16) float ps[DEC_MAX_GROUP][DT_KT];
   __shared__ float part[DEC_MAX_GROUP][128], s_m[DEC_MAX_GROUP], s_l[DEC_MAX_GROUP];
@@ -178,15 +185,26 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   __shared__ float cs[64], sn[64];
   const int seq = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5;
   const int group = a.num_heads / a.num_kv_heads, ctx = a.ctx_len[seq], tok = a.q_start[seq];
-  const DecodeChunk chunk = decode_chunk(ctx, cluster ? 0 : a.min_keys);
+  const DecodeChunk chunk = decode_chunk(ctx, cluster ? 0 : a.min_keys, a.window);
   if ((int)blockIdx.z >= chunk.splits) return;  // no keys and not merged (never in a cluster)
   const int k_begin = chunk.begin, k_end = chunk.end;
   const u64 kv_width = (u64)a.num_kv_heads * HD;
   const u32* bt = a.block_tables + (u64)seq * a.bt_stride;
   rope_angles(cs, sn, rope, tok, HD / 2);
-  decode_tile_rows(rows, bt, k_begin, min(DT_KT, k_end - k_begin), a.block_size, kv_width, kvh * HD);
-  __syncthreads();  // the first rows
-  decode_tiles_issue<T, HD>(tiles, a.k_cache, a.v_cache, rows, k_end - k_begin);
+  // Tile i (keys k_begin + i * DT_KT ...) lands in buffer i % DT_STAGES; DT_STAGES - 1 are in
+  // flight while one is computed.
+  const int keys = k_end - k_begin, ntiles = (keys + DT_KT - 1) / DT_KT;
+  auto issue = [&](int i) {
+    decode_tile_rows(rows, bt, k_begin + i * DT_KT, min(DT_KT, keys - i * DT_KT), a.block_size, kv_width, kvh * HD);
+    __syncthreads();  // the rows
+    decode_tiles_issue<T, HD>(tiles + (i % DT_STAGES) * G::BUFFER, a.k_cache, a.v_cache, rows,
+                              min(DT_KT, keys - i * DT_KT));
+  };
+  issue(0);  // even without keys: the merge below waits for its (zero-filling) group
+  for (int i = 1; i < min(ntiles, DT_STAGES - 1); i++) {
+    __syncthreads();  // the rows are read
+    issue(i);
+  }
   PDL_ENTRY();
   const int new_key = ctx - 1;
   const bool reads_new_key = ctx > 0 && k_begin <= new_key && new_key < k_end;
@@ -201,23 +219,20 @@ __device__ void attention_decode_tiles_impl(const DecodeArgs<T>& a, const Decode
   float m = -INFINITY, l = 0.f, acc[HD / 32];
 #pragma unroll
   for (int j = 0; j < HD / 32; j++) acc[j] = 0.f;
-  int b = 0;
-  for (int t0 = k_begin; t0 < k_end; t0 += DT_KT, b ^= 1) {
-    const int nk = min(DT_KT, k_end - t0), nk_next = min(DT_KT, k_end - t0 - DT_KT);
-    T* const buf = tiles + b * G::BUFFER;
-    cp_async_wait_all();
-    __syncthreads();  // this tile everywhere, sq, the new slot; the tile before is done with
+  for (int i = 0; i < ntiles; i++) {
+    const int t0 = k_begin + i * DT_KT, nk = min(DT_KT, k_end - t0);
+    T* const buf = tiles + (i % DT_STAGES) * G::BUFFER;
+    if (DT_STAGES > 2 && i + 1 < ntiles) cp_async_wait_one();  // tile i landed; i + 1 may fly on
+    else cp_async_wait_all();
+    __syncthreads();  // tile i everywhere, sq, the new slot; tile i - 1 is done with
     if (reads_new_key && t0 <= new_key && new_key < t0 + DT_KT) {  // block-uniform
       const u64 row = kv_slot(bt, new_key, a.block_size) * kv_width + kvh * HD;
       decode_tiles_refresh<T, HD>(buf, new_key - t0, rope, kval, vval, a.k_cache, a.v_cache, row);
       __syncthreads();
     }
-    if (nk_next > 0) {  // the next tile loads while this one is computed
-      decode_tile_rows(rows, bt, t0 + DT_KT, nk_next, a.block_size, kv_width, kvh * HD);
-      __syncthreads();
-      decode_tiles_issue<T, HD>(tiles + (b ^ 1) * G::BUFFER, a.k_cache, a.v_cache, rows, nk_next);
-    }
-    if (warp < group) decode_tiles_step<T, HD>(sq[warp], buf, buf + DT_KT * G::ROW, nk, m, l, acc, ps[warp]);
+    if (i + DT_STAGES - 1 < ntiles) issue(i + DT_STAGES - 1);  // into tile i - 1's buffer
+    if (warp < group)
+      decode_tiles_step<T, HD>(sq[warp], buf, buf + DT_KT * G::ROW, nk, m, l, acc, ps[warp], a.softcap);
   }
   decode_tiles_store_state<HD>(part, s_m, s_l, acc, m, l, group);
   const DecodeState st = {part, s_m, s_l};
@@ -253,15 +268,16 @@ DECODE_TILES_KERNELS(bf16_t, bf16, 128)
 // codes are decoded once per block rather than once per query head, and every product stays a
 // normal f32 (codes >= 2^-129, queries and scales times 2^60). The accumulated values carry
 // 2^-60, removed before the merge. The warps past the group widen tile t + 1 while the group
-// computes tile t (with a group of 8, the same warps after computing). The new key's tile
+// computes tile t (with a group of 8, the same warps after computing), and the next
+// DT_STAGES - 1 are in flight. The new key's tile
 // takes its row and scales from the cache, written by the kernel before (read after
 // PDL_WAIT). The splits merge through global memory (decode_merge_global), one or many.
 template <int HD>
 struct DecodeTiles8 {
   static constexpr int ROW = HD + 16;             // bytes per staged row, padded by 16
   static constexpr int BUFFER = 2 * DT_KT * ROW;  // key rows then value rows
-  // Dynamic shared memory: two bf16 tiles and their scales, two staged tiles and theirs.
-  static constexpr int SMEM = 2 * DecodeTiles<bf16_t, HD>::BUFFER * 2 + 2 * BUFFER + 2 * 2 * (2 * DT_KT * 4);
+  // Dynamic shared memory: two bf16 tiles and their scales, DT_STAGES staged tiles and theirs.
+  static constexpr int SMEM = 2 * DecodeTiles<bf16_t, HD>::BUFFER * 2 + DT_STAGES * BUFFER + (2 + DT_STAGES) * (2 * DT_KT * 4);
 };
 
 // 4 bytes global -> shared without a register round trip; zeros when !full.
@@ -341,15 +357,15 @@ __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const 
   extern __shared__ __align__(16) unsigned char dt_smem[];
   bf16_t* const wide = (bf16_t*)dt_smem;                    // two bf16 tiles
   float* const wide_sc = (float*)(wide + 2 * W::BUFFER);   // their scales, 2 * DT_KT each
-  u8* const stage = (u8*)(wide_sc + 4 * DT_KT);            // two staged tiles
-  float* const stage_sc = (float*)(stage + 2 * S::BUFFER);  // their scales
+  u8* const stage = (u8*)(wide_sc + 4 * DT_KT);            // DT_STAGES staged tiles
+  float* const stage_sc = (float*)(stage + DT_STAGES * S::BUFFER);  // their scales
   __shared__ __align__(16) float sq[DEC_MAX_GROUP][HD];
   __shared__ __align__(16) float ps[DEC_MAX_GROUP][DT_KT];
   __shared__ float part[DEC_MAX_GROUP][128], s_m[DEC_MAX_GROUP], s_l[DEC_MAX_GROUP];
   __shared__ u64 rows[DT_KT], srows[DT_KT];
   const int seq = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x >> 5;
   const int group = a.num_heads / a.num_kv_heads, ctx = a.ctx_len[seq], tok = a.q_start[seq];
-  const DecodeChunk chunk = decode_chunk(ctx, a.min_keys);
+  const DecodeChunk chunk = decode_chunk(ctx, a.min_keys, a.window);
   if ((int)blockIdx.z >= chunk.splits) return;  // no keys and not merged
   const int k_begin = chunk.begin, keys = chunk.end - chunk.begin, nkvh = a.num_kv_heads;
   const int tiles = (keys + DT_KT - 1) / DT_KT;
@@ -365,42 +381,45 @@ __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const 
     f.key = f.key >= t * DT_KT && f.key < (t + 1) * DT_KT ? f.key - t * DT_KT : -1;
     return f;
   };
-  decode_tile_rows8(rows, srows, bt, k_begin, tile_keys(0), a.block_size, nkvh, kvh, HD);
-  __syncthreads();  // the first rows
-  decode_tiles8_issue<HD>(stage, stage_sc, c, rows, srows, tile_keys(0));
+  // Tile i is staged in buffer i % DT_STAGES and widened into wide buffer i % 2; while tile i
+  // is computed, i + 1 is widened and i + 2 .. i + DT_STAGES are in flight.
+  auto issue = [&](int i) {
+    decode_tile_rows8(rows, srows, bt, k_begin + i * DT_KT, tile_keys(i), a.block_size, nkvh, kvh, HD);
+    __syncthreads();  // the rows
+    const int st = i % DT_STAGES;
+    decode_tiles8_issue<HD>(stage + st * S::BUFFER, stage_sc + st * 2 * DT_KT, c, rows, srows, tile_keys(i));
+  };
+  issue(0);  // even without keys: the merge waits for its (zero-filling) group
+  for (int i = 1; i < min(tiles, DT_STAGES); i++) {
+    __syncthreads();  // the rows are read
+    issue(i);
+  }
   PDL_ENTRY();
   for (int e = threadIdx.x; e < group * HD; e += DT_THREADS) {
     const int g = e / HD, d = e % HD;
     sq[g][d] = to_f(a.q[(u64)tok * a.num_heads * HD + (kvh * group + g) * HD + d]) * (a.scale * LOG2E * 0x1p60f);
   }
   cp_async_wait_all();
-  __syncthreads();  // tile 0 staged, sq; the rows free again
-  if (tiles > 1) decode_tile_rows8(rows, srows, bt, k_begin + DT_KT, tile_keys(1), a.block_size, nkvh, kvh, HD);
+  __syncthreads();  // the first tiles staged, sq
   decode_tiles8_widen<HD>(wide, wide_sc, stage, stage_sc, threadIdx.x, DT_THREADS, tile_fresh(0), c);
-  __syncthreads();  // tile 1's rows
-  if (tiles > 1) decode_tiles8_issue<HD>(stage + S::BUFFER, stage_sc + 2 * DT_KT, c, rows, srows, tile_keys(1));
   float m = -INFINITY, l = 0.f, acc[HD / 32];
 #pragma unroll
   for (int j = 0; j < HD / 32; j++) acc[j] = 0.f;
-  // Tile t is staged in and widened into buffer t % 2.
   const int wideners = group < DT_THREADS / 32 ? group * 32 : 0;  // first widening thread
   for (int t = 0; t < tiles; t++) {
-    const int b = t & 1;
-    cp_async_wait_all();
+    const int b = t & 1, next = (t + 1) % DT_STAGES;
+    if (DT_STAGES > 2 && t + 2 < tiles && t >= 1) cp_async_wait_one();  // t + 1 staged; t + 2 may fly on
+    else cp_async_wait_all();
     __syncthreads();  // tile t widened, t + 1 staged; tile t - 1's buffers done with
-    if (t + 2 < tiles) {
-      decode_tile_rows8(rows, srows, bt, k_begin + (t + 2) * DT_KT, tile_keys(t + 2), a.block_size, nkvh, kvh, HD);
-      __syncthreads();
-      decode_tiles8_issue<HD>(stage + b * S::BUFFER, stage_sc + b * 2 * DT_KT, c, rows, srows, tile_keys(t + 2));
-    }
+    if (t + DT_STAGES < tiles) issue(t + DT_STAGES);  // into tile t's staging buffer
     const bf16_t* kt = wide + b * W::BUFFER;
     const float* sc = wide_sc + b * 2 * DT_KT;
     if (warp < group)
       decode_tiles_step<bf16_t, HD, true>(sq[warp], kt, kt + DT_KT * W::ROW, tile_keys(t), m, l, acc,
-                                          ps[warp], sc, sc + DT_KT);
+                                          ps[warp], a.softcap, sc, sc + DT_KT);
     if (t + 1 < tiles && (int)threadIdx.x >= wideners)
-      decode_tiles8_widen<HD>(wide + (b ^ 1) * W::BUFFER, wide_sc + (b ^ 1) * 2 * DT_KT, stage + (b ^ 1) * S::BUFFER,
-                              stage_sc + (b ^ 1) * 2 * DT_KT, threadIdx.x - wideners, DT_THREADS - wideners,
+      decode_tiles8_widen<HD>(wide + (b ^ 1) * W::BUFFER, wide_sc + (b ^ 1) * 2 * DT_KT, stage + next * S::BUFFER,
+                              stage_sc + next * 2 * DT_KT, threadIdx.x - wideners, DT_THREADS - wideners,
                               tile_fresh(t + 1), c);
   }
 #pragma unroll
@@ -416,9 +435,10 @@ __device__ void attention_decode_tiles8_impl(const DecodeArgs<bf16_t>& a, const 
       bf16_t* out, const bf16_t* q, u8* k8, u8* v8, float* k_scale, float* v_scale,                \
       const u32* q_start, const u32* ctx_len, const u32* block_tables, int bt_stride,              \
       int block_size, int num_heads, int num_kv_heads, int head_dim, float scale, float* partial,  \
-      u32* counters, int min_keys) {                                                               \
-    const DecodeArgs<bf16_t> a = {out, q, 0, 0, q_start, ctx_len, block_tables, bt_stride,         \
-                                  block_size, num_heads, num_kv_heads, head_dim, scale, min_keys}; \
+      u32* counters, int min_keys, int window, float softcap) {                                    \
+    const DecodeArgs<bf16_t> a = {out,       q,        0,          0,         q_start,             \
+                                  ctx_len,   block_tables, bt_stride, block_size, num_heads,       \
+                                  num_kv_heads, head_dim, scale, min_keys, window, softcap};       \
     const Kv8 c = {k8, v8, k_scale, v_scale};                                                      \
     attention_decode_tiles8_impl<HD>(a, c, partial, counters);                                     \
   }

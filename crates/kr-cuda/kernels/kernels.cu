@@ -281,6 +281,42 @@ __device__ void silu_mul_impl(T* out, const T* gate, const T* up, u64 n) {
   }
 }
 
+// A soft-capped attention logit (Gemma 2): cap * tanh(s / cap) for s in natural units times
+// `unit` (1, or LOG2E in the kernels whose softmax is in base 2); cap <= 0 leaves s as it is.
+__device__ __forceinline__ float soft_cap(float s, float cap, float unit) {
+  return cap > 0.f ? cap * unit * tanhf(s / (cap * unit)) : s;
+}
+
+// gelu(gate) * up with GELU's tanh approximation (Gemma's GeGLU), as the CPU backend computes it.
+template <typename T>
+__device__ void gelu_mul_impl(T* out, const T* gate, const T* up, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+    const float g = to_f(gate[i]);
+    const float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);  // sqrt(2 / pi)
+    out[i] = from_f<T>(0.5f * g * (1.f + tanhf(inner)) * to_f(up[i]));
+  }
+}
+
+// x = s * x (scaled embeddings), or x = cap * tanh(x / cap) when cap > 0 (soft-capped logits).
+template <typename T>
+__device__ void scale_or_cap_impl(T* x, float s, float cap, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+    const float v = to_f(x[i]);
+    x[i] = from_f<T>(cap > 0.f ? cap * tanhf(v / cap) : s * v);
+  }
+}
+
+// x[rows[r], c] += scales[r] * src[r, c]: an expert's weighted output added back to its tokens'
+// rows. Grid-stride over r * cols; rows are distinct within one call.
+template <typename T>
+__device__ void scatter_add_scaled_impl(T* x, const u32* rows, const float* scales, const T* src, int cols, u64 n) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+    const u64 r = i / cols, c = i % cols;
+    T* d = x + (u64)rows[r] * cols + c;
+    *d = from_f<T>(to_f(*d) + scales[r] * to_f(src[i]));
+  }
+}
+
 // y[t, c] += bias[c]. Grid-stride over t * cols.
 template <typename T>
 __device__ void add_bias_impl(T* y, const float* bias, int cols, u64 n) {
@@ -339,15 +375,23 @@ __device__ void kv8_write_token(const T* kt, const T* vt, const Kv8& c, u32 slot
 // Rotates q and k of token blockIdx.x, then writes k and v to the cache slot of the token.
 // Cache layout per layer: [slot][kv_heads * head_dim]. The angles of the token are computed
 // once into shared memory (precise sincosf is slow for large angles) and shared by all heads.
+// The first 2 * half dimensions of each head rotate (all of them unless the model rotates
+// part of each head), with cos and sin times rope_scale (the attention factor of a partial
+// rotation; else 1), as the CPU's rope_row.
 // With kv8.k non-null the cache is fp8 (kv8_write_token) and k_cache / v_cache are unused.
 template <typename T>
 __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions, const u32* slots,
                                    const float* inv_freq, T* k_cache, T* v_cache, int num_heads,
-                                   int num_kv_heads, int head_dim, int interleaved, const Kv8 kv8) {
+                                   int num_kv_heads, int head_dim, int interleaved, const Kv8 kv8,
+                                   int half, float rope_scale) {
   __shared__ float cos_t[128], sin_t[128];
-  const int t = blockIdx.x, half = head_dim / 2;
+  const int t = blockIdx.x;
   const float pos = (float)positions[t];
-  for (int i = threadIdx.x; i < half; i += blockDim.x) sincosf(pos * inv_freq[i], &sin_t[i], &cos_t[i]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    sincosf(pos * inv_freq[i], &sin_t[i], &cos_t[i]);
+    sin_t[i] *= rope_scale;
+    cos_t[i] *= rope_scale;
+  }
   __syncthreads();
   const u32 slot = slots[t];
   const int q_width = num_heads * head_dim, kv_width = num_kv_heads * head_dim;
@@ -369,6 +413,13 @@ __device__ void rope_write_kv_impl(T* q, T* k, const T* v, const u32* positions,
       T* kc = k_cache + (u64)slot * kv_width + head * head_dim;
       kc[a] = r0;
       kc[b] = r1;
+    }
+  }
+  const int rest = head_dim - 2 * half;  // dimensions that do not rotate
+  if (rest > 0 && slot != NO_SLOT && !kv8.k) {
+    for (int e = threadIdx.x; e < num_kv_heads * rest; e += blockDim.x) {
+      const u64 at = (u64)(e / rest) * head_dim + 2 * half + e % rest;
+      k_cache[(u64)slot * kv_width + at] = kt[at];
     }
   }
   if (slot != NO_SLOT && kv8.k) {  // block-uniform
@@ -731,6 +782,19 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
   extern "C" __global__ void silu_mul_##S(T* out, const T* gate, const T* up, u64 n) { PDL_ENTRY();             \
     silu_mul_impl<T>(out, gate, up, n);                                                            \
   }                                                                                                \
+  extern "C" __global__ void gelu_mul_##S(T* out, const T* gate, const T* up, u64 n) {              \
+    PDL_ENTRY();                                                                                   \
+    gelu_mul_impl<T>(out, gate, up, n);                                                            \
+  }                                                                                                \
+  extern "C" __global__ void scale_or_cap_##S(T* x, float s, float cap, u64 n) {                   \
+    PDL_ENTRY();                                                                                   \
+    scale_or_cap_impl<T>(x, s, cap, n);                                                            \
+  }                                                                                                \
+  extern "C" __global__ void scatter_add_scaled_##S(T* x, const u32* rows, const float* scales,    \
+                                                    const T* src, int cols, u64 n) {               \
+    PDL_ENTRY();                                                                                   \
+    scatter_add_scaled_impl<T>(x, rows, scales, src, cols, n);                                     \
+  }                                                                                                \
   extern "C" __global__ void add_bias_##S(T* y, const float* bias, int cols, u64 n) { PDL_ENTRY();              \
     add_bias_impl<T>(y, bias, cols, n);                                                            \
   }                                                                                                \
@@ -742,10 +806,11 @@ __device__ void to_f32_impl(float* out, const T* x, u64 n) {
                                                const u32* slots, const float* inv_freq, T* k_cache, \
                                                T* v_cache, int num_heads, int num_kv_heads,        \
                                                int head_dim, int interleaved, u8* k8, u8* v8,      \
-                                               float* k_scale, float* v_scale) { PDL_ENTRY();      \
+                                               float* k_scale, float* v_scale, int rot_half,       \
+                                               float rope_scale) { PDL_ENTRY();                    \
     const Kv8 kv8 = {k8, v8, k_scale, v_scale};                                                    \
     rope_write_kv_impl<T>(q, k, v, positions, slots, inv_freq, k_cache, v_cache, num_heads,        \
-                          num_kv_heads, head_dim, interleaved, kv8);                               \
+                          num_kv_heads, head_dim, interleaved, kv8, rot_half, rope_scale);         \
   }                                                                                                \
   GEMV(T, S, 1) GEMV(T, S, 2) GEMV(T, S, 3) GEMV(T, S, 4)                                         \
   GEMV(T, S, 5) GEMV(T, S, 6) GEMV(T, S, 7) GEMV(T, S, 8)                                          \

@@ -128,6 +128,10 @@ pub struct CudaLimits {
     pub vocab_size: usize,
     /// KV caches hold fp8 codes with scales (`backend::kv8`).
     pub kv_fp8: bool,
+    /// Batch-invariant mode: projections of up to this many tokens (a decode step's most,
+    /// padded to its graph bucket) and decode attention computed the same way for any batch
+    /// (see `backend::gemv_mma` and `backend::attention`); 0: off.
+    pub batch_invariant_tokens: usize,
 }
 
 pub struct CudaBackend {
@@ -146,7 +150,9 @@ pub struct CudaBackend {
     heads_per_kv: usize,
     step: Cell<StepCounts>,
     step_rows: RefCell<Vec<usize>>,
-    inv_freq: RefCell<Option<DeviceBuffer>>,
+    /// RoPE frequencies on the device, one buffer per distinct table (a model with local
+    /// layers, Gemma 3's, rotates with two).
+    inv_freq: RefCell<Vec<(Vec<f32>, DeviceBuffer)>>,
     weights: RefCell<Option<WeightArena>>,
     profile: RefCell<Option<profile::Timings>>,
     /// Launch kernels with programmatic dependent launch (see `backend::launch`).
@@ -164,8 +170,13 @@ pub struct CudaBackend {
     /// Kernels not launched at all (`KR_CUDA_SKIP_KERNELS`, for ablation timing only: the
     /// results are wrong). Empty in normal use.
     skip_kernels: Vec<String>,
-    /// Projections of this many tokens up to 8 run on tensor cores (see `backend::gemv_mma`).
+    /// Projections of this many tokens up to `mma_gemv_max_tokens` run on tensor cores (see
+    /// `backend::gemv_mma`).
     mma_gemv_min_tokens: usize,
+    /// 8, or in batch-invariant mode the most sequences a step has (in launches of 8 tokens).
+    mma_gemv_max_tokens: usize,
+    /// Batch-invariant mode (`CudaLimits::batch_invariant`).
+    batch_invariant: bool,
     /// Sums of squares of the residual rows for the norms folded into the GEMVs, and which
     /// of its slots this step has used (see `backend::norm_fold`).
     norm_sums: DeviceBuffer,
@@ -196,11 +207,12 @@ macro_rules! launch {
     }};
 }
 
-mod attention;
+pub(crate) mod attention;
 mod fused;
 pub(crate) mod gemv_mma;
 mod kv8;
 mod launch;
+mod moe;
 mod norm_fold;
 mod profile;
 mod project;
@@ -212,6 +224,7 @@ pub use attention::{DecodeKernels, DECODE_TILES_KERNELS, MMA_KERNEL_NAMES};
 pub use fused::{GEMV_GATE_UP_KERNELS, GEMV_QKV_KERNELS};
 pub use gemv_mma::GEMV_MMA_KERNEL_NAMES;
 pub use kv8::KV8_KERNELS;
+pub use moe::{CudaExperts, MOE_KERNELS};
 pub use quant::{QGEMV_I8_KERNELS, QUANT_KERNELS};
 pub use sample::RowSampling;
 pub use step_slots::SampledTokens;
@@ -282,6 +295,14 @@ fn allow_dynamic_smem(gpu: &Gpu) -> Result<()> {
 }
 
 impl CudaBackend {
+    /// `x *= s`, or with `cap > 0` `x = cap · tanh(x / cap)`, elementwise.
+    fn scale_or_cap(&self, x: &mut CudaTensor, s: f32, cap: f32) {
+        x.norm_sums = 0;
+        let n = (x.rows * x.cols) as u64;
+        let xp = x.ptr;
+        launch!(self, "scale_or_cap", elementwise(n as usize), xp, s, cap, n);
+    }
+
     /// Whether KV caches hold fp8 codes with scales (`backend::kv8`).
     pub fn kv_fp8(&self) -> bool {
         self.kv_fp8
@@ -333,7 +354,7 @@ impl CudaBackend {
             heads_per_kv: limits.heads_per_kv.max(1),
             step: Cell::new(StepCounts::default()),
             step_rows: RefCell::new(Vec::new()),
-            inv_freq: RefCell::new(None),
+            inv_freq: RefCell::new(Vec::new()),
             weights: RefCell::new(None),
             profile: RefCell::new(None),
             pdl,
@@ -343,7 +364,12 @@ impl CudaBackend {
             decode_kernels: Cell::new(decode_kernels),
             kv_fp8: limits.kv_fp8,
             skip_kernels: launch::skipped_kernels(),
-            mma_gemv_min_tokens: gemv_mma::mma_gemv_min_tokens(),
+            mma_gemv_min_tokens: match limits.batch_invariant_tokens {
+                0 => gemv_mma::mma_gemv_min_tokens(),
+                _ => 1,
+            },
+            mma_gemv_max_tokens: limits.batch_invariant_tokens.max(GEMV_MAX_ROWS),
+            batch_invariant: limits.batch_invariant_tokens > 0,
             norm_sums,
             norm_slots: Cell::new(norm_fold::NormSlots::default()),
             fold_norms: norm_fold::fold_norms_wanted(),
@@ -445,13 +471,26 @@ impl CudaBackend {
 
     /// The RoPE frequencies on the device, uploaded on first use.
     fn inv_freq_ptr(&self, rope: &Rope) -> u64 {
-        if self.inv_freq.borrow().is_none() {
-            match self.gpu.upload(&rope.inv_freq) {
-                Ok(b) => *self.inv_freq.borrow_mut() = Some(b),
-                Err(e) => self.record(Err(e)),
+        let known = self
+            .inv_freq
+            .borrow()
+            .iter()
+            .find(|(f, _)| *f == rope.inv_freq)
+            .map(|(_, b)| b.ptr);
+        if let Some(ptr) = known {
+            return ptr;
+        }
+        match self.gpu.upload(&rope.inv_freq) {
+            Ok(b) => {
+                let ptr = b.ptr;
+                self.inv_freq.borrow_mut().push((rope.inv_freq.clone(), b));
+                ptr
+            }
+            Err(e) => {
+                self.record(Err(e));
+                0
             }
         }
-        self.inv_freq.borrow().as_ref().map_or(0, |b| b.ptr)
     }
 }
 
@@ -467,6 +506,7 @@ impl Backend for CudaBackend {
     type Weight = CudaWeight;
     type Vector = CudaVector;
     type KvCache = CudaKvCache;
+    type Experts = CudaExperts;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -755,22 +795,69 @@ impl Backend for CudaBackend {
         out
     }
 
-    fn gelu_mul(&self, _: &CudaTensor, _: &CudaTensor) -> CudaTensor {
-        // CudaModel::load refuses the Gemma families, the only users of these three.
-        unreachable!("GeGLU does not run on the CUDA backend")
+    fn gelu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
+        let out = self.alloc(gate.rows, gate.cols);
+        let n = (gate.rows * gate.cols) as u64;
+        let (o, g, u) = (out.ptr, gate.ptr, up.ptr);
+        launch!(self, "gelu_mul", elementwise(n as usize), o, g, u, n);
+        out
     }
 
-    fn scale_inplace(&self, _: &mut CudaTensor, _: f32) {
-        unreachable!("scaled embeddings do not run on the CUDA backend")
+    fn scale_inplace(&self, x: &mut CudaTensor, s: f32) {
+        self.scale_or_cap(x, s, 0.0);
     }
 
-    fn softcap_inplace(&self, _: &mut CudaTensor, _: f32) {
-        unreachable!("soft-capping does not run on the CUDA backend")
+    fn softcap_inplace(&self, x: &mut CudaTensor, cap: f32) {
+        self.scale_or_cap(x, 1.0, cap);
     }
 
-    fn scatter_add_scaled(&self, _: &mut CudaTensor, _: &[usize], _: &CudaTensor, _: &[f32]) {
-        // CudaModel::load refuses models with Mixture-of-Experts layers, the only users.
-        unreachable!("Mixture-of-Experts layers do not run on the CUDA backend")
+    fn scatter_add_scaled(
+        &self,
+        x: &mut CudaTensor,
+        rows: &[usize],
+        src: &CudaTensor,
+        scales: &[f32],
+    ) {
+        x.norm_sums = 0;
+        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let uploaded = self
+            .gpu
+            .upload(&ids)
+            .and_then(|r| Ok((r, self.gpu.upload(scales)?)));
+        let (row_buf, scale_buf) = match uploaded {
+            Ok(b) => b,
+            Err(e) => return self.record(Err(e)),
+        };
+        let n = (rows.len() * x.cols) as u64;
+        let (xp, rp, sp, src_p, cols) = (x.ptr, row_buf.ptr, scale_buf.ptr, src.ptr, x.cols as i32);
+        launch!(
+            self,
+            "scatter_add_scaled",
+            elementwise(n as usize),
+            xp,
+            rp,
+            sp,
+            src_p,
+            cols,
+            n
+        );
+        // The rows and scales are freed on return: the kernel must have read them.
+        self.record(self.gpu.synchronize());
+    }
+
+    fn prepare_experts(&self, experts: &[[CudaWeight; 3]], top_k: usize) -> Option<CudaExperts> {
+        self.experts_table(experts, top_k)
+    }
+
+    fn experts_add(
+        &self,
+        x: &mut CudaTensor,
+        h: &CudaTensor,
+        router_logits: &CudaTensor,
+        experts: &CudaExperts,
+        routing: (usize, bool),
+    ) {
+        self.experts_add_routed(x, h, router_logits, experts, routing);
     }
 
     fn to_host(&self, x: &CudaTensor) -> Vec<f32> {

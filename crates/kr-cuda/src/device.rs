@@ -22,12 +22,13 @@ const KERNEL_SOURCE: &str = concat!(
     include_str!("../kernels/decode_tiles.cu"),
     include_str!("../kernels/gemv_mma.cu"),
     include_str!("../kernels/sample.cu"),
-    include_str!("../kernels/quant.cu")
+    include_str!("../kernels/quant.cu"),
+    include_str!("../kernels/moe.cu")
 );
 
 /// Names of the kernels, each compiled for f32 and bf16 (`name_f32`, `name_bf16`); the fused
 /// and tensor-core kernels are listed in `backend::fused`.
-pub const KERNEL_NAMES: [&str; 29] = [
+pub const KERNEL_NAMES: [&str; 32] = [
     "embed",
     "embed_norm_sums",
     "rms_norm",
@@ -46,6 +47,9 @@ pub const KERNEL_NAMES: [&str; 29] = [
     "gemv7",
     "gemv8",
     "gather_rows",
+    "gelu_mul",
+    "scale_or_cap",
+    "scatter_add_scaled",
     "attention",
     "attention_decode",
     "attention_decode_split",
@@ -160,7 +164,8 @@ impl Gpu {
             .chain(&crate::backend::GEMV_GATE_UP_KERNELS)
             .chain(crate::backend::DECODE_TILES_KERNELS.as_flattened())
             .chain(crate::backend::QUANT_KERNELS.as_flattened())
-            .chain(&crate::backend::QGEMV_I8_KERNELS);
+            .chain(&crate::backend::QGEMV_I8_KERNELS)
+            .chain(&crate::backend::MOE_KERNELS);
         let all = both
             .flat_map(|n| [(*n, "f32"), (*n, "bf16")])
             .chain(crate::backend::MMA_KERNEL_NAMES.map(|n| (n, "bf16")))
@@ -307,7 +312,8 @@ impl Drop for PinnedWords {
 /// Kernel variants for comparison runs, chosen at compile time (kernels.cu): `KR_CUDA_PDL_EARLY=0`
 /// leaves out the early programmatic-launch trigger, `KR_CUDA_GEMV_PRELOAD=0` the GEMVs' weight
 /// loads before the launch wait (`KR_CUDA_GEMV_HEAD`: how many; see `gemv_head_define`); the
-/// tensor-core GEMV's shape (see `backend::gemv_mma`).
+/// tensor-core GEMV's shape (see `backend::gemv_mma`); the tiled decode kernels' tile buffers
+/// (see `backend::attention::decode_tile_stages`).
 fn compile_switches() -> Vec<String> {
     [
         ("KR_CUDA_PDL_EARLY", "KR_PDL_EARLY"),
@@ -317,6 +323,7 @@ fn compile_switches() -> Vec<String> {
     .map(|(var, define)| format!("-D{define}={}", u8::from(!crate::tuning::switched_off(var))))
     .chain(gemv_head_define())
     .chain(crate::backend::gemv_mma::compile_defines())
+    .chain([crate::backend::attention::decode_stages_define()])
     .collect()
 }
 

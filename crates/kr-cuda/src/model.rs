@@ -21,6 +21,12 @@ use std::sync::Arc;
 /// Batch-size buckets of decode graphs.
 pub const GRAPH_BUCKETS: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 192, 256];
 
+/// The graph bucket a decode step of `tokens` tokens is padded to (`None`: past the largest,
+/// it runs without a graph).
+fn graph_bucket(tokens: usize) -> Option<usize> {
+    GRAPH_BUCKETS.iter().copied().find(|&b| b >= tokens)
+}
+
 /// How to place a model on a GPU.
 #[derive(Debug, Clone)]
 pub struct CudaModelOptions {
@@ -38,6 +44,11 @@ pub struct CudaModelOptions {
     /// Keys and values stored as fp8 (E4M3) with a scale per (token, kv head): half the
     /// bytes of bf16 (`backend::kv8`; bf16 compute, head_dim 64 or 128, compute 8.0+).
     pub kv_fp8: bool,
+    /// A sequence's numbers do not depend on the batch: every projection of up to
+    /// `max_num_seqs` tokens on the tensor-core GEMV (8 tokens a launch, each token's sums in
+    /// the same order), decode attention always split by context length alone. Prefill chunks
+    /// of more tokens keep cuBLASLt; the scheduler keeps those chunks the same.
+    pub batch_invariant: bool,
 }
 
 struct DecodeGraph {
@@ -54,6 +65,10 @@ pub struct CudaModel {
     cache: CudaKvCache,
     /// Decode graphs by (batch bucket, long-context decode): see `meta::LONG_DECODE_CONTEXT`.
     graphs: HashMap<(usize, bool), DecodeGraph>,
+    /// Some expert block routes on the host (quantised or odd-shaped experts: see
+    /// `backend::moe`), reading the router's output in the middle of a step, so the model's
+    /// steps are never captured in graphs, whatever `options` says.
+    experts_on_host: bool,
     pub options: CudaModelOptions,
     pub num_blocks: usize,
     /// Device allocations made by the end of loading; any more means a step allocated.
@@ -73,6 +88,21 @@ fn workspace_bytes(c: &ModelConfig, tokens: usize, seqs: usize, elem: usize) -> 
     let per_token = 4 * c.hidden_size + 3 * q + 2 * kv + 3 * c.intermediate_size;
     let logits = seqs * c.vocab_size * (elem + 4);
     2 * tokens * per_token * elem + 2 * logits + (64 << 20)
+}
+
+/// Workspace a token of an expert model's step takes for device routing (`backend::moe`):
+/// its chosen experts' ids and weights (4 bytes each) and their gate·up activations.
+fn moe_bytes_per_token(w: &ModelWeights, elem: usize) -> usize {
+    let block = |m: &kr_model::weights::MoeWeights| {
+        let ff = m.experts.first().map_or(0, |e| e.gate.rows);
+        m.top_k * (8 + ff * elem)
+    };
+    w.layers
+        .iter()
+        .filter_map(|l| l.moe.as_ref())
+        .map(block)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Whether an fp8 KV cache can hold this model here: bf16 compute, head_dim 64 or 128 and
@@ -95,6 +125,49 @@ fn kv_fp8_supported(c: &ModelConfig, dtype: DType, cc: (i32, i32)) -> Result<()>
     }
 }
 
+/// Whether batch-invariant kernels cover this model: bf16 compute on compute capability
+/// 8.0+ (the tensor-core GEMV), unquantised dense weights whose widths are multiples of 32 and
+/// row counts multiples of 16, head_dim 64 or 128 (the tiled decode kernels), a bf16 cache.
+fn batch_invariant_supported(
+    w: &ModelWeights,
+    opts: &CudaModelOptions,
+    cc: (i32, i32),
+) -> Result<()> {
+    let c = &w.config;
+    let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let rows = [
+        q_dim,
+        kv_dim,
+        c.hidden_size,
+        c.intermediate_size,
+        c.vocab_size,
+    ];
+    let why = if opts.dtype != DType::Bf16 {
+        Some(format!("{:?} compute (use --dtype bf16)", opts.dtype))
+    } else if cc.0 < 8 {
+        Some(format!("compute capability {}.{} (8.0+ is)", cc.0, cc.1))
+    } else if opts.kv_fp8 {
+        Some("an fp8 KV cache (use --kv-cache-dtype auto)".to_string())
+    } else if c.head_dim != 64 && c.head_dim != 128 {
+        Some(format!("head_dim {} (64 and 128 are)", c.head_dim))
+    } else if w.has_experts() || w.layer_matrices().any(|t| t.ty.is_quantized()) {
+        Some("quantised weights or experts (bf16 dense weights are)".to_string())
+    } else if c.hidden_size % 32 != 0
+        || c.intermediate_size % 32 != 0
+        || rows.iter().any(|r| r % 16 != 0)
+    {
+        Some("widths that are not multiples of 32 or row counts not multiples of 16".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(CudaError::Unsupported(format!(
+            "batch-invariant mode (--batch-invariant) with {why}; run without it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Bytes of the weight arena: every matrix as the device stores it, each aligned.
 fn arena_bytes(w: &ModelWeights, dtype: DType) -> usize {
     let size = |t: &kr_model::RawTensor| {
@@ -107,20 +180,17 @@ fn arena_bytes(w: &ModelWeights, dtype: DType) -> usize {
 impl CudaModel {
     pub fn load(weights: &ModelWeights, opts: CudaModelOptions) -> Result<Self> {
         let c = &weights.config;
-        if c.head_dim > 128 || c.head_dim % 2 != 0 || c.num_heads % c.num_kv_heads != 0 {
-            return Err(CudaError::Unsupported(format!(
-                "head_dim {} with {} heads / {} kv heads (needs an even head_dim up to 128)",
-                c.head_dim, c.num_heads, c.num_kv_heads
-            )));
-        }
         if let Some(what) = weights.beyond_the_gpu_kernels() {
             return Err(CudaError::Unsupported(format!(
-                "{what} yet (run the model with --device cpu)"
+                "{what}; run the model with --device cpu"
             )));
         }
         let gpu = Arc::new(Gpu::open(opts.ordinal)?);
         if opts.kv_fp8 {
             kv_fp8_supported(c, opts.dtype, gpu.info.compute_capability)?;
+        }
+        if opts.batch_invariant {
+            batch_invariant_supported(weights, &opts, gpu.info.compute_capability)?;
         }
         let max_seqs = opts.max_num_seqs.max(*GRAPH_BUCKETS.last().unwrap_or(&1));
         let max_tokens = opts.max_num_batched_tokens.max(max_seqs);
@@ -128,10 +198,15 @@ impl CudaModel {
             max_tokens,
             max_seqs,
             max_blocks_per_seq: opts.max_model_len.div_ceil(opts.block_size),
-            workspace_bytes: workspace_bytes(c, max_tokens, max_seqs, opts.dtype.size()),
+            workspace_bytes: workspace_bytes(c, max_tokens, max_seqs, opts.dtype.size())
+                + max_tokens * moe_bytes_per_token(weights, opts.dtype.size()),
             heads_per_kv: c.num_heads / c.num_kv_heads,
             vocab_size: c.vocab_size,
             kv_fp8: opts.kv_fp8,
+            batch_invariant_tokens: match opts.batch_invariant {
+                true => graph_bucket(opts.max_num_seqs).unwrap_or(opts.max_num_seqs),
+                false => 0,
+            },
         };
         let backend = CudaBackend::new(gpu.clone(), opts.dtype, limits)?;
         backend.reserve_weights(arena_bytes(weights, opts.dtype))?;
@@ -139,6 +214,11 @@ impl CudaModel {
         decoder
             .backend()
             .prepare_rope(&kr_model::Rope::from_config(c));
+        if let Some(local) = c.local_rope_config() {
+            decoder
+                .backend()
+                .prepare_rope(&kr_model::Rope::from_config(&local));
+        }
         if let Some(e) = decoder.backend().take_error() {
             return Err(e);
         }
@@ -164,11 +244,13 @@ impl CudaModel {
             return Err(e);
         }
         gpu.synchronize()?;
+        let experts_on_host = decoder.routes_experts_on_host();
         Ok(Self {
             allocations_at_load: gpu.allocations.load(std::sync::atomic::Ordering::Relaxed),
             decoder,
             cache,
             graphs: HashMap::new(),
+            experts_on_host,
             options: opts,
             num_blocks,
             outstanding: VecDeque::new(),
@@ -359,9 +441,11 @@ impl CudaModel {
         read: impl FnOnce(&CudaBackend, Option<&CudaTensor>) -> R,
     ) -> Result<R> {
         self.last_sampled = None;
-        let bucket = GRAPH_BUCKETS.iter().copied().find(|&b| b >= ids.len());
+        let bucket = graph_bucket(ids.len());
         let out = match bucket {
-            Some(b) if self.options.cuda_graphs && is_pure_decode(meta) => {
+            Some(b)
+                if self.options.cuda_graphs && !self.experts_on_host && is_pure_decode(meta) =>
+            {
                 let (pids, pmeta) = pad_decode(ids, meta, b);
                 self.decoder.backend().begin_step(&pids, &pmeta);
                 self.error()?;

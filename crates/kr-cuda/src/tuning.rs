@@ -80,6 +80,24 @@ pub static SWITCHES: &[Switch] = &[
         effect: "tiled decode-attention kernel (head_dim 64 / 128)",
     },
     Switch {
+        name: "KR_CUDA_DECODE_STAGES",
+        default: "2",
+        allowed: "2, 3",
+        effect: "tile buffers of the tiled decode kernels (3: two tiles in flight, more shared memory a block)",
+    },
+    Switch {
+        name: "KR_CUDA_PARTIAL_ROPE",
+        default: "0",
+        allowed: "0, 1",
+        effect: "models with partial rotary embeddings (Phi-4-mini) on the GPU (1; not yet checked on a GPU) instead of the CPU",
+    },
+    Switch {
+        name: "KR_CUDA_MOE_DEVICE",
+        default: "0",
+        allowed: "0, 1",
+        effect: "Mixture-of-Experts blocks routed on the device (1; not yet run on a GPU) instead of on the host",
+    },
+    Switch {
         name: "KR_CUDA_DECODE_CLUSTER",
         default: "1",
         allowed: "0 (off), 1",

@@ -59,6 +59,7 @@ fn load_with(dtype: DType, f32_weights: bool, kv_fp8: bool) -> Option<CudaModel>
         num_kv_blocks: Some(64),
         cuda_graphs: true,
         kv_fp8,
+        batch_invariant: false,
     };
     Some(CudaModel::load(&w, opts).expect("load"))
 }

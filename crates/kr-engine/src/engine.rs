@@ -60,6 +60,9 @@ pub struct EngineConfig {
     pub gpu_memory_fraction: f64,
     /// On CUDA: replay decode steps from captured graphs.
     pub cuda_graphs: bool,
+    /// A request's numbers do not depend on what runs beside it: the scheduler's
+    /// batch-invariant steps, and on CUDA the backend's batch-invariant kernels.
+    pub batch_invariant: bool,
     /// On CUDA: launch decode step N+1 before step N's tokens reach the host.
     pub overlap_steps: bool,
     /// Scheduler policies (fast path, admission window, latency controller, aging).
@@ -95,6 +98,7 @@ impl EngineConfig {
             kv_cache_dtype: KvCacheDtype::Auto,
             gpu_memory_fraction: 0.9,
             cuda_graphs: true,
+            batch_invariant: false,
             overlap_steps: true,
             policy: PolicyConfig::default(),
             template_limits: TemplateLimits::default(),
@@ -120,6 +124,7 @@ impl EngineConfig {
             max_model_len,
             gpu_memory_fraction: self.gpu_memory_fraction,
             cuda_graphs: self.cuda_graphs,
+            batch_invariant: self.batch_invariant,
         }
     }
 }
@@ -279,6 +284,7 @@ impl EngineLoop {
             max_model_len: info.max_model_len,
             enable_prefix_caching: cfg.enable_prefix_caching,
             sliding_window: placement::window_on_every_layer(&info.config),
+            batch_invariant: cfg.batch_invariant,
         });
         let stats = Arc::new(EngineStats::default());
         stats.kv_blocks_total.store(num_blocks as u64, Relaxed);

@@ -79,10 +79,19 @@ fn greedy_and_seeded_outputs_are_identical_alone_and_batched() {
 #[test]
 fn a_chunked_long_prompt_gives_the_same_tokens_beside_short_requests() {
     let Some(_) = smollm2() else { return };
-    let engine = start(|c: &mut EngineConfig| {
-        c.max_num_batched_tokens = 128;
-        c.enable_prefix_caching = false;
-    });
+    // The default step composition without the prefix cache, and the batch-invariant one
+    // with it (the second run then starts from the first one's cached prefix, cut to a chunk
+    // boundary).
+    for invariant in [false, true] {
+        long_prompt_beside_short_requests(start(|c: &mut EngineConfig| {
+            c.max_num_batched_tokens = 128;
+            c.enable_prefix_caching = invariant;
+            c.batch_invariant = invariant;
+        }));
+    }
+}
+
+fn long_prompt_beside_short_requests(engine: kr_engine::EngineHandle) {
     let long: Vec<u32> = (0..1000u32).map(|i| 300 + (i * 7919) % 40_000).collect();
     let alone = generate(
         &engine,

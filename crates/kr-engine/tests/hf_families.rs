@@ -37,6 +37,13 @@ fn phi3_with_partial_rotary_embeddings_matches_transformers() {
     assert!(err <= TOLERANCE, "phi3-partial: {err}");
     let model = kr_engine::load_model(&common::hf_tiny_dir("phi3-partial-f32")).unwrap();
     assert_eq!(model.config().attention.rotary_dim, Some(8));
+    // Until its GPU kernels have been checked there, `device: auto` keeps it on the CPU
+    // (this process never sets KR_CUDA_PARTIAL_ROPE).
+    let why = model
+        .weights
+        .beyond_the_gpu_kernels()
+        .expect("kept off the GPU");
+    assert!(why.contains("partial rotary"), "{why}");
 }
 
 #[test]

@@ -69,10 +69,19 @@ impl KvLayout {
 
     /// The first position a query at `pos` of layer `layer` attends to.
     pub fn first_key(&self, layer: usize, pos: usize) -> usize {
+        match self.window(layer) {
+            0 => 0,
+            w => (pos + 1).saturating_sub(w),
+        }
+    }
+
+    /// The keys a query of layer `layer` sees (itself included) if the layer slides, else 0.
+    pub fn window(&self, layer: usize) -> usize {
         let slides = layer < 128 && self.sliding_layers >> layer & 1 == 1;
-        match slides && self.sliding_window > 0 {
-            true => (pos + 1).saturating_sub(self.sliding_window),
-            false => 0,
+        if slides {
+            self.sliding_window
+        } else {
+            0
         }
     }
 }
@@ -167,6 +176,9 @@ pub trait Backend: Send {
     type Weight: Send + Sync;
     type Vector: Send + Sync;
     type KvCache: Send;
+    /// A backend's table of one Mixture-of-Experts block's experts for
+    /// [`Self::experts_add`]; `()` where it routes on the host only.
+    type Experts: Send + Sync;
 
     fn name(&self) -> &'static str;
     fn load_weight(&self, t: &RawTensor) -> Self::Weight;
@@ -308,4 +320,30 @@ pub trait Backend: Send {
     );
     /// Copies a tensor to host memory, row-major.
     fn to_host(&self, x: &Self::Tensor) -> Vec<f32>;
+
+    /// The table of `experts` (gate, up and down of each; `top_k` chosen per token) for
+    /// [`Self::experts_add`], or `None`: the decoder then routes on the host, one batched
+    /// pass per expert.
+    fn prepare_experts(
+        &self,
+        _experts: &[[Self::Weight; 3]],
+        _top_k: usize,
+    ) -> Option<Self::Experts> {
+        None
+    }
+
+    /// `x += Σ_j p_j · down_j(silu(gate_j(h)) * up_j(h))` over each row's `top_k` experts by
+    /// `router_logits`, chosen and weighted as [`crate::weights::route_tokens`] does (softmax,
+    /// the largest first, ties to the lower index; p renormalised over the chosen where
+    /// `norm_topk_prob`), without a round trip to the host. Called only with a table from
+    /// [`Self::prepare_experts`].
+    fn experts_add(
+        &self,
+        _x: &mut Self::Tensor,
+        _h: &Self::Tensor,
+        _router_logits: &Self::Tensor,
+        _experts: &Self::Experts,
+        _routing: (usize, bool),
+    ) {
+    }
 }

@@ -33,6 +33,8 @@ struct Layer<B: Backend> {
 struct Moe<B: Backend> {
     router: B::Weight,
     experts: Vec<[B::Weight; 3]>,
+    /// The backend's table of `experts` where it routes on the device.
+    device_table: Option<B::Experts>,
     top_k: usize,
     norm_topk_prob: bool,
 }
@@ -68,6 +70,14 @@ impl<B: Backend> Decoder<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Whether some Mixture-of-Experts block routes its tokens on the host (reading the
+    /// router's logits back each step), which a captured graph cannot replay.
+    pub fn routes_experts_on_host(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| l.moe.as_ref().is_some_and(|m| m.device_table.is_none()))
     }
 
     /// A KV cache with `num_blocks` blocks of `block_size` tokens for this model.
@@ -169,7 +179,12 @@ impl<B: Backend> Decoder<B> {
     fn experts_add(&self, x: &mut B::Tensor, norm: &B::Vector, moe: &Moe<B>, n: usize) {
         let be = &self.backend;
         let h = be.rms_norm(x, norm, self.config.rms_norm_eps);
-        let logits = be.to_host(&be.linear(&h, &moe.router, None));
+        let router_logits = be.linear(&h, &moe.router, None);
+        if let Some(table) = &moe.device_table {
+            let routing = (moe.top_k, moe.norm_topk_prob);
+            return be.experts_add(x, &h, &router_logits, table, routing);
+        }
+        let logits = be.to_host(&router_logits);
         let e = moe.experts.len();
         // Each expert's tokens and weights, in token order, gathered in one pass.
         let mut routed: Vec<(Vec<usize>, Vec<f32>)> = vec![Default::default(); e];
@@ -257,15 +272,19 @@ fn load_layer<B: Backend>(backend: &B, l: &LayerWeights) -> Layer<B> {
             [&l.w_gate, &l.w_up].map(|t| backend.load_weight(t)),
         ),
     };
-    let moe = l.moe.as_ref().map(|m| Moe {
-        router: backend.load_weight(&m.router),
-        experts: m
+    let moe = l.moe.as_ref().map(|m| {
+        let experts: Vec<_> = m
             .experts
             .iter()
             .map(|x| [&x.gate, &x.up, &x.down].map(|t| backend.load_weight(t)))
-            .collect(),
-        top_k: m.top_k,
-        norm_topk_prob: m.norm_topk_prob,
+            .collect();
+        Moe {
+            router: backend.load_weight(&m.router),
+            device_table: backend.prepare_experts(&experts, m.top_k),
+            experts,
+            top_k: m.top_k,
+            norm_topk_prob: m.norm_topk_prob,
+        }
     });
     Layer {
         attn_norm,

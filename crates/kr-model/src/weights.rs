@@ -260,31 +260,34 @@ impl ModelWeights {
 
     /// What this model needs that the CUDA backend's kernels do not do yet, in words; `None`
     /// when the GPU can run it. (`device: auto` then picks the CPU for it.)
+    /// Every family this crate reads runs there (Gemma's pieces, experts); what the kernels'
+    /// shapes exclude is a head size past 128 (Gemma 2 9B and Gemma 3 1B to 12B use 256), an
+    /// odd one, or query heads that do not share kv heads evenly. Partial rotation (Phi-4-mini)
+    /// is written for the GPU but has not yet been checked against transformers there, so it
+    /// stays on the CPU unless `KR_CUDA_PARTIAL_ROPE=1` (kr-cuda's tuning switch, read here
+    /// because placement asks this before any backend exists).
     pub fn beyond_the_gpu_kernels(&self) -> Option<String> {
-        let (c, a) = (&self.config, &self.config.attention);
-        if c.partial_rotary() {
-            return Some("partial rotary embeddings".into());
+        let c = &self.config;
+        let partial_allowed = std::env::var("KR_CUDA_PARTIAL_ROPE").is_ok_and(|v| v.trim() == "1");
+        if c.partial_rotary() && !partial_allowed {
+            return Some(
+                "partial rotary embeddings (their GPU kernels have not yet been checked on a GPU)"
+                    .into(),
+            );
         }
-        let post_norms = self
-            .layers
-            .iter()
-            .any(|l| l.post_attn_norm.is_some() || l.post_ffn_norm.is_some());
-        let gemma = a.embed_scale.is_some()
-            || a.gelu_ffn
-            || a.attn_logit_softcap.is_some()
-            || a.final_logit_softcap.is_some()
-            || a.local_rope_theta.is_some()
-            || post_norms;
-        if gemma {
-            return Some(format!(
-                "the {} family (GeGLU, scaled embeddings, soft-capping, post-norms)",
-                c.architecture
-            ));
-        }
-        self.layers
-            .iter()
-            .any(|l| l.moe.is_some())
-            .then(|| "Mixture-of-Experts layers".to_string())
+        let fits = c.head_dim <= 128 && c.head_dim % 2 == 0 && c.num_heads % c.num_kv_heads == 0;
+        (!fits).then(|| {
+            format!(
+                "head_dim {} with {} heads / {} kv heads (the CUDA kernels take an even head_dim up to 128)",
+                c.head_dim, c.num_heads, c.num_kv_heads
+            )
+        })
+    }
+
+    /// Whether some layer routes tokens to experts (its forward pass reads the router's
+    /// choices on the host, so a step cannot be captured in a CUDA graph).
+    pub fn has_experts(&self) -> bool {
+        self.layers.iter().any(|l| l.moe.is_some())
     }
 
     /// Bytes of all weight matrices as stored.

@@ -287,6 +287,10 @@ pub struct EngineArgs {
     /// Run every decode step eagerly instead of replaying CUDA graphs.
     #[arg(long)]
     pub no_cuda_graphs: bool,
+    /// Make a request's tokens independent of what runs beside it (decode-only steps
+    /// alternate with one prefill chunk; on CUDA, batch-invariant projections and attention).
+    #[arg(long)]
+    pub batch_invariant: bool,
     /// Wait for each decode step's tokens before launching the next, instead of launching
     /// step N+1 while the GPU runs step N.
     #[arg(long)]

@@ -191,6 +191,7 @@ fn sched(max_seqs: usize) -> Scheduler {
         max_model_len: 256,
         enable_prefix_caching: false,
         sliding_window: None,
+        batch_invariant: false,
     })
 }
 

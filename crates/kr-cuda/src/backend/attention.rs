@@ -140,10 +140,29 @@ impl DecodeKernels {
     }
 }
 
-/// Dynamic shared memory of a tiled decode kernel: two buffers of DT_KT key and value rows,
-/// each padded by 16 bytes.
+/// Tile buffers of the tiled decode kernels (DT_STAGES, compiled in: see
+/// [`decode_stages_define`]): one tile in flight while one is computed, or two with
+/// `KR_CUDA_DECODE_STAGES=3`. Three buffers cost a bf16 head_dim-128 block 17 KiB more shared
+/// memory, so fewer blocks fit an SM; on an H100 that made 32k decode slower (docs/gpu-tuning.md).
+pub(super) fn decode_tile_stages() -> usize {
+    static STAGES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *STAGES.get_or_init(|| {
+        crate::tuning::value("KR_CUDA_DECODE_STAGES")
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|n| matches!(n, 2 | 3))
+            .unwrap_or(2)
+    })
+}
+
+/// The NVRTC define that gives the tiled decode kernels [`decode_tile_stages`] buffers.
+pub fn decode_stages_define() -> String {
+    format!("-DDT_STAGES={}", decode_tile_stages())
+}
+
+/// Dynamic shared memory of a tiled decode kernel: DT_STAGES buffers of DT_KT key and value
+/// rows, each padded by 16 bytes.
 pub(super) fn decode_tiles_smem(head_dim: usize, elem_size: usize) -> usize {
-    2 * 2 * DECODE_TILE_KEYS * (head_dim + 16 / elem_size) * elem_size
+    decode_tile_stages() * 2 * DECODE_TILE_KEYS * (head_dim + 16 / elem_size) * elem_size
 }
 
 /// Keys per shared-memory tile of the tensor-core prefill kernels (MMA_KT).
@@ -205,10 +224,10 @@ impl CudaBackend {
         let (op, qp, kc, vc) = (out.ptr, q.ptr, cache.k(layer), cache.v(layer));
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
-        let scale = l.attn_scale;
+        let (scale, win, cap) = (l.attn_scale, l.window(layer) as i32, l.softcap);
         launch!(
             self, name, cfg, op, qp, kc, vc, work, qs, ql, cl, bt, stride, bs, nh, nkv, hd, tile,
-            scale
+            scale, win, cap
         );
     }
 
@@ -278,7 +297,10 @@ impl CudaBackend {
         cache: &mut CudaKvCache,
         num_heads: usize,
     ) {
-        if self.decode_kernel_applies(num_heads, cache.layout) && !cache.fp8() {
+        // The decode kernels rotate whole heads with unscaled angles; a partial rotation goes
+        // through rope_write_kv first.
+        let whole = 2 * rope.inv_freq.len() == cache.layout.head_dim && rope.scale == 1.0;
+        if self.decode_kernel_applies(num_heads, cache.layout) && !cache.fp8() && whole {
             let fused = FusedRope {
                 k: k.ptr,
                 v: v.ptr,
@@ -342,10 +364,10 @@ impl CudaBackend {
             None => (0u64, 0u64, 0u64, 0i32),
         };
         let (pos, slots) = (self.meta_ptr(o.positions), self.meta_ptr(o.slots));
-        let min_keys = plan.min_keys as i32;
+        let (min_keys, win, cap) = (plan.min_keys as i32, l.window(layer) as i32, l.softcap);
         launch!(
             self, name, cfg, op, qp, kc, vc, qs, cl, bt, stride, bs, nh, nkv, hd, scale, pp, cp,
-            kn, vn, pos, slots, freq, inter, min_keys
+            kn, vn, pos, slots, freq, inter, min_keys, win, cap
         );
     }
 
@@ -355,15 +377,26 @@ impl CudaBackend {
     /// cluster); the rest run one block per pair.
     fn decode_plan(&self, pairs: usize, head_dim: usize) -> DecodePlan {
         let kernels = self.decode_kernels.get();
+        let tiles_smem = decode_tiles_smem(head_dim, self.dtype.size());
+        // Where the tiles do not fit a block's shared memory (f32, head_dim 128 below sm_80),
+        // the generic kernels run.
         let tiled = match head_dim {
             64 => Some(0),
             128 => Some(1),
             _ => None,
         }
-        .filter(|_| kernels.tiles);
-        let tiles_smem = decode_tiles_smem(head_dim, self.dtype.size());
-        if let Some(i) = tiled.filter(|_| self.step.get().long_decode && pairs <= SPLIT_COUNTERS) {
-            let (splits, min_keys) = self.long_splits(pairs);
+        .filter(|_| kernels.tiles && tiles_smem <= self.gpu.info.max_dynamic_smem);
+        let long = self.step.get().long_decode || self.batch_invariant;
+        if let Some(i) = tiled.filter(|_| long && pairs <= SPLIT_COUNTERS) {
+            // Batch-invariant: always the most splits, so a sequence's split points follow
+            // its context length alone.
+            let (splits, min_keys) = match self.batch_invariant {
+                true => (
+                    self.long_decode_splits.get().most,
+                    self.long_decode_splits.get().min_keys,
+                ),
+                false => self.long_splits(pairs),
+            };
             return DecodePlan {
                 splits,
                 cluster: false,
@@ -423,6 +456,7 @@ impl CudaBackend {
         let nh = (q.cols / l.head_dim) as i32;
         let (nkv, hd) = (l.num_kv_heads as i32, l.head_dim as i32);
         let inter = interleaved_flag(rope);
+        let (rot_half, rope_scale) = (rope.inv_freq.len().min(l.head_dim / 2) as i32, rope.scale);
         launch!(
             self,
             "rope_write_kv",
@@ -442,7 +476,9 @@ impl CudaBackend {
             k8,
             v8,
             ks,
-            vs
+            vs,
+            rot_half,
+            rope_scale
         );
     }
 

@@ -7,6 +7,10 @@
 //! function launches nothing otherwise (`None` / `false`) so the caller falls back to the
 //! CUDA-core kernels, which compute the same values up to summation order.
 //! `KR_CUDA_MMA_GEMV=0` turns it off.
+//!
+//! Batch-invariant mode takes every projection of 1..=`mma_gemv_max_tokens` tokens, launched
+//! once per group of 8: a token is one column of the mma, whose sums neither the other
+//! columns nor the group's size touch, so each token's outputs are the same in any batch.
 
 use super::{grid1, CudaBackend, CudaTensor, CudaVector, CudaWeight, DType, GEMV_MAX_ROWS};
 use crate::error::driver;
@@ -65,6 +69,14 @@ pub(super) fn mma_gemv_min_tokens() -> usize {
     }
 }
 
+/// The launches of `t` tokens: (first token, tokens) in groups of at most GEMV_MAX_ROWS (8,
+/// the mma's n).
+fn token_groups(t: usize) -> impl Iterator<Item = (usize, i32)> {
+    (0..t)
+        .step_by(GEMV_MAX_ROWS)
+        .map(move |g| (g, (t - g).min(GEMV_MAX_ROWS) as i32))
+}
+
 /// Blocks for `rows` output rows.
 fn blocks(rows: usize) -> cudarc::driver::LaunchConfig {
     grid1(rows / ROWS_PER_BLOCK, (32 * shape().warps) as u32)
@@ -76,7 +88,7 @@ impl CudaBackend {
     pub(super) fn mma_takes(&self, t: usize) -> bool {
         self.dtype == DType::Bf16
             && self.gpu.info.compute_capability.0 >= 8
-            && (self.mma_gemv_min_tokens..=GEMV_MAX_ROWS).contains(&t)
+            && (self.mma_gemv_min_tokens..=self.mma_gemv_max_tokens).contains(&t)
     }
 
     /// Whether `t` tokens of width `cols` times weights of `rows` rows run on tensor cores.
@@ -100,23 +112,31 @@ impl CudaBackend {
         if !self.mma_gemv_applies(x.rows, x.cols, &[w.rows]) || w.cols != x.cols {
             return false;
         }
-        let (xp, wp, bp) = (x.ptr, w.ptr, bias.map_or(0u64, |b| b.buf.ptr));
-        let (rows, cols, nt) = (w.rows as i32, x.cols as i32, x.rows as i32);
+        let (wp, bp) = (w.ptr, bias.map_or(0u64, |b| b.buf.ptr));
+        let (rows, cols) = (w.rows as i32, x.cols as i32);
         let acc = i32::from(accumulate);
-        launch!(
-            self,
-            "gemv_mma",
-            blocks(w.rows),
-            y,
-            xp,
-            wp,
-            bp,
-            rows,
-            cols,
-            nt,
-            acc
-        );
+        for (g, nt) in token_groups(x.rows) {
+            let (yg, xp) = (self.row_ptr(y, g, w.rows), self.row_ptr(x.ptr, g, x.cols));
+            launch!(
+                self,
+                "gemv_mma",
+                blocks(w.rows),
+                yg,
+                xp,
+                wp,
+                bp,
+                rows,
+                cols,
+                nt,
+                acc
+            );
+        }
         true
+    }
+
+    /// The address of row `row` of a `? × cols` matrix of the compute type at `base`.
+    fn row_ptr(&self, base: u64, row: usize, cols: usize) -> u64 {
+        base + (row * cols * self.dtype.size()) as u64
     }
 
     /// q, k and v on tensor cores in one launch, or `None`.
@@ -132,28 +152,33 @@ impl CudaBackend {
         }
         let (ys, [q, k, v, xp, wq, wk, wv, bq, bk, bv], [nq, nk, nv]) =
             self.qkv_outputs_and_args(x, w, bias);
-        let (cols, nt) = (x.cols as i32, x.rows as i32);
+        let cols = x.cols as i32;
         let cfg = blocks(rows.iter().sum());
-        launch!(
-            self,
-            "gemv_mma_qkv",
-            cfg,
-            q,
-            k,
-            v,
-            xp,
-            wq,
-            wk,
-            wv,
-            bq,
-            bk,
-            bv,
-            nq,
-            nk,
-            nv,
-            cols,
-            nt
-        );
+        for (g, nt) in token_groups(x.rows) {
+            let [qg, kg, vg] =
+                [(q, rows[0]), (k, rows[1]), (v, rows[2])].map(|(p, n)| self.row_ptr(p, g, n));
+            let xg = self.row_ptr(xp, g, x.cols);
+            launch!(
+                self,
+                "gemv_mma_qkv",
+                cfg,
+                qg,
+                kg,
+                vg,
+                xg,
+                wq,
+                wk,
+                wv,
+                bq,
+                bk,
+                bv,
+                nq,
+                nk,
+                nv,
+                cols,
+                nt
+            );
+        }
         Some(ys)
     }
 
@@ -169,21 +194,27 @@ impl CudaBackend {
             return None;
         }
         let y = self.alloc(x.rows, w_gate.rows);
-        let (yp, xp, wg, wu) = (y.ptr, x.ptr, w_gate.ptr, w_up.ptr);
-        let (rows, cols, nt) = (w_gate.rows as i32, x.cols as i32, x.rows as i32);
+        let (wg, wu) = (w_gate.ptr, w_up.ptr);
+        let (rows, cols) = (w_gate.rows as i32, x.cols as i32);
         let cfg = blocks(w_gate.rows);
-        launch!(
-            self,
-            "gemv_mma_gate_up",
-            cfg,
-            yp,
-            xp,
-            wg,
-            wu,
-            rows,
-            cols,
-            nt
-        );
+        for (g, nt) in token_groups(x.rows) {
+            let (yp, xp) = (
+                self.row_ptr(y.ptr, g, w_gate.rows),
+                self.row_ptr(x.ptr, g, x.cols),
+            );
+            launch!(
+                self,
+                "gemv_mma_gate_up",
+                cfg,
+                yp,
+                xp,
+                wg,
+                wu,
+                rows,
+                cols,
+                nt
+            );
+        }
         Some(y)
     }
 }

@@ -26,12 +26,13 @@ pub const KV8_KERNELS: [&str; 4] = [
 const TILE_KEYS: usize = 32;
 
 /// Dynamic shared memory of the fp8 decode kernel (`DecodeTiles8::SMEM`): two bf16 tiles of
-/// key and value rows (padded by 8 elements), two staged tiles of code rows (padded by 16
-/// bytes), and each tile's scales.
+/// key and value rows (padded by 8 elements), DT_STAGES staged tiles of code rows (padded by
+/// 16 bytes), and each tile's scales.
 pub fn decode_smem(head_dim: usize) -> usize {
+    let stages = super::attention::decode_tile_stages();
     let wide = 2 * 2 * TILE_KEYS * (head_dim + 8) * 2;
-    let staged = 2 * 2 * TILE_KEYS * (head_dim + 16);
-    wide + staged + 2 * 2 * (2 * TILE_KEYS * 4)
+    let staged = stages * 2 * TILE_KEYS * (head_dim + 16);
+    wide + staged + (2 + stages) * (2 * TILE_KEYS * 4)
 }
 
 impl CudaBackend {
@@ -50,14 +51,14 @@ impl CudaBackend {
         let (ks, vs) = (cache.k_scales(layer), cache.v_scales(layer));
         let [qs, cl, bt] = self.seq_meta_ptrs();
         let [stride, bs, nh, nkv, hd] = self.attn_geometry(cache, num_heads);
-        let scale = l.attn_scale;
+        let (scale, win, cap) = (l.attn_scale, l.window(layer) as i32, l.softcap);
         if !self.decode_kernel_applies(num_heads, l) {
             let smem = super::attention::mma_smem(l.head_dim);
             let (cfg, [work, ql], tile) = self.prefill_launch(num_heads, l, 128, smem);
             let name = KV8_KERNELS[2 + big];
             return launch!(
                 self, name, cfg, op, qp, k8, v8, ks, vs, work, qs, ql, cl, bt, stride, bs, nh, nkv,
-                hd, tile, scale
+                hd, tile, scale, win, cap
             );
         }
         let seqs = self.step.get().seqs.max(1);
@@ -84,7 +85,7 @@ impl CudaBackend {
         let (name, min_keys) = (KV8_KERNELS[big], min_keys as i32);
         launch!(
             self, name, cfg, op, qp, k8, v8, ks, vs, qs, cl, bt, stride, bs, nh, nkv, hd, scale,
-            pp, cp, min_keys
+            pp, cp, min_keys, win, cap
         );
     }
 }

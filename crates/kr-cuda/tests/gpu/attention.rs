@@ -82,6 +82,10 @@ struct AttentionCase {
     /// An fp8 cache on the GPU; the CPU's cache rows are then rounded the same way (rotated
     /// keys to bf16, then every row through E4M3 with its own scale).
     kv_fp8: bool,
+    /// A sliding window of this many keys on the layer (0: none), on both sides.
+    window: usize,
+    /// Attention logits soft-capped at this value (Gemma 2; 0: none), on both sides.
+    softcap: f32,
 }
 
 impl AttentionCase {
@@ -96,6 +100,8 @@ impl AttentionCase {
             long_splits: (64, 128),
             prefill_writes_only: false,
             kv_fp8: false,
+            window: 0,
+            softcap: 0.0,
         }
     }
 }
@@ -121,7 +127,12 @@ fn attention_vs_cpu(case: AttentionCase, steps: &StepsFn) -> f32 {
     g.set_decode_kernels(case.kernels);
     g.set_long_decode_splits(case.long_splits.0, case.long_splits.1);
     let c = CpuBackend;
-    let layout = kr_model::KvLayout::plain(1, case.blocks, 16, cfg.num_kv_heads, head_dim);
+    let layout = kr_model::KvLayout {
+        sliding_window: case.window,
+        sliding_layers: u128::from(case.window > 0),
+        softcap: case.softcap,
+        ..kr_model::KvLayout::plain(1, case.blocks, 16, cfg.num_kv_heads, head_dim)
+    };
     let (mut gcache, mut ccache) = (g.new_kv_cache(layout), c.new_kv_cache(layout));
     let rope = kr_model::Rope::from_config(&cfg);
     let widths = [
@@ -130,7 +141,11 @@ fn attention_vs_cpu(case: AttentionCase, steps: &StepsFn) -> f32 {
         cfg.num_kv_heads * head_dim,
     ];
     let mut worst = 0f32;
-    for (i, (ids, meta)) in steps(&cfg).iter().enumerate() {
+    let mut steps = steps(&cfg);
+    if case.window > 0 {
+        free_blocks_behind_the_window(&mut steps, case.window);
+    }
+    for (i, (ids, meta)) in steps.iter().enumerate() {
         let n = ids.len();
         let data: Vec<Vec<f32>> = (0..3)
             .map(|j| bf16_values(n * widths[j], 100 * i as u64 + j as u64 + 1))
@@ -173,6 +188,18 @@ fn attention_vs_cpu(case: AttentionCase, steps: &StepsFn) -> f32 {
     }
     assert!(g.take_error().is_none());
     worst
+}
+
+/// Marks each step's blocks that lie wholly before every query's window as freed
+/// (`NO_BLOCK`), as the scheduler does when every layer slides: no kernel may read them.
+fn free_blocks_behind_the_window(steps: &mut [(Vec<u32>, AttnMeta)], window: usize) {
+    for (_, meta) in steps.iter_mut() {
+        for s in &mut meta.seqs {
+            let first_needed = (s.ctx_len - s.q_len + 1).saturating_sub(window);
+            let freed = (first_needed / 16).min(s.block_table.len());
+            s.block_table[..freed].fill(u32::MAX);
+        }
+    }
 }
 
 /// Prefill attention (the tensor-core kernel for bf16 head_dim 64 and 128) on long chunked
@@ -438,4 +465,118 @@ fn fp8_cache_attention_matches_cpu_with_rows_rounded_alike() {
             );
         }
     }
+}
+
+/// Sliding-window layers (Mistral, Gemma's local layers) against the CPU, which attends from
+/// `KvLayout::first_key`: windows of 1, 100 and 700 keys on prefill chunks over a cached
+/// prefix (the window cutting off whole 64-key tiles and falling inside one), decode over 600
+/// to 1,000 keys and with many short sequences, on the tiled kernels with RoPE fused in and
+/// the generic ones after it, f32 and bf16, head_dim 64 and 128; the fp8 cache on the same
+/// steps; and a 2,000-key window on the long-context splits (4k to 128k keys). Tolerances as
+/// above.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
+fn sliding_window_attention_matches_cpu() {
+    require_gpu();
+    let steps: [(&str, usize, &StepsFn); 3] = [
+        ("prefill", 80, &long_prefill_steps),
+        ("decode over 600-1,000 keys", 200, &long_decode_steps),
+        ("decode, many sequences", 256, &many_decode_steps),
+    ];
+    let paths = [DECODE_PATHS[1], DECODE_PATHS[5]];
+    for window in [1, 100, 700] {
+        for (label, blocks, steps) in steps {
+            for (dtype, head_dim, tol) in DECODE_CASES {
+                for (kernels, unfused) in paths {
+                    let case = AttentionCase {
+                        unfused,
+                        window,
+                        ..AttentionCase::new(dtype, head_dim, blocks, kernels)
+                    };
+                    let worst = attention_vs_cpu(case, steps);
+                    let what = format!("window {window}, {label}, {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}");
+                    println!("{what}: max |GPU - CPU| = {worst:.2e}");
+                    assert!(worst <= tol, "{what}: {worst}");
+                }
+            }
+            for head_dim in [64, 128] {
+                let case = AttentionCase {
+                    kv_fp8: true,
+                    window,
+                    ..AttentionCase::new(DType::Bf16, head_dim, blocks, ALL_DECODE_KERNELS[1])
+                };
+                let worst = attention_vs_cpu(case, steps);
+                println!("window {window}, {label}, fp8 cache head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
+                assert!(
+                    worst <= 2e-2,
+                    "window {window}, {label}, fp8 cache: {worst}"
+                );
+            }
+        }
+    }
+    let case = AttentionCase {
+        max_model_len: 131_072 + 64,
+        prefill_writes_only: true,
+        window: 2000,
+        ..AttentionCase::new(DType::Bf16, 128, 10_600, ALL_DECODE_KERNELS[1])
+    };
+    let worst = attention_vs_cpu(case, &very_long_decode_steps);
+    println!("window 2000, decode at 4k-128k keys: max |GPU - CPU| = {worst:.2e}");
+    assert!(worst <= 2e-2, "window 2000, long-context decode: {worst}");
+}
+
+/// Soft-capped attention logits (Gemma 2: `cap · tanh(score / cap)`) on every attention path:
+/// prefill (tensor cores for bf16, CUDA cores for f32), the tiled and generic decode kernels,
+/// the long-context splits and the fp8 cache, with a cap of 0.5 so that the random scores
+/// (O(1)) are bent hard, and with a window too. Tolerances as above.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p kr-cuda --test gpu -- --ignored"]
+fn soft_capped_attention_matches_cpu() {
+    require_gpu();
+    let steps: [(&str, usize, &StepsFn); 3] = [
+        ("prefill", 80, &long_prefill_steps),
+        ("decode over 600-1,000 keys", 200, &long_decode_steps),
+        ("decode, many sequences", 256, &many_decode_steps),
+    ];
+    for window in [0, 100] {
+        for (label, blocks, steps) in steps {
+            for (dtype, head_dim, tol) in DECODE_CASES {
+                for (kernels, unfused) in [DECODE_PATHS[1], DECODE_PATHS[3], DECODE_PATHS[5]] {
+                    let case = AttentionCase {
+                        unfused,
+                        window,
+                        softcap: 0.5,
+                        ..AttentionCase::new(dtype, head_dim, blocks, kernels)
+                    };
+                    let worst = attention_vs_cpu(case, steps);
+                    let what = format!("softcap 0.5, window {window}, {label}, {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}");
+                    println!("{what}: max |GPU - CPU| = {worst:.2e}");
+                    assert!(worst <= tol, "{what}: {worst}");
+                }
+            }
+            let case = AttentionCase {
+                kv_fp8: true,
+                window,
+                softcap: 0.5,
+                ..AttentionCase::new(DType::Bf16, 128, blocks, ALL_DECODE_KERNELS[1])
+            };
+            let worst = attention_vs_cpu(case, steps);
+            println!(
+                "softcap 0.5, window {window}, {label}, fp8 cache: max |GPU - CPU| = {worst:.2e}"
+            );
+            assert!(
+                worst <= 2e-2,
+                "softcap, window {window}, {label}, fp8 cache: {worst}"
+            );
+        }
+    }
+    let case = AttentionCase {
+        max_model_len: 131_072 + 64,
+        prefill_writes_only: true,
+        softcap: 0.5,
+        ..AttentionCase::new(DType::Bf16, 128, 10_600, ALL_DECODE_KERNELS[1])
+    };
+    let worst = attention_vs_cpu(case, &very_long_decode_steps);
+    println!("softcap 0.5, decode at 4k-128k keys: max |GPU - CPU| = {worst:.2e}");
+    assert!(worst <= 2e-2, "softcap, long-context decode: {worst}");
 }

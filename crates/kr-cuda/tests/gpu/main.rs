@@ -20,6 +20,8 @@ use kr_model::{AttnMeta, Backend, Decoder, ModelConfig, ModelWeights, RopeStyle,
 use std::path::PathBuf;
 
 mod attention;
+mod families;
+mod invariant;
 mod kernels;
 mod quant;
 
@@ -45,6 +47,7 @@ fn options(dtype: DType, blocks: usize, graphs: bool) -> CudaModelOptions {
         num_kv_blocks: Some(blocks),
         cuda_graphs: graphs,
         kv_fp8: false,
+        batch_invariant: false,
     }
 }
 

@@ -38,6 +38,7 @@ pub(super) fn load(
         num_kv_blocks: cfg.num_kv_blocks.map(|n| n + 1),
         cuda_graphs: cfg.cuda_graphs,
         kv_fp8: cfg.kv_cache_dtype == KvCacheDtype::Fp8,
+        batch_invariant: cfg.batch_invariant,
     };
     Ok(CudaModel::load(weights, options)?)
 }

@@ -45,6 +45,8 @@ pub struct RunnerConfig {
     pub gpu_memory_fraction: f64,
     /// On CUDA: replay decode steps from captured graphs.
     pub cuda_graphs: bool,
+    /// On CUDA: projections and decode attention computed the same for any batch.
+    pub batch_invariant: bool,
 }
 
 /// The CPU backend: the decoder in f32 and its paged KV cache.

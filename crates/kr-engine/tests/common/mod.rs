@@ -94,6 +94,7 @@ pub fn logits_at(model: &kr_engine::LoadedModel, prompt: &[u32], rows: &[usize])
         max_model_len: prompt.len(),
         gpu_memory_fraction: 0.9,
         cuda_graphs: false,
+        batch_invariant: false,
     };
     let mut runner = kr_engine::Runner::place(&model.weights, &cfg).expect("a CPU runner");
     let table: Vec<u32> = (0..blocks as u32).collect();

@@ -193,6 +193,13 @@ pub static KEYS: &[Key] = &[
         get: |c| json!(c.cuda_graphs),
     },
     Key {
+        name: "batch_invariant",
+        runtime_safe: false,
+        range: "true or false (a request's tokens do not depend on what runs beside it: decode-only steps alternate with one prefill chunk; CUDA bf16 tiled-attention models; costs throughput at large batches)",
+        set: |c, v| Ok(c.batch_invariant = boolean(v)?),
+        get: |c| json!(c.batch_invariant),
+    },
+    Key {
         name: "overlap_steps",
         runtime_safe: false,
         range: "true or false (launch decode step N+1 before step N's tokens are read)",

@@ -61,6 +61,9 @@ pub struct Config {
     /// On CUDA: the share of GPU memory for weights, KV cache and workspace.
     pub gpu_memory_fraction: f64,
     pub cuda_graphs: bool,
+    /// Steps composed, and projections and attention computed, so that a request's numbers
+    /// do not depend on the batch (see `kr_core::scheduler` and the CUDA backend).
+    pub batch_invariant: bool,
     pub overlap_steps: bool,
     /// CPU worker threads; 0 = one per core.
     pub threads: usize,
@@ -142,6 +145,7 @@ impl Default for Config {
             kv_cache_dtype: KvCacheDtype::Auto,
             gpu_memory_fraction: 0.9,
             cuda_graphs: true,
+            batch_invariant: false,
             overlap_steps: true,
             threads: 0,
             kv_cache_mib: 1024,
@@ -225,6 +229,7 @@ impl Config {
             kv_cache_dtype: self.kv_cache_dtype,
             gpu_memory_fraction: self.gpu_memory_fraction,
             cuda_graphs: self.cuda_graphs,
+            batch_invariant: self.batch_invariant,
             overlap_steps: self.overlap_steps,
             policy: self.policy(),
             template_limits: TemplateLimits {
