@@ -108,18 +108,32 @@ fn moe_bytes_per_token(w: &ModelWeights, elem: usize) -> usize {
 /// Whether an fp8 KV cache can hold this model here: bf16 compute, head_dim 64 or 128 and
 /// compute capability 8.0+ (what its kernels are written for).
 fn kv_fp8_supported(c: &ModelConfig, dtype: DType, cc: (i32, i32)) -> Result<()> {
-    let why = if dtype != DType::Bf16 {
+    refusal(
+        "an fp8 KV cache (--kv-cache-dtype fp8)",
+        bf16_kernels_gap(dtype, c.head_dim, cc),
+        "use --kv-cache-dtype auto",
+    )
+}
+
+/// What keeps the bf16 tensor-core and tiled kernels from a model: another compute type, a
+/// head_dim other than 64 or 128, compute capability below 8.0; `None` when nothing does.
+fn bf16_kernels_gap(dtype: DType, head_dim: usize, cc: (i32, i32)) -> Option<String> {
+    if dtype != DType::Bf16 {
         Some(format!("{dtype:?} compute (use --dtype bf16)"))
-    } else if c.head_dim != 64 && c.head_dim != 128 {
-        Some(format!("head_dim {} (64 and 128 are)", c.head_dim))
+    } else if head_dim != 64 && head_dim != 128 {
+        Some(format!("head_dim {head_dim} (64 and 128 are)"))
     } else if cc.0 < 8 {
         Some(format!("compute capability {}.{} (8.0+ is)", cc.0, cc.1))
     } else {
         None
-    };
+    }
+}
+
+/// `Ok` without a reason, else the error naming `feature`, the reason and what to do instead.
+fn refusal(feature: &str, why: Option<String>, instead: &str) -> Result<()> {
     match why {
         Some(why) => Err(CudaError::Unsupported(format!(
-            "an fp8 KV cache (--kv-cache-dtype fp8) with {why}; use --kv-cache-dtype auto"
+            "{feature} with {why}; {instead}"
         ))),
         None => Ok(()),
     }
@@ -142,14 +156,10 @@ fn batch_invariant_supported(
         c.intermediate_size,
         c.vocab_size,
     ];
-    let why = if opts.dtype != DType::Bf16 {
-        Some(format!("{:?} compute (use --dtype bf16)", opts.dtype))
-    } else if cc.0 < 8 {
-        Some(format!("compute capability {}.{} (8.0+ is)", cc.0, cc.1))
+    let why = if let Some(gap) = bf16_kernels_gap(opts.dtype, c.head_dim, cc) {
+        Some(gap)
     } else if opts.kv_fp8 {
         Some("an fp8 KV cache (use --kv-cache-dtype auto)".to_string())
-    } else if c.head_dim != 64 && c.head_dim != 128 {
-        Some(format!("head_dim {} (64 and 128 are)", c.head_dim))
     } else if w.has_experts() || w.layer_matrices().any(|t| t.ty.is_quantized()) {
         Some("quantised weights or experts (bf16 dense weights are)".to_string())
     } else if c.hidden_size % 32 != 0
@@ -160,12 +170,11 @@ fn batch_invariant_supported(
     } else {
         None
     };
-    match why {
-        Some(why) => Err(CudaError::Unsupported(format!(
-            "batch-invariant mode (--batch-invariant) with {why}; run without it"
-        ))),
-        None => Ok(()),
-    }
+    refusal(
+        "batch-invariant mode (--batch-invariant)",
+        why,
+        "run without it",
+    )
 }
 
 /// Bytes of the weight arena: every matrix as the device stores it, each aligned.
