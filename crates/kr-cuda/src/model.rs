@@ -105,6 +105,17 @@ fn moe_bytes_per_token(w: &ModelWeights, elem: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// Workspace the decode attention's partial states take in batch-invariant mode, where every
+/// (sequence, kv head) pair of a step of `max_num_seqs` (as padded) always has the most splits.
+fn invariant_partial_bytes(c: &ModelConfig, opts: &CudaModelOptions) -> usize {
+    if !opts.batch_invariant {
+        return 0;
+    }
+    let seqs = graph_bucket(opts.max_num_seqs).unwrap_or(opts.max_num_seqs);
+    let splits = crate::backend::attention::LONG_DECODE_MAX_SPLITS;
+    seqs * c.num_kv_heads * splits * (c.num_heads / c.num_kv_heads) * (c.head_dim + 2) * 4
+}
+
 /// Whether an fp8 KV cache can hold this model here: bf16 compute, head_dim 64 or 128 and
 /// compute capability 8.0+ (what its kernels are written for).
 fn kv_fp8_supported(c: &ModelConfig, dtype: DType, cc: (i32, i32)) -> Result<()> {
@@ -160,6 +171,8 @@ fn batch_invariant_supported(
         Some(gap)
     } else if opts.kv_fp8 {
         Some("an fp8 KV cache (use --kv-cache-dtype auto)".to_string())
+    } else if crate::tuning::switched_off("KR_CUDA_DECODE_TILES") {
+        Some("KR_CUDA_DECODE_TILES=0 (its split counts follow the batch)".to_string())
     } else if w.has_experts() || w.layer_matrices().any(|t| t.ty.is_quantized()) {
         Some("quantised weights or experts (bf16 dense weights are)".to_string())
     } else if c.hidden_size % 32 != 0
@@ -208,7 +221,8 @@ impl CudaModel {
             max_seqs,
             max_blocks_per_seq: opts.max_model_len.div_ceil(opts.block_size),
             workspace_bytes: workspace_bytes(c, max_tokens, max_seqs, opts.dtype.size())
-                + max_tokens * moe_bytes_per_token(weights, opts.dtype.size()),
+                + max_tokens * moe_bytes_per_token(weights, opts.dtype.size())
+                + invariant_partial_bytes(c, &opts),
             heads_per_kv: c.num_heads / c.num_kv_heads,
             vocab_size: c.vocab_size,
             kv_fp8: opts.kv_fp8,

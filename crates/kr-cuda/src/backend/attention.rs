@@ -24,7 +24,7 @@ const DECODE_MAX_SPLITS: usize = 16;
 /// Most splits of the cluster decode kernel: the portable cluster size (DS_MAX_CLUSTER).
 const DECODE_MAX_CLUSTER: usize = 8;
 /// Most key splits of the tiled decode kernel in long-context steps (DS_MAX_LONG_SPLITS).
-const LONG_DECODE_MAX_SPLITS: usize = 64;
+pub(crate) const LONG_DECODE_MAX_SPLITS: usize = 64;
 /// Fewest keys per split in long-context steps: shorter chunks cost more to merge than their
 /// parallelism gains (a multiple of the tile's 32 keys).
 const LONG_DECODE_MIN_KEYS: usize = 128;

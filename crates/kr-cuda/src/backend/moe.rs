@@ -99,6 +99,9 @@ impl CudaBackend {
     ) {
         x.norm_sums = 0;
         let (tokens, k) = (h.rows, top_k);
+        if tokens == 0 {
+            return;
+        }
         let pairs = tokens * k;
         // Expert ids (i32) and weights (f32) of each pair, then the pairs' activations.
         let choice = self.alloc_elems(pairs, 2, 4);
