@@ -108,34 +108,37 @@ impl Coalescer {
         deterministic.then(|| format!("{parts:?}"))
     }
 
-    /// Joins the flight of `key` if one is in the air.
-    pub fn join(&self, key: &Key) -> Option<Subscriber> {
-        let flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        let flight = flights.get(key)?.upgrade()?;
-        let sub = {
-            let log = flight.lock();
-            // A flight whose clients all left is being aborted: start afresh instead.
-            (!log.ended && log.subscribers > 0).then_some(())
+    /// Joins the flight of `key` if one is in the air, else starts one around the engine
+    /// request `submit` makes and returns its first subscriber. The table stays locked from
+    /// the look-up to the insert, so identical requests arriving together never start two
+    /// flights. Needs a tokio runtime (the driver is a task).
+    pub fn join_or_start<E>(
+        self: &Arc<Self>,
+        key: Key,
+        submit: impl FnOnce() -> Result<RequestStream, E>,
+    ) -> Result<Subscriber, E> {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sub) = flights.get(&key).and_then(Weak::upgrade).and_then(|f| {
+            let live = {
+                let log = f.lock();
+                // A flight whose clients all left is being aborted: start afresh instead.
+                !log.ended && log.subscribers > 0
+            };
+            live.then(|| f.subscribe())
+        }) {
+            self.joined.fetch_add(1, Relaxed);
+            return Ok(sub);
         }
-        .map(|()| flight.subscribe())?;
-        self.joined.fetch_add(1, Relaxed);
-        Some(sub)
-    }
-
-    /// Starts a flight for `key` around `stream` (a submitted engine request) and returns
-    /// its first subscriber. Needs a tokio runtime (the driver is a task).
-    pub fn start(self: &Arc<Self>, key: Key, stream: RequestStream) -> Subscriber {
+        let stream = submit()?;
         let flight = Arc::new(Flight {
             log: Mutex::default(),
             abandoned: tokio::sync::Notify::new(),
         });
         let first = flight.subscribe();
-        self.flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), Arc::downgrade(&flight));
+        flights.insert(key.clone(), Arc::downgrade(&flight));
+        drop(flights);
         tokio::spawn(drive(self.clone(), key, flight, stream));
-        first
+        Ok(first)
     }
 
     fn land(&self, key: &Key, flight: &Arc<Flight>) {

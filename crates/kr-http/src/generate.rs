@@ -166,13 +166,11 @@ pub fn launch(state: &AppState, arrived: Instant, job: Job<'_>) -> Result<Vec<Tr
     for ((req, key), permit) in requests.into_iter().zip(permits) {
         let stream = match key {
             None => Source::Engine(state.engine.submit_validated(req)?),
-            Some(key) => match state.coalescer.join(&key) {
-                Some(sub) => Source::Shared(sub),
-                None => {
-                    let stream = state.engine.submit_validated(req)?;
-                    Source::Shared(state.coalescer.start(key, stream))
-                }
-            },
+            Some(key) => Source::Shared(
+                state
+                    .coalescer
+                    .join_or_start(key, || state.engine.submit_validated(req))?,
+            ),
         };
         out.push(Tracked {
             stream,
