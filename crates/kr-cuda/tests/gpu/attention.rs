@@ -106,6 +106,13 @@ impl AttentionCase {
     }
 }
 
+/// `attention_vs_cpu` of `case` over `steps`, printed as `what` and asserted within `tol`.
+fn assert_attention_close(case: AttentionCase, steps: &StepsFn, what: &str, tol: f32) {
+    let worst = attention_vs_cpu(case, steps);
+    println!("{what}: max |GPU - CPU| = {worst:.2e}");
+    assert!(worst <= tol, "{what}: {worst}");
+}
+
 /// RoPE + cache write + paged attention alone over `steps` (`rope_attention`: one kernel in
 /// decode steps), on the GPU in the case's dtype vs the CPU backend in f32 (inputs rounded to
 /// bf16 so both start from the same numbers); returns the largest difference of the attention
@@ -211,9 +218,8 @@ fn bf16_prefill_attention_matches_cpu() {
     require_gpu();
     for head_dim in [64, 128] {
         let case = AttentionCase::new(DType::Bf16, head_dim, 80, ALL_DECODE_KERNELS[0]);
-        let worst = attention_vs_cpu(case, &long_prefill_steps);
-        println!("prefill attention bf16 head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
-        assert!(worst <= 2e-2, "head_dim {head_dim}: {worst}");
+        let what = format!("prefill attention bf16 head_dim {head_dim}");
+        assert_attention_close(case, &long_prefill_steps, &what, 2e-2);
     }
 }
 
@@ -283,15 +289,9 @@ fn check_every_decode_path(label: &str, blocks: usize, steps: &StepsFn) {
                 unfused,
                 ..AttentionCase::new(dtype, head_dim, blocks, kernels)
             };
-            let worst = attention_vs_cpu(case, steps);
-            println!(
-                "{label} {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}: \
-                 max |GPU - CPU| = {worst:.2e}"
-            );
-            assert!(
-                worst <= tol,
-                "{label} {dtype:?} {kernels:?} unfused {unfused}: {worst}"
-            );
+            let what =
+                format!("{label} {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}");
+            assert_attention_close(case, steps, &what, tol);
         }
     }
 }
@@ -397,15 +397,10 @@ fn decode_attention_matches_cpu_at_4k_32k_and_128k_keys() {
                 prefill_writes_only: true,
                 ..AttentionCase::new(dtype, head_dim, 10_600, tiles)
             };
-            let worst = attention_vs_cpu(case, &very_long_decode_steps);
-            println!(
-                "128k decode {dtype:?} head_dim {head_dim} splits {long_splits:?} unfused {unfused}: \
-                 max |GPU - CPU| = {worst:.2e}"
+            let what = format!(
+                "128k decode {dtype:?} head_dim {head_dim} splits {long_splits:?} unfused {unfused}"
             );
-            assert!(
-                worst <= tol,
-                "{dtype:?} {long_splits:?} unfused {unfused}: {worst}"
-            );
+            assert_attention_close(case, &very_long_decode_steps, &what, tol);
         }
     }
 }
@@ -457,12 +452,8 @@ fn fp8_cache_attention_matches_cpu_with_rows_rounded_alike() {
                 kv_fp8: true,
                 ..AttentionCase::new(DType::Bf16, head_dim, blocks, tiles)
             };
-            let worst = attention_vs_cpu(case, steps);
-            println!("fp8 cache, {label}, head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
-            assert!(
-                worst <= 2e-2,
-                "fp8 cache, {label}, head_dim {head_dim}: {worst}"
-            );
+            let what = format!("fp8 cache, {label}, head_dim {head_dim}");
+            assert_attention_close(case, steps, &what, 2e-2);
         }
     }
 }
@@ -493,10 +484,8 @@ fn sliding_window_attention_matches_cpu() {
                         window,
                         ..AttentionCase::new(dtype, head_dim, blocks, kernels)
                     };
-                    let worst = attention_vs_cpu(case, steps);
                     let what = format!("window {window}, {label}, {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}");
-                    println!("{what}: max |GPU - CPU| = {worst:.2e}");
-                    assert!(worst <= tol, "{what}: {worst}");
+                    assert_attention_close(case, steps, &what, tol);
                 }
             }
             for head_dim in [64, 128] {
@@ -505,12 +494,8 @@ fn sliding_window_attention_matches_cpu() {
                     window,
                     ..AttentionCase::new(DType::Bf16, head_dim, blocks, ALL_DECODE_KERNELS[1])
                 };
-                let worst = attention_vs_cpu(case, steps);
-                println!("window {window}, {label}, fp8 cache head_dim {head_dim}: max |GPU - CPU| = {worst:.2e}");
-                assert!(
-                    worst <= 2e-2,
-                    "window {window}, {label}, fp8 cache: {worst}"
-                );
+                let what = format!("window {window}, {label}, fp8 cache head_dim {head_dim}");
+                assert_attention_close(case, steps, &what, 2e-2);
             }
         }
     }
@@ -520,9 +505,8 @@ fn sliding_window_attention_matches_cpu() {
         window: 2000,
         ..AttentionCase::new(DType::Bf16, 128, 10_600, ALL_DECODE_KERNELS[1])
     };
-    let worst = attention_vs_cpu(case, &very_long_decode_steps);
-    println!("window 2000, decode at 4k-128k keys: max |GPU - CPU| = {worst:.2e}");
-    assert!(worst <= 2e-2, "window 2000, long-context decode: {worst}");
+    let what = "window 2000, decode at 4k-128k keys";
+    assert_attention_close(case, &very_long_decode_steps, what, 2e-2);
 }
 
 /// Soft-capped attention logits (Gemma 2: `cap · tanh(score / cap)`) on every attention path:
@@ -548,10 +532,8 @@ fn soft_capped_attention_matches_cpu() {
                         softcap: 0.5,
                         ..AttentionCase::new(dtype, head_dim, blocks, kernels)
                     };
-                    let worst = attention_vs_cpu(case, steps);
                     let what = format!("softcap 0.5, window {window}, {label}, {dtype:?} head_dim {head_dim} {kernels:?} unfused {unfused}");
-                    println!("{what}: max |GPU - CPU| = {worst:.2e}");
-                    assert!(worst <= tol, "{what}: {worst}");
+                    assert_attention_close(case, steps, &what, tol);
                 }
             }
             let case = AttentionCase {
@@ -560,14 +542,8 @@ fn soft_capped_attention_matches_cpu() {
                 softcap: 0.5,
                 ..AttentionCase::new(DType::Bf16, 128, blocks, ALL_DECODE_KERNELS[1])
             };
-            let worst = attention_vs_cpu(case, steps);
-            println!(
-                "softcap 0.5, window {window}, {label}, fp8 cache: max |GPU - CPU| = {worst:.2e}"
-            );
-            assert!(
-                worst <= 2e-2,
-                "softcap, window {window}, {label}, fp8 cache: {worst}"
-            );
+            let what = format!("softcap 0.5, window {window}, {label}, fp8 cache");
+            assert_attention_close(case, steps, &what, 2e-2);
         }
     }
     let case = AttentionCase {
@@ -576,7 +552,6 @@ fn soft_capped_attention_matches_cpu() {
         softcap: 0.5,
         ..AttentionCase::new(DType::Bf16, 128, 10_600, ALL_DECODE_KERNELS[1])
     };
-    let worst = attention_vs_cpu(case, &very_long_decode_steps);
-    println!("softcap 0.5, decode at 4k-128k keys: max |GPU - CPU| = {worst:.2e}");
-    assert!(worst <= 2e-2, "softcap, long-context decode: {worst}");
+    let what = "softcap 0.5, decode at 4k-128k keys";
+    assert_attention_close(case, &very_long_decode_steps, what, 2e-2);
 }
