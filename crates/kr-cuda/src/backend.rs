@@ -217,6 +217,7 @@ mod norm_fold;
 mod profile;
 mod project;
 mod quant;
+mod rows;
 mod sample;
 mod step_slots;
 mod weights;
@@ -295,14 +296,6 @@ fn allow_dynamic_smem(gpu: &Gpu) -> Result<()> {
 }
 
 impl CudaBackend {
-    /// `x *= s`, or with `cap > 0` `x = cap · tanh(x / cap)`, elementwise.
-    fn scale_or_cap(&self, x: &mut CudaTensor, s: f32, cap: f32) {
-        x.norm_sums = 0;
-        let n = (x.rows * x.cols) as u64;
-        let xp = x.ptr;
-        launch!(self, "scale_or_cap", elementwise(n as usize), xp, s, cap, n);
-    }
-
     /// Whether KV caches hold fp8 codes with scales (`backend::kv8`).
     pub fn kv_fp8(&self) -> bool {
         self.kv_fp8
@@ -455,49 +448,6 @@ impl CudaBackend {
         };
         self.record(r.and_then(|_| self.gpu.synchronize()));
         t
-    }
-
-    /// Greedy token of each row of `logits` (computed on the GPU; only ids cross PCIe).
-    pub fn argmax(&self, logits: &CudaTensor) -> Vec<u32> {
-        let ids = self.alloc_elems(logits.rows, 1, 4);
-        let (out, x, cols) = (ids.ptr, logits.ptr, logits.cols as i32);
-        launch!(self, "argmax", grid1(logits.rows, 1024), out, x, cols);
-        let mut host = vec![0u32; logits.rows];
-        if self.error.borrow().is_none() {
-            self.record(self.gpu.copy_to_host(&mut host, ids.ptr));
-        }
-        host
-    }
-
-    /// The RoPE frequencies on the device, uploaded on first use.
-    fn inv_freq_ptr(&self, rope: &Rope) -> u64 {
-        let known = self
-            .inv_freq
-            .borrow()
-            .iter()
-            .find(|(f, _)| *f == rope.inv_freq)
-            .map(|(_, b)| b.ptr);
-        if let Some(ptr) = known {
-            return ptr;
-        }
-        match self.gpu.upload(&rope.inv_freq) {
-            Ok(b) => {
-                let ptr = b.ptr;
-                self.inv_freq.borrow_mut().push((rope.inv_freq.clone(), b));
-                ptr
-            }
-            Err(e) => {
-                self.record(Err(e));
-                0
-            }
-        }
-    }
-}
-
-impl CudaBackend {
-    /// Uploads the RoPE frequencies at load time, so that no step allocates.
-    pub fn prepare_rope(&self, rope: &Rope) {
-        self.inv_freq_ptr(rope);
     }
 }
 
@@ -759,48 +709,15 @@ impl Backend for CudaBackend {
     }
 
     fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
-        let out = self.alloc(gate.rows, gate.cols);
-        let n = (gate.rows * gate.cols) as u64;
-        let (o, g, u) = (out.ptr, gate.ptr, up.ptr);
-        launch!(self, "silu_mul", elementwise(n as usize), o, g, u, n);
-        out
+        self.gated("silu_mul", gate, up)
     }
 
     fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> CudaTensor {
-        let out = self.alloc(rows.len(), x.cols);
-        let uploaded = *self.step_rows.borrow() == rows;
-        // Rows other than the step's logit rows (not used by the decoder) go up on their own.
-        let _scratch;
-        let rp = if uploaded {
-            self.meta_ptr(self.meta_layout.offsets().logit_rows)
-        } else {
-            let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-            match self.gpu.upload(&ids) {
-                Ok(b) => {
-                    let p = b.ptr;
-                    _scratch = b;
-                    p
-                }
-                Err(e) => {
-                    self.record(Err(e));
-                    0
-                }
-            }
-        };
-        let (o, xp, cols) = (out.ptr, x.ptr, x.cols as i32);
-        launch!(self, "gather_rows", per_row(rows.len()), o, xp, rp, cols);
-        if !uploaded {
-            self.record(self.gpu.synchronize());
-        }
-        out
+        self.gather(x, rows)
     }
 
     fn gelu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
-        let out = self.alloc(gate.rows, gate.cols);
-        let n = (gate.rows * gate.cols) as u64;
-        let (o, g, u) = (out.ptr, gate.ptr, up.ptr);
-        launch!(self, "gelu_mul", elementwise(n as usize), o, g, u, n);
-        out
+        self.gated("gelu_mul", gate, up)
     }
 
     fn scale_inplace(&self, x: &mut CudaTensor, s: f32) {
@@ -818,31 +735,7 @@ impl Backend for CudaBackend {
         src: &CudaTensor,
         scales: &[f32],
     ) {
-        x.norm_sums = 0;
-        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let uploaded = self
-            .gpu
-            .upload(&ids)
-            .and_then(|r| Ok((r, self.gpu.upload(scales)?)));
-        let (row_buf, scale_buf) = match uploaded {
-            Ok(b) => b,
-            Err(e) => return self.record(Err(e)),
-        };
-        let n = (rows.len() * x.cols) as u64;
-        let (xp, rp, sp, src_p, cols) = (x.ptr, row_buf.ptr, scale_buf.ptr, src.ptr, x.cols as i32);
-        launch!(
-            self,
-            "scatter_add_scaled",
-            elementwise(n as usize),
-            xp,
-            rp,
-            sp,
-            src_p,
-            cols,
-            n
-        );
-        // The rows and scales are freed on return: the kernel must have read them.
-        self.record(self.gpu.synchronize());
+        self.scatter_add(x, rows, src, scales);
     }
 
     fn prepare_experts(&self, experts: &[[CudaWeight; 3]], top_k: usize) -> Option<CudaExperts> {

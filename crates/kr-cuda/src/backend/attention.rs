@@ -180,6 +180,31 @@ pub(super) fn attention_smem(head_dim: usize) -> usize {
 }
 
 impl CudaBackend {
+    /// Uploads the RoPE frequencies at load time, so that no step allocates.
+    pub fn prepare_rope(&self, rope: &Rope) {
+        self.inv_freq_ptr(rope);
+    }
+
+    /// The RoPE frequencies on the device (one table per distinct set, e.g. Gemma 3's local
+    /// and global bases), uploaded on first use; 0, the error recorded, when that fails.
+    fn inv_freq_ptr(&self, rope: &Rope) -> u64 {
+        let known = self
+            .inv_freq
+            .borrow()
+            .iter()
+            .find(|(f, _)| *f == rope.inv_freq)
+            .map(|(_, b)| b.ptr);
+        if let Some(ptr) = known {
+            return ptr;
+        }
+        let Some(b) = self.upload_recorded(&rope.inv_freq) else {
+            return 0;
+        };
+        let ptr = b.ptr;
+        self.inv_freq.borrow_mut().push((rope.inv_freq.clone(), b));
+        ptr
+    }
+
     /// Chooses the split decode kernel (for tests that check each); clusters are ignored
     /// below compute capability 9.0. The default comes from `DecodeKernels::from_env`.
     pub fn set_decode_kernels(&self, k: DecodeKernels) {
@@ -252,13 +277,15 @@ impl CudaBackend {
     }
 
     /// Splits per (sequence, kv head) and fewest keys per split of a long-context decode step
-    /// (see [`LongDecodeSplits`]).
+    /// (see [`LongDecodeSplits`]); in batch-invariant mode always the most splits, so that a
+    /// sequence's split points follow its context alone.
     pub(super) fn long_splits(&self, pairs: usize) -> (usize, usize) {
         let long = self.long_decode_splits.get();
-        (
-            long.splits(pairs, self.gpu.info.multiprocessors),
-            long.min_keys,
-        )
+        let splits = match self.batch_invariant {
+            true => long.most,
+            false => long.splits(pairs, self.gpu.info.multiprocessors),
+        };
+        (splits, long.min_keys)
     }
 
     /// Splits per (sequence, kv head) of a short-context decode step, at most `most`: about
@@ -388,15 +415,7 @@ impl CudaBackend {
         .filter(|_| kernels.tiles && tiles_smem <= self.gpu.info.max_dynamic_smem);
         let long = self.step.get().long_decode || self.batch_invariant;
         if let Some(i) = tiled.filter(|_| long && pairs <= SPLIT_COUNTERS) {
-            // Batch-invariant: always the most splits, so a sequence's split points follow
-            // its context length alone.
-            let (splits, min_keys) = match self.batch_invariant {
-                true => (
-                    self.long_decode_splits.get().most,
-                    self.long_decode_splits.get().min_keys,
-                ),
-                false => self.long_splits(pairs),
-            };
+            let (splits, min_keys) = self.long_splits(pairs);
             return DecodePlan {
                 splits,
                 cluster: false,

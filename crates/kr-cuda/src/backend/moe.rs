@@ -73,18 +73,12 @@ impl CudaBackend {
         let ptrs: Vec<u64> = (0..3)
             .flat_map(|m| experts.iter().map(move |e| e[m].ptr))
             .collect();
-        match self.gpu.upload(&ptrs) {
-            Ok(table) => Some(CudaExperts {
-                table,
-                count: experts.len(),
-                ff,
-                hidden,
-            }),
-            Err(e) => {
-                self.record(Err(e));
-                None
-            }
-        }
+        Some(CudaExperts {
+            table: self.upload_recorded(&ptrs)?,
+            count: experts.len(),
+            ff,
+            hidden,
+        })
     }
 
     /// `x += Σ_j p_j · down_j(silu(gate_j(h)) * up_j(h))` over each row's `top_k` experts by
